@@ -1,0 +1,146 @@
+# rotor: the one entry point. `make` builds, `make test` tests, `make demo` demonstrates.
+#
+#   make            build the module for Lua 5.4, 5.3, 5.1 and LuaJIT, and the rotor host
+#   make deps       install the Debian packages rotor needs (apt-get as root; else prints it)
+#   make test       lint, then the specs under Lua 5.4 and LuaJIT, then under ASan+UBSan
+#   make demo       real rotations against the bundled simulator into ./secrets
+#   make bench      the benchmarks (spec/bench/), measured in one run
+#   make asan       the specs with the core built under AddressSanitizer + UBSan
+#   make valgrind   the core's specs under valgrind (definite leaks fail)
+#   make lint       luacheck, cppcheck, clang-tidy, clang-format --dry-run
+#   make install    PREFIX=/usr/local (modules under share/lua/5.4, lib/lua/5.4, bin/rotor)
+
+CC      ?= cc
+PREFIX  ?= /usr/local
+BUILD   ?= build
+CFLAGS  ?= -O2 -g
+WARN    := -Wall -Wextra -Werror=implicit-function-declaration -Wno-unused-parameter
+DEPS_PKGS := build-essential pkg-config libcurl4-openssl-dev libssl-dev \
+             lua5.4 liblua5.4-dev lua5.3 liblua5.3-dev lua5.1 liblua5.1-0-dev \
+             luajit2 libluajit2-5.1-dev lua-compat53-dev lua-cjson lua-cjson-dev \
+             lua-busted lua-check luarocks nginx libnginx-mod-http-lua lua-resty-core \
+             openssl curl wrk hyperfine valgrind cppcheck clang-tidy clang-format \
+             libclang-rt-14-dev clang-14 procps
+# the commands and files `make deps` guarantees
+DEPS_PROBE := /usr/include/lua5.4/lua.h /usr/include/luajit-2.1/lua.h /usr/include/lua5.1/compat-5.3.h \
+              /usr/include/x86_64-linux-gnu/curl/curl.h /usr/bin/busted /usr/bin/luacheck /usr/sbin/nginx \
+              /usr/lib/nginx/modules/ngx_http_lua_module.so /usr/bin/wrk /usr/bin/valgrind /usr/bin/luarocks \
+              /usr/bin/cppcheck /usr/bin/clang-tidy /usr/bin/clang-format /usr/bin/hyperfine \
+              /usr/lib/x86_64-linux-gnu/lua/5.4/cjson.so /usr/bin/clang-14 \
+              /usr/lib/llvm-14/lib/clang/14.0.6/lib/linux/libclang_rt.asan-x86_64.a
+
+SRCS    := $(filter-out csrc/main.c,$(wildcard csrc/*.c))
+HDRS    := $(wildcard csrc/*.h)
+LIBS    := -lcurl -lcrypto -lpthread
+
+INC_5.4 := -I/usr/include/lua5.4
+INC_5.3 := -I/usr/include/lua5.3
+INC_5.1 := -I/usr/include/lua5.1
+INC_jit := -I/usr/include/luajit-2.1 -idirafter /usr/include/lua5.1
+
+OBJS = $(patsubst csrc/%.c,$(BUILD)/obj/$(1)/%.o,$(SRCS))
+VERSIONS := 5.4 5.3 5.1 jit
+
+.PHONY: all deps test demo bench asan valgrind lint lint-lua lint-c format clean install \
+        spec spec-5.4 spec-jit check-deps
+all: $(foreach v,$(VERSIONS),$(BUILD)/$(v)/rotor/core.so) $(BUILD)/rotor
+
+define VERSION_RULES
+$(BUILD)/obj/$(1)/%.o: csrc/%.c $(HDRS) | $(BUILD)/obj/$(1)
+	$$(CC) $$(CFLAGS) $(WARN) -fPIC -std=gnu11 -D_GNU_SOURCE $(INC_$(1)) -c $$< -o $$@
+$(BUILD)/obj/$(1):
+	mkdir -p $$@
+$(BUILD)/$(1)/rotor/core.so: $(call OBJS,$(1))
+	mkdir -p $$(dir $$@)
+	$$(CC) $$(CFLAGS) -shared -o $$@ $$^ $(LIBS)
+endef
+$(foreach v,$(VERSIONS),$(eval $(call VERSION_RULES,$(v))))
+
+$(BUILD)/obj/host/main.o: csrc/main.c $(HDRS)
+	mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(WARN) -std=gnu11 -D_GNU_SOURCE $(INC_5.4) -c $< -o $@
+
+# the host links the same objects as the 5.4 module, and preloads luaopen_rotor_core
+$(BUILD)/rotor: $(BUILD)/obj/host/main.o $(call OBJS,5.4)
+	$(CC) $(CFLAGS) -rdynamic -o $@ $^ -llua5.4 $(LIBS) -lm -ldl
+
+# ---- dependencies ----
+check-deps:
+	@missing=""; for f in $(DEPS_PROBE); do [ -e $$f ] || missing="$$missing $$f"; done; \
+	if [ -n "$$missing" ]; then echo "missing:$$missing"; $(MAKE) --no-print-directory deps; fi
+
+deps:
+	@if [ "$$(id -u)" = 0 ]; then \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $(DEPS_PKGS); \
+	else \
+	  echo "run as root: apt-get install $(DEPS_PKGS)"; exit 1; \
+	fi
+
+# ---- tests ----
+LPATH := ./?.lua;./lua/?.lua;./lua/?/init.lua
+BUSTED_ARGS ?=
+SPECS ?= spec
+export ROTOR_SECRETS_LOG := $(CURDIR)/$(BUILD)/issued-secrets.log
+
+spec-5.4: all
+	lua5.4 /usr/bin/busted --cpath='./$(BUILD)/5.4/?.so' --lpath='$(LPATH)' $(BUSTED_ARGS) $(SPECS)
+spec-jit: all
+	luajit /usr/bin/busted --cpath='./$(BUILD)/jit/?.so' --lpath='$(LPATH)' $(BUSTED_ARGS) $(SPECS)
+
+test: check-deps
+	@mkdir -p $(BUILD); rm -f $(ROTOR_SECRETS_LOG)
+	$(MAKE) --no-print-directory lint
+	$(MAKE) --no-print-directory all
+	set -o pipefail; { $(MAKE) --no-print-directory spec-5.4 && \
+	  $(MAKE) --no-print-directory spec-jit BUSTED_ARGS='--exclude-tags=slow,only54' && \
+	  $(MAKE) --no-print-directory asan; } 2>&1 | tee $(BUILD)/test-output.log
+	lua5.4 spec/leakscan.lua $(BUILD)/issued-secrets.log $(BUILD)/test-output.log $(BUILD)
+
+# ---- sanitizers and valgrind ----
+ASAN_BUILD := $(BUILD)/asan
+ASAN_FLAGS := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+ASAN_RT := $(shell $(CC) -print-file-name=libasan.so)
+asan:
+	$(MAKE) --no-print-directory BUILD=$(ASAN_BUILD) CFLAGS='$(ASAN_FLAGS)' \
+	  $(ASAN_BUILD)/5.4/rotor/core.so
+	LD_PRELOAD=$(ASAN_RT) ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  lua5.4 /usr/bin/busted --cpath='./$(ASAN_BUILD)/5.4/?.so' --lpath='$(LPATH)' \
+	  --exclude-tags=slow,nosan $(BUSTED_ARGS) $(SPECS)
+
+VALGRIND_SPECS ?= spec/core_spec.lua spec/http_spec.lua spec/oauth_spec.lua spec/sched_spec.lua
+valgrind: all
+	valgrind --error-exitcode=3 --leak-check=full --errors-for-leak-kinds=definite \
+	  --show-leak-kinds=definite --suppressions=spec/valgrind.supp \
+	  lua5.4 /usr/bin/busted --cpath='./$(BUILD)/5.4/?.so' --lpath='$(LPATH)' \
+	  --exclude-tags=slow,nosan $(VALGRIND_SPECS)
+
+# ---- lint ----
+LUA_LINT_DIRS := lua spec examples
+lint: lint-lua lint-c
+lint-lua:
+	luacheck -q $(wildcard $(LUA_LINT_DIRS))
+lint-c:
+	clang-format --dry-run --Werror csrc/*.c csrc/*.h
+	cppcheck -q --error-exitcode=1 --enable=warning,portability,performance \
+	  --suppress=missingIncludeSystem --inline-suppr -I/usr/include/lua5.4 csrc
+	clang-tidy -quiet --warnings-as-errors='*' $(SRCS) csrc/main.c -- -std=gnu11 $(INC_5.4) 2>/dev/null
+format:
+	clang-format -i csrc/*.c csrc/*.h
+
+# ---- demo and bench ----
+demo: check-deps all
+	bash examples/demo.sh
+
+bench: check-deps all
+	lua5.4 spec/bench/run.lua
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/lua/5.4/rotor \
+	  $(DESTDIR)$(PREFIX)/share/lua/5.4/rotor
+	install -m 0755 $(BUILD)/rotor $(DESTDIR)$(PREFIX)/bin/rotor
+	install -m 0755 $(BUILD)/5.4/rotor/core.so $(DESTDIR)$(PREFIX)/lib/lua/5.4/rotor/core.so
+	cd lua && find rotor -name '*.lua' -exec install -D -m 0644 {} $(DESTDIR)$(PREFIX)/share/lua/5.4/{} \;
+
+clean:
+	rm -rf $(BUILD)

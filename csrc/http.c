@@ -1,0 +1,704 @@
+/* HTTP(S) transfers over libcurl's multi interface.
+ *
+ * A multi object owns a libcurl multi handle (its connection cache serves every transfer added
+ * to it) and a share handle (DNS cache and TLS sessions). m:add(req) starts a transfer and
+ * returns its id; m:poll(ms) drives every transfer and returns the results of those that
+ * finished. No lua_State is kept by any callback: results are pushed by poll() itself.
+ *
+ * Every buffer that carried request or response bytes is zeroed before it is freed, since
+ * request bodies, Authorization headers and some responses carry secrets. */
+#include "rotor.h"
+
+#include <ctype.h>
+#include <curl/curl.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define DEFAULT_MAX_BODY (1024 * 1024)
+#define DEFAULT_MAX_HEADERS 100
+#define MAX_HEADER_BYTES (64 * 1024)
+
+enum fail_reason { FAIL_NONE = 0, FAIL_BODY_CAP, FAIL_HEADER_CAP };
+
+typedef struct hdr {
+    char *name, *value;
+} hdr;
+
+typedef struct xfer {
+    CURL *easy;
+    lua_Integer id;
+    struct curl_slist *req_headers;
+    rotor_buf req_body;
+    char *userpwd;
+    size_t userpwd_len;
+    rotor_buf body;
+    size_t max_body;
+    hdr *headers;
+    int nheaders, max_headers;
+    size_t header_bytes;
+    enum fail_reason fail;
+    CURLcode result;
+    int done;
+    char errbuf[CURL_ERROR_SIZE];
+    struct xfer *next;
+} xfer;
+
+typedef struct multi {
+    CURLM *multi;
+    CURLSH *share;
+    xfer *xfers;
+    lua_Integer next_id;
+    int running;
+} multi;
+
+/* ---- global init, exactly once ---- */
+
+static pthread_once_t init_once = PTHREAD_ONCE_INIT;
+static CURLcode init_result = CURLE_OK;
+
+static void do_global_init(void) {
+    init_result = curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
+void rotor_global_init(void) {
+    pthread_once(&init_once, do_global_init);
+}
+
+/* ---- loopback check ---- */
+
+static int host_is_loopback(const char *h) {
+    if (strcasecmp(h, "localhost") == 0 || strcmp(h, "[::1]") == 0 || strcmp(h, "::1") == 0) {
+        return 1;
+    }
+    /* 127.0.0.0/8 in dotted-quad form */
+    int a, b, c, d;
+    char extra;
+    if (sscanf(h, "%d.%d.%d.%d%c", &a, &b, &c, &d, &extra) == 4) {
+        return a == 127 && b >= 0 && b < 256 && c >= 0 && c < 256 && d >= 0 && d < 256;
+    }
+    return 0;
+}
+
+/* Returns 1 when url is https, or http to a loopback host; 0 when refused; -1 when unparsable.
+ * The scheme is copied out for messages. */
+int rotor_is_loopback_url(const char *url, char *scheme, size_t scheme_len) {
+    CURLU *u = curl_url();
+    char *sch = NULL, *host = NULL;
+    int ok = -1;
+    if (u == NULL) {
+        return -1;
+    }
+    if (curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
+        curl_url_get(u, CURLUPART_SCHEME, &sch, 0) == CURLUE_OK &&
+        curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK) {
+        snprintf(scheme, scheme_len, "%s", sch);
+        if (strcmp(sch, "https") == 0) {
+            ok = 1;
+        } else if (strcmp(sch, "http") == 0) {
+            ok = host_is_loopback(host);
+        } else {
+            ok = 0;
+        }
+    }
+    curl_free(sch);
+    curl_free(host);
+    curl_url_cleanup(u);
+    return ok;
+}
+
+/* ---- transfer bookkeeping ---- */
+
+static void zero_slist(struct curl_slist *l) {
+    for (; l != NULL; l = l->next) {
+        rotor_zero(l->data, strlen(l->data));
+    }
+}
+
+static void free_headers(xfer *x) {
+    for (int i = 0; i < x->nheaders; i++) {
+        rotor_free_secure(x->headers[i].name, strlen(x->headers[i].name));
+        rotor_free_secure(x->headers[i].value, strlen(x->headers[i].value));
+    }
+    free(x->headers);
+    x->headers = NULL;
+    x->nheaders = 0;
+    x->header_bytes = 0;
+}
+
+static void xfer_free(xfer *x) {
+    if (x->easy != NULL) {
+        curl_easy_cleanup(x->easy);
+    }
+    zero_slist(x->req_headers);
+    curl_slist_free_all(x->req_headers);
+    rotor_buf_free(&x->req_body);
+    rotor_free_secure(x->userpwd, x->userpwd_len);
+    rotor_buf_free(&x->body);
+    free_headers(x);
+    rotor_zero(x->errbuf, sizeof(x->errbuf));
+    free(x);
+}
+
+static size_t on_body(char *ptr, size_t size, size_t nmemb, void *ud) {
+    xfer *x = ud;
+    size_t n = size * nmemb;
+    if (x->body.len + n > x->max_body) {
+        x->fail = FAIL_BODY_CAP;
+        return 0; /* aborts with CURLE_WRITE_ERROR */
+    }
+    rotor_buf_add(&x->body, ptr, n);
+    return x->body.failed ? 0 : n;
+}
+
+static char *dup_trim(const char *p, size_t n) {
+    while (n > 0 && (p[0] == ' ' || p[0] == '\t')) {
+        p++;
+        n--;
+    }
+    while (n > 0 && (p[n - 1] == ' ' || p[n - 1] == '\t' || p[n - 1] == '\r' || p[n - 1] == '\n')) {
+        n--;
+    }
+    char *s = malloc(n + 1);
+    if (s != NULL) {
+        memcpy(s, p, n);
+        s[n] = '\0';
+    }
+    return s;
+}
+
+static size_t on_header(char *ptr, size_t size, size_t nmemb, void *ud) {
+    xfer *x = ud;
+    size_t n = size * nmemb;
+    if (n >= 5 && strncmp(ptr, "HTTP/", 5) == 0) {
+        free_headers(x); /* a new response (after 1xx): start over */
+        return n;
+    }
+    const char *colon = memchr(ptr, ':', n);
+    if (colon == NULL) {
+        return n; /* the blank line, or junk */
+    }
+    x->header_bytes += n;
+    if (x->nheaders >= x->max_headers || x->header_bytes > MAX_HEADER_BYTES) {
+        x->fail = FAIL_HEADER_CAP;
+        return 0;
+    }
+    if (x->headers == NULL) {
+        x->headers = calloc((size_t)x->max_headers, sizeof(hdr));
+        if (x->headers == NULL) {
+            return 0;
+        }
+    }
+    char *name = dup_trim(ptr, (size_t)(colon - ptr));
+    char *value = dup_trim(colon + 1, n - (size_t)(colon - ptr) - 1);
+    if (name == NULL || value == NULL) {
+        free(name);
+        free(value);
+        return 0;
+    }
+    for (char *c = name; *c; c++) {
+        *c = (char)tolower((unsigned char)*c);
+    }
+    x->headers[x->nheaders].name = name;
+    x->headers[x->nheaders].value = value;
+    x->nheaders++;
+    return n;
+}
+
+/* ---- building a request from a Lua table ---- */
+
+static int opt_number(lua_State *L, int t, const char *k, double def) {
+    lua_getfield(L, t, k);
+    double v = luaL_optnumber(L, -1, def);
+    lua_pop(L, 1);
+    return (int)(v * 1000.0); /* milliseconds */
+}
+
+static const char *opt_string(lua_State *L, int t, const char *k) {
+    lua_getfield(L, t, k);
+    const char *s = lua_tostring(L, -1);
+    lua_pop(L, 1); /* the table keeps the string alive */
+    return s;
+}
+
+static int opt_bool(lua_State *L, int t, const char *k, int def) {
+    lua_getfield(L, t, k);
+    int v = lua_isnil(L, -1) ? def : lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    return v;
+}
+
+/* headers = { {name, value[, prefix]}, ... }; value a string or secret */
+static int build_headers(lua_State *L, int t, xfer *x) {
+    lua_getfield(L, t, "headers");
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        return 1;
+    }
+    if (!lua_istable(L, -1)) {
+        return luaL_error(L, "request: headers must be an array of {name, value} pairs");
+    }
+    int h = lua_gettop(L);
+    lua_Integer n = (lua_Integer)lua_rawlen(L, h);
+    for (lua_Integer i = 1; i <= n; i++) {
+        lua_rawgeti(L, h, i);
+        if (!lua_istable(L, -1)) {
+            return luaL_error(L, "request: headers[%d] must be a {name, value} pair", (int)i);
+        }
+        lua_rawgeti(L, -1, 1);
+        lua_rawgeti(L, -2, 2);
+        lua_getfield(L, -3, "prefix");
+        size_t nlen, vlen, plen = 0;
+        const char *name = lua_tolstring(L, -3, &nlen);
+        const char *value = rotor_bytes(L, -2, &vlen, NULL);
+        const char *prefix = lua_isnil(L, -1) ? NULL : lua_tolstring(L, -1, &plen);
+        if (name == NULL || value == NULL || strpbrk(name, ":\r\n") != NULL ||
+            memchr(value, '\r', vlen) != NULL || memchr(value, '\n', vlen) != NULL) {
+            return luaL_error(L, "request: headers[%d] needs a name and a string or secret value "
+                                 "without CR/LF", (int)i);
+        }
+        rotor_buf line = {0};
+        rotor_buf_add(&line, name, nlen);
+        rotor_buf_add(&line, vlen + plen ? ": " : ";", vlen + plen ? 2 : 1);
+        if (prefix != NULL) {
+            rotor_buf_add(&line, prefix, plen);
+        }
+        rotor_buf_add(&line, value, vlen);
+        struct curl_slist *nl = line.failed ? NULL : curl_slist_append(x->req_headers, line.data);
+        rotor_buf_free(&line);
+        if (nl == NULL) {
+            return luaL_error(L, "request: out of memory");
+        }
+        x->req_headers = nl;
+        lua_pop(L, 4);
+    }
+    lua_pop(L, 1);
+    return 1;
+}
+
+static void push_error(lua_State *L, const char *kind, const char *msg) {
+    lua_createtable(L, 0, 2);
+    lua_pushstring(L, kind);
+    lua_setfield(L, -2, "kind");
+    lua_pushstring(L, msg);
+    lua_setfield(L, -2, "message");
+}
+
+static multi *check_multi(lua_State *L) {
+    multi *m = luaL_checkudata(L, 1, ROTOR_MULTI_MT);
+    if (m->multi == NULL) {
+        luaL_error(L, "rotor.multi: the handle was closed");
+    }
+    return m;
+}
+
+/* m:add(req) -> id, or nil, err when the request is refused before it starts */
+static int l_multi_add(lua_State *L) {
+    multi *m = check_multi(L);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    const char *url = opt_string(L, 2, "url");
+    if (url == NULL) {
+        return luaL_error(L, "request: url is required");
+    }
+    char scheme[16] = "";
+    int ok = rotor_is_loopback_url(url, scheme, sizeof(scheme));
+    if (ok != 1) {
+        lua_pushnil(L);
+        if (ok < 0) {
+            push_error(L, "config", "the URL cannot be parsed");
+        } else if (strcmp(scheme, "http") == 0) {
+            push_error(L, "config", "plain http:// is accepted only for loopback hosts; use https://");
+        } else {
+            push_error(L, "config", "only https:// URLs are accepted");
+        }
+        return 2;
+    }
+
+    xfer *x = calloc(1, sizeof(*x));
+    if (x == NULL) {
+        return luaL_error(L, "request: out of memory");
+    }
+    x->easy = curl_easy_init();
+    if (x->easy == NULL) {
+        free(x);
+        return luaL_error(L, "request: curl_easy_init failed");
+    }
+    /* link first so a raised error below cannot leak it: m:close() frees it */
+    x->next = m->xfers;
+    m->xfers = x;
+    x->done = 1; /* not yet in the multi */
+    CURL *e = x->easy;
+
+    build_headers(L, 2, x);
+    const char *method = opt_string(L, 2, "method");
+    if (method == NULL) {
+        method = "GET";
+    }
+    lua_getfield(L, 2, "body");
+    size_t blen = 0;
+    const char *body = lua_isnil(L, -1) ? NULL : rotor_bytes(L, -1, &blen, NULL);
+    if (!lua_isnil(L, -1) && body == NULL) {
+        return luaL_error(L, "request: body must be a string or a rotor.secret");
+    }
+    if (body != NULL) {
+        rotor_buf_add(&x->req_body, body, blen);
+    }
+    lua_pop(L, 1);
+    if (x->req_body.failed) {
+        return luaL_error(L, "request: out of memory");
+    }
+
+    lua_getfield(L, 2, "max_body");
+    x->max_body = (size_t)luaL_optinteger(L, -1, DEFAULT_MAX_BODY);
+    lua_pop(L, 1);
+    lua_getfield(L, 2, "max_headers");
+    x->max_headers = (int)luaL_optinteger(L, -1, DEFAULT_MAX_HEADERS);
+    lua_pop(L, 1);
+    if (x->max_headers < 1) {
+        x->max_headers = 1;
+    }
+
+    curl_easy_setopt(e, CURLOPT_URL, url);
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_SHARE, m->share);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, x);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, x);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
+    curl_easy_setopt(e, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)opt_number(L, 2, "timeout", 30));
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)opt_number(L, 2, "connect_timeout", 10));
+    curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
+    curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, (long)(opt_number(L, 2, "low_speed_time", 30) / 1000));
+    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, opt_bool(L, 2, "http2", 1)
+                                                  ? (long)CURL_HTTP_VERSION_2TLS
+                                                  : (long)CURL_HTTP_VERSION_1_1);
+    curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, NULL);
+    const char *s;
+    if ((s = opt_string(L, 2, "cainfo")) != NULL) {
+        curl_easy_setopt(e, CURLOPT_CAINFO, s);
+    }
+    if ((s = opt_string(L, 2, "proxy")) != NULL) {
+        curl_easy_setopt(e, CURLOPT_PROXY, s);
+    }
+    if ((s = opt_string(L, 2, "user_agent")) != NULL) {
+        curl_easy_setopt(e, CURLOPT_USERAGENT, s);
+    } else {
+        curl_easy_setopt(e, CURLOPT_USERAGENT, "rotor/" ROTOR_VERSION);
+    }
+    if (opt_bool(L, 2, "fresh_connect", 0)) {
+        /* a minting request: a new connection, never reused, so libcurl cannot re-send it on a
+         * keep-alive connection that turns out dead */
+        curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
+        curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L);
+    }
+    if ((s = opt_string(L, 2, "aws_sigv4")) != NULL) {
+        curl_easy_setopt(e, CURLOPT_AWS_SIGV4, s);
+    }
+    lua_getfield(L, 2, "userpwd");
+    if (!lua_isnil(L, -1)) {
+        size_t ulen;
+        const char *u = rotor_bytes(L, -1, &ulen, NULL);
+        if (u == NULL) {
+            return luaL_error(L, "request: userpwd must be a string or a rotor.secret");
+        }
+        x->userpwd = malloc(ulen + 1);
+        if (x->userpwd == NULL) {
+            return luaL_error(L, "request: out of memory");
+        }
+        memcpy(x->userpwd, u, ulen);
+        x->userpwd[ulen] = '\0';
+        x->userpwd_len = ulen + 1;
+        curl_easy_setopt(e, CURLOPT_USERPWD, x->userpwd);
+    }
+    lua_pop(L, 1);
+
+    if (strcmp(method, "GET") == 0) {
+        curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
+    } else if (strcmp(method, "HEAD") == 0) {
+        curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+    } else {
+        if (strcmp(method, "POST") != 0) {
+            curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
+        }
+        if (body != NULL || strcmp(method, "POST") == 0) {
+            curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)x->req_body.len);
+            curl_easy_setopt(e, CURLOPT_POSTFIELDS, x->req_body.data ? x->req_body.data : "");
+        }
+    }
+    /* no Expect: 100-continue round trip, and no default content type for raw bodies */
+    struct curl_slist *nl = curl_slist_append(x->req_headers, "Expect:");
+    if (nl == NULL) {
+        return luaL_error(L, "request: out of memory");
+    }
+    x->req_headers = nl;
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->req_headers);
+
+    x->id = ++m->next_id;
+    CURLMcode mc = curl_multi_add_handle(m->multi, e);
+    if (mc != CURLM_OK) {
+        return luaL_error(L, "request: curl_multi_add_handle: %s", curl_multi_strerror(mc));
+    }
+    x->done = 0;
+    lua_pushinteger(L, x->id);
+    return 1;
+}
+
+static const char *error_kind(CURLcode rc) {
+    switch (rc) {
+    case CURLE_OPERATION_TIMEDOUT:
+        return "timeout";
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CIPHER:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_ISSUER_ERROR:
+    case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+    case CURLE_SSL_INVALIDCERTSTATUS:
+    case CURLE_SSL_CRL_BADFILE:
+    case CURLE_SSL_SHUTDOWN_FAILED:
+    case CURLE_SSL_ENGINE_NOTFOUND:
+    case CURLE_SSL_ENGINE_SETFAILED:
+    case CURLE_SSL_ENGINE_INITFAILED:
+    case CURLE_USE_SSL_FAILED:
+        return "tls";
+    case CURLE_UNSUPPORTED_PROTOCOL:
+    case CURLE_URL_MALFORMAT:
+        return "config";
+    case CURLE_WEIRD_SERVER_REPLY:
+    case CURLE_HTTP2:
+    case CURLE_HTTP2_STREAM:
+    case CURLE_BAD_CONTENT_ENCODING:
+        return "protocol";
+    default:
+        return "network";
+    }
+}
+
+/* Push the result table of a finished transfer. */
+static void push_result(lua_State *L, xfer *x) {
+    CURL *e = x->easy;
+    lua_createtable(L, 0, 6);
+    lua_pushinteger(L, x->id);
+    lua_setfield(L, -2, "id");
+    long status = 0;
+    curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
+    curl_off_t pretransfer = 0;
+    long reqsize = 0;
+    curl_easy_getinfo(e, CURLINFO_PRETRANSFER_TIME_T, &pretransfer);
+    curl_easy_getinfo(e, CURLINFO_REQUEST_SIZE, &reqsize);
+    curl_off_t total = 0;
+    curl_easy_getinfo(e, CURLINFO_TOTAL_TIME_T, &total);
+    lua_pushnumber(L, (lua_Number)total / 1e6);
+    lua_setfield(L, -2, "time");
+    /* sent = false only when we know no byte of the request went out */
+    lua_pushboolean(L, pretransfer > 0 || reqsize > 0 || status > 0);
+    lua_setfield(L, -2, "sent");
+    if (x->result == CURLE_OK) {
+        lua_pushinteger(L, status);
+        lua_setfield(L, -2, "status");
+    } else {
+        char msg[CURL_ERROR_SIZE + 96];
+        const char *kind = error_kind(x->result);
+        if (x->fail == FAIL_BODY_CAP) {
+            kind = "protocol";
+            snprintf(msg, sizeof(msg), "the response body exceeds the limit of %zu bytes",
+                     x->max_body);
+        } else if (x->fail == FAIL_HEADER_CAP) {
+            kind = "protocol";
+            snprintf(msg, sizeof(msg), "the response has more than %d headers or %d bytes of them",
+                     x->max_headers, MAX_HEADER_BYTES);
+        } else {
+            snprintf(msg, sizeof(msg), "%s", x->errbuf[0] ? x->errbuf : curl_easy_strerror(x->result));
+        }
+        push_error(L, kind, msg);
+        lua_pushinteger(L, (lua_Integer)x->result);
+        lua_setfield(L, -2, "curl_code");
+        lua_setfield(L, -2, "error");
+        if (status > 0) {
+            lua_pushinteger(L, status);
+            lua_setfield(L, -2, "status");
+        }
+    }
+    lua_createtable(L, 0, x->nheaders);
+    for (int i = 0; i < x->nheaders; i++) {
+        lua_getfield(L, -1, x->headers[i].name);
+        if (lua_isnil(L, -1)) {
+            lua_pop(L, 1);
+            lua_pushstring(L, x->headers[i].value);
+        } else {
+            lua_pushliteral(L, ", ");
+            lua_pushstring(L, x->headers[i].value);
+            lua_concat(L, 3);
+        }
+        lua_setfield(L, -2, x->headers[i].name);
+    }
+    lua_setfield(L, -2, "headers");
+    lua_pushlstring(L, x->body.data ? x->body.data : "", x->body.len);
+    lua_setfield(L, -2, "body");
+}
+
+static void unlink_xfer(multi *m, xfer *x) {
+    for (xfer **p = &m->xfers; *p != NULL; p = &(*p)->next) {
+        if (*p == x) {
+            *p = x->next;
+            return;
+        }
+    }
+}
+
+/* Collect finished transfers into the table at the top of the stack. */
+static int collect(lua_State *L, multi *m, int n) {
+    CURLMsg *msg;
+    int left;
+    while ((msg = curl_multi_info_read(m->multi, &left)) != NULL) {
+        if (msg->msg != CURLMSG_DONE) {
+            continue;
+        }
+        xfer *x = NULL;
+        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&x);
+        x->result = msg->data.result;
+        curl_multi_remove_handle(m->multi, x->easy);
+        x->done = 1;
+        push_result(L, x);
+        lua_rawseti(L, -2, ++n);
+        unlink_xfer(m, x);
+        xfer_free(x);
+    }
+    return n;
+}
+
+/* m:poll(timeout_ms) -> array of results (possibly empty) */
+static int l_multi_poll(lua_State *L) {
+    multi *m = check_multi(L);
+    lua_Integer timeout = luaL_optinteger(L, 2, 0);
+    if (timeout < 0) {
+        timeout = 0;
+    }
+    lua_newtable(L);
+    int n = 0;
+    CURLMcode mc = curl_multi_perform(m->multi, &m->running);
+    if (mc != CURLM_OK) {
+        return luaL_error(L, "curl_multi_perform: %s", curl_multi_strerror(mc));
+    }
+    n = collect(L, m, n);
+    if (n == 0 && timeout > 0) {
+        mc = curl_multi_poll(m->multi, NULL, 0, (int)timeout, NULL);
+        if (mc != CURLM_OK) {
+            return luaL_error(L, "curl_multi_poll: %s", curl_multi_strerror(mc));
+        }
+        mc = curl_multi_perform(m->multi, &m->running);
+        if (mc != CURLM_OK) {
+            return luaL_error(L, "curl_multi_perform: %s", curl_multi_strerror(mc));
+        }
+        collect(L, m, n);
+    }
+    return 1;
+}
+
+static int l_multi_pending(lua_State *L) {
+    multi *m = check_multi(L);
+    int count = 0;
+    for (xfer *x = m->xfers; x != NULL; x = x->next) {
+        count += !x->done;
+    }
+    lua_pushinteger(L, count);
+    return 1;
+}
+
+/* m:cancel(id): abandon a transfer (its coroutine went away) */
+static int l_multi_cancel(lua_State *L) {
+    multi *m = check_multi(L);
+    lua_Integer id = luaL_checkinteger(L, 2);
+    for (xfer *x = m->xfers; x != NULL; x = x->next) {
+        if (x->id == id) {
+            if (!x->done) {
+                curl_multi_remove_handle(m->multi, x->easy);
+            }
+            unlink_xfer(m, x);
+            xfer_free(x);
+            lua_pushboolean(L, 1);
+            return 1;
+        }
+    }
+    lua_pushboolean(L, 0);
+    return 1;
+}
+
+/* the one close routine: from :close(), __gc and __close */
+static void multi_close(multi *m) {
+    if (m->multi == NULL) {
+        return;
+    }
+    while (m->xfers != NULL) {
+        xfer *x = m->xfers;
+        m->xfers = x->next;
+        if (!x->done) {
+            curl_multi_remove_handle(m->multi, x->easy);
+        }
+        xfer_free(x);
+    }
+    curl_multi_cleanup(m->multi);
+    m->multi = NULL;
+    if (m->share != NULL) {
+        curl_share_cleanup(m->share);
+        m->share = NULL;
+    }
+}
+
+static int l_multi_close(lua_State *L) {
+    multi_close(luaL_checkudata(L, 1, ROTOR_MULTI_MT));
+    return 0;
+}
+
+static int l_multi_new(lua_State *L) {
+    rotor_global_init();
+    if (init_result != CURLE_OK) {
+        return luaL_error(L, "curl_global_init failed: %s", curl_easy_strerror(init_result));
+    }
+    lua_Integer maxconn = luaL_optinteger(L, 1, 0);
+    multi *m = lua_newuserdata(L, sizeof(*m));
+    memset(m, 0, sizeof(*m));
+    luaL_setmetatable(L, ROTOR_MULTI_MT);
+    m->multi = curl_multi_init();
+    m->share = curl_share_init();
+    if (m->multi == NULL || m->share == NULL) {
+        multi_close(m);
+        return luaL_error(L, "rotor.multi: libcurl initialisation failed");
+    }
+    curl_share_setopt(m->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
+    curl_share_setopt(m->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION);
+    curl_multi_setopt(m->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
+    if (maxconn > 0) {
+        curl_multi_setopt(m->multi, CURLMOPT_MAXCONNECTS, (long)maxconn);
+    }
+    return 1;
+}
+
+void rotor_http_open(lua_State *L) {
+    static const luaL_Reg meth[] = {{"add", l_multi_add},         {"poll", l_multi_poll},
+                                    {"pending", l_multi_pending}, {"cancel", l_multi_cancel},
+                                    {"close", l_multi_close},     {NULL, NULL}};
+    if (luaL_newmetatable(L, ROTOR_MULTI_MT)) {
+        lua_pushcfunction(L, l_multi_close);
+        lua_setfield(L, -2, "__gc");
+        lua_pushcfunction(L, l_multi_close);
+        lua_setfield(L, -2, "__close");
+        luaL_newlib(L, meth);
+        lua_setfield(L, -2, "__index");
+    }
+    lua_pop(L, 1);
+    lua_pushcfunction(L, l_multi_new);
+    lua_setfield(L, -2, "multi");
+    rotor_global_init();
+    lua_pushstring(L, curl_version());
+    lua_setfield(L, -2, "curl_version");
+}

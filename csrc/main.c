@@ -1,0 +1,271 @@
+/* rotor: the host executable. Its shape follows lua.c: a protected main, a message handler that
+ * adds a traceback (with every live secret redacted), the `arg` table and clear exit codes.
+ *
+ *   rotor script.lua [args]     run a rotation script
+ *   rotor -e 'code'             run a chunk
+ *   rotor status|rotate ...     subcommands of rotor.cli
+ *   rotor -v                    version
+ *
+ * rotor.core is linked in and preloaded; rotor's Lua modules are found next to the executable
+ * (the checkout: build/rotor -> lua/; an install: bin/rotor -> share/lua/5.x/) with no LUA_PATH. */
+#include "rotor.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <curl/curl.h>
+
+int luaopen_rotor_core(lua_State *L);
+
+#define EXIT_USAGE 2
+#define EXIT_INTERRUPTED 130
+
+static const char *progname = "rotor";
+
+static void on_signal(int sig) {
+    if (rotor_interrupted) {
+        /* a second signal: stop now */
+        signal(sig, SIG_DFL);
+        raise(sig);
+        return;
+    }
+    rotor_interrupted = sig;
+    static const char msg[] =
+        "\nrotor: stopping after the current step (send the signal again to abort now)\n";
+    ssize_t w = write(STDERR_FILENO, msg, sizeof(msg) - 1);
+    (void)w;
+}
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: %s SCRIPT.lua [ARGS...]   run a rotation script\n"
+            "       %s -e CODE                run a chunk of Lua\n"
+            "       %s status STORE [--json]  show the slots of a file store\n"
+            "       %s rotate --config FILE [--slot NAME] [--dry-run]\n"
+            "       %s -v                     print the version\n",
+            progname, progname, progname, progname, progname);
+}
+
+/* Message handler: the error as text, every live secret redacted, plus a traceback. */
+static int msghandler(lua_State *L) {
+    const char *msg = lua_tostring(L, 1);
+    if (msg == NULL) {
+        if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING) {
+            msg = lua_tostring(L, -1);
+        } else {
+            msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+        }
+    }
+    luaL_traceback(L, L, msg, 1);
+    /* redact through rotor.core.redact */
+    lua_getfield(L, LUA_REGISTRYINDEX, "rotor.redact");
+    if (lua_isfunction(L, -1)) {
+        lua_insert(L, -2);
+        if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+            lua_pop(L, 1);
+            lua_pushliteral(L, "(error message withheld: redaction failed)");
+        }
+    } else {
+        lua_pop(L, 1);
+    }
+    return 1;
+}
+
+static int report(lua_State *L, int status) {
+    if (status != LUA_OK) {
+        const char *msg = lua_tostring(L, -1);
+        fprintf(stderr, "%s: %s\n", progname, msg ? msg : "(error)");
+        fflush(stderr);
+        lua_pop(L, 1);
+    }
+    return status;
+}
+
+static int docall(lua_State *L, int narg, int nres) {
+    int base = lua_gettop(L) - narg;
+    lua_pushcfunction(L, msghandler);
+    lua_insert(L, base);
+    int status = lua_pcall(L, narg, nres, base);
+    lua_remove(L, base);
+    return status;
+}
+
+/* Directory of the running executable, for finding rotor's Lua modules. */
+static void exe_dir(char *out, size_t n) {
+    ssize_t len = readlink("/proc/self/exe", out, n - 1);
+    if (len <= 0) {
+        snprintf(out, n, ".");
+        return;
+    }
+    out[len] = '\0';
+    char *slash = strrchr(out, '/');
+    if (slash != NULL) {
+        *slash = '\0';
+    }
+}
+
+static void setup_paths(lua_State *L) {
+    char dir[PATH_MAX];
+    exe_dir(dir, sizeof(dir));
+    lua_getglobal(L, "package");
+    lua_getfield(L, -1, "path");
+    lua_pushfstring(L,
+                    "%s/../lua/?.lua;%s/../lua/?/init.lua;"
+                    "%s/../share/lua/" LUA_VERSION_MAJOR "." LUA_VERSION_MINOR "/?.lua;"
+                    "%s/../share/lua/" LUA_VERSION_MAJOR "." LUA_VERSION_MINOR "/?/init.lua;"
+                    "%s",
+                    dir, dir, dir, dir, lua_tostring(L, -1));
+    lua_setfield(L, -3, "path");
+    lua_pop(L, 1);
+    lua_getfield(L, -1, "cpath");
+    lua_pushfstring(L,
+                    "%s/../lib/lua/" LUA_VERSION_MAJOR "." LUA_VERSION_MINOR "/?.so;%s", dir,
+                    lua_tostring(L, -1));
+    lua_setfield(L, -3, "cpath");
+    lua_pop(L, 1);
+    /* preload the linked-in core */
+    lua_getfield(L, -1, "preload");
+    lua_pushcfunction(L, luaopen_rotor_core);
+    lua_setfield(L, -2, "rotor.core");
+    lua_pop(L, 2);
+}
+
+static void create_arg(lua_State *L, char **argv, int argc, int script) {
+    lua_createtable(L, argc - script, script + 1);
+    for (int i = 0; i < argc; i++) {
+        lua_pushstring(L, argv[i]);
+        lua_rawseti(L, -2, i - script);
+    }
+    lua_setglobal(L, "arg");
+}
+
+static int is_subcommand(const char *a) {
+    return strcmp(a, "status") == 0 || strcmp(a, "rotate") == 0 || strcmp(a, "help") == 0 ||
+           strcmp(a, "due") == 0;
+}
+
+static int pmain(lua_State *L) {
+    int argc = (int)lua_tointeger(L, 1);
+    char **argv = (char **)lua_touserdata(L, 2);
+    int *exitcode = (int *)lua_touserdata(L, 3);
+    luaL_openlibs(L);
+    setup_paths(L);
+    /* keep core.redact reachable for the message handler */
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "rotor.core");
+    if (docall(L, 1, 1) != LUA_OK) {
+        report(L, 1);
+        *exitcode = EXIT_FAILURE;
+        return 0;
+    }
+    lua_getfield(L, -1, "redact");
+    lua_setfield(L, LUA_REGISTRYINDEX, "rotor.redact");
+    lua_pop(L, 1);
+
+    if (argc < 2) {
+        usage(stderr);
+        *exitcode = EXIT_USAGE;
+        return 0;
+    }
+    const char *a1 = argv[1];
+    int status;
+    if (strcmp(a1, "-v") == 0 || strcmp(a1, "--version") == 0) {
+        printf("rotor %s (%s, %s)\n", ROTOR_VERSION, LUA_RELEASE, curl_version());
+        return 0;
+    }
+    if (strcmp(a1, "-h") == 0 || strcmp(a1, "--help") == 0) {
+        usage(stdout);
+        return 0;
+    }
+    if (strcmp(a1, "-e") == 0) {
+        if (argc < 3) {
+            fprintf(stderr, "%s: -e needs an argument\n", progname);
+            usage(stderr);
+            *exitcode = EXIT_USAGE;
+            return 0;
+        }
+        create_arg(L, argv, argc, 2);
+        status = luaL_loadbuffer(L, argv[2], strlen(argv[2]), "=(command line)");
+        if (status == LUA_OK) {
+            status = docall(L, 0, 0);
+        }
+    } else if (is_subcommand(a1)) {
+        create_arg(L, argv, argc, 0);
+        lua_getglobal(L, "require");
+        lua_pushliteral(L, "rotor.cli");
+        status = docall(L, 1, 1);
+        if (status == LUA_OK) {
+            lua_getfield(L, -1, "main");
+            lua_createtable(L, argc - 1, 0);
+            for (int i = 1; i < argc; i++) {
+                lua_pushstring(L, argv[i]);
+                lua_rawseti(L, -2, i);
+            }
+            status = docall(L, 1, 1);
+            if (status == LUA_OK) {
+                *exitcode = (int)luaL_optinteger(L, -1, 0);
+                lua_pop(L, 1);
+            }
+        }
+    } else if (a1[0] == '-' && a1[1] != '\0') {
+        fprintf(stderr, "%s: unknown option '%s'\n", progname, a1);
+        usage(stderr);
+        *exitcode = EXIT_USAGE;
+        return 0;
+    } else {
+        create_arg(L, argv, argc, 1);
+        const char *fname = strcmp(a1, "-") == 0 ? NULL : a1;
+        status = luaL_loadfile(L, fname);
+        if (status == LUA_OK) {
+            int n = argc - 2;
+            luaL_checkstack(L, n, "too many arguments to script");
+            for (int i = 2; i < argc; i++) {
+                lua_pushstring(L, argv[i]);
+            }
+            status = docall(L, n, 0);
+        }
+    }
+    if (report(L, status) != LUA_OK) {
+        *exitcode = rotor_interrupted ? EXIT_INTERRUPTED : EXIT_FAILURE;
+    } else if (rotor_interrupted && *exitcode == 0) {
+        *exitcode = EXIT_INTERRUPTED;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argv[0] != NULL && argv[0][0]) {
+        const char *s = strrchr(argv[0], '/');
+        progname = s ? s + 1 : argv[0];
+    }
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+
+    lua_State *L = luaL_newstate();
+    if (L == NULL) {
+        fprintf(stderr, "%s: cannot create the Lua state: not enough memory\n", progname);
+        return EXIT_FAILURE;
+    }
+    int exitcode = 0;
+    lua_pushcfunction(L, pmain);
+    lua_pushinteger(L, argc);
+    lua_pushlightuserdata(L, argv);
+    lua_pushlightuserdata(L, &exitcode);
+    int status = lua_pcall(L, 3, 0, 0);
+    if (status != LUA_OK) {
+        const char *msg = lua_tostring(L, -1);
+        fprintf(stderr, "%s: %s\n", progname, msg ? msg : "(error)");
+        exitcode = EXIT_FAILURE;
+    }
+    lua_close(L);
+    fflush(stdout);
+    return exitcode;
+}

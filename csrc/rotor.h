@@ -1,0 +1,54 @@
+/* rotor core: shared declarations for the C files of rotor.core. */
+#ifndef ROTOR_H
+#define ROTOR_H
+
+#include <stddef.h>
+#include <lua.h>
+#include <lauxlib.h>
+#include <lualib.h>
+#if LUA_VERSION_NUM < 503
+#include "compat-5.3.h"
+#endif
+
+#define ROTOR_VERSION "0.1.0"
+#define ROTOR_SECRET_MT "rotor.secret"
+#define ROTOR_MULTI_MT "rotor.multi"
+
+/* secret.c */
+typedef struct rotor_secret rotor_secret;
+void rotor_secret_open(lua_State *L);
+/* Push a new secret holding a copy of buf[0..len). */
+void rotor_secret_push(lua_State *L, const void *buf, size_t len);
+/* Bytes of a string or secret at idx (NULL if neither). The pointer is valid while the value
+ * stays on the stack. is_secret is set when the value is a secret. */
+const char *rotor_bytes(lua_State *L, int idx, size_t *len, int *is_secret);
+/* Same, raising a type error naming the argument. */
+const char *rotor_checkbytes(lua_State *L, int idx, size_t *len);
+/* Zero then free. */
+void rotor_free_secure(void *p, size_t len);
+void rotor_zero(void *p, size_t len);
+
+/* A growable byte buffer whose contents are zeroed whenever it is resized or freed. */
+typedef struct {
+    char *data;
+    size_t len, cap;
+    int failed;
+} rotor_buf;
+void rotor_buf_add(rotor_buf *b, const void *p, size_t n);
+void rotor_buf_adds(rotor_buf *b, const char *s);
+void rotor_buf_free(rotor_buf *b);
+/* application/x-www-form-urlencoded encoding (RFC 6749 App. B) */
+void rotor_buf_add_formenc(rotor_buf *b, const char *p, size_t n);
+
+/* http.c */
+void rotor_http_open(lua_State *L);
+int rotor_is_loopback_url(const char *url, char *scheme, size_t scheme_len);
+void rotor_global_init(void);
+
+/* token.c */
+void rotor_token_open(lua_State *L);
+
+/* signals, shared with main.c */
+extern volatile int rotor_interrupted;
+
+#endif

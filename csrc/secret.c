@@ -1,0 +1,347 @@
+/* rotor.secret: secret bytes kept in C memory, zeroed when closed or collected.
+ *
+ * Every live secret is also on a process-wide list, so that core.redact() can strip any secret
+ * the process holds from a message before it is shown (error messages, tracebacks). */
+#include "rotor.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+
+struct rotor_secret {
+    char *buf;
+    size_t len;
+    struct rotor_secret *prev, *next; /* the live list */
+};
+
+static rotor_secret *live_head = NULL;
+static pthread_mutex_t live_lock = PTHREAD_MUTEX_INITIALIZER;
+
+void rotor_zero(void *p, size_t len) {
+    if (p != NULL && len > 0) {
+        OPENSSL_cleanse(p, len);
+    }
+}
+
+void rotor_free_secure(void *p, size_t len) {
+    if (p != NULL) {
+        rotor_zero(p, len);
+        free(p);
+    }
+}
+
+/* ---- rotor_buf ---- */
+
+void rotor_buf_add(rotor_buf *b, const void *p, size_t n) {
+    if (b->failed) {
+        return;
+    }
+    if (b->len + n + 1 > b->cap) {
+        size_t ncap = b->cap ? b->cap * 2 : 256;
+        while (ncap < b->len + n + 1) {
+            ncap *= 2;
+        }
+        char *nd = malloc(ncap);
+        if (nd == NULL) {
+            b->failed = 1;
+            return;
+        }
+        if (b->data != NULL) {
+            memcpy(nd, b->data, b->len);
+            rotor_free_secure(b->data, b->cap);
+        }
+        b->data = nd;
+        b->cap = ncap;
+    }
+    if (n > 0) {
+        memcpy(b->data + b->len, p, n);
+    }
+    b->len += n;
+    b->data[b->len] = '\0';
+}
+
+void rotor_buf_adds(rotor_buf *b, const char *s) {
+    rotor_buf_add(b, s, strlen(s));
+}
+
+void rotor_buf_free(rotor_buf *b) {
+    rotor_free_secure(b->data, b->cap);
+    b->data = NULL;
+    b->len = b->cap = 0;
+    b->failed = 0;
+}
+
+void rotor_buf_add_formenc(rotor_buf *b, const char *p, size_t n) {
+    static const char hex[] = "0123456789ABCDEF";
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)p[i];
+        if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+            c == '-' || c == '.' || c == '_' || c == '*') {
+            rotor_buf_add(b, &p[i], 1);
+        } else if (c == ' ') {
+            rotor_buf_add(b, "+", 1);
+        } else {
+            char e[3] = {'%', hex[c >> 4], hex[c & 15]};
+            rotor_buf_add(b, e, 3);
+        }
+    }
+}
+
+/* ---- the secret userdata ---- */
+
+static void secret_close(rotor_secret *s) {
+    if (s->buf == NULL) {
+        return;
+    }
+    pthread_mutex_lock(&live_lock);
+    if (s->prev != NULL) {
+        s->prev->next = s->next;
+    } else if (live_head == s) {
+        live_head = s->next;
+    }
+    if (s->next != NULL) {
+        s->next->prev = s->prev;
+    }
+    s->prev = s->next = NULL;
+    pthread_mutex_unlock(&live_lock);
+    rotor_free_secure(s->buf, s->len + 1);
+    s->buf = NULL;
+    s->len = 0;
+}
+
+void rotor_secret_push(lua_State *L, const void *buf, size_t len) {
+    rotor_secret *s = lua_newuserdata(L, sizeof(*s));
+    s->buf = NULL;
+    s->len = 0;
+    s->prev = s->next = NULL;
+    luaL_setmetatable(L, ROTOR_SECRET_MT);
+    s->buf = malloc(len + 1);
+    if (s->buf == NULL) {
+        luaL_error(L, "rotor.secret: out of memory");
+        return;
+    }
+    if (len > 0) {
+        memcpy(s->buf, buf, len);
+    }
+    s->buf[len] = '\0';
+    s->len = len;
+    pthread_mutex_lock(&live_lock);
+    s->next = live_head;
+    if (live_head != NULL) {
+        live_head->prev = s;
+    }
+    live_head = s;
+    pthread_mutex_unlock(&live_lock);
+}
+
+static rotor_secret *check_secret(lua_State *L, int idx) {
+    return luaL_checkudata(L, idx, ROTOR_SECRET_MT);
+}
+
+static rotor_secret *open_secret(lua_State *L, int idx) {
+    rotor_secret *s = check_secret(L, idx);
+    if (s->buf == NULL) {
+        luaL_error(L, "rotor.secret: the secret was closed");
+    }
+    return s;
+}
+
+const char *rotor_bytes(lua_State *L, int idx, size_t *len, int *is_secret) {
+    if (is_secret != NULL) {
+        *is_secret = 0;
+    }
+    if (lua_type(L, idx) == LUA_TSTRING) {
+        return lua_tolstring(L, idx, len);
+    }
+    rotor_secret *s = luaL_testudata(L, idx, ROTOR_SECRET_MT);
+    if (s == NULL || s->buf == NULL) {
+        return NULL;
+    }
+    if (is_secret != NULL) {
+        *is_secret = 1;
+    }
+    *len = s->len;
+    return s->buf;
+}
+
+const char *rotor_checkbytes(lua_State *L, int idx, size_t *len) {
+    const char *p = rotor_bytes(L, idx, len, NULL);
+    if (p == NULL) {
+        luaL_argerror(L, idx, "string or open rotor.secret expected");
+    }
+    return p;
+}
+
+static int l_secret_new(lua_State *L) {
+    size_t len;
+    const char *p = rotor_checkbytes(L, 1, &len);
+    rotor_secret_push(L, p, len);
+    return 1;
+}
+
+static int l_secret_reveal(lua_State *L) {
+    rotor_secret *s = open_secret(L, 1);
+    lua_pushlstring(L, s->buf, s->len);
+    return 1;
+}
+
+static int l_secret_len(lua_State *L) {
+    rotor_secret *s = open_secret(L, 1);
+    lua_pushinteger(L, (lua_Integer)s->len);
+    return 1;
+}
+
+static int l_secret_close(lua_State *L) {
+    secret_close(check_secret(L, 1));
+    return 0;
+}
+
+static int l_secret_closed(lua_State *L) {
+    lua_pushboolean(L, check_secret(L, 1)->buf == NULL);
+    return 1;
+}
+
+static int l_secret_tostring(lua_State *L) {
+    rotor_secret *s = check_secret(L, 1);
+    lua_pushstring(L, s->buf ? "rotor.secret(<redacted>)" : "rotor.secret(<closed>)");
+    return 1;
+}
+
+static int l_secret_eq(lua_State *L) {
+    rotor_secret *a = luaL_testudata(L, 1, ROTOR_SECRET_MT);
+    rotor_secret *b = luaL_testudata(L, 2, ROTOR_SECRET_MT);
+    int eq = a != NULL && b != NULL && a->buf != NULL && b->buf != NULL && a->len == b->len &&
+             CRYPTO_memcmp(a->buf, b->buf, a->len) == 0;
+    lua_pushboolean(L, eq);
+    return 1;
+}
+
+/* s:equals(string_or_secret): constant-time comparison */
+static int l_secret_equals(lua_State *L) {
+    rotor_secret *s = open_secret(L, 1);
+    size_t len;
+    const char *p = rotor_checkbytes(L, 2, &len);
+    lua_pushboolean(L, len == s->len && CRYPTO_memcmp(p, s->buf, len) == 0);
+    return 1;
+}
+
+static int l_secret_gc(lua_State *L) {
+    secret_close(check_secret(L, 1));
+    return 0;
+}
+
+static int l_is_secret(lua_State *L) {
+    lua_pushboolean(L, luaL_testudata(L, 1, ROTOR_SECRET_MT) != NULL);
+    return 1;
+}
+
+static int l_hmac_sha256_hex(lua_State *L) {
+    size_t klen, dlen;
+    const char *k = rotor_checkbytes(L, 1, &klen);
+    const char *d = rotor_checkbytes(L, 2, &dlen);
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    if (HMAC(EVP_sha256(), k, (int)klen, (const unsigned char *)d, dlen, md, &mdlen) == NULL) {
+        return luaL_error(L, "hmac_sha256_hex: HMAC failed");
+    }
+    char hex[2 * EVP_MAX_MD_SIZE + 1];
+    static const char digits[] = "0123456789abcdef";
+    for (unsigned int i = 0; i < mdlen; i++) {
+        hex[2 * i] = digits[md[i] >> 4];
+        hex[2 * i + 1] = digits[md[i] & 15];
+    }
+    lua_pushlstring(L, hex, 2 * (size_t)mdlen);
+    return 1;
+}
+
+static int l_random_hex(lua_State *L) {
+    lua_Integer n = luaL_optinteger(L, 1, 16);
+    luaL_argcheck(L, n > 0 && n <= 256, 1, "between 1 and 256 bytes");
+    unsigned char raw[256];
+    char hex[513];
+    static const char digits[] = "0123456789abcdef";
+    if (RAND_bytes(raw, (int)n) != 1) {
+        return luaL_error(L, "random_hex: RAND_bytes failed");
+    }
+    for (lua_Integer i = 0; i < n; i++) {
+        hex[2 * i] = digits[raw[i] >> 4];
+        hex[2 * i + 1] = digits[raw[i] & 15];
+    }
+    lua_pushlstring(L, hex, (size_t)(2 * n));
+    rotor_zero(raw, sizeof(raw));
+    return 1;
+}
+
+/* core.redact(message): the message with the bytes of every live secret (of 6 bytes or more)
+ * replaced by <redacted>. Used on error messages and tracebacks before they are shown. */
+static int l_redact(lua_State *L) {
+    size_t mlen;
+    const char *msg = luaL_checklstring(L, 1, &mlen);
+    rotor_buf out = {0};
+    rotor_buf_add(&out, msg, mlen);
+    int changed = 0;
+    pthread_mutex_lock(&live_lock);
+    for (rotor_secret *s = live_head; s != NULL; s = s->next) {
+        if (s->buf == NULL || s->len < 6 || s->len > out.len) {
+            continue;
+        }
+        char *hit;
+        size_t from = 0;
+        while (from + s->len <= out.len &&
+               (hit = memmem(out.data + from, out.len - from, s->buf, s->len)) != NULL) {
+            size_t at = (size_t)(hit - out.data);
+            rotor_buf nb = {0};
+            rotor_buf_add(&nb, out.data, at);
+            rotor_buf_adds(&nb, "<redacted>");
+            rotor_buf_add(&nb, out.data + at + s->len, out.len - at - s->len);
+            rotor_buf_free(&out);
+            out = nb;
+            from = at + 10;
+            changed = 1;
+        }
+    }
+    pthread_mutex_unlock(&live_lock);
+    if (out.failed) {
+        rotor_buf_free(&out);
+        lua_pushliteral(L, "<message withheld: out of memory while redacting>");
+        return 1;
+    }
+    if (changed) {
+        lua_pushlstring(L, out.data, out.len);
+    } else {
+        lua_pushvalue(L, 1);
+    }
+    rotor_buf_free(&out);
+    return 1;
+}
+
+void rotor_secret_open(lua_State *L) {
+    static const luaL_Reg meth[] = {{"reveal", l_secret_reveal}, {"len", l_secret_len},
+                                    {"close", l_secret_close},   {"closed", l_secret_closed},
+                                    {"equals", l_secret_equals}, {NULL, NULL}};
+    static const luaL_Reg mt[] = {{"__tostring", l_secret_tostring},
+                                  {"__eq", l_secret_eq},
+                                  {"__gc", l_secret_gc},
+                                  {"__close", l_secret_gc},
+                                  {"__len", l_secret_len},
+                                  {NULL, NULL}};
+    static const luaL_Reg funcs[] = {{"secret", l_secret_new},
+                                     {"is_secret", l_is_secret},
+                                     {"hmac_sha256_hex", l_hmac_sha256_hex},
+                                     {"random_hex", l_random_hex},
+                                     {"redact", l_redact},
+                                     {NULL, NULL}};
+    if (luaL_newmetatable(L, ROTOR_SECRET_MT)) {
+        luaL_setfuncs(L, mt, 0);
+        luaL_newlib(L, meth);
+        lua_setfield(L, -2, "__index");
+        lua_pushliteral(L, "rotor.secret");
+        lua_setfield(L, -2, "__metatable");
+    }
+    lua_pop(L, 1);
+    luaL_setfuncs(L, funcs, 0);
+}

@@ -1,0 +1,132 @@
+-- OAuth2 client-credentials tokens: cached in the core (C memory), refreshed ahead of expiry,
+-- fetched once however many coroutines want the same token at the same time (single-flight).
+local core = require "rotor.core"
+local sched = require "rotor.sched"
+local http = require "rotor.http"
+local json = require "rotor.json"
+local errors = require "rotor.errors"
+
+local _M = {}
+
+_M.DEFAULT_MARGIN = 60      -- refresh this many seconds before expiry
+_M.DEFAULT_TTL = 3600       -- when the server gives no expires_in
+
+local last_failure = {}     -- key -> { err = , gen = }
+local generation = {}       -- key -> number of fetches finished
+
+--- The cache key of a token spec: endpoint, client, scope and request style.
+function _M.key(spec)
+  return table.concat({ spec.url, spec.style or "basic", spec.client_id, spec.scope or "" }, "\0")
+end
+
+local function oauth_error_detail(body)
+  local v = json.decode(body or "")
+  if type(v) ~= "table" then return nil end
+  local parts = {}
+  local e = v.error or v.errorCode or v.code
+  if type(e) == "string" then parts[#parts + 1] = e end
+  local d = v.error_description or v.description or v.message
+  if type(d) == "string" then parts[#parts + 1] = d end
+  if #parts == 0 then return nil end
+  return table.concat(parts, ": ")
+end
+
+-- One token request; returns token_string, ttl | nil, err
+local function fetch(spec)
+  local req = core.token_request(spec)
+  req.cainfo, req.proxy, req.timeout = spec.cainfo, spec.proxy, spec.timeout
+  req.user_agent, req.connect_timeout = spec.user_agent, spec.connect_timeout
+  req.secret_body = true
+  local res, err = http.request(req, {
+    provider = spec.provider, op = "token", retries = spec.retries, max_wait = spec.max_wait,
+    rate = spec.rate,
+  })
+  req.body:close()
+  for _, h in ipairs(req.headers) do
+    if core.is_secret(h[2]) then h[2]:close() end
+  end
+  if not res then return nil, err end
+  local base = { provider = spec.provider, op = "token", status = res.status,
+    request_id = res.headers["x-amzn-requestid"] or res.headers["inin-correlation-id"]
+      or res.headers["x-request-id"] }
+  if res.status == 400 or res.status == 401 or res.status == 403 then
+    local detail = oauth_error_detail(res.body)
+    base.kind = "auth"
+    base.detail = detail
+    base.message = "the token endpoint refused the client credentials" ..
+      (detail and (" (" .. detail .. ")") or "")
+    return nil, errors.new(base)
+  end
+  if res.status < 200 or res.status > 299 then
+    base.kind = "http"
+    base.message = "the token endpoint answered " .. res.status
+    base.detail = oauth_error_detail(res.body)
+    return nil, errors.new(base)
+  end
+  local v, jerr = json.decode(res.body)
+  if type(v) ~= "table" then
+    base.kind = "protocol"
+    base.message = "the token response is not a JSON object" .. (jerr and (": " .. jerr) or "")
+    return nil, errors.new(base)
+  end
+  local names = spec.response or {}
+  local tok = v[names.token or "access_token"]
+  if type(tok) ~= "string" or tok == "" then
+    base.kind = "protocol"
+    base.message = "the token response has no " .. (names.token or "access_token")
+    return nil, errors.new(base)
+  end
+  local ttl = v[names.expires or "expires_in"]
+  ttl = tonumber(ttl) or _M.DEFAULT_TTL
+  return tok, ttl
+end
+
+--- token(spec) -> token (rotor.secret) | nil, err
+-- spec: core.token_request fields (url, style, client_id, client_secret, scope, fields, extra),
+-- plus provider, response = {token=, expires=}, margin, cainfo, proxy, timeout, user_agent.
+-- spec.fresh = true bypasses the cache (verification of a new credential).
+function _M.token(spec)
+  if spec.fresh then
+    local tok, ttl = fetch(spec)
+    if not tok then return nil, ttl end
+    return core.secret(tok), ttl
+  end
+  local key = spec.key or _M.key(spec)
+  local margin = spec.margin or _M.DEFAULT_MARGIN
+  for _ = 1, 1000 do
+    local tok, left = core.token_get(key, margin)
+    if tok then return tok, left end
+    if core.token_begin(key) then
+      local ok, t, ttl = pcall(fetch, spec)
+      generation[key] = (generation[key] or 0) + 1
+      if ok and t then
+        -- a token that lives shorter than the margin is still used once
+        core.token_put(key, t, ttl)
+        last_failure[key] = nil
+        sched.notify(key)
+        local s = core.secret(t)
+        return s, ttl
+      end
+      core.token_fail(key)
+      local err = ok and ttl or errors.new { kind = "protocol", provider = spec.provider,
+        op = "token", message = core.redact(tostring(t)) }
+      last_failure[key] = { err = err, gen = generation[key] }
+      sched.notify(key)
+      return nil, err
+    end
+    -- someone else fetches: wait for them, then take their token or their failure
+    local gen = generation[key] or 0
+    sched.wait(key, 60)
+    local f = last_failure[key]
+    if f and f.gen > gen then return nil, f.err end
+  end
+  return nil, errors.new { kind = "timeout", provider = spec.provider, op = "token",
+    message = "gave up waiting for another token request to finish" }
+end
+
+--- Drop a cached token (after a 401). With `token`, only if the cache still holds that one.
+function _M.invalidate(spec, token)
+  return core.token_invalidate(spec.key or _M.key(spec), token)
+end
+
+return _M

@@ -1,0 +1,250 @@
+-- The scheduler: Lua coroutines driven by one libcurl multi loop.
+--
+-- Inside rotor.parallel every HTTP call of a worker yields to this loop, which multiplexes all
+-- transfers on one multi handle and resumes each coroutine when its transfer finishes. The same
+-- calls outside parallel run synchronously on a multi handle of their own. No lua_State is
+-- kept in C across a yield: the C side only returns finished results from poll().
+local core = require "rotor.core"
+
+local _M = {}
+
+local co_running, co_create, co_resume, co_status, co_yield =
+  coroutine.running, coroutine.create, coroutine.resume, coroutine.status, coroutine.yield
+local now = core.now
+
+local sync_multi        -- for calls made outside any loop
+local loop              -- the running loop, or nil
+local owner = setmetatable({}, { __mode = "k" })  -- coroutine -> its loop
+
+local WAKE = {}          -- sentinel value passed when a sleeper or waiter wakes
+
+local function get_sync_multi()
+  if not sync_multi then sync_multi = core.multi() end
+  return sync_multi
+end
+
+local function in_loop()
+  local co = co_running()
+  local l = co and owner[co]
+  if l and l == loop then return l, co end
+  return nil
+end
+
+--- Run a request table (see doc/INTERNALS.md §1) and return the core's result table.
+-- Inside a loop, yields until it finishes; otherwise blocks on the sync multi handle.
+-- Returns nil, err_table when the core refuses the request before it starts.
+function _M.request(req)
+  local l, co = in_loop()
+  if l then
+    local id, err = l.multi:add(req)
+    if not id then return nil, err end
+    l.transfers[id] = co
+    l.ntransfers = l.ntransfers + 1
+    return co_yield()
+  end
+  local m = get_sync_multi()
+  local id, err = m:add(req)
+  if not id then return nil, err end
+  while true do
+    local done = m:poll(1000)
+    for i = 1, #done do
+      if done[i].id == id then return done[i] end
+    end
+  end
+end
+
+--- Sleep for s seconds (yields inside a loop).
+function _M.sleep(s)
+  if not s or s <= 0 then return end
+  local l, co = in_loop()
+  if l then
+    l.sleepers[#l.sleepers + 1] = { at = now() + s, co = co }
+    co_yield()
+    return
+  end
+  core.sleep(s)
+end
+
+--- Wait until notify(key) (inside a loop) or, outside a loop, for a short while
+-- (the only other party can be another thread of the process).
+function _M.wait(key, timeout)
+  local l, co = in_loop()
+  if l then
+    local q = l.waiters[key]
+    if not q then q = {}; l.waiters[key] = q end
+    q[#q + 1] = co
+    if timeout then l.sleepers[#l.sleepers + 1] = { at = now() + timeout, co = co, key = key } end
+    co_yield()
+    return
+  end
+  core.sleep(0.02)
+end
+
+function _M.notify(key)
+  local l = loop
+  if not l then return end
+  local q = l.waiters[key]
+  if not q then return end
+  l.waiters[key] = nil
+  for i = 1, #q do l.ready[#l.ready + 1] = { co = q[i], value = WAKE } end
+end
+
+--- True when the caller runs inside rotor.parallel.
+function _M.in_parallel()
+  return in_loop() ~= nil
+end
+
+local function new_loop()
+  return {
+    multi = loop and loop.multi or core.multi(),
+    transfers = {}, ntransfers = 0,
+    sleepers = {}, waiters = {}, ready = {},
+  }
+end
+
+-- Drive the loop until every task of `group` is finished.
+local function drive(l, group)
+  while group.left > 0 do
+    -- run what is ready
+    while #l.ready > 0 do
+      local batch = l.ready
+      l.ready = {}
+      for i = 1, #batch do
+        local r = batch[i]
+        if co_status(r.co) == "suspended" then
+          local ok, a, b = co_resume(r.co, r.value, r.value2)
+          local task = r.co and l.tasks[r.co]
+          if task and co_status(r.co) == "dead" then
+            l.tasks[r.co] = nil
+            task.finish(ok, a, b)
+          end
+        end
+      end
+    end
+    if group.left == 0 then break end
+    -- wake sleepers that are due
+    local t = now()
+    local nexts
+    local keep = {}
+    for i = 1, #l.sleepers do
+      local s = l.sleepers[i]
+      if s.at <= t then
+        if s.key then
+          -- a wait with timeout: only wake it if it is still waiting
+          local q = l.waiters[s.key]
+          if q then
+            for j = #q, 1, -1 do
+              if q[j] == s.co then
+                table.remove(q, j)
+                l.ready[#l.ready + 1] = { co = s.co, value = WAKE }
+              end
+            end
+          end
+        else
+          l.ready[#l.ready + 1] = { co = s.co, value = WAKE }
+        end
+      else
+        keep[#keep + 1] = s
+        if not nexts or s.at < nexts then nexts = s.at end
+      end
+    end
+    l.sleepers = keep
+    if #l.ready == 0 then
+      if l.ntransfers == 0 and not nexts then
+        -- nothing can make progress: tasks wait on keys nobody will notify
+        local stuck = {}
+        for key, q in pairs(l.waiters) do
+          for i = 1, #q do stuck[#stuck + 1] = { co = q[i], key = key } end
+        end
+        l.waiters = {}
+        for i = 1, #stuck do
+          l.ready[#l.ready + 1] = { co = stuck[i].co, value = WAKE }
+        end
+        if #stuck == 0 then
+          error("rotor.parallel: tasks are blocked with nothing to wake them", 0)
+        end
+      else
+        local wait_ms = 1000
+        if nexts then wait_ms = math.max(0, math.min(wait_ms, math.ceil((nexts - t) * 1000))) end
+        local done = l.multi:poll(wait_ms)
+        for i = 1, #done do
+          local r = done[i]
+          local co = l.transfers[r.id]
+          if co then
+            l.transfers[r.id] = nil
+            l.ntransfers = l.ntransfers - 1
+            l.ready[#l.ready + 1] = { co = co, value = r }
+          end
+        end
+      end
+    end
+  end
+end
+
+--- rotor.parallel(items, fn, opts) -> results, errors
+-- fn(item, i) runs in a coroutine per item, at most opts.concurrency (default 16) at once.
+-- results[i] is fn's first value; errors[i] its second, or the message it raised.
+function _M.parallel(items, fn, opts)
+  if type(items) ~= "table" then error("rotor.parallel: items must be a table", 2) end
+  if type(fn) ~= "function" then error("rotor.parallel: fn must be a function", 2) end
+  opts = opts or {}
+  if type(opts) ~= "table" then error("rotor.parallel: opts must be a table", 2) end
+  local conc = opts.concurrency or 16
+  if type(conc) ~= "number" or conc < 1 then
+    error("rotor.parallel: concurrency must be a number >= 1", 2)
+  end
+  local n = #items
+  local results, errors = {}, {}
+  if n == 0 then return results, errors end
+
+  local outer = loop
+  local parent_l, parent_co = in_loop()
+  local l = parent_l or new_loop()
+  l.tasks = l.tasks or {}
+  local group = { left = n }
+  local next_i = 1
+  local on_progress = opts.progress
+
+  local start
+  local function spawn(i)
+    local co = co_create(function() return fn(items[i], i) end)
+    owner[co] = l
+    l.tasks[co] = {
+      finish = function(ok, a, b)
+        if ok then
+          results[i] = a
+          if b ~= nil then errors[i] = b end
+        else
+          errors[i] = core.redact(tostring(a))
+        end
+        group.left = group.left - 1
+        if on_progress then on_progress(n - group.left, n) end
+        if next_i <= n then start() end
+        if group.left == 0 and group.waiter then
+          l.ready[#l.ready + 1] = { co = group.waiter, value = WAKE }
+        end
+      end,
+    }
+    l.ready[#l.ready + 1] = { co = co }
+  end
+  start = function()
+    local i = next_i
+    next_i = next_i + 1
+    spawn(i)
+  end
+  for _ = 1, math.min(conc, n) do start() end
+
+  if parent_l then
+    -- nested: the caller is a task of the running loop; wait for our group
+    group.waiter = parent_co
+    while group.left > 0 do co_yield() end
+    return results, errors
+  end
+  loop = l
+  local ok, err = pcall(drive, l, group)
+  loop = outer
+  if not ok then error(err, 0) end
+  return results, errors
+end
+
+return _M
