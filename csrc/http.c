@@ -16,9 +16,9 @@
 #include <string.h>
 #include <strings.h>
 
-#define DEFAULT_MAX_BODY (1024 * 1024)
+#define DEFAULT_MAX_BODY ((lua_Integer)1024 * 1024)
 #define DEFAULT_MAX_HEADERS 100
-#define MAX_HEADER_BYTES (64 * 1024)
+#define MAX_HEADER_BYTES ((size_t)64 * 1024)
 
 enum fail_reason { FAIL_NONE = 0, FAIL_BODY_CAP, FAIL_HEADER_CAP };
 
@@ -255,8 +255,10 @@ static int build_headers(lua_State *L, int t, xfer *x) {
         const char *prefix = lua_isnil(L, -1) ? NULL : lua_tolstring(L, -1, &plen);
         if (name == NULL || value == NULL || strpbrk(name, ":\r\n") != NULL ||
             memchr(value, '\r', vlen) != NULL || memchr(value, '\n', vlen) != NULL) {
-            return luaL_error(L, "request: headers[%d] needs a name and a string or secret value "
-                                 "without CR/LF", (int)i);
+            return luaL_error(L,
+                              "request: headers[%d] needs a name and a string or secret value "
+                              "without CR/LF",
+                              (int)i);
         }
         rotor_buf line = {0};
         rotor_buf_add(&line, name, nlen);
@@ -308,7 +310,8 @@ static int l_multi_add(lua_State *L) {
         if (ok < 0) {
             push_error(L, "config", "the URL cannot be parsed");
         } else if (strcmp(scheme, "http") == 0) {
-            push_error(L, "config", "plain http:// is accepted only for loopback hosts; use https://");
+            push_error(L, "config",
+                       "plain http:// is accepted only for loopback hosts; use https://");
         } else {
             push_error(L, "config", "only https:// URLs are accepted");
         }
@@ -376,10 +379,11 @@ static int l_multi_add(lua_State *L) {
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)opt_number(L, 2, "timeout", 30));
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)opt_number(L, 2, "connect_timeout", 10));
     curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
-    curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, (long)(opt_number(L, 2, "low_speed_time", 30) / 1000));
-    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, opt_bool(L, 2, "http2", 1)
-                                                  ? (long)CURL_HTTP_VERSION_2TLS
-                                                  : (long)CURL_HTTP_VERSION_1_1);
+    curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME,
+                     (long)(opt_number(L, 2, "low_speed_time", 30) / 1000));
+    curl_easy_setopt(e, CURLOPT_HTTP_VERSION,
+                     opt_bool(L, 2, "http2", 1) ? (long)CURL_HTTP_VERSION_2TLS
+                                                : (long)CURL_HTTP_VERSION_1_1);
     curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, NULL);
     const char *s;
     if ((s = opt_string(L, 2, "cainfo")) != NULL) {
@@ -514,10 +518,11 @@ static void push_result(lua_State *L, xfer *x) {
                      x->max_body);
         } else if (x->fail == FAIL_HEADER_CAP) {
             kind = "protocol";
-            snprintf(msg, sizeof(msg), "the response has more than %d headers or %d bytes of them",
+            snprintf(msg, sizeof(msg), "the response has more than %d headers or %zu bytes of them",
                      x->max_headers, MAX_HEADER_BYTES);
         } else {
-            snprintf(msg, sizeof(msg), "%s", x->errbuf[0] ? x->errbuf : curl_easy_strerror(x->result));
+            snprintf(msg, sizeof(msg), "%s",
+                     x->errbuf[0] ? x->errbuf : curl_easy_strerror(x->result));
         }
         push_error(L, kind, msg);
         lua_pushinteger(L, (lua_Integer)x->result);

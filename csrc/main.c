@@ -122,8 +122,7 @@ static void setup_paths(lua_State *L) {
     lua_setfield(L, -3, "path");
     lua_pop(L, 1);
     lua_getfield(L, -1, "cpath");
-    lua_pushfstring(L,
-                    "%s/../lib/lua/" LUA_VERSION_MAJOR "." LUA_VERSION_MINOR "/?.so;%s", dir,
+    lua_pushfstring(L, "%s/../lib/lua/" LUA_VERSION_MAJOR "." LUA_VERSION_MINOR "/?.so;%s", dir,
                     lua_tostring(L, -1));
     lua_setfield(L, -3, "cpath");
     lua_pop(L, 1);

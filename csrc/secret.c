@@ -40,7 +40,7 @@ void rotor_buf_add(rotor_buf *b, const void *p, size_t n) {
     if (b->failed) {
         return;
     }
-    if (b->len + n + 1 > b->cap) {
+    if (b->data == NULL || b->len + n + 1 > b->cap) {
         size_t ncap = b->cap ? b->cap * 2 : 256;
         while (ncap < b->len + n + 1) {
             ncap *= 2;
@@ -57,7 +57,7 @@ void rotor_buf_add(rotor_buf *b, const void *p, size_t n) {
         b->data = nd;
         b->cap = ncap;
     }
-    if (n > 0) {
+    if (n > 0 && p != NULL) {
         memcpy(b->data + b->len, p, n);
     }
     b->len += n;
@@ -169,9 +169,11 @@ const char *rotor_bytes(lua_State *L, int idx, size_t *len, int *is_secret) {
 }
 
 const char *rotor_checkbytes(lua_State *L, int idx, size_t *len) {
+    *len = 0;
     const char *p = rotor_bytes(L, idx, len, NULL);
     if (p == NULL) {
         luaL_argerror(L, idx, "string or open rotor.secret expected");
+        return "";
     }
     return p;
 }
@@ -251,8 +253,8 @@ static int l_hmac_sha256_hex(lua_State *L) {
     char hex[2 * EVP_MAX_MD_SIZE + 1];
     static const char digits[] = "0123456789abcdef";
     for (unsigned int i = 0; i < mdlen; i++) {
-        hex[2 * i] = digits[md[i] >> 4];
-        hex[2 * i + 1] = digits[md[i] & 15];
+        hex[(size_t)2 * i] = digits[md[i] >> 4];
+        hex[(size_t)2 * i + 1] = digits[md[i] & 15];
     }
     lua_pushlstring(L, hex, 2 * (size_t)mdlen);
     return 1;
@@ -323,12 +325,9 @@ void rotor_secret_open(lua_State *L) {
     static const luaL_Reg meth[] = {{"reveal", l_secret_reveal}, {"len", l_secret_len},
                                     {"close", l_secret_close},   {"closed", l_secret_closed},
                                     {"equals", l_secret_equals}, {NULL, NULL}};
-    static const luaL_Reg mt[] = {{"__tostring", l_secret_tostring},
-                                  {"__eq", l_secret_eq},
-                                  {"__gc", l_secret_gc},
-                                  {"__close", l_secret_gc},
-                                  {"__len", l_secret_len},
-                                  {NULL, NULL}};
+    static const luaL_Reg mt[] = {
+        {"__tostring", l_secret_tostring}, {"__eq", l_secret_eq},   {"__gc", l_secret_gc},
+        {"__close", l_secret_gc},          {"__len", l_secret_len}, {NULL, NULL}};
     static const luaL_Reg funcs[] = {{"secret", l_secret_new},
                                      {"is_secret", l_is_secret},
                                      {"hmac_sha256_hex", l_hmac_sha256_hex},

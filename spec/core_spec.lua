@@ -1,0 +1,162 @@
+-- rotor.core: secrets, redaction, token request encodings, URL policy (no network).
+local core = require "rotor.core"
+local json = require "rotor.json"
+local errors = require "rotor.errors"
+
+describe("rotor.secret", function()
+  it("keeps its bytes out of tostring and gives them on reveal", function()
+    local s = core.secret("hunter2-very-secret")
+    assert.equals("rotor.secret(<redacted>)", tostring(s))
+    assert.equals("hunter2-very-secret", s:reveal())
+    assert.equals(19, s:len())
+    assert.is_true(core.is_secret(s))
+    assert.is_false(core.is_secret("x"))
+  end)
+
+  it("is unusable once closed, and closing twice is harmless", function()
+    local s = core.secret("abcdefgh")
+    s:close()
+    s:close()
+    assert.is_true(s:closed())
+    assert.equals("rotor.secret(<closed>)", tostring(s))
+    assert.has_error(function() s:reveal() end)
+  end)
+
+  it("compares in constant time", function()
+    local a, b = core.secret("same-bytes"), core.secret("same-bytes")
+    assert.is_true(a == b)
+    assert.is_true(a:equals("same-bytes"))
+    assert.is_false(a:equals("same-bytez"))
+  end)
+
+  it("is redacted from any message while it lives", function()
+    local s = core.secret("s3cr3t-value-42")
+    local msg = core.redact("failed with s3cr3t-value-42 and again s3cr3t-value-42.")
+    assert.equals("failed with <redacted> and again <redacted>.", msg)
+    s:close()
+    assert.equals("x s3cr3t-value-42", core.redact("x s3cr3t-value-42"))
+  end)
+
+  it("fingerprints with HMAC-SHA256 (RFC 4231 test case 2)", function()
+    assert.equals("5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843",
+      core.hmac_sha256_hex("Jefe", core.secret("what do ya want for nothing?")))
+  end)
+
+  it("gives random hex of the asked length", function()
+    local a, b = core.random_hex(16), core.random_hex(16)
+    assert.equals(32, #a)
+    assert.is_truthy(a:match("^%x+$"))
+    assert.not_equals(a, b)
+  end)
+end)
+
+describe("core.token_request", function()
+  local function header(req, name)
+    for _, h in ipairs(req.headers) do
+      if h[1] == name then return core.is_secret(h[2]) and h[2]:reveal() or h[2] end
+    end
+  end
+
+  it("form-encodes id and secret before Basic (RFC 6749 App. B)", function()
+    local req = core.token_request { url = "https://login.example/oauth/token", style = "basic",
+      client_id = "a b", client_secret = core.secret("p+/=:%") }
+    assert.equals("POST", req.method)
+    assert.equals("Basic YStiOnAlMkIlMkYlM0QlM0ElMjU=", header(req, "Authorization"))
+    assert.equals("grant_type=client_credentials", req.body:reveal())
+    assert.is_true(core.is_secret(req.body))
+    assert.equals("application/x-www-form-urlencoded", header(req, "Content-Type"))
+  end)
+
+  it("puts id, secret and scope in a form body", function()
+    local req = core.token_request { url = "https://x/t", style = "form", client_id = "id1",
+      client_secret = "a&b=c", scope = "sellingpartnerapi::client_credential:rotation" }
+    assert.equals("grant_type=client_credentials&client_id=id1&client_secret=a%26b%3Dc"
+      .. "&scope=sellingpartnerapi%3A%3Aclient_credential%3Arotation", req.body:reveal())
+    assert.is_nil(header(req, "Authorization"))
+  end)
+
+  it("builds multipart with custom field names", function()
+    local req = core.token_request { url = "https://x/t", style = "multipart", client_id = "cid",
+      client_secret = "iObGKtihdEScOmDiZxZ+6Q==",
+      fields = { grant_type = "GrantType", client_id = "ClientId", client_secret = "ClientSecret" } }
+    local ctype = header(req, "Content-Type")
+    local boundary = ctype:match("^multipart/form%-data; boundary=(.+)$")
+    assert.is_truthy(boundary)
+    local body = req.body:reveal()
+    assert.is_truthy(body:find('name="GrantType"\r\n\r\nclient_credentials\r\n', 1, true))
+    assert.is_truthy(body:find('name="ClientSecret"\r\n\r\niObGKtihdEScOmDiZxZ+6Q==\r\n', 1, true))
+    assert.is_truthy(body:find("--" .. boundary .. "--\r\n", 1, true))
+  end)
+
+  it("encodes a JSON body through cjson", function()
+    local req = core.token_request { url = "https://x/t", style = "json", client_id = "c\"1",
+      client_secret = "s", scope = "sc" }
+    local v = json.decode(req.body:reveal())
+    assert.same({ grant_type = "client_credentials", client_id = "c\"1", client_secret = "s",
+      scope = "sc" }, v)
+  end)
+
+  it("refuses an unknown style", function()
+    assert.has_error(function()
+      core.token_request { url = "https://x", style = "digest", client_id = "a", client_secret = "b" }
+    end)
+  end)
+end)
+
+describe("the URL policy of the core", function()
+  local m = core.multi()
+  teardown(function() m:close() end)
+
+  it("refuses plain http to a non-loopback host before anything is sent", function()
+    local id, err = m:add { url = "http://example.com/" }
+    assert.is_nil(id)
+    assert.equals("config", err.kind)
+    assert.matches("loopback", err.message)
+  end)
+
+  it("refuses other schemes", function()
+    local id, err = m:add { url = "ftp://127.0.0.1/" }
+    assert.is_nil(id)
+    assert.equals("config", err.kind)
+  end)
+
+  it("accepts http to 127.0.0.0/8 and reports a refused connection as not sent", function()
+    local id = m:add { url = "http://127.0.0.1:1/", connect_timeout = 2 }
+    assert.is_number(id)
+    local r
+    repeat r = m:poll(100)[1] until r
+    assert.equals(id, r.id)
+    assert.equals("network", r.error.kind)
+    assert.is_false(r.sent)
+  end)
+
+  it("rejects header values with CR or LF", function()
+    assert.has_error(function()
+      m:add { url = "https://127.0.0.1:1/", headers = { { "X-A", "a\r\nInjected: 1" } } }
+    end)
+  end)
+end)
+
+describe("rotor.errors", function()
+  it("formats kind, status, provider, op and request id", function()
+    local e = errors.new { kind = "http", status = 404, provider = "genesys", op = "get_oauth_client",
+      message = "not found", request_id = "r-1" }
+    assert.equals("rotor: genesys get_oauth_client: http 404: not found (request id r-1)", tostring(e))
+    assert.is_true(errors.is(e))
+  end)
+end)
+
+describe("rotor.json", function()
+  it("normalises integers and reports malformed input", function()
+    local v = json.decode('{"n": 3600, "f": 1.5, "a": [1, 2]}')
+    assert.equals(3600, v.n)
+    if math.type then
+      assert.equals("integer", math.type(v.n))
+      assert.equals("integer", math.type(v.a[2]))
+    end
+    assert.equals(1.5, v.f)
+    local bad, err = json.decode("{truncated")
+    assert.is_nil(bad)
+    assert.matches("malformed JSON", err)
+  end)
+end)

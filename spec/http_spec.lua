@@ -1,0 +1,130 @@
+-- rotor.http and the core's transfers against the simulator over real HTTPS on loopback.
+local core = require "rotor.core"
+local http = require "rotor.http"
+local sched = require "rotor.sched"
+local sim = require "spec.helpers.sim"
+
+describe("HTTPS transfers", function()
+  local s, admin_tok
+
+  setup(function()
+    s = sim.start()
+    s:settings { genesys_rate = 0 }
+    local c = s:seed { provider = "genesys", admin = true }
+    local res = s:request { method = "POST", path = "/genesys/login/oauth/token",
+      basic = { c.client_id, c.client_secret }, form = { grant_type = "client_credentials" } }
+    admin_tok = res.json.access_token
+  end)
+  teardown(function() s:stop() end)
+  before_each(function() http.reset_pacing() end)
+
+  local function me(extra)
+    local req = { url = s.url .. "/genesys/api/v2/tokens/me", cainfo = s.ca,
+      headers = { { "Authorization", core.secret(admin_tok), prefix = "Bearer " } } }
+    for k, v in pairs(extra or {}) do req[k] = v end
+    return req
+  end
+
+  it("makes an authenticated GET and returns status, headers and body", function()
+    local res = assert(http.request(me()))
+    assert.equals(200, res.status)
+    assert.matches("application/json", res.headers["content-type"])
+    assert.is_truthy(res.body:find("organization", 1, true))
+  end)
+
+  it("refuses a server whose certificate the CA bundle does not vouch for", function()
+    local res, err = http.request(me { cainfo = "/etc/ssl/certs/ca-certificates.crt" })
+    assert.is_nil(res)
+    assert.equals("tls", err.kind)
+  end)
+
+  it("times out when the server is slower than the limit", function()
+    s:fault { path = "/genesys/api/v2/tokens/me", count = 1, delay = 3 }
+    local t0 = core.now()
+    local res, err = http.request(me { timeout = 1 }, { retries = 0 })
+    assert.is_nil(res)
+    assert.equals("timeout", err.kind)
+    assert.is_true(core.now() - t0 < 2.5)
+  end)
+
+  it("stops reading a body larger than the cap with kind protocol", function()
+    s:fault { path = "/genesys/api/v2/tokens/me", count = 1, oversize = true }
+    local res, err = http.request(me { max_body = 64 * 1024 })
+    assert.is_nil(res)
+    assert.equals("protocol", err.kind)
+    assert.matches("exceeds the limit of 65536 bytes", err.message)
+  end)
+
+  it("retries 503 with backoff and then succeeds", function()
+    s:fault { path = "/genesys/api/v2/tokens/me", count = 2, status = 503 }
+    local before = s:counters()["/genesys/api/v2/tokens/me"] or 0
+    local res = assert(http.request(me()))
+    assert.equals(200, res.status)
+    assert.equals(3, res.attempts)
+    assert.equals(before + 3, s:counters()["/genesys/api/v2/tokens/me"])
+  end)
+
+  it("waits at least Retry-After: 2 before retrying a 429", function()
+    s:fault { path = "/genesys/api/v2/tokens/me", count = 1, status = 429, retry_after = 2 }
+    local t0 = core.now()
+    local res = assert(http.request(me()))
+    local elapsed = core.now() - t0
+    assert.equals(200, res.status)
+    assert.equals(2, res.attempts)
+    assert.is_true(elapsed >= 2, "retried after " .. elapsed .. " s")
+  end)
+
+  it("gives up with kind rate_limited and retry_after past the wait bound", function()
+    s:fault { path = "/genesys/api/v2/tokens/me", count = 1, status = 429, retry_after = 30 }
+    local res, err = http.request(me(), { max_wait = 5, provider = "genesys", op = "tokens_me" })
+    assert.is_nil(res)
+    assert.equals("rate_limited", err.kind)
+    assert.equals(30, err.retry_after)
+    assert.equals("genesys", err.provider)
+  end)
+
+  it("parses Retry-After as seconds and as an HTTP date", function()
+    assert.equals(2, http.parse_retry_after("2"))
+    assert.equals(10, http.parse_retry_after("Sun, 06 Nov 1994 08:49:47 GMT", 784111777))
+    assert.equals(0, http.parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", 784111800))
+    assert.is_nil(http.parse_retry_after("soon"))
+  end)
+
+  it("never re-sends a minting request that hung after it was sent", function()
+    local path = "/genesys/api/v2/tokens/me"
+    s:fault { path = path, count = 1, hang = true }
+    local before = s:counters()[path] or 0
+    local res, err = http.request(me { timeout = 1 }, { mint = true, provider = "genesys", op = "mint" })
+    assert.is_nil(res)
+    assert.equals("ambiguous", err.kind)
+    assert.equals(before + 1, s:counters()[path])
+  end)
+
+  it("paces a batch under a configured limit without bursting", function()
+    local n, rate = 10, 20
+    local limit = { key = "spec:pacing", rate = rate, per = 1 }
+    local t0 = core.now()
+    local results = sched.parallel({ 1, 2, 3, 4, 5, 6, 7, 8, 9, 10 }, function()
+      local res = assert(http.request(me(), { rate = limit }))
+      return res.status
+    end, { concurrency = 10 })
+    local elapsed = core.now() - t0
+    assert.equals(n, #results)
+    -- n requests at `rate`/s: the first goes at once, the last after (n-1)/rate seconds
+    assert.is_true(elapsed >= (n - 1) / rate - 0.01, "took " .. elapsed)
+  end)
+
+  it("runs many transfers at once on one thread inside rotor.parallel", function()
+    s:fault { path = "/genesys/api/v2/tokens/me", count = 8, delay = 0.5 }
+    local t0 = core.now()
+    local results, errs = sched.parallel({ 1, 2, 3, 4, 5, 6, 7, 8 }, function()
+      local res, err = http.request(me())
+      if not res then return nil, err end
+      return res.status
+    end, { concurrency = 8 })
+    local elapsed = core.now() - t0
+    assert.same({}, errs)
+    for i = 1, 8 do assert.equals(200, results[i]) end
+    assert.is_true(elapsed < 2, "8 delayed requests took " .. elapsed .. " s")
+  end)
+end)
