@@ -1,0 +1,331 @@
+-- Amazon SP-API Application Management (rotateApplicationClientSecret) and the SQS queue
+-- that delivers the new secret (AWS JSON 1.0 protocol, SigV4 signed by libcurl).
+local core = require "rotor.core"
+local client = require "rotor.client"
+local errors = require "rotor.errors"
+local http = require "rotor.http"
+local json = require "rotor.json"
+
+local _M = {}
+
+local Spapi = client.class("spapi")
+_M.class = Spapi
+
+local REGIONS = {
+  na = { host = "sellingpartnerapi-na.amazon.com", aws = "us-east-1" },
+  eu = { host = "sellingpartnerapi-eu.amazon.com", aws = "eu-west-1" },
+  fe = { host = "sellingpartnerapi-fe.amazon.com", aws = "us-west-2" },
+}
+_M.REGIONS = REGIONS
+
+local LWA_URL = "https://api.amazon.com/auth/o2/token"
+local SCOPE = "sellingpartnerapi::client_credential:rotation"
+local ROTATE_PATH = "/applications/2023-11-30/clientSecret"
+local NEW_SECRET = "APPLICATION_OAUTH_CLIENT_NEW_SECRET"
+local EXPIRY = "APPLICATION_OAUTH_CLIENT_SECRET_EXPIRY"
+local MAX_POLL = 20          -- SQS WaitTimeSeconds upper bound
+local MAX_VISIBILITY = 43200
+
+-- rotateApplicationClientSecret: 0.0167 req/s, burst 1
+local RATES = { rotate_application_client_secret = { rate = 1, per = 60 } }
+
+-- ErrorList {errors:[{code, message, details}]}; SQS JSON errors {__type, message}
+local function detail(body)
+  if type(body) ~= "table" then return nil end
+  if type(body.errors) == "table" then
+    local parts = {}
+    for _, e in ipairs(body.errors) do
+      if type(e) == "table" then
+        local s = tostring(e.code or "error") .. ": " .. tostring(e.message or "")
+        if type(e.details) == "string" and e.details ~= "" then s = s .. " (" .. e.details .. ")" end
+        parts[#parts + 1] = s
+      end
+    end
+    if #parts > 0 then return table.concat(parts, "; ") end
+  end
+  if type(body.__type) == "string" then
+    local t = body.__type:match("#(.+)$") or body.__type
+    local m = body.message or body.Message
+    return type(m) == "string" and (t .. ": " .. m) or t
+  end
+  return nil
+end
+
+--- Region and endpoint of an SQS queue URL: https://sqs.<region>.amazonaws.com/<acct>/<name>
+-- (or any host, e.g. the simulator: the endpoint is the URL without /<acct>/<name>).
+function _M.parse_queue_url(u)
+  local scheme, host, _, rest = client.parse_url(u)
+  if not scheme then return nil end
+  local prefix = rest:match("^(.-)/[^/]+/[^/]+/?$")
+  if not prefix then return nil end
+  local authority = u:match("^%a[%w+.-]*://([^/]*)")
+  local endpoint = scheme .. "://" .. authority .. (prefix == "" and "/" or prefix)
+  local region = host:match("^sqs%.([%w-]+)%.amazonaws%.com") or host:match("^([%w-]+)%.queue%.amazonaws%.com")
+  return endpoint, region
+end
+
+local function v_sqs(v)
+  if type(v) ~= "table" then return nil, "a table {queue_url=, access_key=, secret_key=, ...} expected" end
+  local known = { queue_url = true, access_key = true, secret_key = true, session_token = true,
+                  region = true, endpoint = true }
+  for k in pairs(v) do
+    if not known[k] then return nil, "unknown field " .. tostring(k) end
+  end
+  return v
+end
+
+local function sqs_error(field, why)
+  return client.config_error("spapi", "sqs." .. field, why)
+end
+
+-- Validate and normalise the sqs option; returns the public table (no secrets) and the credentials.
+local function check_sqs(s)
+  local V = client.validators
+  local q, why = V.url(s.queue_url)
+  if not q then return sqs_error("queue_url", why or "required") end
+  local ep, region = _M.parse_queue_url(q)
+  if not ep then return sqs_error("queue_url", "not a queue URL (.../<account>/<queue name>)") end
+  if s.endpoint ~= nil then
+    ep, why = V.url(s.endpoint)
+    if not ep then return sqs_error("endpoint", why) end
+    if not ep:match("^%a[%w+.-]*://[^/]+/") then ep = ep .. "/" end
+  end
+  if s.region ~= nil then
+    region, why = V.string(s.region)
+    if not region then return sqs_error("region", why) end
+    if not region:match("^[%w-]+$") then return sqs_error("region", "not an AWS region name") end
+  end
+  if not region then return sqs_error("region", "cannot be derived from queue_url; set it") end
+  local ak
+  ak, why = V.string(s.access_key)
+  if not ak then return sqs_error("access_key", why) end
+  if ak:find(":", 1, true) then return sqs_error("access_key", "must not contain ':'") end
+  local sk
+  sk, why = V.secret(s.secret_key)
+  if not sk then return sqs_error("secret_key", why) end
+  local tok
+  if s.session_token ~= nil then
+    tok, why = V.secret(s.session_token)
+    if not tok then return sqs_error("session_token", why) end
+    if not core.is_secret(tok) then tok = core.secret(tok) end
+  end
+  local plain = core.is_secret(sk) and sk:reveal() or sk
+  local userpwd = core.secret(ak .. ":" .. plain)
+  return { queue_url = q, endpoint = ep, region = region, access_key = ak,
+           session_token = tok and true or nil },
+         { userpwd = userpwd, session_token = tok, secret_key = core.is_secret(sk) and sk or core.secret(sk) }
+end
+
+--- rotor.spapi{ region="na"|"eu"|"fe", sandbox=false, client_id=, client_secret=,
+--               sqs={ queue_url=, access_key=, secret_key=, session_token=, region=, endpoint= } }
+function _M.new(opts)
+  if type(opts) ~= "table" then error("rotor.spapi: an options table expected", 2) end
+  local rname = opts.region == nil and "na" or opts.region
+  local r = type(rname) == "string" and REGIONS[rname:lower()]
+  if not r then
+    return client.config_error("spapi", "region", ("unknown region %q (na, eu or fe)"):format(tostring(rname)))
+  end
+  if opts.sandbox ~= nil and type(opts.sandbox) ~= "boolean" then
+    return client.config_error("spapi", "sandbox", "true or false expected")
+  end
+  local sqs_pub, sqs_cred
+  if opts.sqs ~= nil and not (type(opts.sqs) == "table" and next(opts.sqs) == nil) then
+    local ok, why = v_sqs(opts.sqs)
+    if not ok then return client.config_error("spapi", "sqs", why) end
+    sqs_pub, sqs_cred = check_sqs(opts.sqs)
+    if not sqs_pub then return nil, sqs_cred end
+  end
+  local o, err = client.new(Spapi, opts, {
+    provider = "spapi",
+    base_url = "https://" .. (opts.sandbox and "sandbox." or "") .. r.host,
+    token_url = LWA_URL,
+    token = { style = "form", scope = SCOPE },
+    auth = "x-amz-access-token",
+    rates = RATES,
+    detail = detail,
+    reauth = { [401] = true, [403] = true }, -- SP-API answers an expired token with 403
+    own = { region = client.validators.string, sandbox = client.validators.boolean, sqs = v_sqs },
+  })
+  if not o then return nil, err end
+  o.region = rname:lower()
+  o.options.sqs = sqs_pub
+  o._sqs = sqs_cred
+  if sqs_cred then
+    o._scrub[#o._scrub + 1] = sqs_cred.secret_key
+    if sqs_cred.session_token then o._scrub[#o._scrub + 1] = sqs_cred.session_token end
+  end
+  return o
+end
+
+--- rotateApplicationClientSecret: true (204). The new secret arrives in the SQS queue.
+function Spapi:rotate_application_client_secret()
+  return self:call("rotate_application_client_secret", "POST", ROTATE_PATH, { mint = true })
+end
+
+-- One SQS JSON 1.0 call: the decoded response (a table), or nil, err.
+function Spapi:_sqs_call(op, action, payload, extra)
+  local s = self.options.sqs
+  if not s then
+    return nil, errors.new{ kind = "config", provider = self.provider, op = op,
+                            message = "option sqs: not set (the queue that receives the new secret)" }
+  end
+  local headers = {
+    { "Content-Type", "application/x-amz-json-1.0" },
+    { "X-Amz-Target", "AmazonSQS." .. action },
+    { "Accept", "application/json" },
+  }
+  if self._sqs.session_token then headers[#headers + 1] = { "x-amz-security-token", self._sqs.session_token } end
+  local req = self:_req{
+    url = s.endpoint, method = "POST", headers = headers, body = json.encode(payload),
+    aws_sigv4 = "aws:amz:" .. s.region .. ":sqs", userpwd = self._sqs.userpwd,
+    timeout = extra and extra.timeout, low_speed_time = extra and extra.low_speed_time,
+    secret_body = extra and extra.secret_body,
+  }
+  local res, err = http.request(req, self:_policy(op))
+  if not res then return nil, self:_wrap(err, op) end
+  local path = s.endpoint:match("^%a[%w+.-]*://[^/]*(.*)$")
+  if res.status < 200 or res.status >= 300 then
+    return nil, self:_status_error(op, "POST", path .. " " .. action, res)
+  end
+  if res.body == nil or not res.body:find("%S") then return {} end
+  local v = json.decode(res.body)
+  if type(v) ~= "table" then
+    return nil, errors.new{ kind = "protocol", status = res.status, provider = self.provider, op = op,
+                            request_id = client.request_id(res.headers),
+                            message = "SQS " .. action .. ": the response is not a JSON object" }
+  end
+  return v
+end
+
+local function iso(t)
+  if type(t) == "number" then return os.date("!%Y-%m-%dT%H:%M:%S", math.floor(t)) end
+  return t
+end
+
+-- The notification envelope in an SQS message body (plain, or wrapped by SNS).
+local function envelope(body)
+  local v = type(body) == "string" and json.decode(body)
+  if type(v) ~= "table" then return nil end
+  if v.notificationType == nil and v.Type == "Notification" and type(v.Message) == "string" then
+    v = json.decode(v.Message)
+    if type(v) ~= "table" then return nil end
+  end
+  return v
+end
+
+-- Wait up to args.wait seconds for a notification of type ntype whose payload[field].clientId is
+-- this object's client id. Messages for other clients (or of other types) are released again
+-- (visibility 0) without being deleted.
+function Spapi:_receive(op, ntype, field, args, convert, valid)
+  args = args or {}
+  if type(args) ~= "table" then error(op .. ": a table {wait=} expected", 3) end
+  local wait = args.wait == nil and MAX_POLL or args.wait
+  if type(wait) ~= "number" or wait < 0 then error(op .. ": wait must be a number of seconds >= 0", 3) end
+  local since = iso(args.since)
+  if since ~= nil and type(since) ~= "string" then error(op .. ": since must be epoch seconds or ISO-8601", 3) end
+  local visibility = args.visibility or math.min(MAX_VISIBILITY, math.max(60, math.ceil(wait) + 10))
+  local q = self.options.sqs and self.options.sqs.queue_url
+  local deadline = core.now() + wait
+  local held, order = {}, {} -- MessageId -> latest receipt handle of the messages not taken
+  local function hold(m)
+    local mid = m.MessageId or m.ReceiptHandle
+    if held[mid] == nil then order[#order + 1] = mid end
+    held[mid] = m.ReceiptHandle
+  end
+  local found
+  local first = true
+  local failure
+  while not found do
+    local remaining = deadline - core.now()
+    if remaining < 0 and not first then break end
+    first = false
+    local poll = math.max(0, math.min(MAX_POLL, math.floor(remaining)))
+    local v, err = self:_sqs_call(op, "ReceiveMessage", {
+      QueueUrl = q, MaxNumberOfMessages = 10, WaitTimeSeconds = poll, VisibilityTimeout = visibility,
+    }, { timeout = poll + self.options.timeout, low_speed_time = poll + self.options.timeout,
+         secret_body = true })
+    if not v then failure = err break end
+    local msgs = v.Messages
+    if msgs ~= nil and msgs ~= json.null and type(msgs) ~= "table" then
+      failure = errors.new{ kind = "protocol", provider = self.provider, op = op,
+                            message = "SQS ReceiveMessage: Messages is not an array" }
+      break
+    end
+    local best
+    for _, m in ipairs(type(msgs) == "table" and msgs or {}) do
+      local env = type(m) == "table" and envelope(m.Body)
+      local p = env and env.notificationType == ntype and type(env.payload) == "table" and env.payload[field]
+      local mine = type(p) == "table" and p.clientId == self.client_id and (valid == nil or valid(p))
+        and (since == nil or (type(env.eventTime) == "string" and env.eventTime >= since))
+      if mine and type(m.ReceiptHandle) == "string" then
+        if best == nil or tostring(env.eventTime or "") > tostring(best.env.eventTime or "") then
+          if best then hold(best.m) end
+          best = { m = m, env = env, p = p }
+        else
+          hold(m)
+        end
+      elseif type(m) == "table" and type(m.ReceiptHandle) == "string" then
+        hold(m)
+      end
+    end
+    found = best
+    if not found and deadline - core.now() <= 0 then break end
+  end
+  -- give the others back at once (best effort: if this fails they reappear after `visibility`)
+  if found then
+    local fid = found.m.MessageId or found.m.ReceiptHandle
+    if held[fid] then held[fid] = nil end
+  end
+  for _, mid in ipairs(order) do
+    local h = held[mid]
+    if h then
+      local ok = self:_sqs_call(op, "ChangeMessageVisibility",
+                                { QueueUrl = q, ReceiptHandle = h, VisibilityTimeout = 0 })
+      if not ok then break end -- not supported or not allowed: they reappear after `visibility`
+    end
+  end
+  if failure then return nil, failure end
+  if not found then
+    return nil, errors.new{ kind = "timeout", provider = self.provider, op = op,
+                            message = ("no %s notification for client %s within %g s"):format(
+                              ntype, tostring(self.client_id), wait) }
+  end
+  local payload = found.p
+  if convert then convert(payload) end
+  local handle = found.m.ReceiptHandle
+  local acked = false
+  local me = self
+  local function ack()
+    if acked then return true end
+    local ok, err = me:_sqs_call(op, "DeleteMessage", { QueueUrl = q, ReceiptHandle = handle })
+    if not ok then return nil, err end
+    acked = true
+    return true
+  end
+  local meta = found.env.notificationMetadata
+  local info = {
+    message_id = found.m.MessageId,
+    notification_type = found.env.notificationType,
+    notification_id = type(meta) == "table" and meta.notificationId or nil,
+    application_id = type(meta) == "table" and meta.applicationId or nil,
+    event_time = found.env.eventTime,
+  }
+  return payload, ack, info
+end
+
+--- Await the APPLICATION_OAUTH_CLIENT_NEW_SECRET notification for this client:
+-- payload.applicationOAuthClientNewSecret (newClientSecret=<secret>), ack, info.
+-- args: wait (seconds, default 20), since (epoch or ISO-8601: ignore older events), visibility.
+function Spapi:receive_new_client_secret(args)
+  return self:_receive("receive_new_client_secret", NEW_SECRET, "applicationOAuthClientNewSecret", args,
+    function(p) client.secret_field(p, "newClientSecret") end,
+    function(p) return type(p.newClientSecret) == "string" and p.newClientSecret ~= "" end)
+end
+
+--- Await the APPLICATION_OAUTH_CLIENT_SECRET_EXPIRY notice for this client:
+-- payload.applicationOAuthClientSecretExpiry ({clientId, clientSecretExpiryTime, clientSecretExpiryReason}), ack, info.
+function Spapi:receive_secret_expiry_notice(args)
+  return self:_receive("receive_secret_expiry_notice", EXPIRY, "applicationOAuthClientSecretExpiry", args)
+end
+
+return _M
