@@ -1,0 +1,68 @@
+-- The audit trail: one JSON line per rotation step, appended (and fsynced) to a 0600 file.
+--   {"time":..,"slot":..,"provider":..,"rotation":..,"step":..,"outcome":..,"client_id":..,
+--    "fingerprint":"<HMAC-SHA256 of the secret under the store's audit key>","note":..}
+-- The fingerprint lets two records be compared (same secret or not) without revealing either;
+-- the key lives in the store directory (0600). Never the secret itself.
+local core = require "rotor.core"
+local json = require "rotor.json"
+local errors = require "rotor.errors"
+local timefmt = require "rotor.timefmt"
+
+local _M = {}
+
+local Audit = {}
+Audit.__index = Audit
+
+--- audit.open{ path=, key= } or audit.open(store) (the store's audit_path and audit_key).
+function _M.open(spec)
+  if type(spec) ~= "table" then error("audit.open: a table {path=, key=} or a store expected", 2) end
+  local path, key = spec.path, spec.key
+  if type(spec.audit_path) == "function" then -- a store
+    local kerr
+    path = spec:audit_path()
+    key, kerr = spec:audit_key()
+    if not key then return nil, kerr end
+  end
+  if type(path) ~= "string" or path == "" then error("audit.open: path must be a file path", 2) end
+  if key ~= nil and type(key) ~= "string" and not core.is_secret(key) then
+    error("audit.open: key must be a string or a rotor.secret", 2)
+  end
+  return setmetatable({ path = path, key = key }, Audit)
+end
+
+--- The fingerprint of a secret under this trail's key (nil without a key or a secret).
+function Audit:fingerprint(secret)
+  if secret == nil or self.key == nil then return nil end
+  return core.hmac_sha256_hex(self.key, secret)
+end
+
+--- Append one entry. fields: slot, provider, rotation, step, outcome, client_id, note, secret
+-- (fingerprinted, never written). Returns true | nil, err.
+function Audit:write(fields)
+  local entry = {
+    time = timefmt.iso(),
+    slot = fields.slot, provider = fields.provider, rotation = fields.rotation,
+    step = fields.step, outcome = fields.outcome, client_id = fields.client_id,
+    note = fields.note, fingerprint = self:fingerprint(fields.secret),
+  }
+  local ok, msg = core.fs_append(self.path, json.encode(entry) .. "\n", 384)
+  if not ok then
+    return nil, errors.new { kind = "store", message = "cannot append to the audit trail", detail = msg }
+  end
+  return true
+end
+
+--- Read the trail back: an array of entries (for status and tests).
+function Audit:entries()
+  if not core.fs_exists(self.path) then return {} end
+  local text, msg = core.fs_read(self.path)
+  if not text then return nil, errors.new { kind = "store", message = "cannot read the audit trail", detail = msg } end
+  local out = {}
+  for line in text:gmatch("[^\n]+") do
+    local e = json.decode(line)
+    if type(e) == "table" then out[#out + 1] = e end
+  end
+  return out
+end
+
+return _M

@@ -1,0 +1,62 @@
+-- Notifications after a rotation: a Slack-compatible webhook ({"text": ...}) or a function.
+--   notify = "https://hooks.slack.com/services/..."                 -- success and failure
+--   notify = { webhook = url, on = "failure" | "success" | "always", cainfo=, timeout=, proxy= }
+--   notify = function(event) ... end     -- event = { ok=, slot=, provider=, rotation=, step=, text= }
+-- The text names the slot, provider, rotation id and the error (never a secret). Returns true |
+-- nil, err; a failed notification never fails the rotation (rotation journals it).
+local json = require "rotor.json"
+local errors = require "rotor.errors"
+
+local _M = {}
+
+function _M.check(spec, level)
+  if spec == nil or type(spec) == "function" or type(spec) == "string" then return spec end
+  if type(spec) ~= "table" or (type(spec.webhook) ~= "string" and type(spec.fn) ~= "function") then
+    error("notify: a webhook URL, a function or { webhook = url, on = ... } expected", (level or 1) + 1)
+  end
+  if spec.on ~= nil and spec.on ~= "failure" and spec.on ~= "success" and spec.on ~= "always" then
+    error("notify.on: \"failure\", \"success\" or \"always\" expected", (level or 1) + 1)
+  end
+  return spec
+end
+
+--- The message text for an event.
+function _M.text(event)
+  if event.ok then
+    return ("rotor: rotated %s (%s), rotation %s%s"):format(event.slot, event.provider or "?",
+      event.rotation or "?", event.detail and (" — " .. event.detail) or "")
+  end
+  return ("rotor: rotation of %s (%s) FAILED at %s: %s"):format(event.slot, event.provider or "?",
+    event.step or "?", tostring(event.error or "unknown error"))
+end
+
+--- Send event per spec. Returns true (also when nothing was due to be sent) | nil, err.
+function _M.send(spec, event)
+  if spec == nil then return true end
+  event.text = event.text or _M.text(event)
+  if type(spec) == "function" then
+    local ok, r, e = pcall(spec, event)
+    if not ok then return nil, errors.new { kind = "protocol", message = "notify hook raised: " .. tostring(r) } end
+    if r == nil and e ~= nil then return nil, e end
+    return true
+  end
+  if type(spec) == "string" then spec = { webhook = spec } end
+  local on = spec.on or "always"
+  if (on == "failure" and event.ok) or (on == "success" and not event.ok) then return true end
+  if spec.fn then return _M.send(spec.fn, event) end
+  local http = require "rotor.http"
+  local res, err = http.request({
+    url = spec.webhook, method = "POST",
+    headers = { { "Content-Type", "application/json" } },
+    body = json.encode { text = event.text },
+    timeout = spec.timeout or 15, cainfo = spec.cainfo, proxy = spec.proxy,
+  }, { provider = "notify", op = "webhook", retries = 2, max_wait = 30 })
+  if not res then return nil, err end
+  if type(res.status) == "number" and (res.status < 200 or res.status > 299) then
+    return nil, errors.new { kind = "http", status = res.status, provider = "notify", op = "webhook",
+                             message = "the webhook refused the notification" }
+  end
+  return true
+end
+
+return _M

@@ -1,0 +1,540 @@
+-- Rotation: a staged, crash-safe, resumable workflow over one slot of a store.
+--
+--   create  -> mint the new secret; it is stored as `pending` (fsync) the moment it arrives
+--   verify  -> obtain a fresh token with the pending credential
+--   deploy  -> the user's hook pushes it to consumers (optional)
+--   promote -> pending becomes current, current becomes previous
+--   retire  -> provider specific (lua/rotor/strategies/<provider>.lua)
+--
+-- Every step is journalled in the slot (step, outcome, time, rotation id, a note — never a
+-- secret) together with the state it produced, in one atomic store write. A rerun resumes at the
+-- first step not done. The intent to mint is journalled before the minting request goes out; a
+-- pending secret is never replaced by a second mint; a run that finds a mint of unknown outcome
+-- hands over to the strategy's recover(), which says what it does or what a person must do.
+--
+-- Crash testing: ROTOR_CRASH_AT="<point>:<before|after>[,...]" makes the process SIGKILL itself at
+-- that point (points: create, mint, verify, deploy, promote, retire, ack); ROTOR_CRASH_SLOT limits
+-- it to one slot. Unset in normal use.
+local core = require "rotor.core"
+local errors = require "rotor.errors"
+local timefmt = require "rotor.timefmt"
+local audit_mod = require "rotor.audit"
+local notify_mod = require "rotor.notify"
+local store_mod = require "rotor.store"
+
+local _M = {}
+
+local STEPS = { "create", "verify", "deploy", "promote", "retire" }
+_M.STEPS = STEPS
+local STEP_INDEX = {}
+for i, s in ipairs(STEPS) do STEP_INDEX[s] = i end
+
+-- mint states that leave the outcome of a minting request unknown
+local UNKNOWN_MINT = { in_flight = true, ambiguous = true, requested = true }
+
+local LABELS = { "current", "pending", "previous" }
+
+--- The strategy table for a provider object and a strategy name (nil: the provider's default).
+function _M.strategy(provider_name, name)
+  local ok, mod = pcall(require, "rotor.strategies." .. tostring(provider_name))
+  if not ok then error("rotate: no rotation strategies for provider " .. tostring(provider_name), 3) end
+  name = name or mod.default
+  local s = mod.strategies[name]
+  if not s then
+    local names = {}
+    for k in pairs(mod.strategies) do names[#names + 1] = k end
+    table.sort(names)
+    error(("rotate: unknown strategy %q for %s (one of: %s)"):format(tostring(name), provider_name,
+      table.concat(names, ", ")), 3)
+  end
+  return s
+end
+
+------------------------------------------------------------------------------------------------
+-- The context a run and its strategy share.
+
+local Ctx = {}
+Ctx.__index = Ctx
+
+local function crash_points()
+  local spec = os.getenv("ROTOR_CRASH_AT")
+  if not spec or spec == "" then return nil end
+  local set = {}
+  for item in spec:gmatch("[^,%s]+") do set[item] = true end
+  return set
+end
+
+--- Kill the process (SIGKILL) if ROTOR_CRASH_AT names this point. A test hook only.
+function Ctx:crash(point, when)
+  if self.crash_at and self.crash_at[point .. ":" .. when] then
+    local only = os.getenv("ROTOR_CRASH_SLOT")
+    if only == nil or only == "" or only == self.slot then
+      io.stdout:flush()
+      io.stderr:flush()
+      core.kill_self()
+    end
+  end
+end
+
+--- Persist the record as it is now.
+function Ctx:persist()
+  return self.store:put(self.slot, self.record)
+end
+
+--- Append a journal entry, persist it with the state it describes, and audit it.
+-- secret (optional) is fingerprinted into the audit trail; it never reaches the journal.
+function Ctx:journal(step, outcome, note, secret, client_id)
+  local rot = self.record.rotation
+  local entry = {
+    step = step, outcome = outcome, time = timefmt.iso(),
+    rotation = (rot and rot.id) or self.rotation_id, note = note,
+  }
+  local j = self.record.journal
+  j[#j + 1] = entry
+  self.steps[#self.steps + 1] = { step = step, outcome = outcome, note = note }
+  local ok, err = self:persist()
+  if self.audit then
+    local aok, aerr = self.audit:write {
+      slot = self.slot, provider = self.provider.provider, rotation = entry.rotation,
+      step = step, outcome = outcome, note = note, secret = secret, client_id = client_id,
+    }
+    if not aok and ok then self.audit_error = aerr end
+  end
+  if self.log then self.log(("%s: %s: %s%s"):format(self.slot, step, outcome, note and (" (" .. note .. ")") or "")) end
+  if not ok then return nil, err end
+  return true
+end
+
+--- Journal the intent to mint (durably) before the minting request goes out. extra fields are
+-- kept with it (e.g. a fingerprint of the Paylocity code). Returns true | nil, err; a strategy
+-- must not mint when this fails.
+function Ctx:mint_intent(op, extra)
+  local mint = { state = "in_flight", op = op, time = timefmt.iso(), at = timefmt.now() }
+  for k, v in pairs(extra or {}) do mint[k] = v end
+  self.record.rotation.mint = mint
+  local ok, err = self:journal("create", "intent", op)
+  if not ok then return nil, err end
+  self:crash("mint", "before")
+  return true
+end
+
+--- A keyed fingerprint of a value (the audit key when there is one).
+function Ctx:fingerprint(value)
+  local key = (self.audit and self.audit.key) or "rotor-fingerprint"
+  return core.hmac_sha256_hex(key, value)
+end
+
+--- Every rotation id of this slot that journalled a mint intent (orphans can only carry these).
+function Ctx:minted_ids()
+  local ids, seen = {}, {}
+  for _, e in ipairs(self.record.journal) do
+    if e.outcome == "intent" and e.rotation and not seen[e.rotation] then
+      seen[e.rotation] = true
+      ids[#ids + 1] = e.rotation
+    end
+  end
+  if self.record.rotation and not seen[self.record.rotation.id] then ids[#ids + 1] = self.record.rotation.id end
+  return ids
+end
+
+--- True when client_id belongs to a stored version (current, pending, previous).
+function Ctx:stored_client(client_id)
+  for _, label in ipairs(LABELS) do
+    local v = self.record.versions[label]
+    if v and v.client_id == client_id then return true end
+  end
+  return false
+end
+
+--- The client id being rotated: the stored current one, else the strategy's default.
+function Ctx:client_id()
+  local cur = self.record.versions.current
+  if cur and cur.client_id then return cur.client_id end
+  return self.strategy.default_client_id(self)
+end
+
+function Ctx.sleep(_, s)
+  local ok, sched = pcall(require, "rotor.sched")
+  if ok and sched.sleep then sched.sleep(s) end
+end
+
+------------------------------------------------------------------------------------------------
+-- Steps. Each returns true | nil, err and is idempotent: it first checks whether its work is done.
+
+local step = {}
+
+function step.create(ctx)
+  local rec, rot, strat = ctx.record, ctx.record.rotation, ctx.strategy
+  local versions = rec.versions
+  if versions.pending then
+    -- never mint while a pending secret exists
+    return ctx:journal("create", "done", "a pending secret is already stored")
+  end
+  local version, err
+  if rot.mint and UNKNOWN_MINT[rot.mint.state] then
+    ctx:journal("create", "recover", strat.recover_note and strat.recover_note(ctx, rot.mint) or nil)
+    version, err = strat.recover(ctx, rot.mint)
+    if version == nil then return nil, err end
+    if version == "mint" then version = nil end
+  end
+  if not version then
+    version, err = strat.create(ctx)
+    if not version then
+      if rot.mint and rot.mint.state == "in_flight" then
+        rot.mint.state = (errors.is(err) and err.kind == "ambiguous") and "ambiguous" or "failed"
+        if rot.mint.state == "ambiguous" and strat.next_run then
+          err = errors.with(err, { message = tostring(err.message or "") .. ". " .. strat.next_run(ctx, rot.mint) })
+        end
+      end
+      return nil, err
+    end
+  end
+  -- persist the secret the moment it is here, before anything else
+  local now = timefmt.iso()
+  versions.pending = {
+    client_id = version.client_id, secret = version.secret, created = now,
+    expires = version.expires, meta = version.meta or {}, rotation = rot.id,
+  }
+  if rot.mint then rot.mint.state = "done" end
+  local ok, perr = ctx:journal("create", "ok", version.note, version.secret, version.client_id)
+  if not ok then
+    return nil, errors.with(perr, {
+      message = "the new secret was minted but could not be stored (" .. tostring(perr.message)
+        .. "); " .. (strat.lost_note and strat.lost_note(ctx) or "the next run will mint again"),
+    })
+  end
+  if strat.after_persist then
+    ctx:crash("ack", "before")
+    local aok, aerr = strat.after_persist(ctx, version)
+    if not aok then ctx:journal("create", "warning", tostring(aerr)) end
+  end
+  return true
+end
+
+function step.verify(ctx)
+  local p = ctx.record.versions.pending
+  if not p then return ctx:journal("verify", "done", "already promoted") end
+  local attempts = ctx.opts.verify_attempts or 3
+  local delay = ctx.opts.verify_delay or 1
+  local ok, err
+  for i = 1, attempts do
+    ok, err = ctx.provider:verify { client_id = p.client_id, client_secret = p.secret }
+    if ok then break end
+    if i < attempts then ctx:sleep(delay * i) end
+  end
+  if not ok then
+    return nil, errors.with(err, {
+      message = ("the new credential %s was refused when verified (%s); it stays pending and the "
+        .. "next run verifies it again"):format(tostring(p.client_id), tostring(err and err.message)),
+    })
+  end
+  return ctx:journal("verify", "ok", nil, p.secret, p.client_id)
+end
+
+function step.deploy(ctx)
+  local p = ctx.record.versions.pending
+  if not p then return ctx:journal("deploy", "done", "already promoted") end
+  local hook = ctx.opts.deploy
+  if hook == nil then return ctx:journal("deploy", "skipped", "no deploy hook") end
+  local cur = ctx.record.versions.current
+  local new = {
+    slot = ctx.slot, provider = ctx.provider.provider, rotation = ctx.record.rotation.id,
+    client_id = p.client_id, secret = p.secret, created = p.created, expires = p.expires,
+    old_client_id = cur and cur.client_id or nil,
+  }
+  local pok, r, e = pcall(hook, new)
+  if not pok then
+    return nil, errors.new { kind = "store", op = "deploy", message = "the deploy hook raised an error: " .. tostring(r)
+      .. "; the new secret stays pending and the next run deploys it again" }
+  end
+  if not r then
+    local msg = errors.is(e) and e.message or tostring(e or "it returned false")
+    return nil, errors.new { kind = "store", op = "deploy", message = "the deploy hook failed: " .. msg
+      .. "; the new secret stays pending and the next run deploys it again" }
+  end
+  return ctx:journal("deploy", "ok", nil, p.secret, p.client_id)
+end
+
+function step.promote(ctx)
+  local v = ctx.record.versions
+  if v.pending then
+    v.previous = v.current
+    v.current = v.pending
+    v.pending = nil
+    v.current.promoted = timefmt.iso()
+    local ok, err = ctx:journal("promote", "ok", nil, v.current.secret, v.current.client_id)
+    if not ok then return nil, err end
+  else
+    ctx:journal("promote", "done", "already promoted")
+  end
+  -- the provider object acts with the new secret when its own credential was rotated
+  if ctx.own and v.current and v.current.secret then
+    ctx.provider:set_credentials(v.current.client_id, v.current.secret)
+  end
+  return true
+end
+
+function step.retire(ctx)
+  local ok, note_or_err = ctx.strategy.retire(ctx)
+  if not ok then return nil, note_or_err end
+  return ctx:journal("retire", "ok", note_or_err)
+end
+
+------------------------------------------------------------------------------------------------
+
+local function new_rotation_id()
+  return "r" .. os.date("!%Y%m%dT%H%M%SZ") .. "-" .. core.random_hex(3)
+end
+
+local function check_opts(o)
+  if type(o) ~= "table" then error("rotate: an options table expected", 3) end
+  require("rotor.store.file").check_slot(o.slot, 3)
+  if type(o.provider) ~= "table" or type(o.provider.provider) ~= "string" then
+    error("rotate: provider must be a provider object (rotor.genesys{...}, ...)", 3)
+  end
+  store_mod.check(o.store, 3)
+  if o.target ~= nil and type(o.target) ~= "table" then error("rotate: target must be a table", 3) end
+  if o.strategy ~= nil and type(o.strategy) ~= "string" then error("rotate: strategy must be a string", 3) end
+  if o.deploy ~= nil then
+    local mt = getmetatable(o.deploy)
+    if type(o.deploy) ~= "function" and not (mt and mt.__call) then
+      error("rotate: deploy must be a function (or a callable sink such as rotor.store.dotenv)", 3)
+    end
+  end
+  if o.wait ~= nil and (type(o.wait) ~= "number" or o.wait < 0) then error("rotate: wait must be seconds >= 0", 3) end
+  if o.grace ~= nil and (type(o.grace) ~= "number" or o.grace < 0) then
+    error("rotate: grace must be seconds >= 0", 3)
+  end
+  notify_mod.check(o.notify, 3)
+end
+
+local function empty_record(slot, provider)
+  return { slot = slot, provider = provider.provider, versions = {}, journal = {} }
+end
+
+local function open_audit(o)
+  if o.audit == false then return nil end
+  if type(o.audit) == "table" and type(o.audit.write) == "function" then return o.audit end
+  if type(o.audit) == "string" then return audit_mod.open { path = o.audit } end
+  if type(o.audit) == "table" then return audit_mod.open(o.audit) end
+  if type(o.store.audit_path) == "function" then return audit_mod.open(o.store) end
+  return nil
+end
+
+local function result(ctx)
+  local v = ctx.record.versions
+  local cur, prev = v.current or {}, v.previous or {}
+  return {
+    slot = ctx.slot, provider = ctx.provider.provider, strategy = ctx.strategy.name,
+    client_id = cur.client_id, version = cur.rotation, rotation = cur.rotation,
+    created = cur.created, expires = cur.expires,
+    old_client_id = prev.client_id, old_expires = prev.expires,
+    steps = ctx.steps, warnings = ctx.warnings,
+  }
+end
+
+--- The plan of a run, as lines of text (dry run).
+local function plan(ctx)
+  local lines = {}
+  local rec, strat = ctx.record, ctx.strategy
+  local rot = rec.rotation
+  local first = 1
+  if rot then
+    first = STEP_INDEX[rot.step] or 1
+    lines[#lines + 1] = ("resume rotation %s at step %s"):format(rot.id, rot.step)
+  else
+    lines[#lines + 1] = "start a new rotation (" .. strat.name .. ")"
+  end
+  for i = first, #STEPS do
+    local s = STEPS[i]
+    local text
+    if s == "create" then
+      if rec.versions.pending then
+        text = "a pending secret is stored: nothing is minted"
+      elseif rot and rot.mint and UNKNOWN_MINT[rot.mint.state] then
+        text = "an earlier mint had an unknown outcome: "
+          .. (strat.recover_note and strat.recover_note(ctx, rot.mint) or "recover")
+      else
+        text = strat.describe.create(ctx)
+      end
+    elseif s == "verify" then
+      text = "obtain a fresh token with the new credential"
+    elseif s == "deploy" then
+      text = ctx.opts.deploy and "run the deploy hook with the new credential" or "no deploy hook: nothing to do"
+    elseif s == "promote" then
+      text = "pending becomes current, current becomes previous"
+      if ctx.own then text = text .. "; the provider object then acts with the new secret" end
+    else
+      text = strat.describe.retire(ctx)
+    end
+    lines[#lines + 1] = s .. ": " .. text
+  end
+  return lines
+end
+
+local function notify(ctx, ok, err, failed_step)
+  if ctx.opts.notify == nil then return end
+  local rot = ctx.record and (ctx.record.rotation or ctx.record.last) or {}
+  local sent, nerr = notify_mod.send(ctx.opts.notify, {
+    ok = ok, slot = ctx.slot, provider = ctx.provider.provider, rotation = rot.id or rot.rotation,
+    step = failed_step, error = err and tostring(err) or nil,
+    detail = ok and ctx.strategy.summary and ctx.strategy.summary(ctx) or nil,
+  })
+  if not sent then ctx.warnings[#ctx.warnings + 1] = "notification failed: " .. tostring(nerr) end
+end
+
+local function run(ctx)
+  local rec, err = ctx.store:get(ctx.slot)
+  if rec == nil then return nil, err end
+  if not rec then rec = empty_record(ctx.slot, ctx.provider) end
+  ctx.record = rec
+  if rec.provider and rec.provider ~= ctx.provider.provider then
+    return nil, errors.new { kind = "config", message = ("slot %s holds a %s credential, not %s"):format(
+      ctx.slot, tostring(rec.provider), ctx.provider.provider) }
+  end
+  rec.provider = ctx.provider.provider
+  local strat = ctx.strategy
+  local rot = rec.rotation
+  if rot and rot.strategy ~= strat.name then
+    return nil, errors.new { kind = "config", message = ("slot %s has an unfinished %s rotation (%s); finish it "
+      .. "with strategy = %q first"):format(ctx.slot, tostring(rot.strategy), tostring(rot.id),
+      tostring(rot.strategy)) }
+  end
+  ctx.own = strat.own_credential(ctx)
+  local cur = rec.versions.current
+  -- the store, not the bootstrap configuration, holds the live credential
+  if ctx.own and cur and cur.secret and not ctx.opts.dry_run then
+    ctx.provider:set_credentials(cur.client_id, cur.secret)
+  end
+  if ctx.opts.dry_run then
+    ctx.plan = plan(ctx)
+    return true
+  end
+  if strat.cleanup and not rot then
+    local cok, cerr = strat.cleanup(ctx)
+    if not cok then ctx.warnings[#ctx.warnings + 1] = tostring(cerr) end
+  end
+  if not rot then
+    if not cur then
+      -- the credential in use before rotor's first rotation: recorded (without its secret) so that
+      -- promote keeps it as `previous` and retire can act on it
+      rec.versions.current = { client_id = strat.default_client_id(ctx), meta = { imported = true } }
+    end
+    rot = { id = new_rotation_id(), strategy = strat.name, started = timefmt.iso(), step = "create" }
+    rec.rotation = rot
+    local ok, jerr = ctx:journal("rotation", "start", strat.name)
+    if not ok then return nil, jerr end
+  else
+    ctx:journal("rotation", "resume", "at step " .. tostring(rot.step))
+  end
+  for i = STEP_INDEX[rot.step] or 1, #STEPS do
+    local name = STEPS[i]
+    rot.step = name
+    ctx:crash(name, "before")
+    local ok, serr = step[name](ctx)
+    if not ok then
+      local kind = errors.is(serr) and serr.kind or "protocol"
+      rec.last = { rotation = rot.id, outcome = "failed", step = name, time = timefmt.iso() }
+      ctx:journal(name, kind == "ambiguous" and "ambiguous" or "failed",
+                  errors.is(serr) and serr.message or tostring(serr))
+      ctx.failed_step = name
+      if not errors.is(serr) then serr = errors.new { kind = "protocol", message = tostring(serr) } end
+      return nil, errors.with(serr, { slot = ctx.slot, step = name, rotation = rot.id,
+        message = ("%s: %s failed: %s"):format(ctx.slot, name, tostring(serr.message)) })
+    end
+    rot.step = STEPS[i + 1] or "done"
+    ctx:crash(name, "after")
+  end
+  rec.rotation = nil
+  rec.last = { rotation = rot.id, outcome = "ok", time = timefmt.iso(), strategy = strat.name }
+  ctx.rotation_id = rot.id
+  local ok, ferr = ctx:journal("rotation", "done", strat.summary and strat.summary(ctx) or nil)
+  if not ok then return nil, ferr end
+  return true
+end
+
+--- rotor.rotate{ slot, provider, store, target, strategy, deploy, dry_run, wait, audit, notify,
+--                grace, force_mint, verify_attempts, log } -> res | nil, err
+function _M.rotate(o)
+  check_opts(o)
+  local strat = _M.strategy(o.provider.provider, o.strategy)
+  local ctx = setmetatable({
+    slot = o.slot, provider = o.provider, store = o.store, target = o.target or {}, opts = o,
+    strategy = strat, steps = {}, warnings = {}, crash_at = crash_points(),
+    log = type(o.log) == "function" and o.log or nil,
+  }, Ctx)
+  if strat.check then strat.check(ctx) end
+  if o.dry_run then
+    local ok, err = run(ctx)
+    if not ok then return nil, err end
+    local out = type(o.print) == "function" and o.print or function(line) io.stdout:write(line, "\n") end
+    for _, line in ipairs(ctx.plan) do out("[dry run] " .. o.slot .. ": " .. line) end
+    local res = result(ctx)
+    res.dry_run, res.plan = true, ctx.plan
+    return res
+  end
+  local lock, lerr = o.store:lock(o.slot)
+  if not lock then return nil, lerr end
+  local aerr
+  ctx.audit, aerr = open_audit(o)
+  if aerr then
+    lock:unlock()
+    return nil, aerr
+  end
+  local pok, ok, err = pcall(run, ctx)
+  lock:unlock()
+  if not pok then error(ok, 0) end
+  if not ok then
+    notify(ctx, false, err, ctx.failed_step)
+    return nil, err
+  end
+  notify(ctx, true)
+  local res = result(ctx)
+  if ctx.audit_error then res.warnings[#res.warnings + 1] = "audit: " .. tostring(ctx.audit_error) end
+  return res
+end
+
+------------------------------------------------------------------------------------------------
+
+--- rotor.due(slot_record_or_name, { max_age_days=, before_expiry_days= }, store)
+-- -> due (boolean), reason (string), info { age_days, expires_in_days }. With no thresholds
+-- given, due means: expiring within 14 days. A slot without a current secret, or with an
+-- unfinished rotation, is always due.
+function _M.due(slot, opts, store)
+  local rec = slot
+  if type(slot) == "string" then
+    if store == nil then error("rotor.due: a store is needed to look up slot " .. slot, 2) end
+    local err
+    rec, err = store:get(slot)
+    if rec == nil then return nil, err end
+    if not rec then return true, "no such slot: never rotated", {} end
+  elseif type(slot) ~= "table" then
+    error("rotor.due: a slot record or a slot name expected", 2)
+  end
+  opts = opts or {}
+  if type(opts) ~= "table" then error("rotor.due: opts must be a table", 2) end
+  local max_age, before = opts.max_age_days, opts.before_expiry_days
+  if max_age == nil and before == nil then before = 14 end
+  local now = timefmt.now()
+  local cur = rec.versions and rec.versions.current
+  local info = {}
+  if cur then
+    local created = timefmt.parse(cur.created)
+    local expires = timefmt.parse(cur.expires)
+    if created then info.age_days = (now - created) / 86400 end
+    if expires then info.expires_in_days = (expires - now) / 86400 end
+  end
+  if rec.rotation then return true, "an unfinished rotation (" .. tostring(rec.rotation.id) .. ")", info end
+  if not cur or not cur.secret then return true, "no current secret stored", info end
+  if info.expires_in_days and info.expires_in_days <= 0 then return true, "expired", info end
+  if before and info.expires_in_days and info.expires_in_days <= before then
+    return true, ("expires in %.1f days"):format(info.expires_in_days), info
+  end
+  if max_age and info.age_days and info.age_days >= max_age then
+    return true, ("%.1f days old"):format(info.age_days), info
+  end
+  if max_age and not info.age_days then return true, "age unknown", info end
+  return false, "not due", info
+end
+
+return _M

@@ -1,0 +1,185 @@
+-- The embedded default store: one JSON file per slot in a 0700 directory.
+--
+--   local store = rotor.store.file("./secrets")
+--   store:get(slot)          -> record | false (no such slot) | nil, err
+--   store:put(slot, record)  -> true | nil, err      (temp file, fsync, rename, directory fsync)
+--   store:lock(slot)         -> lock (lock:unlock()) | nil, err (kind "locked" when held)
+--   store:list()             -> { slot names } | nil, err
+--   store:audit_path(), store:audit_key()   the audit trail and its fingerprint key (0600)
+--
+-- A record is { slot=, provider=, versions={current=, pending=, previous=}, journal={...},
+-- rotation=, last= }; each version { client_id, secret, created, expires, meta }. The secret is
+-- plain text inside the 0600 file (this is the store) and a rotor.secret when read back.
+local core = require "rotor.core"
+local json = require "rotor.json"
+local errors = require "rotor.errors"
+
+local _M = {}
+
+local Store = {}
+Store.__index = Store
+_M.class = Store
+
+local VERSION_LABELS = { "current", "pending", "previous" }
+_M.VERSION_LABELS = VERSION_LABELS
+
+local MAX_SLOT = 200
+
+--- Check a slot name: a non-empty string of at most 200 bytes, no control characters.
+function _M.check_slot(slot, level)
+  if type(slot) ~= "string" or slot == "" or #slot > MAX_SLOT or slot:find("%c") then
+    error("store: a slot name (1-200 printable bytes) expected, got " .. type(slot), (level or 1) + 1)
+  end
+  return slot
+end
+
+--- The file name of a slot: [A-Za-z0-9_.-] kept (a leading "." escaped), all else %XX.
+-- "genesys/reporting" -> "genesys%2Freporting". Reversible, never "." or "..", never a path.
+function _M.encode(slot)
+  local s = slot:gsub("[^%w_%.%-]", function(c) return ("%%%02X"):format(c:byte()) end)
+  if s:sub(1, 1) == "." then s = "%2E" .. s:sub(2) end
+  return s
+end
+
+function _M.decode(name)
+  return (name:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
+end
+
+local function store_error(message, detail)
+  return errors.new { kind = "store", message = message, detail = detail }
+end
+
+--- rotor.store.file(dir[, opts]) -> store | nil, err. The directory is created 0700 (mkdir -p)
+-- and tightened to 0700 if it exists.
+function _M.new(dir, opts)
+  if type(dir) ~= "string" or dir == "" then
+    error("rotor.store.file: a directory path expected", 2)
+  end
+  if opts ~= nil and type(opts) ~= "table" then error("rotor.store.file: opts must be a table", 2) end
+  dir = dir:gsub("(.)/+$", "%1")
+  local ok, msg = core.fs_mkdir(dir, 448) -- 0700
+  if not ok then return nil, store_error("cannot create the store directory", msg) end
+  ok, msg = core.fs_chmod(dir, 448)
+  if not ok then return nil, store_error("cannot set the store directory to 0700", msg) end
+  return setmetatable({ dir = dir, kind = "file", journal_max = (opts and opts.journal_max) or 200 }, Store)
+end
+
+function Store:__tostring()
+  return "rotor.store.file(" .. self.dir .. ")"
+end
+
+function Store:path(slot)
+  return self.dir .. "/" .. _M.encode(_M.check_slot(slot, 2)) .. ".json"
+end
+
+-- secrets in a record read from disk become rotor.secret values
+local function wrap(record)
+  local versions = type(record.versions) == "table" and record.versions or {}
+  record.versions = versions
+  for _, label in ipairs(VERSION_LABELS) do
+    local v = versions[label]
+    if v == json.null then
+      versions[label] = nil
+    elseif type(v) == "table" and type(v.secret) == "string" then
+      v.secret = core.secret(v.secret)
+    end
+  end
+  if type(record.journal) ~= "table" then record.journal = {} end
+  if record.rotation == json.null then record.rotation = nil end
+  if record.last == json.null then record.last = nil end
+  return record
+end
+
+-- a plain copy of a value with every secret revealed (only for writing the store file)
+local function plain(v)
+  if type(v) == "table" then
+    local out = {}
+    for k, x in pairs(v) do out[k] = plain(x) end
+    return setmetatable(out, getmetatable(v) == json.empty_array_mt and json.empty_array_mt or nil)
+  elseif core.is_secret(v) then
+    return v:reveal()
+  end
+  return v
+end
+
+function Store:get(slot)
+  local path = self:path(slot)
+  if not core.fs_exists(path) then return false end
+  local text, msg = core.fs_read(path)
+  if not text then return nil, store_error("cannot read slot " .. slot, msg) end
+  local record, jerr = json.decode(text)
+  text = nil -- luacheck: ignore 311
+  if type(record) ~= "table" then
+    return nil, store_error("slot " .. slot .. " holds no valid record (" .. self:path(slot) .. ")",
+                            jerr and "malformed JSON" or "not an object")
+  end
+  return wrap(record)
+end
+
+function Store:put(slot, record)
+  if type(record) ~= "table" then error("store:put: a record table expected", 2) end
+  local path = self:path(slot)
+  local journal = record.journal
+  if type(journal) == "table" and #journal > self.journal_max then
+    local keep = {}
+    for i = #journal - self.journal_max + 1, #journal do keep[#keep + 1] = journal[i] end
+    record.journal = keep
+  end
+  local copy = plain(record)
+  copy.slot = slot
+  copy.schema = 1
+  local ok, text = pcall(json.encode, copy)
+  copy = nil -- luacheck: ignore 311
+  if not ok then error("store:put: the record cannot be encoded: " .. tostring(text), 2) end
+  local done, msg = core.fs_write_atomic(path, text, 384) -- 0600
+  if not done then return nil, store_error("cannot write slot " .. slot, msg) end
+  return true
+end
+
+function Store:lock(slot)
+  local path = self.dir .. "/" .. _M.encode(_M.check_slot(slot, 2)) .. ".lock"
+  local lock, why, pid = core.fs_lock(path)
+  if lock then return lock end
+  if why == "locked" then
+    return nil, errors.new {
+      kind = "locked",
+      message = ("slot %s is locked by another rotor%s: a rotation of it is running now; "
+        .. "nothing was done — run again once that one has finished"):format(
+          slot, pid and (" (pid " .. tostring(pid) .. ")") or ""),
+    }
+  end
+  return nil, store_error("cannot lock slot " .. slot, why)
+end
+
+function Store:list()
+  local names, msg = core.fs_list(self.dir)
+  if not names then return nil, store_error("cannot list the store", msg) end
+  local out = {}
+  for _, n in ipairs(names) do
+    local base = n:match("^(.+)%.json$")
+    if base and not base:find("%.tmp%.") then out[#out + 1] = _M.decode(base) end
+  end
+  table.sort(out)
+  return out
+end
+
+function Store:audit_path()
+  return self.dir .. "/audit.log"
+end
+
+--- The per-store key for audit fingerprints (64 hex chars in DIR/.audit-key, 0600), made once.
+function Store:audit_key()
+  if self._audit_key then return self._audit_key end
+  local path = self.dir .. "/.audit-key"
+  local key = core.fs_exists(path) and core.fs_read(path)
+  if not key or #key < 32 then
+    local fresh = core.random_hex(32)
+    local ok, msg = core.fs_write_atomic(path, fresh, 384)
+    if not ok then return nil, store_error("cannot write the audit key", msg) end
+    key = fresh
+  end
+  self._audit_key = key:gsub("%s+$", "")
+  return self._audit_key
+end
+
+return _M

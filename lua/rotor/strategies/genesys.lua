@@ -1,0 +1,258 @@
+-- Genesys Cloud rotation strategies.
+--
+-- regenerate (default): POST /api/v2/oauth/clients/{id}/secret on the target client. Genesys has
+--   no documented overlap: the OLD SECRET STOPS WORKING AT ONCE, when the new one is minted.
+--   Ambiguous mint: the next run regenerates again (whatever the lost request minted is replaced).
+-- new_client: a second client with the same authorizedGrantType, roleDivisions, token validity,
+--   scope and redirect URIs, named "<name> [rotor <rotation id>]"; verified, deployed, promoted;
+--   the old client is then disabled (PUT state=disabled) and deleted, after `grace` seconds when
+--   the grace option is set (the deletion then happens on a later run). Changes the client_id.
+--   Ambiguous mint: the next run deletes the orphan client named with the rotation id and mints anew.
+local errors = require "rotor.errors"
+local json = require "rotor.json"
+local timefmt = require "rotor.timefmt"
+
+local _M = { default = "regenerate", strategies = {} }
+
+-- request fields of an OAuthClient that a copy or a full PUT carries over
+local REQUEST_FIELDS = { "name", "description", "registeredRedirectUri", "roleIds", "accessTokenValiditySeconds",
+  "authorizedGrantType", "scope", "roleDivisions", "state", "dateToDelete" }
+
+local function request_body(client)
+  local body = {}
+  for _, k in ipairs(REQUEST_FIELDS) do
+    local v = client[k]
+    if v ~= nil and v ~= json.null then body[k] = v end
+  end
+  return body
+end
+
+local function is_gone(err)
+  return errors.is(err) and err.kind == "http" and err.status == 404
+end
+
+local function default_client_id(ctx)
+  local id = ctx.target.client_id
+  if type(id) ~= "string" or id == "" then
+    error("rotate: genesys needs target.client_id (the OAuth client to rotate)", 0)
+  end
+  return id
+end
+
+local function check(ctx)
+  if ctx.target.client_id ~= nil and type(ctx.target.client_id) ~= "string" then
+    error("rotate: target.client_id must be a string", 0)
+  end
+end
+
+local function own_credential(ctx)
+  local ok, id = pcall(ctx.client_id, ctx)
+  return ok and id == ctx.provider.client_id
+end
+
+------------------------------------------------------------------------------------------------
+local regenerate = { name = "regenerate", default_client_id = default_client_id, check = check,
+                     own_credential = own_credential }
+_M.strategies.regenerate = regenerate
+
+regenerate.describe = {
+  create = function(ctx)
+    return ("regenerate the secret of client %s — the old secret stops working at once "
+      .. "(Genesys regenerate has no overlap)"):format(ctx:client_id())
+  end,
+  retire = function() return "nothing to call: the old secret already died when the new one was minted" end,
+}
+
+function regenerate.create(ctx)
+  local id = ctx:client_id()
+  local ok, err = ctx:mint_intent("post_oauth_client_secret")
+  if not ok then return nil, err end
+  local c
+  c, err = ctx.provider:post_oauth_client_secret(id)
+  if not c then return nil, err end
+  ctx:crash("mint", "after")
+  if ctx.own then
+    -- the provider's own secret has just been replaced: act with the new one from now on
+    ctx.provider:set_credentials(id, c.secret)
+  end
+  return { client_id = id, secret = c.secret, meta = { name = c.name },
+           note = "the old secret of client " .. id .. " stopped working at once (Genesys regenerate: no overlap)" }
+end
+
+function regenerate.recover_note(ctx)
+  return "the earlier regenerate request had an unknown outcome; regenerating again (whatever it minted is "
+    .. "replaced) for client " .. ctx:client_id()
+end
+
+function regenerate.recover()
+  return "mint"
+end
+
+function regenerate.next_run(ctx)
+  return ("The secret of client %s may or may not have been regenerated; the old one may already be dead. "
+    .. "The next run regenerates it again with the admin credential and stores the result."):format(ctx:client_id())
+end
+
+function regenerate.retire(ctx)
+  local prev = ctx.record.versions.previous
+  if prev then
+    prev.expires = prev.expires or (ctx.record.versions.current and ctx.record.versions.current.created)
+    prev.secret = nil -- dead: no reason to keep it at rest
+    prev.meta = prev.meta or {}
+    prev.meta.dead = true
+  end
+  return true, "the old secret stopped working when the new one was minted (no overlap)"
+end
+
+function regenerate.summary(ctx)
+  return "client " .. tostring(ctx:client_id()) .. " regenerated; the old secret died at once"
+end
+
+------------------------------------------------------------------------------------------------
+local new_client = { name = "new_client", default_client_id = default_client_id, check = check,
+                     own_credential = own_credential }
+_M.strategies.new_client = new_client
+
+local function tag(id)
+  return "[rotor " .. id .. "]"
+end
+
+local function base_name(name)
+  name = tostring(name or "client")
+  return (name:gsub("%s*%[rotor [^%]]*%]%s*$", ""))
+end
+
+new_client.describe = {
+  create = function(ctx)
+    return ("create a second client like %s (same roles, divisions and grant type), named with the rotation id"):format(
+      ctx:client_id())
+  end,
+  retire = function(ctx)
+    local g = ctx.opts.grace or 0
+    return ("disable the old client (PUT state=disabled), then delete it%s"):format(
+      g > 0 and (" after a grace period of " .. g .. " s (on a later run)") or "")
+  end,
+}
+
+function new_client.create(ctx)
+  local old_id = ctx:client_id()
+  local old, err = ctx.provider:get_oauth_client(old_id)
+  if not old then return nil, err end
+  local body = request_body(old)
+  body.state = "active"
+  body.dateToDelete = nil
+  body.name = base_name(old.name) .. " " .. tag(ctx.record.rotation.id)
+  local ok
+  ok, err = ctx:mint_intent("post_oauth_clients")
+  if not ok then return nil, err end
+  local c
+  c, err = ctx.provider:post_oauth_clients(body)
+  if not c then return nil, err end
+  ctx:crash("mint", "after")
+  return { client_id = c.id, secret = c.secret, meta = { name = c.name, replaces = old_id } }
+end
+
+-- delete clients named with one of this slot's rotation ids that no stored version holds
+local function delete_orphans(ctx)
+  local list, err = ctx.provider:get_oauth_clients()
+  if not list then return nil, err end
+  local ids = ctx:minted_ids()
+  local n = 0
+  for _, e in ipairs(list.entities or {}) do
+    for _, rid in ipairs(ids) do
+      if type(e.name) == "string" and e.name:find(tag(rid), 1, true) and not ctx:stored_client(e.id) then
+        local ok, derr = ctx.provider:delete_oauth_client(e.id)
+        if not ok and not is_gone(derr) then return nil, derr end
+        ctx:journal("create", "orphan_deleted", "deleted orphan client " .. tostring(e.id) .. " " .. tag(rid))
+        n = n + 1
+        break
+      end
+    end
+  end
+  return n
+end
+
+function new_client.recover_note()
+  return "the earlier create request had an unknown outcome; deleting any client named with this slot's "
+    .. "rotation ids that is not stored, then creating a new one"
+end
+
+function new_client.recover(ctx)
+  local n, err = delete_orphans(ctx)
+  if not n then return nil, err end
+  return "mint"
+end
+
+function new_client.next_run(ctx)
+  return ("A new client %s may or may not have been created. The next run deletes it (found by that name) "
+    .. "and creates a new one."):format(tag(ctx.record.rotation.id))
+end
+
+-- delete the clients whose grace period has passed
+function new_client.cleanup(ctx)
+  local list = ctx.record.retiring
+  if type(list) ~= "table" or #list == 0 then return true end
+  local now = timefmt.now()
+  local keep = {}
+  for _, r in ipairs(list) do
+    if (timefmt.parse(r.delete_after) or 0) <= now then
+      local ok, err = ctx.provider:delete_oauth_client(r.client_id)
+      if not ok and not is_gone(err) then
+        keep[#keep + 1] = r
+      else
+        ctx.record.retiring = keep
+        ctx:journal("retire", "deleted", "deleted old client " .. tostring(r.client_id) .. " after its grace period")
+      end
+    else
+      keep[#keep + 1] = r
+    end
+  end
+  ctx.record.retiring = keep
+  return ctx:persist()
+end
+
+function new_client.retire(ctx)
+  local v = ctx.record.versions
+  local prev = v.previous
+  if not prev or not prev.client_id or (prev.meta and prev.meta.deleted) then
+    return true, "no old client to retire"
+  end
+  prev.meta = prev.meta or {}
+  local old_id = prev.client_id
+  if old_id == (v.current and v.current.client_id) then return true, "the old client is the current one" end
+  if not prev.meta.disabled then
+    local old, err = ctx.provider:get_oauth_client(old_id)
+    if not old then
+      if not is_gone(err) then return nil, err end
+    else
+      local body = request_body(old)
+      body.state = "disabled"
+      local ok, perr = ctx.provider:put_oauth_client(old_id, body)
+      if not ok and not is_gone(perr) then return nil, perr end
+    end
+    prev.meta.disabled = timefmt.iso()
+    prev.secret = nil
+    local ok, jerr = ctx:journal("retire", "disabled", "old client " .. old_id .. " disabled")
+    if not ok then return nil, jerr end
+  end
+  local grace = ctx.opts.grace or 0
+  if grace > 0 then
+    local after = timefmt.iso(timefmt.now() + grace)
+    ctx.record.retiring = ctx.record.retiring or {}
+    table.insert(ctx.record.retiring, { client_id = old_id, delete_after = after })
+    prev.meta.delete_after = after
+    return true, "old client " .. old_id .. " disabled; it is deleted after " .. after .. " (by a later run)"
+  end
+  local ok, derr = ctx.provider:delete_oauth_client(old_id)
+  if not ok and not is_gone(derr) then return nil, derr end
+  prev.meta.deleted = timefmt.iso()
+  return true, "old client " .. old_id .. " disabled and deleted"
+end
+
+function new_client.summary(ctx)
+  local v = ctx.record.versions
+  return ("client %s replaced by %s"):format(tostring(v.previous and v.previous.client_id),
+    tostring(v.current and v.current.client_id))
+end
+
+return _M

@@ -1,0 +1,33 @@
+-- A rotation run as a separate process (./build/rotor spec/helpers/rotate_script.lua), configured by
+-- ROTOR_T_* variables (spec.helpers.rotor_fixtures.env). Used by the crash and lock specs.
+-- Exit: 0 rotated, 75 slot locked, 1 failed (the error on stderr). ROTOR_T_DEPLOY_SLEEP makes the
+-- deploy hook take that many seconds (so a second rotor meets the lock).
+local rotor = require "rotor"
+local env = os.getenv
+local kind = assert(env("ROTOR_T_KIND"))
+local opts = { base_url = env("ROTOR_T_BASE_URL"), token_url = env("ROTOR_T_TOKEN_URL"), cainfo = env("ROTOR_CAINFO"),
+               client_id = env("ROTOR_T_CLIENT_ID"), client_secret = env("ROTOR_T_CLIENT_SECRET"), timeout = 5 }
+if env("ROTOR_T_SQS_QUEUE_URL") then
+  opts.sqs = { queue_url = env("ROTOR_T_SQS_QUEUE_URL"), access_key = env("ROTOR_T_SQS_ACCESS_KEY"),
+               secret_key = env("ROTOR_T_SQS_SECRET_KEY"), endpoint = env("ROTOR_T_SQS_ENDPOINT"),
+               region = env("ROTOR_T_SQS_REGION") }
+end
+local p = assert(rotor[kind](opts))
+local store = assert(rotor.store.file(assert(env("ROTOR_T_STORE"))))
+local sink = rotor.store.dotenv(env("ROTOR_T_STORE") .. "/../app.env")
+local res, err = rotor.rotate {
+  slot = assert(env("ROTOR_T_SLOT")), provider = p, store = store,
+  target = { client_id = env("ROTOR_T_TARGET_CLIENT_ID"), code = env("ROTOR_T_CODE") },
+  strategy = env("ROTOR_T_STRATEGY"), force_mint = env("ROTOR_T_FORCE_MINT") == "1",
+  wait = tonumber(env("ROTOR_T_WAIT") or "5"), verify_delay = 0.2,
+  deploy = function(new)
+    local pause = tonumber(env("ROTOR_T_DEPLOY_SLEEP") or "")
+    if pause then rotor.sleep(pause) end
+    return sink:deploy(new)
+  end,
+}
+if not res then
+  io.stderr:write(tostring(err), "\n")
+  os.exit(err.kind == "locked" and 75 or 1)
+end
+print("rotated " .. res.slot)

@@ -1,0 +1,174 @@
+-- spec.helpers.rotor_fixtures: one seeded credential per provider in a running simulator, plus the
+-- checks the rotation, crash and lock specs share (does a secret work, what is orphaned or lost).
+--
+--   local fx = fixtures.seed(sim_instance, "genesys")   -- fx.slot, fx.opts, fx.target, fx.mint_path
+--   fixtures.provider(fx)               -- a provider object acting with the bootstrap credential
+--   fixtures.works(fx, id, secret)      -- a fresh token with exactly that credential?
+--   fixtures.orphans(fx, record)        -- live credentials at the provider named by rotor, not stored
+--   fixtures.lost(sim, fx, record)      -- issued secrets not in the store that still work
+--   fixtures.env(sim, fx, store_dir)    -- ROTOR_* variables for spec/helpers/rotate_script.lua
+local core = require "rotor.core"
+
+local _M = {}
+
+_M.KINDS = { "genesys", "spreetail", "paylocity", "spapi" }
+
+local function secret() return "s-" .. core.random_hex(20) end
+
+local function control(s, method, path, body)
+  local r, status = s:control(method, path, body)
+  assert(type(r) == "table", method .. " " .. path .. " failed")
+  assert(status == nil or status < 300, method .. " " .. path .. " returned " .. tostring(status))
+  return r
+end
+_M.control = control
+
+function _M.seed(s, kind, n)
+  n = n or core.random_hex(3)
+  local fx = { kind = kind, sim = s }
+  local base = { cainfo = s.ca, timeout = 5 }
+  if kind == "genesys" then
+    local admin = control(s, "POST", "/seed", { provider = "genesys", admin = true, name = "admin " .. n,
+                                                client_secret = secret() })
+    local tgt = control(s, "POST", "/seed", { provider = "genesys", name = "app " .. n, client_secret = secret(),
+      roleDivisions = { { roleId = "app-role", divisionId = "home" } } })
+    base.base_url, base.token_url = s.url .. "/genesys", s.url .. "/genesys/login/oauth/token"
+    base.client_id, base.client_secret = admin.client_id, admin.client_secret
+    fx.target = { client_id = tgt.client_id }
+    fx.slot = "genesys/" .. tgt.client_id
+    fx.mint_path, fx.mint_method = "/genesys/api/v2/oauth/clients/" .. tgt.client_id .. "/secret", "POST"
+    fx.bootstrap = { client_id = tgt.client_id, secret = tgt.client_secret }
+  elseif kind == "spreetail" then
+    local sec = secret()
+    local st = control(s, "POST", "/seed", { provider = "spreetail", name = "boot " .. n, client_secret = sec,
+                                             account = "acct-" .. n })
+    base.base_url, base.token_url = s.url .. "/spreetail", s.url .. "/spreetail/api/v0/oauth/token"
+    base.client_id, base.client_secret = st.client_id or st.clientId, sec
+    fx.slot = "spreetail/" .. n
+    fx.mint_path, fx.mint_method = "/spreetail/api/v0/client-credentials", "POST"
+    fx.bootstrap = { client_id = base.client_id, secret = sec }
+  elseif kind == "paylocity" then
+    local sec = secret()
+    fx.code = "CODE-" .. n
+    local pl = control(s, "POST", "/seed", { provider = "paylocity", client_secret = sec,
+                                             code = { fx.code, fx.code .. "-2", fx.code .. "-3" } })
+    base.base_url = s.url .. "/paylocity"
+    base.token_url = s.url .. "/paylocity/IdentityServer/connect/token"
+    base.client_id, base.client_secret = pl.client_id, sec
+    fx.target = { code = fx.code }
+    fx.slot = "paylocity/" .. n
+    fx.mint_path, fx.mint_method = "/paylocity/api/v2/credentials/secrets", "POST"
+    fx.bootstrap = { client_id = pl.client_id, secret = sec }
+  elseif kind == "spapi" then
+    local sec = secret()
+    local sp = control(s, "POST", "/seed", { provider = "spapi", client_secret = sec, queue = "q-" .. n })
+    base.base_url, base.token_url = s.url .. "/spapi", s.url .. "/lwa/auth/o2/token"
+    base.client_id, base.client_secret = sp.client_id, sec
+    base.sqs = { queue_url = sp.queue_url, access_key = sp.sqs.access_key, secret_key = sp.sqs.secret_key,
+                 endpoint = sp.sqs.endpoint, region = sp.sqs.region }
+    fx.slot = "spapi/" .. n
+    fx.mint_path, fx.mint_method = "/spapi/applications/2023-11-30/clientSecret", "POST"
+    fx.bootstrap = { client_id = sp.client_id, secret = sec }
+    fx.wait = 5
+  else
+    error("unknown kind " .. tostring(kind))
+  end
+  fx.opts = base
+  fx.target = fx.target or {}
+  return fx
+end
+
+function _M.provider(fx)
+  local rotor = require "rotor"
+  local opts = {}
+  for k, v in pairs(fx.opts) do opts[k] = v end
+  return assert(rotor[fx.kind](opts))
+end
+
+local function plain(v)
+  if core.is_secret(v) then return v:reveal() end
+  return v
+end
+
+function _M.works(fx, client_id, sec)
+  local p = _M.provider(fx)
+  local ok = p:verify { client_id = client_id, client_secret = plain(sec) }
+  return ok == true
+end
+
+local function stored(rec)
+  local ids, secrets = {}, {}
+  for _, label in ipairs { "current", "pending", "previous" } do
+    local v = rec and rec.versions and rec.versions[label]
+    if v then
+      if v.client_id then ids[v.client_id] = true end
+      if v.secret then secrets[plain(v.secret)] = label end
+    end
+  end
+  return ids, secrets
+end
+
+--- Credentials alive at the provider, minted by rotor for this fixture, that no stored version holds.
+function _M.orphans(fx, rec)
+  local ids = stored(rec)
+  local out = {}
+  local p = _M.provider(fx)
+  local cur = rec and rec.versions and rec.versions.current
+  if fx.kind == "spreetail" and cur and cur.secret then p:set_credentials(cur.client_id, cur.secret) end
+  if fx.kind == "genesys" then
+    local list = assert(p:get_oauth_clients())
+    for _, c in ipairs(list.entities) do
+      if tostring(c.name):find("[rotor ", 1, true) and not ids[c.id] then out[#out + 1] = c.id end
+    end
+  elseif fx.kind == "spreetail" then
+    local list = assert(p:list_client_credentials())
+    for _, c in ipairs(list) do
+      if not ids[c.clientId] then out[#out + 1] = c.clientId end
+    end
+  end
+  return out
+end
+
+--- Secrets the simulator issued for this fixture (not seeds) that are neither current nor pending
+-- in the store and still obtain a token: live credentials nobody holds. (Spreetail: live pairs
+-- that the store does not hold.)
+function _M.lost(s, fx, rec)
+  if fx.kind == "spreetail" then return #_M.orphans(fx, rec) end
+  local _, secrets = stored(rec)
+  local id = fx.kind == "genesys" and fx.target.client_id or fx.bootstrap.client_id
+  local n = 0
+  for _, e in ipairs(control(s, "GET", "/secrets").secrets or {}) do
+    if e.provider == fx.kind and e.client_id == id and e.source ~= "seed" then
+      local label = secrets[e.secret]
+      if label ~= "current" and label ~= "pending" and _M.works(fx, e.client_id, e.secret) then n = n + 1 end
+    end
+  end
+  return n
+end
+
+--- The environment for spec/helpers/rotate_script.lua (a 0600 file the shell sources).
+function _M.env(s, fx, store_dir)
+  local e = {
+    ROTOR_T_KIND = fx.kind, ROTOR_T_SLOT = fx.slot, ROTOR_T_STORE = store_dir, ROTOR_CAINFO = s.ca,
+    ROTOR_T_BASE_URL = fx.opts.base_url, ROTOR_T_TOKEN_URL = fx.opts.token_url,
+    ROTOR_T_CLIENT_ID = fx.opts.client_id, ROTOR_T_CLIENT_SECRET = fx.opts.client_secret,
+    ROTOR_T_TARGET_CLIENT_ID = fx.target.client_id, ROTOR_T_CODE = fx.target.code,
+    ROTOR_T_WAIT = fx.wait and tostring(fx.wait) or nil,
+  }
+  if fx.opts.sqs then
+    e.ROTOR_T_SQS_QUEUE_URL, e.ROTOR_T_SQS_ACCESS_KEY = fx.opts.sqs.queue_url, fx.opts.sqs.access_key
+    e.ROTOR_T_SQS_SECRET_KEY, e.ROTOR_T_SQS_ENDPOINT = fx.opts.sqs.secret_key, fx.opts.sqs.endpoint
+    e.ROTOR_T_SQS_REGION = fx.opts.sqs.region
+  end
+  return e
+end
+
+function _M.write_env(path, env)
+  local sim = require "spec.helpers.sim"
+  local lines = {}
+  for k, v in pairs(env) do lines[#lines + 1] = ("export %s=%s"):format(k, sim.shell_quote(v)) end
+  table.sort(lines)
+  assert(core.fs_write_atomic(path, table.concat(lines, "\n") .. "\n", 384))
+end
+
+return _M

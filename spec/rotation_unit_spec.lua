@@ -1,0 +1,420 @@
+-- Unit specs of the rotation state machine, with small in-memory fake provider objects that keep
+-- the contract of doc/INTERNALS.md §5 (the integration and crash specs use the real simulator).
+local core = require "rotor.core"
+local errors = require "rotor.errors"
+local rotation = require "rotor.rotation"
+local file_store = require "rotor.store.file"
+
+local tmp_root = os.getenv("TMPDIR") or "/tmp"
+local function tmpdir()
+  local d = ("%s/rotor-unit-%d-%s"):format(tmp_root, core.getpid(), core.random_hex(4))
+  assert(core.fs_mkdir(d, 448))
+  return d
+end
+
+local n = 0
+local function mint_value(prefix)
+  n = n + 1
+  return ("%s-secret-%d-%s"):format(prefix, n, core.random_hex(4))
+end
+
+-- The fake keeps credentials { [client_id] = secret string }; faults[op] = list of errors to return
+-- (optionally after doing the work: { err=, apply=true }).
+local function fake(kind, opts)
+  opts = opts or {}
+  local p = {
+    provider = kind, client_id = opts.client_id or (kind .. "-admin"), calls = {}, faults = {},
+    creds = {}, clients = {}, queue = {}, set_calls = 0,
+  }
+  p.creds[p.client_id] = opts.secret or "bootstrap-secret"
+  p.acting = p.client_id
+  local function fault(op)
+    local q = p.faults[op]
+    if q and #q > 0 then return table.remove(q, 1) end
+  end
+  local function count(op) p.calls[op] = (p.calls[op] or 0) + 1 end
+  function p.set_credentials(self, id, secret) -- luacheck: ignore 212
+    assert(core.is_secret(secret) or type(secret) == "string")
+    self.acting, self.set_calls = id, self.set_calls + 1
+  end
+  function p:verify(c)
+    count("verify")
+    local want = self.creds[c.client_id]
+    local got = core.is_secret(c.client_secret) and c.client_secret:reveal() or c.client_secret
+    if want and want == got then return true end
+    return nil, errors.new { kind = "auth", provider = kind, op = "verify", message = "refused" }
+  end
+  local function minted(op, id, make)
+    count(op)
+    local f = fault(op)
+    if f and not f.apply then return nil, f.err end
+    local s = mint_value(kind)
+    p.creds[id] = s
+    local r = make(s)
+    if f then return nil, f.err end
+    return r
+  end
+  -- genesys
+  p.clients[p.client_id] = { id = p.client_id, name = "admin", authorizedGrantType = "CLIENT-CREDENTIALS" }
+  function p:add_client(id, name)
+    self.clients[id] = { id = id, name = name or id, authorizedGrantType = "CLIENT-CREDENTIALS",
+                         roleDivisions = { { roleId = "r1", divisionId = "d1" } } }
+    self.creds[id] = "seeded-" .. id
+  end
+  function p.post_oauth_client_secret(_, id)
+    return minted("post_oauth_client_secret", id, function(s) return { id = id, secret = core.secret(s) } end)
+  end
+  function p:get_oauth_client(id)
+    count("get_oauth_client")
+    local c = self.clients[id]
+    if not c then return nil, errors.new { kind = "http", status = 404, message = "not found" } end
+    return c
+  end
+  function p:get_oauth_clients()
+    count("get_oauth_clients")
+    local e = {}
+    for _, c in pairs(self.clients) do e[#e + 1] = c end
+    return { entities = e, total = #e }
+  end
+  function p:post_oauth_clients(body)
+    local id = "client-" .. core.random_hex(4)
+    return minted("post_oauth_clients", id, function(s)
+      local c = {}
+      for k, v in pairs(body) do c[k] = v end
+      c.id = id
+      self.clients[id] = c
+      return { id = id, name = c.name, secret = core.secret(s) }
+    end)
+  end
+  function p:put_oauth_client(id, body)
+    count("put_oauth_client")
+    if not self.clients[id] then return nil, errors.new { kind = "http", status = 404, message = "not found" } end
+    for k, v in pairs(body) do self.clients[id][k] = v end
+    if body.state == "disabled" then self.creds[id] = nil end
+    return self.clients[id]
+  end
+  function p:delete_oauth_client(id)
+    count("delete_oauth_client")
+    if not self.clients[id] then return nil, errors.new { kind = "http", status = 404, message = "not found" } end
+    self.clients[id], self.creds[id] = nil, nil
+    return true
+  end
+  -- spreetail
+  p.pairs = { [p.client_id] = { clientId = p.client_id, name = "bootstrap" } }
+  function p:create_client_credentials(a)
+    local id = "pair-" .. core.random_hex(4)
+    return minted("create_client_credentials", id, function(s)
+      self.pairs[id] = { clientId = id, name = a.name, expires = a.expires }
+      return { clientId = id, credentialId = "c-" .. id, name = a.name, secret = core.secret(s), expires = a.expires }
+    end)
+  end
+  function p:list_client_credentials()
+    count("list_client_credentials")
+    local out = {}
+    for _, c in pairs(self.pairs) do out[#out + 1] = c end
+    return out
+  end
+  function p:delete_client_credentials(id)
+    count("delete_client_credentials")
+    if not self.pairs[id] then return nil, errors.new { kind = "http", status = 404, message = "not found" } end
+    self.pairs[id], self.creds[id] = nil, nil
+    return true
+  end
+  -- paylocity
+  function p:obtain_new_client_secret(a)
+    assert(type(a.code) == "string")
+    return minted("obtain_new_client_secret", self.client_id, function(s)
+      return { { clientSecret = core.secret(s), clientSecretExpirationDate = "2031-01-01T00:00:00Z" } }
+    end)
+  end
+  -- spapi
+  function p:rotate_application_client_secret()
+    return minted("rotate_application_client_secret", self.client_id, function(s)
+      self.queue[#self.queue + 1] = { clientId = self.client_id, newClientSecret = s,
+        newClientSecretExpiryTime = "2031-06-01T00:00:00Z", oldClientSecretExpiryTime = "2030-12-08T00:00:00Z" }
+      return true
+    end)
+  end
+  function p:receive_new_client_secret()
+    count("receive_new_client_secret")
+    local m = self.queue[1]
+    if not m then return nil, errors.new { kind = "timeout", message = "no message" } end
+    local payload = {}
+    for k, v in pairs(m) do payload[k] = v end
+    payload.newClientSecret = core.secret(m.newClientSecret)
+    return payload, function()
+      for i, x in ipairs(self.queue) do if x == m then table.remove(self.queue, i) end end
+      return true
+    end
+  end
+  return p
+end
+
+local function ambiguous(op)
+  return errors.new { kind = "ambiguous", op = op, message = "sent; no answer came back" }
+end
+
+local function reveal(s) return s and s:reveal() end
+
+describe("rotation (unit, fake providers)", function()
+  local dir, store
+  before_each(function()
+    dir = tmpdir()
+    store = assert(file_store.new(dir))
+  end)
+
+  local function rotate(o)
+    o.store = o.store or store
+    o.verify_delay = 0
+    return rotation.rotate(o)
+  end
+
+  it("genesys regenerate: happy path, journal without secrets, result says the old one died", function()
+    local p = fake("genesys")
+    p:add_client("app1")
+    local res, err = rotate { slot = "genesys/app1", provider = p, target = { client_id = "app1" } }
+    assert.is_nil(err)
+    assert.equal("app1", res.client_id)
+    assert.equal(1, p.calls.post_oauth_client_secret)
+    local rec = assert(store:get("genesys/app1"))
+    assert.equal(p.creds.app1, reveal(rec.versions.current.secret))
+    assert.is_nil(rec.versions.pending)
+    assert.is_nil(rec.rotation)
+    assert.equal("ok", rec.last.outcome)
+    local said = false
+    for _, s in ipairs(res.steps) do
+      if s.note and s.note:find("stopped working at once", 1, true) then said = true end
+    end
+    assert.is_true(said)
+    -- nothing secret in the file except the version secrets; the journal carries none
+    local text = assert(core.fs_read(store:path("genesys/app1")))
+    local journal_part = text:match('"journal":(%b[])')
+    assert.is_nil(journal_part:find(p.creds.app1, 1, true))
+    assert.equal(0, p.set_calls) -- not its own credential
+  end)
+
+  it("resumes after a failed deploy without minting again", function()
+    local p = fake("genesys")
+    p:add_client("app1")
+    local fail = true
+    local deployed
+    local deploy = function(new)
+      if fail then return nil, "consumer unreachable" end
+      deployed = new.secret:reveal()
+      return true
+    end
+    local res, err = rotate { slot = "g", provider = p, target = { client_id = "app1" }, deploy = deploy }
+    assert.is_nil(res)
+    assert.equal("deploy", err.step)
+    assert.matches("next run deploys it again", tostring(err))
+    local rec = assert(store:get("g"))
+    assert.is_table(rec.versions.pending)
+    assert.equal("deploy", rec.rotation.step)
+    fail = false
+    res, err = rotate { slot = "g", provider = p, target = { client_id = "app1" }, deploy = deploy }
+    assert.is_nil(err)
+    assert.equal(1, p.calls.post_oauth_client_secret)
+    assert.equal(p.creds.app1, deployed)
+    assert.equal(p.creds.app1, reveal(assert(store:get("g")).versions.current.secret))
+    assert.equal("ok", res and "ok")
+  end)
+
+  it("genesys regenerate: an ambiguous mint is recovered by regenerating again", function()
+    local p = fake("genesys")
+    p:add_client("app1")
+    p.faults.post_oauth_client_secret = { { err = ambiguous("post_oauth_client_secret"), apply = true } }
+    local res, err = rotate { slot = "g", provider = p, target = { client_id = "app1" } }
+    assert.is_nil(res)
+    assert.equal("ambiguous", err.kind)
+    assert.matches("next run regenerates it again", tostring(err))
+    local rec = assert(store:get("g"))
+    assert.equal("ambiguous", rec.rotation.mint.state)
+    local _, err2 = rotate { slot = "g", provider = p, target = { client_id = "app1" } }
+    assert.is_nil(err2)
+    assert.equal(2, p.calls.post_oauth_client_secret)
+    assert.equal(p.creds.app1, reveal(assert(store:get("g")).versions.current.secret))
+  end)
+
+  it("a slot lock keeps a second rotor out with kind locked", function()
+    local p = fake("genesys")
+    p:add_client("app1")
+    local lock = assert(store:lock("g"))
+    local res, err = rotate { slot = "g", provider = p, target = { client_id = "app1" } }
+    assert.is_nil(res)
+    assert.equal("locked", err.kind)
+    assert.matches("locked by another rotor", tostring(err))
+    assert.is_nil(p.calls.post_oauth_client_secret)
+    lock:unlock()
+    assert.truthy(rotate { slot = "g", provider = p, target = { client_id = "app1" } })
+  end)
+
+  it("dry run prints the plan and writes nothing", function()
+    local p = fake("genesys")
+    p:add_client("app1")
+    local lines = {}
+    local res = assert(rotate { slot = "g", provider = p, target = { client_id = "app1" }, dry_run = true,
+                                print = function(l) lines[#lines + 1] = l end })
+    assert.is_true(res.dry_run)
+    assert.equal(6, #lines)
+    assert.matches("old secret stops working at once", table.concat(lines, "\n"))
+    assert.same({}, p.calls)
+    assert.same({}, assert(core.fs_list(dir)))
+  end)
+
+  it("genesys new_client: copies the client, disables and deletes the old one", function()
+    local p = fake("genesys")
+    p:add_client("old1", "Reporting")
+    local res = assert(rotate { slot = "g", provider = p, target = { client_id = "old1" }, strategy = "new_client" })
+    assert.are_not.equal("old1", res.client_id)
+    local c = p.clients[res.client_id]
+    assert.equal("CLIENT-CREDENTIALS", c.authorizedGrantType)
+    assert.same({ { roleId = "r1", divisionId = "d1" } }, c.roleDivisions)
+    assert.matches("^Reporting %[rotor r", c.name)
+    assert.is_nil(p.clients.old1)
+    assert.equal(1, p.calls.put_oauth_client)
+    -- a second rotation starts from the stored (new) client id
+    local res2 = assert(rotate { slot = "g", provider = p, target = { client_id = "old1" }, strategy = "new_client" })
+    assert.is_nil(p.clients[res.client_id])
+    assert.truthy(p.clients[res2.client_id])
+    assert.matches("^Reporting %[rotor r", p.clients[res2.client_id].name)
+  end)
+
+  it("genesys new_client with a grace period deletes the old client on a later run", function()
+    local p = fake("genesys")
+    p:add_client("old1", "Reporting")
+    assert(rotate { slot = "g", provider = p, target = { client_id = "old1" }, strategy = "new_client", grace = 3600 })
+    assert.truthy(p.clients.old1)
+    assert.equal("disabled", p.clients.old1.state)
+    local rec = assert(store:get("g"))
+    rec.retiring[1].delete_after = "2000-01-01T00:00:00Z"
+    assert(store:put("g", rec))
+    assert(rotate { slot = "g", provider = p, target = { client_id = "old1" }, strategy = "new_client", grace = 3600 })
+    assert.is_nil(p.clients.old1)
+  end)
+
+  it("genesys new_client: an ambiguous create leaves an orphan that the next run deletes", function()
+    local p = fake("genesys")
+    p:add_client("old1", "Reporting")
+    p.faults.post_oauth_clients = { { err = ambiguous("post_oauth_clients"), apply = true } }
+    assert.is_nil(rotate { slot = "g", provider = p, target = { client_id = "old1" }, strategy = "new_client" })
+    local count = 0
+    for _ in pairs(p.clients) do count = count + 1 end
+    assert.equal(3, count) -- admin, old1, the orphan
+    local res = assert(rotate { slot = "g", provider = p, target = { client_id = "old1" }, strategy = "new_client" })
+    local names = {}
+    for id, c in pairs(p.clients) do names[#names + 1] = id .. "=" .. tostring(c.name) end
+    assert.equal(2, #names, table.concat(names, ", ")) -- admin and the new client only
+    assert.truthy(p.clients[res.client_id])
+  end)
+
+  it("spreetail: new pair, old pair deleted, provider switched to the new pair", function()
+    local p = fake("spreetail", { client_id = "pair-boot" })
+    local res = assert(rotate { slot = "spreetail/main", provider = p, target = { expires_days = 30 } })
+    assert.are_not.equal("pair-boot", res.client_id)
+    assert.is_nil(p.pairs["pair-boot"])
+    assert.equal(res.client_id, p.acting)
+    assert.matches("^rotor:spreetail/main:r", p.pairs[res.client_id].name)
+    local rec = assert(store:get("spreetail/main"))
+    assert.equal("pair-boot", rec.versions.previous.client_id)
+    assert.is_nil(rec.versions.previous.secret)
+  end)
+
+  it("spreetail: an orphaned pair from an ambiguous create is found by name and deleted", function()
+    local p = fake("spreetail", { client_id = "pair-boot" })
+    p.faults.create_client_credentials = { { err = ambiguous("create_client_credentials"), apply = true } }
+    local _, err = rotate { slot = "s", provider = p }
+    assert.equal("ambiguous", err.kind)
+    assert.matches("deletes it", tostring(err))
+    local res = assert(rotate { slot = "s", provider = p })
+    local ids = {}
+    for id in pairs(p.pairs) do ids[#ids + 1] = id end
+    assert.same({ res.client_id }, ids)
+    assert.equal(1, p.calls.list_client_credentials)
+  end)
+
+  it("paylocity: needs target.code; records the old expiry; ambiguous code stops with instructions", function()
+    local p = fake("paylocity", { client_id = "pl-1" })
+    local _, err = rotate { slot = "pl", provider = p }
+    assert.equal("config", err.kind)
+    assert.matches("target.code", tostring(err))
+    local res = assert(rotate { slot = "pl", provider = p, target = { code = "C1", old_expires = "2030-01-01" } })
+    assert.equal("2031-01-01T00:00:00Z", res.expires)
+    assert.equal("2030-01-01", res.old_expires)
+    -- second rotation: the old expiry is the stored one
+    p.faults.obtain_new_client_secret = { { err = ambiguous("obtain_new_client_secret"), apply = true } }
+    _, err = rotate { slot = "pl", provider = p, target = { code = "C2" } }
+    assert.equal("ambiguous", err.kind)
+    _, err = rotate { slot = "pl", provider = p, target = { code = "C2" } }
+    assert.equal("ambiguous", err.kind)
+    assert.matches("rerun with target.code set to the NEW code", tostring(err))
+    assert.equal(2, p.calls.obtain_new_client_secret) -- the same code was not sent again
+    res = assert(rotate { slot = "pl", provider = p, target = { code = "C3" } })
+    assert.equal("2031-01-01T00:00:00Z", res.old_expires)
+    assert.equal(p.creds["pl-1"], reveal(assert(store:get("pl")).versions.current.secret))
+  end)
+
+  it("spapi: rotate, read the queue, ack after storing, record the old expiry", function()
+    local p = fake("spapi", { client_id = "amzn-1" })
+    local res = assert(rotate { slot = "spapi", provider = p, wait = 0 })
+    assert.equal("2030-12-08T00:00:00Z", res.old_expires)
+    assert.equal(0, #p.queue)
+    assert.equal(p.creds["amzn-1"], reveal(assert(store:get("spapi")).versions.current.secret))
+  end)
+
+  it("spapi: an ambiguous rotate is recovered by reading the queue, not rotating again", function()
+    local p = fake("spapi", { client_id = "amzn-1" })
+    p.faults.rotate_application_client_secret = { { err = ambiguous("rotate"), apply = true } }
+    local _, err = rotate { slot = "spapi", provider = p, wait = 0 }
+    assert.equal("ambiguous", err.kind)
+    assert.matches("reads the SQS queue", tostring(err))
+    assert(rotate { slot = "spapi", provider = p, wait = 0 })
+    assert.equal(1, p.calls.rotate_application_client_secret)
+    assert.equal(p.creds["amzn-1"], reveal(assert(store:get("spapi")).versions.current.secret))
+  end)
+
+  it("audit trail: a line per step, fingerprints, never the secret, mode 0600", function()
+    local p = fake("genesys")
+    p:add_client("app1")
+    assert(rotate { slot = "g", provider = p, target = { client_id = "app1" } })
+    local text = assert(core.fs_read(dir .. "/audit.log"))
+    assert.is_nil(text:find(p.creds.app1, 1, true))
+    local fp = core.hmac_sha256_hex(store:audit_key(), p.creds.app1)
+    assert.truthy(text:find(fp, 1, true))
+    local _, _, mode = core.fs_exists(dir .. "/audit.log")
+    assert.equal(384, mode)
+  end)
+
+  it("notifies on success and on failure, never with the secret", function()
+    local p = fake("genesys")
+    p:add_client("app1")
+    local events = {}
+    local hook = function(e) events[#events + 1] = e return true end
+    assert(rotate { slot = "g", provider = p, target = { client_id = "app1" }, notify = hook })
+    p.faults.post_oauth_client_secret = { { err = errors.new { kind = "http", status = 500, message = "boom" } } }
+    assert.is_nil(rotate { slot = "g", provider = p, target = { client_id = "app1" }, notify = hook })
+    assert.equal(2, #events)
+    assert.is_true(events[1].ok)
+    assert.is_false(events[2].ok)
+    assert.matches("FAILED at create", events[2].text)
+    assert.is_nil(events[1].text:find(p.creds.app1, 1, true))
+  end)
+
+  it("a definite mint failure lets the next run mint anew", function()
+    local p = fake("spreetail", { client_id = "pair-boot" })
+    p.faults.create_client_credentials = { { err = errors.new { kind = "http", status = 500, message = "x" } } }
+    assert.is_nil(rotate { slot = "s", provider = p })
+    assert(rotate { slot = "s", provider = p })
+    assert.is_nil(p.calls.list_client_credentials) -- no recovery needed
+  end)
+
+  it("rotor.due from stored creation time and expiry", function()
+    local rec = { versions = { current = { secret = "x", created = "2000-01-01T00:00:00Z",
+                                            expires = os.date("!%Y-%m-%dT%H:%M:%SZ", os.time() + 5 * 86400) } } }
+    assert.is_true((rotation.due(rec, { before_expiry_days = 10 })))
+    assert.is_false((rotation.due(rec, { before_expiry_days = 2 })))
+    assert.is_true((rotation.due(rec, { max_age_days = 30, before_expiry_days = 2 })))
+    rec.versions.current.created = os.date("!%Y-%m-%dT%H:%M:%SZ")
+    assert.is_false((rotation.due(rec, { max_age_days = 30, before_expiry_days = 2 })))
+    assert.is_true((rotation.due("nope", nil, store)))
+  end)
+end)

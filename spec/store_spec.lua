@@ -1,0 +1,145 @@
+-- The file store, the dotenv and exec deploy sinks, and the fs primitives under them.
+local core = require "rotor.core"
+local file_store = require "rotor.store.file"
+local stores = require "rotor.store"
+
+local function tmpdir()
+  local d = ("%s/rotor-store-%d-%s"):format(os.getenv("TMPDIR") or "/tmp", core.getpid(), core.random_hex(4))
+  assert(core.fs_mkdir(d, 448))
+  return d
+end
+
+local function mode(path)
+  local _, _, m = core.fs_exists(path)
+  return m
+end
+
+describe("rotor.store.file", function()
+  local dir, store
+  before_each(function()
+    dir = tmpdir() .. "/secrets"
+    store = assert(stores.file(dir))
+  end)
+
+  it("creates a 0700 directory and 0600 files; slot names map to safe file names", function()
+    assert.equal(448, mode(dir))
+    assert(store:put("genesys/reporting", { versions = { current = { client_id = "a", secret = core.secret("s1") } },
+                                            journal = {} }))
+    assert.equal(dir .. "/genesys%2Freporting.json", store:path("genesys/reporting"))
+    assert.equal(384, mode(store:path("genesys/reporting")))
+    assert.equal("%2E.%2Fx", file_store.encode("../x"))
+    assert.equal("../x", file_store.decode(file_store.encode("../x")))
+    assert.has_error(function() store:get("") end)
+    assert.has_error(function() store:get("a\nb") end)
+  end)
+
+  it("round-trips versions; secrets come back as rotor.secret; absent slots are false", function()
+    assert.is_false(store:get("nope"))
+    local rec = { provider = "genesys", journal = { { step = "create", outcome = "ok" } }, versions = {
+      current = { client_id = "c1", secret = core.secret("cur"), created = "2024-01-01T00:00:00Z",
+                  expires = "2025-01-01T00:00:00Z", meta = { k = "v" } },
+      pending = { client_id = "c2", secret = "pend" },
+      previous = { client_id = "c0" },
+    } }
+    assert(store:put("x", rec))
+    local back = assert(store:get("x"))
+    assert.is_true(core.is_secret(back.versions.current.secret))
+    assert.equal("cur", back.versions.current.secret:reveal())
+    assert.equal("pend", back.versions.pending.secret:reveal())
+    assert.equal("v", back.versions.current.meta.k)
+    assert.equal("ok", back.journal[1].outcome)
+    assert.is_nil(back.versions.previous.secret)
+    assert.same({ "x" }, store:list())
+    -- no temporary files are left behind
+    for _, n in ipairs(core.fs_list(dir)) do assert.is_nil(n:find(".tmp.", 1, true)) end
+  end)
+
+  it("keeps the journal bounded", function()
+    local s2 = assert(file_store.new(dir, { journal_max = 5 }))
+    local j = {}
+    for i = 1, 12 do j[i] = { step = "s" .. i } end
+    assert(s2:put("j", { versions = {}, journal = j }))
+    local back = assert(s2:get("j"))
+    assert.equal(5, #back.journal)
+    assert.equal("s12", back.journal[5].step)
+  end)
+
+  it("locks a slot: a second lock fails with kind locked until released", function()
+    local l1 = assert(store:lock("a/b"))
+    local l2, err = store:lock("a/b")
+    assert.is_nil(l2)
+    assert.equal("locked", err.kind)
+    assert.matches("pid " .. core.getpid(), tostring(err))
+    assert.truthy(store:lock("other"))
+    l1:unlock()
+    l1:close() -- idempotent
+    assert.truthy(store:lock("a/b"))
+  end)
+
+  it("keeps a 0600 audit key, made once", function()
+    local k = assert(store:audit_key())
+    assert.equal(64, #k)
+    assert.equal(384, mode(dir .. "/.audit-key"))
+    assert.equal(k, assert(file_store.new(dir)):audit_key())
+  end)
+
+  it("reports a corrupt slot file as a store error", function()
+    assert(core.fs_write_atomic(store:path("bad"), "{not json", 384))
+    local rec, err = store:get("bad")
+    assert.is_nil(rec)
+    assert.equal("store", err.kind)
+  end)
+end)
+
+describe("rotor.store.dotenv", function()
+  it("replaces its keys, keeps other lines, writes 0600 atomically", function()
+    local path = tmpdir() .. "/app.env"
+    assert(core.fs_write_atomic(path, "# app\nOTHER=1\nAPP_SECRET=old\n", 420))
+    local sink = stores.dotenv(path, { client_id = "APP_ID", secret = "APP_SECRET" })
+    assert(sink { client_id = "id-1", secret = core.secret("p+q/r= s\"x") })
+    local text = assert(core.fs_read(path))
+    assert.matches("# app\nOTHER=1\n", text, 1, true)
+    assert.equal(1, select(2, text:gsub("APP_SECRET=", "")))
+    local v = assert(sink:read())
+    assert.equal("p+q/r= s\"x", v.APP_SECRET:reveal())
+    assert.equal("id-1", v.APP_ID)
+    assert.equal(384, mode(path))
+  end)
+end)
+
+describe("rotor.store.exec", function()
+  it("pipes the secret to the command's stdin, never its arguments or environment", function()
+    local d = tmpdir()
+    local out = d .. "/got"
+    local sink = stores.exec { command = "cat > " .. out .. "; echo {client_id} > " .. d .. "/id; env > "
+                                         .. d .. "/env" }
+    assert(sink:deploy { client_id = "cid", secret = core.secret("TOPSECRET") })
+    assert.equal("TOPSECRET", core.fs_read(out))
+    assert.equal("cid\n", core.fs_read(d .. "/id"))
+    assert.is_nil(core.fs_read(d .. "/env"):find("TOPSECRET", 1, true))
+    local bad = stores.exec { command = "cat >/dev/null; exit 3" }
+    local ok, err = bad:deploy { client_id = "c", secret = "x" }
+    assert.is_nil(ok)
+    assert.matches("failed", tostring(err))
+  end)
+end)
+
+describe("core fs primitives", function()
+  it("fs_write_atomic accepts a secret and leaves mode 0600", function()
+    local p = tmpdir() .. "/f"
+    assert(core.fs_write_atomic(p, core.secret("abc")))
+    assert.equal("abc", core.fs_read(p))
+    assert.equal(384, mode(p))
+    local none, msg = core.fs_read(p .. ".missing")
+    assert.is_nil(none)
+    assert.matches("No such file", msg)
+  end)
+
+  it("fs_append appends with fsync", function()
+    local p = tmpdir() .. "/log"
+    assert(core.fs_append(p, "a\n"))
+    assert(core.fs_append(p, "b\n"))
+    assert.equal("a\nb\n", core.fs_read(p))
+    assert.equal(384, mode(p))
+  end)
+end)
