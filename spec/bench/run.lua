@@ -1,0 +1,327 @@
+-- spec/bench/run.lua: rotor's benchmarks, measured in one run against the bundled simulator.
+--
+--   make bench        (= lua5.4 spec/bench/run.lua, from the repository root, after `make`)
+--
+-- 1. throughput: rotor.parallel at concurrency 1, 8, 32 doing a token-authenticated GET
+--    (Genesys /api/v2/tokens/me), as a ratio to wrk (HTTP/1.1, one thread, N connections) on the
+--    same URL. rotor runs a fixed count of requests (BENCH_SECONDS of wrk's rate) over HTTP/1.1
+--    (http2=false: N connections, the fair comparison) and over HTTP/2 (rotor's default).
+-- 2. a paced batch: N requests under R/s (policy.rate in rotor, spreetail_rate in the simulator:
+--    a fixed 1-second window per client); wall time over the floor (N-1)/R, and the 429s.
+-- 3. startup: `build/rotor -e ''` against `lua5.4 -e ''` (hyperfine).
+-- 4. peak RSS of a child `build/rotor spec/bench/rss_worker.lua` doing 10,000 GETs at
+--    concurrency 32 (VmHWM).
+-- Prints a table and writes build/bench.json. A benchmark, not a spec: nothing here fails on a
+-- missed target (the exit status is non-zero only when the benchmark itself could not run).
+-- No secret or token is printed or put on a command line: wrk and the RSS worker read them
+-- from files (mode 0600) in the simulator's directory, removed at the end.
+package.path = "./lua/?.lua;./lua/?/init.lua;./?.lua;" .. package.path
+package.cpath = "./build/5.4/?.so;" .. package.cpath
+
+local rotor = require "rotor"
+local core = require "rotor.core"
+local http = require "rotor.http"
+local oauth = require "rotor.oauth"
+local json = require "rotor.json"
+local sim = require "spec.helpers.sim"
+
+local shq, run = sim.shell_quote, sim.run
+local now = core.now
+
+local CONCURRENCY = { 1, 8, 32 }
+local WRK_SECONDS = 5         -- wrk -d
+local BENCH_SECONDS = 5       -- rotor runs this many seconds' worth of wrk's rate
+local PACED_RATE = 25         -- R, requests per second (rotor's pacing and the simulator's limit)
+local PACED_N = 125           -- N
+local RSS_REQUESTS = 10000
+local TARGET = {
+  sim_rps = 10000, ratio_32 = 0.50, paced = 1.05, paced_429 = 0, startup = 1.5, rss_mb = 30,
+}
+
+local function log(fmt, ...)
+  io.stderr:write(string.format(fmt, ...), "\n")
+  io.stderr:flush()
+end
+
+local function need(cmd)
+  local _, rc = run("command -v " .. cmd .. " >/dev/null 2>&1")
+  if rc ~= 0 then error("spec/bench: " .. cmd .. " is not installed (make deps)", 0) end
+end
+need("wrk"); need("hyperfine")
+for _, f in ipairs{ "build/rotor", "build/5.4/rotor/core.so" } do
+  if not io.open(f, "rb") then error("spec/bench: " .. f .. " is missing: run make first", 0) end
+end
+
+local function write_private(path, data)
+  local _, rc = run("umask 077 && : > " .. shq(path))
+  assert(rc == 0, "cannot create " .. path)
+  local f = assert(io.open(path, "wb"))
+  f:write(data)
+  f:close()
+end
+
+local function read_all(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+-- ---- connections of this process to the simulator (which protocol rotor really uses) ----
+local function self_pid()
+  local s = read_all("/proc/self/stat") or ""
+  return s:match("^(%d+)")
+end
+local PID = self_pid()
+
+local function established_to(port)
+  local inodes = {}
+  local out = run("ls -l /proc/" .. PID .. "/fd 2>/dev/null")
+  for ino in out:gmatch("socket:%[(%d+)%]") do inodes[ino] = true end
+  local n = 0
+  for _, tab in ipairs{ "tcp", "tcp6" } do
+    local t = read_all("/proc/" .. PID .. "/net/" .. tab) or ""
+    for line in t:gmatch("[^\n]+") do
+      -- sl local rem st tx:rx tr:when retrnsmt uid timeout inode
+      local rem, st, ino = line:match("^%s*%d+:%s+%x+:%x+%s+%x+:(%x+)%s+(%x+)%s+%S+%s+%S+%s+%S+%s+%d+%s+%d+%s+(%d+)")
+      if rem and tonumber(rem, 16) == port and st == "01" and inodes[ino] then n = n + 1 end
+    end
+  end
+  return n
+end
+
+-- ---- the simulator ----
+local s = sim.start()
+local ok_all, err_all = xpcall(function()
+  local port = tonumber(s.url:match(":(%d+)$"))
+  s:settings{ genesys_rate = 0, log_enabled = false }
+  local g = s:seed{ provider = "genesys", admin = true }
+  local gspec = {
+    url = s.url .. "/genesys/login/oauth/token", style = "basic", provider = "genesys",
+    client_id = g.client_id, client_secret = rotor.secret(g.client_secret), cainfo = s.ca,
+  }
+  local token = assert(oauth.token(gspec))
+  local url = s.url .. "/genesys/api/v2/tokens/me"
+  local results = { simulator = { url_path = "/genesys/api/v2/tokens/me" } }
+
+  -- wrk reads the token from a file: never on a command line
+  local tokfile, wrkscript = s.dir .. "/bench-token", s.dir .. "/bench-wrk.lua"
+  write_private(tokfile, token:reveal())
+  write_private(wrkscript, table.concat({
+    "local f = assert(io.open(" .. string.format("%q", tokfile) .. ", 'rb'))",
+    "wrk.headers['Authorization'] = 'Bearer ' .. f:read('*a')",
+    "f:close()",
+    "function done(summary)",
+    "  local e = summary.errors",
+    "  io.write(string.format('ROTOR_WRK %d %d %d %d %d %d %d\\n', summary.requests, summary.duration,",
+    "    e.connect, e.read, e.write, e.status, e.timeout))",
+    "end",
+  }, "\n") .. "\n")
+
+  local function wrk(conns)
+    local out, rc = run(string.format("wrk -t1 -c%d -d%ds -s %s %s 2>&1", conns, WRK_SECONDS,
+      shq(wrkscript), shq(url)))
+    local req, dur, ce, re, we, se, te = out:match("ROTOR_WRK (%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+)")
+    if rc ~= 0 or not req then error("wrk failed (" .. rc .. "): " .. out:sub(1, 300), 0) end
+    local errors = ce + re + we + se + te
+    return { rps = req / (dur / 1e6), requests = tonumber(req), errors = math.tointeger(errors) }
+  end
+
+  -- rotor: n GETs through rotor.parallel; a fresh request table per call, as a client builds it
+  local function rotor_run(conc, h2, n, probe_at)
+    local items = {}
+    for i = 1, n do items[i] = i end
+    local good, bad, conns = 0, 0, nil
+    collectgarbage()   -- close the connections of the previous run's multi handle
+    local before = probe_at and established_to(port)   -- e.g. the token fetch's connection
+    local t0 = now()
+    rotor.parallel(items, function(i)
+      local res = http.request({
+        url = url, cainfo = s.ca, http2 = h2,
+        headers = { { "Authorization", token, prefix = "Bearer " } },
+      }, { provider = "genesys", op = "bench" })
+      if res and res.status == 200 then good = good + 1 else bad = bad + 1 end
+      if i == probe_at then conns = established_to(port) - before end
+    end, { concurrency = conc })
+    local dt = now() - t0
+    return { rps = n / dt, requests = n, seconds = dt, failed = bad, connections = conns }
+  end
+
+  -- 1. throughput ------------------------------------------------------------------------------
+  results.throughput = {}
+  for _, c in ipairs(CONCURRENCY) do
+    log("throughput: concurrency %d: wrk %d s ...", c, WRK_SECONDS)
+    local w = wrk(c)
+    local n = math.max(200 * c, math.floor(w.rps * BENCH_SECONDS))
+    local row = { concurrency = c, wrk = w }
+    for _, mode in ipairs{ { "h1", false }, { "h2", true } } do
+      -- untimed: the protocol the simulator sees (its request log)
+      s:settings{ log_enabled = true }
+      s:control("DELETE", "/log")
+      rotor_run(c, mode[2], 4 * c)
+      local protos = {}
+      for _, e in ipairs(s:log()) do
+        if e.path == results.simulator.url_path then protos[e.proto] = (protos[e.proto] or 0) + 1 end
+      end
+      s:settings{ log_enabled = false }
+      local plist = {}
+      for k in pairs(protos) do plist[#plist + 1] = k end
+      table.sort(plist)
+      log("throughput: concurrency %d: rotor %s, %d requests ...", c, mode[1], n)
+      local r = rotor_run(c, mode[2], n, n // 2)
+      r.protocol = table.concat(plist, "+")
+      r.ratio = r.rps / w.rps
+      row[mode[1]] = r
+    end
+    results.throughput[#results.throughput + 1] = row
+    if c == 32 then results.simulator.wrk_rps_c32 = w.rps end
+  end
+  os.remove(tokfile)
+  os.remove(wrkscript)
+
+  -- 2. paced batch (Spreetail: spreetail_rate is a fixed 1-second window per client) ---------------
+  log("paced: %d requests at %d/s ...", PACED_N, PACED_RATE)
+  s:settings{ spreetail_rate = PACED_RATE, log_enabled = true, log_max = 100000 }
+  local sp = s:seed{ provider = "spreetail" }
+  local sspec = {
+    url = s.url .. "/spreetail/api/v0/oauth/token", style = "form", provider = "spreetail",
+    client_id = sp.client_id, client_secret = rotor.secret(sp.client_secret), cainfo = s.ca,
+    fields = { grant_type = "GrantType", client_id = "ClientId", client_secret = "ClientSecret" },
+    response = { token = "accessToken", expires = "expiresIn" },
+  }
+  local stoken = assert(oauth.token(sspec))
+  local spath = "/spreetail/api/v0/client-credentials"
+  local items = {}
+  for i = 1, PACED_N do items[i] = i end
+  s:control("DELETE", "/log")
+  local good, retried = 0, 0
+  local policy = { provider = "spreetail", op = "bench",
+    rate = { key = "bench:spreetail", rate = PACED_RATE, per = 1 } }
+  collectgarbage()
+  local t0 = now()
+  rotor.parallel(items, function()
+    local res = http.request({ url = s.url .. spath, cainfo = s.ca,
+      headers = { { "Authorization", stoken, prefix = "Bearer " } } }, policy)
+    if res and res.status == 200 then good = good + 1 end
+    if res and res.attempts and res.attempts > 1 then retried = retried + 1 end
+  end, { concurrency = 16 })
+  local wall = now() - t0
+  local n429, seen = 0, 0
+  for _, e in ipairs(s:log()) do
+    if e.path == spath then
+      seen = seen + 1
+      if e.status == 429 then n429 = n429 + 1 end
+    end
+  end
+  s:settings{ log_enabled = false }
+  local floor = (PACED_N - 1) / PACED_RATE
+  results.paced = {
+    n = PACED_N, rate = PACED_RATE, wall = wall, floor = floor, floor_rule = "(N-1)/R",
+    ratio = wall / floor, ratio_n_over_r = wall / (PACED_N / PACED_RATE), ok = good,
+    server_requests = seen, status_429 = n429, retried = retried,
+    limit = "simulator spreetail_rate (fixed 1 s window per client) on GET " .. spath,
+  }
+
+  -- 3. startup ---------------------------------------------------------------------------------
+  log("startup: hyperfine ...")
+  local hf = s.dir .. "/bench-hyperfine.json"
+  local out, rc = run("hyperfine -N --warmup 20 --runs 200 --export-json " .. shq(hf) ..
+    " \"build/rotor -e ''\" \"lua5.4 -e ''\" 2>&1")
+  local hj = json.decode(read_all(hf) or "")
+  if rc ~= 0 or type(hj) ~= "table" then error("hyperfine failed: " .. out:sub(1, 300), 0) end
+  local rr, lr = hj.results[1], hj.results[2]
+  results.startup = {
+    rotor_mean_ms = rr.mean * 1e3, lua_mean_ms = lr.mean * 1e3,
+    rotor_median_ms = rr.median * 1e3, lua_median_ms = lr.median * 1e3,
+    ratio = rr.mean / lr.mean, ratio_median = rr.median / lr.median, runs = 200,
+  }
+
+  -- 4. peak RSS --------------------------------------------------------------------------------
+  local secfile = s.dir .. "/bench-secret"
+  write_private(secfile, g.client_secret)
+  results.rss = {}
+  for _, mode in ipairs{ { "h2", "1" }, { "h1", "0" } } do
+    log("rss: %d requests, concurrency 32, %s ...", RSS_REQUESTS, mode[1])
+    local t1 = now()
+    local o, rc2 = run(string.format("ROTOR_SIM_URL=%s ROTOR_SIM_CA=%s ROTOR_BENCH_CLIENT_ID=%s "
+      .. "ROTOR_BENCH_SECRET_FILE=%s ROTOR_BENCH_REQUESTS=%d ROTOR_BENCH_CONCURRENCY=32 ROTOR_BENCH_HTTP2=%s "
+      .. "build/rotor spec/bench/rss_worker.lua 2>&1", shq(s.url), shq(s.ca), shq(g.client_id),
+      shq(secfile), RSS_REQUESTS, mode[2]))
+    local okn, failed, hwm = o:match("ok=(%d+) failed=(%d+) vmhwm_kb=(%d+)")
+    if rc2 ~= 0 or not okn then error("rss worker failed (" .. rc2 .. "): " .. core.redact(o:sub(1, 300)), 0) end
+    results.rss[mode[1]] = { ok = tonumber(okn), failed = tonumber(failed), vmhwm_kb = tonumber(hwm),
+      mb = tonumber(hwm) / 1024, seconds = now() - t1 }
+  end
+  os.remove(secfile)
+
+  -- report -------------------------------------------------------------------------------------
+  local rows = {}
+  local function row(name, value, target, pass)
+    local verdict = pass == nil and "" or (pass and "PASS" or "MISS")
+    rows[#rows + 1] = { name = name, value = value, target = target or "", result = verdict }
+  end
+  local simrps = results.simulator.wrk_rps_c32
+  row("simulator: wrk -t1 -c32 req/s", string.format("%.0f", simrps), ">= 10000", simrps >= TARGET.sim_rps)
+  for _, t in ipairs(results.throughput) do
+    local c = t.concurrency
+    local function conns(r)
+      return string.format(" [%s, %s conn]", r.protocol ~= "" and r.protocol or "?", r.connections or "?")
+    end
+    row(string.format("c=%d wrk (HTTP/1.1, %d conn) req/s", c, c), string.format("%.0f", t.wrk.rps)
+      .. (t.wrk.errors > 0 and (" (" .. t.wrk.errors .. " errors)") or ""))
+    row(string.format("c=%d rotor HTTP/1.1 req/s (ratio)", c),
+      string.format("%.0f (%.2f)%s%s", t.h1.rps, t.h1.ratio, conns(t.h1),
+        t.h1.failed > 0 and (" " .. t.h1.failed .. " failed") or ""),
+      c == 32 and ">= 0.50 x wrk" or nil, c == 32 and (t.h1.ratio >= TARGET.ratio_32 and t.h1.failed == 0) or nil)
+    row(string.format("c=%d rotor HTTP/2 req/s (ratio)", c),
+      string.format("%.0f (%.2f)%s%s", t.h2.rps, t.h2.ratio, conns(t.h2),
+        t.h2.failed > 0 and (" " .. t.h2.failed .. " failed") or ""),
+      c == 32 and "(info)" or nil)
+  end
+  local p = results.paced
+  row(string.format("paced N=%d R=%d/s: wall / ((N-1)/R)", p.n, p.rate),
+    string.format("%.3f (%.2f s / %.2f s)", p.ratio, p.wall, p.floor), "<= 1.05", p.ratio <= TARGET.paced)
+  row("paced: 429s from the simulator", string.format("%d of %d", p.status_429, p.server_requests), "0",
+    p.status_429 == 0 and p.ok == p.n)
+  local st = results.startup
+  row("startup: rotor -e '' / lua5.4 -e '' (mean)",
+    string.format("%.2f (%.2f ms / %.2f ms)", st.ratio, st.rotor_mean_ms, st.lua_mean_ms), "<= 1.5",
+    st.ratio <= TARGET.startup)
+  row("startup: same, median", string.format("%.2f (%.2f ms / %.2f ms)", st.ratio_median,
+    st.rotor_median_ms, st.lua_median_ms))
+  for _, m in ipairs{ "h2", "h1" } do
+    local r = results.rss[m]
+    row(string.format("peak RSS, %d GETs c=32 %s (VmHWM)", RSS_REQUESTS, m == "h2" and "HTTP/2" or "HTTP/1.1"),
+      string.format("%.1f MB%s", r.mb, r.failed > 0 and (" " .. r.failed .. " failed") or ""), "<= 30 MB",
+      r.mb <= TARGET.rss_mb and r.failed == 0)
+  end
+  results.table = rows
+
+  local w1, w2, w3 = 6, 5, 6
+  for _, r in ipairs(rows) do
+    w1 = math.max(w1, #r.name); w2 = math.max(w2, #r.value); w3 = math.max(w3, #r.target)
+  end
+  local fmt = "%-" .. w1 .. "s  %-" .. w2 .. "s  %-" .. w3 .. "s  %s"
+  local lines = { string.format(fmt, "metric", "value", "target", "result"),
+    string.rep("-", w1 + w2 + w3 + 12) }
+  for _, r in ipairs(rows) do lines[#lines + 1] = string.format(fmt, r.name, r.value, r.target, r.result) end
+  print(table.concat(lines, "\n"))
+  print(string.format("throughput: rotor ran %d s of wrk's rate per mode; the target row is HTTP/1.1 "
+    .. "(N connections, like wrk); HTTP/2 is rotor's default (http2=true)", BENCH_SECONDS))
+  print(string.format("paced: %s; floor (N-1)/R: the first request goes at once; wall / (N/R) = %.3f",
+    p.limit, p.ratio_n_over_r))
+
+  results.libcurl = core.curl_version
+  results.when = os.date("!%Y-%m-%dT%H:%M:%SZ")
+  os.execute("mkdir -p build")
+  local jf = assert(io.open("build/bench.json", "wb"))
+  jf:write(json.encode(results), "\n")
+  jf:close()
+  print("written: build/bench.json")
+end, debug.traceback)
+s:stop()
+if not ok_all then
+  io.stderr:write("spec/bench: ", core.redact(tostring(err_all)), "\n")
+  os.exit(1)
+end
