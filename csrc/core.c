@@ -11,16 +11,24 @@
 #endif
 #endif
 
-volatile int rotor_interrupted = 0;
+/* Defined by the rotor host (main.c) and set by its SIGINT/SIGTERM handler; absent (NULL) when
+ * the module is loaded by another host such as lua5.4 or nginx. */
+extern volatile int rotor_host_interrupted __attribute__((weak));
+
+int rotor_is_interrupted(void) {
+    return &rotor_host_interrupted != NULL && rotor_host_interrupted != 0;
+}
 
 static int l_interrupted(lua_State *L) {
-    lua_pushboolean(L, rotor_interrupted != 0);
+    lua_pushboolean(L, rotor_is_interrupted());
     return 1;
 }
 
 static int l_clear_interrupt(lua_State *L) {
     (void)L;
-    rotor_interrupted = 0;
+    if (&rotor_host_interrupted != NULL) {
+        rotor_host_interrupted = 0;
+    }
     return 0;
 }
 

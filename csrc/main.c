@@ -6,8 +6,12 @@
  *   rotor status|rotate ...     subcommands of rotor.cli
  *   rotor -v                    version
  *
- * rotor.core is linked in and preloaded; rotor's Lua modules are found next to the executable
- * (the checkout: build/rotor -> lua/; an install: bin/rotor -> share/lua/5.x/) with no LUA_PATH. */
+ * rotor's modules are found next to the executable with no LUA_PATH or LUA_CPATH: in the
+ * checkout build/rotor -> lua/ and build/5.4/rotor/core.so; installed bin/rotor ->
+ * share/lua/5.4/ and lib/lua/5.4/rotor/core.so. rotor.core is built from the same objects as the
+ * module and loaded on first require: linking libcurl into the host would make every start pay
+ * for loading libcurl's ~35 shared libraries (measured: 7x the start-up of lua5.4, see make bench).
+ */
 #include "rotor.h"
 
 #include <errno.h>
@@ -17,9 +21,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#include <curl/curl.h>
 
-int luaopen_rotor_core(lua_State *L);
+/* Set by the signal handler. rotor.core, once loaded into this process, reads it through a weak
+ * reference (the executable is linked with -rdynamic), so core.interrupted() sees it. */
+volatile int rotor_host_interrupted = 0;
 
 #define EXIT_USAGE 2
 #define EXIT_INTERRUPTED 130
@@ -27,13 +32,13 @@ int luaopen_rotor_core(lua_State *L);
 static const char *progname = "rotor";
 
 static void on_signal(int sig) {
-    if (rotor_interrupted) {
+    if (rotor_host_interrupted) {
         /* a second signal: stop now */
         signal(sig, SIG_DFL);
         raise(sig);
         return;
     }
-    rotor_interrupted = sig;
+    rotor_host_interrupted = sig;
     static const char msg[] =
         "\nrotor: stopping after the current step (send the signal again to abort now)\n";
     ssize_t w = write(STDERR_FILENO, msg, sizeof(msg) - 1);
@@ -61,8 +66,14 @@ static int msghandler(lua_State *L) {
         }
     }
     luaL_traceback(L, L, msg, 1);
-    /* redact through rotor.core.redact */
-    lua_getfield(L, LUA_REGISTRYINDEX, "rotor.redact");
+    /* redact through rotor.core.redact; when the core was never loaded no secret exists */
+    lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+    lua_getfield(L, -1, "rotor.core");
+    lua_remove(L, -2);
+    if (lua_istable(L, -1)) {
+        lua_getfield(L, -1, "redact");
+        lua_remove(L, -2);
+    }
     if (lua_isfunction(L, -1)) {
         lua_insert(L, -2);
         if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
@@ -122,14 +133,11 @@ static void setup_paths(lua_State *L) {
     lua_setfield(L, -3, "path");
     lua_pop(L, 1);
     lua_getfield(L, -1, "cpath");
-    lua_pushfstring(L, "%s/../lib/lua/" LUA_VERSION_MAJOR "." LUA_VERSION_MINOR "/?.so;%s", dir,
-                    lua_tostring(L, -1));
+    lua_pushfstring(L,
+                    "%s/" LUA_VERSION_MAJOR "." LUA_VERSION_MINOR "/?.so;"
+                    "%s/../lib/lua/" LUA_VERSION_MAJOR "." LUA_VERSION_MINOR "/?.so;%s",
+                    dir, dir, lua_tostring(L, -1));
     lua_setfield(L, -3, "cpath");
-    lua_pop(L, 1);
-    /* preload the linked-in core */
-    lua_getfield(L, -1, "preload");
-    lua_pushcfunction(L, luaopen_rotor_core);
-    lua_setfield(L, -2, "rotor.core");
     lua_pop(L, 2);
 }
 
@@ -153,18 +161,6 @@ static int pmain(lua_State *L) {
     int *exitcode = (int *)lua_touserdata(L, 3);
     luaL_openlibs(L);
     setup_paths(L);
-    /* keep core.redact reachable for the message handler */
-    lua_getglobal(L, "require");
-    lua_pushliteral(L, "rotor.core");
-    if (docall(L, 1, 1) != LUA_OK) {
-        report(L, 1);
-        *exitcode = EXIT_FAILURE;
-        return 0;
-    }
-    lua_getfield(L, -1, "redact");
-    lua_setfield(L, LUA_REGISTRYINDEX, "rotor.redact");
-    lua_pop(L, 1);
-
     if (argc < 2) {
         usage(stderr);
         *exitcode = EXIT_USAGE;
@@ -173,7 +169,16 @@ static int pmain(lua_State *L) {
     const char *a1 = argv[1];
     int status;
     if (strcmp(a1, "-v") == 0 || strcmp(a1, "--version") == 0) {
-        printf("rotor %s (%s, %s)\n", ROTOR_VERSION, LUA_RELEASE, curl_version());
+        lua_getglobal(L, "require");
+        lua_pushliteral(L, "rotor.core");
+        status = docall(L, 1, 1);
+        if (status == LUA_OK) {
+            lua_getfield(L, -1, "curl_version");
+            printf("rotor %s (%s, libcurl %s)\n", ROTOR_VERSION, LUA_RELEASE, lua_tostring(L, -1));
+            return 0;
+        }
+        report(L, status);
+        *exitcode = EXIT_FAILURE;
         return 0;
     }
     if (strcmp(a1, "-h") == 0 || strcmp(a1, "--help") == 0) {
@@ -229,8 +234,8 @@ static int pmain(lua_State *L) {
         }
     }
     if (report(L, status) != LUA_OK) {
-        *exitcode = rotor_interrupted ? EXIT_INTERRUPTED : EXIT_FAILURE;
-    } else if (rotor_interrupted && *exitcode == 0) {
+        *exitcode = rotor_host_interrupted ? EXIT_INTERRUPTED : EXIT_FAILURE;
+    } else if (rotor_host_interrupted && *exitcode == 0) {
         *exitcode = EXIT_INTERRUPTED;
     }
     return 0;
@@ -247,6 +252,9 @@ int main(int argc, char **argv) {
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    /* a deploy command that exits before reading its stdin must not kill rotor: the write fails
+     * with EPIPE and is reported instead */
+    signal(SIGPIPE, SIG_IGN);
 
     lua_State *L = luaL_newstate();
     if (L == NULL) {

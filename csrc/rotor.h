@@ -49,6 +49,6 @@ void rotor_global_init(void);
 void rotor_token_open(lua_State *L);
 
 /* signals, shared with main.c */
-extern volatile int rotor_interrupted;
+int rotor_is_interrupted(void);
 
 #endif

@@ -40,7 +40,7 @@ static int l_sleep(lua_State *L) {
         struct timespec ts;
         ts.tv_sec = (time_t)s;
         ts.tv_nsec = (long)((s - (double)ts.tv_sec) * 1e9);
-        while (nanosleep(&ts, &ts) != 0 && !rotor_interrupted) {
+        while (nanosleep(&ts, &ts) != 0 && !rotor_is_interrupted()) {
         }
     }
     return 0;
