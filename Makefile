@@ -21,14 +21,13 @@ DEPS_PKGS := build-essential pkg-config libcurl4-openssl-dev libssl-dev \
              luajit2 libluajit2-5.1-dev lua-compat53-dev lua-cjson lua-cjson-dev \
              lua-busted lua-check luarocks nginx libnginx-mod-http-lua lua-resty-core \
              openssl curl wrk hyperfine valgrind cppcheck clang-tidy clang-format \
-             libclang-rt-14-dev clang-14 procps
+             procps
 # the commands and files `make deps` guarantees
 DEPS_PROBE := /usr/include/lua5.4/lua.h /usr/include/luajit-2.1/lua.h /usr/include/lua5.1/compat-5.3.h \
               /usr/include/x86_64-linux-gnu/curl/curl.h /usr/bin/busted /usr/bin/luacheck /usr/sbin/nginx \
               /usr/lib/nginx/modules/ngx_http_lua_module.so /usr/bin/wrk /usr/bin/valgrind /usr/bin/luarocks \
               /usr/bin/cppcheck /usr/bin/clang-tidy /usr/bin/clang-format /usr/bin/hyperfine \
-              /usr/lib/x86_64-linux-gnu/lua/5.4/cjson.so /usr/bin/clang-14 \
-              /usr/lib/llvm-14/lib/clang/14.0.6/lib/linux/libclang_rt.asan-x86_64.a
+              /usr/lib/x86_64-linux-gnu/lua/5.4/cjson.so /usr/share/lua/5.1/resty/core.lua
 
 SRCS    := $(filter-out csrc/main.c,$(wildcard csrc/*.c))
 HDRS    := $(wildcard csrc/*.h)
@@ -113,7 +112,6 @@ asan:
 	$(MAKE) --no-print-directory BUILD=$(ASAN_BUILD) CFLAGS='$(ASAN_FLAGS)' \
 	  $(ASAN_BUILD)/5.4/rotor/core.so $(ASAN_BUILD)/rotor
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-	  LSAN_OPTIONS=suppressions=$(CURDIR)/spec/lsan.supp \
 	  $(ASAN_BUILD)/rotor /usr/bin/busted --cpath='./$(ASAN_BUILD)/5.4/?.so' --lpath='$(LPATH)' \
 	  --exclude-tags=slow,nosan $(BUSTED_ARGS) $(SPECS)
 
