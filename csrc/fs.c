@@ -28,6 +28,7 @@
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <time.h>
 #include <unistd.h>
 
 #define FS_LOCK_MT "rotor.fs_lock"
@@ -326,7 +327,16 @@ static int l_fs_lock(lua_State *L) {
     if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
         int err = errno;
         if (err == EWOULDBLOCK) {
-            ssize_t n = pread(fd, pid, sizeof pid - 1, 0);
+            /* the holder writes its pid right after taking the lock: give it a moment */
+            ssize_t n = 0;
+            for (int tries = 0; tries < 20; tries++) {
+                n = pread(fd, pid, sizeof pid - 1, 0);
+                if (n > 0 && pid[n - 1] == '\n') {
+                    break;
+                }
+                struct timespec ts = {0, 5 * 1000 * 1000};
+                nanosleep(&ts, NULL);
+            }
             close(fd);
             lua_pushnil(L);
             lua_pushliteral(L, "locked");

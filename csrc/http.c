@@ -45,12 +45,16 @@ typedef struct xfer {
     struct xfer *next;
 } xfer;
 
+#define IDLE_MAX 64 /* easy handles kept for reuse: creating one per request costs CPU */
+
 typedef struct multi {
     CURLM *multi;
     CURLSH *share;
     xfer *xfers;
     lua_Integer next_id;
     int running;
+    CURL *idle[IDLE_MAX];
+    int nidle;
 } multi;
 
 /* ---- global init, exactly once ---- */
@@ -139,6 +143,16 @@ static void xfer_free(xfer *x) {
     free_headers(x);
     rotor_zero(x->errbuf, sizeof(x->errbuf));
     free(x);
+}
+
+/* Free a finished transfer, keeping its easy handle (reset to defaults) for the next one. */
+static void xfer_release(multi *m, xfer *x) {
+    if (x->easy != NULL && m->nidle < IDLE_MAX) {
+        curl_easy_reset(x->easy);
+        m->idle[m->nidle++] = x->easy;
+        x->easy = NULL;
+    }
+    xfer_free(x);
 }
 
 static size_t on_body(char *ptr, size_t size, size_t nmemb, void *ud) {
@@ -322,7 +336,7 @@ static int l_multi_add(lua_State *L) {
     if (x == NULL) {
         return luaL_error(L, "request: out of memory");
     }
-    x->easy = curl_easy_init();
+    x->easy = m->nidle > 0 ? m->idle[--m->nidle] : curl_easy_init();
     if (x->easy == NULL) {
         free(x);
         return luaL_error(L, "request: curl_easy_init failed");
@@ -582,7 +596,7 @@ static int collect(lua_State *L, multi *m, int n) {
         push_result(L, x);
         lua_rawseti(L, -2, ++n);
         unlink_xfer(m, x);
-        xfer_free(x);
+        xfer_release(m, x);
     }
     return n;
 }
@@ -656,6 +670,9 @@ static void multi_close(multi *m) {
             curl_multi_remove_handle(m->multi, x->easy);
         }
         xfer_free(x);
+    }
+    while (m->nidle > 0) {
+        curl_easy_cleanup(m->idle[--m->nidle]);
     }
     curl_multi_cleanup(m->multi);
     m->multi = NULL;

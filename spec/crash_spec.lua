@@ -40,7 +40,8 @@ local function run(envfile, extra, background)
     p:close()
     return pid
   end
-  local out, rc = sim.run(("( . %s && %s %s %s ) 2>&1"):format(q(envfile),
+  -- the outer subshell waits for the run and keeps the shell's "Killed" notice out of the output
+  local out, rc = sim.run(("( ( . %s && %s %s %s ) 2>&1; exit $? ) 2>/dev/null"):format(q(envfile),
     prefix ~= "" and ("export " .. prefix .. "&&") or "", ROTOR, SCRIPT))
   return rc, out
 end

@@ -32,6 +32,43 @@ describe("HTTPS transfers", function()
     assert.is_truthy(res.body:find("organization", 1, true))
   end)
 
+  -- the simulator's request log entries for one path, after the first `mark` of them
+  local function log_since(mark, path)
+    local out, seen = {}, 0
+    for _, e in ipairs(s:log()) do
+      if e.path == path then
+        seen = seen + 1
+        if seen > mark then out[#out + 1] = e end
+      end
+    end
+    return out
+  end
+
+  it("reuses one connection, over HTTP/2, for sequential requests", function()
+    local path = "/genesys/api/v2/tokens/me"
+    local mark = #log_since(0, path)
+    for _ = 1, 5 do assert.equals(200, assert(http.request(me())).status) end
+    local entries = log_since(mark, path)
+    assert.equals(5, #entries)
+    local conns = {}
+    for _, e in ipairs(entries) do
+      conns[e.conn] = true
+      assert.equals("HTTP/2.0", e.proto)
+    end
+    local n = 0
+    for _ in pairs(conns) do n = n + 1 end
+    assert.equals(1, n)
+  end)
+
+  it("gives every minting request a fresh connection", function()
+    local path = "/genesys/api/v2/tokens/me"
+    local mark = #log_since(0, path)
+    for _ = 1, 3 do assert.equals(200, assert(http.request(me { fresh_connect = true })).status) end
+    local entries = log_since(mark, path)
+    assert.equals(3, #entries)
+    assert.is_true(entries[1].conn ~= entries[2].conn and entries[2].conn ~= entries[3].conn)
+  end)
+
   it("refuses a server whose certificate the CA bundle does not vouch for", function()
     local res, err = http.request(me { cainfo = "/etc/ssl/certs/ca-certificates.crt" })
     assert.is_nil(res)
@@ -53,6 +90,20 @@ describe("HTTPS transfers", function()
     assert.is_nil(res)
     assert.equals("protocol", err.kind)
     assert.matches("exceeds the limit of 65536 bytes", err.message)
+  end)
+
+  it("refuses a response with more headers than the cap, with kind protocol", function()
+    local many = {}
+    for i = 1, 30 do many["X-Filler-" .. i] = "v" .. i end
+    s:fault { path = "/genesys/api/v2/tokens/me", count = 2, status = 200, headers = many }
+    local res, err = http.request(me { max_headers = 20 })
+    assert.is_nil(res)
+    assert.equals("protocol", err.kind)
+    assert.matches("more than 20 headers", err.message)
+    -- the same answer under the default cap (100) is accepted
+    res = assert(http.request(me()))
+    assert.equals(200, res.status)
+    assert.equals("v7", res.headers["x-filler-7"])
   end)
 
   it("retries 503 with backoff and then succeeds", function()

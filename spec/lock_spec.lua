@@ -59,4 +59,38 @@ describe("per-slot lock across processes", function()
     assert.equal(0, rc, out)
     assert.matches("rotated  " .. fx.slot, out, 1, true)
   end)
+
+  for _, sig in ipairs { "TERM", "INT" } do
+    it("stops after the current step on SIG" .. sig .. ", and the next run resumes there", function()
+      local fx = fixtures.seed(s, "spreetail")
+      local dir = s.dir .. "/signal-" .. sig
+      assert(core.fs_mkdir(dir .. "/store", 448))
+      local env = fixtures.env(s, fx, dir .. "/store")
+      env.ROTOR_T_DEPLOY_SIGNAL = sig
+      fixtures.write_env(dir .. "/env", env)
+      local q = sim.shell_quote
+      local function mints()
+        local counters = fixtures.control(s, "GET", "/counters")
+        return (counters.counters or counters)[fx.mint_path] or 0
+      end
+      local before = mints()
+      local out, rc = sim.run(("(. %s && %s %s) 2>&1"):format(q(dir .. "/env"), ROTOR, SCRIPT))
+      assert.equal(130, rc, out)
+      assert.matches("stopping after the current step", out)
+      assert.matches("stopped on a signal before step promote; the next run resumes there", out, 1, true)
+      local rotor = require "rotor"
+      local rec = assert(assert(rotor.store.file(dir .. "/store")):get(fx.slot))
+      assert.equal("promote", rec.rotation.step)
+      assert.is_truthy(rec.versions.pending)
+      -- the rerun, without the signal, finishes from promote on: no second mint
+      env.ROTOR_T_DEPLOY_SIGNAL = nil
+      fixtures.write_env(dir .. "/env", env)
+      out, rc = sim.run(("(. %s && %s %s) 2>&1"):format(q(dir .. "/env"), ROTOR, SCRIPT))
+      assert.equal(0, rc, out)
+      assert.equal(before + 1, mints())
+      rec = assert(assert(rotor.store.file(dir .. "/store")):get(fx.slot))
+      assert.is_nil(rec.rotation)
+      assert.is_true(fixtures.works(fx, rec.versions.current.client_id, rec.versions.current.secret))
+    end)
+  end
 end)

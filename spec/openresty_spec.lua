@@ -9,19 +9,7 @@ local core = require "rotor.core"
 
 local run, shq = sim.run, sim.shell_quote
 
-local function read(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
-
-local function write(path, data)
-  local f = assert(io.open(path, "wb"))
-  f:write(data)
-  f:close()
-end
+local read, write = sim.read_file, sim.write_file
 
 local function trim(s) return (s:gsub("^%s+", ""):gsub("%s+$", "")) end
 

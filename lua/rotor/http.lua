@@ -17,18 +17,7 @@ end
 local MONTHS = { Jan = 1, Feb = 2, Mar = 3, Apr = 4, May = 5, Jun = 6, Jul = 7, Aug = 8, Sep = 9,
   Oct = 10, Nov = 11, Dec = 12 }
 
--- days from civil date (proleptic Gregorian), for an epoch without os.time's local zone
-local function days_from_civil(y, m, d)
-  if m <= 2 then y = y - 1 end
-  local floor = math.floor
-  local era = floor((y >= 0 and y or y - 399) / 400)
-  local yoe = y - era * 400
-  local mp = (m + 9) % 12
-  local doy = floor((153 * mp + 2) / 5) + d - 1
-  local doe = yoe * 365 + floor(yoe / 4) - floor(yoe / 100) + doy
-  return era * 146097 + doe - 719468
-end
-_M.days_from_civil = days_from_civil
+local days_from_civil = require("rotor.timefmt").days_from_civil
 
 --- Parse a Retry-After value: delta seconds or an HTTP date. Returns seconds to wait (>= 0) or nil.
 function _M.parse_retry_after(v, now_epoch)

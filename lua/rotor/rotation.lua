@@ -430,6 +430,12 @@ local function run(ctx)
   for i = STEP_INDEX[rot.step] or 1, #STEPS do
     local name = STEPS[i]
     rot.step = name
+    if core.interrupted() then
+      -- SIGINT/SIGTERM in the rotor host: stop between steps, never inside one
+      ctx:journal(name, "interrupted", "stopped on a signal before this step")
+      return nil, errors.new { kind = "interrupted", slot = ctx.slot, step = name, rotation = rot.id,
+        message = ("%s: stopped on a signal before step %s; the next run resumes there"):format(ctx.slot, name) }
+    end
     ctx:crash(name, "before")
     local ok, serr = step[name](ctx)
     if not ok then

@@ -25,6 +25,7 @@ local function days_from_civil(y, m, d)
   local doe = yoe * 365 + fl(yoe / 4) - fl(yoe / 100) + doy
   return era * 146097 + doe - 719468
 end
+_M.days_from_civil = days_from_civil
 
 --- Epoch seconds of an ISO-8601 date or date-time (zone Z, +hh:mm or none = UTC), of a number
 -- (epoch seconds, or milliseconds when it is too large to be seconds), or nil when unparseable.

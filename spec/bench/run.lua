@@ -60,13 +60,7 @@ local function write_private(path, data)
   f:close()
 end
 
-local function read_all(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local read_all = sim.read_file
 
 -- ---- connections of this process to the simulator (which protocol rotor really uses) ----
 local function self_pid()

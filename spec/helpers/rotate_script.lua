@@ -1,7 +1,8 @@
 -- A rotation run as a separate process (./build/rotor spec/helpers/rotate_script.lua), configured by
 -- ROTOR_T_* variables (spec.helpers.rotor_fixtures.env). Used by the crash and lock specs.
 -- Exit: 0 rotated, 75 slot locked, 1 failed (the error on stderr). ROTOR_T_DEPLOY_SLEEP makes the
--- deploy hook take that many seconds (so a second rotor meets the lock).
+-- deploy hook take that many seconds (so a second rotor meets the lock); ROTOR_T_DEPLOY_SIGNAL
+-- makes it send that signal to its own process. Exit 130: stopped on a signal.
 local rotor = require "rotor"
 local env = os.getenv
 local kind = assert(env("ROTOR_T_KIND"))
@@ -23,11 +24,17 @@ local res, err = rotor.rotate {
   deploy = function(new)
     local pause = tonumber(env("ROTOR_T_DEPLOY_SLEEP") or "")
     if pause then rotor.sleep(pause) end
+    if env("ROTOR_T_DEPLOY_SIGNAL") then
+      -- as if an operator pressed ^C (or cron sent SIGTERM) while the deploy hook ran
+      -- (io.popen, not os.execute: system() ignores SIGINT in the caller while the child runs)
+      local k = io.popen("kill -" .. env("ROTOR_T_DEPLOY_SIGNAL") .. " " .. require("rotor.core").getpid())
+      k:close()
+    end
     return sink:deploy(new)
   end,
 }
 if not res then
   io.stderr:write(tostring(err), "\n")
-  os.exit(err.kind == "locked" and 75 or 1)
+  os.exit(err.kind == "locked" and 75 or err.kind == "interrupted" and 130 or 1)
 end
 print("rotated " .. res.slot)

@@ -52,6 +52,7 @@ local function write_file(path, data)
   f:write(data)
   f:close()
 end
+_M.read_file, _M.write_file = read_file, write_file
 
 local function mktempdir()
   local out, rc = run("mktemp -d \"${TMPDIR:-/tmp}/rotor-sim.XXXXXX\"")

@@ -50,18 +50,25 @@ function Sink:deploy(new)
     if k == "client_id" or k == "slot" or k == "expires" then return shell_quote(new[k] or "") end
   end)
   local secret = core.is_secret(new.secret) and new.secret:reveal() or tostring(new.secret)
-  local f, perr = io.popen(cmd, "w")
+  -- the command's exit status goes to a file: a pipe's close() gives no status under Lua 5.1/LuaJIT
+  local status_file = os.tmpname()
+  local f, perr = io.popen("( " .. cmd .. " ); echo $? > " .. shell_quote(status_file), "w")
   if not f then
+    os.remove(status_file)
     return nil, errors.new { kind = "store", message = "cannot start the deploy command", detail = perr }
   end
   local wrote = f:write(payload(self, new, secret))
   secret = nil -- luacheck: ignore 311
-  local ok, how, code = f:close()
-  if ok and wrote then return true end
+  f:close()
+  local sf = io.open(status_file, "rb")
+  local code = sf and tonumber(sf:read("*a"):match("%d+"))
+  if sf then sf:close() end
+  os.remove(status_file)
+  if wrote and code == 0 then return true end
   local what = self.name or self.command:match("^%s*(%S+)") or "command"
   return nil, errors.new {
     kind = "store",
-    message = ("deploy command %s failed (%s %s)"):format(what, tostring(how or "exit"), tostring(code or "?")),
+    message = ("deploy command %s failed (exit %s)"):format(what, tostring(code or "unknown")),
   }
 end
 

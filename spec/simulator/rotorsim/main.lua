@@ -54,6 +54,7 @@ local function log_request(method, uri, status, fault)
     method = method, path = uri, status = status, query = ngx.var.args,
     t = util.iso(store.now()), proto = ngx.var.server_protocol,
     auth = util.auth_scheme(), content_type = ngx.var.content_type, fault = fault,
+    conn = tonumber(ngx.var.connection),
   }))
   if n > S.log_max then logd:delete("log:" .. (n - S.log_max)) end
 end
