@@ -334,7 +334,7 @@ static int l_fs_lock(lua_State *L) {
                 if (n > 0 && pid[n - 1] == '\n') {
                     break;
                 }
-                struct timespec ts = {0, 5 * 1000 * 1000};
+                struct timespec ts = {0, 5000000L};
                 nanosleep(&ts, NULL);
             }
             close(fd);

@@ -50,9 +50,11 @@ static void usage(FILE *f) {
             "usage: %s SCRIPT.lua [ARGS...]   run a rotation script\n"
             "       %s -e CODE                run a chunk of Lua\n"
             "       %s status STORE [--json]  show the slots of a file store\n"
+            "       %s due STORE [--json]     list the slots due for rotation\n"
             "       %s rotate --config FILE [--slot NAME] [--dry-run]\n"
+            "       %s help                   the subcommands' options\n"
             "       %s -v                     print the version\n",
-            progname, progname, progname, progname, progname);
+            progname, progname, progname, progname, progname, progname, progname);
 }
 
 /* Message handler: the error as text, every live secret redacted, plus a traceback. */

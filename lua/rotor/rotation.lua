@@ -35,6 +35,13 @@ local UNKNOWN_MINT = { in_flight = true, ambiguous = true, requested = true }
 local LABELS = { "current", "pending", "previous" }
 
 --- The strategy table for a provider object and a strategy name (nil: the provider's default).
+-- What a strategy does not define: it rotates the provider object's own credential.
+local STRATEGY_DEFAULTS = {
+  default_client_id = function(ctx) return ctx.provider.client_id end,
+  own_credential = function() return true end,
+}
+local with_defaults = { __index = STRATEGY_DEFAULTS }
+
 function _M.strategy(provider_name, name)
   local ok, mod = pcall(require, "rotor.strategies." .. tostring(provider_name))
   if not ok then error("rotate: no rotation strategies for provider " .. tostring(provider_name), 3) end
@@ -47,6 +54,7 @@ function _M.strategy(provider_name, name)
     error(("rotate: unknown strategy %q for %s (one of: %s)"):format(tostring(name), provider_name,
       table.concat(names, ", ")), 3)
   end
+  if getmetatable(s) == nil then setmetatable(s, with_defaults) end
   return s
 end
 

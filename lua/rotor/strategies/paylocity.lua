@@ -12,14 +12,6 @@ local _M = { default = "code", strategies = {} }
 local s = { name = "code" }
 _M.strategies.code = s
 
-function s.default_client_id(ctx)
-  return ctx.provider.client_id
-end
-
-function s.own_credential()
-  return true
-end
-
 function s.check(ctx)
   local t = ctx.target
   if t.code ~= nil and (type(t.code) ~= "string" or t.code == "") then

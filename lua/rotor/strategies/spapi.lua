@@ -14,14 +14,6 @@ _M.strategies.sqs = s
 
 local SKEW = 300 -- seconds of clock difference tolerated when ignoring older notifications
 
-function s.default_client_id(ctx)
-  return ctx.provider.client_id
-end
-
-function s.own_credential()
-  return true
-end
-
 s.describe = {
   create = function(ctx)
     return ("call rotateApplicationClientSecret, then wait up to %d s for the new secret on the SQS queue"):format(

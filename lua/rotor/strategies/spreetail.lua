@@ -17,14 +17,6 @@ local function prefix(slot)
   return "rotor:" .. slot .. ":"
 end
 
-function s.default_client_id(ctx)
-  return ctx.provider.client_id
-end
-
-function s.own_credential()
-  return true
-end
-
 function s.check(ctx)
   local t = ctx.target
   if t.expires ~= nil and type(t.expires) ~= "string" then
