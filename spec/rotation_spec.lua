@@ -86,6 +86,34 @@ describe("rotation against the simulator", function()
     end)
   end
 
+  it("posts a Slack-compatible notification on success and on failure, with no secret in it", function()
+    local fx = fixtures.seed(s, "spreetail")
+    local store = assert(rotor.store.file(root .. "/notify"))
+    local hook = { webhook = s.url .. "/_sim/webhook", cainfo = s.ca }
+    local before = #fixtures.control(s, "GET", "/webhooks")
+    local res = assert(rotor.rotate { slot = fx.slot, provider = fixtures.provider(fx), store = store,
+                                      target = fx.target, notify = hook, verify_delay = 0.2 })
+    assert.truthy(res)
+    -- a failing rotation: the deploy hook refuses
+    local _, err = rotor.rotate { slot = fx.slot, provider = fixtures.provider(fx), store = store,
+      target = fx.target, notify = hook, verify_delay = 0.2,
+      deploy = function() return nil, "consumer unreachable" end }
+    assert.equal("deploy", err.step)
+    local hooks = fixtures.control(s, "GET", "/webhooks")
+    assert.equal(before + 2, #hooks)
+    local ok_text, fail_text = hooks[before + 1].text, hooks[before + 2].text
+    assert.matches("rotated " .. fx.slot, ok_text, 1, true)
+    assert.matches("FAILED at deploy", fail_text, 1, true)
+    assert.matches("consumer unreachable", fail_text, 1, true)
+    for _, secret in ipairs(fixtures.control(s, "GET", "/secrets").secrets) do
+      assert.is_nil(ok_text:find(secret, 1, true))
+      assert.is_nil(fail_text:find(secret, 1, true))
+    end
+    -- finish the rotation left at deploy, so nothing stays pending
+    assert(rotor.rotate { slot = fx.slot, provider = fixtures.provider(fx), store = store, target = fx.target,
+                          verify_delay = 0.2 })
+  end)
+
   it("genesys new_client: a second client, the old one disabled and deleted", function()
     local fx = fixtures.seed(s, "genesys")
     local store = assert(rotor.store.file(root .. "/genesys-new-client"))

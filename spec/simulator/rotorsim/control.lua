@@ -171,6 +171,23 @@ H["POST /sqs/send"] = function(b)
   return 200, rec
 end
 
+-- a webhook receiver (Slack-compatible JSON), so notifications can be checked end to end
+H["POST /webhook"] = function(b)
+  if type(b.text) ~= "string" then return 400, { ok = false, error = "missing_text" } end
+  local n = store.sim:incr("webhook_n", 1, 0)
+  store.sim:set("webhook:" .. n, util.encode(b))
+  return 200, { ok = true }
+end
+
+H["GET /webhooks"] = function()
+  local out = {}
+  for i = 1, store.sim:get("webhook_n") or 0 do
+    local v = store.sim:get("webhook:" .. i)
+    if v then out[#out + 1] = util.decode(v) end
+  end
+  return 200, util.array(out)
+end
+
 function _M.handle(rest)
   local method = ngx.req.get_method()
   local h = H[method .. " " .. rest]
