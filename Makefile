@@ -91,15 +91,19 @@ spec-jit: all
 
 # Each run prints busted's "N successes / N failures / N errors" line; the last line of make test
 # adds them up as "N passed, N failed".
+# The specs' temporary directories (simulators, stores, journals, audit trails, logs) are kept
+# under build/tmp for the leak scan that closes the run.
+test: export TMPDIR := $(CURDIR)/$(BUILD)/tmp
+test: export ROTOR_SIM_KEEP := 1
 test: check-deps
-	@mkdir -p $(BUILD); rm -f $(ROTOR_SECRETS_LOG)
+	@rm -rf $(BUILD)/tmp $(ROTOR_SECRETS_LOG); mkdir -p $(BUILD)/tmp
 	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory all
 	set -o pipefail; { $(MAKE) --no-print-directory spec-5.4 && \
 	  $(MAKE) --no-print-directory spec-jit BUSTED_ARGS='--exclude-tags=slow' && \
 	  $(MAKE) --no-print-directory asan && \
 	  $(MAKE) --no-print-directory valgrind; } 2>&1 | tee $(BUILD)/test-output.log
-	lua5.4 spec/leakscan.lua $(BUILD)/issued-secrets.log $(BUILD)/test-output.log $(BUILD)
+	lua5.4 spec/leakscan.lua $(BUILD)/issued-secrets.log $(BUILD)/test-output.log $(BUILD)/tmp
 	@awk '/successes \/ [0-9]+ failures/ { p += $$1; f += $$4 + $$7 } \
 	  END { printf "make test: %d passed, %d failed\n", p, f; exit (f > 0) }' $(BUILD)/test-output.log
 
