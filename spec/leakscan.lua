@@ -32,7 +32,8 @@ end
 -- files that hold secrets by design: stores, deploy sinks, and the inputs specs hand to the
 -- processes they start
 local BY_DESIGN = {
-  { "dotenv store or env file handed to a child process", function(n) return n == "env" or n:match("%.env$") end },
+  { "dotenv store or env file handed to a child process",
+    function(n) return n == "env" or n:match("%.env$") end },
   { "exec store sink output (spec)", function(n) return n == "got" end },
   { "curl request config of the simulator helper", function(n) return n:match("^req%d+") end },
   { "TLS keys and the audit HMAC key", function(n) return n:match("%.pem$") or n:match("%.key$") or n == ".audit-key" end },
