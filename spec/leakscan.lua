@@ -36,7 +36,8 @@ local BY_DESIGN = {
     function(n) return n == "env" or n:match("%.env$") end },
   { "exec store sink output (spec)", function(n) return n == "got" end },
   { "curl request config of the simulator helper", function(n) return n:match("^req%d+") end },
-  { "TLS keys and the audit HMAC key", function(n) return n:match("%.pem$") or n:match("%.key$") or n == ".audit-key" end },
+  { "TLS keys and the audit HMAC key",
+    function(n) return n:match("%.pem$") or n:match("%.key$") or n == ".audit-key" end },
   { "benchmark token file", function(n) return n:match("%.tok$") end },
   { "the issued-secrets list itself", function(n, p) return p == issued_path or n:match("issued%-secrets") end },
 }
