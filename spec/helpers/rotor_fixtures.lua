@@ -24,13 +24,21 @@ end
 _M.control = control
 
 function _M.seed(s, kind, n)
+  if kind == "genesys_new" then
+    -- Genesys with strategy new_client: a second client is minted, the old one retired
+    local fx = _M.seed(s, "genesys", n)
+    fx.strategy, fx.label = "new_client", kind
+    fx.mint_path, fx.mint_method = "/genesys/api/v2/oauth/clients", "POST"
+    return fx
+  end
   n = n or core.random_hex(3)
   local fx = { kind = kind, sim = s }
   local base = { cainfo = s.ca, timeout = 5 }
   if kind == "genesys" then
     local admin = control(s, "POST", "/seed", { provider = "genesys", admin = true, name = "admin " .. n,
                                                 client_secret = secret() })
-    local tgt = control(s, "POST", "/seed", { provider = "genesys", name = "app " .. n, client_secret = secret(),
+    fx.app_name = "app " .. n
+    local tgt = control(s, "POST", "/seed", { provider = "genesys", name = fx.app_name, client_secret = secret(),
       roleDivisions = { { roleId = "app-role", divisionId = "home" } } })
     base.base_url, base.token_url = s.url .. "/genesys", s.url .. "/genesys/login/oauth/token"
     base.client_id, base.client_secret = admin.client_id, admin.client_secret
@@ -118,7 +126,14 @@ function _M.orphans(fx, rec)
   if fx.kind == "genesys" then
     local list = assert(p:get_oauth_clients())
     for _, c in ipairs(list.entities) do
-      if tostring(c.name):find("[rotor ", 1, true) and not ids[c.id] then out[#out + 1] = c.id end
+      -- clients rotor minted for this fixture: its app name, tagged with a rotation id
+      local mine = tostring(c.name):find(fx.app_name .. " [rotor ", 1, true) == 1
+      if mine and not ids[c.id] then out[#out + 1] = c.id end
+      -- new_client: once the rotation is done, the client it replaced must be gone
+      if fx.strategy == "new_client" and c.id == fx.target.client_id and not ids[c.id]
+        and not (rec and rec.rotation) then
+        out[#out + 1] = c.id .. " (the replaced client, not retired)"
+      end
     end
   elseif fx.kind == "spreetail" then
     local list = assert(p:list_client_credentials())
@@ -135,10 +150,16 @@ end
 function _M.lost(s, fx, rec)
   if fx.kind == "spreetail" then return #_M.orphans(fx, rec) end
   local _, secrets = stored(rec)
-  local id = fx.kind == "genesys" and fx.target.client_id or fx.bootstrap.client_id
+  local ids = { [fx.kind == "genesys" and fx.target.client_id or fx.bootstrap.client_id] = true }
+  if fx.strategy == "new_client" then
+    -- the clients minted for this fixture carry its app name
+    for _, c in ipairs(assert(_M.provider(fx):get_oauth_clients()).entities) do
+      if tostring(c.name):find(fx.app_name, 1, true) == 1 then ids[c.id] = true end
+    end
+  end
   local n = 0
-  for _, e in ipairs(control(s, "GET", "/secrets").secrets or {}) do
-    if e.provider == fx.kind and e.client_id == id and e.source ~= "seed" then
+  for _, e in ipairs(control(s, "GET", "/secrets").details or {}) do
+    if e.provider == fx.kind and ids[e.client_id] and e.source ~= "seed" then
       local label = secrets[e.secret]
       if label ~= "current" and label ~= "pending" and _M.works(fx, e.client_id, e.secret) then n = n + 1 end
     end
@@ -153,7 +174,7 @@ function _M.env(s, fx, store_dir)
     ROTOR_T_BASE_URL = fx.opts.base_url, ROTOR_T_TOKEN_URL = fx.opts.token_url,
     ROTOR_T_CLIENT_ID = fx.opts.client_id, ROTOR_T_CLIENT_SECRET = fx.opts.client_secret,
     ROTOR_T_TARGET_CLIENT_ID = fx.target.client_id, ROTOR_T_CODE = fx.target.code,
-    ROTOR_T_WAIT = fx.wait and tostring(fx.wait) or nil,
+    ROTOR_T_WAIT = fx.wait and tostring(fx.wait) or nil, ROTOR_T_STRATEGY = fx.strategy,
   }
   if fx.opts.sqs then
     e.ROTOR_T_SQS_QUEUE_URL, e.ROTOR_T_SQS_ACCESS_KEY = fx.opts.sqs.queue_url, fx.opts.sqs.access_key
