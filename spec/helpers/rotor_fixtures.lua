@@ -144,8 +144,8 @@ function _M.orphans(fx, rec)
   return out
 end
 
---- Secrets the simulator issued for this fixture (not seeds) that are neither current nor pending
--- in the store and still obtain a token: live credentials nobody holds. (Spreetail: live pairs
+--- Secrets the simulator issued for this fixture (not seeds) that no stored version (current, pending,
+-- previous) holds and that still obtain a token: live credentials nobody holds. (Spreetail: live pairs
 -- that the store does not hold.)
 function _M.lost(s, fx, rec)
   if fx.kind == "spreetail" then return #_M.orphans(fx, rec) end
@@ -161,7 +161,7 @@ function _M.lost(s, fx, rec)
   for _, e in ipairs(control(s, "GET", "/secrets").details or {}) do
     if e.provider == fx.kind and ids[e.client_id] and e.source ~= "seed" then
       local label = secrets[e.secret]
-      if label ~= "current" and label ~= "pending" and _M.works(fx, e.client_id, e.secret) then n = n + 1 end
+      if not label and _M.works(fx, e.client_id, e.secret) then n = n + 1 end
     end
   end
   return n
