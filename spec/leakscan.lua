@@ -8,7 +8,7 @@
 -- scanned with its versions taken out (its journal and metadata must be clean), and the files
 -- that hold secrets by design are skipped, each kind named below and counted in the report.
 -- Exits 1 naming the file (never the secret) when a secret is found anywhere else.
-package.path = "./lua/?.lua;" .. package.path
+package.path = "./?.lua;./lua/?.lua;" .. package.path
 local json = require "rotor.json"
 
 local issued_path = arg[1]
@@ -42,13 +42,7 @@ local BY_DESIGN = {
   { "the issued-secrets list itself", function(n, p) return p == issued_path or n:match("issued%-secrets") end },
 }
 
-local function read(path)
-  local h = io.open(path, "rb")
-  if not h then return nil end
-  local d = h:read("*a")
-  h:close()
-  return d
-end
+local read = require("spec.helpers.sim").read_file
 
 local files = {}
 for i = 2, #arg do
