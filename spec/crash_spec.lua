@@ -56,7 +56,7 @@ local function counter(s, path)
   return (c.counters or c)[path] or 0
 end
 
-describe("crash safety (SIGKILL at every kill point)", function()
+describe("crash safety (SIGKILL at every kill point) #proc", function()
   local s
   local matrix, lost_total, unrevocable = {}, 0, 0
   setup(function()

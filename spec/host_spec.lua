@@ -7,7 +7,9 @@ local function sh(cmd)
   return body, tonumber(rc)
 end
 
-local ROTOR = "./build/rotor"
+-- ROTOR_BIN: another build of the host, e.g. the ASan+UBSan one of `make asan`
+local ROTOR = os.getenv("ROTOR_BIN") or "./build/rotor"
+local ROTOR_ABS = ROTOR:sub(1, 1) == "/" and ROTOR or (os.getenv("PWD") .. "/" .. ROTOR)
 
 local function tmpfile(content)
   local name = os.tmpname()
@@ -17,7 +19,7 @@ local function tmpfile(content)
   return name
 end
 
-describe("the rotor host", function()
+describe("the rotor host #proc", function()
   it("prints usage and exits 2 with no arguments", function()
     local out, rc = sh(ROTOR)
     assert.equals(2, rc)
@@ -39,7 +41,7 @@ describe("the rotor host", function()
   end)
 
   it("finds the modules from another working directory", function()
-    local out, rc = sh("cd / && " .. os.getenv("PWD") .. "/build/rotor -e 'print(require(\"rotor.core\").version)'")
+    local out, rc = sh("cd / && " .. ROTOR_ABS .. " -e 'print(require(\"rotor.core\").version)'")
     assert.equals(0, rc)
     assert.matches("%d+%.%d+%.%d+", out)
   end)

@@ -1,7 +1,7 @@
 -- The leak scan itself: it must find a planted secret, and must not flag a store slot's versions.
 local sim = require "spec.helpers.sim"
 
-describe("spec/leakscan.lua", function()
+describe("spec/leakscan.lua #proc", function()
   local dir
   before_each(function()
     dir = sim.run("mktemp -d"):gsub("%s+$", "")

@@ -7,7 +7,7 @@ local fixtures = require "spec.helpers.rotor_fixtures"
 local ROTOR = os.getenv("ROTOR_BIN") or "./build/rotor"
 local SCRIPT = "spec/helpers/rotate_script.lua"
 
-describe("per-slot lock across processes", function()
+describe("per-slot lock across processes #proc", function()
   local s
   setup(function() s = sim.start() end)
   teardown(function() if s then s:stop() end end)

@@ -1,7 +1,6 @@
 -- rotor.ngx in real nginx (Debian nginx + libnginx-mod-http-lua), 2 workers, against the
 -- simulator: examples/openresty/nginx.conf, templated into a temporary prefix. This spec only
--- drives processes (nginx, curl), so it runs the same under Lua 5.4 and LuaJIT. Tagged #nosan:
--- under ASan the preloaded runtime would be inherited by nginx and curl.
+-- drives processes (nginx, curl): tagged #proc, it runs in the Lua 5.4 pass only.
 local sim = require "spec.helpers.sim"
 local cjson = require "cjson.safe"
 local store_file = require "rotor.store.file"
@@ -17,7 +16,7 @@ local ROOT = trim(run("pwd"))
 local TOKEN_PATH = "/genesys/login/oauth/token"
 local SLOT, ADMIN_SLOT = "genesys/gateway", "genesys/admin"
 
-describe("rotor.ngx in nginx #openresty #nosan", function()
+describe("rotor.ngx in nginx #openresty #proc", function()
   local s, dir, port, url, store, client, admin
 
   local function token_requests()

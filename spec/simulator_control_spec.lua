@@ -13,7 +13,7 @@ local function now_ms()
   return v
 end
 
-describe("simulator: control API", function()
+describe("simulator: control API #proc", function()
   local s, admin, secrets_log
 
   setup(function()

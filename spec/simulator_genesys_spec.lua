@@ -7,7 +7,7 @@ local ME = "/genesys/api/v2/tokens/me"
 local VIEWER_ROLE = "00000000-0000-4000-8000-00000000a002"
 local DIVISION = "00000000-0000-4000-8000-00000000d001"
 
-describe("simulator: genesys", function()
+describe("simulator: genesys #proc", function()
   local s, admin
 
   setup(function() s = sim.start() end)

@@ -6,7 +6,7 @@ local NEXTGEN = "/paylocity/public/security/v1/token"
 local SECRETS = "/paylocity/api/v2/credentials/secrets"
 local DAY = 86400
 
-describe("simulator: paylocity", function()
+describe("simulator: paylocity #proc", function()
   local s, client
 
   setup(function() s = sim.start() end)

@@ -8,7 +8,7 @@ local ROTATE = "/spapi/applications/2023-11-30/clientSecret"
 local SCOPE = "sellingpartnerapi::client_credential:rotation"
 local DAY = 86400
 
-describe("simulator: spapi", function()
+describe("simulator: spapi #proc", function()
   local s, app
 
   setup(function() s = sim.start() end)

@@ -4,7 +4,7 @@ local sim = require "spec.helpers.sim"
 local TOKEN = "/spreetail/api/v0/oauth/token"
 local CREDS = "/spreetail/api/v0/client-credentials"
 
-describe("simulator: spreetail", function()
+describe("simulator: spreetail #proc", function()
   local s, cred
 
   setup(function() s = sim.start() end)

@@ -78,6 +78,10 @@ function _M.seed(s, kind, n)
     fx.mint_path, fx.mint_method = "/spapi/applications/2023-11-30/clientSecret", "POST"
     fx.bootstrap = { client_id = sp.client_id, secret = sec }
     fx.wait = 5
+    -- Amazon allows one rotation a minute per application: the simulator and rotor's pacing both
+    -- shrink that to one every 2 s here, so a second rotation of one fixture waits 2 s, not 60
+    control(s, "POST", "/settings", { spapi_rotate_interval = 2 })
+    base.rate_limits = { rotate_application_client_secret = { rate = 1, per = 2 } }
   else
     error("unknown kind " .. tostring(kind))
   end
