@@ -90,7 +90,7 @@ spec-jit: all
 	luajit /usr/bin/busted --cpath='./$(BUILD)/jit/?.so' --lpath='$(LPATH)' $(BUSTED_ARGS) $(SPECS)
 
 # Each run prints busted's "N successes / N failures / N errors" line; the last line of make test
-# adds them up as "N passed, N failed".
+# adds them up as "summary: N passed, N failed".
 # The specs' temporary directories (simulators, stores, journals, audit trails, logs) are kept
 # under build/tmp for the leak scan that closes the run.
 test: export TMPDIR := $(CURDIR)/$(BUILD)/tmp
@@ -105,7 +105,7 @@ test: check-deps
 	  $(MAKE) --no-print-directory valgrind; } 2>&1 | tee $(BUILD)/test-output.log
 	lua5.4 spec/leakscan.lua $(BUILD)/issued-secrets.log $(BUILD)/test-output.log $(BUILD)/tmp
 	@awk '/successes \/ [0-9]+ failures/ { p += $$1; f += $$4 + $$7 } \
-	  END { printf "make test: %d passed, %d failed\n", p, f; exit (f > 0) }' $(BUILD)/test-output.log
+	  END { printf "summary: %d passed, %d failed\n", p, f; exit (f > 0) }' $(BUILD)/test-output.log
 
 # ---- sanitizers and valgrind ----
 ASAN_BUILD := $(BUILD)/asan
