@@ -21,13 +21,14 @@ DEPS_PKGS := build-essential pkg-config libcurl4-openssl-dev libssl-dev \
              luajit2 libluajit2-5.1-dev lua-compat53-dev lua-cjson lua-cjson-dev \
              lua-busted lua-check luarocks nginx libnginx-mod-http-lua lua-resty-core \
              openssl curl wrk hyperfine valgrind cppcheck clang-tidy clang-format \
-             procps
+             tinyproxy procps
 # the commands and files `make deps` guarantees
 DEPS_PROBE := /usr/include/lua5.4/lua.h /usr/include/luajit-2.1/lua.h /usr/include/lua5.1/compat-5.3.h \
               /usr/include/x86_64-linux-gnu/curl/curl.h /usr/bin/busted /usr/bin/luacheck /usr/sbin/nginx \
               /usr/lib/nginx/modules/ngx_http_lua_module.so /usr/bin/wrk /usr/bin/valgrind /usr/bin/luarocks \
               /usr/bin/cppcheck /usr/bin/clang-tidy /usr/bin/clang-format /usr/bin/hyperfine \
-              /usr/lib/x86_64-linux-gnu/lua/5.4/cjson.so /usr/share/lua/5.1/resty/core.lua
+              /usr/lib/x86_64-linux-gnu/lua/5.4/cjson.so /usr/share/lua/5.1/resty/core.lua \
+              /usr/bin/tinyproxy /usr/include/openssl/hmac.h /usr/bin/pkg-config
 
 SRCS    := $(filter-out csrc/main.c,$(wildcard csrc/*.c))
 HDRS    := $(wildcard csrc/*.h)
@@ -73,7 +74,9 @@ check-deps:
 deps:
 	@if [ "$$(id -u)" = 0 ]; then \
 	  export DEBIAN_FRONTEND=noninteractive; \
-	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $(DEPS_PKGS); \
+	  had_tinyproxy=$$([ -e /usr/bin/tinyproxy ] && echo yes); \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $(DEPS_PKGS) || exit 1; \
+	  [ -n "$$had_tinyproxy" ] || service tinyproxy stop >/dev/null 2>&1 || true; \
 	else \
 	  echo "run as root: apt-get install $(DEPS_PKGS)"; exit 1; \
 	fi

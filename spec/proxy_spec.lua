@@ -1,0 +1,75 @@
+-- Proxies: the `proxy` option and the usual environment variables (https_proxy), through a real
+-- CONNECT proxy (Debian's tinyproxy) on loopback, to the simulator over HTTPS.
+local core = require "rotor.core"
+local http = require "rotor.http"
+local sim = require "spec.helpers.sim"
+
+local ROTOR = os.getenv("ROTOR_BIN") or "./build/rotor"
+local q = sim.shell_quote
+
+describe("HTTPS through a proxy", function()
+  local s, dir, port
+
+  local function connects()
+    local log = sim.read_file(dir .. "/tinyproxy.log") or ""
+    local n = 0
+    for _ in log:gmatch("Established connection to host \"127%.0%.0%.1\"") do n = n + 1 end
+    return n
+  end
+
+  setup(function()
+    s = sim.start()
+    dir = s.dir .. "/proxy"
+    assert(core.fs_mkdir(dir, 448))
+    -- a free port: try a few random ones until tinyproxy answers on one
+    for _ = 1, 10 do
+      port = 20000 + tonumber(core.random_hex(2), 16) % 30000
+      sim.write_file(dir .. "/tinyproxy.conf", table.concat({
+        "Port " .. port, "Listen 127.0.0.1", "Timeout 30", "MaxClients 20", "Allow 127.0.0.1",
+        ('LogFile "%s/tinyproxy.log"'):format(dir), "LogLevel Info",
+        ('PidFile "%s/tinyproxy.pid"'):format(dir), "" }, "\n"))
+      sim.run(("tinyproxy -c %s"):format(q(dir .. "/tinyproxy.conf")))
+      local up
+      for _ = 1, 20 do
+        local _, rc = sim.run(("curl -s -o /dev/null --max-time 2 --cacert %s -x http://127.0.0.1:%d %s/_sim/health")
+          :format(q(s.ca), port, s.url))
+        if rc == 0 then up = true break end
+        sim.run("sleep 0.05")
+      end
+      if up then return end
+      sim.run(("kill $(cat %s) 2>/dev/null"):format(q(dir .. "/tinyproxy.pid")))
+    end
+    error("tinyproxy did not start")
+  end)
+
+  teardown(function()
+    if dir then sim.run(("kill $(cat %s) 2>/dev/null"):format(q(dir .. "/tinyproxy.pid"))) end
+    if s then s:stop() end
+  end)
+
+  it("goes through the proxy given as an option", function()
+    local before = connects()
+    local res = assert(http.request { url = s.url .. "/_sim/health", cainfo = s.ca,
+                                      proxy = "http://127.0.0.1:" .. port })
+    assert.equals(200, res.status)
+    assert.equals(before + 1, connects())
+  end)
+
+  it("goes through the proxy named by https_proxy in the environment", function()
+    local before = connects()
+    local out, rc = sim.run(("https_proxy=http://127.0.0.1:%d %s -e %s 2>&1"):format(port, ROTOR, q(([[
+      local r, e = require("rotor.http").request { url = %q, cainfo = %q }
+      print(r and r.status or tostring(e))]]):format(s.url .. "/_sim/health", s.ca))))
+    assert.equals(0, rc, out)
+    assert.equals("200\n", out)
+    assert.equals(before + 1, connects())
+  end)
+
+  it("names an unreachable proxy as a network error, sent = false, after its retries", function()
+    local res, err = http.request({ url = s.url .. "/_sim/health", cainfo = s.ca,
+                                    proxy = "http://127.0.0.1:1" }, { retries = 1, max_wait = 2 })
+    assert.is_nil(res)
+    assert.equals("network", err.kind)
+    assert.matches("127.0.0.1", err.message)
+  end)
+end)
