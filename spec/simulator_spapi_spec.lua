@@ -206,6 +206,22 @@ describe("simulator: spapi #proc", function()
       assert.equal(1, #receive())
     end)
 
+    it("ChangeMessageVisibility hands a message back at once, for its latest receipt handle only", function()
+      s:control("POST", "/sqs/send", { body = { hello = "again" } })
+      local m1 = receive{ VisibilityTimeout = 30 }[1]
+      assert.equal(0, #receive())
+      local r = assert(s:sqs_call("ChangeMessageVisibility",
+        { QueueUrl = app.queue_url, ReceiptHandle = m1.ReceiptHandle, VisibilityTimeout = 0 }))
+      assert.equal(200, r.status, r.body)
+      local m2 = receive{ VisibilityTimeout = 30 }[1]
+      assert.equal(m1.MessageId, m2.MessageId)
+      -- the first handle is stale now
+      r = assert(s:sqs_call("ChangeMessageVisibility",
+        { QueueUrl = app.queue_url, ReceiptHandle = m1.ReceiptHandle, VisibilityTimeout = 0 }))
+      assert.equal(400, r.status)
+      assert.matches("MessageNotInflight", r.body)
+    end)
+
     it("refuses a bad signature, unknown keys, wrong scope and no signature as SQS does", function()
       local acct = s:sqs()
       local r = assert(s:sqs_call("ReceiveMessage", { QueueUrl = app.queue_url }, { secret_key = "wrong" }))

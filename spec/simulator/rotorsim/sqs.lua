@@ -302,6 +302,38 @@ local function delete(b)
   return 200, "", { ["Content-Type"] = JSON10, ["x-amzn-RequestId"] = util.uuid() }
 end
 
+-- ChangeMessageVisibility: the message is visible again after VisibilityTimeout seconds (0: at
+-- once). Only for a message in flight, with its latest receipt handle.
+local function change_visibility(b)
+  if b.QueueUrl == nil then return missing("QueueUrl") end
+  if b.ReceiptHandle == nil then return missing("ReceiptHandle") end
+  local queue = queue_from_url(b.QueueUrl)
+  if not queue then return no_queue() end
+  local vt, e1, e2, e3 = int_param(b, "VisibilityTimeout", 0, 43200, nil)
+  if vt == nil and e1 == nil then return missing("VisibilityTimeout") end
+  if not vt then return e1, e2, e3 end
+  local dec = type(b.ReceiptHandle) == "string" and ngx.decode_base64(b.ReceiptHandle)
+  local q, id = (dec or ""):match("^([^\n]+)\n([^\n]+)\n%x+$")
+  if not q or q ~= queue then
+    return sqs_error(400, "ReceiptHandleIsInvalid", "ReceiptHandleIsInvalid",
+      'The input receipt handle "' .. tostring(b.ReceiptHandle) .. '" is not a valid receipt handle.')
+  end
+  local ok = store.locked(function()
+    local k = "sqs:msg:" .. queue .. ":" .. id
+    local m = store.get(k)
+    local now = store.now()
+    if not m or m.receipt ~= b.ReceiptHandle or m.visible_at <= now then return false end
+    m.visible_at = now + vt
+    store.put(k, m)
+    return true
+  end)
+  if not ok then
+    return sqs_error(400, "MessageNotInflight", "AWS.SimpleQueueService.MessageNotInflight",
+      "The message referred to isn't in flight.")
+  end
+  return 200, "", { ["Content-Type"] = JSON10, ["x-amzn-RequestId"] = util.uuid() }
+end
+
 local function get_queue_url(b)
   if b.QueueName == nil then return missing("QueueName") end
   if not store.get("sqs:queue:" .. tostring(b.QueueName)) then return no_queue() end
@@ -320,6 +352,7 @@ end
 local OPS = {
   ["AmazonSQS.ReceiveMessage"] = receive,
   ["AmazonSQS.DeleteMessage"] = delete,
+  ["AmazonSQS.ChangeMessageVisibility"] = change_visibility,
   ["AmazonSQS.GetQueueUrl"] = get_queue_url,
   ["AmazonSQS.SendMessage"] = send,
 }
