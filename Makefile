@@ -67,6 +67,8 @@ $(BUILD)/rotor: $(BUILD)/obj/host/main.o | $(BUILD)/5.4/rotor/core.so
 	$(CC) $(CFLAGS) -rdynamic -o $@ $^ -llua5.4 -lm -ldl
 
 # ---- dependencies ----
+# The specs start their own nginx and tinyproxy on loopback: the system services that installing
+# those packages starts are stopped again (only when this run installed them).
 check-deps:
 	@missing=""; for f in $(DEPS_PROBE); do [ -e $$f ] || missing="$$missing $$f"; done; \
 	if [ -n "$$missing" ]; then echo "missing:$$missing"; $(MAKE) --no-print-directory deps; fi
@@ -74,9 +76,11 @@ check-deps:
 deps:
 	@if [ "$$(id -u)" = 0 ]; then \
 	  export DEBIAN_FRONTEND=noninteractive; \
-	  had_tinyproxy=$$([ -e /usr/bin/tinyproxy ] && echo yes); \
+	  had=""; for svc in nginx tinyproxy; do [ -e /etc/init.d/$$svc ] && had="$$had $$svc"; done; \
 	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $(DEPS_PKGS) || exit 1; \
-	  [ -n "$$had_tinyproxy" ] || service tinyproxy stop >/dev/null 2>&1 || true; \
+	  for svc in nginx tinyproxy; do \
+	    case " $$had " in *" $$svc "*) ;; *) service $$svc stop >/dev/null 2>&1 || true;; esac; \
+	  done; \
 	else \
 	  echo "run as root: apt-get install $(DEPS_PKGS)"; exit 1; \
 	fi
