@@ -182,13 +182,22 @@ function _M.delete_token(token) tok:delete(token) end
 -- returns true when allowed, else false, seconds until the window ends
 function _M.rate_ok(key, limit, period)
   if not limit or limit <= 0 then return true end
-  local now = _M.now()
-  local win = math.floor(now / period)
-  local n = rate:incr(key .. ":" .. win, 1, 0, period + 1)
-  if n and n > limit then
-    return false, math.max(1, math.ceil((win + 1) * period - now))
-  end
-  return true
+  -- a window of `period` seconds that opens with the first request after the last one closed
+  -- (anchored to the traffic, not to the epoch, so a burst never straddles a window boundary)
+  return _M.locked(function()
+    local now = _M.now()
+    local start = rate:get(key .. ":start")
+    if not start or now - start >= period then
+      start = now
+      rate:set(key .. ":start", start)
+      rate:set(key .. ":n", 0)
+    end
+    local n = rate:incr(key .. ":n", 1, 0)
+    if n > limit then
+      return false, math.max(1, math.ceil(start + period - now))
+    end
+    return true
+  end)
 end
 
 -- issued secrets -----------------------------------------------------------------------------
