@@ -174,7 +174,7 @@ local ok_all, err_all = xpcall(function()
   os.remove(tokfile)
   os.remove(wrkscript)
 
-  -- 2. paced batch (Spreetail: spreetail_rate is a 1-second window per client, opened by its first request) ---------------
+  -- 2. paced batch (Spreetail: spreetail_rate is a 1-second window per client, opened by its first request)
   log("paced: %d requests at %d/s ...", PACED_N, PACED_RATE)
   s:settings{ spreetail_rate = PACED_RATE, log_enabled = true, log_max = 100000 }
   local sp = s:seed{ provider = "spreetail" }
