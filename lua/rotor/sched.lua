@@ -94,11 +94,9 @@ function _M.in_parallel()
   return in_loop() ~= nil
 end
 
-local loop_multi        -- kept across rotor.parallel calls, so they reuse connections
 local function new_loop()
-  if not loop_multi then loop_multi = core.multi() end
   return {
-    multi = loop_multi,
+    multi = loop and loop.multi or core.multi(),
     transfers = {}, ntransfers = 0,
     sleepers = {}, waiters = {}, ready = {},
   }
