@@ -395,12 +395,12 @@ static int l_multi_add(lua_State *L) {
     curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
     curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME,
                      (long)(opt_number(L, 2, "low_speed_time", 30) / 1000));
+    int http2 = opt_bool(L, 2, "http2", 1);
     curl_easy_setopt(e, CURLOPT_HTTP_VERSION,
-                     opt_bool(L, 2, "http2", 1) ? (long)CURL_HTTP_VERSION_2TLS
-                                                : (long)CURL_HTTP_VERSION_1_1);
+                     http2 ? (long)CURL_HTTP_VERSION_2TLS : (long)CURL_HTTP_VERSION_1_1);
     curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, NULL);
-    /* wait for a connection that may multiplex rather than open one per transfer */
-    curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+    /* HTTP/2: wait for a connection that may multiplex rather than open one per transfer */
+    curl_easy_setopt(e, CURLOPT_PIPEWAIT, http2 ? 1L : 0L);
     const char *s;
     if ((s = opt_string(L, 2, "cainfo")) != NULL) {
         curl_easy_setopt(e, CURLOPT_CAINFO, s);
