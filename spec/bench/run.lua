@@ -7,7 +7,7 @@
 --    same URL. rotor runs a fixed count of requests (BENCH_SECONDS of wrk's rate) over HTTP/1.1
 --    (http2=false: N connections, the fair comparison) and over HTTP/2 (rotor's default).
 -- 2. a paced batch: N requests under R/s (policy.rate in rotor, spreetail_rate in the simulator:
---    a 1-second window per client, opened by its first request); wall time over the floor (N-1)/R, and the 429s.
+--    a token bucket of 25, refilled at 25/s, per client); wall time over the floor (N-1)/R, and the 429s.
 -- 3. startup: `build/rotor -e ''` against `lua5.4 -e ''` (hyperfine).
 -- 4. peak RSS of a child `build/rotor spec/bench/rss_worker.lua` doing 10,000 GETs at
 --    concurrency 32 (VmHWM).
@@ -174,7 +174,7 @@ local ok_all, err_all = xpcall(function()
   os.remove(tokfile)
   os.remove(wrkscript)
 
-  -- 2. paced batch (Spreetail: spreetail_rate is a 1-second window per client, opened by its first request)
+  -- 2. paced batch (Spreetail: spreetail_rate is a token bucket of 25, refilled at 25/s, per client)
   log("paced: %d requests at %d/s ...", PACED_N, PACED_RATE)
   s:settings{ spreetail_rate = PACED_RATE, log_enabled = true, log_max = 100000 }
   local sp = s:seed{ provider = "spreetail" }
@@ -214,7 +214,7 @@ local ok_all, err_all = xpcall(function()
     n = PACED_N, rate = PACED_RATE, wall = wall, floor = floor, floor_rule = "(N-1)/R",
     ratio = wall / floor, ratio_n_over_r = wall / (PACED_N / PACED_RATE), ok = good,
     server_requests = seen, status_429 = n429, retried = retried,
-    limit = "simulator spreetail_rate (1 s window per client, opened by its first request) on GET " .. spath,
+    limit = "simulator spreetail_rate (token bucket per client: R at once, refilled at R/s) on GET " .. spath,
   }
 
   -- 3. startup ---------------------------------------------------------------------------------

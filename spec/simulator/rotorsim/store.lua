@@ -182,20 +182,23 @@ function _M.delete_token(token) tok:delete(token) end
 -- returns true when allowed, else false, seconds until the window ends
 function _M.rate_ok(key, limit, period)
   if not limit or limit <= 0 then return true end
-  -- a window of `period` seconds that opens with the first request after the last one closed
-  -- (anchored to the traffic, not to the epoch, so a burst never straddles a window boundary)
+  -- a token bucket: `limit` requests at once at most, refilled at limit/period per second (what
+  -- "N requests per period" reads as; a client that paces at the rate never meets a 429, whatever
+  -- the network jitter, and one that bursts past the limit does)
   return _M.locked(function()
     local now = _M.now()
-    local start = rate:get(key .. ":start")
-    if not start or now - start >= period then
-      start = now
-      rate:set(key .. ":start", start)
-      rate:set(key .. ":n", 0)
+    local refill = limit / period
+    local tokens = rate:get(key .. ":tokens")
+    local last = rate:get(key .. ":last") or now
+    if tokens == nil then tokens = limit end
+    tokens = math.min(limit, tokens + math.max(0, now - last) * refill)
+    if tokens < 1 then
+      rate:set(key .. ":tokens", tokens)
+      rate:set(key .. ":last", now)
+      return false, math.max(1, math.ceil((1 - tokens) / refill))
     end
-    local n = rate:incr(key .. ":n", 1, 0)
-    if n > limit then
-      return false, math.max(1, math.ceil(start + period - now))
-    end
+    rate:set(key .. ":tokens", tokens - 1)
+    rate:set(key .. ":last", now)
     return true
   end)
 end
