@@ -77,7 +77,7 @@ deps:
 	@if [ "$$(id -u)" = 0 ]; then \
 	  export DEBIAN_FRONTEND=noninteractive; \
 	  had=""; for svc in nginx tinyproxy; do [ -e /etc/init.d/$$svc ] && had="$$had $$svc"; done; \
-	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $(DEPS_PKGS) || exit 1; \
+	  apt-get update -qq && apt-get install -y -qq $(DEPS_PKGS) || exit 1; \
 	  for svc in nginx tinyproxy; do \
 	    case " $$had " in *" $$svc "*) ;; *) service $$svc stop >/dev/null 2>&1 || true;; esac; \
 	  done; \
