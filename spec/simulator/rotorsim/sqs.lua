@@ -283,19 +283,25 @@ local function receive(b)
   return 200, { Messages = out }, { ["Content-Type"] = JSON10 }
 end
 
+-- the store key of the message a receipt handle names, or nil and SQS's error for a bad handle
+local function message_key(queue, handle)
+  local dec = type(handle) == "string" and ngx.decode_base64(handle)
+  local q, id = (dec or ""):match("^([^\n]+)\n([^\n]+)\n%x+$")
+  if not q or q ~= queue then
+    return nil, sqs_error(400, "ReceiptHandleIsInvalid", "ReceiptHandleIsInvalid",
+      'The input receipt handle "' .. tostring(handle) .. '" is not a valid receipt handle.')
+  end
+  return "sqs:msg:" .. queue .. ":" .. id
+end
+
 local function delete(b)
   if b.QueueUrl == nil then return missing("QueueUrl") end
   if b.ReceiptHandle == nil then return missing("ReceiptHandle") end
   local queue = queue_from_url(b.QueueUrl)
   if not queue then return no_queue() end
-  local dec = type(b.ReceiptHandle) == "string" and ngx.decode_base64(b.ReceiptHandle)
-  local q, id = (dec or ""):match("^([^\n]+)\n([^\n]+)\n%x+$")
-  if not q or q ~= queue then
-    return sqs_error(400, "ReceiptHandleIsInvalid", "ReceiptHandleIsInvalid",
-      'The input receipt handle "' .. tostring(b.ReceiptHandle) .. '" is not a valid receipt handle.')
-  end
+  local k, e1, e2, e3 = message_key(queue, b.ReceiptHandle)
+  if not k then return e1, e2, e3 end
   store.locked(function()
-    local k = "sqs:msg:" .. queue .. ":" .. id
     local m = store.get(k)
     if m and (m.receipt == b.ReceiptHandle or S.sqs_stale_receipt_deletes) then store.delete(k) end
   end)
@@ -312,14 +318,10 @@ local function change_visibility(b)
   local vt, e1, e2, e3 = int_param(b, "VisibilityTimeout", 0, 43200, nil)
   if vt == nil and e1 == nil then return missing("VisibilityTimeout") end
   if not vt then return e1, e2, e3 end
-  local dec = type(b.ReceiptHandle) == "string" and ngx.decode_base64(b.ReceiptHandle)
-  local q, id = (dec or ""):match("^([^\n]+)\n([^\n]+)\n%x+$")
-  if not q or q ~= queue then
-    return sqs_error(400, "ReceiptHandleIsInvalid", "ReceiptHandleIsInvalid",
-      'The input receipt handle "' .. tostring(b.ReceiptHandle) .. '" is not a valid receipt handle.')
-  end
+  local k
+  k, e1, e2, e3 = message_key(queue, b.ReceiptHandle)
+  if not k then return e1, e2, e3 end
   local ok = store.locked(function()
-    local k = "sqs:msg:" .. queue .. ":" .. id
     local m = store.get(k)
     local now = store.now()
     if not m or m.receipt ~= b.ReceiptHandle or m.visible_at <= now then return false end
