@@ -639,25 +639,6 @@ static int l_multi_pending(lua_State *L) {
     return 1;
 }
 
-/* m:cancel(id): abandon a transfer (its coroutine went away) */
-static int l_multi_cancel(lua_State *L) {
-    multi *m = check_multi(L);
-    lua_Integer id = luaL_checkinteger(L, 2);
-    for (xfer *x = m->xfers; x != NULL; x = x->next) {
-        if (x->id == id) {
-            if (!x->done) {
-                curl_multi_remove_handle(m->multi, x->easy);
-            }
-            unlink_xfer(m, x);
-            xfer_free(x);
-            lua_pushboolean(L, 1);
-            return 1;
-        }
-    }
-    lua_pushboolean(L, 0);
-    return 1;
-}
-
 /* the one close routine: from :close(), __gc and __close */
 static void multi_close(multi *m) {
     if (m->multi == NULL) {
@@ -712,9 +693,11 @@ static int l_multi_new(lua_State *L) {
 }
 
 void rotor_http_open(lua_State *L) {
-    static const luaL_Reg meth[] = {{"add", l_multi_add},         {"poll", l_multi_poll},
-                                    {"pending", l_multi_pending}, {"cancel", l_multi_cancel},
-                                    {"close", l_multi_close},     {NULL, NULL}};
+    static const luaL_Reg meth[] = {{"add", l_multi_add},
+                                    {"poll", l_multi_poll},
+                                    {"pending", l_multi_pending},
+                                    {"close", l_multi_close},
+                                    {NULL, NULL}};
     if (luaL_newmetatable(L, ROTOR_MULTI_MT)) {
         lua_pushcfunction(L, l_multi_close);
         lua_setfield(L, -2, "__gc");

@@ -52,9 +52,4 @@ function _M.with(err, fields)
   return setmetatable(e, mt)
 end
 
---- Shorthand: nil plus a new error.
-function _M.fail(fields)
-  return nil, _M.new(fields)
-end
-
 return _M

@@ -77,9 +77,6 @@ function _M.attempt(req, policy, attempt, waited, retries, max_wait, fail)
     local w = reserve(policy.rate)
     if w > 0 then sched.sleep(w) end
   end
-  if core.interrupted() and policy.interruptible then
-    return fail { kind = "interrupted", message = "interrupted before the request was sent" }
-  end
   local res, rerr = sched.request(req)
   if not res then
     return fail { kind = rerr.kind or "config", message = rerr.message }

@@ -89,11 +89,6 @@ function _M.notify(key)
   for i = 1, #q do l.ready[#l.ready + 1] = { co = q[i], value = WAKE } end
 end
 
---- True when the caller runs inside rotor.parallel.
-function _M.in_parallel()
-  return in_loop() ~= nil
-end
-
 local function new_loop()
   return {
     multi = loop and loop.multi or core.multi(),
