@@ -21,14 +21,19 @@ DEPS_PKGS := build-essential pkg-config libcurl4-openssl-dev libssl-dev \
              luajit2 libluajit2-5.1-dev lua-compat53-dev lua-cjson lua-cjson-dev \
              lua-busted lua-check luarocks nginx libnginx-mod-http-lua lua-resty-core \
              openssl curl wrk hyperfine valgrind cppcheck clang-tidy clang-format \
-             tinyproxy procps
+             tinyproxy procps etcd-server etcd-client prometheus clang libclang-rt-14-dev
+# installing these starts system services; the specs start their own on loopback
+DEPS_SERVICES := nginx tinyproxy etcd prometheus prometheus-node-exporter
+# apt's download sandbox user cannot resolve host names on the build machines
+APT_OPTS := -o APT::Sandbox::User=root
 # the commands and files `make deps` guarantees
 DEPS_PROBE := /usr/include/lua5.4/lua.h /usr/include/luajit-2.1/lua.h /usr/include/lua5.1/compat-5.3.h \
               /usr/include/x86_64-linux-gnu/curl/curl.h /usr/bin/busted /usr/bin/luacheck /usr/sbin/nginx \
               /usr/lib/nginx/modules/ngx_http_lua_module.so /usr/bin/wrk /usr/bin/valgrind /usr/bin/luarocks \
               /usr/bin/cppcheck /usr/bin/clang-tidy /usr/bin/clang-format /usr/bin/hyperfine \
               /usr/lib/x86_64-linux-gnu/lua/5.4/cjson.so /usr/share/lua/5.1/resty/core.lua \
-              /usr/bin/tinyproxy /usr/include/openssl/hmac.h /usr/bin/pkg-config
+              /usr/bin/tinyproxy /usr/include/openssl/hmac.h /usr/bin/pkg-config \
+              /usr/bin/etcd /usr/bin/etcdctl /usr/bin/promtool /usr/bin/clang
 
 SRCS    := $(filter-out csrc/main.c,$(wildcard csrc/*.c))
 HDRS    := $(wildcard csrc/*.h)
@@ -76,9 +81,9 @@ check-deps:
 deps:
 	@if [ "$$(id -u)" = 0 ]; then \
 	  export DEBIAN_FRONTEND=noninteractive; \
-	  had=""; for svc in nginx tinyproxy; do [ -e /etc/init.d/$$svc ] && had="$$had $$svc"; done; \
-	  apt-get update -qq && apt-get install -y -qq $(DEPS_PKGS) || exit 1; \
-	  for svc in nginx tinyproxy; do \
+	  had=""; for svc in $(DEPS_SERVICES); do [ -e /etc/init.d/$$svc ] && had="$$had $$svc"; done; \
+	  apt-get $(APT_OPTS) update -qq && apt-get $(APT_OPTS) install -y -qq $(DEPS_PKGS) || exit 1; \
+	  for svc in $(DEPS_SERVICES); do \
 	    case " $$had " in *" $$svc "*) ;; *) service $$svc stop >/dev/null 2>&1 || true;; esac; \
 	  done; \
 	else \
