@@ -278,8 +278,102 @@ static int l_random_hex(lua_State *L) {
     return 1;
 }
 
-/* core.redact(message): the message with the bytes of every live secret (of 6 bytes or more)
- * replaced by <redacted>. Used on error messages and tracebacks before they are shown. */
+/* ---- redaction ---- */
+
+/* The forms in which a secret can reach a message: as it is, JSON-escaped, percent-encoded
+ * (upper- and lower-case hex) and inside base64 at each of the three alignments. A base64 form
+ * is the run of characters that do not depend on the bytes around the secret; a match is widened
+ * to the whole run of base64 characters around it (e.g. a Basic header's "id:secret"). */
+enum { FORM_PLAIN, FORM_B64 };
+typedef struct {
+    rotor_buf text;
+    int kind;
+} redact_form;
+#define REDACT_FORMS 7
+
+static void add_json_escaped(rotor_buf *b, const char *p, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        if (p[i] == '/' || p[i] == '"' || p[i] == '\\') {
+            rotor_buf_add(b, "\\", 1);
+        }
+        rotor_buf_add(b, &p[i], 1);
+    }
+}
+
+static void add_percent(rotor_buf *b, const char *p, size_t n, const char *hex) {
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)p[i];
+        if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+            c == '-' || c == '.' || c == '_' || c == '~') {
+            rotor_buf_add(b, &p[i], 1);
+        } else {
+            char e[3] = {'%', hex[c >> 4], hex[c & 15]};
+            rotor_buf_add(b, e, 3);
+        }
+    }
+}
+
+/* the base64 characters fixed by the secret alone when it starts `shift` bytes into a group */
+static void add_b64_core(rotor_buf *b, const char *p, size_t n, int shift) {
+    size_t total = (size_t)shift + n;
+    unsigned char *raw = calloc(total + 3, 1);
+    char *enc = calloc(4 * ((total + 2) / 3) + 1, 1);
+    if (raw == NULL || enc == NULL) {
+        b->failed = 1;
+    } else {
+        memcpy(raw + shift, p, n);
+        int elen = EVP_EncodeBlock((unsigned char *)enc, raw, (int)total);
+        /* characters 0..first-1 carry prefix bits; the last group may carry suffix bits */
+        size_t first = shift == 0 ? 0 : (size_t)(shift == 1 ? 2 : 3);
+        size_t full = (total / 3) * 4; /* characters of complete groups */
+        if (full > first && elen >= 0) {
+            rotor_buf_add(b, enc + first, full - first);
+        }
+    }
+    rotor_free_secure(raw, raw ? total + 3 : 0);
+    rotor_free_secure(enc, enc ? 4 * ((total + 2) / 3) + 1 : 0);
+}
+
+static int is_b64(char c) {
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '+' ||
+           c == '/' || c == '=' || c == '-' || c == '_';
+}
+
+/* replace every occurrence of form in *out by <redacted>; 1 when something was replaced */
+static int redact_form_in(rotor_buf *out, const redact_form *f) {
+    size_t flen = f->text.len;
+    if (flen < 6 || f->text.failed || flen > out->len) {
+        return 0;
+    }
+    int changed = 0;
+    size_t from = 0;
+    char *hit;
+    while (from + flen <= out->len &&
+           (hit = memmem(out->data + from, out->len - from, f->text.data, flen)) != NULL) {
+        size_t at = (size_t)(hit - out->data);
+        size_t end = at + flen;
+        if (f->kind == FORM_B64) {
+            while (at > 0 && is_b64(out->data[at - 1])) {
+                at--;
+            }
+            while (end < out->len && is_b64(out->data[end])) {
+                end++;
+            }
+        }
+        rotor_buf nb = {0};
+        rotor_buf_add(&nb, out->data, at);
+        rotor_buf_adds(&nb, "<redacted>");
+        rotor_buf_add(&nb, out->data + end, out->len - end);
+        rotor_buf_free(out);
+        *out = nb;
+        from = at + 10;
+        changed = 1;
+    }
+    return changed;
+}
+
+/* core.redact(message): the message with every live secret (of 6 bytes or more) replaced by
+ * <redacted>, in each of the forms above. Used on every text rotor writes or shows. */
 static int l_redact(lua_State *L) {
     size_t mlen;
     const char *msg = luaL_checklstring(L, 1, &mlen);
@@ -287,23 +381,33 @@ static int l_redact(lua_State *L) {
     rotor_buf_add(&out, msg, mlen);
     int changed = 0;
     pthread_mutex_lock(&live_lock);
-    for (rotor_secret *s = live_head; s != NULL; s = s->next) {
-        if (s->buf == NULL || s->len < 6 || s->len > out.len) {
+    for (rotor_secret *s = live_head; s != NULL && !out.failed; s = s->next) {
+        if (s->buf == NULL || s->len < 6) {
             continue;
         }
-        char *hit;
-        size_t from = 0;
-        while (from + s->len <= out.len &&
-               (hit = memmem(out.data + from, out.len - from, s->buf, s->len)) != NULL) {
-            size_t at = (size_t)(hit - out.data);
-            rotor_buf nb = {0};
-            rotor_buf_add(&nb, out.data, at);
-            rotor_buf_adds(&nb, "<redacted>");
-            rotor_buf_add(&nb, out.data + at + s->len, out.len - at - s->len);
-            rotor_buf_free(&out);
-            out = nb;
-            from = at + 10;
-            changed = 1;
+        redact_form forms[REDACT_FORMS];
+        memset(forms, 0, sizeof(forms));
+        rotor_buf_add(&forms[0].text, s->buf, s->len);
+        add_json_escaped(&forms[1].text, s->buf, s->len);
+        add_percent(&forms[2].text, s->buf, s->len, "0123456789ABCDEF");
+        add_percent(&forms[3].text, s->buf, s->len, "0123456789abcdef");
+        for (int k = 0; k < 3; k++) {
+            forms[4 + k].kind = FORM_B64;
+            add_b64_core(&forms[4 + k].text, s->buf, s->len, k);
+        }
+        for (int i = 0; i < REDACT_FORMS; i++) {
+            /* a form equal to an earlier one was already handled */
+            int dup = 0;
+            for (int j = 0; j < i && !dup; j++) {
+                dup = forms[j].text.len == forms[i].text.len && forms[i].text.len > 0 &&
+                      memcmp(forms[j].text.data, forms[i].text.data, forms[i].text.len) == 0;
+            }
+            if (!dup) {
+                changed |= redact_form_in(&out, &forms[i]);
+            }
+        }
+        for (int i = 0; i < REDACT_FORMS; i++) {
+            rotor_buf_free(&forms[i].text);
         }
     }
     pthread_mutex_unlock(&live_lock);

@@ -194,13 +194,13 @@ describe("rotor.paylocity", function()
       assert.equal(1, kit.count(S, OP_PATH))
     end)
 
-    it("500 with the documented error array: kind http, detail, request id", function()
+    it("500 with the documented error array: kind ambiguous (a minting call), detail, request id", function()
       local p = new()
       kit.fault(S, { path = OP_PATH, status = 500, headers = { ["X-Request-Id"] = "req-pl-500" },
                      body = { { field = "", message = "Internal failure", options = {}, path = "" } } })
       local r, err = p:obtain_new_client_secret{ code = "CODE-1" }
       assert.is_nil(r)
-      assert.equal("http", err.kind)
+      assert.equal("ambiguous", err.kind)
       assert.equal(500, err.status)
       assert.equal("req-pl-500", err.request_id)
       assert.truthy(err.detail:find("Internal failure", 1, true))
@@ -258,16 +258,16 @@ describe("rotor.paylocity", function()
       assert.equal(2, kit.count(S, TOKEN_PATH))
     end)
 
-    it("malformed and truncated answers are kind protocol, with no secret in the error", function()
+    it("malformed and truncated answers to the mint are kind ambiguous, with no secret in the error", function()
       local p = new()
       kit.fault(S, { path = OP_PATH, malformed = true })
       local r, err = p:obtain_new_client_secret{ code = "CODE-1" }
       assert.is_nil(r)
-      assert.equal("protocol", err.kind)
+      assert.equal("ambiguous", err.kind)
       kit.fault(S, { path = OP_PATH, truncate = true })
       r, err = p:obtain_new_client_secret{ code = "CODE-2" }
       assert.is_nil(r)
-      assert.equal("protocol", err.kind)
+      assert.equal("ambiguous", err.kind)
       kit.assert_no_secret(S, err)
     end)
 

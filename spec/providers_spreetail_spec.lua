@@ -163,7 +163,7 @@ describe("rotor.spreetail", function()
     assert.truthy(dt >= 0.45, dt)
   end)
 
-  it("malformed and truncated answers are kind protocol, with no secret in the error", function()
+  it("malformed answers are kind protocol; to the mint, ambiguous; no secret in the error", function()
     local p = new()
     kit.fault(S, { path = PATH, method = "GET", malformed = true })
     local r, err = p:list_client_credentials()
@@ -172,7 +172,7 @@ describe("rotor.spreetail", function()
     kit.fault(S, { path = PATH, method = "POST", truncate = true })
     r, err = p:create_client_credentials{ name = "cut" }
     assert.is_nil(r)
-    assert.equal("protocol", err.kind)
+    assert.equal("ambiguous", err.kind)
     kit.assert_no_secret(S, err)
   end)
 

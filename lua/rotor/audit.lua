@@ -36,6 +36,16 @@ function Audit:fingerprint(secret)
   return core.hmac_sha256_hex(self.key, secret)
 end
 
+-- true when the file is empty, absent, or ends with a newline
+local function ends_with_newline(path)
+  local f = io.open(path, "rb")
+  if not f then return true end
+  local size = f:seek("end")
+  local last = size and size > 0 and f:seek("end", -1) and f:read(1)
+  f:close()
+  return not last or last == "\n"
+end
+
 --- Append one entry. fields: slot, provider, rotation, step, outcome, client_id, note, secret
 -- (fingerprinted, never written). Returns true | nil, err.
 function Audit:write(fields)
@@ -45,7 +55,14 @@ function Audit:write(fields)
     step = fields.step, outcome = fields.outcome, client_id = fields.client_id,
     note = fields.note, fingerprint = self:fingerprint(fields.secret),
   }
-  local ok, msg = core.fs_append(self.path, json.encode(entry) .. "\n", 384)
+  local line = json.encode(entry) .. "\n"
+  if not self.checked_tail then
+    -- a run killed in the middle of an append leaves a line without its newline: start on a fresh
+    -- line, so that the torn entry stays alone and every later one parses
+    self.checked_tail = true
+    if not ends_with_newline(self.path) then line = "\n" .. line end
+  end
+  local ok, msg = core.fs_append(self.path, line, 384)
   if not ok then
     return nil, errors.new { kind = "store", message = "cannot append to the audit trail", detail = msg }
   end

@@ -449,24 +449,30 @@ function Client:call(op, method, path, opts)
     elseif status >= 200 and status < 300 then
       if is_empty(res.body) then return true end
       local v, derr = json.decode(res.body)
+      local why
       if v == nil then
-        return nil, errors.new{ kind = "protocol", status = status, provider = self.provider, op = op,
-                                request_id = request_id(res.headers),
-                                message = ("%s %s: the response is not JSON (%s)"):format(
-                                  method, path, derr and derr:match("^[^:]+") or "?") }
+        why = ("the response is not JSON (%s)"):format(derr and derr:match("^[^:]+") or "?")
+      elseif opts.shape then
+        local ok, swhy = opts.shape(v)
+        if not ok then why = "unexpected response: " .. tostring(swhy) end
       end
-      if opts.shape then
-        local ok, why = opts.shape(v)
-        if not ok then
-          return nil, errors.new{ kind = "protocol", status = status, provider = self.provider, op = op,
-                                  request_id = request_id(res.headers),
-                                  message = ("%s %s: unexpected response: %s"):format(method, path, why) }
-        end
+      if why then
+        -- a minting call answered with a success rotor cannot read may have minted: ambiguous
+        return nil, errors.new{ kind = opts.mint and "ambiguous" or "protocol", status = status,
+                                provider = self.provider, op = op, request_id = request_id(res.headers),
+                                message = ("%s %s: %s%s"):format(method, path, why, opts.mint
+                                  and "; the request may have minted a secret that rotor cannot read" or "") }
       end
       if opts.secrets then opts.secrets(v) end
       return v
     else
-      return nil, self:_status_error(op, method, path, res)
+      local e = self:_status_error(op, method, path, res)
+      if opts.mint and status >= 500 then
+        -- a server error on a minting call says nothing about whether it minted
+        e = errors.with(e, { kind = "ambiguous", message = e.message
+          .. "; whether a secret was minted is unknown, so it was not retried" })
+      end
+      return nil, e
     end
   end
 end

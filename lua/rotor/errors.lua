@@ -5,6 +5,8 @@ local KINDS = {
   http = true, network = true, timeout = true, tls = true, auth = true,
   rate_limited = true, protocol = true, config = true, ambiguous = true,
   store = true, locked = true, interrupted = true,
+  internal = true, -- a Lua error inside a run (a bug, or a value of an unexpected shape)
+  fenced = true,   -- a lease-based lock was lost: this rotor may no longer write the slot
 }
 _M.KINDS = KINDS
 

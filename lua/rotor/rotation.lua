@@ -21,6 +21,7 @@ local timefmt = require "rotor.timefmt"
 local audit_mod = require "rotor.audit"
 local notify_mod = require "rotor.notify"
 local store_mod = require "rotor.store"
+local record_mod = require "rotor.record"
 
 local _M = {}
 
@@ -32,7 +33,15 @@ for i, s in ipairs(STEPS) do STEP_INDEX[s] = i end
 -- mint states that leave the outcome of a minting request unknown
 local UNKNOWN_MINT = { in_flight = true, ambiguous = true, requested = true }
 
-local LABELS = { "current", "pending", "previous" }
+local LABELS = record_mod.LABELS
+
+--- Every text rotor writes (journal, audit, notifications, errors) passes through here: the bytes
+-- of every secret this process holds, in each encoding, become <redacted>.
+local function redact(s)
+  if s == nil then return nil end
+  return core.redact(tostring(s))
+end
+_M.redact = redact
 
 --- The strategy table for a provider object and a strategy name (nil: the provider's default).
 -- What a strategy does not define: it rotates the provider object's own credential.
@@ -84,15 +93,26 @@ function Ctx:crash(point, when)
   end
 end
 
---- Persist the record as it is now.
+--- Persist the record as it is now. While a freshly minted secret exists only in this process
+-- (ctx.holding), a failing write is retried (write_retries times, backing off) before giving up.
 function Ctx:persist()
-  return self.store:put(self.slot, self.record)
+  local ok, err = self.store:put(self.slot, self.record)
+  local tries, delay = 0, self.opts.write_retry_delay or 0.5
+  while not ok and self.holding and tries < (self.opts.write_retries or 5) do
+    tries = tries + 1
+    if self.log then self.log(("%s: store write failed (%s); retry %d"):format(self.slot, redact(err), tries)) end
+    self:sleep(delay)
+    delay = math.min(delay * 2, 8)
+    ok, err = self.store:put(self.slot, self.record)
+  end
+  return ok, err
 end
 
 --- Append a journal entry, persist it with the state it describes, and audit it.
 -- secret (optional) is fingerprinted into the audit trail; it never reaches the journal.
 function Ctx:journal(step, outcome, note, secret, client_id)
   local rot = self.record.rotation
+  note = redact(note)
   local entry = {
     step = step, outcome = outcome, time = timefmt.iso(),
     rotation = (rot and rot.id) or self.rotation_id, note = note,
@@ -104,7 +124,8 @@ function Ctx:journal(step, outcome, note, secret, client_id)
   if self.audit then
     local aok, aerr = self.audit:write {
       slot = self.slot, provider = self.provider.provider, rotation = entry.rotation,
-      step = step, outcome = outcome, note = note, secret = secret, client_id = client_id,
+      step = step, outcome = ok and outcome or (outcome .. " (not stored: the store write failed)"),
+      note = note, secret = secret, client_id = client_id,
     }
     if not aok and ok then self.audit_error = aerr end
   end
@@ -116,33 +137,73 @@ end
 --- Journal the intent to mint (durably) before the minting request goes out. extra fields are
 -- kept with it (e.g. a fingerprint of the Paylocity code). Returns true | nil, err; a strategy
 -- must not mint when this fails.
+-- bytes of padding written with the mint intent: the store shows it can hold a record as large as
+-- the one that will carry the new secret before the minting request leaves
+local RESERVE = 2048
+
 function Ctx:mint_intent(op, extra)
   local mint = { state = "in_flight", op = op, time = timefmt.iso(), at = timefmt.now() }
   for k, v in pairs(extra or {}) do mint[k] = v end
+  mint.reserve = string.rep("-", RESERVE)
   self.record.rotation.mint = mint
   local ok, err = self:journal("create", "intent", op)
-  if not ok then return nil, err end
+  mint.reserve = nil
+  if not ok then
+    return nil, errors.with(err, { message = "nothing was sent: the store cannot write the slot before the "
+      .. "mint (" .. tostring(err and err.message) .. ")" })
+  end
+  if self.lock and self.lock.before_mint then
+    -- a lease-based lock (etcd) makes sure it outlives the minting request
+    ok, err = self.lock:before_mint(self.opts.mint_budget or 60)
+    if not ok then return nil, err end
+  end
   self:crash("mint", "before")
+  self.holding = true
   return true
+end
+
+--- Delete, of a listing at the provider, only what this rotation minted: items whose name is
+-- exactly the one recorded before the mint. Items that look like rotor's but cannot be
+-- attributed to this rotation are reported (a warning), never deleted.
+-- args: items, name_of(item), id_of(item), name (the recorded name), looks_like(name), delete(id)
+function Ctx:delete_attributed(args)
+  local n = 0
+  for _, item in ipairs(args.items) do
+    local name, id = args.name_of(item), args.id_of(item)
+    if type(name) == "string" and type(id) == "string" and not self:stored_client(id) then
+      if name == args.name then
+        local ok, derr = args.delete(id)
+        if not ok and not (errors.is(derr) and derr.status == 404) then return nil, derr end
+        self:journal("create", "orphan_deleted", ("deleted %s %s (%s), minted by this rotation"):format(
+          args.what, id, name))
+        n = n + 1
+      elseif args.looks_like(name) then
+        self.warnings[#self.warnings + 1] = ("%s %s (%s) looks like rotor's but this slot's journal does not "
+          .. "prove it minted it: left alone"):format(args.what, id, name)
+      end
+    end
+  end
+  return n
+end
+
+--- Verify a candidate credential (a fresh token with exactly it), retrying as the verify step does:
+-- true | nil, err (kind "auth" when the provider refuses it).
+function Ctx:verify_candidate(client_id, secret)
+  local attempts = self.opts.verify_attempts or 3
+  local delay = self.opts.verify_delay or 1
+  local ok, err
+  for i = 1, attempts do
+    ok, err = self.provider:verify { client_id = client_id, client_secret = secret }
+    if ok then return true end
+    if i < attempts then self:sleep(delay * i) end
+  end
+  return nil, err
 end
 
 --- A keyed fingerprint of a value (the audit key when there is one).
 function Ctx:fingerprint(value)
   local key = (self.audit and self.audit.key) or "rotor-fingerprint"
   return core.hmac_sha256_hex(key, value)
-end
-
---- Every rotation id of this slot that journalled a mint intent (orphans can only carry these).
-function Ctx:minted_ids()
-  local ids, seen = {}, {}
-  for _, e in ipairs(self.record.journal) do
-    if e.outcome == "intent" and e.rotation and not seen[e.rotation] then
-      seen[e.rotation] = true
-      ids[#ids + 1] = e.rotation
-    end
-  end
-  if self.record.rotation and not seen[self.record.rotation.id] then ids[#ids + 1] = self.record.rotation.id end
-  return ids
 end
 
 --- True when client_id belongs to a stored version (current, pending, previous).
@@ -187,7 +248,14 @@ function step.create(ctx)
   end
   if not version then
     version, err = strat.create(ctx)
+    if version and not (core.is_secret(version.secret) or (type(version.secret) == "string"
+      and version.secret ~= "")) then
+      -- a success that carries no secret rotor can read: something may have been minted
+      version, err = nil, errors.new { kind = "ambiguous", message = "the minting call succeeded but its answer "
+        .. "holds no secret rotor can read" }
+    end
     if not version then
+      ctx.holding = nil
       if rot.mint and rot.mint.state == "in_flight" then
         rot.mint.state = (errors.is(err) and err.kind == "ambiguous") and "ambiguous" or "failed"
         if rot.mint.state == "ambiguous" and strat.next_run then
@@ -203,18 +271,29 @@ function step.create(ctx)
     client_id = version.client_id, secret = version.secret, created = now,
     expires = version.expires, meta = version.meta or {}, rotation = rot.id,
   }
+  local mint_state = rot.mint and rot.mint.state
   if rot.mint then rot.mint.state = "done" end
+  ctx:crash("write", "before")
   local ok, perr = ctx:journal("create", "ok", version.note, version.secret, version.client_id)
   if not ok then
-    return nil, errors.with(perr, {
-      message = "the new secret was minted but could not be stored (" .. tostring(perr.message)
-        .. "); " .. (strat.lost_note and strat.lost_note(ctx) or "the next run will mint again"),
+    -- the slot on disk still says the mint is of unknown outcome: the next run recovers from that
+    table.remove(rec.journal)
+    table.remove(ctx.steps)
+    if rot.mint then rot.mint.state = mint_state end
+    versions.pending = nil
+    ctx.holding = nil
+    return nil, errors.with(perr, { kind = "ambiguous",
+      message = "the new secret was minted but the store could not write it, even after retrying ("
+        .. tostring(perr.message) .. "); the secret is lost. "
+        .. (strat.lost_note and strat.lost_note(ctx) or strat.next_run and strat.next_run(ctx, rot.mint)
+          or "The next run recovers as after an interrupted mint"),
     })
   end
+  ctx.holding = nil
   if strat.after_persist then
     ctx:crash("ack", "before")
     local aok, aerr = strat.after_persist(ctx, version)
-    if not aok then ctx:journal("create", "warning", tostring(aerr)) end
+    if not aok then ctx:journal("create", "warning", aerr) end
   end
   return true
 end
@@ -222,14 +301,7 @@ end
 function step.verify(ctx)
   local p = ctx.record.versions.pending
   if not p then return ctx:journal("verify", "done", "already promoted") end
-  local attempts = ctx.opts.verify_attempts or 3
-  local delay = ctx.opts.verify_delay or 1
-  local ok, err
-  for i = 1, attempts do
-    ok, err = ctx.provider:verify { client_id = p.client_id, client_secret = p.secret }
-    if ok then break end
-    if i < attempts then ctx:sleep(delay * i) end
-  end
+  local ok, err = ctx:verify_candidate(p.client_id, p.secret)
   if not ok then
     return nil, errors.with(err, {
       message = ("the new credential %s was refused when verified (%s); it stays pending and the "
@@ -290,8 +362,9 @@ end
 
 ------------------------------------------------------------------------------------------------
 
+-- time-ordered, with 64 random bits: unique across slots, stores and hosts sharing an account
 local function new_rotation_id()
-  return "r" .. os.date("!%Y%m%dT%H%M%SZ") .. "-" .. core.random_hex(3)
+  return "r" .. os.date("!%Y%m%dT%H%M%SZ") .. "-" .. core.random_hex(8)
 end
 
 local function check_opts(o)
@@ -385,8 +458,8 @@ local function notify(ctx, ok, err, failed_step)
   local rot = ctx.record and (ctx.record.rotation or ctx.record.last) or {}
   local sent, nerr = notify_mod.send(ctx.opts.notify, {
     ok = ok, slot = ctx.slot, provider = ctx.provider.provider, rotation = rot.id or rot.rotation,
-    step = failed_step, error = err and tostring(err) or nil,
-    detail = ok and ctx.strategy.summary and ctx.strategy.summary(ctx) or nil,
+    step = failed_step, error = err and redact(err) or nil,
+    detail = ok and ctx.strategy.summary and redact(ctx.strategy.summary(ctx)) or nil,
   })
   if not sent then ctx.warnings[#ctx.warnings + 1] = "notification failed: " .. tostring(nerr) end
 end
@@ -395,6 +468,11 @@ local function run(ctx)
   local rec, err = ctx.store:get(ctx.slot)
   if rec == nil then return nil, err end
   if not rec then rec = empty_record(ctx.slot, ctx.provider) end
+  local valid, why = record_mod.validate(rec)
+  if not valid then
+    return nil, errors.new { kind = "store", message = ("slot %s in %s holds no valid record: %s; nothing was "
+      .. "sent"):format(ctx.slot, tostring(ctx.store), why) }
+  end
   ctx.record = rec
   if rec.provider and rec.provider ~= ctx.provider.provider then
     return nil, errors.new { kind = "config", message = ("slot %s holds a %s credential, not %s"):format(
@@ -409,6 +487,13 @@ local function run(ctx)
       tostring(rot.strategy)) }
   end
   ctx.own = strat.own_credential(ctx)
+  if strat.refuse and not rec.versions.pending then
+    -- invariant: never mint where an answer lost on the way could not be recovered from
+    local why_not = strat.refuse(ctx)
+    if why_not then
+      return nil, errors.new { kind = "config", message = ("slot %s: %s; nothing was sent"):format(ctx.slot, why_not) }
+    end
+  end
   local cur = rec.versions.current
   -- the store, not the bootstrap configuration, holds the live credential
   if ctx.own and cur and cur.secret and not ctx.opts.dry_run then
@@ -445,7 +530,11 @@ local function run(ctx)
         message = ("%s: stopped on a signal before step %s; the next run resumes there"):format(ctx.slot, name) }
     end
     ctx:crash(name, "before")
-    local ok, serr = step[name](ctx)
+    local pok, ok, serr = pcall(step[name], ctx)
+    if not pok then
+      -- a Lua error inside a step (a bug, or a value of an unexpected shape): a failure like any other
+      ok, serr = nil, errors.new { kind = "internal", message = "unexpected error: " .. redact(ok) }
+    end
     if not ok then
       local kind = errors.is(serr) and serr.kind or "protocol"
       rec.last = { rotation = rot.id, outcome = "failed", step = name, time = timefmt.iso() }
@@ -489,6 +578,7 @@ function _M.rotate(o)
   end
   local lock, lerr = o.store:lock(o.slot)
   if not lock then return nil, lerr end
+  ctx.lock = lock
   local aerr
   ctx.audit, aerr = open_audit(o)
   if aerr then
@@ -496,9 +586,22 @@ function _M.rotate(o)
     return nil, aerr
   end
   local pok, ok, err = pcall(run, ctx)
+  if not pok then
+    -- a Lua error outside the steps: journalled, `last` set and notified like any failure
+    err = errors.new { kind = "internal", slot = o.slot, message = ("%s: unexpected error: %s"):format(
+      o.slot, redact(ok)) }
+    ok = nil
+    local rec = ctx.record
+    if type(rec) == "table" and type(rec.journal) == "table" then
+      rec.last = { rotation = rec.rotation and rec.rotation.id, outcome = "failed",
+                   step = rec.rotation and rec.rotation.step, time = timefmt.iso() }
+      pcall(ctx.journal, ctx, "rotation", "failed", err.message)
+    end
+  end
   lock:unlock()
-  if not pok then error(ok, 0) end
   if not ok then
+    err = errors.with(err, { message = redact(errors.is(err) and err.message or err),
+                             detail = errors.is(err) and redact(err.detail) or nil })
     notify(ctx, false, err, ctx.failed_step)
     return nil, err
   end

@@ -223,6 +223,12 @@ function Spapi:_receive(op, ntype, field, args, convert, valid)
   if type(wait) ~= "number" or wait < 0 then error(op .. ": wait must be a number of seconds >= 0", 3) end
   local since = iso(args.since)
   if since ~= nil and type(since) ~= "string" then error(op .. ": since must be epoch seconds or ISO-8601", 3) end
+  local not_after = iso(args.not_after)
+  if not_after ~= nil and type(not_after) ~= "string" then
+    error(op .. ": not_after must be epoch seconds or ISO-8601", 3)
+  end
+  local skip = args.skip
+  if skip ~= nil and type(skip) ~= "function" then error(op .. ": skip must be a function", 3) end
   local visibility = args.visibility or math.min(MAX_VISIBILITY, math.max(60, math.ceil(wait) + 10))
   local q = self.options.sqs and self.options.sqs.queue_url
   local deadline = core.now() + wait
@@ -255,8 +261,12 @@ function Spapi:_receive(op, ntype, field, args, convert, valid)
     for _, m in ipairs(type(msgs) == "table" and msgs or {}) do
       local env = type(m) == "table" and envelope(m.Body)
       local p = env and env.notificationType == ntype and type(env.payload) == "table" and env.payload[field]
+      local meta = env and env.notificationMetadata
       local mine = type(p) == "table" and p.clientId == self.client_id and (valid == nil or valid(p))
         and (since == nil or (type(env.eventTime) == "string" and env.eventTime >= since))
+        and (not_after == nil or (type(env.eventTime) == "string" and env.eventTime <= not_after))
+        and (args.application_id == nil or (type(meta) == "table" and meta.applicationId == args.application_id))
+        and (skip == nil or not skip(p, env))
       if mine and type(m.ReceiptHandle) == "string" then
         if best == nil or tostring(env.eventTime or "") > tostring(best.env.eventTime or "") then
           if best then hold(best.m) end
@@ -315,7 +325,9 @@ end
 
 --- Await the APPLICATION_OAUTH_CLIENT_NEW_SECRET notification for this client:
 -- payload.applicationOAuthClientNewSecret (newClientSecret=<secret>), ack, info.
--- args: wait (seconds, default 20), since (epoch or ISO-8601: ignore older events), visibility.
+-- args: wait (seconds, default 20), since (epoch or ISO-8601: ignore older events), not_after (ignore
+-- events dated later), application_id (ignore other applications' messages), skip (a function of the
+-- raw payload and envelope: true to pass a message over), visibility.
 function Spapi:receive_new_client_secret(args)
   return self:_receive("receive_new_client_secret", NEW_SECRET, "applicationOAuthClientNewSecret", args,
     function(p) client.secret_field(p, "newClientSecret") end,

@@ -13,6 +13,7 @@
 local core = require "rotor.core"
 local json = require "rotor.json"
 local errors = require "rotor.errors"
+local record_mod = require "rotor.record"
 
 local _M = {}
 
@@ -45,7 +46,11 @@ function _M.decode(name)
   return (name:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
 end
 
+-- the OS's reason (detail) is part of the message: "cannot write slot x: No space left on device"
 local function store_error(message, detail)
+  if detail ~= nil and not message:find(tostring(detail), 1, true) then
+    message = message .. ": " .. tostring(detail)
+  end
   return errors.new { kind = "store", message = message, detail = detail }
 end
 
@@ -109,9 +114,16 @@ function Store:get(slot)
   if not text then return nil, store_error("cannot read slot " .. slot, msg) end
   local record, jerr = json.decode(text)
   text = nil -- luacheck: ignore 311
+  local valid, why
   if type(record) ~= "table" then
-    return nil, store_error("slot " .. slot .. " holds no valid record (" .. self:path(slot) .. ")",
-                            jerr and "malformed JSON" or "not an object")
+    why = jerr and "malformed JSON" or "not an object"
+  else
+    valid, why = record_mod.validate(record)
+  end
+  if not valid then
+    return nil, store_error(("slot %s holds no valid record: %s (file %s); nothing was changed. Restore the "
+      .. "file from a backup, or move it away to start the slot afresh (rotor doctor shows the slot)")
+      :format(slot, why, path), why)
   end
   return wrap(record)
 end

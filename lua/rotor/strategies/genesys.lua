@@ -3,11 +3,16 @@
 -- regenerate (default): POST /api/v2/oauth/clients/{id}/secret on the target client. Genesys has
 --   no documented overlap: the OLD SECRET STOPS WORKING AT ONCE, when the new one is minted.
 --   Ambiguous mint: the next run regenerates again (whatever the lost request minted is replaced).
+--   Refused for the provider object's own client: if that answer were lost, the credential that
+--   recovery needs would be the one the mint killed. Use new_client for the admin client.
 -- new_client: a second client with the same authorizedGrantType, roleDivisions, token validity,
 --   scope and redirect URIs, named "<name> [rotor <rotation id>]"; verified, deployed, promoted;
 --   the old client is then disabled (PUT state=disabled) and deleted, after `grace` seconds when
 --   the grace option is set (the deletion then happens on a later run). Changes the client_id.
---   Ambiguous mint: the next run deletes the orphan client named with the rotation id and mints anew.
+--   Ambiguous mint: the next run deletes the client whose name was recorded before the mint (it
+--   carries the rotation id) and mints anew; clients it cannot attribute are reported, not deleted.
+--   Safe for the provider object's own client: the old client keeps working until retire, and the
+--   provider object acts with the new client from promote on.
 local errors = require "rotor.errors"
 local json = require "rotor.json"
 local timefmt = require "rotor.timefmt"
@@ -79,6 +84,15 @@ function regenerate.create(ctx)
            note = "the old secret of client " .. id .. " stopped working at once (Genesys regenerate: no overlap)" }
 end
 
+function regenerate.refuse(ctx)
+  if not ctx.own then return nil end
+  return ("strategy \"regenerate\" would replace the secret of client %s, the client this provider object "
+    .. "authenticates with: if the answer were lost on the way, the old secret would be dead and the new one "
+    .. "unknown, and nothing could recover. Use strategy = \"new_client\" (a successor client with the same "
+    .. "roles, verified before the old one is disabled), or rotate it with another admin client"):format(
+      tostring(ctx:client_id()))
+end
+
 function regenerate.recover_note(ctx)
   return "the earlier regenerate request had an unknown outcome; regenerating again (whatever it minted is "
     .. "replaced) for client " .. ctx:client_id()
@@ -143,7 +157,7 @@ function new_client.create(ctx)
   body.dateToDelete = nil
   body.name = base_name(old.name) .. " " .. tag(ctx.record.rotation.id)
   local ok
-  ok, err = ctx:mint_intent("post_oauth_clients")
+  ok, err = ctx:mint_intent("post_oauth_clients", { name = body.name })
   if not ok then return nil, err end
   local c
   c, err = ctx.provider:post_oauth_clients(body)
@@ -152,33 +166,21 @@ function new_client.create(ctx)
   return { client_id = c.id, secret = c.secret, meta = { name = c.name, replaces = old_id } }
 end
 
--- delete clients named with one of this slot's rotation ids that no stored version holds
-local function delete_orphans(ctx)
+function new_client.recover_note(_, mint)
+  return "the earlier create request had an unknown outcome; deleting the client named "
+    .. tostring(mint and mint.name) .. " if it exists and is not stored, then creating a new one"
+end
+
+function new_client.recover(ctx, mint)
   local list, err = ctx.provider:get_oauth_clients()
   if not list then return nil, err end
-  local ids = ctx:minted_ids()
-  local n = 0
-  for _, e in ipairs(list.entities or {}) do
-    for _, rid in ipairs(ids) do
-      if type(e.name) == "string" and e.name:find(tag(rid), 1, true) and not ctx:stored_client(e.id) then
-        local ok, derr = ctx.provider:delete_oauth_client(e.id)
-        if not ok and not is_gone(derr) then return nil, derr end
-        ctx:journal("create", "orphan_deleted", "deleted orphan client " .. tostring(e.id) .. " " .. tag(rid))
-        n = n + 1
-        break
-      end
-    end
-  end
-  return n
-end
-
-function new_client.recover_note()
-  return "the earlier create request had an unknown outcome; deleting any client named with this slot's "
-    .. "rotation ids that is not stored, then creating a new one"
-end
-
-function new_client.recover(ctx)
-  local n, err = delete_orphans(ctx)
+  local n
+  n, err = ctx:delete_attributed {
+    what = "client", items = list.entities or {}, name = mint.name,
+    name_of = function(e) return e.name end, id_of = function(e) return e.id end,
+    looks_like = function(name) return name:find("[rotor ", 1, true) ~= nil end,
+    delete = function(id) return ctx.provider:delete_oauth_client(id) end,
+  }
   if not n then return nil, err end
   return "mint"
 end

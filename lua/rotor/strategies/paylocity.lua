@@ -84,6 +84,14 @@ function s.next_run(ctx)
     .. "Paylocity (or force_mint = true once Paylocity confirms the code is unused)"
 end
 
+function s.lost_note(ctx)
+  local cur = ctx.record.versions.current
+  return ("The emailed code was used and Paylocity issued a secret that rotor could not store; Paylocity has no "
+    .. "call to revoke it and it expires on its own date. The current secret keeps working until %s. What to do: "
+    .. "free the store (the error above says why it failed), ask Paylocity Service for a new code, and rerun with "
+    .. "target.code set to the NEW code"):format(tostring(cur and cur.expires or "its expiry date"))
+end
+
 function s.retire(ctx)
   local prev = ctx.record.versions.previous
   if not prev then return true, "no old secret recorded" end

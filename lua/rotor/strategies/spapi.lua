@@ -4,8 +4,11 @@
 -- until oldClientSecretExpiryTime (about 7 days), recorded as the previous version's expires.
 -- Ambiguous mint, or a crash before the message was read: the next run reads the queue, where the
 -- secret will arrive. `wait` (seconds, default 300) bounds how long one run waits for it.
+-- Candidates are verified before they are stored (see receive below); target.application_id,
+-- when set, must match the message's notificationMetadata.applicationId.
 local errors = require "rotor.errors"
 local core = require "rotor.core"
+local timefmt = require "rotor.timefmt"
 
 local _M = { default = "sqs", strategies = {} }
 
@@ -29,15 +32,34 @@ local function same_secret(a, b)
   return x == y
 end
 
--- wait for the new-secret message: a version, with ctx.ack set | nil, err (kind "timeout" if none)
+-- the fingerprints of candidates that failed verification in this rotation
+local function discarded(ctx)
+  local rot = ctx.record.rotation
+  rot.discarded = rot.discarded or {}
+  return rot.discarded
+end
+
+-- wait for the new-secret message: a version, with ctx.ack set | nil, err (kind "timeout" if none).
+-- A candidate must be dated after the rotation request (less clock skew) and not in the future,
+-- come from the configured application (target.application_id), and obtain a token: one the
+-- provider refuses is discarded (its fingerprint journalled, the message left alone) and the
+-- search goes on, so a forged or stale message cannot stand in for Amazon's.
 local function receive(ctx, mint)
   local wait = ctx.opts.wait or 300
   local deadline = core.now() + wait
   local since = mint and mint.at and (mint.at - SKEW) or nil
   local v = ctx.record.versions
+  local gone = discarded(ctx)
+  local function skip(p)
+    local sec = p.newClientSecret
+    return type(sec) == "string" and gone[ctx:fingerprint(sec)] ~= nil
+  end
   while true do
     local remaining = math.max(0, deadline - core.now())
-    local payload, ack = ctx.provider:receive_new_client_secret { wait = math.min(20, remaining), since = since }
+    local payload, ack = ctx.provider:receive_new_client_secret {
+      wait = math.min(20, remaining), since = since, not_after = timefmt.now() + SKEW,
+      application_id = ctx.target.application_id, skip = skip,
+    }
     if not payload then
       local waiting = errors.is(ack) and ack.kind == "timeout" and deadline - core.now() > 0
       if not waiting then return nil, ack end
@@ -46,11 +68,32 @@ local function receive(ctx, mint)
       -- a message whose secret is already stored (a crash came between storing and acknowledging)
       ack()
     else
-      ctx.ack = ack
-      return { client_id = payload.clientId or ctx:client_id(), secret = payload.newClientSecret,
-               expires = payload.newClientSecretExpiryTime,
-               meta = { old_expires = payload.oldClientSecretExpiryTime } }
+      local client_id = payload.clientId or ctx:client_id()
+      local ok, verr = ctx:verify_candidate(client_id, payload.newClientSecret)
+      if ok then
+        ctx.ack = ack
+        return { client_id = client_id, secret = payload.newClientSecret,
+                 expires = payload.newClientSecretExpiryTime,
+                 meta = { old_expires = payload.oldClientSecretExpiryTime } }
+      end
+      if not (errors.is(verr) and verr.kind == "auth") then
+        -- not a refusal (the network, the token endpoint): the message stays for the next run
+        return nil, verr
+      end
+      local fp = ctx:fingerprint(payload.newClientSecret:reveal())
+      gone[fp] = core.now()
+      local jok, jerr = ctx:journal("create", "discarded", "a new-secret message whose secret (fingerprint "
+        .. fp:sub(1, 16) .. ") was refused by the provider: not Amazon's, or stale; left in the queue, "
+        .. "reading on", payload.newClientSecret, client_id)
+      if not jok then return nil, jerr end
     end
+  end
+end
+
+function s.check(ctx)
+  local a = ctx.target.application_id
+  if a ~= nil and (type(a) ~= "string" or a == "") then
+    error("rotate: spapi target.application_id must be a non-empty string (amzn1.sp.solution...)", 0)
   end
 end
 

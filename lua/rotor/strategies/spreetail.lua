@@ -1,8 +1,9 @@
 -- Spreetail rotation: a new client credential pair (a new clientId), named
 -- "rotor:<slot>:<rotation id>", verified, deployed, promoted; the old pair is then deleted
 -- (revocation is immediate). The provider object's own credential is the one rotated.
--- Ambiguous mint: the next run lists the credentials, deletes every pair named with this slot's
--- rotation ids that no stored version holds (the orphan), and mints anew.
+-- Ambiguous mint: the next run lists the credentials, deletes the pair whose name was recorded
+-- before the mint (slot and rotation id: nothing else can carry it) unless a stored version holds
+-- it, and mints anew. Pairs it cannot attribute (another slot's, another store's) are reported only.
 -- Options: target.expires (ISO-8601) or target.expires_days (a number) for the new pair.
 local errors = require "rotor.errors"
 local json = require "rotor.json"
@@ -49,7 +50,7 @@ end
 
 function s.create(ctx)
   local name = prefix(ctx.slot) .. ctx.record.rotation.id
-  local ok, err = ctx:mint_intent("create_client_credentials")
+  local ok, err = ctx:mint_intent("create_client_credentials", { name = name })
   if not ok then return nil, err end
   local c
   c, err = ctx.provider:create_client_credentials { name = name, expires = expires(ctx) }
@@ -61,31 +62,22 @@ function s.create(ctx)
            meta = { credential_id = c.credentialId, name = c.name } }
 end
 
--- delete pairs named with this slot's prefix that no stored version holds
-local function delete_orphans(ctx)
+function s.recover_note(ctx, mint)
+  return "the earlier create request had an unknown outcome; deleting the pair named "
+    .. tostring(mint and mint.name or prefix(ctx.slot) .. ctx.record.rotation.id)
+    .. " if it exists and is not stored, then creating a new pair"
+end
+
+function s.recover(ctx, mint)
   local list, err = ctx.provider:list_client_credentials()
   if not list then return nil, err end
-  local p = prefix(ctx.slot)
-  local n = 0
-  for _, c in ipairs(list) do
-    if type(c.name) == "string" and c.name:sub(1, #p) == p and type(c.clientId) == "string"
-      and not ctx:stored_client(c.clientId) then
-      local ok, derr = ctx.provider:delete_client_credentials(c.clientId)
-      if not ok and not (errors.is(derr) and derr.status == 404) then return nil, derr end
-      ctx:journal("create", "orphan_deleted", "deleted orphan pair " .. c.clientId .. " (" .. c.name .. ")")
-      n = n + 1
-    end
-  end
-  return n
-end
-
-function s.recover_note(ctx)
-  return "the earlier create request had an unknown outcome; deleting pairs named " .. prefix(ctx.slot)
-    .. "<rotation id> that are not stored, then creating a new pair"
-end
-
-function s.recover(ctx)
-  local n, err = delete_orphans(ctx)
+  local n
+  n, err = ctx:delete_attributed {
+    what = "pair", items = list, name = mint.name or (prefix(ctx.slot) .. ctx.record.rotation.id),
+    name_of = function(c) return c.name end, id_of = function(c) return c.clientId end,
+    looks_like = function(name) return name:sub(1, 6) == "rotor:" end,
+    delete = function(id) return ctx.provider:delete_client_credentials(id) end,
+  }
   if not n then return nil, err end
   return "mint"
 end
