@@ -37,8 +37,8 @@ local function shape(rec, with_secret)
     id = rec.id, name = rec.name, description = rec.description,
     accessTokenValiditySeconds = rec.accessTokenValiditySeconds,
     authorizedGrantType = rec.authorizedGrantType,
-    roleDivisions = util.array(rec.roleDivisions), scope = rec.scope,
-    registeredRedirectUri = rec.registeredRedirectUri, state = rec.state,
+    roleDivisions = util.array(rec.roleDivisions), scope = rec.scope and util.array(rec.scope),
+    registeredRedirectUri = rec.registeredRedirectUri and util.array(rec.registeredRedirectUri), state = rec.state,
     dateToDelete = rec.dateToDelete and util.iso(rec.dateToDelete) or nil,
     dateCreated = util.iso(rec.dateCreated), dateModified = util.iso(rec.dateModified),
     createdBy = { id = rec.createdBy, selfUri = "/api/v2/users/" .. rec.createdBy },
@@ -95,7 +95,8 @@ local function new_record(creator)
 end
 
 -- seed { client_id?, client_secret?, name?, admin? (ADMIN_ROLE), roleDivisions?, permissions?,
---        state?, accessTokenValiditySeconds?, authorizedGrantType? ("CLIENT-CREDENTIALS") }
+--        state?, accessTokenValiditySeconds?, authorizedGrantType? ("CLIENT-CREDENTIALS"), scope?,
+--        registeredRedirectUri? }
 function _M.seed(t)
   local rec = new_record(util.uuid())
   rec.id = t.client_id or rec.id
@@ -106,6 +107,7 @@ function _M.seed(t)
     name = t.name or ("seeded " .. rec.id:sub(1, 8)), description = t.description,
     authorizedGrantType = t.authorizedGrantType or "CLIENT-CREDENTIALS",
     accessTokenValiditySeconds = t.accessTokenValiditySeconds, state = t.state, roleDivisions = rds or {},
+    scope = t.scope, registeredRedirectUri = t.registeredRedirectUri,
   })
   if ok ~= true then return nil, body.message end
   rec.permissions = t.permissions or {}
@@ -197,6 +199,8 @@ local function need(caller, perm)
       messageParams = { permissions = perm } })
 end
 
+local LIST_FIELDS = { "roleDivisions", "registeredRedirectUri", "scope", "roleIds" }
+
 local function json_request()
   local ct = util.content_type()
   local raw = util.body()
@@ -206,6 +210,13 @@ local function json_request()
   end
   local b = util.decode(raw)
   if type(b) ~= "table" then return nil, err(400, "bad.request", "The request body could not be parsed") end
+  -- a strict server: list fields must be JSON arrays (this cjson decodes [] and {} alike, so the
+  -- text is checked)
+  for _, f in ipairs(LIST_FIELDS) do
+    if raw:find('"' .. f .. '"%s*:%s*{') then
+      return nil, err(400, "bad.request", f .. " must be an array")
+    end
+  end
   return b
 end
 

@@ -1,0 +1,367 @@
+-- The safety invariants of a rotation (doc/SAFETY.md), each against the simulator over HTTPS:
+-- the way each was broken before is what the spec does.
+local core = require "rotor.core"
+local rotor = require "rotor"
+local json = require "rotor.json"
+local sim = require "spec.helpers.sim"
+local fixtures = require "spec.helpers.rotor_fixtures"
+
+local function counter(s, path)
+  local c = fixtures.control(s, "GET", "/counters")
+  return (c.counters or c)[path] or 0
+end
+
+local function read(path)
+  local f = assert(io.open(path, "rb"))
+  local t = f:read("*a")
+  f:close()
+  return t
+end
+
+-- requests the simulator logged for method and path
+local function logged(s, method, path)
+  local n = 0
+  for _, e in ipairs(s:log()) do
+    if e.method == method and e.path == path then n = n + 1 end
+  end
+  return n
+end
+
+local function assert_absent(text, secret, what)
+  local plain = core.is_secret(secret) and secret:reveal() or secret
+  assert.is_nil(text:find(plain, 1, true), what .. " holds the secret")
+end
+
+describe("safety invariants #safety", function()
+  local s, root
+  setup(function()
+    s = sim.start()
+    root = s.dir .. "/safety-spec"
+    assert(core.fs_mkdir(root, 448))
+  end)
+  teardown(function()
+    if s then s:stop() end
+  end)
+
+  local n = 0
+  local function store(name)
+    n = n + 1
+    return assert(rotor.store.file(("%s/%s-%d"):format(root, name, n))), ("%s/%s-%d"):format(root, name, n)
+  end
+
+  describe("the provider object's own Genesys client", function()
+    it("regenerate is refused before anything is sent, naming new_client", function()
+      local fx = fixtures.seed(s, "genesys")
+      local p = fixtures.provider(fx)
+      local own_path = "/genesys/api/v2/oauth/clients/" .. p.client_id .. "/secret"
+      local st, dir = store("own-regen")
+      local res, err = rotor.rotate { slot = "genesys/admin", provider = p, store = st,
+                                      target = { client_id = p.client_id } }
+      assert.is_nil(res)
+      assert.equal("config", err.kind)
+      assert.truthy(err.message:find('strategy = "new_client"', 1, true), err.message)
+      assert.truthy(err.message:find("nothing was sent", 1, true), err.message)
+      assert.equal(0, counter(s, own_path))
+      assert.is_false(assert(rotor.store.file(dir)):get("genesys/admin"))
+      assert.is_true(fixtures.works(fx, p.client_id, fx.opts.client_secret)) -- the admin still works
+    end)
+
+    it("new_client replaces it: successor verified and stored, provider switched, old disabled and deleted",
+       function()
+      local fx = fixtures.seed(s, "genesys")
+      local p = fixtures.provider(fx)
+      local old_id = p.client_id
+      local st = store("own-new")
+      -- the first create is reset after the server processed it: the rerun must sweep that client
+      fixtures.control(s, "POST", "/faults", { path = "/genesys/api/v2/oauth/clients", method = "POST",
+                                                reset = true })
+      local before = logged(s, "POST", "/genesys/api/v2/oauth/clients")
+      local res, err = rotor.rotate { slot = "genesys/admin", provider = p, store = st, strategy = "new_client",
+                                      target = { client_id = old_id }, verify_delay = 0.1 }
+      assert.is_nil(res)
+      assert.equal("ambiguous", err.kind)
+      assert.is_true(fixtures.works(fx, old_id, fx.opts.client_secret)) -- nothing lost yet
+      res, err = rotor.rotate { slot = "genesys/admin", provider = fixtures.provider(fx), store = st,
+                                strategy = "new_client", target = { client_id = old_id }, verify_delay = 0.1 }
+      assert.is_nil(err)
+      local rec = assert(st:get("genesys/admin"))
+      local cur = rec.versions.current
+      assert.are_not.equal(old_id, cur.client_id)
+      assert.is_true(fixtures.works(fx, cur.client_id, cur.secret))
+      assert.is_false(fixtures.works(fx, old_id, fx.opts.client_secret)) -- retired
+      assert.equal(before + 2, logged(s, "POST", "/genesys/api/v2/oauth/clients")) -- the lost one, the new one
+      local orphan_swept = false
+      for _, e in ipairs(rec.journal) do
+        if e.outcome == "orphan_deleted" then orphan_swept = true end
+      end
+      assert.is_true(orphan_swept)
+      -- the successor (now the admin) lists no leftover client of this rotation
+      local admin = fixtures.provider(fx)
+      admin:set_credentials(cur.client_id, cur.secret)
+      for _, c in ipairs(assert(admin:get_oauth_clients()).entities) do
+        assert.is_true(c.id == cur.client_id or not tostring(c.name):find("[rotor ", 1, true), c.name)
+      end
+    end)
+  end)
+
+  it("Spreetail recovery deletes only the pair its own rotation minted, not another slot's", function()
+    local acct = "shared-" .. core.random_hex(3)
+    local function boot()
+      local sec = "s-" .. core.random_hex(16)
+      local c = fixtures.control(s, "POST", "/seed", { provider = "spreetail", client_secret = sec, account = acct,
+                                                       name = "boot" })
+      return rotor.spreetail { base_url = s.url .. "/spreetail", token_url = s.url .. "/spreetail/api/v0/oauth/token",
+                               client_id = c.client_id, client_secret = sec, cainfo = s.ca, timeout = 2 }
+    end
+    local st = store("spreetail-shared")
+    local eu = boot()
+    assert(rotor.rotate { slot = "acme:eu", provider = eu, store = st, verify_delay = 0.1 })
+    local eu_cur = assert(st:get("acme:eu")).versions.current
+    local acme = boot()
+    fixtures.control(s, "POST", "/faults", { path = "/spreetail/api/v0/client-credentials", method = "POST",
+                                              reset = true })
+    local res, err = rotor.rotate { slot = "acme", provider = acme, store = st, verify_delay = 0.1 }
+    assert.is_nil(res)
+    assert.equal("ambiguous", err.kind)
+    res, err = rotor.rotate { slot = "acme", provider = acme, store = st, verify_delay = 0.1 }
+    assert.is_nil(err)
+    -- acme:eu's live pair was named rotor:acme:eu:<id>: it still works
+    assert.is_true(eu:verify { client_id = eu_cur.client_id, client_secret = eu_cur.secret })
+    -- and acme's lost pair was swept: every pair of the account is held by the store
+    local held = {}
+    for _, slot in ipairs { "acme", "acme:eu" } do
+      local v = assert(st:get(slot)).versions
+      for _, l in ipairs { "current", "previous" } do if v[l] then held[v[l].client_id] = true end end
+    end
+    for _, c in ipairs(assert(acme:list_client_credentials())) do
+      assert.is_true(held[c.clientId] or not c.name:find("^rotor:"), "not held: " .. c.name)
+    end
+  end)
+
+  it("SP-API: a forged or stale new-secret message is discarded and the real one is stored", function()
+    local fx = fixtures.seed(s, "spapi")
+    local p = fixtures.provider(fx)
+    local queue = fx.opts.sqs.queue_url:match("([^/]+)$")
+    local function forge(secret, when)
+      local t = os.date("!%Y-%m-%dT%H:%M:%SZ", math.floor(os.time() + when))
+      fixtures.control(s, "POST", "/sqs/send", { queue = queue, body = json.encode {
+        notificationVersion = "1.0", notificationType = "APPLICATION_OAUTH_CLIENT_NEW_SECRET",
+        payloadVersion = "2023-11-30", eventTime = t,
+        payload = { applicationOAuthClientNewSecret = { clientId = fx.bootstrap.client_id, newClientSecret = secret,
+          newClientSecretExpiryTime = t, oldClientSecretExpiryTime = t } },
+        notificationMetadata = { applicationId = "amzn1.sp.solution.forged", notificationId = core.random_hex(8) },
+      } })
+    end
+    local forged_now, forged_future = "amzn1.oa2-cs.v1.forged" .. core.random_hex(8), "amzn1.oa2-cs.v1.future"
+      .. core.random_hex(8)
+    forge(forged_future, 86400 * 30)
+    forge(forged_now, 5)
+    local st = store("spapi-forged")
+    local res, err = rotor.rotate { slot = fx.slot, provider = p, store = st, wait = 10, verify_delay = 0.1,
+                                    verify_attempts = 1 }
+    assert.is_nil(err)
+    assert.truthy(res)
+    local rec = assert(st:get(fx.slot))
+    local cur = rec.versions.current.secret:reveal()
+    assert.are_not.equal(forged_now, cur)
+    assert.are_not.equal(forged_future, cur)
+    assert.is_true(fixtures.works(fx, rec.versions.current.client_id, cur))
+    local discarded = 0
+    for _, e in ipairs(rec.journal) do if e.outcome == "discarded" then discarded = discarded + 1 end end
+    assert.equal(1, discarded) -- the far-future one never reached verification
+  end)
+
+  describe("a store that cannot write", function()
+    it("before the mint: the run fails and nothing is sent", function()
+      local fx = fixtures.seed(s, "genesys")
+      local real = store("nowrite")
+      local st = setmetatable({}, { __index = real })
+      function st.put(_, slot, rec)
+        if rec.rotation and rec.rotation.mint then
+          return nil, require("rotor.errors").new { kind = "store", message = "cannot write slot " .. slot
+            .. ": No space left on device" }
+        end
+        return real:put(slot, rec)
+      end
+      local before = counter(s, fx.mint_path)
+      local res, err = rotor.rotate { slot = fx.slot, provider = fixtures.provider(fx), store = st, target = fx.target }
+      assert.is_nil(res)
+      assert.truthy(err.message:find("nothing was sent", 1, true), err.message)
+      assert.truthy(err.message:find("No space left on device", 1, true), err.message)
+      assert.equal(before, counter(s, fx.mint_path))
+    end)
+
+    it("after the mint, briefly: the write is retried while the secret is held, nothing lost", function()
+      local fx = fixtures.seed(s, "genesys")
+      local real = store("flaky")
+      local st = setmetatable({}, { __index = real })
+      local fails = 2
+      function st.put(_, slot, rec)
+        if rec.versions.pending and fails > 0 then
+          fails = fails - 1
+          return nil, require("rotor.errors").new { kind = "store", message = "transient" }
+        end
+        return real:put(slot, rec)
+      end
+      local res, err = rotor.rotate { slot = fx.slot, provider = fixtures.provider(fx), store = st,
+                                      target = fx.target, write_retry_delay = 0.05, verify_delay = 0.1 }
+      assert.is_nil(err)
+      assert.truthy(res)
+      assert.equal(0, fails)
+      local cur = assert(real:get(fx.slot)).versions.current
+      assert.is_true(fixtures.works(fx, cur.client_id, cur.secret))
+      assert.equal(0, fixtures.lost(s, fx, assert(real:get(fx.slot))))
+    end)
+
+    it("after the mint, for good (Paylocity): the OS reason and the truth about the spent code", function()
+      local fx = fixtures.seed(s, "paylocity")
+      local st = store("broken")
+      local real_put = st.put
+      local path = st:path(fx.slot)
+      -- once the intent is on disk, the slot's file is replaced by a directory: rename() then fails
+      function st.put(self, slot, rec)
+        if rec.versions.pending then
+          os.execute("rm -f " .. sim.shell_quote(path) .. " && mkdir -p " .. sim.shell_quote(path .. "/x"))
+        end
+        return real_put(self, slot, rec)
+      end
+      local res, err = rotor.rotate { slot = fx.slot, provider = fixtures.provider(fx), store = st,
+                                      target = fx.target, write_retries = 1, write_retry_delay = 0.01 }
+      assert.is_nil(res)
+      assert.equal("ambiguous", err.kind)
+      assert.truthy(err.message:find("Is a directory", 1, true) or err.message:find("not empty", 1, true),
+                    err.message)
+      assert.truthy(err.message:find("The emailed code was used", 1, true), err.message)
+      assert.is_nil(err.message:find("will mint again", 1, true))
+      assert.equal(1, fixtures.lost(s, fx, { versions = {} })) -- Paylocity cannot revoke it: counted, said
+    end)
+  end)
+
+  it("an unreadable answer to a mint is ambiguous and the rerun sweeps what it created (Genesys new_client)",
+     function()
+    local fx = fixtures.seed(s, "genesys_new")
+    local st = store("malformed-mint")
+    fixtures.control(s, "POST", "/faults", { path = "/genesys/api/v2/oauth/clients", method = "POST", malformed = true })
+    local o = { slot = fx.slot, provider = fixtures.provider(fx), store = st, strategy = "new_client",
+                target = fx.target, verify_delay = 0.1 }
+    local res, err = rotor.rotate(o)
+    assert.is_nil(res)
+    assert.equal("ambiguous", err.kind)
+    o.provider = fixtures.provider(fx)
+    res, err = rotor.rotate(o)
+    assert.is_nil(err)
+    assert.same({}, fixtures.orphans(fx, assert(st:get(fx.slot))))
+  end)
+
+  it("a 5xx on a mint is ambiguous: the rerun recovers instead of minting blindly (Spreetail)", function()
+    local fx = fixtures.seed(s, "spreetail")
+    local st = store("mint-500")
+    -- processed, then answered 500: the simulator's status fault does not process, so a reset
+    -- stands for the processed case and the 500 for the refused one: both must be ambiguous
+    fixtures.control(s, "POST", "/faults", { path = fx.mint_path, method = "POST", status = 500 })
+    local res, err = rotor.rotate { slot = fx.slot, provider = fixtures.provider(fx), store = st, verify_delay = 0.1 }
+    assert.is_nil(res)
+    assert.equal("ambiguous", err.kind)
+    local rec = assert(st:get(fx.slot))
+    assert.equal("ambiguous", rec.rotation.mint.state)
+    res, err = rotor.rotate { slot = fx.slot, provider = fixtures.provider(fx), store = st, verify_delay = 0.1 }
+    assert.is_nil(err)
+    local recovered = false
+    for _, e in ipairs(assert(st:get(fx.slot)).journal) do
+      if e.outcome == "recover" then recovered = true end
+    end
+    assert.is_true(recovered)
+  end)
+
+  it("a record of the wrong shape is refused before anything is sent, naming the file and the field", function()
+    local fx = fixtures.seed(s, "genesys")
+    local st = store("bad-record")
+    assert(core.fs_write_atomic(st:path(fx.slot), json.encode { slot = fx.slot, provider = "genesys",
+      versions = { current = "garbage" }, journal = json.array() }, 384))
+    local before = counter(s, fx.mint_path)
+    local res, err = rotor.rotate { slot = fx.slot, provider = fixtures.provider(fx), store = st, target = fx.target }
+    assert.is_nil(res)
+    assert.equal("store", err.kind)
+    assert.truthy(err.message:find("versions.current", 1, true), err.message)
+    assert.truthy(err.message:find(st:path(fx.slot), 1, true), err.message)
+    assert.equal(before, counter(s, fx.mint_path))
+    assert.truthy(fixtures.works(fx, fx.bootstrap.client_id, fx.bootstrap.secret))
+  end)
+
+  it("a Lua error inside a run is journalled, sets last and is notified", function()
+    local fx = fixtures.seed(s, "genesys")
+    local st = store("lua-error")
+    local p = fixtures.provider(fx)
+    p.verify = function() error("boom in verify") end
+    local events = {}
+    local res, err = rotor.rotate { slot = fx.slot, provider = p, store = st, target = fx.target,
+                                    notify = function(e) events[#events + 1] = e end }
+    assert.is_nil(res)
+    assert.equal("internal", err.kind)
+    assert.truthy(err.message:find("boom in verify", 1, true))
+    local rec = assert(st:get(fx.slot))
+    assert.equal("failed", rec.last.outcome)
+    assert.equal("verify", rec.last.step)
+    assert.equal(1, #events)
+    assert.is_false(events[1].ok)
+  end)
+
+  it("a hook's error text never carries the secret: journal, audit, notification, error", function()
+    local fx = fixtures.seed(s, "genesys")
+    local st, dir = store("hook-echo")
+    local events, seen = {}, nil
+    local res, err = rotor.rotate { slot = fx.slot, provider = fixtures.provider(fx), store = st, target = fx.target,
+      verify_delay = 0.1, notify = function(e) events[#events + 1] = e end,
+      deploy = function(new)
+        seen = new.secret:reveal()
+        local raw = seen
+        local json_form = raw:gsub("/", "\\/")
+        local url_form = raw:gsub("[^%w%-%._~]", function(c) return ("%%%02X"):format(c:byte()) end)
+        return nil, "push failed: " .. raw .. " / " .. json_form .. " / " .. url_form
+      end }
+    assert.is_nil(res)
+    assert.truthy(seen)
+    assert_absent(tostring(err), seen, "the error")
+    assert_absent(events[1].text, seen, "the notification")
+    assert_absent(json.encode(events[1]), seen, "the notification event")
+    assert.truthy(tostring(err):find("<redacted>", 1, true))
+    -- journal and audit: the slot file holds the pending secret itself, so search the journal
+    local rec = assert(st:get(fx.slot))
+    assert_absent(json.encode(rec.journal), seen, "the journal")
+    assert_absent(read(dir .. "/audit.log"), seen, "the audit trail")
+  end)
+
+  it("a torn audit line stays alone: every later entry parses", function()
+    local fx = fixtures.seed(s, "genesys")
+    local st, dir = store("torn-audit")
+    assert(core.fs_write_atomic(dir .. "/audit.log", '{"time":"2026-01-01T00:00:00Z","slot":"x","ste', 384))
+    assert(rotor.rotate { slot = fx.slot, provider = fixtures.provider(fx), store = st, target = fx.target,
+                          verify_delay = 0.1 })
+    local lines, parsed = 0, 0
+    for line in read(dir .. "/audit.log"):gmatch("[^\n]+") do
+      lines = lines + 1
+      if json.decode(line) then parsed = parsed + 1 end
+    end
+    assert.equal(lines - 1, parsed) -- all but the torn one
+    -- and no entry was lost by being glued to the torn one: one audit line per journal entry
+    assert.equal(#assert(st:get(fx.slot)).journal, parsed)
+  end)
+
+  it("empty JSON arrays survive: new_client copies a client whose list fields are empty", function()
+    local fx = fixtures.seed(s, "genesys_new")
+    local admin = fixtures.provider(fx)
+    -- a target with empty list fields
+    local tgt = fixtures.control(s, "POST", "/seed", { provider = "genesys", name = "empty lists",
+      client_secret = "s-" .. core.random_hex(16), roleDivisions = json.array(),
+      registeredRedirectUri = json.array(), scope = json.array() })
+    local st = store("arrays")
+    local res, err = rotor.rotate { slot = "genesys/empty", provider = admin, store = st, strategy = "new_client",
+                                    target = { client_id = tgt.client_id }, verify_delay = 0.1 }
+    assert.is_nil(err)
+    assert.truthy(res)
+    local got = assert(admin:get_oauth_client(res.client_id))
+    assert.same({}, got.registeredRedirectUri)
+    assert.equal(json.empty_array_mt, getmetatable(got.registeredRedirectUri))
+    assert.equal("[]", json.encode(got.scope))
+  end)
+end)
