@@ -81,7 +81,7 @@ describe("safety invariants #safety", function()
       assert.is_nil(res)
       assert.equal("ambiguous", err.kind)
       assert.is_true(fixtures.works(fx, old_id, fx.opts.client_secret)) -- nothing lost yet
-      res, err = rotor.rotate { slot = "genesys/admin", provider = fixtures.provider(fx), store = st,
+      _, err = rotor.rotate { slot = "genesys/admin", provider = fixtures.provider(fx), store = st,
                                 strategy = "new_client", target = { client_id = old_id }, verify_delay = 0.1 }
       assert.is_nil(err)
       local rec = assert(st:get("genesys/admin"))
@@ -123,7 +123,7 @@ describe("safety invariants #safety", function()
     local res, err = rotor.rotate { slot = "acme", provider = acme, store = st, verify_delay = 0.1 }
     assert.is_nil(res)
     assert.equal("ambiguous", err.kind)
-    res, err = rotor.rotate { slot = "acme", provider = acme, store = st, verify_delay = 0.1 }
+    _, err = rotor.rotate { slot = "acme", provider = acme, store = st, verify_delay = 0.1 }
     assert.is_nil(err)
     -- acme:eu's live pair was named rotor:acme:eu:<id>: it still works
     assert.is_true(eu:verify { client_id = eu_cur.client_id, client_secret = eu_cur.secret })
@@ -241,14 +241,15 @@ describe("safety invariants #safety", function()
      function()
     local fx = fixtures.seed(s, "genesys_new")
     local st = store("malformed-mint")
-    fixtures.control(s, "POST", "/faults", { path = "/genesys/api/v2/oauth/clients", method = "POST", malformed = true })
+    fixtures.control(s, "POST", "/faults", { path = "/genesys/api/v2/oauth/clients", method = "POST",
+                                              malformed = true })
     local o = { slot = fx.slot, provider = fixtures.provider(fx), store = st, strategy = "new_client",
                 target = fx.target, verify_delay = 0.1 }
     local res, err = rotor.rotate(o)
     assert.is_nil(res)
     assert.equal("ambiguous", err.kind)
     o.provider = fixtures.provider(fx)
-    res, err = rotor.rotate(o)
+    _, err = rotor.rotate(o)
     assert.is_nil(err)
     assert.same({}, fixtures.orphans(fx, assert(st:get(fx.slot))))
   end)
@@ -264,7 +265,7 @@ describe("safety invariants #safety", function()
     assert.equal("ambiguous", err.kind)
     local rec = assert(st:get(fx.slot))
     assert.equal("ambiguous", rec.rotation.mint.state)
-    res, err = rotor.rotate { slot = fx.slot, provider = fixtures.provider(fx), store = st, verify_delay = 0.1 }
+    _, err = rotor.rotate { slot = fx.slot, provider = fixtures.provider(fx), store = st, verify_delay = 0.1 }
     assert.is_nil(err)
     local recovered = false
     for _, e in ipairs(assert(st:get(fx.slot)).journal) do
