@@ -81,9 +81,10 @@ describe("safety invariants #safety", function()
       assert.is_nil(res)
       assert.equal("ambiguous", err.kind)
       assert.is_true(fixtures.works(fx, old_id, fx.opts.client_secret)) -- nothing lost yet
-      _, err = rotor.rotate { slot = "genesys/admin", provider = fixtures.provider(fx), store = st,
+      res, err = rotor.rotate { slot = "genesys/admin", provider = fixtures.provider(fx), store = st,
                                 strategy = "new_client", target = { client_id = old_id }, verify_delay = 0.1 }
       assert.is_nil(err)
+      assert.equal("new_client", res.strategy)
       local rec = assert(st:get("genesys/admin"))
       local cur = rec.versions.current
       assert.are_not.equal(old_id, cur.client_id)
@@ -123,8 +124,9 @@ describe("safety invariants #safety", function()
     local res, err = rotor.rotate { slot = "acme", provider = acme, store = st, verify_delay = 0.1 }
     assert.is_nil(res)
     assert.equal("ambiguous", err.kind)
-    _, err = rotor.rotate { slot = "acme", provider = acme, store = st, verify_delay = 0.1 }
+    res, err = rotor.rotate { slot = "acme", provider = acme, store = st, verify_delay = 0.1 }
     assert.is_nil(err)
+    assert.equal("acme", res.slot)
     -- acme:eu's live pair was named rotor:acme:eu:<id>: it still works
     assert.is_true(eu:verify { client_id = eu_cur.client_id, client_secret = eu_cur.secret })
     -- and acme's lost pair was swept: every pair of the account is held by the store
@@ -249,8 +251,9 @@ describe("safety invariants #safety", function()
     assert.is_nil(res)
     assert.equal("ambiguous", err.kind)
     o.provider = fixtures.provider(fx)
-    _, err = rotor.rotate(o)
+    res, err = rotor.rotate(o)
     assert.is_nil(err)
+    assert.truthy(res.client_id)
     assert.same({}, fixtures.orphans(fx, assert(st:get(fx.slot))))
   end)
 
@@ -265,8 +268,9 @@ describe("safety invariants #safety", function()
     assert.equal("ambiguous", err.kind)
     local rec = assert(st:get(fx.slot))
     assert.equal("ambiguous", rec.rotation.mint.state)
-    _, err = rotor.rotate { slot = fx.slot, provider = fixtures.provider(fx), store = st, verify_delay = 0.1 }
+    res, err = rotor.rotate { slot = fx.slot, provider = fixtures.provider(fx), store = st, verify_delay = 0.1 }
     assert.is_nil(err)
+    assert.truthy(res.client_id)
     local recovered = false
     for _, e in ipairs(assert(st:get(fx.slot)).journal) do
       if e.outcome == "recover" then recovered = true end
