@@ -81,12 +81,28 @@ local function crash_points()
   return set
 end
 
---- Kill the process (SIGKILL) if ROTOR_CRASH_AT names this point. A test hook only.
+--- Kill the process (SIGKILL) if ROTOR_CRASH_AT names this point, saying so on stderr first (the
+-- crash spec checks that the process died there). A test hook only. "write:torn" leaves what a
+-- kill inside the store's write of the slot file leaves: the old file, and beside it a temporary
+-- file holding the first half of the new one (the write is temp file, fsync, rename).
 function Ctx:crash(point, when)
-  if self.crash_at and self.crash_at[point .. ":" .. when] then
+  local name = point .. ":" .. when
+  if self.crash_at and self.crash_at[name] then
     local only = os.getenv("ROTOR_CRASH_SLOT")
     if only == nil or only == "" or only == self.slot then
+      if name == "write:torn" and type(self.store.path) == "function" then
+        local function copy(v)
+          if core.is_secret(v) then return tostring(v) end
+          if type(v) ~= "table" then return v end
+          local t = {}
+          for k, x in pairs(v) do t[k] = copy(x) end
+          return t
+        end
+        local text = require("rotor.json").encode(copy(self.record))
+        core.fs_write_atomic(self.store:path(self.slot) .. ".tmp.crash1", text:sub(1, math.floor(#text / 2)), 384)
+      end
       io.stdout:flush()
+      io.stderr:write("rotor: crash point ", name, "\n")
       io.stderr:flush()
       core.kill_self()
     end
@@ -274,6 +290,7 @@ function step.create(ctx)
   local mint_state = rot.mint and rot.mint.state
   if rot.mint then rot.mint.state = "done" end
   ctx:crash("write", "before")
+  ctx:crash("write", "torn")
   local ok, perr = ctx:journal("create", "ok", version.note, version.secret, version.client_id)
   if not ok then
     -- the slot on disk still says the mint is of unknown outcome: the next run recovers from that
@@ -385,6 +402,14 @@ local function check_opts(o)
   if o.wait ~= nil and (type(o.wait) ~= "number" or o.wait < 0) then error("rotate: wait must be seconds >= 0", 3) end
   if o.grace ~= nil and (type(o.grace) ~= "number" or o.grace < 0) then
     error("rotate: grace must be seconds >= 0", 3)
+  end
+  if o.visibility ~= nil and (type(o.visibility) ~= "number" or o.visibility < 1 or o.visibility > 43200) then
+    error("rotate: visibility must be seconds from 1 to 43200", 3)
+  end
+  for _, k in ipairs { "write_retries", "write_retry_delay", "verify_attempts", "verify_delay" } do
+    if o[k] ~= nil and (type(o[k]) ~= "number" or o[k] < 0 or o[k] ~= o[k]) then
+      error("rotate: " .. k .. " must be a number >= 0", 3)
+    end
   end
   notify_mod.check(o.notify, 3)
 end

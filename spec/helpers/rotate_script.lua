@@ -21,6 +21,7 @@ local res, err = rotor.rotate {
   target = { client_id = env("ROTOR_T_TARGET_CLIENT_ID"), code = env("ROTOR_T_CODE") },
   strategy = env("ROTOR_T_STRATEGY"), force_mint = env("ROTOR_T_FORCE_MINT") == "1",
   wait = tonumber(env("ROTOR_T_WAIT") or "5"), verify_delay = 0.2,
+  visibility = tonumber(env("ROTOR_T_VISIBILITY") or ""),
   deploy = function(new)
     local pause = tonumber(env("ROTOR_T_DEPLOY_SLEEP") or "")
     if pause then rotor.sleep(pause) end

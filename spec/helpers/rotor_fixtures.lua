@@ -24,18 +24,41 @@ end
 _M.control = control
 
 function _M.seed(s, kind, n)
-  if kind == "genesys_new" then
-    -- Genesys with strategy new_client: a second client is minted, the old one retired
+  if kind == "genesys_new" or kind == "genesys_own" then
+    -- Genesys with strategy new_client: a second client is minted, the old one retired;
+    -- genesys_own: the client rotated is the one the provider object authenticates with
     local fx = _M.seed(s, "genesys", n)
     fx.strategy, fx.label = "new_client", kind
     fx.mint_path, fx.mint_method = "/genesys/api/v2/oauth/clients", "POST"
+    if kind == "genesys_own" then
+      fx.own = true
+      fx.target = { client_id = fx.opts.client_id }
+      fx.slot = "genesys/" .. fx.opts.client_id
+      fx.app_name = fx.admin_name
+      fx.bootstrap = { client_id = fx.opts.client_id, secret = fx.opts.client_secret }
+    end
+    return fx
+  end
+  if kind == "spreetail_shared" then
+    -- two slots on one Spreetail account, one named as the other's prefix: the sibling ("<slot>:eu")
+    -- is rotated first; the fixture's slot must never touch the sibling's pair
+    local fx = _M.seed(s, "spreetail", n)
+    fx.label = kind
+    local sec = secret()
+    local sib = control(s, "POST", "/seed", { provider = "spreetail", name = "boot sibling", client_secret = sec,
+                                              account = fx.account })
+    local o = {}
+    for k, v in pairs(fx.opts) do o[k] = v end
+    o.client_id, o.client_secret = sib.client_id or sib.clientId, sec
+    fx.sibling = { slot = fx.slot .. ":eu", opts = o }
     return fx
   end
   n = n or core.random_hex(3)
   local fx = { kind = kind, sim = s }
   local base = { cainfo = s.ca, timeout = 5 }
   if kind == "genesys" then
-    local admin = control(s, "POST", "/seed", { provider = "genesys", admin = true, name = "admin " .. n,
+    fx.admin_name = "admin " .. n
+    local admin = control(s, "POST", "/seed", { provider = "genesys", admin = true, name = fx.admin_name,
                                                 client_secret = secret() })
     fx.app_name = "app " .. n
     local tgt = control(s, "POST", "/seed", { provider = "genesys", name = fx.app_name, client_secret = secret(),
@@ -48,8 +71,9 @@ function _M.seed(s, kind, n)
     fx.bootstrap = { client_id = tgt.client_id, secret = tgt.client_secret }
   elseif kind == "spreetail" then
     local sec = secret()
+    fx.account = "acct-" .. n
     local st = control(s, "POST", "/seed", { provider = "spreetail", name = "boot " .. n, client_secret = sec,
-                                             account = "acct-" .. n })
+                                             account = fx.account })
     base.base_url, base.token_url = s.url .. "/spreetail", s.url .. "/spreetail/api/v0/oauth/token"
     base.client_id, base.client_secret = st.client_id or st.clientId, sec
     fx.slot = "spreetail/" .. n
@@ -90,12 +114,22 @@ function _M.seed(s, kind, n)
   return fx
 end
 
-function _M.provider(fx)
+function _M.provider(fx, opts_in)
   local rotor = require "rotor"
   local opts = {}
-  for k, v in pairs(fx.opts) do opts[k] = v end
+  for k, v in pairs(opts_in or fx.opts) do opts[k] = v end
   return assert(rotor[fx.kind](opts))
 end
+
+-- a provider object acting with the stored current credential where the rotation replaced the
+-- one the fixture started with (Spreetail's pair, the Genesys admin client rotated with new_client)
+local function acting(fx, rec)
+  local p = _M.provider(fx)
+  local cur = rec and rec.versions and rec.versions.current
+  if (fx.kind == "spreetail" or fx.own) and cur and cur.secret then p:set_credentials(cur.client_id, cur.secret) end
+  return p
+end
+_M.acting = acting
 
 local function plain(v)
   if core.is_secret(v) then return v:reveal() end
@@ -124,9 +158,7 @@ end
 function _M.orphans(fx, rec)
   local ids = stored(rec)
   local out = {}
-  local p = _M.provider(fx)
-  local cur = rec and rec.versions and rec.versions.current
-  if fx.kind == "spreetail" and cur and cur.secret then p:set_credentials(cur.client_id, cur.secret) end
+  local p = acting(fx, rec)
   if fx.kind == "genesys" then
     local list = assert(p:get_oauth_clients())
     for _, c in ipairs(list.entities) do
@@ -142,7 +174,11 @@ function _M.orphans(fx, rec)
   elseif fx.kind == "spreetail" then
     local list = assert(p:list_client_credentials())
     for _, c in ipairs(list) do
-      if not ids[c.clientId] then out[#out + 1] = c.clientId end
+      -- a sibling slot on the same account holds its own pairs
+      local sibling = fx.sibling and tostring(c.name):find("rotor:" .. fx.sibling.slot .. ":", 1, true) == 1
+      if not ids[c.clientId] and not sibling and c.clientId ~= (fx.sibling and fx.sibling.boot_id) then
+        out[#out + 1] = c.clientId
+      end
     end
   end
   return out
@@ -157,7 +193,7 @@ function _M.lost(s, fx, rec)
   local ids = { [fx.kind == "genesys" and fx.target.client_id or fx.bootstrap.client_id] = true }
   if fx.strategy == "new_client" then
     -- the clients minted for this fixture carry its app name
-    for _, c in ipairs(assert(_M.provider(fx):get_oauth_clients()).entities) do
+    for _, c in ipairs(assert(acting(fx, rec):get_oauth_clients()).entities) do
       if tostring(c.name):find(fx.app_name, 1, true) == 1 then ids[c.id] = true end
     end
   end
@@ -179,6 +215,8 @@ function _M.env(s, fx, store_dir)
     ROTOR_T_CLIENT_ID = fx.opts.client_id, ROTOR_T_CLIENT_SECRET = fx.opts.client_secret,
     ROTOR_T_TARGET_CLIENT_ID = fx.target.client_id, ROTOR_T_CODE = fx.target.code,
     ROTOR_T_WAIT = fx.wait and tostring(fx.wait) or nil, ROTOR_T_STRATEGY = fx.strategy,
+    -- a message received by a killed run is seen again after this many seconds
+    ROTOR_T_VISIBILITY = fx.kind == "spapi" and "2" or nil,
   }
   if fx.opts.sqs then
     e.ROTOR_T_SQS_QUEUE_URL, e.ROTOR_T_SQS_ACCESS_KEY = fx.opts.sqs.queue_url, fx.opts.sqs.access_key

@@ -50,9 +50,15 @@ local function check(ctx)
   end
 end
 
+-- the client rotated is the one the provider object authenticates with: named as the target, or the
+-- stored successor (new_client) of the provider object's bootstrap client
 local function own_credential(ctx)
+  local pid = ctx.provider.client_id
+  if ctx.target.client_id == pid then return true end
   local ok, id = pcall(ctx.client_id, ctx)
-  return ok and id == ctx.provider.client_id
+  if ok and id == pid then return true end
+  local cur = ctx.record and ctx.record.versions.current
+  return cur ~= nil and type(cur.meta) == "table" and cur.meta.replaces == pid
 end
 
 ------------------------------------------------------------------------------------------------

@@ -3,7 +3,9 @@
 -- (deleted) only once the secret is stored as pending. Same client_id; the old secret keeps working
 -- until oldClientSecretExpiryTime (about 7 days), recorded as the previous version's expires.
 -- Ambiguous mint, or a crash before the message was read: the next run reads the queue, where the
--- secret will arrive. `wait` (seconds, default 300) bounds how long one run waits for it.
+-- secret will arrive. `wait` (seconds, default 300) bounds how long one run waits for it;
+-- `visibility` (seconds, default 60) is how long a message rotor received stays hidden from other
+-- readers: after a crash between receiving and storing it, the next run finds it once that passed.
 -- Candidates are verified before they are stored (see receive below); target.application_id,
 -- when set, must match the message's notificationMetadata.applicationId.
 local errors = require "rotor.errors"
@@ -58,7 +60,7 @@ local function receive(ctx, mint)
     local remaining = math.max(0, deadline - core.now())
     local payload, ack = ctx.provider:receive_new_client_secret {
       wait = math.min(20, remaining), since = since, not_after = timefmt.now() + SKEW,
-      application_id = ctx.target.application_id, skip = skip,
+      application_id = ctx.target.application_id, skip = skip, visibility = ctx.opts.visibility,
     }
     if not payload then
       local waiting = errors.is(ack) and ack.kind == "timeout" and deadline - core.now() > 0

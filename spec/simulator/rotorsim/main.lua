@@ -72,6 +72,7 @@ function _M.handle()
   local S = store.refresh()
   local method = ngx.req.get_method()
   logd:incr("count:" .. uri, 1, 0)
+  logd:incr("count:" .. method .. " " .. uri, 1, 0)
 
   local faults = require "rotorsim.faults"
   local fault = faults.take(uri, method)
