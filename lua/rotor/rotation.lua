@@ -43,12 +43,41 @@ local function redact(s)
 end
 _M.redact = redact
 
---- The strategy table for a provider object and a strategy name (nil: the provider's default).
--- What a strategy does not define: it rotates the provider object's own credential.
+--- The strategy interface: one table per strategy in lua/rotor/strategies/<provider>.lua, with
+-- these hooks (doc/INTERNALS.md). The engine calls every hook unconditionally: what a strategy
+-- leaves out is taken from STRATEGY_DEFAULTS. Action hooks return `true[, note]` or `nil, err`.
+--   name                          the strategy's name
+--   describe.create(ctx), describe.retire(ctx) -> text        the dry run's plan lines (required)
+--   check(ctx)                    raise (error) on a bad target, before anything is read or sent
+--   default_client_id(ctx) -> id  the client rotated when the slot holds none yet
+--   own_credential(ctx) -> bool   is it the credential the provider object acts with?
+--   refuse(ctx) -> nil | reason   refuse the rotation (nothing is sent), naming the safe way
+--   create(ctx) -> version | nil, err     mint (after ctx:mint_intent); version = { client_id,
+--                                 secret, expires, meta, note } (required)
+--   recover(ctx, mint) -> version | false | nil, err   after a mint of unknown outcome: the secret
+--                                 it minted, false when there is none to take over (mint anew)
+--   recover_note(ctx, mint), next_run(ctx, mint), lost_note(ctx) -> text   for the journal and
+--                                 the error: what recovery does, what the next run does after an
+--                                 ambiguous mint, what losing a minted secret means
+--   after_persist(ctx, version)   once the new secret is stored (SP-API: acknowledge the message)
+--   cleanup(ctx)                  at the start of a run with no rotation in progress
+--   retire(ctx) -> true, note | nil, err  the old credential (required)
+--   summary(ctx) -> text | nil    the last journal line of a finished rotation
+-- Strategies change the record only through ctx (ctx:retire_previous, ctx:schedule_deletion, ...).
 local STRATEGY_DEFAULTS = {
+  check = function() end,
   default_client_id = function(ctx) return ctx.provider.client_id end,
   own_credential = function() return true end,
+  refuse = function() return nil end,
+  recover = function() return false end,
+  recover_note = function() return "an earlier mint had an unknown outcome: recovering" end,
+  next_run = function() return "The next run recovers as after an interrupted mint" end,
+  after_persist = function() return true end,
+  cleanup = function() return true end,
+  summary = function() return nil end,
 }
+STRATEGY_DEFAULTS.lost_note = function(ctx, mint) return ctx.strategy.next_run(ctx, mint) end
+local REQUIRED_HOOKS = { "create", "retire" }
 local with_defaults = { __index = STRATEGY_DEFAULTS }
 
 function _M.strategy(provider_name, name)
@@ -63,7 +92,13 @@ function _M.strategy(provider_name, name)
     error(("rotate: unknown strategy %q for %s (one of: %s)"):format(tostring(name), provider_name,
       table.concat(names, ", ")), 3)
   end
-  if getmetatable(s) == nil then setmetatable(s, with_defaults) end
+  if getmetatable(s) == nil then
+    for _, h in ipairs(REQUIRED_HOOKS) do
+      if type(s[h]) ~= "function" then error("rotate: strategy " .. name .. " has no " .. h .. " hook", 3) end
+    end
+    if type(s.describe) ~= "table" then error("rotate: strategy " .. name .. " has no describe table", 3) end
+    setmetatable(s, with_defaults)
+  end
   return s
 end
 
@@ -222,6 +257,68 @@ function Ctx:fingerprint(value)
   return core.hmac_sha256_hex(key, value)
 end
 
+--- A table kept with the rotation in progress (persisted with the next journal entry).
+function Ctx:rotation_data(name)
+  local rot = self.record.rotation
+  rot[name] = rot[name] or {}
+  return rot[name]
+end
+
+--- Set the state of the rotation's mint (see UNKNOWN_MINT); returns the mint record.
+function Ctx:mint_state(state)
+  local mint = self.record.rotation.mint
+  mint.state = state
+  return mint
+end
+
+--- The stored version under a label (current, pending, previous), or nil.
+function Ctx:version(label)
+  return self.record.versions[label]
+end
+
+--- Record what retiring did to the previous version: fields are set (expires, ...), dead = true
+-- drops its secret (no reason to keep a dead one at rest), meta entries are merged.
+-- Returns the version, or nil when there is none.
+function Ctx:retire_previous(fields)
+  local prev = self.record.versions.previous
+  if not prev then return nil end
+  prev.meta = type(prev.meta) == "table" and prev.meta or {}
+  for k, v in pairs(fields or {}) do
+    if k == "meta" then
+      for mk, mv in pairs(v) do prev.meta[mk] = mv end
+    elseif k == "dead" then
+      if v then prev.secret = nil end
+    else
+      prev[k] = v
+    end
+  end
+  return prev
+end
+
+--- Old clients whose deletion waits for a grace period: schedule one, list the due ones, and
+-- mark one done (each change persisted with the next journal entry).
+function Ctx:schedule_deletion(client_id, after)
+  local list = self.record.retiring or {}
+  self.record.retiring = list
+  list[#list + 1] = { client_id = client_id, delete_after = after }
+end
+
+function Ctx:due_deletions(now)
+  local due = {}
+  for _, r in ipairs(self.record.retiring or {}) do
+    if (timefmt.parse(r.delete_after) or 0) <= now then due[#due + 1] = r end
+  end
+  return due
+end
+
+function Ctx:deletion_done(entry)
+  local keep = {}
+  for _, r in ipairs(self.record.retiring or {}) do
+    if r ~= entry then keep[#keep + 1] = r end
+  end
+  self.record.retiring = keep
+end
+
 --- True when client_id belongs to a stored version (current, pending, previous).
 function Ctx:stored_client(client_id)
   for _, label in ipairs(LABELS) do
@@ -257,10 +354,9 @@ function step.create(ctx)
   end
   local version, err
   if rot.mint and UNKNOWN_MINT[rot.mint.state] then
-    ctx:journal("create", "recover", strat.recover_note and strat.recover_note(ctx, rot.mint) or nil)
+    ctx:journal("create", "recover", strat.recover_note(ctx, rot.mint))
     version, err = strat.recover(ctx, rot.mint)
     if version == nil then return nil, err end
-    if version == "mint" then version = nil end
   end
   if not version then
     version, err = strat.create(ctx)
@@ -274,7 +370,7 @@ function step.create(ctx)
       ctx.holding = nil
       if rot.mint and rot.mint.state == "in_flight" then
         rot.mint.state = (errors.is(err) and err.kind == "ambiguous") and "ambiguous" or "failed"
-        if rot.mint.state == "ambiguous" and strat.next_run then
+        if rot.mint.state == "ambiguous" then
           err = errors.with(err, { message = tostring(err.message or "") .. ". " .. strat.next_run(ctx, rot.mint) })
         end
       end
@@ -302,16 +398,12 @@ function step.create(ctx)
     return nil, errors.with(perr, { kind = "ambiguous",
       message = "the new secret was minted but the store could not write it, even after retrying ("
         .. tostring(perr.message) .. "); the secret is lost. "
-        .. (strat.lost_note and strat.lost_note(ctx) or strat.next_run and strat.next_run(ctx, rot.mint)
-          or "The next run recovers as after an interrupted mint"),
+        .. strat.lost_note(ctx, rot.mint),
     })
   end
   ctx.holding = nil
-  if strat.after_persist then
-    ctx:crash("ack", "before")
-    local aok, aerr = strat.after_persist(ctx, version)
-    if not aok then ctx:journal("create", "warning", aerr) end
-  end
+  local aok, aerr = strat.after_persist(ctx, version)
+  if not aok then ctx:journal("create", "warning", aerr) end
   return true
 end
 
@@ -459,7 +551,7 @@ local function plan(ctx)
         text = "a pending secret is stored: nothing is minted"
       elseif rot and rot.mint and UNKNOWN_MINT[rot.mint.state] then
         text = "an earlier mint had an unknown outcome: "
-          .. (strat.recover_note and strat.recover_note(ctx, rot.mint) or "recover")
+          .. strat.recover_note(ctx, rot.mint)
       else
         text = strat.describe.create(ctx)
       end
@@ -484,7 +576,7 @@ local function notify(ctx, ok, err, failed_step)
   local sent, nerr = notify_mod.send(ctx.opts.notify, {
     ok = ok, slot = ctx.slot, provider = ctx.provider.provider, rotation = rot.id or rot.rotation,
     step = failed_step, error = err and redact(err) or nil,
-    detail = ok and ctx.strategy.summary and redact(ctx.strategy.summary(ctx)) or nil,
+    detail = ok and redact(ctx.strategy.summary(ctx)) or nil,
   })
   if not sent then ctx.warnings[#ctx.warnings + 1] = "notification failed: " .. tostring(nerr) end
 end
@@ -512,7 +604,7 @@ local function run(ctx)
       tostring(rot.strategy)) }
   end
   ctx.own = strat.own_credential(ctx)
-  if strat.refuse and not rec.versions.pending then
+  if not rec.versions.pending then
     -- invariant: never mint where an answer lost on the way could not be recovered from
     local why_not = strat.refuse(ctx)
     if why_not then
@@ -528,7 +620,7 @@ local function run(ctx)
     ctx.plan = plan(ctx)
     return true
   end
-  if strat.cleanup and not rot then
+  if not rot then
     local cok, cerr = strat.cleanup(ctx)
     if not cok then ctx.warnings[#ctx.warnings + 1] = tostring(cerr) end
   end
@@ -576,7 +668,7 @@ local function run(ctx)
   rec.rotation = nil
   rec.last = { rotation = rot.id, outcome = "ok", time = timefmt.iso(), strategy = strat.name }
   ctx.rotation_id = rot.id
-  local ok, ferr = ctx:journal("rotation", "done", strat.summary and strat.summary(ctx) or nil)
+  local ok, ferr = ctx:journal("rotation", "done", strat.summary(ctx))
   if not ok then return nil, ferr end
   return true
 end
@@ -591,7 +683,7 @@ function _M.rotate(o)
     strategy = strat, steps = {}, warnings = {}, crash_at = crash_points(),
     log = type(o.log) == "function" and o.log or nil,
   }, Ctx)
-  if strat.check then strat.check(ctx) end
+  strat.check(ctx)
   if o.dry_run then
     local ok, err = run(ctx)
     if not ok then return nil, err end

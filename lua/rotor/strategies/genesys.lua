@@ -105,7 +105,7 @@ function regenerate.recover_note(ctx)
 end
 
 function regenerate.recover()
-  return "mint"
+  return false -- whatever the lost request minted is replaced by the next regenerate
 end
 
 function regenerate.next_run(ctx)
@@ -114,12 +114,9 @@ function regenerate.next_run(ctx)
 end
 
 function regenerate.retire(ctx)
-  local prev = ctx.record.versions.previous
+  local prev, cur = ctx:version("previous"), ctx:version("current")
   if prev then
-    prev.expires = prev.expires or (ctx.record.versions.current and ctx.record.versions.current.created)
-    prev.secret = nil -- dead: no reason to keep it at rest
-    prev.meta = prev.meta or {}
-    prev.meta.dead = true
+    ctx:retire_previous { expires = prev.expires or (cur and cur.created), dead = true, meta = { dead = true } }
   end
   return true, "the old secret stopped working when the new one was minted (no overlap)"
 end
@@ -188,7 +185,7 @@ function new_client.recover(ctx, mint)
     delete = function(id) return ctx.provider:delete_oauth_client(id) end,
   }
   if not n then return nil, err end
-  return "mint"
+  return false -- nothing to take over: create a new client
 end
 
 function new_client.next_run(ctx)
@@ -198,37 +195,26 @@ end
 
 -- delete the clients whose grace period has passed
 function new_client.cleanup(ctx)
-  local list = ctx.record.retiring
-  if type(list) ~= "table" or #list == 0 then return true end
-  local now = timefmt.now()
-  local keep = {}
-  for _, r in ipairs(list) do
-    if (timefmt.parse(r.delete_after) or 0) <= now then
-      local ok, err = ctx.provider:delete_oauth_client(r.client_id)
-      if not ok and not is_gone(err) then
-        keep[#keep + 1] = r
-      else
-        ctx.record.retiring = keep
-        ctx:journal("retire", "deleted", "deleted old client " .. tostring(r.client_id) .. " after its grace period")
-      end
-    else
-      keep[#keep + 1] = r
+  for _, r in ipairs(ctx:due_deletions(timefmt.now())) do
+    local ok, err = ctx.provider:delete_oauth_client(r.client_id)
+    if ok or is_gone(err) then
+      ctx:deletion_done(r)
+      local jok, jerr = ctx:journal("retire", "deleted", "deleted old client " .. tostring(r.client_id)
+        .. " after its grace period")
+      if not jok then return nil, jerr end
     end
   end
-  ctx.record.retiring = keep
-  return ctx:persist()
+  return true
 end
 
 function new_client.retire(ctx)
-  local v = ctx.record.versions
-  local prev = v.previous
+  local prev, cur = ctx:version("previous"), ctx:version("current")
   if not prev or not prev.client_id or (prev.meta and prev.meta.deleted) then
     return true, "no old client to retire"
   end
-  prev.meta = prev.meta or {}
   local old_id = prev.client_id
-  if old_id == (v.current and v.current.client_id) then return true, "the old client is the current one" end
-  if not prev.meta.disabled then
+  if old_id == (cur and cur.client_id) then return true, "the old client is the current one" end
+  if not (prev.meta and prev.meta.disabled) then
     local old, err = ctx.provider:get_oauth_client(old_id)
     if not old then
       if not is_gone(err) then return nil, err end
@@ -238,29 +224,26 @@ function new_client.retire(ctx)
       local ok, perr = ctx.provider:put_oauth_client(old_id, body)
       if not ok and not is_gone(perr) then return nil, perr end
     end
-    prev.meta.disabled = timefmt.iso()
-    prev.secret = nil
+    ctx:retire_previous { dead = true, meta = { disabled = timefmt.iso() } }
     local ok, jerr = ctx:journal("retire", "disabled", "old client " .. old_id .. " disabled")
     if not ok then return nil, jerr end
   end
   local grace = ctx.opts.grace or 0
   if grace > 0 then
     local after = timefmt.iso(timefmt.now() + grace)
-    ctx.record.retiring = ctx.record.retiring or {}
-    table.insert(ctx.record.retiring, { client_id = old_id, delete_after = after })
-    prev.meta.delete_after = after
+    ctx:schedule_deletion(old_id, after)
+    ctx:retire_previous { meta = { delete_after = after } }
     return true, "old client " .. old_id .. " disabled; it is deleted after " .. after .. " (by a later run)"
   end
   local ok, derr = ctx.provider:delete_oauth_client(old_id)
   if not ok and not is_gone(derr) then return nil, derr end
-  prev.meta.deleted = timefmt.iso()
+  ctx:retire_previous { meta = { deleted = timefmt.iso() } }
   return true, "old client " .. old_id .. " disabled and deleted"
 end
 
 function new_client.summary(ctx)
-  local v = ctx.record.versions
-  return ("client %s replaced by %s"):format(tostring(v.previous and v.previous.client_id),
-    tostring(v.current and v.current.client_id))
+  local prev, cur = ctx:version("previous"), ctx:version("current")
+  return ("client %s replaced by %s"):format(tostring(prev and prev.client_id), tostring(cur and cur.client_id))
 end
 
 return _M

@@ -63,7 +63,7 @@ function s.recover(ctx, mint)
   local code = ctx.target.code
   if not code then return need_code(ctx) end
   if ctx.opts.force_mint or (mint.code_fp and ctx:fingerprint(code) ~= mint.code_fp) then
-    return "mint" -- a new code (or a person's word that the old one is unused)
+    return false -- a new code (or a person's word that the old one is unused): mint with it
   end
   local cur = ctx.record.versions.current
   return nil, errors.new {
@@ -93,9 +93,9 @@ function s.lost_note(ctx)
 end
 
 function s.retire(ctx)
-  local prev = ctx.record.versions.previous
+  local prev = ctx:version("previous")
   if not prev then return true, "no old secret recorded" end
-  prev.expires = prev.expires or ctx.target.old_expires
+  if not prev.expires then ctx:retire_previous { expires = ctx.target.old_expires } end
   if prev.expires then
     return true, "the old secret expires on its own date: " .. tostring(prev.expires)
   end
@@ -103,9 +103,9 @@ function s.retire(ctx)
 end
 
 function s.summary(ctx)
-  local v = ctx.record.versions
-  return ("new secret until %s; the old one works until %s"):format(tostring(v.current and v.current.expires),
-    tostring(v.previous and v.previous.expires or "its own expiry"))
+  local prev, cur = ctx:version("previous"), ctx:version("current")
+  return ("new secret until %s; the old one works until %s"):format(tostring(cur and cur.expires),
+    tostring(prev and prev.expires or "its own expiry"))
 end
 
 return _M

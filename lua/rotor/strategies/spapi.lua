@@ -34,12 +34,6 @@ local function same_secret(a, b)
   return x == y
 end
 
--- the fingerprints of candidates that failed verification in this rotation
-local function discarded(ctx)
-  local rot = ctx.record.rotation
-  rot.discarded = rot.discarded or {}
-  return rot.discarded
-end
 
 -- wait for the new-secret message: a version, with ctx.ack set | nil, err (kind "timeout" if none).
 -- A candidate must be dated after the rotation request (less clock skew) and not in the future,
@@ -51,7 +45,7 @@ local function receive(ctx, mint)
   local deadline = core.now() + wait
   local since = mint and mint.at and (mint.at - SKEW) or nil
   local v = ctx.record.versions
-  local gone = discarded(ctx)
+  local gone = ctx:rotation_data("discarded") -- fingerprints of candidates that failed verification
   local function skip(p)
     local sec = p.newClientSecret
     return type(sec) == "string" and gone[ctx:fingerprint(sec)] ~= nil
@@ -105,8 +99,7 @@ function s.create(ctx)
   ok, err = ctx.provider:rotate_application_client_secret()
   if not ok then return nil, err end
   ctx:crash("mint", "after")
-  local mint = ctx.record.rotation.mint
-  mint.state = "requested"
+  local mint = ctx:mint_state("requested") -- the request was accepted: the secret will arrive
   ctx:journal("create", "requested", "rotation requested; awaiting the new secret on the SQS queue")
   local version
   version, err = receive(ctx, mint)
@@ -122,7 +115,7 @@ function s.recover_note()
 end
 
 function s.recover(ctx, mint)
-  if ctx.opts.force_mint and mint.state ~= "requested" then return "mint" end
+  if ctx.opts.force_mint and mint.state ~= "requested" then return false end -- a person's word: request anew
   local version, err = receive(ctx, mint)
   if version then return version end
   if mint.state == "requested" then
@@ -143,6 +136,7 @@ end
 
 function s.after_persist(ctx)
   if not ctx.ack then return true end
+  ctx:crash("ack", "before")
   local ok, err = ctx.ack()
   ctx.ack = nil
   if not ok then
@@ -152,21 +146,20 @@ function s.after_persist(ctx)
 end
 
 function s.retire(ctx)
-  local v = ctx.record.versions
-  local prev = v.previous
+  local prev, cur = ctx:version("previous"), ctx:version("current")
   if not prev then return true, "no old secret recorded" end
-  local old = v.current and v.current.meta and v.current.meta.old_expires
-  if old then prev.expires = old end
+  local old = cur and cur.meta and cur.meta.old_expires
+  if old then ctx:retire_previous { expires = old } end
   return true, "the old secret expires at " .. tostring(prev.expires or "oldClientSecretExpiryTime (unknown)")
 end
 
 function s.summary(ctx)
-  local v = ctx.record.versions
-  return ("new secret until %s; the old one works until %s"):format(tostring(v.current and v.current.expires),
-    tostring(v.previous and v.previous.expires))
+  local prev, cur = ctx:version("previous"), ctx:version("current")
+  return ("new secret until %s; the old one works until %s"):format(tostring(cur and cur.expires),
+    tostring(prev and prev.expires))
 end
 
-s.lost_note = function()
+function s.lost_note()
   return "the SQS message was not deleted: the next run reads it again"
 end
 

@@ -79,7 +79,7 @@ function s.recover(ctx, mint)
     delete = function(id) return ctx.provider:delete_client_credentials(id) end,
   }
   if not n then return nil, err end
-  return "mint"
+  return false -- nothing to take over: create a new pair
 end
 
 function s.next_run(ctx)
@@ -88,22 +88,18 @@ function s.next_run(ctx)
 end
 
 function s.retire(ctx)
-  local v = ctx.record.versions
-  local prev = v.previous
+  local prev, cur = ctx:version("previous"), ctx:version("current")
   if not prev or not prev.client_id or (prev.meta and prev.meta.deleted) then return true, "no old pair to delete" end
-  if v.current and prev.client_id == v.current.client_id then return true, "the old pair is the current one" end
+  if cur and prev.client_id == cur.client_id then return true, "the old pair is the current one" end
   local ok, err = ctx.provider:delete_client_credentials(prev.client_id)
   if not ok and not (errors.is(err) and err.status == 404) then return nil, err end
-  prev.meta = prev.meta or {}
-  prev.meta.deleted = timefmt.iso()
-  prev.secret = nil -- revoked: no reason to keep it at rest
+  ctx:retire_previous { dead = true, meta = { deleted = timefmt.iso() } } -- revoked
   return true, "old pair " .. prev.client_id .. " deleted"
 end
 
 function s.summary(ctx)
-  local v = ctx.record.versions
-  return ("pair %s replaced by %s"):format(tostring(v.previous and v.previous.client_id),
-    tostring(v.current and v.current.client_id))
+  local prev, cur = ctx:version("previous"), ctx:version("current")
+  return ("pair %s replaced by %s"):format(tostring(prev and prev.client_id), tostring(cur and cur.client_id))
 end
 
 return _M
