@@ -13,6 +13,8 @@
 #define ROTOR_VERSION "0.1.0"
 #define ROTOR_SECRET_MT "rotor.secret"
 #define ROTOR_MULTI_MT "rotor.multi"
+#define ROTOR_FS_LOCK_MT "rotor.fs_lock"
+#define ROTOR_FS_DIR_MT "rotor.fs_dir"
 
 /* secret.c */
 typedef struct rotor_secret rotor_secret;
@@ -44,6 +46,9 @@ void rotor_buf_add_formenc(rotor_buf *b, const char *p, size_t n);
 void rotor_http_open(lua_State *L);
 int rotor_is_loopback_url(const char *url, char *scheme, size_t scheme_len);
 void rotor_global_init(void);
+
+/* fs.c: the store-directory trust rule, files, locks, child processes */
+void rotor_fs_open(lua_State *L);
 
 /* token.c */
 void rotor_token_open(lua_State *L);

@@ -5,7 +5,10 @@
 --   rotor.rotate{ ..., deploy = env }        -- or env:deploy(new) inside your own hook
 --
 -- Other lines of the file are kept as they are; the two keys are replaced or appended. The file
--- is written like every file holding a secret: 0600, temp name, fsync, rename, directory fsync.
+-- is replaced atomically (temp name, fsync, rename, directory fsync) keeping its mode, owner and
+-- group; a new file gets opts.mode (0600). When the path is a symbolic link, the link's target
+-- is updated (the link stays), provided the link is owned by root, by the user rotor runs as or
+-- by the target's owner; otherwise the deploy is refused, saying why.
 local core = require "rotor.core"
 local errors = require "rotor.errors"
 
@@ -34,6 +37,10 @@ function _M.new(path, opts)
   check_key(keys.secret, "secret")
   if keys.client_id then check_key(keys.client_id, "client_id") end
   if keys.expires then check_key(keys.expires, "expires") end
+  local m = opts.mode
+  if m ~= nil and (type(m) ~= "number" or m % 1 ~= 0 or m < 0 or m > 511) then
+    error("rotor.store.dotenv: mode must be a file mode such as 384 (0600)", 2)
+  end
   return setmetatable({ path = path, keys = keys, mode = opts.mode or 384 }, Sink)
 end
 
@@ -99,7 +106,7 @@ function Sink:deploy(new)
   for _, k in ipairs { self.keys.client_id, self.keys.secret, self.keys.expires } do
     if k and values[k] and not seen[k] then lines[#lines + 1] = k .. "=" .. quote(values[k]) end
   end
-  local ok, msg = core.fs_write_atomic(self.path, table.concat(lines, "\n") .. "\n", self.mode)
+  local ok, msg = core.fs_write_through(self.path, table.concat(lines, "\n") .. "\n", self.mode)
   if not ok then return nil, errors.new { kind = "store", message = "cannot write " .. self.path, detail = msg } end
   return true
 end
