@@ -44,6 +44,8 @@ void rotor_buf_add_formenc(rotor_buf *b, const char *p, size_t n);
 
 /* http.c */
 void rotor_http_open(lua_State *L);
+/* 1: https elsewhere; 2: http or https to a loopback host (never proxied); 0: refused;
+ * -1: unparsable */
 int rotor_is_loopback_url(const char *url, char *scheme, size_t scheme_len);
 void rotor_global_init(void);
 
@@ -52,6 +54,10 @@ void rotor_fs_open(lua_State *L);
 
 /* token.c */
 void rotor_token_open(lua_State *L);
+/* token lifetimes (expires_in) are clamped to [ROTOR_TTL_MIN, ROTOR_TTL_MAX] seconds */
+#define ROTOR_TTL_MIN 120.0
+#define ROTOR_TTL_MAX 86400.0
+double rotor_clamp_ttl(double ttl);
 
 /* signals, shared with main.c */
 int rotor_is_interrupted(void);
