@@ -63,7 +63,7 @@ end
 function Sink:read()
   if not core.fs_exists(self.path) then return {} end
   local text, msg = core.fs_read(self.path)
-  if not text then return nil, errors.new { kind = "store", message = "cannot read " .. self.path, detail = msg } end
+  if not text then return nil, errors.new { kind = "store", message = "cannot read " .. self.path .. ": " .. tostring(msg), detail = msg } end
   local out = {}
   for line in (text .. "\n"):gmatch("([^\n]*)\n") do
     local k, v = line:match("^%s*export%s+([%a_][%w_]*)%s*=(.*)$")
@@ -90,7 +90,7 @@ function Sink:deploy(new)
   if core.fs_exists(self.path) then
     local text, msg = core.fs_read(self.path)
     if not text then
-      return nil, errors.new { kind = "store", message = "cannot read " .. self.path, detail = msg }
+      return nil, errors.new { kind = "store", message = "cannot read " .. self.path .. ": " .. tostring(msg), detail = msg }
     end
     for line in text:gmatch("([^\n]*)\n?") do
       local k = line:match("^%s*export%s+([%a_][%w_]*)%s*=") or line:match("^%s*([%a_][%w_]*)%s*=")
@@ -107,7 +107,7 @@ function Sink:deploy(new)
     if k and values[k] and not seen[k] then lines[#lines + 1] = k .. "=" .. quote(values[k]) end
   end
   local ok, msg = core.fs_write_through(self.path, table.concat(lines, "\n") .. "\n", self.mode)
-  if not ok then return nil, errors.new { kind = "store", message = "cannot write " .. self.path, detail = msg } end
+  if not ok then return nil, errors.new { kind = "store", message = "cannot write " .. self.path .. ": " .. tostring(msg), detail = msg } end
   return true
 end
 
