@@ -151,7 +151,7 @@ function Store:get(slot)
   if not valid then
     return nil, store_error(("slot %s holds no valid record: %s (file %s); nothing was changed. Restore the "
       .. "file from a backup, or move it away to start the slot afresh (rotor doctor shows the slot)")
-      :format(slot, why, path), why)
+      :format(slot, why, self:path(slot)), why)
   end
   return wrap(record)
 end
