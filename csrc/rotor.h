@@ -26,6 +26,10 @@ void rotor_secret_push(lua_State *L, const void *buf, size_t len);
 const char *rotor_bytes(lua_State *L, int idx, size_t *len, int *is_secret);
 /* Same, raising a type error naming the argument. */
 const char *rotor_checkbytes(lua_State *L, int idx, size_t *len);
+/* Best effort: keep the pages holding p[0..len) out of swap (mlock, counted per page, within
+ * RLIMIT_MEMLOCK); rotor_munlock before the memory is freed. */
+void rotor_mlock(const void *p, size_t len);
+void rotor_munlock(const void *p, size_t len);
 /* Zero then free. */
 void rotor_free_secure(void *p, size_t len);
 void rotor_zero(void *p, size_t len);

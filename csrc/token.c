@@ -338,7 +338,11 @@ static entry *find(const char *k, size_t n, int create) {
 }
 
 static void drop_token(entry *e) {
-    rotor_free_secure(e->token, e->toklen);
+    if (e->token != NULL) {
+        rotor_zero(e->token, e->toklen + 1);
+        rotor_munlock(e->token, e->toklen + 1);
+    }
+    free(e->token);
     e->token = NULL;
     e->toklen = 0;
     e->expires = 0;
@@ -412,13 +416,16 @@ static int l_token_put(lua_State *L) {
     if (copy == NULL) {
         return luaL_error(L, "token cache: out of memory");
     }
+    rotor_mlock(copy, tlen + 1);
     memcpy(copy, t, tlen);
     copy[tlen] = '\0';
     pthread_mutex_lock(&cache_lock);
     entry *e = find(k, n, 1);
     if (e == NULL) {
         pthread_mutex_unlock(&cache_lock);
-        rotor_free_secure(copy, tlen + 1);
+        rotor_zero(copy, tlen + 1);
+        rotor_munlock(copy, tlen + 1);
+        free(copy);
         return luaL_error(L, "token cache: out of memory");
     }
     drop_token(e);

@@ -272,6 +272,21 @@ describe("the rotor process #proc", function()
     assert.matches("Max core file size%s+0%s+0", sim.read_file("/proc/" .. pid .. "/limits"))
   end)
 
+  it("locks secret pages in memory while secrets live, and unlocks them after (best effort)", function()
+    local out, rc = sh(ROTOR .. " -e " .. q([[
+      local core = require "rotor.core"
+      local function locked() return tonumber(io.open("/proc/self/status"):read("a"):match("VmLck:%s*(%d+)")) end
+      local before = locked()
+      local t = {}
+      for i = 1, 1000 do t[i] = core.secret(("x"):rep(100)) end
+      local during = locked()
+      for i = 1, 1000 do t[i]:close() end
+      print(before, during > before + 50, locked() == before)]]))
+    assert.equal(0, rc, out)
+    assert.matches("^%d+	true	true
+$", out)
+  end)
+
   it("ignores SSLKEYLOGFILE", function()
     local dir = tmpdir("keylog")
     local s = sim.start()
