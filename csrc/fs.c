@@ -118,11 +118,11 @@ static int write_all(int fd, const char *p, size_t n) {
 
 /* ---- the trust rule ---- */
 
-static int why(char *out, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int why(char *out, int err, const char *fmt, ...) {
+__attribute__((format(printf, 3, 4))) static int why(char *out, int err, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(out, FS_WHY, fmt, ap);
+    // NOLINTNEXTLINE(clang-analyzer-valist.Uninitialized): a false positive, va_start is above
+    (void)vsnprintf(out, FS_WHY, fmt, ap);
     va_end(ap);
     errno = err;
     return -1;
@@ -299,8 +299,8 @@ static int trusted_dir(const char *path, int create, const char *const *trusted,
             close(fd);
             return why(msg, ENAMETOOLONG, "%s: path too long", path);
         }
-        strcat(cur, "/");
-        strcat(cur, name);
+        size_t cl = strlen(cur);
+        snprintf(cur + cl, sizeof cur - cl, "/%s", name);
         if (!is_trusted(cur, trusted, ntrusted) && check_dir(fd, cur, 0, msg) != 0) {
             err = errno;
             close(fd);
@@ -718,7 +718,7 @@ static int l_dir_close(lua_State *L) {
 static int open_parent(const char *path, char *dir, const char **base) {
     const char *slash = strrchr(path, '/');
     if (slash == NULL) {
-        strcpy(dir, ".");
+        memcpy(dir, ".", 2);
         *base = path;
     } else {
         size_t n = slash == path ? 1 : (size_t)(slash - path);
@@ -978,7 +978,9 @@ static int l_spawn(lua_State *L) {
             _exit(127);
         }
         close_from(3);
-        execve(argv[0], (char *const *)argv, (char *const *)envp);
+        if (argv[0] != NULL) {
+            execve(argv[0], (char *const *)argv, (char *const *)envp);
+        }
         _exit(127);
     }
     int err = errno;

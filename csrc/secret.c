@@ -105,19 +105,19 @@ static void secure_pages(const void *p, size_t len, int lock) {
         long ps = sysconf(_SC_PAGESIZE);
         page_size = ps > 0 ? (uintptr_t)ps : 4096;
     }
-    uintptr_t first = (uintptr_t)p & ~(page_size - 1);
-    uintptr_t last = ((uintptr_t)p + len - 1) & ~(page_size - 1);
-    for (uintptr_t pg = first; pg <= last; pg += page_size) {
-        page_ref *r = page_find(pg, lock);
+    const char *first = (const char *)p - ((uintptr_t)p & (page_size - 1));
+    const char *end = (const char *)p + len;
+    for (const char *pg = first; pg < end; pg += page_size) {
+        page_ref *r = page_find((uintptr_t)pg, lock);
         if (r == NULL) {
             continue; /* out of memory for the table: this page stays unlocked */
         }
         if (lock) {
             if (r->count++ == 0) {
-                r->locked = mlock((void *)pg, page_size) == 0;
+                r->locked = mlock(pg, page_size) == 0;
             }
         } else if (r->count > 0 && --r->count == 0 && r->locked) {
-            munlock((void *)pg, page_size);
+            munlock(pg, page_size);
             r->locked = 0;
         }
     }

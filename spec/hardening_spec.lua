@@ -338,7 +338,8 @@ describe("the dotenv sink through a link", function()
     local real = dir .. "/.env"
     sim.write_file(real, "A=1\nAPP_SECRET=old-one\n")
     local owner = is_root and ("%d:%d"):format(NOBODY, NOBODY) or nil
-    assert(select(2, sim.run("chmod 0640 " .. q(real) .. (owner and (" && chown " .. owner .. " " .. q(real)) or ""))) == 0)
+    local chown = owner and (" && chown " .. owner .. " " .. q(real)) or ""
+    assert(select(2, sim.run("chmod 0640 " .. q(real) .. chown)) == 0)
     assert(select(2, sim.run(("ln -s .env %s"):format(q(dir .. "/current.env")))) == 0)
     local sink = stores.dotenv(dir .. "/current.env", { client_id = false, secret = "APP_SECRET" })
     assert(sink { secret = core.secret("new-one") })

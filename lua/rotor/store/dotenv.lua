@@ -17,6 +17,10 @@ local _M = {}
 local Sink = {}
 Sink.__index = Sink
 
+local function store_error(what, msg)
+  return errors.new { kind = "store", message = what .. ": " .. tostring(msg), detail = msg }
+end
+
 local function check_key(k, what)
   if type(k) ~= "string" or not k:match("^[%a_][%w_]*$") then
     error("rotor.store.dotenv: " .. what .. " must be a variable name ([A-Za-z_][A-Za-z0-9_]*)", 3)
@@ -63,7 +67,7 @@ end
 function Sink:read()
   if not core.fs_exists(self.path) then return {} end
   local text, msg = core.fs_read(self.path)
-  if not text then return nil, errors.new { kind = "store", message = "cannot read " .. self.path .. ": " .. tostring(msg), detail = msg } end
+  if not text then return nil, store_error("cannot read " .. self.path, msg) end
   local out = {}
   for line in (text .. "\n"):gmatch("([^\n]*)\n") do
     local k, v = line:match("^%s*export%s+([%a_][%w_]*)%s*=(.*)$")
@@ -90,7 +94,7 @@ function Sink:deploy(new)
   if core.fs_exists(self.path) then
     local text, msg = core.fs_read(self.path)
     if not text then
-      return nil, errors.new { kind = "store", message = "cannot read " .. self.path .. ": " .. tostring(msg), detail = msg }
+      return nil, store_error("cannot read " .. self.path, msg)
     end
     for line in text:gmatch("([^\n]*)\n?") do
       local k = line:match("^%s*export%s+([%a_][%w_]*)%s*=") or line:match("^%s*([%a_][%w_]*)%s*=")
@@ -107,7 +111,7 @@ function Sink:deploy(new)
     if k and values[k] and not seen[k] then lines[#lines + 1] = k .. "=" .. quote(values[k]) end
   end
   local ok, msg = core.fs_write_through(self.path, table.concat(lines, "\n") .. "\n", self.mode)
-  if not ok then return nil, errors.new { kind = "store", message = "cannot write " .. self.path .. ": " .. tostring(msg), detail = msg } end
+  if not ok then return nil, store_error("cannot write " .. self.path, msg) end
   return true
 end
 
