@@ -124,6 +124,15 @@ static void secure_pages(const void *p, size_t len, int lock) {
     pthread_mutex_unlock(&page_lock);
 }
 
+/* Released when the module is unloaded (the table's pointer goes with it) */
+__attribute__((destructor)) static void pages_fini(void) {
+    pthread_mutex_lock(&page_lock);
+    free(pages);
+    pages = NULL;
+    pages_cap = pages_used = 0;
+    pthread_mutex_unlock(&page_lock);
+}
+
 void rotor_mlock(const void *p, size_t len) {
     secure_pages(p, len, 1);
 }
