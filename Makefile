@@ -8,6 +8,7 @@
 #   make asan       the specs with the core built under AddressSanitizer + UBSan
 #   make valgrind   the core's specs under valgrind (definite leaks fail)
 #   make lint       luacheck, cppcheck, clang-tidy, clang-format --dry-run
+#   make fuzz       the libFuzzer harnesses of spec/fuzz/, FUZZ_TIME seconds each (not in make test)
 #   make install    PREFIX=/usr/local (modules under share/lua/5.4, lib/lua/5.4, bin/rotor)
 
 SHELL   := /bin/bash
@@ -47,7 +48,7 @@ INC_jit := -I/usr/include/luajit-2.1 -idirafter /usr/include/lua5.1
 OBJS = $(patsubst csrc/%.c,$(BUILD)/obj/$(1)/%.o,$(SRCS))
 VERSIONS := 5.4 5.3 5.1 jit
 
-.PHONY: all deps test demo bench asan valgrind lint lint-lua lint-c format clean install \
+.PHONY: all deps test demo bench asan valgrind fuzz lint lint-lua lint-c format clean install \
         spec spec-5.4 spec-jit check-deps
 all: $(foreach v,$(VERSIONS),$(BUILD)/$(v)/rotor/core.so) $(BUILD)/rotor
 
@@ -136,7 +137,7 @@ asan:
 	ROTOR_BIN=$(ASAN_BUILD)/rotor ASAN_OPTIONS=detect_leaks=1 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  $(ASAN_BUILD)/rotor /usr/bin/busted --cpath='./$(ASAN_BUILD)/5.4/?.so' --lpath='$(LPATH)' \
-	  $(BUSTED_ARGS) spec/host_spec.lua spec/lock_spec.lua
+	  $(BUSTED_ARGS) spec/host_spec.lua spec/lock_spec.lua spec/hardening_spec.lua
 
 VALGRIND_SPECS ?= spec/core_spec.lua spec/http_spec.lua spec/oauth_spec.lua spec/sched_spec.lua spec/store_spec.lua
 valgrind: all
@@ -144,6 +145,36 @@ valgrind: all
 	  --show-leak-kinds=definite \
 	  lua5.4 /usr/bin/busted --cpath='./$(BUILD)/5.4/?.so' --lpath='$(LPATH)' \
 	  --exclude-tags=slow,proc $(VALGRIND_SPECS)
+
+# ---- fuzzing (clang libFuzzer + ASan + UBSan; not part of make test) ----
+# Each harness runs FUZZ_TIME seconds (default 600), nice'd, over its seed corpus in
+# spec/fuzz/corpus/NAME (read) and build/fuzz/corpus/NAME (where new inputs go); a crash stops
+# the run and leaves its input in build/fuzz/. The header harness includes csrc/http.c itself
+# (its parser is static), so it links every other core file. The harnesses that drive a Lua
+# state keep Lua's heap across inputs (collected later), so libFuzzer's per-input leak check is
+# off for them; ASan still checks for leaks when each run ends.
+FUZZ_TARGETS := headers formenc token_request token_cache redact
+FUZZ_TIME ?= 600
+FUZZ_BUILD := $(BUILD)/fuzz
+FUZZ_CFLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+               -std=gnu11 -D_GNU_SOURCE $(INC_5.4) -Icsrc
+FUZZ_LIBS := -llua5.4 $(LIBS) -lm -ldl
+$(FUZZ_BUILD)/fuzz_headers: spec/fuzz/fuzz_headers.c spec/fuzz/fuzz_common.h $(SRCS) $(HDRS)
+	mkdir -p $(dir $@)
+	clang $(FUZZ_CFLAGS) -o $@ $< $(filter-out csrc/http.c,$(SRCS)) $(FUZZ_LIBS)
+$(FUZZ_BUILD)/fuzz_%: spec/fuzz/fuzz_%.c spec/fuzz/fuzz_common.h $(SRCS) $(HDRS)
+	mkdir -p $(dir $@)
+	clang $(FUZZ_CFLAGS) -o $@ $< $(SRCS) $(FUZZ_LIBS)
+fuzz: $(addprefix $(FUZZ_BUILD)/fuzz_,$(FUZZ_TARGETS))
+	for t in $(FUZZ_TARGETS); do \
+	  case $$t in headers|formenc) leaks=1;; *) leaks=0;; esac; \
+	  mkdir -p $(FUZZ_BUILD)/corpus/$$t && \
+	  ASAN_OPTIONS=detect_leaks=1 nice $(FUZZ_BUILD)/fuzz_$$t -max_total_time=$(FUZZ_TIME) -detect_leaks=$$leaks \
+	    -print_final_stats=1 -artifact_prefix=$(FUZZ_BUILD)/$$t- \
+	    $(FUZZ_BUILD)/corpus/$$t spec/fuzz/corpus/$$t 2>&1 | tee $(FUZZ_BUILD)/$$t.log | \
+	    grep -E '^(stat::|INFO: seed|==[0-9]+==|SUMMARY|Done)'; \
+	  test $${PIPESTATUS[0]} = 0 || exit 1; \
+	done
 
 # ---- lint ----
 LUA_LINT_DIRS := lua spec examples rockspec

@@ -1,15 +1,9 @@
 /* luaopen_rotor_core: the entry point of the C module rotor.core. */
 #include "rotor.h"
 
-#include <signal.h>
-#include <string.h>
+#include <limits.h>
+#include <stdlib.h>
 #include <unistd.h>
-#if defined(__has_include)
-#if __has_include("fs.h")
-#include "fs.h"
-#define ROTOR_HAVE_FS 1
-#endif
-#endif
 
 /* Defined by the rotor host (main.c) and set by its SIGINT/SIGTERM handler; absent (NULL) when
  * the module is loaded by another host such as lua5.4 or nginx. */
@@ -34,18 +28,20 @@ static int l_clear_interrupt(lua_State *L) {
 
 static int l_isatty(lua_State *L) {
     lua_Integer fd = luaL_optinteger(L, 1, 1);
+    luaL_argcheck(L, fd >= 0 && fd <= INT_MAX, 1, "bad file descriptor");
     lua_pushboolean(L, isatty((int)fd));
     return 1;
 }
 
 int luaopen_rotor_core(lua_State *L) {
+    /* libcurl writes TLS session keys to the file SSLKEYLOGFILE names, read when it first
+     * initialises (rotor_http_open): rotor never honours it */
+    unsetenv("SSLKEYLOGFILE");
     lua_newtable(L);
     rotor_secret_open(L);
     rotor_http_open(L);
     rotor_token_open(L);
-#ifdef ROTOR_HAVE_FS
     rotor_fs_open(L);
-#endif
     static const luaL_Reg funcs[] = {{"interrupted", l_interrupted},
                                      {"clear_interrupt", l_clear_interrupt},
                                      {"isatty", l_isatty},

@@ -1,49 +1,73 @@
-/* fs.c: durable file writes, reads, directories, per-slot locks and a few process helpers for
- * the stores and the rotation layer. Only API calls common to Lua 5.1 and 5.4 are used.
+/* fs.c: the store directory and its files, durable writes, and the process helpers of rotor.core.
  *
- *   core.fs_write_atomic(path, data[, mode])  temp file in the same directory (mkstemp: O_EXCL,
- *                                            0600), write, fsync, rename, fsync the directory
- *   core.fs_append(path, data[, mode])        O_APPEND write + fsync (audit trails)
- *   core.fs_read(path)                        -> string | nil, message, errno
- *   core.fs_mkdir(path[, mode])               mkdir -p; components it creates get mode (0700)
- *   core.fs_chmod(path, mode)  core.fs_exists(path) -> bool, "file" | "directory" | "other"
- *   core.fs_list(dir) -> { names } (no "." or "..")   core.fs_remove(path)
- *   core.fs_lock(path) -> lock | nil, "locked", holder-pid | nil, message
- *       lock:unlock() / lock:close() / __gc / __close: one idempotent release
- *   core.getpid()  core.isatty(fd)  core.kill_self() (SIGKILL, for crash tests)
+ * The store-directory trust rule lives here and only here (doc/STORES.md):
+ *   - every directory on the way to the store, after following symbolic links, is owned by root
+ *     or by the effective user, and is not writable by group or others unless it is sticky
+ *     (/tmp); the store directory itself is never group- or other-writable;
+ *   - a symbolic link on the way is followed only when it is owned by root or the effective user;
+ *   - every file inside is opened relative to the directory's descriptor with O_NOFOLLOW and must
+ *     be a regular file; modes are set with fchmod on the open descriptor (the umask never
+ *     decides a mode) and nothing is ever chmod-ed through a path.
  *
- * Data may be a string or a rotor.secret (anything with a reveal method).
+ *   core.fs_dir(path[, create[, trusted]]) -> dir | nil, message, errno
+ *       create: make missing directories 0700; trusted: array of directories whose owner and
+ *       mode the caller vouches for
+ *     dir:read(name) -> string | false (no such file) | nil, message
+ *     dir:write(name, data[, mode])  atomic: temp file (O_EXCL), fsync, rename, fsync the dir
+ *     dir:append(name, data[, mode]) O_APPEND + fsync        dir:lock(name)  (see fs_lock)
+ *     dir:list() -> { names }   dir:remove(name)   dir:chmod(mode) (the directory itself)
+ *     dir:path()  dir:close()
+ *   core.fs_write_atomic(path, data[, mode])  core.fs_append(path, data[, mode])
+ *   core.fs_read(path) -> string | nil, message, errno       core.fs_mkdir(path[, mode])
+ *   core.fs_exists(path) -> bool, kind, mode   core.fs_list(dir)   core.fs_remove(path)
+ *   core.fs_write_through(path, data[, mode_if_new]): a file others read (dotenv): a symbolic link
+ *       is written through to its target, whose mode, owner and group are kept
+ *   core.spawn{argv=, env=, input=} -> exit status: a child with exactly env, no inherited
+ *       descriptor beyond 0-2, input written to its stdin
+ *   core.getpid()  core.kill_self() (SIGKILL, for crash tests)
+ *
+ * Data may be a string or a rotor.secret.
  */
-#include "fs.h"
+#include "rotor.h"
 
-#include <lauxlib.h>
-
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <dirent.h>
 #include <limits.h>
 #include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/types.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#include <pthread.h>
+#include <openssl/rand.h>
 
-#define FS_LOCK_MT "rotor.fs_lock"
-#define FS_MAX_READ ((off_t)16 * 1024 * 1024) /* largest file fs_read loads */
+#define FS_MAX_READ ((off_t)16 * 1024 * 1024) /* largest file a read loads */
 #define FS_MAX_PATH 4096
+#define FS_MAX_LINKS 40
+#define FS_WHY 768
 
 typedef struct {
     int fd; /* -1 once released */
 } fs_lock;
 
-static void secure_zero(void *p, size_t n) {
-    volatile unsigned char *v = p;
-    while (n--) {
-        *v++ = 0;
-    }
+typedef struct {
+    int fd; /* -1 once closed */
+    char path[FS_MAX_PATH];
+} fs_dir;
+
+static int push_fail(lua_State *L, const char *msg, int err) {
+    lua_pushnil(L);
+    lua_pushstring(L, msg);
+    lua_pushinteger(L, err);
+    return 3;
 }
 
 static int push_errno(lua_State *L, const char *what, const char *path, int err) {
@@ -51,26 +75,6 @@ static int push_errno(lua_State *L, const char *what, const char *path, int err)
     lua_pushfstring(L, "%s %s: %s", what, path, strerror(err));
     lua_pushinteger(L, err);
     return 3;
-}
-
-/* The bytes of argument idx: a string, or a secret revealed through its reveal method. The
- * revealed string is left on the stack (at the top) so it stays alive while in use. */
-static const char *data_arg(lua_State *L, int idx, size_t *len) {
-    if (lua_type(L, idx) == LUA_TSTRING) {
-        return lua_tolstring(L, idx, len);
-    }
-    if (lua_type(L, idx) == LUA_TUSERDATA) {
-        lua_getfield(L, idx, "reveal");
-        if (lua_isfunction(L, -1)) {
-            lua_pushvalue(L, idx);
-            if (lua_pcall(L, 1, 1, 0) == 0 && lua_type(L, -1) == LUA_TSTRING) {
-                return lua_tolstring(L, -1, len);
-            }
-        }
-        lua_pop(L, 1);
-    }
-    luaL_argerror(L, idx, "string or rotor.secret expected");
-    return NULL;
 }
 
 static mode_t mode_arg(lua_State *L, int idx, mode_t def) {
@@ -83,6 +87,17 @@ static const char *path_arg(lua_State *L, int idx) {
     size_t n;
     const char *p = luaL_checklstring(L, idx, &n);
     luaL_argcheck(L, n > 0 && n < FS_MAX_PATH && strlen(p) == n, idx, "bad path");
+    return p;
+}
+
+/* a file name inside a directory: no '/', no NUL, not "." or "..", at most NAME_MAX bytes */
+static const char *name_arg(lua_State *L, int idx) {
+    size_t n;
+    const char *p = luaL_checklstring(L, idx, &n);
+    luaL_argcheck(L,
+                  n > 0 && n <= NAME_MAX && strlen(p) == n && strchr(p, '/') == NULL &&
+                      strcmp(p, ".") != 0 && strcmp(p, "..") != 0,
+                  idx, "a file name (no '/', not . or ..) expected");
     return p;
 }
 
@@ -101,110 +116,350 @@ static int write_all(int fd, const char *p, size_t n) {
     return 0;
 }
 
-/* fsync the directory holding path (so a rename or a new file survives a crash). */
-static int fsync_parent(const char *path) {
-    char dir[FS_MAX_PATH];
-    const char *slash = strrchr(path, '/');
-    int fd, rc;
-    if (slash == NULL) {
-        strcpy(dir, ".");
-    } else if (slash == path) {
-        strcpy(dir, "/");
-    } else {
-        size_t n = (size_t)(slash - path);
-        memcpy(dir, path, n);
-        dir[n] = '\0';
+/* ---- the trust rule ---- */
+
+__attribute__((format(printf, 3, 4))) static int why(char *out, int err, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    // NOLINTNEXTLINE(clang-analyzer-valist.Uninitialized): a false positive, va_start is above
+    (void)vsnprintf(out, FS_WHY, fmt, ap);
+    va_end(ap);
+    errno = err;
+    return -1;
+}
+
+static int is_trusted(const char *canon, const char *const *trusted, int ntrusted) {
+    for (int i = 0; i < ntrusted; i++) {
+        if (strcmp(canon, trusted[i]) == 0) {
+            return 1;
+        }
     }
-    fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    return 0;
+}
+
+/* The trust rule for one directory, open as fd, reached at canonical path where. */
+static int check_dir(int fd, const char *where, int final, char *msg) {
+    struct stat st;
+    uid_t me = geteuid();
+    if (fstat(fd, &st) != 0) {
+        return why(msg, errno, "cannot stat %s: %s", where, strerror(errno));
+    }
+    if (st.st_uid != 0 && st.st_uid != me) {
+        return why(msg, EPERM,
+                   "%s is owned by uid %ld, neither root nor the user rotor runs as (uid %ld): "
+                   "that user could replace the files rotor opens; use a directory owned by "
+                   "root or uid %ld",
+                   where, (long)st.st_uid, (long)me, (long)me);
+    }
+    if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0 && (final || (st.st_mode & S_ISVTX) == 0)) {
+        return why(msg, EPERM,
+                   "%s is writable by group or others (mode %04o): another user could plant "
+                   "files or links there; chmod go-w %s",
+                   where, (unsigned)(st.st_mode & 07777), where);
+    }
+    return 0;
+}
+
+/* Open the directory path applying the trust rule to every directory on the way (following only
+ * links owned by root or the effective user); with create, missing directories are made 0700.
+ * Returns the descriptor, or -1 with errno set and the reason in msg (ENOENT: it does not exist).
+ * canon receives the canonical path of the directory. */
+static int trusted_dir(const char *path, int create, const char *const *trusted, int ntrusted,
+                       char *canon, char *msg) {
+    char rest[2 * FS_MAX_PATH + 2];
+    char cur[FS_MAX_PATH] = "";
+    int links = 0, fd;
+    uid_t me = geteuid();
+    if (path[0] == '/') {
+        snprintf(rest, sizeof rest, "%s", path);
+    } else {
+        char cwd[FS_MAX_PATH];
+        if (getcwd(cwd, sizeof cwd) == NULL) {
+            return why(msg, errno, "cannot find the current directory: %s", strerror(errno));
+        }
+        if ((size_t)snprintf(rest, sizeof rest, "%s/%s", cwd, path) >= sizeof rest) {
+            return why(msg, ENAMETOOLONG, "%s: path too long", path);
+        }
+    }
+    fd = open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0 || check_dir(fd, "/", 0, msg) != 0) {
+        int err = errno;
+        if (fd >= 0) {
+            close(fd);
+        } else {
+            why(msg, err, "cannot open /: %s", strerror(err));
+        }
+        errno = err;
+        return -1;
+    }
+    for (;;) {
+        char *p = rest, name[NAME_MAX + 1];
+        struct stat st;
+        size_t n;
+        while (*p == '/') {
+            p++;
+        }
+        if (*p == '\0') {
+            break;
+        }
+        n = strcspn(p, "/");
+        if (n > NAME_MAX) {
+            close(fd);
+            return why(msg, ENAMETOOLONG, "%s: a path component is too long", path);
+        }
+        memcpy(name, p, n);
+        name[n] = '\0';
+        memmove(rest, p + n, strlen(p + n) + 1);
+        if (strcmp(name, ".") == 0) {
+            continue;
+        }
+        if (strcmp(name, "..") == 0) {
+            /* the parent of a directory the walk descended into was itself checked */
+            int nfd = openat(fd, "..", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+            char *slash = strrchr(cur, '/');
+            close(fd);
+            if (nfd < 0) {
+                return why(msg, errno, "cannot open %s/..: %s", cur, strerror(errno));
+            }
+            if (slash != NULL) {
+                *slash = '\0';
+            }
+            fd = nfd;
+            continue;
+        }
+        if (fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
+            int err = errno;
+            if (err != ENOENT || !create) {
+                close(fd);
+                return why(msg, err, "%s/%s: %s", cur, name, strerror(err));
+            }
+            if (mkdirat(fd, name, 0700) != 0 && errno != EEXIST) {
+                err = errno;
+                close(fd);
+                return why(msg, err, "cannot create directory %s/%s: %s", cur, name, strerror(err));
+            }
+            if (fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
+                err = errno;
+                close(fd);
+                return why(msg, err, "%s/%s: %s", cur, name, strerror(err));
+            }
+        }
+        if (S_ISLNK(st.st_mode)) {
+            char target[FS_MAX_PATH];
+            ssize_t tl;
+            if (++links > FS_MAX_LINKS) {
+                close(fd);
+                return why(msg, ELOOP, "%s: too many symbolic links", path);
+            }
+            if (st.st_uid != 0 && st.st_uid != me) {
+                close(fd);
+                return why(msg, EPERM,
+                           "%s/%s is a symbolic link owned by uid %ld, neither root nor the user "
+                           "rotor runs as (uid %ld): rotor does not follow it; name the real "
+                           "directory",
+                           cur, name, (long)st.st_uid, (long)me);
+            }
+            tl = readlinkat(fd, name, target, sizeof target - 1);
+            if (tl < 0) {
+                int err = errno;
+                close(fd);
+                return why(msg, err, "cannot read the link %s/%s: %s", cur, name, strerror(err));
+            }
+            target[tl] = '\0';
+            if (strlen(rest) + (size_t)tl + 2 > sizeof rest) {
+                close(fd);
+                return why(msg, ENAMETOOLONG, "%s: path too long", path);
+            }
+            memmove(rest + tl + 1, rest, strlen(rest) + 1);
+            memcpy(rest, target, (size_t)tl);
+            rest[tl] = '/';
+            if (target[0] == '/') {
+                int nfd = open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+                close(fd);
+                if (nfd < 0) {
+                    return why(msg, errno, "cannot open /: %s", strerror(errno));
+                }
+                fd = nfd;
+                cur[0] = '\0';
+            }
+            continue;
+        }
+        if (!S_ISDIR(st.st_mode)) {
+            close(fd);
+            return why(msg, ENOTDIR, "%s/%s is not a directory", cur, name);
+        }
+        int nfd = openat(fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        int err = errno;
+        close(fd);
+        if (nfd < 0) {
+            return why(msg, err, "cannot open %s/%s: %s", cur, name, strerror(err));
+        }
+        fd = nfd;
+        if (strlen(cur) + n + 2 > sizeof cur) {
+            close(fd);
+            return why(msg, ENAMETOOLONG, "%s: path too long", path);
+        }
+        size_t cl = strlen(cur);
+        snprintf(cur + cl, sizeof cur - cl, "/%s", name);
+        if (!is_trusted(cur, trusted, ntrusted) && check_dir(fd, cur, 0, msg) != 0) {
+            err = errno;
+            close(fd);
+            errno = err;
+            return -1;
+        }
+    }
+    snprintf(canon, FS_MAX_PATH, "%s", cur[0] ? cur : "/");
+    if (!is_trusted(canon, trusted, ntrusted) && check_dir(fd, canon, 1, msg) != 0) {
+        int err = errno;
+        close(fd);
+        errno = err;
+        return -1;
+    }
+    return fd;
+}
+
+/* ---- operations relative to a directory descriptor ---- */
+
+/* Open name in dfd without following a link; must be a regular file. *created tells whether
+ * this call made it (then its mode is set with fchmod). */
+static int open_in(int dfd, const char *where, const char *name, int flags, mode_t mode,
+                   int *created, char *msg) {
+    int fd = -1;
+    if (created != NULL) {
+        *created = 0;
+    }
+    flags |= O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK;
+    if (flags & O_CREAT) {
+        fd = openat(dfd, name, flags | O_EXCL, 0600);
+        if (fd >= 0) {
+            if (fchmod(fd, mode) != 0) {
+                int err = errno;
+                close(fd);
+                return why(msg, err, "cannot set the mode of %s/%s: %s", where, name,
+                           strerror(err));
+            }
+            *created = 1;
+        } else if (errno == EEXIST) {
+            flags &= ~O_CREAT;
+        }
+    }
+    if (fd < 0 && (flags & O_CREAT) == 0) {
+        fd = openat(dfd, name, flags, 0600);
+    }
+    if (fd < 0) {
+        int err = errno;
+        if (err == ELOOP) {
+            return why(msg, err,
+                       "%s/%s is a symbolic link: rotor follows no link inside this directory; "
+                       "remove it",
+                       where, name);
+        }
+        return why(msg, err, "cannot open %s/%s: %s", where, name, strerror(err));
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return why(msg, EINVAL, "%s/%s is not a regular file; remove it", where, name);
+    }
+    /* back to blocking I/O (O_NONBLOCK only kept a planted FIFO from blocking the open) */
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    return fd;
+}
+
+static int dir_write_atomic(int dfd, const char *where, const char *name, const char *data,
+                            size_t len, mode_t mode, int keep_owner, uid_t uid, gid_t gid,
+                            char *msg) {
+    char tmp[NAME_MAX + 32];
+    unsigned char rnd[6];
+    int fd = -1, created = 0, err;
+    if (strlen(name) + 20 > NAME_MAX) {
+        return why(msg, ENAMETOOLONG, "%s/%s: the name is too long", where, name);
+    }
+    for (int tries = 0; fd < 0 && tries < 8; tries++) {
+        if (RAND_bytes(rnd, sizeof rnd) != 1) {
+            return why(msg, EIO, "cannot make a temporary name: RAND_bytes failed");
+        }
+        snprintf(tmp, sizeof tmp, "%s.tmp.%02x%02x%02x%02x%02x%02x", name, rnd[0], rnd[1], rnd[2],
+                 rnd[3], rnd[4], rnd[5]);
+        fd = open_in(dfd, where, tmp, O_WRONLY | O_CREAT, 0600, &created, msg);
+        if (fd >= 0 && !created) {
+            close(fd); /* a name already taken: draw another */
+            fd = -1;
+        }
+    }
     if (fd < 0) {
         return -1;
     }
-    rc = fsync(fd);
-    close(fd);
-    return rc;
-}
-
-static int l_fs_write_atomic(lua_State *L) {
-    const char *path = path_arg(L, 1);
-    mode_t mode = mode_arg(L, 3, 0600);
-    size_t len = 0;
-    const char *data = data_arg(L, 2, &len);
-    char tmp[FS_MAX_PATH + 16];
-    int fd, err;
-
-    snprintf(tmp, sizeof tmp, "%s.tmp.XXXXXX", path);
-    fd = mkstemp(tmp); /* O_CREAT|O_EXCL, 0600 */
-    if (fd < 0) {
-        return push_errno(L, "cannot create a temporary file for", path, errno);
+    if (keep_owner && fchown(fd, uid, gid) != 0) {
+        err = errno;
+        close(fd);
+        unlinkat(dfd, tmp, 0);
+        return why(msg, err,
+                   "cannot keep the owner %ld:%ld of %s/%s (%s): run rotor as root or as that "
+                   "owner",
+                   (long)uid, (long)gid, where, name, strerror(err));
     }
     if (fchmod(fd, mode) != 0 || write_all(fd, data, len) != 0 || fsync(fd) != 0) {
         err = errno;
         close(fd);
-        unlink(tmp);
-        return push_errno(L, "cannot write", path, err);
+        unlinkat(dfd, tmp, 0);
+        return why(msg, err, "cannot write %s/%s: %s", where, name, strerror(err));
     }
     if (close(fd) != 0) {
         err = errno;
-        unlink(tmp);
-        return push_errno(L, "cannot write", path, err);
+        unlinkat(dfd, tmp, 0);
+        return why(msg, err, "cannot write %s/%s: %s", where, name, strerror(err));
     }
-    if (rename(tmp, path) != 0) {
+    if (renameat(dfd, tmp, dfd, name) != 0) {
         err = errno;
-        unlink(tmp);
-        return push_errno(L, "cannot rename into", path, err);
+        unlinkat(dfd, tmp, 0);
+        return why(msg, err, "cannot rename into %s/%s: %s", where, name, strerror(err));
     }
-    if (fsync_parent(path) != 0) {
-        return push_errno(L, "cannot sync the directory of", path, errno);
+    if (fsync(dfd) != 0) {
+        return why(msg, errno, "cannot sync the directory %s: %s", where, strerror(errno));
     }
-    lua_pushboolean(L, 1);
-    return 1;
+    return 0;
 }
 
-static int l_fs_append(lua_State *L) {
-    const char *path = path_arg(L, 1);
-    mode_t mode = mode_arg(L, 3, 0600);
-    size_t len = 0;
-    const char *data = data_arg(L, 2, &len);
-    int existed = access(path, F_OK) == 0;
-    int err, fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, mode);
+static int dir_append(int dfd, const char *where, const char *name, const char *data, size_t len,
+                      mode_t mode, char *msg) {
+    int created, err;
+    int fd = open_in(dfd, where, name, O_WRONLY | O_APPEND | O_CREAT, mode, &created, msg);
     if (fd < 0) {
-        return push_errno(L, "cannot open", path, errno);
+        return -1;
     }
     if (write_all(fd, data, len) != 0 || fsync(fd) != 0) {
         err = errno;
         close(fd);
-        return push_errno(L, "cannot append to", path, err);
+        return why(msg, err, "cannot append to %s/%s: %s", where, name, strerror(err));
     }
     close(fd);
-    if (!existed && fsync_parent(path) != 0) {
-        return push_errno(L, "cannot sync the directory of", path, errno);
+    if (created && fsync(dfd) != 0) {
+        return why(msg, errno, "cannot sync the directory %s: %s", where, strerror(errno));
     }
-    lua_pushboolean(L, 1);
-    return 1;
+    return 0;
 }
 
-static int l_fs_read(lua_State *L) {
-    const char *path = path_arg(L, 1);
+/* Read an open file (closed here): 1 with the contents pushed, -1 with the reason in msg. */
+static int read_fd(lua_State *L, int fd, const char *where, const char *name, char *msg) {
     struct stat st;
     char *buf;
     size_t got = 0;
-    int err, fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        return push_errno(L, "cannot open", path, errno);
-    }
+    int err;
     if (fstat(fd, &st) != 0) {
         err = errno;
         close(fd);
-        return push_errno(L, "cannot stat", path, err);
+        return why(msg, err, "cannot stat %s%s: %s", where, name, strerror(err));
     }
     if (st.st_size > FS_MAX_READ) {
         close(fd);
-        return push_errno(L, "cannot read", path, EFBIG);
+        return why(msg, EFBIG, "cannot read %s%s: larger than 16 MiB", where, name);
     }
-    buf = malloc((size_t)st.st_size + 1);
+    size_t cap = (size_t)st.st_size + 1;
+    buf = malloc(cap);
     if (buf == NULL) {
         close(fd);
-        return push_errno(L, "cannot read", path, ENOMEM);
+        return why(msg, ENOMEM, "cannot read %s%s: out of memory", where, name);
     }
     while (got < (size_t)st.st_size) {
         ssize_t r = read(fd, buf + got, (size_t)st.st_size - got);
@@ -213,10 +468,9 @@ static int l_fs_read(lua_State *L) {
         }
         if (r < 0) {
             err = errno;
-            secure_zero(buf, got);
-            free(buf);
+            rotor_free_secure(buf, cap);
             close(fd);
-            return push_errno(L, "cannot read", path, err);
+            return why(msg, err, "cannot read %s%s: %s", where, name, strerror(err));
         }
         if (r == 0) {
             break; /* the file shrank: return what is there */
@@ -225,8 +479,313 @@ static int l_fs_read(lua_State *L) {
     }
     close(fd);
     lua_pushlstring(L, buf, got);
-    secure_zero(buf, got);
-    free(buf);
+    rotor_free_secure(buf, cap);
+    return 1;
+}
+
+/* Read name in dfd: 1 with the contents pushed, 0 when it does not exist, -1 on error. */
+static int dir_read(lua_State *L, int dfd, const char *where, const char *name, char *msg) {
+    char slash_name[NAME_MAX + 2];
+    int fd = open_in(dfd, where, name, O_RDONLY, 0, NULL, msg);
+    if (fd < 0) {
+        return errno == ENOENT ? 0 : -1;
+    }
+    snprintf(slash_name, sizeof slash_name, "/%s", name);
+    return read_fd(L, fd, where, slash_name, msg);
+}
+
+static int dir_list(lua_State *L, int dfd, const char *where) {
+    int fd = openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    DIR *d = fd < 0 ? NULL : fdopendir(fd);
+    struct dirent *e;
+    int i = 0;
+    if (d == NULL) {
+        int err = errno;
+        if (fd >= 0) {
+            close(fd);
+        }
+        return push_errno(L, "cannot list", where, err);
+    }
+    lua_newtable(L);
+    while ((e = readdir(d)) != NULL) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) {
+            continue;
+        }
+        lua_pushstring(L, e->d_name);
+        lua_rawseti(L, -2, ++i);
+    }
+    closedir(d);
+    return 1;
+}
+
+/* Locks: flock on an open lock file; the holder writes its pid into it. */
+
+static int dir_lock(lua_State *L, int dfd, const char *where, const char *name) {
+    char msg[FS_WHY];
+    char pid[32];
+    int created;
+    int fd = open_in(dfd, where, name, O_RDWR | O_CREAT, 0600, &created, msg);
+    if (fd < 0) {
+        return push_fail(L, msg, errno);
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        int err = errno;
+        if (err == EWOULDBLOCK) {
+            /* the holder writes its pid right after taking the lock: give it a moment */
+            ssize_t n = 0;
+            for (int tries = 0; tries < 20; tries++) {
+                n = pread(fd, pid, sizeof pid - 1, 0);
+                if (n > 0 && pid[n - 1] == '\n') {
+                    break;
+                }
+                struct timespec ts = {0, 5000000L};
+                nanosleep(&ts, NULL);
+            }
+            close(fd);
+            lua_pushnil(L);
+            lua_pushliteral(L, "locked");
+            if (n > 0) {
+                pid[n] = '\0';
+                lua_pushinteger(L, (lua_Integer)strtol(pid, NULL, 10));
+            } else {
+                lua_pushnil(L);
+            }
+            return 3;
+        }
+        close(fd);
+        return push_errno(L, "cannot lock", name, err);
+    }
+    fs_lock *lk = (fs_lock *)lua_newuserdata(L, sizeof *lk);
+    lk->fd = fd;
+    luaL_setmetatable(L, ROTOR_FS_LOCK_MT);
+    snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+    if (ftruncate(fd, 0) == 0) {
+        (void)!pwrite(fd, pid, strlen(pid), 0);
+    }
+    return 1;
+}
+
+static void lock_release(fs_lock *lk) {
+    if (lk->fd >= 0) {
+        flock(lk->fd, LOCK_UN);
+        close(lk->fd);
+        lk->fd = -1;
+    }
+}
+
+static int l_lock_unlock(lua_State *L) {
+    lock_release((fs_lock *)luaL_checkudata(L, 1, ROTOR_FS_LOCK_MT));
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int l_lock_held(lua_State *L) {
+    fs_lock *lk = (fs_lock *)luaL_checkudata(L, 1, ROTOR_FS_LOCK_MT);
+    lua_pushboolean(L, lk->fd >= 0);
+    return 1;
+}
+
+static int l_lock_tostring(lua_State *L) {
+    fs_lock *lk = (fs_lock *)luaL_checkudata(L, 1, ROTOR_FS_LOCK_MT);
+    lua_pushstring(L, lk->fd >= 0 ? "rotor.fs_lock(held)" : "rotor.fs_lock(released)");
+    return 1;
+}
+
+/* ---- the directory object ---- */
+
+static fs_dir *check_dir_ud(lua_State *L) {
+    fs_dir *d = (fs_dir *)luaL_checkudata(L, 1, ROTOR_FS_DIR_MT);
+    if (d->fd < 0) {
+        luaL_error(L, "rotor.fs_dir: the directory was closed");
+    }
+    return d;
+}
+
+static int l_fs_dir(lua_State *L) {
+    const char *path = path_arg(L, 1);
+    int create = lua_toboolean(L, 2);
+    const char *trusted[16];
+    int ntrusted = 0;
+    char msg[FS_WHY];
+    if (lua_istable(L, 3)) {
+        for (lua_Integer i = 1; ntrusted < 16; i++) {
+            lua_rawgeti(L, 3, i);
+            if (lua_type(L, -1) != LUA_TSTRING) {
+                lua_pop(L, 1);
+                break;
+            }
+            trusted[ntrusted++] = lua_tostring(L, -1); /* kept alive by the table */
+            lua_pop(L, 1);
+        }
+    }
+    fs_dir *d = (fs_dir *)lua_newuserdata(L, sizeof *d);
+    d->fd = -1;
+    luaL_setmetatable(L, ROTOR_FS_DIR_MT);
+    d->fd = trusted_dir(path, create, trusted, ntrusted, d->path, msg);
+    if (d->fd < 0) {
+        return push_fail(L, msg, errno);
+    }
+    return 1;
+}
+
+static int l_dir_read(lua_State *L) {
+    fs_dir *d = check_dir_ud(L);
+    char msg[FS_WHY];
+    int rc = dir_read(L, d->fd, d->path, name_arg(L, 2), msg);
+    if (rc < 0) {
+        return push_fail(L, msg, errno);
+    }
+    if (rc == 0) {
+        lua_pushboolean(L, 0);
+    }
+    return 1;
+}
+
+static int l_dir_write(lua_State *L) {
+    fs_dir *d = check_dir_ud(L);
+    const char *name = name_arg(L, 2);
+    size_t len;
+    const char *data = rotor_checkbytes(L, 3, &len);
+    char msg[FS_WHY];
+    if (dir_write_atomic(d->fd, d->path, name, data, len, mode_arg(L, 4, 0600), 0, 0, 0, msg) !=
+        0) {
+        return push_fail(L, msg, errno);
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int l_dir_append(lua_State *L) {
+    fs_dir *d = check_dir_ud(L);
+    const char *name = name_arg(L, 2);
+    size_t len;
+    const char *data = rotor_checkbytes(L, 3, &len);
+    char msg[FS_WHY];
+    if (dir_append(d->fd, d->path, name, data, len, mode_arg(L, 4, 0600), msg) != 0) {
+        return push_fail(L, msg, errno);
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int l_dir_lock(lua_State *L) {
+    fs_dir *d = check_dir_ud(L);
+    return dir_lock(L, d->fd, d->path, name_arg(L, 2));
+}
+
+static int l_dir_list(lua_State *L) {
+    fs_dir *d = check_dir_ud(L);
+    return dir_list(L, d->fd, d->path);
+}
+
+static int l_dir_remove(lua_State *L) {
+    fs_dir *d = check_dir_ud(L);
+    const char *name = name_arg(L, 2);
+    if (unlinkat(d->fd, name, 0) != 0 && errno != ENOENT) {
+        return push_errno(L, "cannot remove", name, errno);
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* dir:chmod(mode): the directory itself, through its descriptor */
+static int l_dir_chmod(lua_State *L) {
+    fs_dir *d = check_dir_ud(L);
+    if (fchmod(d->fd, mode_arg(L, 2, 0700)) != 0) {
+        return push_errno(L, "cannot chmod", d->path, errno);
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int l_dir_path(lua_State *L) {
+    lua_pushstring(L, check_dir_ud(L)->path);
+    return 1;
+}
+
+static int l_dir_close(lua_State *L) {
+    fs_dir *d = (fs_dir *)luaL_checkudata(L, 1, ROTOR_FS_DIR_MT);
+    if (d->fd >= 0) {
+        close(d->fd);
+        d->fd = -1;
+    }
+    return 0;
+}
+
+/* ---- path-based functions (no trust rule: files the caller names) ---- */
+
+/* Open the directory holding path; base receives the last component. */
+static int open_parent(const char *path, char *dir, const char **base) {
+    const char *slash = strrchr(path, '/');
+    if (slash == NULL) {
+        memcpy(dir, ".", 2);
+        *base = path;
+    } else {
+        size_t n = slash == path ? 1 : (size_t)(slash - path);
+        memcpy(dir, path, n);
+        dir[n] = '\0';
+        *base = slash + 1;
+    }
+    if (**base == '\0') {
+        errno = EISDIR;
+        return -1;
+    }
+    return open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+}
+
+static int l_fs_write_atomic(lua_State *L) {
+    const char *path = path_arg(L, 1);
+    size_t len;
+    const char *data = rotor_checkbytes(L, 2, &len);
+    mode_t mode = mode_arg(L, 3, 0600);
+    char dir[FS_MAX_PATH], msg[FS_WHY];
+    const char *base;
+    int dfd = open_parent(path, dir, &base);
+    if (dfd < 0) {
+        return push_errno(L, "cannot open the directory of", path, errno);
+    }
+    int rc = dir_write_atomic(dfd, dir, base, data, len, mode, 0, 0, 0, msg);
+    int err = errno;
+    close(dfd);
+    if (rc != 0) {
+        return push_fail(L, msg, err);
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int l_fs_append(lua_State *L) {
+    const char *path = path_arg(L, 1);
+    size_t len;
+    const char *data = rotor_checkbytes(L, 2, &len);
+    mode_t mode = mode_arg(L, 3, 0600);
+    char dir[FS_MAX_PATH], msg[FS_WHY];
+    const char *base;
+    int dfd = open_parent(path, dir, &base);
+    if (dfd < 0) {
+        return push_errno(L, "cannot open the directory of", path, errno);
+    }
+    int rc = dir_append(dfd, dir, base, data, len, mode, msg);
+    int err = errno;
+    close(dfd);
+    if (rc != 0) {
+        return push_fail(L, msg, err);
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* fs_read follows links: it reads files the user names (configurations, dotenv files) */
+static int l_fs_read(lua_State *L) {
+    const char *path = path_arg(L, 1);
+    char msg[FS_WHY];
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        return push_errno(L, "cannot open", path, errno);
+    }
+    if (read_fd(L, fd, path, "", msg) < 0) {
+        return push_fail(L, msg, errno);
+    }
     return 1;
 }
 
@@ -254,16 +813,6 @@ static int l_fs_mkdir(lua_State *L) {
     return 1;
 }
 
-static int l_fs_chmod(lua_State *L) {
-    const char *path = path_arg(L, 1);
-    mode_t mode = mode_arg(L, 2, 0600);
-    if (chmod(path, mode) != 0) {
-        return push_errno(L, "cannot chmod", path, errno);
-    }
-    lua_pushboolean(L, 1);
-    return 1;
-}
-
 static int l_fs_exists(lua_State *L) {
     const char *path = path_arg(L, 1);
     struct stat st;
@@ -279,22 +828,13 @@ static int l_fs_exists(lua_State *L) {
 
 static int l_fs_list(lua_State *L) {
     const char *path = path_arg(L, 1);
-    struct dirent *e;
-    int i = 0;
-    DIR *d = opendir(path);
-    if (d == NULL) {
+    int dfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0) {
         return push_errno(L, "cannot list", path, errno);
     }
-    lua_newtable(L);
-    while ((e = readdir(d)) != NULL) {
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) {
-            continue;
-        }
-        lua_pushstring(L, e->d_name);
-        lua_rawseti(L, -2, ++i);
-    }
-    closedir(d);
-    return 1;
+    int n = dir_list(L, dfd, path);
+    close(dfd);
+    return n;
 }
 
 static int l_fs_remove(lua_State *L) {
@@ -306,92 +846,170 @@ static int l_fs_remove(lua_State *L) {
     return 1;
 }
 
-/* Locks: flock on an open lock file; the holder writes its pid into it. */
-
-static void lock_release(fs_lock *lk) {
-    if (lk->fd >= 0) {
-        flock(lk->fd, LOCK_UN);
-        close(lk->fd);
-        lk->fd = -1;
-    }
-}
-
-static int l_fs_lock(lua_State *L) {
+/* core.fs_write_through(path, data[, mode_if_new]): path may be a symbolic link (followed only
+ * when it is owned by root, the effective user or the owner of its target); the real file is
+ * replaced atomically with its owner, group and mode kept (less any access for others: the file
+ * holds a secret). A new file gets mode_if_new. */
+static int l_fs_write_through(lua_State *L) {
     const char *path = path_arg(L, 1);
-    fs_lock *lk;
-    char pid[32];
-    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (fd < 0) {
-        return push_errno(L, "cannot open lock file", path, errno);
-    }
-    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
-        int err = errno;
-        if (err == EWOULDBLOCK) {
-            /* the holder writes its pid right after taking the lock: give it a moment */
-            ssize_t n = 0;
-            for (int tries = 0; tries < 20; tries++) {
-                n = pread(fd, pid, sizeof pid - 1, 0);
-                if (n > 0 && pid[n - 1] == '\n') {
-                    break;
-                }
-                struct timespec ts = {0, 5000000L};
-                nanosleep(&ts, NULL);
-            }
-            close(fd);
-            lua_pushnil(L);
-            lua_pushliteral(L, "locked");
-            if (n > 0) {
-                pid[n] = '\0';
-                lua_pushinteger(L, (lua_Integer)strtol(pid, NULL, 10));
-            } else {
-                lua_pushnil(L);
-            }
-            return 3;
+    size_t len;
+    const char *data = rotor_checkbytes(L, 2, &len);
+    mode_t mode = mode_arg(L, 3, 0600);
+    char real[PATH_MAX], dir[FS_MAX_PATH], msg[FS_WHY];
+    const char *base, *target = path;
+    struct stat lst, st;
+    int keep = 0, rc, err;
+    uid_t uid = 0;
+    gid_t gid = 0;
+    if (lstat(path, &lst) == 0 && S_ISLNK(lst.st_mode)) {
+        if (realpath(path, real) == NULL) {
+            return push_errno(L, "cannot follow the link", path, errno);
         }
-        close(fd);
-        return push_errno(L, "cannot lock", path, err);
+        if (stat(real, &st) != 0 || !S_ISREG(st.st_mode)) {
+            lua_pushnil(L);
+            lua_pushfstring(L, "%s is a link to %s, which is not a regular file", path, real);
+            return 2;
+        }
+        if (lst.st_uid != 0 && lst.st_uid != geteuid() && lst.st_uid != st.st_uid) {
+            lua_pushnil(L);
+            lua_pushfstring(L,
+                            "%s is a link owned by uid %d, neither root, the user rotor runs "
+                            "as nor the owner of its target: rotor does not write through it",
+                            path, (int)lst.st_uid);
+            return 2;
+        }
+        target = real;
     }
-    lk = (fs_lock *)lua_newuserdata(L, sizeof *lk);
-    lk->fd = fd;
-    luaL_getmetatable(L, FS_LOCK_MT);
-    lua_setmetatable(L, -2);
-    snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
-    if (ftruncate(fd, 0) == 0) {
-        (void)!pwrite(fd, pid, strlen(pid), 0);
+    int dfd = open_parent(target, dir, &base);
+    if (dfd < 0) {
+        return push_errno(L, "cannot open the directory of", target, errno);
     }
-    return 1;
-}
-
-static int l_lock_unlock(lua_State *L) {
-    fs_lock *lk = (fs_lock *)luaL_checkudata(L, 1, FS_LOCK_MT);
-    lock_release(lk);
+    if (fstatat(dfd, base, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+        if (!S_ISREG(st.st_mode)) {
+            close(dfd);
+            lua_pushnil(L);
+            lua_pushfstring(L, "%s is not a regular file", target);
+            return 2;
+        }
+        mode = st.st_mode & 0770; /* a file holding a secret: never readable by others */
+        uid = st.st_uid;
+        gid = st.st_gid;
+        keep = uid != geteuid() || gid != getegid();
+    } else if (errno != ENOENT) {
+        err = errno;
+        close(dfd);
+        return push_errno(L, "cannot stat", target, err);
+    }
+    rc = dir_write_atomic(dfd, dir, base, data, len, mode, keep, uid, gid, msg);
+    err = errno;
+    close(dfd);
+    if (rc != 0) {
+        return push_fail(L, msg, err);
+    }
     lua_pushboolean(L, 1);
     return 1;
 }
 
-static int l_lock_held(lua_State *L) {
-    fs_lock *lk = (fs_lock *)luaL_checkudata(L, 1, FS_LOCK_MT);
-    lua_pushboolean(L, lk->fd >= 0);
-    return 1;
+/* ---- processes ---- */
+
+static void close_from(int lowfd) {
+#ifdef SYS_close_range
+    if (syscall(SYS_close_range, (unsigned)lowfd, ~0U, 0) == 0) {
+        return;
+    }
+#endif
+    long max = sysconf(_SC_OPEN_MAX);
+    for (long fd = lowfd; fd < (max > 0 ? max : 65536); fd++) {
+        close((int)fd);
+    }
 }
 
-static int l_lock_tostring(lua_State *L) {
-    fs_lock *lk = (fs_lock *)luaL_checkudata(L, 1, FS_LOCK_MT);
-    lua_pushstring(L, lk->fd >= 0 ? "rotor.fs_lock(held)" : "rotor.fs_lock(released)");
-    return 1;
-}
+/* core.spawn{ argv = {...}, env = { "K=V", ... }, input = string | secret } -> exit status
+ * (128 + signal when killed) | nil, message. The child gets exactly env, stdin from a pipe
+ * carrying input, stdout/stderr of this process, no other descriptor, default signals. */
+static int l_spawn(lua_State *L) {
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 1);
+    lua_getfield(L, 1, "argv"); /* 2 */
+    luaL_argcheck(L, lua_istable(L, 2), 1, "argv: an array of strings expected");
+    int nargv = (int)lua_rawlen(L, 2);
+    luaL_argcheck(L, nargv >= 1 && nargv < 256, 1, "argv: 1 to 255 strings expected");
+    lua_getfield(L, 1, "env"); /* 3 */
+    int nenv = lua_istable(L, 3) ? (int)lua_rawlen(L, 3) : 0;
+    luaL_argcheck(L, nenv < 1024, 1, "env: at most 1023 entries");
+    lua_getfield(L, 1, "input"); /* 4 */
+    size_t inlen = 0;
+    const char *input = lua_isnil(L, 4) ? "" : rotor_checkbytes(L, 4, &inlen);
+    const char **argv = lua_newuserdata(L, sizeof(char *) * (size_t)(nargv + nenv + 2));
+    const char **envp = argv + nargv + 1;
+    for (int i = 0; i < nargv; i++) {
+        lua_rawgeti(L, 2, i + 1);
+        argv[i] = lua_tostring(L, -1);
+        luaL_argcheck(L, argv[i] != NULL, 1, "argv: strings expected");
+        lua_pop(L, 1); /* kept alive by the table */
+    }
+    argv[nargv] = NULL;
+    for (int i = 0; i < nenv; i++) {
+        lua_rawgeti(L, 3, i + 1);
+        envp[i] = lua_tostring(L, -1);
+        luaL_argcheck(L, envp[i] != NULL && strchr(envp[i], '=') != NULL, 1,
+                      "env: \"NAME=value\" strings expected");
+        lua_pop(L, 1);
+    }
+    envp[nenv] = NULL;
 
-/* Process helpers. */
+    int pfd[2];
+    if (pipe2(pfd, O_CLOEXEC) != 0) {
+        return push_errno(L, "cannot start", argv[0], errno);
+    }
+    sigset_t block, old;
+    sigemptyset(&block);
+    sigaddset(&block, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &block, &old);
+    pid_t pid = fork();
+    if (pid == 0) {
+        sigset_t none;
+        sigemptyset(&none);
+        signal(SIGPIPE, SIG_DFL);
+        signal(SIGINT, SIG_DFL);
+        signal(SIGTERM, SIG_DFL);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        if (dup2(pfd[0], 0) < 0) {
+            _exit(127);
+        }
+        close_from(3);
+        if (argv[0] != NULL) {
+            execve(argv[0], (char *const *)argv, (char *const *)envp);
+        }
+        _exit(127);
+    }
+    int err = errno;
+    close(pfd[0]);
+    if (pid < 0) {
+        close(pfd[1]);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        return push_errno(L, "cannot start", argv[0], err);
+    }
+    int wrote = write_all(pfd[1], input, inlen) == 0;
+    close(pfd[1]);
+    /* a child that exits before reading its input raises SIGPIPE here: take it back */
+    struct timespec zero = {0, 0};
+    while (sigtimedwait(&block, NULL, &zero) > 0) {
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    int status;
+    while (waitpid(pid, &status, 0) < 0) {
+        if (errno != EINTR) {
+            return push_errno(L, "cannot wait for", argv[0], errno);
+        }
+    }
+    lua_pushinteger(L, WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
+    lua_pushboolean(L, wrote);
+    return 2;
+}
 
 static int l_getpid(lua_State *L) {
     lua_pushinteger(L, (lua_Integer)getpid());
-    return 1;
-}
-
-static int l_isatty(lua_State *L) {
-    lua_Integer fd = luaL_optinteger(L, 1, 1);
-    luaL_argcheck(L, fd >= 0 && fd <= INT_MAX, 1, "bad file descriptor");
-    lua_pushboolean(L, isatty((int)fd));
     return 1;
 }
 
@@ -401,40 +1019,31 @@ static int l_kill_self(lua_State *L) {
     return 0; /* not reached */
 }
 
-static const luaL_Reg fs_funcs[] = {
-    {"fs_write_atomic", l_fs_write_atomic},
-    {"fs_append", l_fs_append},
-    {"fs_read", l_fs_read},
-    {"fs_mkdir", l_fs_mkdir},
-    {"fs_chmod", l_fs_chmod},
-    {"fs_exists", l_fs_exists},
-    {"fs_list", l_fs_list},
-    {"fs_remove", l_fs_remove},
-    {"fs_lock", l_fs_lock},
-    {"getpid", l_getpid},
-    {"isatty", l_isatty},
-    {"kill_self", l_kill_self},
-    {NULL, NULL},
-};
-
-static const luaL_Reg lock_methods[] = {
-    {"unlock", l_lock_unlock},
-    {"close", l_lock_unlock},
-    {"held", l_lock_held},
-    {NULL, NULL},
-};
-
-static void set_funcs(lua_State *L, const luaL_Reg *r) {
-    for (; r->name != NULL; r++) {
-        lua_pushcfunction(L, r->func);
-        lua_setfield(L, -2, r->name);
-    }
-}
-
-int rotor_fs_open(lua_State *L) {
-    if (luaL_newmetatable(L, FS_LOCK_MT)) {
-        lua_newtable(L);
-        set_funcs(L, lock_methods);
+void rotor_fs_open(lua_State *L) {
+    static const luaL_Reg funcs[] = {
+        {"fs_dir", l_fs_dir},
+        {"fs_write_atomic", l_fs_write_atomic},
+        {"fs_write_through", l_fs_write_through},
+        {"fs_append", l_fs_append},
+        {"fs_read", l_fs_read},
+        {"fs_mkdir", l_fs_mkdir},
+        {"fs_exists", l_fs_exists},
+        {"fs_list", l_fs_list},
+        {"fs_remove", l_fs_remove},
+        {"spawn", l_spawn},
+        {"getpid", l_getpid},
+        {"kill_self", l_kill_self},
+        {NULL, NULL},
+    };
+    static const luaL_Reg lock_methods[] = {
+        {"unlock", l_lock_unlock}, {"close", l_lock_unlock}, {"held", l_lock_held}, {NULL, NULL}};
+    static const luaL_Reg dir_methods[] = {{"read", l_dir_read},     {"write", l_dir_write},
+                                           {"append", l_dir_append}, {"lock", l_dir_lock},
+                                           {"list", l_dir_list},     {"remove", l_dir_remove},
+                                           {"chmod", l_dir_chmod},   {"path", l_dir_path},
+                                           {"close", l_dir_close},   {NULL, NULL}};
+    if (luaL_newmetatable(L, ROTOR_FS_LOCK_MT)) {
+        luaL_newlib(L, lock_methods);
         lua_setfield(L, -2, "__index");
         lua_pushcfunction(L, l_lock_unlock);
         lua_setfield(L, -2, "__gc");
@@ -444,6 +1053,14 @@ int rotor_fs_open(lua_State *L) {
         lua_setfield(L, -2, "__tostring");
     }
     lua_pop(L, 1);
-    set_funcs(L, fs_funcs);
-    return 0;
+    if (luaL_newmetatable(L, ROTOR_FS_DIR_MT)) {
+        luaL_newlib(L, dir_methods);
+        lua_setfield(L, -2, "__index");
+        lua_pushcfunction(L, l_dir_close);
+        lua_setfield(L, -2, "__gc");
+        lua_pushcfunction(L, l_dir_close);
+        lua_setfield(L, -2, "__close");
+    }
+    lua_pop(L, 1);
+    luaL_setfuncs(L, funcs, 0);
 }

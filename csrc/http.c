@@ -85,8 +85,9 @@ static int host_is_loopback(const char *h) {
     return 0;
 }
 
-/* Returns 1 when url is https, or http to a loopback host; 0 when refused; -1 when unparsable.
- * The scheme is copied out for messages. */
+/* Returns 1 when url is https to a host that is not loopback, 2 when it is http or https to a
+ * loopback host (never proxied), 0 when refused (http elsewhere, other schemes), -1 when
+ * unparsable. The scheme is copied out for messages. */
 int rotor_is_loopback_url(const char *url, char *scheme, size_t scheme_len) {
     CURLU *u = curl_url();
     char *sch = NULL, *host = NULL;
@@ -99,9 +100,9 @@ int rotor_is_loopback_url(const char *url, char *scheme, size_t scheme_len) {
         curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK) {
         snprintf(scheme, scheme_len, "%s", sch);
         if (strcmp(sch, "https") == 0) {
-            ok = 1;
+            ok = host_is_loopback(host) ? 2 : 1;
         } else if (strcmp(sch, "http") == 0) {
-            ok = host_is_loopback(host);
+            ok = host_is_loopback(host) ? 2 : 0;
         } else {
             ok = 0;
         }
@@ -222,11 +223,42 @@ static size_t on_header(char *ptr, size_t size, size_t nmemb, void *ud) {
 
 /* ---- building a request from a Lua table ---- */
 
-static int opt_number(lua_State *L, int t, const char *k, double def) {
+#define MAX_SECONDS 86400                              /* timeouts: at most a day */
+#define MAX_BODY_CAP ((lua_Integer)1024 * 1024 * 1024) /* max_body: at most 1 GiB */
+#define MAX_HEADERS_CAP 10000
+
+/* A duration in seconds, 0 < v <= MAX_SECONDS, as milliseconds; a clear error otherwise (a NaN,
+ * a negative or a huge value would make the conversion to long undefined). */
+static long opt_ms(lua_State *L, int t, const char *k, double def) {
     lua_getfield(L, t, k);
-    double v = luaL_optnumber(L, -1, def);
+    double v = def;
+    if (!lua_isnil(L, -1)) {
+        if (lua_type(L, -1) != LUA_TNUMBER) {
+            luaL_error(L, "request: %s must be a number of seconds", k);
+        }
+        v = lua_tonumber(L, -1);
+    }
     lua_pop(L, 1);
-    return (int)(v * 1000.0); /* milliseconds */
+    if (!(v > 0 && v <= MAX_SECONDS)) {
+        luaL_error(L, "request: %s must be seconds, more than 0 and at most %d", k, MAX_SECONDS);
+    }
+    long ms = (long)(v * 1000.0);
+    return ms > 0 ? ms : 1;
+}
+
+/* An integer option in [1, max], or def when absent; a clear error otherwise. */
+static lua_Integer opt_count(lua_State *L, int t, const char *k, lua_Integer def, lua_Integer max) {
+    lua_getfield(L, t, k);
+    lua_Integer v = def;
+    if (!lua_isnil(L, -1)) {
+        int isint = 0;
+        v = lua_tointegerx(L, -1, &isint);
+        if (!isint || v < 1 || v > max) {
+            luaL_error(L, "request: %s must be a whole number from 1 to %d", k, (int)max);
+        }
+    }
+    lua_pop(L, 1);
+    return v;
 }
 
 static const char *opt_string(lua_State *L, int t, const char *k) {
@@ -319,7 +351,7 @@ static int l_multi_add(lua_State *L) {
     }
     char scheme[16] = "";
     int ok = rotor_is_loopback_url(url, scheme, sizeof(scheme));
-    if (ok != 1) {
+    if (ok <= 0) {
         lua_pushnil(L);
         if (ok < 0) {
             push_error(L, "config", "the URL cannot be parsed");
@@ -331,6 +363,15 @@ static int l_multi_add(lua_State *L) {
         }
         return 2;
     }
+    /* a loopback target (every plain-http one is) never goes through a proxy: a proxy would
+     * reach its own loopback, and see plain-http requests, credentials included, in clear */
+    int direct = ok == 2;
+    /* numbers from the caller, checked before anything is allocated */
+    long timeout_ms = opt_ms(L, 2, "timeout", 30);
+    long connect_ms = opt_ms(L, 2, "connect_timeout", 10);
+    long low_speed_s = opt_ms(L, 2, "low_speed_time", 30) / 1000;
+    lua_Integer max_body = opt_count(L, 2, "max_body", DEFAULT_MAX_BODY, MAX_BODY_CAP);
+    lua_Integer max_headers = opt_count(L, 2, "max_headers", DEFAULT_MAX_HEADERS, MAX_HEADERS_CAP);
 
     xfer *x = calloc(1, sizeof(*x));
     if (x == NULL) {
@@ -366,15 +407,8 @@ static int l_multi_add(lua_State *L) {
         return luaL_error(L, "request: out of memory");
     }
 
-    lua_getfield(L, 2, "max_body");
-    x->max_body = (size_t)luaL_optinteger(L, -1, DEFAULT_MAX_BODY);
-    lua_pop(L, 1);
-    lua_getfield(L, 2, "max_headers");
-    x->max_headers = (int)luaL_optinteger(L, -1, DEFAULT_MAX_HEADERS);
-    lua_pop(L, 1);
-    if (x->max_headers < 1) {
-        x->max_headers = 1;
-    }
+    x->max_body = (size_t)max_body;
+    x->max_headers = (int)max_headers;
 
     curl_easy_setopt(e, CURLOPT_URL, url);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
@@ -390,11 +424,10 @@ static int l_multi_add(lua_State *L) {
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
     curl_easy_setopt(e, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)opt_number(L, 2, "timeout", 30));
-    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)opt_number(L, 2, "connect_timeout", 10));
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout_ms);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, connect_ms);
     curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
-    curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME,
-                     (long)(opt_number(L, 2, "low_speed_time", 30) / 1000));
+    curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, low_speed_s > 0 ? low_speed_s : 1L);
     int http2 = opt_bool(L, 2, "http2", 1);
     curl_easy_setopt(e, CURLOPT_HTTP_VERSION,
                      http2 ? (long)CURL_HTTP_VERSION_2TLS : (long)CURL_HTTP_VERSION_1_1);
@@ -405,7 +438,9 @@ static int l_multi_add(lua_State *L) {
     if ((s = opt_string(L, 2, "cainfo")) != NULL) {
         curl_easy_setopt(e, CURLOPT_CAINFO, s);
     }
-    if ((s = opt_string(L, 2, "proxy")) != NULL) {
+    if (direct) {
+        curl_easy_setopt(e, CURLOPT_PROXY, ""); /* "" also overrides the *_proxy variables */
+    } else if ((s = opt_string(L, 2, "proxy")) != NULL) {
         curl_easy_setopt(e, CURLOPT_PROXY, s);
     }
     if ((s = opt_string(L, 2, "user_agent")) != NULL) {

@@ -20,6 +20,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 /* Set by the signal handler. rotor.core, once loaded into this process, reads it through a weak
@@ -243,7 +245,18 @@ static int pmain(lua_State *L) {
     return 0;
 }
 
+/* rotor holds admin secrets: no core file may keep them, no process of the same user may read
+ * its memory (/proc/PID/mem, ptrace, /proc/PID/environ), and libcurl never writes TLS keys to the
+ * file SSLKEYLOGFILE names. Failures are ignored: these only narrow what could leak. */
+static void harden_process(void) {
+    struct rlimit none = {0, 0};
+    (void)setrlimit(RLIMIT_CORE, &none);
+    (void)prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+    (void)unsetenv("SSLKEYLOGFILE");
+}
+
 int main(int argc, char **argv) {
+    harden_process();
     if (argv[0] != NULL && argv[0][0]) {
         const char *s = strrchr(argv[0], '/');
         progname = s ? s + 1 : argv[0];

@@ -13,6 +13,8 @@
 #define ROTOR_VERSION "0.1.0"
 #define ROTOR_SECRET_MT "rotor.secret"
 #define ROTOR_MULTI_MT "rotor.multi"
+#define ROTOR_FS_LOCK_MT "rotor.fs_lock"
+#define ROTOR_FS_DIR_MT "rotor.fs_dir"
 
 /* secret.c */
 typedef struct rotor_secret rotor_secret;
@@ -24,6 +26,10 @@ void rotor_secret_push(lua_State *L, const void *buf, size_t len);
 const char *rotor_bytes(lua_State *L, int idx, size_t *len, int *is_secret);
 /* Same, raising a type error naming the argument. */
 const char *rotor_checkbytes(lua_State *L, int idx, size_t *len);
+/* Best effort: keep the pages holding p[0..len) out of swap (mlock, counted per page, within
+ * RLIMIT_MEMLOCK); rotor_munlock before the memory is freed. */
+void rotor_mlock(const void *p, size_t len);
+void rotor_munlock(const void *p, size_t len);
 /* Zero then free. */
 void rotor_free_secure(void *p, size_t len);
 void rotor_zero(void *p, size_t len);
@@ -42,11 +48,20 @@ void rotor_buf_add_formenc(rotor_buf *b, const char *p, size_t n);
 
 /* http.c */
 void rotor_http_open(lua_State *L);
+/* 1: https elsewhere; 2: http or https to a loopback host (never proxied); 0: refused;
+ * -1: unparsable */
 int rotor_is_loopback_url(const char *url, char *scheme, size_t scheme_len);
 void rotor_global_init(void);
 
+/* fs.c: the store-directory trust rule, files, locks, child processes */
+void rotor_fs_open(lua_State *L);
+
 /* token.c */
 void rotor_token_open(lua_State *L);
+/* token lifetimes (expires_in) are clamped to [ROTOR_TTL_MIN, ROTOR_TTL_MAX] seconds */
+#define ROTOR_TTL_MIN 120.0
+#define ROTOR_TTL_MAX 86400.0
+double rotor_clamp_ttl(double ttl);
 
 /* signals, shared with main.c */
 int rotor_is_interrupted(void);

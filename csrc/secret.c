@@ -5,8 +5,11 @@
 #include "rotor.h"
 
 #include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
@@ -32,6 +35,110 @@ void rotor_free_secure(void *p, size_t len) {
         rotor_zero(p, len);
         free(p);
     }
+}
+
+/* ---- best-effort mlock of the pages holding secrets ----
+ * A page may hold several secrets (and other heap data): each page is locked when its first
+ * secret arrives and unlocked when its last one leaves, counted in a small hash table (entries
+ * are kept once made). mlock fails quietly beyond RLIMIT_MEMLOCK: the secret is then only
+ * zeroed, as before. */
+
+typedef struct {
+    uintptr_t page; /* 0: empty */
+    unsigned count;
+    int locked;
+} page_ref;
+
+static page_ref *pages;
+static size_t pages_cap, pages_used;
+static uintptr_t page_size;
+static pthread_mutex_t page_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static page_ref *page_find(uintptr_t page, int create);
+
+static int pages_grow(void) {
+    size_t ncap = pages_cap ? pages_cap * 2 : 256;
+    page_ref *old = pages, *nt = calloc(ncap, sizeof(*nt));
+    size_t ocap = pages_cap;
+    if (nt == NULL) {
+        return -1;
+    }
+    pages = nt;
+    pages_cap = ncap;
+    pages_used = 0;
+    for (size_t i = 0; i < ocap; i++) {
+        if (old[i].page != 0) {
+            *page_find(old[i].page, 1) = old[i];
+        }
+    }
+    free(old);
+    return 0;
+}
+
+static page_ref *page_find(uintptr_t page, int create) {
+    if (create && (pages_used + 1) * 2 > pages_cap && pages_grow() != 0) {
+        return NULL;
+    }
+    if (pages == NULL) {
+        return NULL;
+    }
+    size_t mask = pages_cap - 1, i = (size_t)((page / page_size) * 2654435761u) & mask;
+    while (pages[i].page != 0 && pages[i].page != page) {
+        i = (i + 1) & mask;
+    }
+    if (pages[i].page == 0) {
+        if (!create) {
+            return NULL;
+        }
+        pages[i].page = page;
+        pages_used++;
+    }
+    return &pages[i];
+}
+
+static void secure_pages(const void *p, size_t len, int lock) {
+    if (p == NULL || len == 0) {
+        return;
+    }
+    pthread_mutex_lock(&page_lock);
+    if (page_size == 0) {
+        long ps = sysconf(_SC_PAGESIZE);
+        page_size = ps > 0 ? (uintptr_t)ps : 4096;
+    }
+    const char *first = (const char *)p - ((uintptr_t)p & (page_size - 1));
+    const char *end = (const char *)p + len;
+    for (const char *pg = first; pg < end; pg += page_size) {
+        page_ref *r = page_find((uintptr_t)pg, lock);
+        if (r == NULL) {
+            continue; /* out of memory for the table: this page stays unlocked */
+        }
+        if (lock) {
+            if (r->count++ == 0) {
+                r->locked = mlock(pg, page_size) == 0;
+            }
+        } else if (r->count > 0 && --r->count == 0 && r->locked) {
+            munlock(pg, page_size);
+            r->locked = 0;
+        }
+    }
+    pthread_mutex_unlock(&page_lock);
+}
+
+/* Released when the module is unloaded (the table's pointer goes with it) */
+__attribute__((destructor)) static void pages_fini(void) {
+    pthread_mutex_lock(&page_lock);
+    free(pages);
+    pages = NULL;
+    pages_cap = pages_used = 0;
+    pthread_mutex_unlock(&page_lock);
+}
+
+void rotor_mlock(const void *p, size_t len) {
+    secure_pages(p, len, 1);
+}
+
+void rotor_munlock(const void *p, size_t len) {
+    secure_pages(p, len, 0);
 }
 
 /* ---- rotor_buf ---- */
@@ -108,7 +215,9 @@ static void secret_close(rotor_secret *s) {
     }
     s->prev = s->next = NULL;
     pthread_mutex_unlock(&live_lock);
-    rotor_free_secure(s->buf, s->len + 1);
+    rotor_zero(s->buf, s->len + 1);
+    rotor_munlock(s->buf, s->len + 1);
+    free(s->buf);
     s->buf = NULL;
     s->len = 0;
 }
@@ -124,6 +233,7 @@ void rotor_secret_push(lua_State *L, const void *buf, size_t len) {
         luaL_error(L, "rotor.secret: out of memory");
         return;
     }
+    rotor_mlock(s->buf, len + 1);
     if (len > 0) {
         memcpy(s->buf, buf, len);
     }

@@ -1,7 +1,8 @@
 /* OAuth2 client-credentials: building the token request, and the process-wide token cache.
  *
  * core.token_request{...} returns a request table for m:add whose body and Authorization header
- * are rotor.secret values, so the client secret never becomes a Lua string here.
+ * are rotor.secret values, so the client secret never becomes a Lua string here, and no Lua
+ * module is called from C.
  * The cache keeps tokens in C memory (zeroed when dropped) keyed by a string the caller makes of
  * endpoint, client and scope; a "fetching" mark gives single-flight refresh. A mutex guards it:
  * OpenResty worker threads load this module in several Lua states of one process. */
@@ -54,7 +55,7 @@ static const char *field_name(lua_State *L, int fields, const char *key, const c
     }
     lua_getfield(L, fields, key);
     const char *s = lua_tostring(L, -1);
-    lua_pop(L, 1);
+    lua_pop(L, 1); /* the fields table keeps it alive */
     return s != NULL ? s : def;
 }
 
@@ -87,95 +88,110 @@ static void push_header(lua_State *L, int arr, int *n, const char *name, int val
     lua_rawseti(L, arr, ++*n);
 }
 
-/* Encode a JSON object of string pairs through lua-cjson; returns its bytes in out. */
-static void json_body(lua_State *L, rotor_buf *out, const char **keys, const char **vals,
-                      const size_t *lens, int n) {
-    lua_getglobal(L, "require");
-    lua_pushliteral(L, "cjson");
-    lua_call(L, 1, 1);
-    lua_getfield(L, -1, "encode");
-    lua_createtable(L, 0, n);
-    for (int i = 0; i < n; i++) {
-        lua_pushlstring(L, vals[i], lens[i]);
-        lua_setfield(L, -2, keys[i]);
-    }
-    lua_call(L, 1, 1);
-    size_t len;
-    const char *s = lua_tolstring(L, -1, &len);
-    rotor_buf_add(out, s, len);
-    lua_pop(L, 2);
+/* The buffers that hold the client secret while a request is built. They live in a userdata
+ * whose __gc zeroes them, so that an error raised half-way (out of memory) leaves no secret
+ * byte behind once collected; the normal path zeroes them at once. */
+typedef struct {
+    rotor_buf body, auth, raw;
+} token_bufs;
+
+#define TOKEN_BUFS_MT "rotor.token_bufs"
+
+static int token_bufs_gc(lua_State *L) {
+    token_bufs *tb = luaL_checkudata(L, 1, TOKEN_BUFS_MT);
+    rotor_buf_free(&tb->body);
+    rotor_buf_free(&tb->auth);
+    rotor_buf_free(&tb->raw);
+    return 0;
 }
 
-/* core.token_request{url, style, client_id, client_secret, scope, fields, extra} -> req */
+/* RFC 6749 §2.3.1 / App. B: form-encode id and secret, join with ':', base64 */
+static void basic_auth(token_bufs *tb, const char *id, size_t idlen, const char *sec,
+                       size_t seclen) {
+    rotor_buf_add_formenc(&tb->raw, id, idlen);
+    rotor_buf_add(&tb->raw, ":", 1);
+    rotor_buf_add_formenc(&tb->raw, sec, seclen);
+    if (tb->raw.failed) {
+        tb->auth.failed = 1;
+        return;
+    }
+    size_t outlen = 4 * ((tb->raw.len + 2) / 3) + 1;
+    char *b64 = malloc(outlen);
+    if (b64 == NULL) {
+        tb->auth.failed = 1;
+        return;
+    }
+    int n = EVP_EncodeBlock((unsigned char *)b64, (unsigned char *)tb->raw.data, (int)tb->raw.len);
+    rotor_buf_adds(&tb->auth, "Basic ");
+    rotor_buf_add(&tb->auth, b64, (size_t)n);
+    rotor_free_secure(b64, outlen);
+    rotor_buf_free(&tb->raw);
+}
+
+/* core.token_request{url, style, client_id, client_secret, scope, grant_type, fields, extra}
+ *   style: "basic" (id and secret in the Authorization header), "form" (in the body) or
+ *   "multipart" (in a multipart/form-data body); grant_type: the grant's value
+ *   ("client_credentials"); fields: the body's field names { grant_type=, client_id=,
+ *   client_secret=, scope= }; extra: more fields { {name, value}, ... } (value string or secret).
+ * -> a request table for m:add whose body and Authorization header are rotor.secret values. */
 static int l_token_request(lua_State *L) {
     luaL_checktype(L, 1, LUA_TTABLE);
-    lua_getfield(L, 1, "url");
-    const char *url = luaL_checkstring(L, -1);
-    lua_getfield(L, 1, "style");
-    const char *style = luaL_optstring(L, -1, "basic");
-    lua_getfield(L, 1, "client_id");
+    lua_settop(L, 1);
+    lua_getfield(L, 1, "url"); /* 2 */
+    const char *url = luaL_checkstring(L, 2);
+    lua_getfield(L, 1, "style"); /* 3 */
+    const char *style = luaL_optstring(L, 3, "basic");
+    lua_getfield(L, 1, "client_id"); /* 4 */
     size_t idlen;
-    const char *id = luaL_checklstring(L, -1, &idlen);
-    lua_getfield(L, 1, "client_secret");
+    const char *id = luaL_checklstring(L, 4, &idlen);
+    lua_getfield(L, 1, "client_secret"); /* 5 */
     size_t seclen;
-    const char *sec = rotor_bytes(L, -1, &seclen, NULL);
+    const char *sec = rotor_bytes(L, 5, &seclen, NULL);
     if (sec == NULL) {
         return luaL_error(L, "token_request: client_secret must be a string or rotor.secret");
     }
-    lua_getfield(L, 1, "scope");
+    lua_getfield(L, 1, "scope"); /* 6 */
     size_t scopelen = 0;
-    const char *scope = lua_isnil(L, -1) ? NULL : luaL_checklstring(L, -1, &scopelen);
-    lua_getfield(L, 1, "fields");
-    int fields = lua_istable(L, -1) ? lua_gettop(L) : 0;
-    lua_getfield(L, 1, "extra");
-    int extra = lua_istable(L, -1) ? lua_gettop(L) : 0;
-
+    const char *scope = lua_isnil(L, 6) ? NULL : luaL_checklstring(L, 6, &scopelen);
+    lua_getfield(L, 1, "grant_type"); /* 7 */
+    size_t grantlen;
+    const char *grant = luaL_optlstring(L, 7, "client_credentials", &grantlen);
+    lua_getfield(L, 1, "fields"); /* 8 */
+    int fields = lua_istable(L, 8) ? 8 : 0;
+    lua_getfield(L, 1, "extra"); /* 9 */
+    int extra = lua_istable(L, 9) ? 9 : 0;
+    int basic = strcmp(style, "basic") == 0;
+    int multipart = strcmp(style, "multipart") == 0;
+    if (!basic && !multipart && strcmp(style, "form") != 0) {
+        return luaL_error(L, "token_request: unknown style '%s' (basic, form or multipart)", style);
+    }
     const char *f_grant = field_name(L, fields, "grant_type", "grant_type");
     const char *f_id = field_name(L, fields, "client_id", "client_id");
     const char *f_secret = field_name(L, fields, "client_secret", "client_secret");
     const char *f_scope = field_name(L, fields, "scope", "scope");
-    const char *grant = field_name(L, fields, "grant_value", "client_credentials");
-
-    rotor_buf body = {0};
-    rotor_buf auth = {0};
-    const char *ctype = "application/x-www-form-urlencoded";
+    /* every check that can raise comes before a secret byte is copied */
+    lua_Integer nextra = extra ? (lua_Integer)lua_rawlen(L, extra) : 0;
+    luaL_checkstack(L, (int)(nextra < 200 ? 2 * nextra + 8 : 408), "token_request: extra");
+    luaL_argcheck(L, nextra <= 200, 1, "token_request: at most 200 extra fields");
+    int first_extra = lua_gettop(L) + 1;
+    for (lua_Integer i = 1; i <= nextra; i++) {
+        lua_rawgeti(L, extra, i);
+        if (!lua_istable(L, -1)) {
+            return luaL_error(L, "token_request: extra[%d] must be a {name, value} pair", (int)i);
+        }
+        lua_rawgeti(L, -1, 1);
+        lua_rawgeti(L, -2, 2);
+        lua_remove(L, -3);
+        size_t vlen;
+        if (lua_type(L, -2) != LUA_TSTRING || rotor_bytes(L, -1, &vlen, NULL) == NULL) {
+            return luaL_error(L, "token_request: extra[%d] needs a name and a string or secret",
+                              (int)i);
+        }
+    }
     char boundary[64] = "";
     char ctype_mp[128];
-
-    if (strcmp(style, "basic") == 0 || strcmp(style, "form") == 0) {
-        int basic = style[0] == 'b';
-        form_pair(&body, f_grant, grant, strlen(grant));
-        if (!basic) {
-            form_pair(&body, f_id, id, idlen);
-            form_pair(&body, f_secret, sec, seclen);
-        }
-        if (scope != NULL) {
-            form_pair(&body, f_scope, scope, scopelen);
-        }
-        if (basic) {
-            /* RFC 6749 §2.3.1 / App. B: form-encode id and secret, join with ':', base64 */
-            rotor_buf raw = {0};
-            rotor_buf_add_formenc(&raw, id, idlen);
-            rotor_buf_add(&raw, ":", 1);
-            rotor_buf_add_formenc(&raw, sec, seclen);
-            if (!raw.failed) {
-                size_t outlen = 4 * ((raw.len + 2) / 3) + 1;
-                char *b64 = malloc(outlen);
-                if (b64 != NULL) {
-                    int n = EVP_EncodeBlock((unsigned char *)b64, (unsigned char *)raw.data,
-                                            (int)raw.len);
-                    rotor_buf_adds(&auth, "Basic ");
-                    rotor_buf_add(&auth, b64, (size_t)n);
-                    rotor_free_secure(b64, outlen);
-                } else {
-                    auth.failed = 1;
-                }
-            } else {
-                auth.failed = 1;
-            }
-            rotor_buf_free(&raw);
-        }
-    } else if (strcmp(style, "multipart") == 0) {
+    const char *ctype = "application/x-www-form-urlencoded";
+    if (multipart) {
         unsigned char rnd[12];
         if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
             return luaL_error(L, "token_request: RAND_bytes failed");
@@ -184,62 +200,70 @@ static int l_token_request(lua_State *L) {
         for (size_t i = 0; i < sizeof(rnd); i++) {
             off += snprintf(boundary + off, sizeof(boundary) - (size_t)off, "%02x", rnd[i]);
         }
-        multipart_part(&body, boundary, f_grant, grant, strlen(grant));
-        multipart_part(&body, boundary, f_id, id, idlen);
-        multipart_part(&body, boundary, f_secret, sec, seclen);
-        if (scope != NULL) {
-            multipart_part(&body, boundary, f_scope, scope, scopelen);
-        }
         snprintf(ctype_mp, sizeof(ctype_mp), "multipart/form-data; boundary=%s", boundary);
         ctype = ctype_mp;
-    } else if (strcmp(style, "json") == 0) {
-        const char *keys[4] = {f_grant, f_id, f_secret, f_scope};
-        const char *vals[4] = {grant, id, sec, scope};
-        size_t lens[4] = {strlen(grant), idlen, seclen, scopelen};
-        json_body(L, &body, keys, vals, lens, scope != NULL ? 4 : 3);
-        ctype = "application/json";
-    } else {
-        return luaL_error(L, "token_request: unknown style '%s' (basic, form, multipart, json)",
-                          style);
     }
-    if (extra != 0) {
-        lua_Integer n = (lua_Integer)lua_rawlen(L, extra);
-        for (lua_Integer i = 1; i <= n; i++) {
-            lua_rawgeti(L, extra, i);
-            lua_rawgeti(L, -1, 1);
-            lua_rawgeti(L, -2, 2);
-            const char *k = luaL_checkstring(L, -2);
-            size_t vlen;
-            const char *v = rotor_checkbytes(L, -1, &vlen);
-            if (boundary[0]) {
-                multipart_part(&body, boundary, k, v, vlen);
-            } else if (strcmp(style, "json") != 0) {
-                form_pair(&body, k, v, vlen);
-            }
-            lua_pop(L, 3);
+
+    token_bufs *tb = lua_newuserdata(L, sizeof(*tb));
+    memset(tb, 0, sizeof(*tb));
+    if (luaL_newmetatable(L, TOKEN_BUFS_MT)) {
+        lua_pushcfunction(L, token_bufs_gc);
+        lua_setfield(L, -2, "__gc");
+    }
+    lua_setmetatable(L, -2);
+    int tbi = lua_gettop(L);
+
+    if (multipart) {
+        multipart_part(&tb->body, boundary, f_grant, grant, grantlen);
+        multipart_part(&tb->body, boundary, f_id, id, idlen);
+        multipart_part(&tb->body, boundary, f_secret, sec, seclen);
+        if (scope != NULL) {
+            multipart_part(&tb->body, boundary, f_scope, scope, scopelen);
+        }
+    } else {
+        form_pair(&tb->body, f_grant, grant, grantlen);
+        if (!basic) {
+            form_pair(&tb->body, f_id, id, idlen);
+            form_pair(&tb->body, f_secret, sec, seclen);
+        }
+        if (scope != NULL) {
+            form_pair(&tb->body, f_scope, scope, scopelen);
+        }
+        if (basic) {
+            basic_auth(tb, id, idlen, sec, seclen);
         }
     }
-    if (boundary[0]) {
-        rotor_buf_adds(&body, "--");
-        rotor_buf_adds(&body, boundary);
-        rotor_buf_adds(&body, "--\r\n");
+    for (lua_Integer i = 0; i < nextra; i++) {
+        int at = first_extra + 2 * (int)i;
+        size_t vlen;
+        const char *k = lua_tostring(L, at);
+        const char *v = rotor_bytes(L, at + 1, &vlen, NULL);
+        if (multipart) {
+            multipart_part(&tb->body, boundary, k, v, vlen);
+        } else {
+            form_pair(&tb->body, k, v, vlen);
+        }
     }
-    if (body.failed || auth.failed) {
-        rotor_buf_free(&body);
-        rotor_buf_free(&auth);
+    if (multipart) {
+        rotor_buf_adds(&tb->body, "--");
+        rotor_buf_adds(&tb->body, boundary);
+        rotor_buf_adds(&tb->body, "--\r\n");
+    }
+    if (tb->body.failed || tb->auth.failed) {
+        lua_pushcfunction(L, token_bufs_gc);
+        lua_pushvalue(L, tbi);
+        lua_call(L, 1, 0);
         return luaL_error(L, "token_request: out of memory");
     }
 
-    lua_createtable(L, 0, 5);
+    lua_createtable(L, 0, 4);
     int req = lua_gettop(L);
     lua_pushstring(L, url);
     lua_setfield(L, req, "url");
     lua_pushliteral(L, "POST");
     lua_setfield(L, req, "method");
-    rotor_secret_push(L, body.data, body.len);
+    rotor_secret_push(L, tb->body.data, tb->body.len);
     lua_setfield(L, req, "body");
-    lua_pushboolean(L, 1);
-    lua_setfield(L, req, "secret_body");
     lua_newtable(L);
     int harr = lua_gettop(L);
     int nh = 0;
@@ -249,14 +273,14 @@ static int l_token_request(lua_State *L) {
     lua_pushliteral(L, "application/json");
     push_header(L, harr, &nh, "Accept", lua_gettop(L));
     lua_pop(L, 1);
-    if (auth.len > 0) {
-        rotor_secret_push(L, auth.data, auth.len);
+    if (tb->auth.len > 0) {
+        rotor_secret_push(L, tb->auth.data, tb->auth.len);
         push_header(L, harr, &nh, "Authorization", lua_gettop(L));
         lua_pop(L, 1);
     }
     lua_setfield(L, req, "headers");
-    rotor_buf_free(&body);
-    rotor_buf_free(&auth);
+    rotor_buf_free(&tb->body);
+    rotor_buf_free(&tb->auth);
     return 1;
 }
 
@@ -314,7 +338,11 @@ static entry *find(const char *k, size_t n, int create) {
 }
 
 static void drop_token(entry *e) {
-    rotor_free_secure(e->token, e->toklen);
+    if (e->token != NULL) {
+        rotor_zero(e->token, e->toklen + 1);
+        rotor_munlock(e->token, e->toklen + 1);
+    }
+    free(e->token);
     e->token = NULL;
     e->toklen = 0;
     e->expires = 0;
@@ -326,6 +354,9 @@ static int l_token_get(lua_State *L) {
     const char *k = luaL_checklstring(L, 1, &n);
     double margin = luaL_optnumber(L, 2, 0);
     double now = mono_now();
+    if (!(margin >= 0)) { /* NaN or negative */
+        margin = 0;
+    }
     pthread_mutex_lock(&cache_lock);
     entry *e = find(k, n, 0);
     if (e != NULL && e->token != NULL && now + margin < e->expires) {
@@ -364,23 +395,37 @@ static int l_token_begin(lua_State *L) {
     return 1;
 }
 
-/* core.token_put(key, token, expires_in_seconds) */
+/* A token lifetime from a provider, clamped to [ROTOR_TTL_MIN, ROTOR_TTL_MAX] seconds: NaN, 0 or a
+ * negative value would mean one token request per call, 1e400 a token cached forever. The
+ * minimum is twice the default refresh margin (oauth.DEFAULT_MARGIN, 60 s), so a short-lived
+ * token is still served from the cache; a 401 drops it early. */
+double rotor_clamp_ttl(double ttl) {
+    if (!(ttl >= ROTOR_TTL_MIN)) { /* also NaN */
+        return ROTOR_TTL_MIN;
+    }
+    return ttl > ROTOR_TTL_MAX ? ROTOR_TTL_MAX : ttl;
+}
+
+/* core.token_put(key, token, expires_in_seconds) -> the lifetime kept (clamped) */
 static int l_token_put(lua_State *L) {
     size_t n, tlen;
     const char *k = luaL_checklstring(L, 1, &n);
     const char *t = rotor_checkbytes(L, 2, &tlen);
-    double ttl = luaL_checknumber(L, 3);
+    double ttl = rotor_clamp_ttl(luaL_checknumber(L, 3));
     char *copy = malloc(tlen + 1);
     if (copy == NULL) {
         return luaL_error(L, "token cache: out of memory");
     }
+    rotor_mlock(copy, tlen + 1);
     memcpy(copy, t, tlen);
     copy[tlen] = '\0';
     pthread_mutex_lock(&cache_lock);
     entry *e = find(k, n, 1);
     if (e == NULL) {
         pthread_mutex_unlock(&cache_lock);
-        rotor_free_secure(copy, tlen + 1);
+        rotor_zero(copy, tlen + 1);
+        rotor_munlock(copy, tlen + 1);
+        free(copy);
         return luaL_error(L, "token cache: out of memory");
     }
     drop_token(e);
@@ -389,7 +434,8 @@ static int l_token_put(lua_State *L) {
     e->expires = mono_now() + ttl;
     e->fetching_since = 0;
     pthread_mutex_unlock(&cache_lock);
-    return 0;
+    lua_pushnumber(L, ttl);
+    return 1;
 }
 
 static int l_token_fail(lua_State *L) {

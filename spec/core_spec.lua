@@ -88,18 +88,18 @@ describe("core.token_request", function()
     assert.is_truthy(body:find("--" .. boundary .. "--\r\n", 1, true))
   end)
 
-  it("encodes a JSON body through cjson", function()
-    local req = core.token_request { url = "https://x/t", style = "json", client_id = "c\"1",
-      client_secret = "s", scope = "sc" }
-    local v = json.decode(req.body:reveal())
-    assert.same({ grant_type = "client_credentials", client_id = "c\"1", client_secret = "s",
-      scope = "sc" }, v)
+  it("takes the grant type as its own field", function()
+    local req = core.token_request { url = "https://x/t", style = "form", client_id = "c",
+      client_secret = "s", grant_type = "urn:x" }
+    assert.equals("grant_type=urn%3Ax&client_id=c&client_secret=s", req.body:reveal())
   end)
 
-  it("refuses an unknown style", function()
-    assert.has_error(function()
-      core.token_request { url = "https://x", style = "digest", client_id = "a", client_secret = "b" }
-    end)
+  it("refuses an unknown style, json included (no provider uses it)", function()
+    for _, style in ipairs { "digest", "json" } do
+      assert.has_error(function()
+        core.token_request { url = "https://x", style = style, client_id = "a", client_secret = "b" }
+      end, "token_request: unknown style '" .. style .. "' (basic, form or multipart)")
+    end
   end)
 end)
 

@@ -1,5 +1,8 @@
 -- Proxies: the `proxy` option and the usual environment variables (https_proxy), through a real
 -- CONNECT proxy (Debian's tinyproxy) on loopback, to the simulator over HTTPS.
+-- A loopback target is never proxied (spec/hardening_spec.lua), so the simulator is named
+-- sim.rotor.test here: tinyproxy runs in its own mount namespace whose /etc/hosts maps that name
+-- to 127.0.0.1 (the simulator's certificate names it too); rotor never resolves it.
 local core = require "rotor.core"
 local http = require "rotor.http"
 local sim = require "spec.helpers.sim"
@@ -8,19 +11,21 @@ local ROTOR = os.getenv("ROTOR_BIN") or "./build/rotor"
 local q = sim.shell_quote
 
 describe("HTTPS through a proxy", function()
-  local s, dir, port
+  local s, dir, port, url
 
   local function connects()
     local log = sim.read_file(dir .. "/tinyproxy.log") or ""
     local n = 0
-    for _ in log:gmatch("Established connection to host \"127%.0%.0%.1\"") do n = n + 1 end
+    for _ in log:gmatch("Established connection to host \"sim%.rotor%.test\"") do n = n + 1 end
     return n
   end
 
   setup(function()
     s = sim.start()
+    url = s.url:gsub("127%.0%.0%.1", "sim.rotor.test")
     dir = s.dir .. "/proxy"
     assert(core.fs_mkdir(dir, 448))
+    sim.write_file(dir .. "/hosts", "127.0.0.1 localhost sim.rotor.test\n")
     -- a free port: try a few random ones until tinyproxy answers on one
     for _ = 1, 10 do
       port = 20000 + tonumber(core.random_hex(2), 16) % 30000
@@ -28,11 +33,12 @@ describe("HTTPS through a proxy", function()
         "Port " .. port, "Listen 127.0.0.1", "Timeout 30", "MaxClients 20", "Allow 127.0.0.1",
         ('LogFile "%s/tinyproxy.log"'):format(dir), "LogLevel Info",
         ('PidFile "%s/tinyproxy.pid"'):format(dir), "" }, "\n"))
-      sim.run(("tinyproxy -c %s"):format(q(dir .. "/tinyproxy.conf")))
+      sim.run(("unshare -m sh -c %s"):format(q(("mount --bind %s /etc/hosts && exec tinyproxy -c %s")
+        :format(q(dir .. "/hosts"), q(dir .. "/tinyproxy.conf")))))
       local up
       for _ = 1, 20 do
         local _, rc = sim.run(("curl -s -o /dev/null --max-time 2 --cacert %s -x http://127.0.0.1:%d %s/_sim/health")
-          :format(q(s.ca), port, s.url))
+          :format(q(s.ca), port, url))
         if rc == 0 then up = true break end
         sim.run("sleep 0.05")
       end
@@ -49,7 +55,7 @@ describe("HTTPS through a proxy", function()
 
   it("goes through the proxy given as an option", function()
     local before = connects()
-    local res = assert(http.request { url = s.url .. "/_sim/health", cainfo = s.ca,
+    local res = assert(http.request { url = url .. "/_sim/health", cainfo = s.ca,
                                       proxy = "http://127.0.0.1:" .. port })
     assert.equals(200, res.status)
     assert.equals(before + 1, connects())
@@ -59,14 +65,14 @@ describe("HTTPS through a proxy", function()
     local before = connects()
     local out, rc = sim.run(("https_proxy=http://127.0.0.1:%d %s -e %s 2>&1"):format(port, ROTOR, q(([[
       local r, e = require("rotor.http").request { url = %q, cainfo = %q }
-      print(r and r.status or tostring(e))]]):format(s.url .. "/_sim/health", s.ca))))
+      print(r and r.status or tostring(e))]]):format(url .. "/_sim/health", s.ca))))
     assert.equals(0, rc, out)
     assert.equals("200\n", out)
     assert.equals(before + 1, connects())
   end)
 
   it("names an unreachable proxy as a network error, sent = false, after its retries", function()
-    local res, err = http.request({ url = s.url .. "/_sim/health", cainfo = s.ca,
+    local res, err = http.request({ url = url .. "/_sim/health", cainfo = s.ca,
                                     proxy = "http://127.0.0.1:1" }, { retries = 1, max_wait = 2 })
     assert.is_nil(res)
     assert.equals("network", err.kind)

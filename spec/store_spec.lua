@@ -92,7 +92,7 @@ describe("rotor.store.file", function()
 end)
 
 describe("rotor.store.dotenv", function()
-  it("replaces its keys, keeps other lines, writes 0600 atomically", function()
+  it("replaces its keys, keeps other lines, writes atomically keeping the mode less others' access", function()
     local path = tmpdir() .. "/app.env"
     assert(core.fs_write_atomic(path, "# app\nOTHER=1\nAPP_SECRET=old\n", 420))
     local sink = stores.dotenv(path, { client_id = "APP_ID", secret = "APP_SECRET" })
@@ -103,7 +103,10 @@ describe("rotor.store.dotenv", function()
     local v = assert(sink:read())
     assert.equal("p+q/r= s\"x", v.APP_SECRET:reveal())
     assert.equal("id-1", v.APP_ID)
-    assert.equal(384, mode(path))
+    assert.equal(416, mode(path)) -- 0644 -> 0640
+    local fresh = tmpdir() .. "/new.env"
+    assert(stores.dotenv(fresh, {})({ secret = "s" }))
+    assert.equal(384, mode(fresh))
   end)
 end)
 

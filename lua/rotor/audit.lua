@@ -16,18 +16,19 @@ Audit.__index = Audit
 --- audit.open{ path=, key= } or audit.open(store) (the store's audit_path and audit_key).
 function _M.open(spec)
   if type(spec) ~= "table" then error("audit.open: a table {path=, key=} or a store expected", 2) end
-  local path, key = spec.path, spec.key
+  local path, key, store = spec.path, spec.key, nil
   if type(spec.audit_path) == "function" then -- a store
     local kerr
     path = spec:audit_path()
     key, kerr = spec:audit_key()
     if not key then return nil, kerr end
+    if type(spec.audit_append) == "function" then store = spec end
   end
   if type(path) ~= "string" or path == "" then error("audit.open: path must be a file path", 2) end
   if key ~= nil and type(key) ~= "string" and not core.is_secret(key) then
     error("audit.open: key must be a string or a rotor.secret", 2)
   end
-  return setmetatable({ path = path, key = key }, Audit)
+  return setmetatable({ path = path, key = key, store = store }, Audit)
 end
 
 --- The fingerprint of a secret under this trail's key (nil without a key or a secret).
@@ -62,6 +63,8 @@ function Audit:write(fields)
     self.checked_tail = true
     if not ends_with_newline(self.path) then line = "\n" .. line end
   end
+  -- a store appends relative to its directory, under its trust rule; else the file named
+  if self.store then return self.store:audit_append(line) end
   local ok, msg = core.fs_append(self.path, line, 384)
   if not ok then
     return nil, errors.new { kind = "store", message = "cannot append to the audit trail", detail = msg }

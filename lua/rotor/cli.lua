@@ -73,8 +73,9 @@ local function due_opts(o, defaults)
   return d
 end
 
-local function open_store(dir)
-  return require("rotor.store").file(dir)
+-- read_only: status, due and --dry-run create, chmod and write nothing
+local function open_store(dir, read_only)
+  return require("rotor.store").file(dir, { read_only = read_only or nil })
 end
 
 local function days(x)
@@ -146,7 +147,7 @@ local function cmd_status(args, only_due)
     err("rotor " .. args[1] .. ": no store at " .. dir .. "\n")
     return EXIT_FAIL
   end
-  local store, serr = open_store(dir)
+  local store, serr = open_store(dir, true)
   if not store then
     err("rotor " .. args[1] .. ": " .. tostring(serr) .. "\n")
     return EXIT_FAIL
@@ -236,7 +237,7 @@ local function cmd_rotate(args)
   local store = cfg.store
   if type(store) == "string" then
     local serr
-    store, serr = open_store(store)
+    store, serr = open_store(store, o["--dry-run"])
     if not store then
       err("rotor rotate: " .. tostring(serr) .. "\n")
       return EXIT_FAIL

@@ -417,7 +417,7 @@ local function is_empty(body)
 end
 
 --- Make an API call. opts: body (a table, JSON encoded), headers (extra {name, value} pairs),
--- mint (a request that mints a secret: fresh connection, never re-sent), secret_body,
+-- mint (a request that mints a secret: fresh connection, never re-sent),
 -- url (absolute URL instead of base_url .. path), shape=function(decoded) -> ok, why,
 -- secrets=function(decoded) (converts secret-bearing fields in place), policy (extra policy fields).
 -- Returns the decoded body, true for an empty 2xx, or nil, err.
@@ -437,7 +437,7 @@ function Client:call(op, method, path, opts)
     for _, h in ipairs(opts.headers or {}) do headers[#headers + 1] = h end
     local req = self:_req{
       url = url, method = method, headers = headers, body = body,
-      fresh_connect = opts.mint or nil, secret_body = opts.secret_body or opts.mint or nil,
+      fresh_connect = opts.mint or nil,
     }
     local res
     res, err = http.request(req, self:_policy(op, { mint = opts.mint or false }))

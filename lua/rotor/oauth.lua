@@ -36,7 +36,6 @@ local function fetch(spec)
   local req = core.token_request(spec)
   req.cainfo, req.proxy, req.timeout = spec.cainfo, spec.proxy, spec.timeout
   req.user_agent, req.connect_timeout = spec.user_agent, spec.connect_timeout
-  req.secret_body = true
   local res, err = http.request(req, {
     provider = spec.provider, op = "token", retries = spec.retries, max_wait = spec.max_wait,
     rate = spec.rate,
@@ -101,7 +100,7 @@ function _M.token(spec)
       generation[key] = (generation[key] or 0) + 1
       if ok and t then
         -- a token that lives shorter than the margin is still used once
-        core.token_put(key, t, ttl)
+        ttl = core.token_put(key, t, ttl) -- clamped to the core's bounds
         last_failure[key] = nil
         sched.notify(key)
         local s = core.secret(t)

@@ -179,7 +179,6 @@ function Spapi:_sqs_call(op, action, payload, extra)
     url = s.endpoint, method = "POST", headers = headers, body = json.encode(payload),
     aws_sigv4 = "aws:amz:" .. s.region .. ":sqs", userpwd = self._sqs.userpwd,
     timeout = extra and extra.timeout, low_speed_time = extra and extra.low_speed_time,
-    secret_body = extra and extra.secret_body,
   }
   local res, err = http.request(req, self:_policy(op))
   if not res then return nil, self:_wrap(err, op) end
@@ -248,8 +247,7 @@ function Spapi:_receive(op, ntype, field, args, convert, valid)
     local poll = math.max(0, math.min(MAX_POLL, math.floor(remaining)))
     local v, err = self:_sqs_call(op, "ReceiveMessage", {
       QueueUrl = q, MaxNumberOfMessages = 10, WaitTimeSeconds = poll, VisibilityTimeout = visibility,
-    }, { timeout = poll + self.options.timeout, low_speed_time = poll + self.options.timeout,
-         secret_body = true })
+    }, { timeout = poll + self.options.timeout, low_speed_time = poll + self.options.timeout })
     if not v then failure = err break end
     local msgs = v.Messages
     if msgs ~= nil and msgs ~= json.null and type(msgs) ~= "table" then

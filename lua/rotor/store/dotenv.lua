@@ -5,7 +5,10 @@
 --   rotor.rotate{ ..., deploy = env }        -- or env:deploy(new) inside your own hook
 --
 -- Other lines of the file are kept as they are; the two keys are replaced or appended. The file
--- is written like every file holding a secret: 0600, temp name, fsync, rename, directory fsync.
+-- is replaced atomically (temp name, fsync, rename, directory fsync) keeping its mode, owner and
+-- group; a new file gets opts.mode (0600). When the path is a symbolic link, the link's target
+-- is updated (the link stays), provided the link is owned by root, by the user rotor runs as or
+-- by the target's owner; otherwise the deploy is refused, saying why.
 local core = require "rotor.core"
 local errors = require "rotor.errors"
 
@@ -13,6 +16,10 @@ local _M = {}
 
 local Sink = {}
 Sink.__index = Sink
+
+local function store_error(what, msg)
+  return errors.new { kind = "store", message = what .. ": " .. tostring(msg), detail = msg }
+end
 
 local function check_key(k, what)
   if type(k) ~= "string" or not k:match("^[%a_][%w_]*$") then
@@ -34,6 +41,10 @@ function _M.new(path, opts)
   check_key(keys.secret, "secret")
   if keys.client_id then check_key(keys.client_id, "client_id") end
   if keys.expires then check_key(keys.expires, "expires") end
+  local m = opts.mode
+  if m ~= nil and (type(m) ~= "number" or m % 1 ~= 0 or m < 0 or m > 511) then
+    error("rotor.store.dotenv: mode must be a file mode such as 384 (0600)", 2)
+  end
   return setmetatable({ path = path, keys = keys, mode = opts.mode or 384 }, Sink)
 end
 
@@ -56,7 +67,7 @@ end
 function Sink:read()
   if not core.fs_exists(self.path) then return {} end
   local text, msg = core.fs_read(self.path)
-  if not text then return nil, errors.new { kind = "store", message = "cannot read " .. self.path, detail = msg } end
+  if not text then return nil, store_error("cannot read " .. self.path, msg) end
   local out = {}
   for line in (text .. "\n"):gmatch("([^\n]*)\n") do
     local k, v = line:match("^%s*export%s+([%a_][%w_]*)%s*=(.*)$")
@@ -83,7 +94,7 @@ function Sink:deploy(new)
   if core.fs_exists(self.path) then
     local text, msg = core.fs_read(self.path)
     if not text then
-      return nil, errors.new { kind = "store", message = "cannot read " .. self.path, detail = msg }
+      return nil, store_error("cannot read " .. self.path, msg)
     end
     for line in text:gmatch("([^\n]*)\n?") do
       local k = line:match("^%s*export%s+([%a_][%w_]*)%s*=") or line:match("^%s*([%a_][%w_]*)%s*=")
@@ -99,8 +110,8 @@ function Sink:deploy(new)
   for _, k in ipairs { self.keys.client_id, self.keys.secret, self.keys.expires } do
     if k and values[k] and not seen[k] then lines[#lines + 1] = k .. "=" .. quote(values[k]) end
   end
-  local ok, msg = core.fs_write_atomic(self.path, table.concat(lines, "\n") .. "\n", self.mode)
-  if not ok then return nil, errors.new { kind = "store", message = "cannot write " .. self.path, detail = msg } end
+  local ok, msg = core.fs_write_through(self.path, table.concat(lines, "\n") .. "\n", self.mode)
+  if not ok then return nil, store_error("cannot write " .. self.path, msg) end
   return true
 end
 

@@ -9,6 +9,11 @@
 -- In the command, {client_id}, {slot} and {expires} are replaced by shell-quoted values (never
 -- the secret). input = "secret" (default: the bare secret, no newline), "line" (with a newline),
 -- "json" ({"client_id":..,"secret":..,"expires":..}) or "env" (CLIENT_ID=...\nCLIENT_SECRET=...).
+--
+-- The command runs under /bin/sh with an explicit environment: the variables of ENV_ALLOW taken
+-- from rotor's own environment, plus opts.env = { NAME = "value" | true (take it from rotor's
+-- environment) | false (leave it out) }. Nothing else of rotor's environment (where admin secrets
+-- often live) reaches it, and it inherits no descriptor but stdin (the secret), stdout and stderr.
 local core = require "rotor.core"
 local errors = require "rotor.errors"
 local json = require "rotor.json"
@@ -19,6 +24,39 @@ local Sink = {}
 Sink.__index = Sink
 
 local INPUTS = { secret = true, line = true, json = true, env = true }
+
+--- The variables a deploy command gets from rotor's environment unless opts.env says otherwise.
+_M.ENV_ALLOW = { "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "LC_ALL",
+                 "LC_CTYPE", "LC_MESSAGES", "TZ", "TMPDIR", "TERM" }
+local DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+local function check_env(env)
+  if env == nil then return end
+  if type(env) ~= "table" then error("rotor.store.exec: env must be a table { NAME = value | true | false }", 3) end
+  for k, v in pairs(env) do
+    if type(k) ~= "string" or not k:match("^[%a_][%w_]*$") then
+      error("rotor.store.exec: env names must be variable names ([A-Za-z_][A-Za-z0-9_]*)", 3)
+    end
+    if type(v) ~= "string" and type(v) ~= "boolean" then
+      error("rotor.store.exec: env." .. k .. " must be a string, true (inherit) or false (drop)", 3)
+    end
+    if type(v) == "string" and v:find("%z") then error("rotor.store.exec: env." .. k .. " holds a NUL byte", 3) end
+  end
+end
+
+--- The environment of the command: an array of "NAME=value".
+function _M.environment(user)
+  local vars = {}
+  for _, k in ipairs(_M.ENV_ALLOW) do vars[k] = os.getenv(k) end
+  for k, v in pairs(user or {}) do
+    if v == true then vars[k] = os.getenv(k) elseif v == false then vars[k] = nil else vars[k] = v end
+  end
+  if vars.PATH == nil then vars.PATH = DEFAULT_PATH end
+  local out = {}
+  for k, v in pairs(vars) do out[#out + 1] = k .. "=" .. v end
+  table.sort(out)
+  return out
+end
 
 local function shell_quote(s)
   return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
@@ -31,11 +69,13 @@ function _M.new(opts)
   end
   local input = opts.input or "secret"
   if not INPUTS[input] then error("rotor.store.exec: input must be secret, line, json or env", 2) end
-  return setmetatable({ command = opts.command, input = input, name = opts.name }, Sink)
+  check_env(opts.env)
+  return setmetatable({ command = opts.command, input = input, name = opts.name, env = opts.env }, Sink)
 end
 
-local function payload(self, new, secret)
-  if self.input == "secret" then return secret end
+local function payload(self, new)
+  if self.input == "secret" then return new.secret end
+  local secret = core.is_secret(new.secret) and new.secret:reveal() or tostring(new.secret)
   if self.input == "line" then return secret .. "\n" end
   if self.input == "json" then
     return json.encode { client_id = new.client_id, secret = secret, expires = new.expires }
@@ -49,21 +89,14 @@ function Sink:deploy(new)
   local cmd = self.command:gsub("{([%w_]+)}", function(k)
     if k == "client_id" or k == "slot" or k == "expires" then return shell_quote(new[k] or "") end
   end)
-  local secret = core.is_secret(new.secret) and new.secret:reveal() or tostring(new.secret)
-  -- the command's exit status goes to a file: a pipe's close() gives no status under Lua 5.1/LuaJIT
-  local status_file = os.tmpname()
-  local f, perr = io.popen("( " .. cmd .. " ); echo $? > " .. shell_quote(status_file), "w")
-  if not f then
-    os.remove(status_file)
-    return nil, errors.new { kind = "store", message = "cannot start the deploy command", detail = perr }
+  local input = payload(self, new)
+  if type(input) ~= "string" and not core.is_secret(input) then input = tostring(input) end
+  local code, wrote = core.spawn { argv = { "/bin/sh", "-c", cmd }, env = _M.environment(self.env),
+                                   input = input }
+  input = nil -- luacheck: ignore 311
+  if code == nil then
+    return nil, errors.new { kind = "store", message = "cannot start the deploy command", detail = wrote }
   end
-  local wrote = f:write(payload(self, new, secret))
-  secret = nil -- luacheck: ignore 311
-  f:close()
-  local sf = io.open(status_file, "rb")
-  local code = sf and tonumber(sf:read("*a"):match("%d+"))
-  if sf then sf:close() end
-  os.remove(status_file)
   if wrote and code == 0 then return true end
   local what = self.name or self.command:match("^%s*(%S+)") or "command"
   return nil, errors.new {

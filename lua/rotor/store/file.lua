@@ -54,27 +54,54 @@ local function store_error(message, detail)
   return errors.new { kind = "store", message = message, detail = detail }
 end
 
---- rotor.store.file(dir[, opts]) -> store | nil, err. The directory is created 0700 (mkdir -p)
--- and tightened to 0700 if it exists.
+--- rotor.store.file(dir[, opts]) -> store | nil, err. opts: journal_max, read_only (open an
+-- existing store, or none, and never create, chmod or write anything), trusted (directories on
+-- the way whose owner the caller vouches for). Without read_only the directory is created 0700
+-- (mkdir -p) and tightened to 0700 if it exists. Either way the trust rule (doc/STORES.md) is
+-- checked first: a directory rotor cannot trust is refused, naming the path and the reason.
 function _M.new(dir, opts)
   if type(dir) ~= "string" or dir == "" then
     error("rotor.store.file: a directory path expected", 2)
   end
   if opts ~= nil and type(opts) ~= "table" then error("rotor.store.file: opts must be a table", 2) end
+  opts = opts or {}
+  if opts.trusted ~= nil and type(opts.trusted) ~= "table" then
+    error("rotor.store.file: trusted must be an array of directory paths", 2)
+  end
   dir = dir:gsub("(.)/+$", "%1")
-  local ok, msg = core.fs_mkdir(dir, 448) -- 0700
-  if not ok then return nil, store_error("cannot create the store directory", msg) end
-  ok, msg = core.fs_chmod(dir, 448)
-  if not ok then return nil, store_error("cannot set the store directory to 0700", msg) end
-  return setmetatable({ dir = dir, kind = "file", journal_max = (opts and opts.journal_max) or 200 }, Store)
+  local self = setmetatable({ dir = dir, kind = "file", journal_max = opts.journal_max or 200,
+                              read_only = opts.read_only or false, trusted = opts.trusted }, Store)
+  local d, msg, errno = core.fs_dir(dir, not self.read_only, self.trusted)
+  if d then
+    self.fd = d
+    if not self.read_only then
+      local ok, cerr = d:chmod(448) -- 0700, through the descriptor
+      if not ok then return nil, store_error("cannot set the store directory to 0700", cerr) end
+    end
+  elseif not (self.read_only and errno == 2) then -- ENOENT: a read-only view of no store
+    return nil, store_error("refusing the store directory " .. dir, msg)
+  end
+  return self
+end
+
+-- the directory, or nil, err when this store may not write
+local function writable(self, what)
+  if self.read_only then
+    return nil, store_error("the store " .. self.dir .. " was opened read-only: cannot " .. what)
+  end
+  return self.fd
 end
 
 function Store:__tostring()
   return "rotor.store.file(" .. self.dir .. ")"
 end
 
+local function file_name(slot, ext)
+  return _M.encode(_M.check_slot(slot, 3)) .. ext
+end
+
 function Store:path(slot)
-  return self.dir .. "/" .. _M.encode(_M.check_slot(slot, 2)) .. ".json"
+  return self.dir .. "/" .. file_name(slot, ".json")
 end
 
 -- secrets in a record read from disk become rotor.secret values
@@ -108,9 +135,10 @@ local function plain(v)
 end
 
 function Store:get(slot)
-  local path = self:path(slot)
-  if not core.fs_exists(path) then return false end
-  local text, msg = core.fs_read(path)
+  local name = file_name(slot, ".json")
+  if not self.fd then return false end
+  local text, msg = self.fd:read(name)
+  if text == false then return false end
   if not text then return nil, store_error("cannot read slot " .. slot, msg) end
   local record, jerr = json.decode(text)
   text = nil -- luacheck: ignore 311
@@ -123,14 +151,16 @@ function Store:get(slot)
   if not valid then
     return nil, store_error(("slot %s holds no valid record: %s (file %s); nothing was changed. Restore the "
       .. "file from a backup, or move it away to start the slot afresh (rotor doctor shows the slot)")
-      :format(slot, why, path), why)
+      :format(slot, why, self:path(slot)), why)
   end
   return wrap(record)
 end
 
 function Store:put(slot, record)
   if type(record) ~= "table" then error("store:put: a record table expected", 2) end
-  local path = self:path(slot)
+  local name = file_name(slot, ".json")
+  local d, werr = writable(self, "write slot " .. tostring(slot))
+  if not d then return nil, werr end
   local journal = record.journal
   if type(journal) == "table" and #journal > self.journal_max then
     local keep = {}
@@ -143,14 +173,16 @@ function Store:put(slot, record)
   local ok, text = pcall(json.encode, copy)
   copy = nil -- luacheck: ignore 311
   if not ok then error("store:put: the record cannot be encoded: " .. tostring(text), 2) end
-  local done, msg = core.fs_write_atomic(path, text, 384) -- 0600
+  local done, msg = d:write(name, text, 384) -- 0600
   if not done then return nil, store_error("cannot write slot " .. slot, msg) end
   return true
 end
 
 function Store:lock(slot)
-  local path = self.dir .. "/" .. _M.encode(_M.check_slot(slot, 2)) .. ".lock"
-  local lock, why, pid = core.fs_lock(path)
+  local name = file_name(slot, ".lock")
+  local d, werr = writable(self, "lock slot " .. tostring(slot))
+  if not d then return nil, werr end
+  local lock, why, pid = d:lock(name)
   if lock then return lock end
   if why == "locked" then
     return nil, errors.new {
@@ -164,12 +196,14 @@ function Store:lock(slot)
 end
 
 function Store:list()
-  local names, msg = core.fs_list(self.dir)
+  if not self.fd then return {} end
+  local names, msg = self.fd:list()
   if not names then return nil, store_error("cannot list the store", msg) end
   local out = {}
   for _, n in ipairs(names) do
+    -- temporary files are NAME.json.tmp.XXXXXXXXXXXX: never a .json name
     local base = n:match("^(.+)%.json$")
-    if base and not base:find("%.tmp%.") then out[#out + 1] = _M.decode(base) end
+    if base then out[#out + 1] = _M.decode(base) end
   end
   table.sort(out)
   return out
@@ -179,14 +213,26 @@ function Store:audit_path()
   return self.dir .. "/audit.log"
 end
 
+--- Append a line to the audit trail (O_NOFOLLOW, relative to the store directory, 0600).
+function Store:audit_append(line)
+  local d, werr = writable(self, "append to the audit trail")
+  if not d then return nil, werr end
+  local ok, msg = d:append("audit.log", line, 384)
+  if not ok then return nil, store_error("cannot append to the audit trail", msg) end
+  return true
+end
+
 --- The per-store key for audit fingerprints (64 hex chars in DIR/.audit-key, 0600), made once.
 function Store:audit_key()
   if self._audit_key then return self._audit_key end
-  local path = self.dir .. "/.audit-key"
-  local key = core.fs_exists(path) and core.fs_read(path)
+  local key, rerr = false, nil
+  if self.fd then key, rerr = self.fd:read(".audit-key") end
+  if key == nil then return nil, store_error("cannot read the audit key", rerr) end
   if not key or #key < 32 then
+    local d, werr = writable(self, "make the audit key")
+    if not d then return nil, werr end
     local fresh = core.random_hex(32)
-    local ok, msg = core.fs_write_atomic(path, fresh, 384)
+    local ok, msg = d:write(".audit-key", fresh, 384)
     if not ok then return nil, store_error("cannot write the audit key", msg) end
     key = fresh
   end
