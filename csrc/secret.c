@@ -391,15 +391,17 @@ static int l_random_hex(lua_State *L) {
 /* ---- redaction ---- */
 
 /* The forms in which a secret can reach a message: as it is, JSON-escaped, percent-encoded
- * (upper- and lower-case hex) and inside base64 at each of the three alignments. A base64 form
- * is the run of characters that do not depend on the bytes around the secret; a match is widened
- * to the whole run of base64 characters around it (e.g. a Basic header's "id:secret"). */
+ * (upper- and lower-case hex), and inside base64 and base64url — of the secret and of its
+ * percent-encoding (RFC 6749 form-encodes id and secret before a Basic header) — at each of the
+ * three alignments. A base64 form is the run of characters that do not depend on the bytes around
+ * the secret; a match is widened to the whole run of base64 characters around it (e.g. a Basic
+ * header's "id:secret"). */
 enum { FORM_PLAIN, FORM_B64 };
 typedef struct {
     rotor_buf text;
     int kind;
 } redact_form;
-#define REDACT_FORMS 7
+#define REDACT_FORMS 16
 
 static void add_json_escaped(rotor_buf *b, const char *p, size_t n) {
     for (size_t i = 0; i < n; i++) {
@@ -423,8 +425,9 @@ static void add_percent(rotor_buf *b, const char *p, size_t n, const char *hex) 
     }
 }
 
-/* the base64 characters fixed by the secret alone when it starts `shift` bytes into a group */
-static void add_b64_core(rotor_buf *b, const char *p, size_t n, int shift) {
+/* the base64 characters fixed by the secret alone when it starts `shift` bytes into a group;
+ * url: the base64url alphabet ('-' and '_' for '+' and '/') */
+static void add_b64_core(rotor_buf *b, const char *p, size_t n, int shift, int url) {
     size_t total = (size_t)shift + n;
     unsigned char *raw = calloc(total + 3, 1);
     char *enc = calloc(4 * ((total + 2) / 3) + 1, 1);
@@ -437,6 +440,9 @@ static void add_b64_core(rotor_buf *b, const char *p, size_t n, int shift) {
         size_t first = shift == 0 ? 0 : (size_t)(shift == 1 ? 2 : 3);
         size_t full = (total / 3) * 4; /* characters of complete groups */
         if (full > first && elen >= 0) {
+            for (size_t i = first; url && i < full; i++) {
+                enc[i] = enc[i] == '+' ? '-' : enc[i] == '/' ? '_' : enc[i];
+            }
             rotor_buf_add(b, enc + first, full - first);
         }
     }
@@ -463,7 +469,7 @@ static int redact_form_in(rotor_buf *out, const redact_form *f) {
         size_t at = (size_t)(hit - out->data);
         size_t end = at + flen;
         if (f->kind == FORM_B64) {
-            while (at > 0 && is_b64(out->data[at - 1])) {
+            while (at > 0 && is_b64(out->data[at - 1]) && out->data[at - 1] != '=') {
                 at--;
             }
             while (end < out->len && is_b64(out->data[end])) {
@@ -501,9 +507,15 @@ static int l_redact(lua_State *L) {
         add_json_escaped(&forms[1].text, s->buf, s->len);
         add_percent(&forms[2].text, s->buf, s->len, "0123456789ABCDEF");
         add_percent(&forms[3].text, s->buf, s->len, "0123456789abcdef");
-        for (int k = 0; k < 3; k++) {
-            forms[4 + k].kind = FORM_B64;
-            add_b64_core(&forms[4 + k].text, s->buf, s->len, k);
+        int f = 4;
+        for (int src = 0; src < 2; src++) { /* the secret, then its percent-encoding */
+            const rotor_buf *base = src == 0 ? &forms[0].text : &forms[2].text;
+            for (int k = 0; k < 3; k++) {
+                for (int url = 0; url < 2; url++, f++) {
+                    forms[f].kind = FORM_B64;
+                    add_b64_core(&forms[f].text, base->data, base->len, k, url);
+                }
+            }
         }
         for (int i = 0; i < REDACT_FORMS; i++) {
             /* a form equal to an earlier one was already handled */

@@ -37,6 +37,37 @@ describe("rotor.secret", function()
     assert.equals("x s3cr3t-value-42", core.redact("x s3cr3t-value-42"))
   end)
 
+  it("is redacted in every encoding it can take: JSON, percent, base64 and base64url at any offset", function()
+    local raw = "iObGKtihdEScOmDiZxZ+6Q/=="
+    local s = core.secret(raw)
+    local pct = raw:gsub("[^%w%-%._~]", function(c) return ("%%%02X"):format(c:byte()) end)
+    local function b64(x) -- RFC 4648, for the spec
+      local A = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+      return ((x:gsub(".", function(c)
+        local r, b = "", c:byte()
+        for i = 8, 1, -1 do r = r .. (b % 2 ^ i - b % 2 ^ (i - 1) > 0 and "1" or "0") end
+        return r
+      end) .. "0000"):gsub("%d%d%d?%d?%d?%d?", function(bits)
+        if #bits < 6 then return "" end
+        local c = 0
+        for i = 1, 6 do c = c + (bits:sub(i, i) == "1" and 2 ^ (6 - i) or 0) end
+        return A:sub(c + 1, c + 1)
+      end) .. ({ "", "==", "=" })[#x % 3 + 1])
+    end
+    local cases = {
+      "json " .. raw:gsub("/", "\\/"),
+      "form " .. pct, "lower " .. pct:gsub("%%%x%x", string.lower),
+      "Basic " .. b64("client-id:" .. pct), "Basic " .. b64("ab:" .. raw), b64("x" .. raw .. "yz"),
+      "url " .. b64("abc" .. raw):gsub("[+/]", { ["+"] = "-", ["/"] = "_" }),
+    }
+    for _, c in ipairs(cases) do
+      local out = core.redact(c)
+      assert.truthy(out:find("<redacted>", 1, true), c .. " -> " .. out)
+    end
+    assert.equals("Basic <redacted> and more", core.redact("Basic " .. b64("id:" .. raw) .. " and more"))
+    s:close()
+  end)
+
   it("fingerprints with HMAC-SHA256 (RFC 4231 test case 2)", function()
     assert.equals("5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843",
       core.hmac_sha256_hex("Jefe", core.secret("what do ya want for nothing?")))
