@@ -4,8 +4,9 @@
  * are rotor.secret values, so the client secret never becomes a Lua string here, and no Lua
  * module is called from C.
  * The cache keeps tokens in C memory (zeroed when dropped) keyed by a string the caller makes of
- * endpoint, client and scope; a "fetching" mark gives single-flight refresh. A mutex guards it:
- * OpenResty worker threads load this module in several Lua states of one process. */
+ * endpoint, client and scope: a plain key-value store (get, put, invalidate, clear); single-flight
+ * is Lua's (lua/rotor/singleflight.lua). A mutex guards it: OpenResty worker threads load this
+ * module in several Lua states of one process. */
 #include "rotor.h"
 
 #include <pthread.h>
@@ -286,8 +287,10 @@ static int l_token_request(lua_State *L) {
 
 /* ---- the token cache ---- */
 
+/* A plain, secure key-value store: tokens in mlocked C memory, zeroed when dropped, and an
+ * entry freed once its token expired (checked in the bucket each put touches). Who fetches a
+ * token, and who waits for it, is decided in Lua (lua/rotor/singleflight.lua). */
 #define NBUCKETS 256
-#define STALE_FETCH 60.0 /* a fetch mark older than this is ignored (its owner died) */
 
 typedef struct entry {
     char *key;
@@ -295,7 +298,7 @@ typedef struct entry {
     char *token;
     size_t toklen;
     double expires; /* monotonic */
-    double fetching_since;
+    double ttl;     /* the lifetime it was put with */
     struct entry *next;
 } entry;
 
@@ -348,50 +351,38 @@ static void drop_token(entry *e) {
     e->expires = 0;
 }
 
-/* core.token_get(key, margin) -> token_secret, seconds_left | nil, "fetching" | nil */
+/* free the entries of bucket b whose token is gone or expired (the cache lock is held) */
+static void evict_expired(unsigned b, double now) {
+    entry **link = &buckets[b];
+    while (*link != NULL) {
+        entry *e = *link;
+        if (e->token == NULL || e->expires <= now) {
+            *link = e->next;
+            drop_token(e);
+            free(e->key);
+            free(e);
+        } else {
+            link = &e->next;
+        }
+    }
+}
+
+/* core.token_get(key) -> token_secret, seconds_left, ttl | nil (none, or expired) */
 static int l_token_get(lua_State *L) {
     size_t n;
     const char *k = luaL_checklstring(L, 1, &n);
-    double margin = luaL_optnumber(L, 2, 0);
     double now = mono_now();
-    if (!(margin >= 0)) { /* NaN or negative */
-        margin = 0;
-    }
     pthread_mutex_lock(&cache_lock);
     entry *e = find(k, n, 0);
-    if (e != NULL && e->token != NULL && now + margin < e->expires) {
+    if (e != NULL && e->token != NULL && now < e->expires) {
         rotor_secret_push(L, e->token, e->toklen);
         lua_pushnumber(L, e->expires - now);
+        lua_pushnumber(L, e->ttl);
         pthread_mutex_unlock(&cache_lock);
-        return 2;
+        return 3;
     }
-    int fetching = e != NULL && e->fetching_since > 0 && now - e->fetching_since < STALE_FETCH;
     pthread_mutex_unlock(&cache_lock);
     lua_pushnil(L);
-    if (fetching) {
-        lua_pushliteral(L, "fetching");
-        return 2;
-    }
-    return 1;
-}
-
-/* core.token_begin(key) -> true when the caller must fetch; false when a fetch is under way */
-static int l_token_begin(lua_State *L) {
-    size_t n;
-    const char *k = luaL_checklstring(L, 1, &n);
-    double now = mono_now();
-    pthread_mutex_lock(&cache_lock);
-    entry *e = find(k, n, 1);
-    if (e == NULL) {
-        pthread_mutex_unlock(&cache_lock);
-        return luaL_error(L, "token cache: out of memory");
-    }
-    int mine = !(e->fetching_since > 0 && now - e->fetching_since < STALE_FETCH);
-    if (mine) {
-        e->fetching_since = now;
-    }
-    pthread_mutex_unlock(&cache_lock);
-    lua_pushboolean(L, mine);
     return 1;
 }
 
@@ -419,7 +410,9 @@ static int l_token_put(lua_State *L) {
     rotor_mlock(copy, tlen + 1);
     memcpy(copy, t, tlen);
     copy[tlen] = '\0';
+    double now = mono_now();
     pthread_mutex_lock(&cache_lock);
+    evict_expired(hash(k, n), now);
     entry *e = find(k, n, 1);
     if (e == NULL) {
         pthread_mutex_unlock(&cache_lock);
@@ -431,23 +424,11 @@ static int l_token_put(lua_State *L) {
     drop_token(e);
     e->token = copy;
     e->toklen = tlen;
-    e->expires = mono_now() + ttl;
-    e->fetching_since = 0;
+    e->expires = now + ttl;
+    e->ttl = ttl;
     pthread_mutex_unlock(&cache_lock);
     lua_pushnumber(L, ttl);
     return 1;
-}
-
-static int l_token_fail(lua_State *L) {
-    size_t n;
-    const char *k = luaL_checklstring(L, 1, &n);
-    pthread_mutex_lock(&cache_lock);
-    entry *e = find(k, n, 0);
-    if (e != NULL) {
-        e->fetching_since = 0;
-    }
-    pthread_mutex_unlock(&cache_lock);
-    return 0;
 }
 
 /* core.token_invalidate(key[, token]): drop it (only if it still holds that token) */
@@ -463,6 +444,7 @@ static int l_token_invalidate(lua_State *L) {
         drop_token(e);
         dropped = 1;
     }
+    evict_expired(hash(k, n), mono_now()); /* frees the emptied entry too */
     pthread_mutex_unlock(&cache_lock);
     lua_pushboolean(L, dropped);
     return 1;
@@ -495,9 +477,7 @@ __attribute__((destructor)) static void token_cache_fini(void) {
 void rotor_token_open(lua_State *L) {
     static const luaL_Reg funcs[] = {{"token_request", l_token_request},
                                      {"token_get", l_token_get},
-                                     {"token_begin", l_token_begin},
                                      {"token_put", l_token_put},
-                                     {"token_fail", l_token_fail},
                                      {"token_invalidate", l_token_invalidate},
                                      {"token_clear", l_token_clear},
                                      {"now", l_now},

@@ -14,8 +14,8 @@
 -- The libcurl work runs in nginx's thread pool (ngx.run_worker_thread, rotor.ngx_worker), so
 -- no worker's event loop ever blocks on the network. Tokens are cached in the shared dict for
 -- every worker, fetched once however many requests in however many workers want one
--- (single-flight: a lock key added to the dict; the others poll it with ngx.sleep), and
--- refreshed in the background ahead of expiry. With a store slot, the slot's current secret is
+-- (rotor.singleflight over the dict: a lock key added to it; the others poll it with
+-- ngx.sleep), and refreshed in the background ahead of expiry. With a store slot, the slot's current secret is
 -- read from the file store (re-read at most every check_interval seconds): a secret rotated into
 -- the store is used from the next token request on, without a reload.
 --
@@ -24,6 +24,7 @@
 -- nil, err with kind "config".
 local errors = require "rotor.errors"
 local cjson = require "cjson.safe"
+local singleflight = require "rotor.singleflight"
 
 local _M = { _VERSION = "0.1.0" }
 
@@ -223,44 +224,50 @@ function Gw:_opts(client_id)
   return o
 end
 
-local function keys(self, fp)
-  local base = self.name .. "|" .. fp
-  return "t:" .. base, "l:" .. base, "e:" .. base
-end
-
--- fetch a token in the thread pool and publish it (or the failure) to every worker; the caller
--- holds the lock key. Returns token | nil, err.
-function Gw:_fetch(id, secret, fp)
-  local tkey, lkey, ekey = keys(self, fp)
-  local tok, ttl = in_thread(self, "token", "token", self.provider, self:_opts(id), secret)
-  local dict = self.dict
-  if tok then
-    ttl = tonumber(ttl) or 3600
-    local now = ngx.now()
-    -- refresh ahead: at expiry minus the margin, or half-way for a short-lived token
-    local refresh_at = now + math.max(ttl - self.margin, ttl / 2)
-    local ok, serr = dict:set(tkey, tok, ttl, math.floor(refresh_at))
-    if not ok then ngx.log(ngx.WARN, "rotor.ngx: cannot cache the token in ", self.dict_name, ": ", serr) end
-    dict:delete(ekey)
-  else
-    local e = ttl
-    dict:set(ekey, cjson.encode { kind = e.kind, status = e.status, message = e.message,
-                                  provider = e.provider, op = e.op, request_id = e.request_id,
-                                  retry_after = e.retry_after }, math.max(self.fail_hold, 0.001))
-  end
-  dict:delete(lkey)
-  if not tok then return nil, ttl end
-  return tok
-end
-
-local function refresh_in_background(premature, self, id, secret, fp)
-  if premature then
-    local _, lkey = keys(self, fp)
-    self.dict:delete(lkey)
-    return
-  end
-  local ok, err = self:_fetch(id, secret, fp)
-  if not ok then ngx.log(ngx.WARN, "rotor.ngx: refreshing the ", self.name, " token failed: ", tostring(err)) end
+-- The single-flight backend over the shared dict (rotor.singleflight): tokens under "t:",
+-- locks under "l:" (added with an expiry: a holder that died lets go), failures under "e:".
+local function dict_backend(self)
+  local dict, poll = self.dict, self.poll
+  return {
+    get = function(key)
+      local v = dict:get("t:" .. key)
+      local t = v and cjson.decode(v)
+      if type(t) ~= "table" or type(t.token) ~= "string" then return nil end
+      local left = t.expires - ngx.now()
+      if left <= 0 then return nil end
+      return t.token, left, t.ttl
+    end,
+    put = function(key, tok, ttl)
+      ttl = tonumber(ttl) or 3600
+      local ok, serr = dict:set("t:" .. key, cjson.encode { token = tok, ttl = ttl, expires = ngx.now() + ttl }, ttl)
+      if not ok then ngx.log(ngx.WARN, "rotor.ngx: cannot cache the token in ", self.dict_name, ": ", serr) end
+      dict:delete("e:" .. key)
+      return ttl
+    end,
+    drop = function(key, tok)
+      local v = dict:get("t:" .. key)
+      local t = v and cjson.decode(v)
+      if tok ~= nil and not (type(t) == "table" and t.token == tok) then return false end
+      dict:delete("t:" .. key)
+      return true
+    end,
+    try_lock = function(key, seconds) return (dict:add("l:" .. key, true, seconds)) end,
+    unlock = function(key) dict:delete("l:" .. key) end,
+    fail = function(key, e, hold)
+      dict:set("e:" .. key, cjson.encode { at = ngx.now(), err = { kind = e.kind, status = e.status,
+        message = e.message, provider = e.provider, op = e.op, request_id = e.request_id,
+        retry_after = e.retry_after } }, math.max(hold, 0.001))
+    end,
+    failure = function(key, since)
+      local v = dict:get("e:" .. key)
+      local f = v and cjson.decode(v)
+      if type(f) ~= "table" or (f.at or 0) < since then return nil end
+      return from_plain(f.err, self.provider, "token")
+    end,
+    wait = function() ngx.sleep(poll) end,
+    notify = function() end,
+    now = ngx.now,
+  }
 end
 
 --- gw:token() -> access token (string) | nil, err
@@ -269,49 +276,42 @@ function Gw:token()
   if perr then return nil, perr end
   local id, secret, fp = self:credentials()
   if not id then return nil, secret end
-  local tkey, lkey, ekey = keys(self, fp)
-  local dict = self.dict
-  local deadline = ngx.now() + self.lock_timeout
-  while true do
-    local tok, refresh_at = dict:get(tkey)
-    if tok then
-      if ngx.now() >= (refresh_at or 0) and dict:add(lkey, true, self.lock_timeout) then
-        -- still valid: use it, and fetch its successor once, off this request
-        local ok, terr = ngx.timer.at(0, refresh_in_background, self, id, secret, fp)
-        if not ok then
-          dict:delete(lkey)
-          ngx.log(ngx.WARN, "rotor.ngx: cannot start a token refresh: ", terr)
-        end
+  self._backend = self._backend or dict_backend(self)
+  local tok, err = singleflight.token(self._backend, self.name .. "|" .. fp, {
+    due = singleflight.ahead_of_expiry(self.margin),
+    lock_timeout = self.lock_timeout, fail_hold = self.fail_hold,
+    fetch = function()
+      local t, ttl = in_thread(self, "token", "token", self.provider, self:_opts(id), secret)
+      if t then return t, tonumber(ttl) or 3600 end
+      return nil, ttl
+    end,
+    -- a valid token due for refresh: its successor is fetched once, in a timer, off this request
+    background = function(start, release)
+      local ok, terr = ngx.timer.at(0, function(premature)
+        if premature then return release() end
+        local t, ferr = start()
+        if not t then ngx.log(ngx.WARN, "rotor.ngx: refreshing the ", self.name, " token failed: ", tostring(ferr)) end
+      end)
+      if not ok then
+        release()
+        ngx.log(ngx.WARN, "rotor.ngx: cannot start a token refresh: ", terr)
       end
-      return tok
-    end
-    local failed = dict:get(ekey)
-    if failed then
-      local e = cjson.decode(failed)
-      return nil, from_plain(e, self.provider, "token")
-    end
-    if dict:add(lkey, true, self.lock_timeout) then
-      return self:_fetch(id, secret, fp)
-    end
-    -- another request, maybe in another worker, is fetching it: wait for its outcome
-    if ngx.now() >= deadline then
-      return nil, errors.new { kind = "timeout", provider = self.provider, op = "token",
-                               message = "rotor.ngx: gave up waiting for another worker's token request" }
-    end
-    ngx.sleep(self.poll)
-  end
+    end,
+    timeout_error = function()
+      return errors.new { kind = "timeout", provider = self.provider, op = "token",
+                          message = "rotor.ngx: gave up waiting for another worker's token request" }
+    end,
+  })
+  if not tok then return nil, err end
+  return tok
 end
 
 --- Drop the cached token for every worker (only if it still is `tok`, when given).
 function Gw:invalidate(tok)
   local id, _, fp = self:credentials()
   if not id then return false end
-  local tkey = keys(self, fp)
-  if tok == nil or self.dict:get(tkey) == tok then
-    self.dict:delete(tkey)
-    return true
-  end
-  return false
+  self._backend = self._backend or dict_backend(self)
+  return self._backend.drop(self.name .. "|" .. fp, tok)
 end
 
 --- gw:request(method, path, opts) -> decoded JSON body (true for an empty 2xx) | nil, err

@@ -1,7 +1,8 @@
 -- OAuth2 client-credentials tokens: cached in the core (C memory), refreshed ahead of expiry,
--- fetched once however many coroutines want the same token at the same time (single-flight).
+-- fetched once however many coroutines want the same token at the same time (rotor.singleflight
+-- over the core's cache).
 local core = require "rotor.core"
-local sched = require "rotor.sched"
+local singleflight = require "rotor.singleflight"
 local http = require "rotor.http"
 local json = require "rotor.json"
 local errors = require "rotor.errors"
@@ -11,8 +12,6 @@ local _M = {}
 _M.DEFAULT_MARGIN = 60      -- refresh this many seconds before expiry
 _M.DEFAULT_TTL = 3600       -- when the server gives no expires_in
 
-local last_failure = {}     -- key -> { err = , gen = }
-local generation = {}       -- key -> number of fetches finished
 
 --- The cache key of a token spec: endpoint, client, scope and request style.
 function _M.key(spec)
@@ -80,6 +79,8 @@ local function fetch(spec)
   return tok, ttl
 end
 
+local backend -- the process's single-flight backend (rotor.singleflight), made on first use
+
 --- token(spec) -> token (rotor.secret) | nil, err
 -- spec: core.token_request fields (url, style, client_id, client_secret, scope, fields, extra),
 -- plus provider, response = {token=, expires=}, margin, cainfo, proxy, timeout, user_agent.
@@ -90,37 +91,24 @@ function _M.token(spec)
     if not tok then return nil, ttl end
     return core.secret(tok), ttl
   end
-  local key = spec.key or _M.key(spec)
-  local margin = spec.margin or _M.DEFAULT_MARGIN
-  for _ = 1, 1000 do
-    local tok, left = core.token_get(key, margin)
-    if tok then return tok, left end
-    if core.token_begin(key) then
+  backend = backend or singleflight.process_backend()
+  local tok, left = singleflight.token(backend, spec.key or _M.key(spec), {
+    due = singleflight.within_margin(spec.margin or _M.DEFAULT_MARGIN),
+    lock_timeout = 60,
+    fetch = function()
       local ok, t, ttl = pcall(fetch, spec)
-      generation[key] = (generation[key] or 0) + 1
-      if ok and t then
-        -- a token that lives shorter than the margin is still used once
-        ttl = core.token_put(key, t, ttl) -- clamped to the core's bounds
-        last_failure[key] = nil
-        sched.notify(key)
-        local s = core.secret(t)
-        return s, ttl
-      end
-      core.token_fail(key)
-      local err = ok and ttl or errors.new { kind = "protocol", provider = spec.provider,
-        op = "token", message = core.redact(tostring(t)) }
-      last_failure[key] = { err = err, gen = generation[key] }
-      sched.notify(key)
-      return nil, err
-    end
-    -- someone else fetches: wait for them, then take their token or their failure
-    local gen = generation[key] or 0
-    sched.wait(key, 60)
-    local f = last_failure[key]
-    if f and f.gen > gen then return nil, f.err end
-  end
-  return nil, errors.new { kind = "timeout", provider = spec.provider, op = "token",
-    message = "gave up waiting for another token request to finish" }
+      if ok then return t, ttl end
+      return nil, errors.new { kind = "protocol", provider = spec.provider, op = "token",
+                               message = core.redact(tostring(t)) }
+    end,
+    timeout_error = function()
+      return errors.new { kind = "timeout", provider = spec.provider, op = "token",
+                          message = "gave up waiting for another token request to finish" }
+    end,
+  })
+  if not tok then return nil, left end
+  if not core.is_secret(tok) then tok = core.secret(tok) end
+  return tok, left
 end
 
 --- Drop a cached token (after a 401). With `token`, only if the cache still holds that one.

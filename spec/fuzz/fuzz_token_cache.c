@@ -1,7 +1,7 @@
-/* The token cache (core.token_put/get/begin/fail/invalidate/clear): any sequence of operations
- * on a few keys, with any lifetime and margin (NaN, infinities, negatives, huge). A kept
- * lifetime is always within [ROTOR_TTL_MIN, ROTOR_TTL_MAX]; a token read back is one that was
- * put under that key. */
+/* The token cache (core.token_put/get/invalidate/clear): any sequence of operations on a few
+ * keys, with any lifetime (NaN, infinities, negatives, huge). A kept lifetime is always within
+ * [ROTOR_TTL_MIN, ROTOR_TTL_MAX]; a token read back is one that was put under that key, with no
+ * more time left than its lifetime. */
 #include "fuzz_common.h"
 
 static double take_double(const uint8_t **p, const uint8_t *end) {
@@ -14,14 +14,13 @@ static double take_double(const uint8_t **p, const uint8_t *end) {
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    static const char *ops[] = {"token_put",  "token_get",        "token_begin",
-                                "token_fail", "token_invalidate", "token_clear"};
+    static const char *ops[] = {"token_put", "token_get", "token_invalidate", "token_clear"};
     lua_State *L = fuzz_lua();
     const uint8_t *p = data, *end = data + size;
     lua_getfield(L, 1, "token_clear");
     lua_call(L, 0, 0);
     while (end - p >= 2) {
-        int op = p[0] % 6;
+        int op = p[0] % 4;
         char key[2] = {(char)('a' + p[1] % 4), 0};
         p += 2;
         lua_getfield(L, 1, ops[op]);
@@ -40,28 +39,26 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             lua_pushlstring(L, tok, tl + 1);
             lua_pushnumber(L, take_double(&p, end));
             nargs = 3;
-        } else if (op == 1) {
-            lua_pushnumber(L, take_double(&p, end));
-            nargs = 2;
-        } else if (op == 5) {
+        } else if (op == 3) {
             lua_pop(L, 1);
             nargs = 0;
         }
-        lua_call(L, nargs, 2);
+        lua_call(L, nargs, 3);
         if (op == 0) {
-            double kept = lua_tonumber(L, -2);
+            double kept = lua_tonumber(L, -3);
             if (!(kept >= ROTOR_TTL_MIN && kept <= ROTOR_TTL_MAX)) {
                 abort();
             }
-        } else if (op == 1 && !lua_isnil(L, -2)) {
+        } else if (op == 1 && !lua_isnil(L, -3)) {
             size_t n;
-            const char *t = rotor_bytes(L, -2, &n, NULL);
-            double left = lua_tonumber(L, -1);
-            if (t == NULL || n < 1 || t[0] != key[0] || !(left <= ROTOR_TTL_MAX)) {
+            const char *t = rotor_bytes(L, -3, &n, NULL);
+            double left = lua_tonumber(L, -2), ttl = lua_tonumber(L, -1);
+            if (t == NULL || n < 1 || t[0] != key[0] || !(left > 0 && left <= ttl) ||
+                !(ttl >= ROTOR_TTL_MIN && ttl <= ROTOR_TTL_MAX)) {
                 abort();
             }
         }
-        lua_pop(L, 2);
+        lua_pop(L, 3);
     }
     fuzz_collect(L);
     return 0;
