@@ -441,7 +441,11 @@ static void add_b64_core(rotor_buf *b, const char *p, size_t n, int shift, int u
         size_t full = (total / 3) * 4; /* characters of complete groups */
         if (full > first && elen >= 0) {
             for (size_t i = first; url && i < full; i++) {
-                enc[i] = enc[i] == '+' ? '-' : enc[i] == '/' ? '_' : enc[i];
+                if (enc[i] == '+') {
+                    enc[i] = '-';
+                } else if (enc[i] == '/') {
+                    enc[i] = '_';
+                }
             }
             rotor_buf_add(b, enc + first, full - first);
         }
