@@ -113,6 +113,28 @@ int rotor_is_loopback_url(const char *url, char *scheme, size_t scheme_len) {
     return ok;
 }
 
+/* core.url_policy(url) -> "https" (https to a host that is not loopback) | "loopback" (http or
+ * https to a loopback host) | nil, why: the one home of the rule that plain http goes only to
+ * loopback hosts, used by option checks in Lua and by every transfer (l_multi_add). */
+static int l_url_policy(lua_State *L) {
+    const char *url = luaL_checkstring(L, 1);
+    char scheme[32] = "";
+    int ok = rotor_is_loopback_url(url, scheme, sizeof(scheme));
+    if (ok == 1 || ok == 2) {
+        lua_pushstring(L, ok == 1 ? "https" : "loopback");
+        return 1;
+    }
+    lua_pushnil(L);
+    if (ok < 0) {
+        lua_pushliteral(L, "not a URL libcurl can parse");
+    } else if (strcmp(scheme, "http") == 0) {
+        lua_pushliteral(L, "https required (plain http only to a loopback host)");
+    } else {
+        lua_pushliteral(L, "https URL expected");
+    }
+    return 2;
+}
+
 /* ---- transfer bookkeeping ---- */
 
 static void zero_slist(struct curl_slist *l) {
@@ -744,6 +766,8 @@ void rotor_http_open(lua_State *L) {
     lua_pop(L, 1);
     lua_pushcfunction(L, l_multi_new);
     lua_setfield(L, -2, "multi");
+    lua_pushcfunction(L, l_url_policy);
+    lua_setfield(L, -2, "url_policy");
     rotor_global_init();
     /* curl_version_info, not curl_version(): the latter initialises LDAP/SASL, which leak */
     lua_pushstring(L, curl_version_info(CURLVERSION_NOW)->version);

@@ -145,6 +145,24 @@ describe("the URL policy of the core", function()
     assert.matches("loopback", err.message)
   end)
 
+  it("has one home: core.url_policy, which provider options use too (127.300.0.1 is no address)", function()
+    assert.equals("https", core.url_policy("https://api.example.com/x"))
+    assert.equals("loopback", core.url_policy("http://127.0.0.1:8080/x"))
+    assert.equals("loopback", core.url_policy("https://localhost/"))
+    assert.equals("loopback", core.url_policy("http://[::1]:9/"))
+    for _, bad in ipairs { "http://127.300.0.1/", "http://example.com/", "ftp://127.0.0.1/", "not a url" } do
+      local ok, why = core.url_policy(bad)
+      assert.is_nil(ok, bad)
+      assert.is_string(why)
+    end
+    local rotor = require "rotor"
+    local p, err = rotor.genesys { base_url = "http://127.300.0.1", token_url = "http://127.0.0.1/t",
+                                   client_id = "a", client_secret = "b" }
+    assert.is_nil(p)
+    assert.equals("config", err.kind)
+    assert.truthy(err.message:find("base_url", 1, true), err.message)
+  end)
+
   it("refuses other schemes", function()
     local id, err = m:add { url = "ftp://127.0.0.1/" }
     assert.is_nil(id)

@@ -85,24 +85,15 @@ local function parse_url(u)
 end
 _M.parse_url = parse_url
 
-local function is_loopback(host)
-  if host == "localhost" or host == "::1" then return true end
-  local a = host:match("^127%.(%d+)%.(%d+)%.(%d+)$")
-  return a ~= nil
-end
-_M.is_loopback = is_loopback
-
---- Validate a URL option: https everywhere, http only to a loopback host.
+--- Validate a URL option: https everywhere, http only to a loopback host (the rule is the
+-- core's: core.url_policy, which every transfer applies too).
 local function v_url(v)
   if type(v) ~= "string" or v == "" then return nil, "a URL string expected" end
-  local scheme, host, _, rest = parse_url(v)
+  local scheme, _, _, rest = parse_url(v)
   if not scheme then return nil, "not an http(s) URL" end
   if rest:find("[?#]") then return nil, "a URL without query or fragment expected" end
-  if scheme == "http" then
-    if not is_loopback(host) then return nil, "https required (http only to a loopback host)" end
-  elseif scheme ~= "https" then
-    return nil, "https URL expected"
-  end
+  local ok, why = core.url_policy(v)
+  if not ok then return nil, why end
   return (v:gsub("/+$", ""))
 end
 _M.v_url = v_url
