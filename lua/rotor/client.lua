@@ -21,7 +21,6 @@ local Client = {}
 _M.methods = Client
 
 local DEFAULT_TIMEOUT = 30
-local DETAIL_MAX = 400
 
 -- Options every provider takes; the value is the validator (returns the cleaned value or nil, why).
 local function is_secret(v)
@@ -175,7 +174,6 @@ _M.scrub = scrub
 -- cfg: { provider=, base_url=, token_url=, token={style=, scope=, fields=, extra=, response=},
 --        auth="bearer" | header name, rates={ [op or "default"]={rate=, per=} },
 --        own={ option_name = validator, ... } (provider-specific options, already interpreted),
---        detail=function(decoded_error_body) -> string | nil,
 --        reauth={ [status]=true } (statuses that mean "token refused": drop it, retry once; {[401]=true}) }
 function _M.new(cls, opts, cfg)
   if type(opts) ~= "table" then
@@ -214,7 +212,6 @@ function _M.new(cls, opts, cfg)
     _token = cfg.token or {},
     _auth = cfg.auth or "bearer",
     _rates = cfg.rates or {},
-    _detail = cfg.detail,
     _reauth = cfg.reauth or { [401] = true },
     _scrub = {},
   }, cls)
@@ -281,61 +278,12 @@ function Client:_policy(op, extra)
   return p
 end
 
---- The provider's own error text from a decoded error body, free of secrets.
+--- The provider's own error text from a decoded error body (errors.detail), free of secrets.
 function Client:_error_detail(body)
-  if type(body) ~= "table" then return nil end
-  local d = self._detail and self._detail(body)
-  if not d then
-    if type(body.error) == "string" then
-      d = body.error
-      local desc = body.error_description or body.description
-      if type(desc) == "string" then d = d .. ": " .. desc end
-    elseif type(body.message) == "string" then
-      d = body.message
-      if type(body.code) == "string" then d = body.code .. ": " .. d end
-    elseif type(body.title) == "string" then
-      -- RFC 7807 problem details (ASP.NET): title, errors = { Field = { "message", ... } }
-      d = body.title
-      if type(body.errors) == "table" then
-        local parts = {}
-        for k, v in pairs(body.errors) do
-          if type(k) == "string" then
-            parts[#parts + 1] = k .. ": " .. (type(v) == "table" and table.concat(v, " ") or tostring(v))
-          end
-        end
-        table.sort(parts)
-        if #parts > 0 then d = d .. " " .. table.concat(parts, "; ") end
-      end
-    elseif type(body.errors) == "table" and type(body.errors[1]) == "table" then
-      local parts = {}
-      for _, e in ipairs(body.errors) do
-        if type(e) == "table" then
-          parts[#parts + 1] = table.concat({ tostring(e.code or e.field or "error"), ":",
-                                             " ", tostring(e.message or "") })
-        end
-      end
-      d = table.concat(parts, "; ")
-    elseif type(body[1]) == "table" then
-      local parts = {}
-      for _, e in ipairs(body) do
-        if type(e) == "table" and (e.message or e.field) then
-          parts[#parts + 1] = (e.field and e.field ~= json.null and tostring(e.field) .. ": " or "")
-            .. tostring(e.message or "")
-        end
-      end
-      if #parts > 0 then d = table.concat(parts, "; ") end
-    end
-  end
-  if type(d) ~= "string" then return nil end
-  if #d > DETAIL_MAX then d = d:sub(1, DETAIL_MAX) .. "..." end
-  return d
+  return scrub(self, errors.detail(body))
 end
 
-local function request_id(headers)
-  if type(headers) ~= "table" then return nil end
-  return headers["x-amzn-requestid"] or headers["inin-correlation-id"] or headers["x-request-id"]
-    or headers["x-amz-request-id"] or headers["x-correlation-id"]
-end
+local request_id = errors.request_id
 _M.request_id = request_id
 
 local function retry_after_of(headers)

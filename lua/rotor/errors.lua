@@ -54,4 +54,81 @@ function _M.with(err, fields)
   return setmetatable(e, mt)
 end
 
+--- The provider's own error text from a decoded error body, whatever the provider's shape:
+--   RFC 6749 {error|errorCode, error_description|description|message}; Genesys ErrorBody {message, code};
+--   RFC 7807 {title, errors = {Field = {...}}}; SP-API ErrorList {errors = {{code, message,
+--   details}}}; SQS {__type, message|Message}; Paylocity {{field, message}, ...}.
+-- Returns a string of at most DETAIL_MAX bytes, or nil. Not yet free of secrets: callers redact.
+local DETAIL_MAX = 400
+_M.DETAIL_MAX = DETAIL_MAX
+
+local function str(v) return type(v) == "string" and v ~= "" and v or nil end
+
+local function list(items, fmt)
+  local parts = {}
+  for _, e in ipairs(items) do
+    if type(e) == "table" then
+      local p = fmt(e)
+      if p then parts[#parts + 1] = p end
+    end
+  end
+  return #parts > 0 and table.concat(parts, "; ") or nil
+end
+
+function _M.detail(body)
+  if type(body) ~= "table" then return nil end
+  local d
+  if str(body.error) or str(body.errorCode) then
+    d = str(body.error) or body.errorCode
+    local desc = str(body.error_description) or str(body.description) or str(body.message)
+    if desc then d = d .. ": " .. desc end
+  elseif str(body.title) then
+    d = body.title
+    if type(body.errors) == "table" and body.errors[1] == nil then
+      local parts = {}
+      for k, v in pairs(body.errors) do
+        if type(k) == "string" then
+          parts[#parts + 1] = k .. ": " .. (type(v) == "table" and table.concat(v, " ") or tostring(v))
+        end
+      end
+      table.sort(parts)
+      if #parts > 0 then d = d .. " " .. table.concat(parts, "; ") end
+    end
+  elseif str(body.__type) then
+    d = body.__type:match("#(.+)$") or body.__type
+    local m = str(body.message) or str(body.Message)
+    if m then d = d .. ": " .. m end
+  elseif str(body.message) then
+    d = body.message
+    if str(body.code) then d = body.code .. ": " .. d end
+  elseif type(body.errors) == "table" and type(body.errors[1]) == "table" then
+    d = list(body.errors, function(e)
+      local s = tostring(e.code or e.field or "error") .. ": " .. tostring(e.message or "")
+      if str(e.details) then s = s .. " (" .. e.details .. ")" end
+      return s
+    end)
+  elseif type(body[1]) == "table" then
+    d = list(body, function(e)
+      if not (e.message or e.field) then return nil end
+      return (str(e.field) and e.field .. ": " or "") .. tostring(e.message or "error")
+    end)
+  end
+  if type(d) ~= "string" then return nil end
+  if #d > DETAIL_MAX then d = d:sub(1, DETAIL_MAX) .. "..." end
+  return d
+end
+
+-- the response headers providers put a request id in, in the order they are looked for
+local REQUEST_ID_HEADERS = { "x-amzn-requestid", "inin-correlation-id", "x-request-id", "x-amz-request-id",
+                             "x-correlation-id" }
+
+--- The provider's request id from response headers (lower-case names), or nil.
+function _M.request_id(headers)
+  if type(headers) ~= "table" then return nil end
+  for _, h in ipairs(REQUEST_ID_HEADERS) do
+    if headers[h] then return headers[h] end
+  end
+  return nil
+end
+
 return _M

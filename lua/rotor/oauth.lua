@@ -18,18 +18,6 @@ function _M.key(spec)
   return table.concat({ spec.url, spec.style or "basic", spec.client_id, spec.scope or "" }, "\0")
 end
 
-local function oauth_error_detail(body)
-  local v = json.decode(body or "")
-  if type(v) ~= "table" then return nil end
-  local parts = {}
-  local e = v.error or v.errorCode or v.code
-  if type(e) == "string" then parts[#parts + 1] = e end
-  local d = v.error_description or v.description or v.message
-  if type(d) == "string" then parts[#parts + 1] = d end
-  if #parts == 0 then return nil end
-  return table.concat(parts, ": ")
-end
-
 -- One token request; returns token_string, ttl | nil, err
 local function fetch(spec)
   local req = core.token_request(spec)
@@ -45,10 +33,9 @@ local function fetch(spec)
   end
   if not res then return nil, err end
   local base = { provider = spec.provider, op = "token", status = res.status,
-    request_id = res.headers["x-amzn-requestid"] or res.headers["inin-correlation-id"]
-      or res.headers["x-request-id"] }
+    request_id = errors.request_id(res.headers) }
   if res.status == 400 or res.status == 401 or res.status == 403 then
-    local detail = oauth_error_detail(res.body)
+    local detail = errors.detail(json.decode(res.body or ""))
     base.kind = "auth"
     base.detail = detail
     base.message = "the token endpoint refused the client credentials" ..
@@ -58,7 +45,7 @@ local function fetch(spec)
   if res.status < 200 or res.status > 299 then
     base.kind = "http"
     base.message = "the token endpoint answered " .. res.status
-    base.detail = oauth_error_detail(res.body)
+    base.detail = errors.detail(json.decode(res.body or ""))
     return nil, errors.new(base)
   end
   local v, jerr = json.decode(res.body)

@@ -36,15 +36,6 @@ local PATH = "/api/v2/oauth/clients"
 -- 300 requests per client-credentials token per minute.
 local RATES = { default = { rate = 300, per = 60 } }
 
--- ErrorBody: message, code, status, contextId, ...
-local function detail(body)
-  if type(body) ~= "table" then return nil end
-  local m = type(body.message) == "string" and body.message or nil
-  local c = type(body.code) == "string" and body.code or nil
-  if m and c then return c .. ": " .. m end
-  return m or c
-end
-
 --- The domain of a region given as a domain ("mypurecloud.ie") or a name ("eu_west_1", "eu-west-1").
 function _M.domain(region)
   if type(region) ~= "string" then return nil end
@@ -77,7 +68,6 @@ function _M.new(opts)
     token_url = token_url,
     token = { style = "basic" },
     rates = RATES,
-    detail = detail,
     own = { region = client.validators.string },
   })
   if not o then return nil, err end

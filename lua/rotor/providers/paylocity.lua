@@ -20,20 +20,6 @@ local TOKEN_STYLES = {
 -- WebLink: 25 calls per second, leaky bucket, no bursts.
 local RATES = { default = { rate = 25, per = 1 } }
 
--- 400/500 bodies: [{field, message, options, path}]
-local function detail(body)
-  if type(body) ~= "table" or type(body[1]) ~= "table" then return nil end
-  local parts = {}
-  for _, e in ipairs(body) do
-    if type(e) == "table" then
-      local m = type(e.message) == "string" and e.message or "error"
-      if type(e.field) == "string" and e.field ~= "" then m = e.field .. ": " .. m end
-      parts[#parts + 1] = m
-    end
-  end
-  return #parts > 0 and table.concat(parts, "; ") or nil
-end
-
 --- rotor.paylocity{ client_id=, client_secret=, sandbox=false, token_style="weblink"|"nextgen", ... }
 function _M.new(opts)
   if type(opts) ~= "table" then error("rotor.paylocity: an options table expected", 2) end
@@ -58,7 +44,6 @@ function _M.new(opts)
     token_url = token_url,
     token = { style = style.style, scope = style.scope },
     rates = RATES,
-    detail = detail,
     own = { sandbox = client.validators.boolean, token_style = client.validators.string },
   })
 end

@@ -29,28 +29,6 @@ local MAX_VISIBILITY = 43200
 -- rotateApplicationClientSecret: 0.0167 req/s, burst 1
 local RATES = { rotate_application_client_secret = { rate = 1, per = 60 } }
 
--- ErrorList {errors:[{code, message, details}]}; SQS JSON errors {__type, message}
-local function detail(body)
-  if type(body) ~= "table" then return nil end
-  if type(body.errors) == "table" then
-    local parts = {}
-    for _, e in ipairs(body.errors) do
-      if type(e) == "table" then
-        local s = tostring(e.code or "error") .. ": " .. tostring(e.message or "")
-        if type(e.details) == "string" and e.details ~= "" then s = s .. " (" .. e.details .. ")" end
-        parts[#parts + 1] = s
-      end
-    end
-    if #parts > 0 then return table.concat(parts, "; ") end
-  end
-  if type(body.__type) == "string" then
-    local t = body.__type:match("#(.+)$") or body.__type
-    local m = body.message or body.Message
-    return type(m) == "string" and (t .. ": " .. m) or t
-  end
-  return nil
-end
-
 --- Region and endpoint of an SQS queue URL: https://sqs.<region>.amazonaws.com/<acct>/<name>
 -- (or any host, e.g. the simulator: the endpoint is the URL without /<acct>/<name>).
 function _M.parse_queue_url(u)
@@ -142,7 +120,6 @@ function _M.new(opts)
     token = { style = "form", scope = SCOPE },
     auth = "x-amz-access-token",
     rates = RATES,
-    detail = detail,
     reauth = { [401] = true, [403] = true }, -- SP-API answers an expired token with 403
     own = { region = client.validators.string, sandbox = client.validators.boolean, sqs = v_sqs },
   })
