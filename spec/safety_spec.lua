@@ -223,7 +223,8 @@ describe("safety invariants #safety", function()
       -- once the intent is on disk, the slot's file is replaced by a directory: rename() then fails
       function st.put(self, slot, rec)
         if rec.versions.pending then
-          os.execute("rm -f " .. sim.shell_quote(path) .. " && mkdir -p " .. sim.shell_quote(path .. "/x"))
+          local qp = sim.shell_quote(path)
+          os.execute("{ [ -d " .. qp .. " ] || rm -f " .. qp .. "; } && mkdir -p " .. sim.shell_quote(path .. "/x"))
         end
         return real_put(self, slot, rec)
       end

@@ -175,10 +175,15 @@ _M.scrub = scrub
 --        auth="bearer" | header name, rates={ [op or "default"]={rate=, per=} },
 --        own={ option_name = validator, ... } (provider-specific options, already interpreted),
 --        reauth={ [status]=true } (statuses that mean "token refused": drop it, retry once; {[401]=true}) }
-function _M.new(cls, opts, cfg)
+--- Raise unless opts is a table: the first line of every provider's constructor (level 3: the
+-- constructor's caller).
+function _M.check_table(provider, opts)
   if type(opts) ~= "table" then
-    error(("rotor.%s: an options table expected, got %s"):format(cfg.provider, type(opts)), 3)
+    error(("rotor.%s: an options table expected, got %s"):format(provider, type(opts)), 3)
   end
+end
+
+function _M.new(cls, opts, cfg) -- opts: checked by the provider's constructor (check_table)
   local provider = cfg.provider
   local options = {}
   for k, v in pairs(opts) do
@@ -232,31 +237,20 @@ end
 
 --- The transfer options shared by every request of this object.
 function Client:_req(req)
-  local o = self.options
-  req.timeout = req.timeout or o.timeout
-  req.connect_timeout = req.connect_timeout or o.connect_timeout
-  req.cainfo = req.cainfo or o.cainfo
-  req.proxy = req.proxy or o.proxy
-  req.user_agent = req.user_agent or o.user_agent
-  if req.timeout and req.timeout > 30 then
-    req.low_speed_time = req.low_speed_time or req.timeout
-  end
-  return req
+  return http.with_transport(req, self.options)
 end
 
 function Client:_token_spec(client_id, secret)
   local t = self._token
   local o = self.options
-  return {
+  return http.with_transport({
     url = o.token_url, style = t.style or "basic",
     client_id = client_id, client_secret = secret,
     scope = t.scope, fields = t.fields, extra = t.extra,
     response = t.response or { token = "access_token", expires = "expires_in" },
     margin = o.token_margin or 60,
-    cainfo = o.cainfo, timeout = o.timeout, connect_timeout = o.connect_timeout,
-    proxy = o.proxy, user_agent = o.user_agent,
     provider = self.provider, max_wait = o.max_wait, retries = o.retries,
-  }
+  }, o)
 end
 
 function Client:_policy(op, extra)

@@ -61,6 +61,20 @@ local function reserve(limit)
 end
 _M.reserve = reserve
 
+-- the transfer options a provider object (or a notification spec) hands to each of its requests
+local TRANSPORT = { "timeout", "connect_timeout", "cainfo", "proxy", "user_agent" }
+_M.TRANSPORT = TRANSPORT
+
+--- Fill req's transfer options from `from` where req has none; a long timeout also bounds how long
+-- a transfer may stall (low_speed_time). Returns req.
+function _M.with_transport(req, from)
+  for _, k in ipairs(TRANSPORT) do
+    if req[k] == nil then req[k] = from[k] end
+  end
+  if req.timeout and req.timeout > 30 then req.low_speed_time = req.low_speed_time or req.timeout end
+  return req
+end
+
 function _M.reset_pacing()
   buckets = {}
 end

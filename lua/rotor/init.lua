@@ -25,10 +25,9 @@ _M.sleep = sched.sleep
 local PROVIDERS = { paylocity = true, spreetail = true, genesys = true, spapi = true }
 for name in pairs(PROVIDERS) do
   _M[name] = function(opts)
-    if type(opts) ~= "table" then
-      error("rotor." .. name .. ": an options table expected", 2)
-    end
-    return require("rotor.providers." .. name).new(opts)
+    require("rotor.client").check_table(name, opts) -- raised here, it names the caller's line
+    local p, err = require("rotor.providers." .. name).new(opts)
+    return p, err
   end
 end
 

@@ -45,12 +45,12 @@ function _M.send(spec, event)
   if (on == "failure" and event.ok) or (on == "success" and not event.ok) then return true end
   if spec.fn then return _M.send(spec.fn, event) end
   local http = require "rotor.http"
-  local res, err = http.request({
+  local res, err = http.request(http.with_transport({
     url = spec.webhook, method = "POST",
     headers = { { "Content-Type", "application/json" } },
     body = json.encode { text = event.text },
-    timeout = spec.timeout or 15, cainfo = spec.cainfo, proxy = spec.proxy,
-  }, { provider = "notify", op = "webhook", retries = 2, max_wait = 30 })
+    timeout = spec.timeout or 15,
+  }, spec), { provider = "notify", op = "webhook", retries = 2, max_wait = 30 })
   if not res then return nil, err end
   if type(res.status) == "number" and (res.status < 200 or res.status > 299) then
     return nil, errors.new { kind = "http", status = res.status, provider = "notify", op = "webhook",

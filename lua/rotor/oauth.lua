@@ -20,9 +20,7 @@ end
 
 -- One token request; returns token_string, ttl | nil, err
 local function fetch(spec)
-  local req = core.token_request(spec)
-  req.cainfo, req.proxy, req.timeout = spec.cainfo, spec.proxy, spec.timeout
-  req.user_agent, req.connect_timeout = spec.user_agent, spec.connect_timeout
+  local req = http.with_transport(core.token_request(spec), spec)
   local res, err = http.request(req, {
     provider = spec.provider, op = "token", retries = spec.retries, max_wait = spec.max_wait,
     rate = spec.rate,

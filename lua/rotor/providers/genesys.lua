@@ -46,7 +46,7 @@ end
 
 --- rotor.genesys{ region="mypurecloud.ie" | "eu_west_1", client_id=, client_secret=, ... }
 function _M.new(opts)
-  if type(opts) ~= "table" then error("rotor.genesys: an options table expected", 2) end
+  client.check_table("genesys", opts)
   local domain = "mypurecloud.com"
   if opts.region ~= nil then
     domain = _M.domain(opts.region)

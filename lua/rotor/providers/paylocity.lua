@@ -22,7 +22,7 @@ local RATES = { default = { rate = 25, per = 1 } }
 
 --- rotor.paylocity{ client_id=, client_secret=, sandbox=false, token_style="weblink"|"nextgen", ... }
 function _M.new(opts)
-  if type(opts) ~= "table" then error("rotor.paylocity: an options table expected", 2) end
+  client.check_table("paylocity", opts)
   if opts.sandbox ~= nil and type(opts.sandbox) ~= "boolean" then
     return client.config_error("paylocity", "sandbox", "true or false expected")
   end

@@ -97,7 +97,7 @@ end
 --- rotor.spapi{ region="na"|"eu"|"fe", sandbox=false, client_id=, client_secret=,
 --               sqs={ queue_url=, access_key=, secret_key=, session_token=, region=, endpoint= } }
 function _M.new(opts)
-  if type(opts) ~= "table" then error("rotor.spapi: an options table expected", 2) end
+  client.check_table("spapi", opts)
   local rname = opts.region == nil and "na" or opts.region
   local r = type(rname) == "string" and REGIONS[rname:lower()]
   if not r then

@@ -13,7 +13,7 @@ local PATH = "/api/v0/client-credentials"
 
 --- rotor.spreetail{ client_id=, client_secret=, ... }
 function _M.new(opts)
-  if type(opts) ~= "table" then error("rotor.spreetail: an options table expected", 2) end
+  client.check_table("spreetail", opts)
   local token_url = BASE .. TOKEN_PATH
   if type(opts.base_url) == "string" then token_url = opts.base_url:gsub("/+$", "") .. TOKEN_PATH end
   return client.new(Spreetail, opts, {
