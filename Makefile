@@ -68,7 +68,7 @@ $(BUILD)/obj/host/main.o: csrc/main.c $(HDRS)
 	$(CC) $(CFLAGS) $(WARN) -std=gnu11 -D_GNU_SOURCE $(INC_5.4) -c $< -o $@
 
 # the host embeds Lua 5.4 and loads rotor.core (build/5.4/rotor/core.so) on first require;
-# -rdynamic exports the Lua API to C modules and the host's rotor_interrupted to the core
+# -rdynamic exports the Lua API to C modules (the signal flag reaches the core through the registry)
 $(BUILD)/rotor: $(BUILD)/obj/host/main.o | $(BUILD)/5.4/rotor/core.so
 	$(CC) $(CFLAGS) -rdynamic -o $@ $^ -llua5.4 -lm -ldl
 

@@ -2,28 +2,21 @@
 #include "rotor.h"
 
 #include <limits.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <unistd.h>
 
-/* Defined by the rotor host (main.c) and set by its SIGINT/SIGTERM handler; absent (NULL) when
- * the module is loaded by another host such as lua5.4 or nginx. */
-extern volatile int rotor_host_interrupted __attribute__((weak));
+/* the host's signal flag (ROTOR_INTERRUPT_KEY in the registry), taken when the core is loaded;
+ * NULL in hosts that have none (lua5.4, luajit, nginx) */
+static volatile sig_atomic_t *interrupt_flag = NULL;
 
 int rotor_is_interrupted(void) {
-    return &rotor_host_interrupted != NULL && rotor_host_interrupted != 0;
+    return interrupt_flag != NULL && *interrupt_flag != 0;
 }
 
 static int l_interrupted(lua_State *L) {
     lua_pushboolean(L, rotor_is_interrupted());
     return 1;
-}
-
-static int l_clear_interrupt(lua_State *L) {
-    (void)L;
-    if (&rotor_host_interrupted != NULL) {
-        rotor_host_interrupted = 0;
-    }
-    return 0;
 }
 
 static int l_isatty(lua_State *L) {
@@ -42,10 +35,13 @@ int luaopen_rotor_core(lua_State *L) {
     rotor_http_open(L);
     rotor_token_open(L);
     rotor_fs_open(L);
-    static const luaL_Reg funcs[] = {{"interrupted", l_interrupted},
-                                     {"clear_interrupt", l_clear_interrupt},
-                                     {"isatty", l_isatty},
-                                     {NULL, NULL}};
+    lua_getfield(L, LUA_REGISTRYINDEX, ROTOR_INTERRUPT_KEY);
+    if (lua_islightuserdata(L, -1)) {
+        interrupt_flag = (volatile sig_atomic_t *)lua_touserdata(L, -1);
+    }
+    lua_pop(L, 1);
+    static const luaL_Reg funcs[] = {
+        {"interrupted", l_interrupted}, {"isatty", l_isatty}, {NULL, NULL}};
     luaL_setfuncs(L, funcs, 0);
     lua_pushliteral(L, ROTOR_VERSION);
     lua_setfield(L, -2, "version");

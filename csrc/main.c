@@ -24,9 +24,10 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
-/* Set by the signal handler. rotor.core, once loaded into this process, reads it through a weak
- * reference (the executable is linked with -rdynamic), so core.interrupted() sees it. */
-volatile int rotor_host_interrupted = 0;
+/* Set by the signal handler. Its address goes into the Lua registry (ROTOR_INTERRUPT_KEY) before
+ * any script runs: rotor.core takes it from there when it is loaded, so core.interrupted() sees it.
+ */
+static volatile sig_atomic_t interrupted = 0;
 
 #define EXIT_USAGE 2
 #define EXIT_INTERRUPTED 130
@@ -34,13 +35,13 @@ volatile int rotor_host_interrupted = 0;
 static const char *progname = "rotor";
 
 static void on_signal(int sig) {
-    if (rotor_host_interrupted) {
+    if (interrupted) {
         /* a second signal: stop now */
         signal(sig, SIG_DFL);
         raise(sig);
         return;
     }
-    rotor_host_interrupted = sig;
+    interrupted = sig;
     static const char msg[] =
         "\nrotor: stopping after the current step (send the signal again to abort now)\n";
     ssize_t w = write(STDERR_FILENO, msg, sizeof(msg) - 1);
@@ -164,6 +165,8 @@ static int pmain(lua_State *L) {
     char **argv = (char **)lua_touserdata(L, 2);
     int *exitcode = (int *)lua_touserdata(L, 3);
     luaL_openlibs(L);
+    lua_pushlightuserdata(L, (void *)&interrupted);
+    lua_setfield(L, LUA_REGISTRYINDEX, ROTOR_INTERRUPT_KEY);
     setup_paths(L);
     if (argc < 2) {
         usage(stderr);
@@ -238,8 +241,8 @@ static int pmain(lua_State *L) {
         }
     }
     if (report(L, status) != LUA_OK) {
-        *exitcode = rotor_host_interrupted ? EXIT_INTERRUPTED : EXIT_FAILURE;
-    } else if (rotor_host_interrupted && *exitcode == 0) {
+        *exitcode = interrupted ? EXIT_INTERRUPTED : EXIT_FAILURE;
+    } else if (interrupted && *exitcode == 0) {
         *exitcode = EXIT_INTERRUPTED;
     }
     return 0;

@@ -15,6 +15,9 @@
 #define ROTOR_MULTI_MT "rotor.multi"
 #define ROTOR_FS_LOCK_MT "rotor.fs_lock"
 #define ROTOR_FS_DIR_MT "rotor.fs_dir"
+/* registry key under which a host puts a light userdata: the address of its
+ * volatile sig_atomic_t signal flag (non-zero once SIGINT/SIGTERM arrived) */
+#define ROTOR_INTERRUPT_KEY "rotor.interrupt_flag"
 
 /* secret.c */
 typedef struct rotor_secret rotor_secret;

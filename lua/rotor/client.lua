@@ -323,15 +323,8 @@ function Client:token()
     return nil, errors.new{ kind = "config", provider = self.provider, op = "token",
                             message = "option client_secret: not set" }
   end
-  local tok, err = oauth.token(self._spec)
-  if not tok then
-    local fields = { op = "token" }
-    if type(err) == "table" and (err.status == 400 or err.status == 401 or err.status == 403)
-      and err.kind == "http" then
-      fields.kind = "auth"
-    end
-    return nil, self:_wrap(err, "token", fields)
-  end
+  local tok, err = oauth.token(self._spec) -- a refusal (400/401/403) is already kind "auth"
+  if not tok then return nil, self:_wrap(err, "token", { op = "token" }) end
   return tok
 end
 
@@ -424,12 +417,7 @@ function Client:verify(creds)
   spec.fresh = true
   local tok, err = oauth.token(spec)
   if not tok then
-    local fields = { op = "verify" }
-    if type(err) == "table" and err.kind == "http" and (err.status == 400 or err.status == 401
-      or err.status == 403) then
-      fields.kind = "auth"
-    end
-    local e = self:_wrap(err, "verify", fields)
+    local e = self:_wrap(err, "verify", { op = "verify" })
     e.message = scrub(self, e.message, sec)
     e.detail = scrub(self, e.detail, sec)
     return nil, e

@@ -28,9 +28,7 @@ end
 -- the marker: a string no input can guess (random per process), valid inside a JSON string
 local MARK
 do
-  local ok, core = pcall(require, "rotor.core")
-  local nonce = ok and core.random_hex and core.random_hex(8) or tostring({}):gsub("%W", "")
-  MARK = "rotor-empty-array-" .. nonce
+  MARK = "rotor-empty-array-" .. require("rotor.core").random_hex(8)
 end
 local MARK_JSON = '["' .. MARK .. '"]'
 

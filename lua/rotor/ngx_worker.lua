@@ -47,10 +47,6 @@ end
 function _M.token(name, opts, secret)
   local p, err = provider(name, opts, secret)
   if not p then return nil, plain_error(err) end
-  if type(p._token_spec) ~= "function" then
-    return nil, { kind = "config", provider = name, op = "token",
-                  message = "this provider object has no token spec (rotor.client too old?)" }
-  end
   local spec = p:_token_spec(p.client_id, p._secret)
   spec.fresh = true
   local tok, ttl = oauth.token(spec)
@@ -106,11 +102,7 @@ end
 -- current credential acts at the provider), slot (the slot to rotate), target ({client_id=}),
 -- strategy, due ({max_age_days=, before_expiry_days=}; rotate only when due), force (ignore due).
 function _M.rotate(job)
-  local ok, rotor = pcall(require, "rotor")
-  if not ok then return nil, plain_error(rotor) end
-  if not rotor.rotate or not rotor.store then
-    return nil, { kind = "config", message = "rotor.rotate is not available in this build" }
-  end
+  local rotor = require "rotor"
   local store, err = rotor.store.file(job.store_dir)
   if not store then return nil, plain_error(err) end
   if not job.force and rotor.due then

@@ -336,8 +336,7 @@ function Ctx:client_id()
 end
 
 function Ctx.sleep(_, s)
-  local ok, sched = pcall(require, "rotor.sched")
-  if ok and sched.sleep then sched.sleep(s) end
+  require("rotor.sched").sleep(s)
 end
 
 ------------------------------------------------------------------------------------------------

@@ -1,12 +1,11 @@
 -- Timestamps as rotor stores them: ISO-8601 UTC strings; parsing of the providers' forms.
 local _M = {}
 
-local core_ok, core = pcall(require, "rotor.core")
+local core = require "rotor.core"
 
 --- Seconds since the epoch (wall clock).
 function _M.now()
-  if core_ok and core.wallclock then return core.wallclock() end
-  return os.time()
+  return core.wallclock()
 end
 
 --- ISO-8601 UTC ("2024-06-21T12:34:56Z") of epoch seconds t (default now).
