@@ -189,113 +189,122 @@ local function envelope(body)
   return v
 end
 
--- Wait up to args.wait seconds for a notification of type ntype whose payload[field].clientId is
--- this object's client id. Messages for other clients (or of other types) are released again
--- (visibility 0) without being deleted.
-function Spapi:_receive(op, ntype, field, args, convert, valid)
+-- The receive arguments, checked: { wait, since, not_after, skip, application_id, visibility }.
+local function receive_args(op, args)
   args = args or {}
-  if type(args) ~= "table" then error(op .. ": a table {wait=} expected", 3) end
+  if type(args) ~= "table" then error(op .. ": a table {wait=} expected", 4) end
   local wait = args.wait == nil and MAX_POLL or args.wait
-  if type(wait) ~= "number" or wait < 0 then error(op .. ": wait must be a number of seconds >= 0", 3) end
-  local since = iso(args.since)
-  if since ~= nil and type(since) ~= "string" then error(op .. ": since must be epoch seconds or ISO-8601", 3) end
-  local not_after = iso(args.not_after)
+  if type(wait) ~= "number" or wait < 0 then error(op .. ": wait must be a number of seconds >= 0", 4) end
+  local since, not_after = iso(args.since), iso(args.not_after)
+  if since ~= nil and type(since) ~= "string" then error(op .. ": since must be epoch seconds or ISO-8601", 4) end
   if not_after ~= nil and type(not_after) ~= "string" then
-    error(op .. ": not_after must be epoch seconds or ISO-8601", 3)
+    error(op .. ": not_after must be epoch seconds or ISO-8601", 4)
   end
-  local skip = args.skip
-  if skip ~= nil and type(skip) ~= "function" then error(op .. ": skip must be a function", 3) end
-  local visibility = args.visibility or math.min(MAX_VISIBILITY, math.max(60, math.ceil(wait) + 10))
-  local q = self.options.sqs and self.options.sqs.queue_url
-  local deadline = core.now() + wait
+  if args.skip ~= nil and type(args.skip) ~= "function" then error(op .. ": skip must be a function", 4) end
+  return { wait = wait, since = since, not_after = not_after, skip = args.skip, application_id = args.application_id,
+           visibility = args.visibility or math.min(MAX_VISIBILITY, math.max(60, math.ceil(wait) + 10)) }
+end
+
+-- The payload of message m when it is a notification of kind.type for this client that passes
+-- every check of a (dates, application, skip, kind.valid), with its envelope; else nil.
+function Spapi:_match(m, kind, a)
+  local env = type(m) == "table" and type(m.ReceiptHandle) == "string" and envelope(m.Body)
+  local p = env and env.notificationType == kind.type and type(env.payload) == "table" and env.payload[kind.field]
+  if type(p) ~= "table" or p.clientId ~= self.client_id then return nil end
+  if kind.valid and not kind.valid(p) then return nil end
+  local t, meta = env.eventTime, env.notificationMetadata
+  if a.since and not (type(t) == "string" and t >= a.since) then return nil end
+  if a.not_after and not (type(t) == "string" and t <= a.not_after) then return nil end
+  if a.application_id and not (type(meta) == "table" and meta.applicationId == a.application_id) then return nil end
+  if a.skip and a.skip(p, env) then return nil end
+  return p, env
+end
+
+-- Give messages back to the queue at once (visibility 0), best effort: if that fails they
+-- reappear after their visibility timeout anyway.
+function Spapi:_release(op, handles)
+  local q = self.options.sqs.queue_url
+  for _, h in ipairs(handles) do
+    local ok = self:_sqs_call(op, "ChangeMessageVisibility", { QueueUrl = q, ReceiptHandle = h, VisibilityTimeout = 0 })
+    if not ok then return end -- not supported or not allowed
+  end
+end
+
+-- The acknowledgement of a taken message: deletes it, once.
+function Spapi:_acker(op, handle)
+  local acked = false
+  return function()
+    if acked then return true end
+    local ok, err = self:_sqs_call(op, "DeleteMessage", { QueueUrl = self.options.sqs.queue_url,
+                                                          ReceiptHandle = handle })
+    if not ok then return nil, err end
+    acked = true
+    return true
+  end
+end
+
+-- Wait up to args.wait seconds for a notification of kind.type (payload field kind.field, for
+-- this object's client id), the newest by eventTime when several arrive at once. Messages not
+-- taken (other clients', other types, older ones) are released again, never deleted.
+-- kind: { type, field, convert(payload) (in place), valid(payload) -> bool }.
+-- Returns payload, ack, info | nil, err (kind "timeout" when none came).
+function Spapi:_receive(op, kind, args)
+  local a = receive_args(op, args)
+  if not self.options.sqs then
+    return nil, errors.new{ kind = "config", provider = self.provider, op = op,
+                            message = "option sqs: not set (the queue that receives the new secret)" }
+  end
+  local q = self.options.sqs.queue_url
+  local deadline = core.now() + a.wait
   local held, order = {}, {} -- MessageId -> latest receipt handle of the messages not taken
   local function hold(m)
     local mid = m.MessageId or m.ReceiptHandle
     if held[mid] == nil then order[#order + 1] = mid end
     held[mid] = m.ReceiptHandle
   end
-  local found
-  local first = true
-  local failure
-  while not found do
-    local remaining = deadline - core.now()
-    if remaining < 0 and not first then break end
-    first = false
-    local poll = math.max(0, math.min(MAX_POLL, math.floor(remaining)))
+  local best, failure
+  repeat
+    local poll = math.max(0, math.min(MAX_POLL, math.floor(deadline - core.now())))
     local v, err = self:_sqs_call(op, "ReceiveMessage", {
-      QueueUrl = q, MaxNumberOfMessages = 10, WaitTimeSeconds = poll, VisibilityTimeout = visibility,
-    }, { timeout = poll + self.options.timeout, low_speed_time = poll + self.options.timeout })
-    if not v then failure = err break end
-    local msgs = v.Messages
-    if msgs ~= nil and msgs ~= json.null and type(msgs) ~= "table" then
+      QueueUrl = q, MaxNumberOfMessages = 10, WaitTimeSeconds = poll, VisibilityTimeout = a.visibility,
+    }, { timeout = poll + self.options.timeout, low_speed_time = poll + self.options.timeout,
+         secret_body = true })
+    local msgs = v and v.Messages
+    if not v then
+      failure = err
+    elseif msgs ~= nil and msgs ~= json.null and type(msgs) ~= "table" then
       failure = errors.new{ kind = "protocol", provider = self.provider, op = op,
                             message = "SQS ReceiveMessage: Messages is not an array" }
-      break
-    end
-    local best
-    for _, m in ipairs(type(msgs) == "table" and msgs or {}) do
-      local env = type(m) == "table" and envelope(m.Body)
-      local p = env and env.notificationType == ntype and type(env.payload) == "table" and env.payload[field]
-      local meta = env and env.notificationMetadata
-      local mine = type(p) == "table" and p.clientId == self.client_id and (valid == nil or valid(p))
-        and (since == nil or (type(env.eventTime) == "string" and env.eventTime >= since))
-        and (not_after == nil or (type(env.eventTime) == "string" and env.eventTime <= not_after))
-        and (args.application_id == nil or (type(meta) == "table" and meta.applicationId == args.application_id))
-        and (skip == nil or not skip(p, env))
-      if mine and type(m.ReceiptHandle) == "string" then
-        if best == nil or tostring(env.eventTime or "") > tostring(best.env.eventTime or "") then
+    else
+      for _, m in ipairs(type(msgs) == "table" and msgs or {}) do
+        local p, env = self:_match(m, kind, a)
+        if p and (best == nil or tostring(env.eventTime or "") > tostring(best.env.eventTime or "")) then
           if best then hold(best.m) end
           best = { m = m, env = env, p = p }
-        else
+        elseif type(m) == "table" and type(m.ReceiptHandle) == "string" then
           hold(m)
         end
-      elseif type(m) == "table" and type(m.ReceiptHandle) == "string" then
-        hold(m)
       end
     end
-    found = best
-    if not found and deadline - core.now() <= 0 then break end
-  end
-  -- give the others back at once (best effort: if this fails they reappear after `visibility`)
-  if found then
-    local fid = found.m.MessageId or found.m.ReceiptHandle
-    if held[fid] then held[fid] = nil end
-  end
-  for _, mid in ipairs(order) do
-    local h = held[mid]
-    if h then
-      local ok = self:_sqs_call(op, "ChangeMessageVisibility",
-                                { QueueUrl = q, ReceiptHandle = h, VisibilityTimeout = 0 })
-      if not ok then break end -- not supported or not allowed: they reappear after `visibility`
-    end
-  end
+  until best or failure or deadline - core.now() <= 0
+  if best then held[best.m.MessageId or best.m.ReceiptHandle] = nil end
+  local handles = {}
+  for _, mid in ipairs(order) do if held[mid] then handles[#handles + 1] = held[mid] end end
+  self:_release(op, handles)
   if failure then return nil, failure end
-  if not found then
+  if not best then
     return nil, errors.new{ kind = "timeout", provider = self.provider, op = op,
                             message = ("no %s notification for client %s within %g s"):format(
-                              ntype, tostring(self.client_id), wait) }
+                              kind.type, tostring(self.client_id), a.wait) }
   end
-  local payload = found.p
-  if convert then convert(payload) end
-  local handle = found.m.ReceiptHandle
-  local acked = false
-  local me = self
-  local function ack()
-    if acked then return true end
-    local ok, err = me:_sqs_call(op, "DeleteMessage", { QueueUrl = q, ReceiptHandle = handle })
-    if not ok then return nil, err end
-    acked = true
-    return true
-  end
-  local meta = found.env.notificationMetadata
-  local info = {
-    message_id = found.m.MessageId,
-    notification_type = found.env.notificationType,
+  if kind.convert then kind.convert(best.p) end
+  local meta = best.env.notificationMetadata
+  return best.p, self:_acker(op, best.m.ReceiptHandle), {
+    message_id = best.m.MessageId, notification_type = best.env.notificationType,
     notification_id = type(meta) == "table" and meta.notificationId or nil,
     application_id = type(meta) == "table" and meta.applicationId or nil,
-    event_time = found.env.eventTime,
+    event_time = best.env.eventTime,
   }
-  return payload, ack, info
 end
 
 --- Await the APPLICATION_OAUTH_CLIENT_NEW_SECRET notification for this client:
@@ -304,15 +313,20 @@ end
 -- events dated later), application_id (ignore other applications' messages), skip (a function of the
 -- raw payload and envelope: true to pass a message over), visibility.
 function Spapi:receive_new_client_secret(args)
-  return self:_receive("receive_new_client_secret", NEW_SECRET, "applicationOAuthClientNewSecret", args,
-    function(p) client.secret_field(p, "newClientSecret") end,
-    function(p) return type(p.newClientSecret) == "string" and p.newClientSecret ~= "" end)
+  local payload, ack, info = self:_receive("receive_new_client_secret", {
+    type = NEW_SECRET, field = "applicationOAuthClientNewSecret",
+    convert = function(p) client.secret_field(p, "newClientSecret") end,
+    valid = function(p) return type(p.newClientSecret) == "string" and p.newClientSecret ~= "" end,
+  }, args)
+  return payload, ack, info -- not a tail call: argument errors name the caller's line
 end
 
 --- Await the APPLICATION_OAUTH_CLIENT_SECRET_EXPIRY notice for this client:
 -- payload.applicationOAuthClientSecretExpiry ({clientId, clientSecretExpiryTime, clientSecretExpiryReason}), ack, info.
 function Spapi:receive_secret_expiry_notice(args)
-  return self:_receive("receive_secret_expiry_notice", EXPIRY, "applicationOAuthClientSecretExpiry", args)
+  local payload, ack, info = self:_receive("receive_secret_expiry_notice",
+                                           { type = EXPIRY, field = "applicationOAuthClientSecretExpiry" }, args)
+  return payload, ack, info
 end
 
 return _M
