@@ -4,6 +4,7 @@
 #   make deps       install the Debian packages rotor needs (apt-get as root; else prints it)
 #   make test       lint, then the specs under Lua 5.4 and LuaJIT, then under ASan+UBSan
 #   make demo       real rotations against the bundled simulator into ./secrets
+#   make sim        start the simulator (SIM_DIR, build/sim) and print its environment as exports
 #   make bench      the benchmarks (spec/bench/), measured in one run
 #   make asan       the specs with the core built under AddressSanitizer + UBSan
 #   make valgrind   the core's specs under valgrind (definite leaks fail)
@@ -48,6 +49,7 @@ INC_jit := -I/usr/include/luajit-2.1 -idirafter /usr/include/lua5.1
 OBJS = $(patsubst csrc/%.c,$(BUILD)/obj/$(1)/%.o,$(SRCS))
 VERSIONS := 5.4 5.3 5.1 jit
 
+.PHONY: sim sim-stop
 .PHONY: all deps test demo bench asan valgrind fuzz lint lint-lua lint-c format clean install \
         spec spec-5.4 spec-jit check-deps
 all: $(foreach v,$(VERSIONS),$(BUILD)/$(v)/rotor/core.so) $(BUILD)/rotor
@@ -192,6 +194,15 @@ format:
 # ---- demo and bench ----
 demo: check-deps all
 	./$(BUILD)/rotor examples/demo.lua
+
+# `eval "$(make -s sim)"`: the simulator keeps running (make sim-stop) with one seeded Genesys
+# admin and app client and one Spreetail pair; the exports are also in $(SIM_DIR)/env.sh
+SIM_DIR ?= $(BUILD)/sim
+sim: all
+	@spec/simulator/simctl stop $(SIM_DIR) >/dev/null 2>&1 || true
+	@./$(BUILD)/rotor spec/simulator/sim_env.lua $(SIM_DIR)
+sim-stop:
+	@spec/simulator/simctl stop $(SIM_DIR)
 
 bench: check-deps all
 	lua5.4 spec/bench/run.lua

@@ -3,8 +3,7 @@
  *
  *   rotor script.lua [args]     run a rotation script
  *   rotor -e 'code'             run a chunk
- *   rotor status|rotate ...     subcommands of rotor.cli
- *   rotor -v                    version
+ *   rotor COMMAND ...           rotor.cli: every subcommand, the usage text, help and version
  *
  * rotor's modules are found next to the executable with no LUA_PATH or LUA_CPATH: in the
  * checkout build/rotor -> lua/ and build/5.4/rotor/core.so; installed bin/rotor ->
@@ -48,18 +47,6 @@ static void on_signal(int sig) {
     (void)w;
 }
 
-static void usage(FILE *f) {
-    fprintf(f,
-            "usage: %s SCRIPT.lua [ARGS...]   run a rotation script\n"
-            "       %s -e CODE                run a chunk of Lua\n"
-            "       %s status STORE [--json]  show the slots of a file store\n"
-            "       %s due STORE [--json]     list the slots due for rotation\n"
-            "       %s rotate --config FILE [--slot NAME] [--dry-run]\n"
-            "       %s help                   the subcommands' options\n"
-            "       %s -v                     print the version\n",
-            progname, progname, progname, progname, progname, progname, progname);
-}
-
 /* Message handler: the error as text, every live secret redacted, plus a traceback. */
 static int msghandler(lua_State *L) {
     const char *msg = lua_tostring(L, 1);
@@ -94,7 +81,11 @@ static int msghandler(lua_State *L) {
 static int report(lua_State *L, int status) {
     if (status != LUA_OK) {
         const char *msg = lua_tostring(L, -1);
-        fprintf(stderr, "%s: %s\n", progname, msg ? msg : "(error)");
+        msg = msg ? msg : "(error)";
+        size_t n = strlen(progname);
+        /* rotor's error values already start with "rotor: ": no "rotor: rotor: " */
+        int prefixed = strncmp(msg, progname, n) == 0 && msg[n] == ':';
+        fprintf(stderr, "%s%s%s\n", prefixed ? "" : progname, prefixed ? "" : ": ", msg);
         fflush(stderr);
         lua_pop(L, 1);
     }
@@ -155,9 +146,25 @@ static void create_arg(lua_State *L, char **argv, int argc, int script) {
     lua_setglobal(L, "arg");
 }
 
-static int is_subcommand(const char *a) {
-    return strcmp(a, "status") == 0 || strcmp(a, "rotate") == 0 || strcmp(a, "help") == 0 ||
-           strcmp(a, "due") == 0;
+/* Does rotor.cli own this first argument (a subcommand, an option, a word that is no script)?
+ * rotor.cli holds every subcommand and the one usage text; the host runs scripts and -e. */
+static int cli_owns(lua_State *L, const char *a1, int *status) {
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "rotor.cli");
+    *status = docall(L, 1, 1);
+    if (*status != LUA_OK) {
+        return 0;
+    }
+    lua_getfield(L, -1, "owns");
+    lua_pushstring(L, a1);
+    *status = docall(L, 1, 1);
+    if (*status != LUA_OK) {
+        lua_remove(L, -2);
+        return 0;
+    }
+    int owns = lua_toboolean(L, -1);
+    lua_pop(L, 2);
+    return owns;
 }
 
 static int pmain(lua_State *L) {
@@ -168,34 +175,11 @@ static int pmain(lua_State *L) {
     lua_pushlightuserdata(L, (void *)&interrupted);
     lua_setfield(L, LUA_REGISTRYINDEX, ROTOR_INTERRUPT_KEY);
     setup_paths(L);
-    if (argc < 2) {
-        usage(stderr);
-        *exitcode = EXIT_USAGE;
-        return 0;
-    }
-    const char *a1 = argv[1];
-    int status;
-    if (strcmp(a1, "-v") == 0 || strcmp(a1, "--version") == 0) {
-        lua_getglobal(L, "require");
-        lua_pushliteral(L, "rotor.core");
-        status = docall(L, 1, 1);
-        if (status == LUA_OK) {
-            lua_getfield(L, -1, "curl_version");
-            printf("rotor %s (%s, libcurl %s)\n", ROTOR_VERSION, LUA_RELEASE, lua_tostring(L, -1));
-            return 0;
-        }
-        report(L, status);
-        *exitcode = EXIT_FAILURE;
-        return 0;
-    }
-    if (strcmp(a1, "-h") == 0 || strcmp(a1, "--help") == 0) {
-        usage(stdout);
-        return 0;
-    }
-    if (strcmp(a1, "-e") == 0) {
+    const char *a1 = argc < 2 ? NULL : argv[1];
+    int status = LUA_OK;
+    if (a1 != NULL && strcmp(a1, "-e") == 0) {
         if (argc < 3) {
-            fprintf(stderr, "%s: -e needs an argument\n", progname);
-            usage(stderr);
+            fprintf(stderr, "%s: -e needs an argument (rotor help)\n", progname);
             *exitcode = EXIT_USAGE;
             return 0;
         }
@@ -204,7 +188,7 @@ static int pmain(lua_State *L) {
         if (status == LUA_OK) {
             status = docall(L, 0, 0);
         }
-    } else if (is_subcommand(a1)) {
+    } else if (a1 == NULL || cli_owns(L, a1, &status)) {
         create_arg(L, argv, argc, 0);
         lua_getglobal(L, "require");
         lua_pushliteral(L, "rotor.cli");
@@ -222,12 +206,7 @@ static int pmain(lua_State *L) {
                 lua_pop(L, 1);
             }
         }
-    } else if (a1[0] == '-' && a1[1] != '\0') {
-        fprintf(stderr, "%s: unknown option '%s'\n", progname, a1);
-        usage(stderr);
-        *exitcode = EXIT_USAGE;
-        return 0;
-    } else {
+    } else if (status == LUA_OK) {
         create_arg(L, argv, argc, 1);
         const char *fname = strcmp(a1, "-") == 0 ? NULL : a1;
         status = luaL_loadfile(L, fname);

@@ -1,35 +1,103 @@
--- rotor's command line (the host runs `rotor script.lua` itself and hands subcommands here):
+-- rotor's command line. The host (csrc/main.c) runs `rotor script.lua` and `rotor -e CODE` itself
+-- and hands everything else here: the subcommands, their help, the usage text and the version.
+-- doc/CLI.md describes every command, the JSON it prints and the metrics.
 --
---   rotor status <store-dir> [--json] [--max-age-days N] [--before-expiry-days N]
---   rotor due <store-dir> [--json] [--max-age-days N] [--before-expiry-days N]
---   rotor rotate --config <file.lua> [--slot NAME]... [--dry-run] [--only-due] [--json]
---   rotor help
---
--- The config file returns { store = <store or dir>, slots = { { slot=, provider=<provider object
--- or { kind="genesys", options={...} }>, target=, strategy=, deploy=, wait=, grace= }, ... },
--- concurrency = 4, notify = ..., due = { max_age_days=, before_expiry_days= } }.
--- Exit codes: 0 success, 1 a rotation failed, 2 usage, 75 a slot was locked by another rotor
--- (and nothing else failed).
+-- Exit codes: 0 success, 1 a rotation failed (or `doctor`/`status` found something a person must
+-- look at), 2 usage or configuration errors (nothing was run), 75 a slot was locked by another
+-- rotor (and nothing else failed), 130 stopped on SIGINT/SIGTERM.
 local json = require "rotor.json"
 local timefmt = require "rotor.timefmt"
+local policy = require "rotor.policy"
+local config = require "rotor.config"
 
 local _M = {}
 
-local EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 75
+local EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_LOCKED, EXIT_INTERRUPTED = 0, 1, 2, 75, 130
 _M.EXIT_LOCKED = EXIT_LOCKED
-
-local USAGE = [[
-usage: rotor <script.lua> [args]        run a rotation script
-       rotor status <store-dir> [--json] [--max-age-days N] [--before-expiry-days N]
-       rotor due <store-dir> [--json] [--max-age-days N] [--before-expiry-days N]
-       rotor rotate --config <file.lua> [--slot NAME]... [--dry-run] [--only-due] [--json]
-       rotor help
-]]
+_M.JSON_SCHEMA = 1
 
 local function out(s) io.stdout:write(s) end
 local function err(s) io.stderr:write(s) end
 
--- Parse flags: spec = { ["--json"] = "bool", ["--slot"] = "multi", ["--config"] = "string", ... }
+-- The commands, in the order `rotor help` lists them. usage: the synopsis lines; help: the rest.
+local POLICY_FLAGS = "[--max-age-days N] [--before-expiry-days N]"
+local COMMANDS = {
+  { name = "status", summary = "every slot of a store: age, expiry, why due and when next, last outcome",
+    usage = { "rotor status STORE|--config FILE [--format text|json|openmetrics] [--json] " .. POLICY_FLAGS },
+    help = [[
+STORE is a file store's directory; with --config FILE the config's store and due policies are used.
+--format json prints the schema of doc/CLI.md (--json is the same); --format openmetrics prints
+Prometheus/OpenMetrics text for node_exporter's textfile collector. Exits 1 when a slot's record
+cannot be read (run `rotor doctor`), else 0.]] },
+  { name = "due", summary = "only the slots due for rotation, with the reason",
+    usage = { "rotor due STORE|--config FILE [--json] " .. POLICY_FLAGS },
+    help = [[
+Prints "SLOT<TAB>REASON" per due slot (or JSON). A slot whose record cannot be read is listed as
+due with its error, and the exit code is then 1.]] },
+  { name = "rotate", summary = "rotate the slots of a config file",
+    usage = { "rotor rotate --config FILE [--slot NAME]... [--only-due] [--dry-run] [--json]" },
+    help = [[
+The whole config is checked first; any problem is listed (file, slot, key) and rotor exits 2 having
+created, written and sent nothing. Each slot is then checked against its provider (a token request
+with the credential rotor would use) before a rotation starts. --only-due rotates only the slots
+due by their policy; --dry-run prints each slot's plan and changes nothing. On SIGINT/SIGTERM no
+further slot starts, running ones stop between two steps, and rotor exits 130: rerun the same
+command to finish what was interrupted.]] },
+  { name = "doctor", summary = "what needs a person: unreadable slots, stuck rotations, held locks, orphans",
+    usage = { "rotor doctor STORE|--config FILE [--json]" },
+    help = [[
+Every finding comes with the command that resolves it. Exits 1 when something needs a person, 0
+when the store is healthy.]] },
+  { name = "help", summary = "this text, or one command's", usage = { "rotor help [COMMAND]" } },
+  { name = "version", summary = "rotor's, Lua's and libcurl's versions", usage = { "rotor version" } },
+  { name = "config-reference", summary = "the configuration reference (doc/CONFIG.md)",
+    usage = { "rotor config-reference" } },
+}
+local BY_NAME = {}
+for _, c in ipairs(COMMANDS) do BY_NAME[c.name] = c end
+
+--- The usage text: the one source for `rotor`, `rotor help` and every usage error.
+function _M.usage()
+  local lines = {
+    "usage: rotor SCRIPT.lua [ARGS...]   run a rotation script (exit 1 on error, 130 on a signal)",
+    "       rotor -e CODE                run a chunk of Lua",
+  }
+  for _, c in ipairs(COMMANDS) do
+    lines[#lines + 1] = ("       rotor %-16s %s"):format(c.name, c.summary)
+  end
+  lines[#lines + 1] = ""
+  lines[#lines + 1] = "`rotor help COMMAND` or `rotor COMMAND --help` for a command's options; doc/CLI.md."
+  lines[#lines + 1] = "Exit codes: 0 ok, 1 failed, 2 usage or config error, 75 locked, 130 interrupted."
+  return table.concat(lines, "\n") .. "\n"
+end
+
+local function command_help(c)
+  local s = "usage: " .. table.concat(c.usage, "\n       ") .. "\n\n" .. c.summary .. ".\n"
+  if c.help then s = s .. c.help .. "\n" end
+  return s
+end
+
+local function usage_error(cmd, msg)
+  local c = BY_NAME[cmd]
+  err("rotor " .. cmd .. ": " .. msg .. "\n" .. (c and ("usage: " .. table.concat(c.usage, "\n       ")
+    .. "\n(`rotor help " .. cmd .. "` for more)\n") or _M.usage()))
+  return EXIT_USAGE
+end
+
+-- a message for people: no "rotor: " prefix (the caller adds its own), no internal file paths
+local function clean(e)
+  local s = tostring(e)
+  s = s:gsub("^rotor: ", "")
+  s = s:gsub("[^%s:]*lua/rotor/[%w_/]+%.lua:%d+: ", "")
+  s = s:gsub("^[^%s:]+%.lua:%d+: ", "")
+  return s
+end
+_M.clean = clean
+
+------------------------------------------------------------------------------------------------
+-- Flags
+
+-- spec = { ["--json"] = "bool", ["--slot"] = "multi", ["--config"] = "string", ... }
 local function parse(args, first, spec)
   local o, pos = { _pos = {} }, first
   while pos <= #args do
@@ -37,7 +105,13 @@ local function parse(args, first, spec)
     local name, inline = a:match("^(%-%-[%w%-]+)=(.*)$")
     name = name or a
     local kind = spec[name]
-    if a:sub(1, 2) == "--" and not kind then return nil, "unknown option " .. a end
+    if a:sub(1, 1) == "-" and #a > 1 and not kind then
+      local names = {}
+      for k in pairs(spec) do names[#names + 1] = k end
+      table.sort(names)
+      local hint = config.suggest(name, names)
+      return nil, "unknown option " .. a .. (hint and ("; did you mean " .. hint .. "?") or "")
+    end
     if kind == "bool" then
       o[name] = true
     elseif kind then
@@ -49,7 +123,14 @@ local function parse(args, first, spec)
       if v == nil then return nil, name .. " needs a value" end
       if kind == "number" then
         v = tonumber(v)
-        if not v then return nil, name .. " needs a number" end
+        if not v or v <= 0 then return nil, name .. " needs a number > 0" end
+      elseif type(kind) == "table" then
+        if not kind[v] then
+          local names = {}
+          for k in pairs(kind) do names[#names + 1] = k end
+          table.sort(names)
+          return nil, ("%s: %s is not one of %s"):format(name, v, table.concat(names, ", "))
+        end
       end
       if kind == "multi" then
         o[name] = o[name] or {}
@@ -65,51 +146,169 @@ local function parse(args, first, spec)
   return o
 end
 
-local function due_opts(o, defaults)
-  defaults = defaults or {}
-  local d = { max_age_days = o["--max-age-days"] or defaults.max_age_days,
-              before_expiry_days = o["--before-expiry-days"] or defaults.before_expiry_days }
-  if d.max_age_days == nil and d.before_expiry_days == nil then d.before_expiry_days = 14 end
-  return d
+------------------------------------------------------------------------------------------------
+-- Store and config
+
+local function store_name(store)
+  if type(store) == "table" and store.kind == "file" and type(store.dir) == "string" then
+    return "file store " .. config.absolute(store.dir)
+  end
+  if type(store) == "table" and type(store.describe) == "function" then return tostring(store:describe()) end
+  return tostring(store)
+end
+_M.store_name = store_name
+
+-- the store and due policies of a read-only command: STORE, or --config FILE
+local function target_store(cmd, o)
+  local cfg, info
+  if o["--config"] then
+    if #o._pos > 0 then return nil, usage_error(cmd, "a store directory or --config, not both") end
+    local lerr
+    cfg, info = config.load(o["--config"])
+    if not cfg then
+      err("rotor " .. cmd .. ": " .. clean(info) .. "\n")
+      return nil, EXIT_USAGE
+    end
+    cfg, lerr = cfg, nil
+    if cfg.store == nil then
+      err("rotor " .. cmd .. ": " .. o["--config"] .. ": store: required, not set\n")
+      return nil, EXIT_USAGE
+    end
+    local store
+    if type(cfg.store) == "string" or (type(cfg.store) == "table" and cfg.store.kind == "file") then
+      local dir = require("rotor.store").resolve(type(cfg.store) == "string" and cfg.store or cfg.store.path, info.dir)
+      if type(dir) ~= "string" or not require("rotor.core").fs_exists(dir) then
+        err("rotor " .. cmd .. ": no store at " .. tostring(dir) .. " (the store of " .. o["--config"] .. ")\n")
+        return nil, EXIT_FAIL
+      end
+    end
+    store, lerr = require("rotor.store").open(cfg.store, info.dir)
+    if not store then
+      err("rotor " .. cmd .. ": " .. clean(lerr) .. "\n")
+      return nil, EXIT_FAIL
+    end
+    return store, cfg
+  end
+  if #o._pos ~= 1 then return nil, usage_error(cmd, "one store directory (or --config FILE) expected") end
+  local dir = o._pos[1]
+  if not require("rotor.core").fs_exists(dir) then
+    err("rotor " .. cmd .. ": no store at " .. dir .. "\n")
+    return nil, EXIT_FAIL
+  end
+  local store, serr = require("rotor.store").file(dir)
+  if not store then
+    err("rotor " .. cmd .. ": " .. clean(serr) .. "\n")
+    return nil, EXIT_FAIL
+  end
+  return store, nil
 end
 
--- read_only: status, due and --dry-run create, chmod and write nothing
-local function open_store(dir, read_only)
-  return require("rotor.store").file(dir, { read_only = read_only or nil })
+-- the due policy of each slot: flags over the slot's own over the config's
+local function policy_of(o, cfg)
+  local flags = { max_age_days = o["--max-age-days"], before_expiry_days = o["--before-expiry-days"] }
+  local per = {}
+  if cfg and type(cfg.slots) == "table" then
+    for _, e in ipairs(cfg.slots) do
+      if type(e) == "table" and type(e.slot) == "string" then per[e.slot] = e.due end
+    end
+  end
+  return function(slot)
+    return policy.merge(cfg and cfg.due, per[slot], flags)
+  end
 end
 
-local function days(x)
-  if x == nil then return "-" end
-  return ("%.0fd"):format(x)
+------------------------------------------------------------------------------------------------
+-- status, due
+
+local function iso_or_null(t)
+  if t == nil then return json.null end
+  return timefmt.iso(math.floor(t))
 end
 
--- one status row per slot
-local function rows(store, dopts)
-  local rotation = require "rotor.rotation"
+local function round2(x)
+  if x == nil then return json.null end
+  local r = math.floor(x * 100 + 0.5) / 100
+  return math.tointeger and math.tointeger(r) or r
+end
+
+local function nz(v)
+  if v == nil then return json.null end
+  return v
+end
+
+-- last success time and failures since it, from the record
+local function history(rec)
+  local last_ok, failures = nil, 0
+  local j = rec.journal or {}
+  for i = #j, 1, -1 do
+    local e = j[i]
+    if e.step == "rotation" and e.outcome == "done" then
+      last_ok = e.time
+      break
+    end
+    if e.outcome == "failed" or e.outcome == "ambiguous" then failures = failures + 1 end
+  end
+  if not last_ok and rec.last and rec.last.outcome == "ok" then last_ok = rec.last.time end
+  return last_ok, failures
+end
+
+local function interrupted_rotation(rec)
+  local j = rec.journal or {}
+  local e = j[#j]
+  return rec.rotation ~= nil and e ~= nil and e.outcome == "interrupted"
+end
+
+-- one row per slot, every field present (json.null when unknown)
+local function rows(store, policy_for)
   local names, e = store:list()
   if not names then return nil, e end
+  local now = timefmt.now()
   local list = {}
   for _, name in ipairs(names) do
-    local rec, gerr = store:get(name)
+    local ok, rec, gerr = pcall(store.get, store, name)
+    if not ok then rec, gerr = nil, rec end
+    local row = {
+      slot = name, provider = json.null, client_id = json.null, created = json.null, expires = json.null,
+      age_days = json.null, expires_in_days = json.null, due = true, due_reason = json.null,
+      next_due = json.null, next_due_rule = json.null, state = "corrupted", rotation = json.null,
+      rotation_step = json.null, rotation_started = json.null, pending_age_seconds = json.null,
+      last_outcome = json.null, last_step = json.null, last_time = json.null, last_success = json.null,
+      failures = 0, error = json.null,
+    }
     if rec then
-      local due, reason, info = rotation.due(rec, dopts)
-      local cur = rec.versions.current or {}
+      local due, reason, info = policy.due(rec, policy_for(name), now)
+      local cur = rec.versions and rec.versions.current or {}
       local last = rec.last or {}
-      list[#list + 1] = {
-        slot = name, provider = rec.provider, client_id = cur.client_id,
-        created = cur.created, expires = cur.expires,
-        age_days = info.age_days, expires_in_days = info.expires_in_days,
-        due = due, due_reason = reason,
-        pending = rec.versions.pending ~= nil, rotation = rec.rotation and rec.rotation.id or nil,
-        rotation_step = rec.rotation and rec.rotation.step or nil,
-        last_outcome = last.outcome, last_step = last.step, last_time = last.time,
-      }
+      local last_ok, failures = history(rec)
+      row.provider, row.client_id = nz(rec.provider), nz(cur.client_id)
+      row.created, row.expires = nz(cur.created), nz(cur.expires)
+      row.age_days, row.expires_in_days = round2(info.age_days), round2(info.expires_in_days)
+      row.due, row.due_reason = due and true or false, reason
+      row.next_due, row.next_due_rule = iso_or_null(info.next_due), nz(info.next_reason or info.rule)
+      row.last_outcome, row.last_step, row.last_time = nz(last.outcome), nz(last.step), nz(last.time)
+      row.last_success, row.failures = nz(last_ok), failures
+      if rec.rotation then
+        row.rotation, row.rotation_step = nz(rec.rotation.id), nz(rec.rotation.step)
+        row.rotation_started = nz(rec.rotation.started)
+        local st = timefmt.parse(rec.rotation.started)
+        if st then row.pending_age_seconds = math.max(0, math.floor(now - st)) end
+        row.state = interrupted_rotation(rec) and "interrupted" or "unfinished"
+      elseif last.outcome == "failed" then
+        row.state = "failed"
+      elseif due then
+        row.state = "due"
+      else
+        row.state = "ok"
+      end
     else
-      list[#list + 1] = { slot = name, error = tostring(gerr) }
+      row.error = clean(gerr)
+      row.due_reason = "the slot's record cannot be read (rotor doctor)"
     end
+    list[#list + 1] = row
   end
   return list
 end
+_M.rows = rows
 
 local function pad(s, n)
   s = tostring(s)
@@ -134,227 +333,502 @@ local function table_text(header, body)
   return table.concat(lines, "\n") .. "\n"
 end
 
-local function cmd_status(args, only_due)
+local function v(x) return x ~= json.null and x ~= nil end
+
+local function days(x)
+  if not v(x) then return "-" end
+  return ("%.0fd"):format(x)
+end
+
+-- OpenMetrics text: the metric names are documented in doc/CLI.md
+local METRICS = {
+  { "rotor_slot_info", "gauge", "1 per slot; labels slot, provider, state" },
+  { "rotor_secret_expiry_timestamp_seconds", "gauge", "when the current secret expires (Unix time), when the provider says" },
+  { "rotor_last_success_timestamp_seconds", "gauge", "when the slot's last rotation finished (Unix time)" },
+  { "rotor_next_due_timestamp_seconds", "gauge", "when the slot is next due by its policy (Unix time)" },
+  { "rotor_slot_due", "gauge", "1 when the slot is due for rotation now" },
+  { "rotor_rotation_pending_age_seconds", "gauge", "age of the slot's unfinished rotation (0 when none)" },
+  { "rotor_rotation_failures", "gauge", "failed steps journalled since the slot's last successful rotation" },
+  { "rotor_slot_corrupted", "gauge", "1 when the slot's record cannot be read" },
+}
+_M.METRICS = METRICS
+
+local function label(s)
+  return (tostring(s):gsub("\\", "\\\\"):gsub("\n", "\\n"):gsub('"', '\\"'))
+end
+
+local function openmetrics(list)
+  local lines = {}
+  local values = {}
+  for _, m in ipairs(METRICS) do values[m[1]] = {} end
+  for _, r in ipairs(list) do
+    local base = ('slot="%s",provider="%s"'):format(label(r.slot), label(v(r.provider) and r.provider or "unknown"))
+    local function add(name, x, extra)
+      if x ~= nil then
+        local t = values[name]
+        t[#t + 1] = ("%s{%s%s} %s"):format(name, base, extra or "", x)
+      end
+    end
+    local function ts(s)
+      local t = v(s) and timefmt.parse(s)
+      return t and ("%d"):format(math.floor(t)) or nil
+    end
+    add("rotor_slot_info", "1", (',state="%s"'):format(label(r.state)))
+    add("rotor_secret_expiry_timestamp_seconds", ts(r.expires))
+    add("rotor_last_success_timestamp_seconds", ts(r.last_success))
+    add("rotor_next_due_timestamp_seconds", ts(r.next_due))
+    add("rotor_slot_due", r.due and "1" or "0")
+    add("rotor_rotation_pending_age_seconds", ("%d"):format(v(r.pending_age_seconds) and r.pending_age_seconds or 0))
+    add("rotor_rotation_failures", ("%d"):format(r.failures or 0))
+    add("rotor_slot_corrupted", r.state == "corrupted" and "1" or "0")
+  end
+  for _, m in ipairs(METRICS) do
+    lines[#lines + 1] = ("# HELP %s %s"):format(m[1], m[3])
+    lines[#lines + 1] = ("# TYPE %s %s"):format(m[1], m[2])
+    for _, l in ipairs(values[m[1]]) do lines[#lines + 1] = l end
+  end
+  lines[#lines + 1] = "# EOF"
+  return table.concat(lines, "\n") .. "\n"
+end
+
+local FORMATS = { text = true, json = true, openmetrics = true }
+
+local function cmd_status(cmd, args)
+  local only_due = cmd == "due"
   local o, perr = parse(args, 2, { ["--json"] = "bool", ["--max-age-days"] = "number",
-                                   ["--before-expiry-days"] = "number" })
-  if not o or #o._pos ~= 1 then
-    err("rotor " .. args[1] .. ": " .. (perr or "one store directory expected") .. "\n" .. USAGE)
-    return EXIT_USAGE
-  end
-  local dir = o._pos[1]
-  local core = require "rotor.core"
-  if not core.fs_exists(dir) then
-    err("rotor " .. args[1] .. ": no store at " .. dir .. "\n")
-    return EXIT_FAIL
-  end
-  local store, serr = open_store(dir, true)
-  if not store then
-    err("rotor " .. args[1] .. ": " .. tostring(serr) .. "\n")
-    return EXIT_FAIL
-  end
-  local list, lerr = rows(store, due_opts(o))
+    ["--before-expiry-days"] = "number", ["--config"] = "string",
+    ["--format"] = (not only_due) and FORMATS or nil })
+  if not o then return usage_error(cmd, perr) end
+  local store, cfg = target_store(cmd, o)
+  if not store then return cfg end
+  local list, lerr = rows(store, policy_of(o, cfg))
   if not list then
-    err("rotor " .. args[1] .. ": " .. tostring(lerr) .. "\n")
+    err("rotor " .. cmd .. ": " .. clean(lerr) .. "\n")
     return EXIT_FAIL
   end
+  local corrupted = 0
+  for _, r in ipairs(list) do if r.state == "corrupted" then corrupted = corrupted + 1 end end
+  local rc = corrupted > 0 and EXIT_FAIL or EXIT_OK
   if only_due then
     local keep = {}
     for _, r in ipairs(list) do if r.due then keep[#keep + 1] = r end end
     list = keep
   end
+  local format = o["--format"] or (o["--json"] and "json") or "text"
+  if format == "json" then
+    out(json.encode { schema = _M.JSON_SCHEMA, store = store_name(store), generated = timefmt.iso(),
+                      slots = json.array(list) } .. "\n")
+  elseif format == "openmetrics" then
+    out(openmetrics(list))
+  elseif only_due then
+    for _, r in ipairs(list) do out(r.slot .. "\t" .. tostring(v(r.error) and r.error or r.due_reason) .. "\n") end
+  else
+    local body = {}
+    for _, r in ipairs(list) do
+      local last = v(r.last_outcome) and r.last_outcome or "-"
+      if r.last_outcome == "failed" and v(r.last_step) then last = "failed at " .. r.last_step end
+      if v(r.rotation) then
+        last = last .. (" (%s at %s)"):format(r.state, tostring(r.rotation_step))
+      end
+      local due
+      if r.state == "corrupted" then due = "?"
+      elseif r.due then due = "yes: " .. tostring(r.due_reason)
+      else due = "no, next " .. (v(r.next_due) and r.next_due:sub(1, 10) or "never") ..
+        (v(r.next_due_rule) and (" (" .. r.next_due_rule .. ")") or "") end
+      body[#body + 1] = {
+        r.slot, v(r.provider) and r.provider or "?", days(r.age_days),
+        v(r.expires) and tostring(r.expires):sub(1, 10) or "-", due,
+        v(r.error) and ("CORRUPTED: " .. r.error .. " (rotor doctor)") or last,
+      }
+    end
+    out("store: " .. store_name(store) .. "\n")
+    out(table_text({ "SLOT", "PROVIDER", "AGE", "EXPIRES", "DUE", "LAST" }, body))
+  end
+  if corrupted > 0 and format ~= "openmetrics" then
+    err(("rotor %s: %d slot(s) cannot be read; `rotor doctor` says what to do\n"):format(cmd, corrupted))
+  end
+  return rc
+end
+
+------------------------------------------------------------------------------------------------
+-- doctor
+
+local function q(s)
+  if tostring(s):match("^[%w_./%-]+$") then return tostring(s) end
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+
+local function orphans(rec)
+  -- rotations whose mint intent never became a stored secret and that are no longer active
+  local found, by = {}, {}
+  local order = {}
+  for _, e in ipairs(rec.journal or {}) do
+    local r = e.rotation
+    if r then
+      local t = by[r]
+      if not t then
+        t = { id = r }
+        by[r] = t
+        order[#order + 1] = r
+      end
+      if e.step == "rotation" and e.outcome == "start" then t.strategy = e.note end
+      if e.outcome == "intent" then t.intent = true end
+      if e.step == "create" and e.outcome == "ok" then t.stored = true end
+      if e.outcome == "ambiguous" then t.ambiguous = true end
+    end
+  end
+  local active = rec.rotation and rec.rotation.id
+  for _, r in ipairs(order) do
+    local t = by[r]
+    if t.intent and not t.stored and t.ambiguous and r ~= active
+       and (t.strategy == "new_pair" or t.strategy == "new_client") then
+      found[#found + 1] = t
+    end
+  end
+  return found
+end
+
+local function cmd_doctor(args)
+  local o, perr = parse(args, 2, { ["--json"] = "bool", ["--config"] = "string" })
+  if not o then return usage_error("doctor", perr) end
+  local store, cfg = target_store("doctor", o)
+  if not store then return cfg end
+  local core = require "rotor.core"
+  local rerun = o["--config"] and ("rotor rotate --config " .. q(o["--config"])) or "rotor rotate --config FILE"
+  local findings = {}
+  local function add(f) findings[#findings + 1] = f end
+  local names, lerr = store:list()
+  if not names then
+    err("rotor doctor: " .. clean(lerr) .. "\n")
+    return EXIT_FAIL
+  end
+  local now = timefmt.now()
+  for _, name in ipairs(names) do
+    local ok, rec, gerr = pcall(store.get, store, name)
+    if not ok then rec, gerr = nil, rec end
+    if not rec then
+      local path = type(store.path) == "function" and store:path(name) or nil
+      add { slot = name, problem = "corrupted", needs_person = true,
+        message = "the slot's record cannot be read: " .. clean(gerr)
+          .. ". Move it aside, restore it from a backup or rotate the slot anew from the provider's state",
+        command = path and ("mv %s %s.corrupt && %s --slot %s"):format(q(path), q(path), rerun, q(name))
+          or (rerun .. " --slot " .. q(name)) }
+    else
+      if rec.rotation then
+        local st = timefmt.parse(rec.rotation.started)
+        local age = st and math.floor(now - st) or nil
+        add { slot = name, problem = "unfinished_rotation", needs_person = true,
+          message = ("rotation %s stopped at step %s%s%s"):format(tostring(rec.rotation.id),
+            tostring(rec.rotation.step), age and (", started " .. age .. " s ago") or "",
+            rec.versions and rec.versions.pending and "; a new secret is stored as pending" or ""),
+          command = rerun .. " --slot " .. q(name) }
+      end
+      for _, t in ipairs(orphans(rec)) do
+        add { slot = name, problem = "orphan", needs_person = true,
+          message = ("rotation %s (%s) may have minted a credential that was never stored; the provider "
+            .. "may hold it, named with %s"):format(t.id, tostring(t.strategy), t.id),
+          command = rerun .. " --slot " .. q(name) .. "   # its clean-up deletes credentials named with this slot's rotation ids" }
+      end
+    end
+    -- a lock file that someone holds: a rotor rotating it now
+    if store.kind == "file" and type(store.dir) == "string" then
+      local lpath = store.dir .. "/" .. require("rotor.store.file").encode(name) .. ".lock"
+      if core.fs_exists(lpath) then
+        local lock, why, pid = core.fs_lock(lpath)
+        if lock then
+          lock:unlock()
+        elseif why == "locked" then
+          add { slot = name, problem = "locked", needs_person = false,
+            message = ("a rotor process%s holds the slot's lock: a rotation is running now"):format(pid and (" (pid " .. tostring(pid) .. ")") or ""),
+            command = pid and ("kill -TERM " .. tostring(pid) .. "   # only if that process is stuck; it stops between two steps") or "wait for it" }
+        end
+      end
+    end
+  end
+  local need = 0
+  for _, f in ipairs(findings) do if f.needs_person then need = need + 1 end end
   if o["--json"] then
-    out(json.encode(json.array(list)) .. "\n")
-    return EXIT_OK
+    out(json.encode { schema = _M.JSON_SCHEMA, store = store_name(store), healthy = need == 0,
+                      findings = json.array(findings) } .. "\n")
+  else
+    out("store: " .. store_name(store) .. "\n")
+    if #findings == 0 then out("healthy: " .. #names .. " slot(s), nothing to do\n") end
+    for _, f in ipairs(findings) do
+      out(("%s  %s: %s\n    fix: %s\n"):format(f.needs_person and "NEEDS A PERSON" or "note          ",
+        f.slot, f.message, f.command))
+    end
   end
-  if only_due then
-    for _, r in ipairs(list) do out(r.slot .. "\t" .. tostring(r.due_reason) .. "\n") end
-    return EXIT_OK
-  end
-  local body = {}
-  for _, r in ipairs(list) do
-    local last = r.last_outcome or "-"
-    if r.last_outcome == "failed" and r.last_step then last = "failed at " .. r.last_step end
-    if r.rotation then last = last .. " (unfinished, at " .. tostring(r.rotation_step) .. ")" end
-    body[#body + 1] = {
-      r.slot, r.provider or "?", days(r.age_days),
-      r.expires and tostring(r.expires):sub(1, 10) or "-",
-      r.error and "?" or (r.due and ("yes: " .. tostring(r.due_reason)) or "no"),
-      r.error or last,
-    }
-  end
-  out(table_text({ "SLOT", "PROVIDER", "AGE", "EXPIRES", "DUE", "LAST" }, body))
-  return EXIT_OK
+  return need > 0 and EXIT_FAIL or EXIT_OK
 end
 
--- a provider object from a config entry: an object, or { kind=, options= } / { kind=, ...options }
-local function make_provider(spec)
-  if type(spec) == "table" and type(spec.provider) == "string" and type(spec.verify) == "function" then
-    return spec
-  end
-  if type(spec) ~= "table" or type(spec.kind) ~= "string" then
-    return nil, "provider must be a provider object or { kind = \"genesys\", options = {...} }"
-  end
-  local rotor = require "rotor"
-  local ctor = rotor[spec.kind]
-  if type(ctor) ~= "function" then return nil, "unknown provider kind " .. spec.kind end
-  local opts = spec.options
-  if opts == nil then
-    opts = {}
-    for k, v in pairs(spec) do if k ~= "kind" then opts[k] = v end end
-  end
-  return ctor(opts)
-end
-
-local function load_config(path)
-  local chunk, lerr = loadfile(path)
-  if not chunk then return nil, lerr end
-  local ok, cfg = pcall(chunk)
-  if not ok then return nil, tostring(cfg) end
-  if type(cfg) ~= "table" or type(cfg.slots) ~= "table" then
-    return nil, path .. " must return { store = ..., slots = { ... } }"
-  end
-  return cfg
-end
+------------------------------------------------------------------------------------------------
+-- rotate
 
 local function progress_enabled()
   local core = require "rotor.core"
   local term = os.getenv("TERM")
-  return core.isatty(2) and term ~= nil and term ~= "dumb"
+  local nc = os.getenv("NO_COLOR")
+  return core.isatty(2) and term ~= nil and term ~= "dumb" and (nc == nil or nc == "")
+end
+
+local function err_fields(e)
+  local kind = type(e) == "table" and e.kind or "error"
+  return { kind = kind, message = clean(e), step = type(e) == "table" and nz(e.step) or json.null }
+end
+
+-- check the provider answers with the credential rotor would use, before anything is journalled
+local function preflight(p, store, slot)
+  local rec = store:get(slot)
+  local cur = type(rec) == "table" and rec.versions and rec.versions.current
+  if cur and cur.secret and cur.client_id == p.client_id then
+    p:set_credentials(cur.client_id, cur.secret)
+  end
+  local tok, terr = p:token()
+  if tok then return true end
+  local errors = require "rotor.errors"
+  return nil, errors.with(terr, { message = tostring(terr and terr.message or terr)
+    .. "; nothing was started (checked before the rotation)" })
 end
 
 local function cmd_rotate(args)
   local o, perr = parse(args, 2, { ["--config"] = "string", ["--slot"] = "multi", ["--dry-run"] = "bool",
                                    ["--json"] = "bool", ["--only-due"] = "bool" })
-  if not o or not o["--config"] or #o._pos > 0 then
-    err("rotor rotate: " .. (perr or "--config <file.lua> expected") .. "\n" .. USAGE)
-    return EXIT_USAGE
-  end
-  local cfg, cerr = load_config(o["--config"])
+  if not o then return usage_error("rotate", perr) end
+  if not o["--config"] then return usage_error("rotate", "--config FILE expected") end
+  if #o._pos > 0 then return usage_error("rotate", "unexpected argument " .. o._pos[1]) end
+  local path = o["--config"]
+  local cfg, info = config.load(path)
   if not cfg then
-    err("rotor rotate: cannot load the configuration: " .. tostring(cerr) .. "\n")
+    err("rotor rotate: " .. clean(info) .. "\n")
     return EXIT_USAGE
   end
-  local store = cfg.store
-  if type(store) == "string" then
-    local serr
-    store, serr = open_store(store, o["--dry-run"])
-    if not store then
-      err("rotor rotate: " .. tostring(serr) .. "\n")
-      return EXIT_FAIL
-    end
-  end
-  if store == nil then
-    err("rotor rotate: the configuration has no store\n")
-    return EXIT_USAGE
-  end
+  local problems = config.validate(cfg, info)
   local wanted
-  if o["--slot"] then
+  if o["--slot"] and #problems == 0 then
     wanted = {}
     for _, s in ipairs(o["--slot"]) do wanted[s] = true end
-  end
-  local entries = {}
-  for i, e in ipairs(cfg.slots) do
-    if type(e) ~= "table" or type(e.slot) ~= "string" then
-      err(("rotor rotate: slots[%d] needs a slot name\n"):format(i))
-      return EXIT_USAGE
-    end
-    if not wanted or wanted[e.slot] then entries[#entries + 1] = e end
-  end
-  if wanted then
     for s in pairs(wanted) do
       local found = false
-      for _, e in ipairs(entries) do if e.slot == s then found = true end end
+      for _, e in ipairs(cfg.slots) do if e.slot == s then found = true end end
       if not found then
-        err("rotor rotate: no slot " .. s .. " in " .. o["--config"] .. "\n")
-        return EXIT_USAGE
+        local names = {}
+        for _, e in ipairs(cfg.slots) do names[#names + 1] = e.slot end
+        local hint = config.suggest(s, names)
+        problems[#problems + 1] = { file = path, key = "--slot", message = "no slot " .. s
+          .. (hint and ("; did you mean " .. hint .. "?") or "") }
       end
     end
   end
+  if #problems > 0 then
+    for _, p in ipairs(problems) do err(config.format(p) .. "\n") end
+    err(("rotor rotate: %d problem(s) in %s; nothing was run\n"):format(#problems, path))
+    return EXIT_USAGE
+  end
+  local store, serr = require("rotor.store").open(cfg.store, info.dir)
+  if not store then
+    err("rotor rotate: store: " .. clean(serr) .. "\n")
+    return EXIT_FAIL
+  end
+  local sname = store_name(store)
+  local entries = {}
+  for _, e in ipairs(cfg.slots) do
+    if not wanted or wanted[e.slot] then entries[#entries + 1] = e end
+  end
+  if not o["--json"] then out("store: " .. sname .. "\n") end
+  io.stdout:flush()
   local rotor = require "rotor"
+  local core = require "rotor.core"
+  local errors = require "rotor.errors"
   local show = progress_enabled() and not o["--json"] and #entries > 1
   local done, total = 0, #entries
   local function run_one(e)
-    local p, perr2 = make_provider(e.provider)
+    if core.interrupted() then
+      return nil, errors.new { kind = "interrupted", message = "not started: rotor was stopped by a signal" }
+    end
+    local p, perr2 = config.make_provider(e.provider)
     if not p then return nil, perr2 end
-    local dopts = e.due or cfg.due
-    if o["--only-due"] and not o["--dry-run"] then
+    local dopts = policy.merge(cfg.due, e.due)
+    if o["--only-due"] then
       local due, reason = rotor.due(e.slot, dopts, store)
+      if due == nil then return nil, reason end
       if not due then return { slot = e.slot, skipped = true, reason = reason } end
     end
-    local res, rerr = rotor.rotate {
+    if not o["--dry-run"] then
+      local ok, ferr = preflight(p, store, e.slot)
+      if not ok then return nil, ferr end
+    end
+    local audit = e.audit
+    if audit == nil then audit = cfg.audit end
+    if type(audit) == "string" then audit = require("rotor.store").resolve(audit, info.dir) end
+    local plan = {}
+    local pok, res, rerr = pcall(rotor.rotate, {
       slot = e.slot, provider = p, store = store, target = e.target, strategy = e.strategy,
-      deploy = e.deploy, dry_run = o["--dry-run"] or false, wait = e.wait or cfg.wait,
-      grace = e.grace, notify = e.notify or cfg.notify, audit = e.audit or cfg.audit,
-      force_mint = e.force_mint,
-    }
+      deploy = config.make_deploy(e.deploy, info.dir), dry_run = o["--dry-run"] or false,
+      wait = e.wait or cfg.wait, grace = e.grace, notify = e.notify or cfg.notify, audit = audit,
+      force_mint = e.force_mint, print = function(line) plan[#plan + 1] = line end,
+    })
+    if not pok then res, rerr = nil, errors.new { kind = "config", message = clean(res) } end
     done = done + 1
     if show then
-      io.stderr:write(("\r\27[K[%d/%d] %s %s"):format(done, total, e.slot, res and "ok" or "FAILED"))
+      local word = res and "ok" or (errors.is(rerr) and rerr.kind == "interrupted" and "INTERRUPTED" or "FAILED")
+      io.stderr:write(("\r\27[K[%d/%d] %s %s"):format(done, total, e.slot, word))
       io.stderr:flush()
     end
+    if res then res.plan_lines = plan end
     return res, rerr
   end
   local results, errs = rotor.parallel(entries, run_one, { concurrency = cfg.concurrency or 4 })
   if show then io.stderr:write("\r\27[K") end
-  local failed, locked = 0, 0
+  local failed, locked, interrupted = 0, 0, 0
   local report = {}
   for i, e in ipairs(entries) do
     local res, e2 = results[i], errs[i]
-    local item = { slot = e.slot }
+    local item = { slot = e.slot, provider = json.null, strategy = json.null, state = "failed", reason = json.null,
+      client_id = json.null, expires = json.null, old_client_id = json.null, old_expires = json.null,
+      rotation = json.null, plan = json.null, warnings = json.array(), error = json.null }
+    local pspec = e.provider
+    if config.is_provider_object(pspec) then item.provider = pspec.provider
+    elseif type(pspec) == "table" then item.provider = nz(pspec.kind) end
     if res then
-      item.ok = true
-      item.skipped = res.skipped
-      item.reason = res.reason
-      item.dry_run = res.dry_run
-      item.client_id, item.expires, item.old_expires = res.client_id, res.expires, res.old_expires
-      item.rotation = res.rotation
-      item.warnings = res.warnings
+      item.strategy = nz(res.strategy)
+      if res.skipped then
+        item.state, item.reason = "skipped", res.reason
+      else
+        item.state = res.dry_run and "planned" or "rotated"
+        item.client_id, item.expires = nz(res.client_id), nz(res.expires)
+        item.old_client_id, item.old_expires = nz(res.old_client_id), nz(res.old_expires)
+        item.rotation = nz(res.rotation)
+        if res.dry_run then item.plan = json.array(res.plan or {}) end
+        for _, w in ipairs(res.warnings or {}) do item.warnings[#item.warnings + 1] = clean(w) end
+      end
     else
-      item.ok = false
-      local kind = type(e2) == "table" and e2.kind or "error"
-      item.error = { kind = kind, message = tostring(e2) }
-      if kind == "locked" then locked = locked + 1 else failed = failed + 1 end
+      item.error = err_fields(e2)
+      local kind = item.error.kind
+      if kind == "locked" then
+        item.state = "locked"
+        locked = locked + 1
+      elseif kind == "interrupted" then
+        item.state = (tostring(item.error.message):find("^not started") and "not_started") or "interrupted"
+        interrupted = interrupted + 1
+      else
+        failed = failed + 1
+      end
     end
+    item.plan_lines = res and res.plan_lines
     report[#report + 1] = item
   end
   if o["--json"] then
-    out(json.encode(json.array(report)) .. "\n")
+    for _, r in ipairs(report) do r.plan_lines = nil end
+    out(json.encode { schema = _M.JSON_SCHEMA, store = sname, config = path, dry_run = o["--dry-run"] or false,
+      only_due = o["--only-due"] or false, interrupted = interrupted > 0, slots = json.array(report) } .. "\n")
   else
     for _, r in ipairs(report) do
-      if r.ok and r.skipped then
+      if r.state == "skipped" then
         out(("skipped  %s: not due (%s)\n"):format(r.slot, tostring(r.reason)))
-      elseif r.ok and r.dry_run then
+      elseif r.state == "planned" then
+        for _, l in ipairs(r.plan_lines or {}) do out(l .. "\n") end
         out(("dry run  %s: nothing changed\n"):format(r.slot))
-      elseif r.ok then
+      elseif r.state == "rotated" then
         out(("rotated  %s: client %s, expires %s, old expires %s\n"):format(r.slot, tostring(r.client_id),
-          tostring(r.expires or "-"), tostring(r.old_expires or "-")))
-        for _, w in ipairs(r.warnings or {}) do out("  warning: " .. tostring(w) .. "\n") end
+          v(r.expires) and r.expires or "-", v(r.old_expires) and r.old_expires or "-"))
+        for _, w in ipairs(r.warnings) do out("  warning: " .. tostring(w) .. "\n") end
       else
-        err(("%s  %s: %s\n"):format(r.error.kind == "locked" and "LOCKED " or "FAILED ", r.slot, r.error.message))
+        local word = ({ locked = "LOCKED", interrupted = "INTERRUPTED", not_started = "NOT STARTED" })[r.state] or "FAILED"
+        err(("%-11s %s: %s\n"):format(word, r.slot, r.error.message))
       end
     end
+    if interrupted > 0 then
+      err("rotor rotate: stopped by a signal; run the same command again to finish the interrupted slots\n")
+    end
   end
+  if interrupted > 0 then return EXIT_INTERRUPTED end
   if failed > 0 then return EXIT_FAIL end
   if locked > 0 then return EXIT_LOCKED end
   return EXIT_OK
+end
+
+------------------------------------------------------------------------------------------------
+
+local function version_text()
+  local core = require "rotor.core"
+  local ok, cv = pcall(function() return core.curl_version end)
+  return ("rotor %s (%s, libcurl %s)\n"):format(tostring(core.version), _VERSION:gsub("^Lua ", "Lua "),
+    tostring(ok and cv or "?"))
+end
+
+--- True when the host should hand args[1] to cli.main rather than run it as a script: every
+-- command, and every word that is not a script (a path, a *.lua file, an existing file, "-").
+function _M.owns(a1)
+  if a1 == nil or BY_NAME[a1] then return true end
+  if a1 == "-" or a1:find("/", 1, true) or a1:match("%.lua$") then return false end
+  if a1:sub(1, 1) == "-" then return true end
+  local f = io.open(a1, "rb")
+  if f then
+    f:close()
+    return false
+  end
+  return true
 end
 
 --- cli.main(args) -> exit code. args[1] is the subcommand.
 function _M.main(args)
   if type(args) ~= "table" then error("cli.main: an argument array expected", 2) end
   local cmd = args[1]
-  if cmd == nil or cmd == "help" or cmd == "-h" or cmd == "--help" then
-    out(USAGE)
-    return cmd == nil and EXIT_USAGE or EXIT_OK
-  elseif cmd == "status" then
-    return cmd_status(args, false)
-  elseif cmd == "due" then
-    return cmd_status(args, true)
-  elseif cmd == "rotate" then
-    return cmd_rotate(args)
+  if cmd == nil then
+    err(_M.usage())
+    return EXIT_USAGE
   end
-  err("rotor: unknown command " .. tostring(cmd) .. "\n" .. USAGE)
-  return EXIT_USAGE
+  if cmd == "-h" or cmd == "--help" then
+    out(_M.usage())
+    return EXIT_OK
+  end
+  if cmd == "-v" or cmd == "--version" then cmd = "version" end
+  local c = BY_NAME[cmd]
+  if not c then
+    if cmd:sub(1, 1) == "-" then
+      err("rotor: unknown option '" .. cmd .. "'\n" .. _M.usage())
+      return EXIT_USAGE
+    end
+    local names = {}
+    for _, x in ipairs(COMMANDS) do names[#names + 1] = x.name end
+    local hint = config.suggest(cmd, names)
+    err(("rotor: unknown command %q%s (a script must exist or end in .lua)\n"):format(cmd,
+      hint and ("; did you mean `rotor " .. hint .. "`?") or "") .. _M.usage())
+    return EXIT_USAGE
+  end
+  for i = 2, #args do
+    if args[i] == "--help" or args[i] == "-h" then
+      out(command_help(c))
+      return EXIT_OK
+    end
+  end
+  if cmd == "help" then
+    local topic = args[2]
+    if topic == nil then
+      out(_M.usage())
+      return EXIT_OK
+    end
+    if not BY_NAME[topic] then
+      local names = {}
+      for _, x in ipairs(COMMANDS) do names[#names + 1] = x.name end
+      local hint = config.suggest(topic, names)
+      err(("rotor help: no command %q%s\n"):format(topic, hint and ("; did you mean " .. hint .. "?") or ""))
+      return EXIT_USAGE
+    end
+    out(command_help(BY_NAME[topic]))
+    return EXIT_OK
+  elseif cmd == "version" then
+    out(version_text())
+    return EXIT_OK
+  elseif cmd == "config-reference" then
+    out(config.reference() .. "\n")
+    return EXIT_OK
+  elseif cmd == "status" or cmd == "due" then
+    return cmd_status(cmd, args)
+  elseif cmd == "doctor" then
+    return cmd_doctor(args)
+  end
+  return cmd_rotate(args)
 end
 
 _M.now = timefmt.now

@@ -730,9 +730,8 @@ end
 ------------------------------------------------------------------------------------------------
 
 --- rotor.due(slot_record_or_name, { max_age_days=, before_expiry_days= }, store)
--- -> due (boolean), reason (string), info { age_days, expires_in_days }. With no thresholds
--- given, due means: expiring within 14 days. A slot without a current secret, or with an
--- unfinished rotation, is always due.
+-- -> due (boolean), reason (string), info { age_days, expires_in_days, next_due, rule }.
+-- The rules are rotor.policy's (lua/rotor/policy.lua, doc/CONFIG.md).
 function _M.due(slot, opts, store)
   local rec = slot
   if type(slot) == "string" then
@@ -744,30 +743,7 @@ function _M.due(slot, opts, store)
   elseif type(slot) ~= "table" then
     error("rotor.due: a slot record or a slot name expected", 2)
   end
-  opts = opts or {}
-  if type(opts) ~= "table" then error("rotor.due: opts must be a table", 2) end
-  local max_age, before = opts.max_age_days, opts.before_expiry_days
-  if max_age == nil and before == nil then before = 14 end
-  local now = timefmt.now()
-  local cur = rec.versions and rec.versions.current
-  local info = {}
-  if cur then
-    local created = timefmt.parse(cur.created)
-    local expires = timefmt.parse(cur.expires)
-    if created then info.age_days = (now - created) / 86400 end
-    if expires then info.expires_in_days = (expires - now) / 86400 end
-  end
-  if rec.rotation then return true, "an unfinished rotation (" .. tostring(rec.rotation.id) .. ")", info end
-  if not cur or not cur.secret then return true, "no current secret stored", info end
-  if info.expires_in_days and info.expires_in_days <= 0 then return true, "expired", info end
-  if before and info.expires_in_days and info.expires_in_days <= before then
-    return true, ("expires in %.1f days"):format(info.expires_in_days), info
-  end
-  if max_age and info.age_days and info.age_days >= max_age then
-    return true, ("%.1f days old"):format(info.age_days), info
-  end
-  if max_age and not info.age_days then return true, "age unknown", info end
-  return false, "not due", info
+  return require("rotor.policy").due(rec, opts)
 end
 
 return _M

@@ -2,8 +2,16 @@
 --   rotor.store.file(dir)            the embedded default store (get, put, lock, list)
 --   rotor.store.dotenv(path, keys)   a deploy sink: KEY=value lines apps read
 --   rotor.store.exec{ command=... }  a deploy sink: the secret piped to a command's stdin
+--   rotor.store.open(spec, base_dir) a store from a configuration's `store` value (below)
 -- A custom store is any object with get, put and lock (doc/STORES.md).
 local _M = {}
+
+--- A path made absolute against base_dir (relative paths in a config file are the file's).
+function _M.resolve(path, base_dir)
+  if type(path) ~= "string" or path:sub(1, 1) == "/" or base_dir == nil or base_dir == "" then return path end
+  if path == "." then return base_dir end
+  return base_dir .. "/" .. path:gsub("^%./", "")
+end
 
 function _M.file(dir, opts)
   return require("rotor.store.file").new(dir, opts)
@@ -15,6 +23,28 @@ end
 
 function _M.exec(opts)
   return require("rotor.store.exec").new(opts)
+end
+
+--- A store from a configuration value: a string is a file store's directory; a table
+-- { kind = "file", path = ... } likewise; { kind = "<other>", ... } is handed to
+-- require("rotor.store.<other>").open(spec, base_dir). A store object is returned as it is.
+-- Relative paths resolve against base_dir. Returns store | nil, message.
+function _M.open(spec, base_dir)
+  if type(spec) == "string" then return _M.file(_M.resolve(spec, base_dir)) end
+  if type(spec) ~= "table" then return nil, "store: a directory or { kind = ..., ... } expected, got " .. type(spec) end
+  if spec.kind == nil and type(spec.get) == "function" then return spec end
+  if type(spec.kind) ~= "string" or not spec.kind:match("^[%w_]+$") then
+    return nil, "store.kind: a store kind such as \"file\" expected"
+  end
+  if spec.kind == "file" then
+    if type(spec.path) ~= "string" or spec.path == "" then return nil, "store.path: a directory expected" end
+    return _M.file(_M.resolve(spec.path, base_dir), { journal_max = spec.journal_max })
+  end
+  local ok, mod = pcall(require, "rotor.store." .. spec.kind)
+  if not ok or type(mod) ~= "table" or type(mod.open) ~= "function" then
+    return nil, ("store.kind: unknown store kind %q"):format(spec.kind)
+  end
+  return mod.open(spec, base_dir)
 end
 
 --- Raise unless store has the methods rotation needs.

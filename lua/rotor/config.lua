@@ -1,0 +1,623 @@
+-- rotor.config: the configuration file of `rotor rotate --config` (and status/due/doctor --config),
+-- checked as a whole before anything runs. The schema below is the one source of both the checks
+-- and the reference in doc/CONFIG.md (`rotor config-reference` prints it; a spec compares).
+--
+--   config.load(path)          -> cfg, info { file, dir, unset_env = {NAME...} } | nil, message
+--   config.validate(cfg, info) -> problems { { file=, slot=, key=, message= }, ... } (empty: fine)
+--   config.format(problem)     -> "FILE: slot NAME: KEY: message"
+--   config.reference()         -> the Markdown reference
+local policy = require "rotor.policy"
+
+local _M = {}
+
+------------------------------------------------------------------------------------------------
+-- The schema. Each key: { type = "...", doc = "...", default = "..." }; type is documentation
+-- text, the checks are the `check` functions (nil, why on a bad value).
+
+local function is_callable(v)
+  if type(v) == "function" then return true end
+  local mt = getmetatable(v)
+  return mt ~= nil and type(mt) == "table" and mt.__call ~= nil
+end
+
+local function c_nonneg(v)
+  if type(v) ~= "number" or v ~= v or v < 0 then return nil, "a number of seconds >= 0 expected" end
+  return true
+end
+
+local function c_days(v)
+  if v == false then return true end
+  if type(v) ~= "number" or v ~= v or v <= 0 then return nil, "a number of days > 0 (or false: rule off) expected" end
+  return true
+end
+
+local function c_bool(v)
+  if type(v) ~= "boolean" then return nil, "true or false expected" end
+  return true
+end
+
+local function c_string(v)
+  if type(v) ~= "string" or v == "" then return nil, "a non-empty string expected" end
+  return true
+end
+
+local function c_notify(v)
+  local ok, e = pcall(require("rotor.notify").check, v)
+  if not ok then return nil, (tostring(e):gsub("^notify[.%w]*: ", "")) end
+  return true
+end
+
+local function c_audit(v)
+  if v == false or type(v) == "string" then return true end
+  if type(v) == "table" and (type(v.path) == "string" or type(v.write) == "function") then return true end
+  return nil, "false, a file path or { path = ..., key = ... } expected"
+end
+
+local function c_concurrency(v)
+  if type(v) ~= "number" or v ~= math.floor(v) or v < 1 or v > 64 then return nil, "an integer 1..64 expected" end
+  return true
+end
+
+_M.DUE = {
+  order = { "max_age_days", "before_expiry_days" },
+  keys = {
+    max_age_days = { type = "number or false", check = c_days, default = tostring(policy.DEFAULT_MAX_AGE_DAYS),
+      doc = "due once the current secret is this many days old. Applies to every secret without a "
+        .. "provider expiry (Genesys, Spreetail pairs without one), and to the others only when set" },
+    before_expiry_days = { type = "number or false", check = c_days,
+      default = tostring(policy.DEFAULT_BEFORE_EXPIRY_DAYS),
+      doc = "due this many days before the provider's expiry of the current secret (Paylocity, "
+        .. "SP-API, Spreetail pairs with an expiry)" },
+  },
+}
+
+_M.TOP = {
+  order = { "store", "slots", "due", "concurrency", "wait", "notify", "audit" },
+  keys = {
+    store = { type = "string or table", required = true,
+      doc = "where the secrets live: a directory (a file store; relative to the config file), "
+        .. "{ kind = \"file\", path = ... }, or { kind = \"<kind>\", ... } for another store module "
+        .. "(rotor.store.<kind>.open)" },
+    slots = { type = "array of slots", required = true, doc = "the slots to rotate (keys below)" },
+    due = { type = "table", doc = "the due policy of every slot ({ max_age_days=, before_expiry_days= }, "
+      .. "below); a slot's own `due` overrides it key by key" },
+    concurrency = { type = "integer", check = c_concurrency, default = "4",
+      doc = "how many slots rotate at once" },
+    wait = { type = "number", check = c_nonneg, doc = "default `wait` of every slot (seconds)" },
+    notify = { type = "string, table or function", check = c_notify, doc = "default `notify` of every slot" },
+    audit = { type = "false, string or table", check = c_audit,
+      doc = "default `audit` of every slot (a relative path is the config file's)" },
+  },
+}
+
+_M.SLOT = {
+  order = { "slot", "provider", "target", "strategy", "deploy", "consumers", "due", "wait", "grace",
+            "notify", "audit", "force_mint" },
+  keys = {
+    slot = { type = "string", required = true, doc = "the slot's name in the store, e.g. \"genesys/reporting\"" },
+    provider = { type = "table", required = true,
+      doc = "{ kind = \"genesys\", options = { ... } } (provider options below; `options` may also be "
+        .. "written inline beside `kind`), or a provider object made in the file" },
+    target = { type = "table", doc = "what to rotate, per provider (target keys below)" },
+    strategy = { type = "string", check = c_string, doc = "the rotation strategy (strategies below); the provider's default when unset" },
+    deploy = { type = "function, sink or table",
+      doc = "pushes the new secret to its consumers before the old one is retired: a function(new), a "
+        .. "sink (rotor.store.dotenv/exec), { kind = \"dotenv\", path = ..., client_id = , secret = , "
+        .. "expires = } or { kind = \"exec\", command = ..., input = ... } (paths relative to the config file)" },
+    consumers = { type = "\"none\"",
+      doc = "say `consumers = \"none\"` when nothing but rotor uses this credential: required instead of "
+        .. "`deploy` for a strategy whose old secret stops working during the run" },
+    due = { type = "table", doc = "this slot's due policy ({ max_age_days=, before_expiry_days= })" },
+    wait = { type = "number", check = c_nonneg, default = "300",
+      doc = "SP-API: seconds one run waits for the new secret on the SQS queue" },
+    grace = { type = "number", check = c_nonneg, default = "0",
+      doc = "Genesys new_client: seconds the old client stays disabled before it is deleted (on a later run)" },
+    notify = { type = "string, table or function", check = c_notify,
+      doc = "a Slack-compatible webhook URL, { webhook = url, on = \"failure\"|\"success\"|\"always\" } or a function(event)" },
+    audit = { type = "false, string or table", check = c_audit,
+      doc = "the audit trail: false (none), a file path, { path =, key = }; default: the store's" },
+    force_mint = { type = "boolean", check = c_bool, default = "false",
+      doc = "SP-API: mint although an earlier request may have left (only once the Developer Console shows no rotation)" },
+  },
+}
+
+-- The options every provider takes, and each provider's own (the provider checks them; a spec
+-- checks that this list and the providers agree).
+_M.PROVIDER_COMMON = {
+  order = { "client_id", "client_secret", "base_url", "token_url", "cainfo", "timeout", "connect_timeout",
+            "proxy", "user_agent", "max_wait", "retries", "pacing", "rate_limits", "token_margin" },
+  keys = {
+    client_id = { type = "string", required = true, doc = "the client id rotor authenticates with" },
+    client_secret = { type = "string", required = true,
+      doc = "its secret (once a slot holds a current secret for this client, the store's is used)" },
+    base_url = { type = "URL", doc = "the API's base URL (https; http only to a loopback address)" },
+    token_url = { type = "URL", doc = "the token endpoint" },
+    cainfo = { type = "path", doc = "a CA bundle (PEM) to verify the provider's TLS certificate against, "
+      .. "e.g. a private or test CA; the system's CAs otherwise" },
+    timeout = { type = "number", default = "30", doc = "seconds per request" },
+    connect_timeout = { type = "number", doc = "seconds to connect" },
+    proxy = { type = "string", doc = "an HTTP(S) proxy URL" },
+    user_agent = { type = "string", default = "rotor/VERSION", doc = "the User-Agent header" },
+    max_wait = { type = "number", default = "120", doc = "bound on waits for 429/5xx retries (seconds)" },
+    retries = { type = "integer", doc = "retries of idempotent requests" },
+    pacing = { type = "boolean", default = "true", doc = "false: no client-side pacing" },
+    rate_limits = { type = "table or false", doc = "{ default = { rate =, per = }, [op] = ... }: replace the documented limits" },
+    token_margin = { type = "number", default = "60", doc = "refresh a token this many seconds before it expires" },
+  },
+}
+
+_M.PROVIDERS = {
+  genesys = {
+    options = { region = { type = "string", doc = "a domain (mypurecloud.ie) or a region name (eu_west_1)" } },
+    target = { client_id = { type = "string", doc = "the OAuth client whose secret is rotated (may be another than rotor's own)" } },
+    strategies = {
+      regenerate = { default = true, old_dies = "at once",
+        doc = "a new secret for the same client; the OLD SECRET STOPS WORKING AT ONCE" },
+      new_client = { old_dies = "at retire", grace_keeps = true,
+        doc = "a second client (new client_id); the old one is disabled and deleted after deploy (after `grace`)" },
+    },
+  },
+  paylocity = {
+    options = { sandbox = { type = "boolean", doc = "use Paylocity's sandbox hosts" },
+                token_style = { type = "string", doc = "how the token request authenticates (\"basic\" or \"body\")" } },
+    target = { code = { type = "string", doc = "the code from Paylocity's expiry e-mail" },
+               old_expires = { type = "string", doc = "ISO-8601 expiry of the old secret, when Paylocity did not say" } },
+    strategies = { code = { default = true, doc = "obtainNewClientSecret; the old secret keeps working until its expiry" } },
+  },
+  spreetail = {
+    options = {},
+    target = { expires = { type = "string", doc = "ISO-8601 expiry of the new pair" },
+               expires_days = { type = "number", doc = "expiry of the new pair, in days from now" } },
+    strategies = { new_pair = { default = true, old_dies = "at retire",
+      doc = "a new credential pair (new client_id); the old pair is deleted after deploy" } },
+  },
+  spapi = {
+    options = { region = { type = "string", doc = "the SP-API region" },
+                sandbox = { type = "boolean", doc = "use the sandbox endpoints" },
+                sqs = { type = "table", doc = "{ queue_url =, access_key =, secret_key =, session_token =, region =, endpoint = }: "
+                  .. "the queue the new secret arrives on" } },
+    target = {},
+    strategies = { sqs = { default = true,
+      doc = "rotateApplicationClientSecret; the new secret arrives on SQS; the old one works about 7 more days" } },
+  },
+}
+
+-- rotor.rotate's options (scripts), for the reference
+_M.ROTATE = {
+  order = { "slot", "provider", "store", "target", "strategy", "deploy", "dry_run", "wait", "grace", "notify",
+            "audit", "force_mint", "verify_attempts", "verify_delay", "log", "print" },
+  keys = {
+    slot = { type = "string", required = true, doc = "the slot's name in the store" },
+    provider = { type = "provider object", required = true, doc = "rotor.genesys{...}, rotor.paylocity{...}, ..." },
+    store = { type = "store", required = true, doc = "rotor.store.file(dir) or any object with get, put and lock" },
+    target = { type = "table", doc = "what to rotate, per provider (target keys below)" },
+    strategy = { type = "string", doc = "the rotation strategy; the provider's default when unset" },
+    deploy = { type = "function or sink", doc = "function(new) -> true | nil, err, run with the new secret before the old one is retired" },
+    dry_run = { type = "boolean", default = "false", doc = "print the plan, change nothing" },
+    wait = { type = "number", default = "300", doc = "SP-API: seconds to wait for the new secret on SQS" },
+    grace = { type = "number", default = "0", doc = "Genesys new_client: seconds before the old client is deleted" },
+    notify = { type = "string, table or function", doc = "as in a config file" },
+    audit = { type = "false, string or table", doc = "as in a config file" },
+    force_mint = { type = "boolean", default = "false", doc = "SP-API: mint although an earlier request may have left" },
+    verify_attempts = { type = "integer", default = "3", doc = "token requests tried with the new secret" },
+    verify_delay = { type = "number", default = "1", doc = "seconds between them (times the attempt number)" },
+    log = { type = "function", doc = "function(line): one line per journalled step" },
+    print = { type = "function", doc = "function(line): where a dry run's plan goes (default stdout)" },
+  },
+}
+
+------------------------------------------------------------------------------------------------
+-- Suggestions
+
+local function distance(a, b)
+  local la, lb = #a, #b
+  local prev = {}
+  for j = 0, lb do prev[j] = j end
+  for i = 1, la do
+    local cur = { [0] = i }
+    for j = 1, lb do
+      local cost = a:sub(i, i) == b:sub(j, j) and 0 or 1
+      cur[j] = math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
+    end
+    prev = cur
+  end
+  return prev[lb]
+end
+
+--- The candidate closest to name (nil when none is close).
+function _M.suggest(name, candidates)
+  if type(name) ~= "string" then return nil end
+  local best, bd
+  for _, c in ipairs(candidates) do
+    local d = distance(name:lower(), c:lower())
+    if not bd or d < bd then best, bd = c, d end
+  end
+  if bd and bd <= math.max(2, math.floor(#name / 3)) then return best end
+  return nil
+end
+
+local function keys_of(t)
+  local out = {}
+  for k in pairs(t) do out[#out + 1] = k end
+  table.sort(out)
+  return out
+end
+
+------------------------------------------------------------------------------------------------
+-- Loading
+
+local function dirname(path)
+  local d = path:match("^(.*)/[^/]*$")
+  if d == nil then return "." end
+  if d == "" then return "/" end
+  return d
+end
+
+local function absolute(path)
+  if path:sub(1, 1) == "/" then return path end
+  local pwd = os.getenv("PWD")
+  if pwd and pwd:sub(1, 1) == "/" then
+    if path == "." then return pwd end
+    return (pwd:gsub("/$", "")) .. "/" .. path:gsub("^%./", "")
+  end
+  return path
+end
+_M.absolute = absolute
+
+--- Load a config file. Its chunk runs with `config_dir` (the file's directory) and
+-- `optional_env(name)` (os.getenv that is allowed to find nothing) in scope; every os.getenv of
+-- an unset variable is recorded and reported by validate.
+function _M.load(path)
+  if type(path) ~= "string" or path == "" then return nil, "a config file path expected" end
+  local f = io.open(path, "rb")
+  if not f then return nil, ("cannot read the config file %s"):format(path) end
+  local text = f:read("*a")
+  f:close()
+  local info = { file = path, dir = absolute(dirname(path)), unset_env = {} }
+  local seen = {}
+  local os_view = setmetatable({
+    getenv = function(name)
+      local v = os.getenv(name)
+      if v == nil and type(name) == "string" and not seen[name] then
+        seen[name] = true
+        info.unset_env[#info.unset_env + 1] = name
+      end
+      return v
+    end,
+  }, { __index = os })
+  local env = setmetatable({ os = os_view, config_dir = info.dir, optional_env = os.getenv },
+                           { __index = _G })
+  local chunk, lerr
+  if setfenv then
+    chunk, lerr = loadstring(text, "@" .. path) -- luacheck: ignore (Lua 5.1)
+    if chunk then setfenv(chunk, env) end -- luacheck: ignore (Lua 5.1)
+  else
+    chunk, lerr = load(text, "@" .. path, "t", env)
+  end
+  if not chunk then return nil, tostring(lerr) end
+  local ok, cfg = pcall(chunk)
+  if not ok then return nil, tostring(cfg) end
+  if type(cfg) ~= "table" then
+    return nil, ("%s: the file must return a table { store = ..., slots = { ... } }, it returned %s"):format(path, type(cfg))
+  end
+  return cfg, info
+end
+
+------------------------------------------------------------------------------------------------
+-- Validation
+
+local function is_provider_object(v)
+  return type(v) == "table" and type(v.provider) == "string" and type(v.verify) == "function"
+end
+_M.is_provider_object = is_provider_object
+
+-- unknown keys of t against schema (with a suggestion), and each key's check
+local function check_keys(t, schema, add, prefix)
+  local names = keys_of(schema.keys)
+  for k, v in pairs(t) do
+    local key = prefix .. tostring(k)
+    local s = type(k) == "string" and schema.keys[k] or nil
+    if not s then
+      local hint = _M.suggest(tostring(k), names)
+      add(key, "unknown key" .. (hint and ("; did you mean " .. prefix .. hint .. "?") or
+        ("; known keys: " .. table.concat(names, ", "))))
+    elseif s.check then
+      local ok, why = s.check(v)
+      if not ok then add(key, why) end
+    end
+  end
+  for _, k in ipairs(schema.order) do
+    if schema.keys[k].required and t[k] == nil then add(prefix .. k, "required, not set") end
+  end
+end
+
+local function check_due(v, add, prefix)
+  if v == nil then return end
+  if type(v) ~= "table" then return add(prefix, "a table { max_age_days =, before_expiry_days = } expected") end
+  check_keys(v, _M.DUE, add, prefix .. ".")
+end
+
+local function check_deploy(v, add)
+  if v == nil or is_callable(v) then return end
+  if type(v) ~= "table" then return add("deploy", "a function, a sink or { kind = \"dotenv\" | \"exec\", ... } expected") end
+  if v.kind == "dotenv" then
+    if type(v.path) ~= "string" or v.path == "" then add("deploy.path", "a file path expected") end
+    for k in pairs(v) do
+      if k ~= "kind" and k ~= "path" and k ~= "client_id" and k ~= "secret" and k ~= "expires" and k ~= "mode" then
+        add("deploy." .. tostring(k), "unknown key (dotenv takes path, client_id, secret, expires, mode)")
+      end
+    end
+  elseif v.kind == "exec" then
+    if type(v.command) ~= "string" or v.command == "" then add("deploy.command", "a shell command expected") end
+  else
+    local hint = _M.suggest(tostring(v.kind), { "dotenv", "exec" })
+    add("deploy.kind", ("unknown deploy kind %s%s"):format(tostring(v.kind),
+      hint and ("; did you mean " .. hint .. "?") or " (dotenv or exec)"))
+  end
+end
+
+--- The deploy hook of a slot: functions and sinks as they are; tables made into sinks.
+function _M.make_deploy(v, dir)
+  if v == nil or is_callable(v) then return v end
+  local store = require "rotor.store"
+  local opts = {}
+  for k, x in pairs(v) do if k ~= "kind" and k ~= "path" then opts[k] = x end end
+  if v.kind == "dotenv" then return store.dotenv(store.resolve(v.path, dir), opts) end
+  return store.exec(opts)
+end
+
+-- the provider options of a { kind=, options= } table
+local function provider_options(p)
+  if type(p.options) == "table" then return p.options, "provider.options." end
+  local o = {}
+  for k, v in pairs(p) do if k ~= "kind" and k ~= "options" then o[k] = v end end
+  return o, "provider."
+end
+
+--- A provider object from a slot's provider entry. Returns p | nil, err.
+function _M.make_provider(spec)
+  if is_provider_object(spec) then return spec end
+  local opts = provider_options(spec)
+  return require("rotor")[spec.kind](opts)
+end
+
+local function check_provider(e, add)
+  local p = e.provider
+  if p == nil then return nil end
+  if is_provider_object(p) then return p.provider end
+  if type(p) ~= "table" then return add("provider", "{ kind = \"genesys\", options = { ... } } or a provider object expected") end
+  local kinds = keys_of(_M.PROVIDERS)
+  if type(p.kind) ~= "string" or not _M.PROVIDERS[p.kind] then
+    local hint = _M.suggest(tostring(p.kind), kinds)
+    add("provider.kind", ("unknown provider kind %s%s"):format(tostring(p.kind),
+      hint and ("; did you mean " .. hint .. "?") or (" (one of " .. table.concat(kinds, ", ") .. ")")))
+    return nil
+  end
+  if p.options ~= nil and type(p.options) ~= "table" then add("provider.options", "a table expected") return p.kind end
+  local opts, prefix = provider_options(p)
+  local known = {}
+  for _, k in ipairs(_M.PROVIDER_COMMON.order) do known[#known + 1] = k end
+  for k in pairs(_M.PROVIDERS[p.kind].options) do known[#known + 1] = k end
+  local bad = false
+  for k in pairs(opts) do
+    local name = tostring(k)
+    local ok = _M.PROVIDER_COMMON.keys[name] or _M.PROVIDERS[p.kind].options[name]
+    if not ok then
+      bad = true
+      local hint = _M.suggest(name, known)
+      add(prefix .. name, "unknown option" .. (hint and ("; did you mean " .. prefix .. hint .. "?") or ""))
+    end
+  end
+  for _, k in ipairs { "client_id", "client_secret" } do
+    if opts[k] == nil then
+      bad = true
+      add(prefix .. k, "required, not set")
+    end
+  end
+  if not bad then
+    -- the provider's own checks (types, URLs, the CA bundle); nothing is sent
+    local ok, obj, err = pcall(require("rotor")[p.kind], opts)
+    if not ok then
+      add(prefix:sub(1, -2), tostring(obj))
+    elseif not obj then
+      local name, why = tostring(err and err.message or err):match("^option ([%w_]+): (.*)$")
+      if name then add(prefix .. name, why) else add(prefix:sub(1, -2), tostring(err and err.message or err)) end
+    end
+  end
+  return p.kind
+end
+
+local function check_slot_entry(e, add, top)
+  check_keys(e, _M.SLOT, add, "")
+  if e.slot ~= nil then
+    local ok, why = pcall(require("rotor.store.file").check_slot, e.slot)
+    if not ok then add("slot", (tostring(why):gsub("^.-:%d+: ", ""))) end
+  end
+  local kind = check_provider(e, add)
+  local pinfo = kind and _M.PROVIDERS[kind]
+  if e.target ~= nil and type(e.target) ~= "table" then add("target", "a table expected")
+  elseif pinfo and e.target then
+    local names = keys_of(pinfo.target)
+    for k in pairs(e.target) do
+      if not pinfo.target[k] then
+        local hint = _M.suggest(tostring(k), names)
+        add("target." .. tostring(k), ("unknown target key for %s%s"):format(kind,
+          hint and ("; did you mean target." .. hint .. "?") or
+            (#names > 0 and (" (" .. table.concat(names, ", ") .. ")") or " (it takes none)")))
+      end
+    end
+  end
+  local sname, strat
+  if pinfo then
+    sname = e.strategy
+    if sname == nil then
+      for n, s in pairs(pinfo.strategies) do if s.default then sname = n end end
+    end
+    strat = type(sname) == "string" and pinfo.strategies[sname] or nil
+    if type(sname) == "string" and not strat then
+      local names = keys_of(pinfo.strategies)
+      local hint = _M.suggest(sname, names)
+      add("strategy", ("unknown strategy %s for %s%s"):format(sname, kind,
+        hint and ("; did you mean " .. hint .. "?") or (" (one of " .. table.concat(names, ", ") .. ")")))
+    end
+  end
+  check_deploy(e.deploy, add)
+  if e.consumers ~= nil and e.consumers ~= "none" then
+    add("consumers", "only \"none\" is understood (nothing but rotor uses this credential); else set deploy")
+  end
+  check_due(e.due, add, "due")
+  if strat and strat.old_dies and e.deploy == nil and e.consumers ~= "none"
+     and not (strat.grace_keeps and (e.grace or 0) > 0) then
+    add("deploy", ("strategy %s of %s: the old secret stops working %s, and nothing hands the new one to its "
+      .. "consumers. Set deploy (a function, a dotenv or exec sink) or, when nothing but rotor uses this "
+      .. "credential, consumers = \"none\""):format(sname, kind, strat.old_dies))
+  end
+  return top
+end
+
+--- Every problem of a loaded config. info: config.load's second value.
+function _M.validate(cfg, info)
+  info = info or { file = "(config)", unset_env = {} }
+  local problems = {}
+  local function adder(slot)
+    return function(key, message)
+      problems[#problems + 1] = { file = info.file, slot = slot, key = key, message = message }
+    end
+  end
+  local top = adder(nil)
+  check_keys(cfg, _M.TOP, top, "")
+  check_due(cfg.due, top, "due")
+  if cfg.store ~= nil then
+    local s = cfg.store
+    if type(s) == "table" and s.kind ~= nil and s.kind ~= "file" then
+      local ok, mod = pcall(require, "rotor.store." .. tostring(s.kind))
+      if not ok or type(mod) ~= "table" or type(mod.open) ~= "function" then
+        top("store.kind", ("unknown store kind %s (file, or a module rotor.store.<kind> with open)"):format(tostring(s.kind)))
+      elseif type(mod.check) == "function" then
+        local cok, why = pcall(mod.check, s)
+        if not cok then top("store", tostring(why)) elseif why ~= nil and why ~= true then top("store", tostring(why)) end
+      end
+    elseif type(s) == "table" and s.kind == "file" then
+      if type(s.path) ~= "string" or s.path == "" then top("store.path", "a directory expected") end
+    elseif type(s) == "table" and s.kind == nil and type(s.get) ~= "function" then
+      top("store.kind", "required: \"file\" or another store kind")
+    elseif type(s) ~= "table" and type(s) ~= "string" then
+      top("store", "a directory or { kind = ..., ... } expected")
+    end
+  end
+  if cfg.slots ~= nil then
+    if type(cfg.slots) ~= "table" or #cfg.slots == 0 then
+      top("slots", "a non-empty array of slots expected")
+    else
+      local names = {}
+      for i, e in ipairs(cfg.slots) do
+        local label = ("slots[%d]"):format(i)
+        if type(e) == "table" and type(e.slot) == "string" then label = e.slot end
+        local add = adder(label)
+        if type(e) ~= "table" then
+          add("", "a table { slot = ..., provider = ... } expected")
+        else
+          if type(e.slot) == "string" then
+            if names[e.slot] then add("slot", ("the name is also used by slots[%d]"):format(names[e.slot])) end
+            names[e.slot] = i
+          end
+          check_slot_entry(e, add, cfg)
+        end
+      end
+    end
+  end
+  for _, name in ipairs(info.unset_env or {}) do
+    top("os.getenv(" .. name .. ")", ("the environment variable %s is not set (use optional_env(%q) for "
+      .. "one that may be unset)"):format(name, name))
+  end
+  return problems
+end
+
+function _M.format(p)
+  local parts = { p.file }
+  if p.slot then parts[#parts + 1] = "slot " .. p.slot end
+  if p.key and p.key ~= "" then parts[#parts + 1] = p.key end
+  parts[#parts + 1] = p.message
+  return table.concat(parts, ": ")
+end
+
+------------------------------------------------------------------------------------------------
+-- The reference (doc/CONFIG.md is this text)
+
+local function key_table(schema, out)
+  out[#out + 1] = "| key | type | default | meaning |"
+  out[#out + 1] = "|---|---|---|---|"
+  local order = schema.order or keys_of(schema.keys or schema)
+  local keys = schema.keys or schema
+  for _, k in ipairs(order) do
+    local s = keys[k]
+    out[#out + 1] = ("| `%s` | %s | %s | %s%s |"):format(k, s.type, s.default and ("`" .. s.default .. "`") or "-",
+      s.required and "**required.** " or "", s.doc)
+  end
+  out[#out + 1] = ""
+end
+
+function _M.reference()
+  local out = {}
+  local function p(s) out[#out + 1] = s end
+  p("# Configuration reference")
+  p("")
+  p("Generated from `lua/rotor/config.lua`, the schema `rotor rotate --config` checks a file against")
+  p("(`rotor config-reference` prints this text; `spec/config_spec.lua` fails when the two differ).")
+  p("")
+  p("A config file is Lua returning a table. It is checked as a whole before anything runs: every")
+  p("unknown key (with the closest known one), wrong type, unknown provider kind or strategy, and")
+  p("every `os.getenv` of an unset variable is listed with the file, slot and key, and rotor exits 2")
+  p("having created, written and sent nothing. Inside the file, `config_dir` is the file's directory")
+  p("and `optional_env(NAME)` reads a variable that may be unset. Relative paths (`store`, `audit`,")
+  p("a dotenv `deploy.path`) are the config file's, not the current directory's.")
+  p("")
+  p("## Top-level keys")
+  p("")
+  key_table(_M.TOP, out)
+  p("## Slot keys (each entry of `slots`)")
+  p("")
+  key_table(_M.SLOT, out)
+  p("## Due policy (`due`, top-level and per slot)")
+  p("")
+  key_table(_M.DUE, out)
+  p("A slot is due when it has an unfinished rotation, no current secret, an expired secret, or")
+  p("when the first of the rules above says so. `rotor status` shows why a slot is due and when it")
+  p("next will be. `false` turns a rule off.")
+  p("")
+  p("## Provider options (`provider.options`), every provider")
+  p("")
+  key_table(_M.PROVIDER_COMMON, out)
+  for _, kind in ipairs(keys_of(_M.PROVIDERS)) do
+    local pi = _M.PROVIDERS[kind]
+    p("## " .. kind)
+    p("")
+    if next(pi.options) then
+      p("Own options:")
+      p("")
+      key_table(pi.options, out)
+    end
+    if next(pi.target) then
+      p("Target keys:")
+      p("")
+      key_table(pi.target, out)
+    else
+      p("Target keys: none.")
+      p("")
+    end
+    p("Strategies:")
+    p("")
+    for _, n in ipairs(keys_of(pi.strategies)) do
+      local s = pi.strategies[n]
+      p(("- `%s`%s: %s.%s"):format(n, s.default and " (default)" or "", s.doc,
+        s.old_dies and (" Needs `deploy` or `consumers = \"none\"`" .. (s.grace_keeps and " (or `grace` > 0)" or "") .. ".") or ""))
+    end
+    p("")
+  end
+  p("## `rotor.rotate{...}` options (scripts)")
+  p("")
+  key_table(_M.ROTATE, out)
+  return table.concat(out, "\n")
+end
+
+return _M
