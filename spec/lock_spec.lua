@@ -43,7 +43,7 @@ describe("per-slot lock across processes #proc", function()
     local rotor = require "rotor"
     local store = assert(rotor.store.file(dir .. "/store"))
     local cfg = dir .. "/rotor.conf.lua"
-    assert(core.fs_write_atomic(cfg, ([[return { store = %q, slots = { { slot = %q,
+    assert(core.fs_write_atomic(cfg, ([[return { store = %q, slots = { { slot = %q, consumers = "none",
       provider = { kind = "spreetail", options = { base_url = %q, token_url = %q, cainfo = %q,
         client_id = os.getenv("T_ID"), client_secret = os.getenv("T_SECRET") } } } } }]]):format(
       dir .. "/store", fx.slot, fx.opts.base_url, fx.opts.token_url, s.ca), 384))

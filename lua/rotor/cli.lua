@@ -454,7 +454,7 @@ end
 -- doctor
 
 local function q(s)
-  if tostring(s):match("^[%w_./%-]+$") then return tostring(s) end
+  if tostring(s):match("^[%w_./%%%-]+$") then return tostring(s) end
   return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
 end
 
@@ -643,7 +643,8 @@ local function cmd_rotate(args)
   local done, total = 0, #entries
   local function run_one(e)
     if core.interrupted() then
-      return nil, errors.new { kind = "interrupted", message = "not started: rotor was stopped by a signal" }
+      return nil, errors.new { kind = "interrupted", not_started = true,
+                               message = "not started: rotor was stopped by a signal" }
     end
     local p, perr2 = config.make_provider(e.provider)
     if not p then return nil, perr2 end
@@ -708,7 +709,7 @@ local function cmd_rotate(args)
         item.state = "locked"
         locked = locked + 1
       elseif kind == "interrupted" then
-        item.state = (tostring(item.error.message):find("^not started") and "not_started") or "interrupted"
+        item.state = e2.not_started and "not_started" or "interrupted"
         interrupted = interrupted + 1
       else
         failed = failed + 1
@@ -724,7 +725,7 @@ local function cmd_rotate(args)
   else
     for _, r in ipairs(report) do
       if r.state == "skipped" then
-        out(("skipped  %s: not due (%s)\n"):format(r.slot, tostring(r.reason)))
+        out(("skipped  %s: %s\n"):format(r.slot, tostring(r.reason)))
       elseif r.state == "planned" then
         for _, l in ipairs(r.plan_lines or {}) do out(l .. "\n") end
         out(("dry run  %s: nothing changed\n"):format(r.slot))

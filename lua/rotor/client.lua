@@ -293,7 +293,7 @@ function Client:_status_error(op, method, path, res, extra_secret)
   if status == 401 or status == 403 then kind = "auth"
   elseif status == 429 then kind = "rate_limited" end
   local body = res.body and res.body ~= "" and json.decode(res.body) or nil
-  local detail = scrub(self, self:_error_detail(body), extra_secret)
+  local detail = scrub(self, self:_error_detail(body) or errors.excerpt(res.body), extra_secret)
   local msg = ("%s %s returned %d"):format(method, path, status)
   if detail then msg = msg .. ": " .. detail end
   return errors.new{

@@ -229,7 +229,10 @@ function _M.suggest(name, candidates)
   if type(name) ~= "string" then return nil end
   local best, bd
   for _, c in ipairs(candidates) do
-    local d = distance(name:lower(), c:lower())
+    local a, b = name:lower(), c:lower()
+    local d = distance(a, b)
+    -- a prefix (max_age for max_age_days) is as good as one typo
+    if #a >= 3 and (b:sub(1, #a) == a or a:sub(1, #b) == b) then d = math.min(d, 1) end
     if not bd or d < bd then best, bd = c, d end
   end
   if bd and bd <= math.max(2, math.floor(#name / 3)) then return best end

@@ -131,4 +131,16 @@ function _M.request_id(headers)
   return nil
 end
 
+--- A provider's error body as it came (for bodies no parser understood): whitespace folded,
+-- every live secret redacted, at most max bytes (200).
+function _M.excerpt(body, max)
+  if type(body) ~= "string" or not body:find("%S") then return nil end
+  local s = body:gsub("%s+", " "):gsub("^ ", ""):gsub(" $", "")
+  local ok, core = pcall(require, "rotor.core")
+  if ok and core.redact then s = core.redact(s) end
+  max = max or 200
+  if #s > max then s = s:sub(1, max) .. "..." end
+  return s
+end
+
 return _M

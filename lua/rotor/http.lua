@@ -105,7 +105,12 @@ function _M.attempt(req, policy, attempt, waited, retries, max_wait, fail)
       return fail { kind = "ambiguous", message = "the minting request was sent but its outcome is "
         .. "unknown (" .. e.kind .. ": " .. e.message .. "); it was not retried" }
     end
-    return fail { kind = e.kind, message = e.message }
+    local msg = e.message
+    if e.kind == "tls" and not tostring(msg):find("cainfo", 1, true) then
+      msg = tostring(msg) .. " (a provider or test server with a private CA: set the provider option cainfo "
+        .. "to its CA bundle, PEM)"
+    end
+    return fail { kind = e.kind, message = msg }
   end
   local status = res.status
   if _M.RETRY_STATUS[status] then

@@ -33,7 +33,7 @@ local function fetch(spec)
   local base = { provider = spec.provider, op = "token", status = res.status,
     request_id = errors.request_id(res.headers) }
   if res.status == 400 or res.status == 401 or res.status == 403 then
-    local detail = errors.detail(json.decode(res.body or ""))
+    local detail = errors.detail(json.decode(res.body or "")) or errors.excerpt(res.body)
     base.kind = "auth"
     base.detail = detail
     base.message = "the token endpoint refused the client credentials" ..
@@ -42,8 +42,8 @@ local function fetch(spec)
   end
   if res.status < 200 or res.status > 299 then
     base.kind = "http"
-    base.message = "the token endpoint answered " .. res.status
-    base.detail = errors.detail(json.decode(res.body or ""))
+    base.detail = errors.detail(json.decode(res.body or "")) or errors.excerpt(res.body)
+    base.message = "the token endpoint answered " .. res.status .. (base.detail and (": " .. base.detail) or "")
     return nil, errors.new(base)
   end
   local v, jerr = json.decode(res.body)

@@ -1,0 +1,443 @@
+-- rotor's command line run from cron, as a user would (issue 12, findings 1-9): config runs that
+-- cannot go wrong quietly, the due policy, stable JSON, signals in batches, doctor, OpenMetrics,
+-- and the conventions of the command line. Real rotor processes against the simulator.
+local core = require "rotor.core"
+local json = require "rotor.json"
+local sim = require "spec.helpers.sim"
+local fixtures = require "spec.helpers.rotor_fixtures"
+
+local ROTOR = os.getenv("ROTOR_BIN") or "./build/rotor"
+local ROTOR_ABS = ROTOR:sub(1, 1) == "/" and ROTOR or (os.getenv("PWD") .. "/" .. ROTOR)
+local q = sim.shell_quote
+
+-- a Lua literal of v; { env = "NAME" } becomes os.getenv("NAME")
+local function lit(v, indent)
+  indent = indent or ""
+  if type(v) == "string" then return ("%q"):format(v) end
+  if type(v) ~= "table" then return tostring(v) end
+  if v.env then return ("os.getenv(%q)"):format(v.env) end
+  if v.raw then return v.raw end
+  local parts = {}
+  for i, x in ipairs(v) do parts[#parts + 1] = indent .. "  " .. lit(x, indent .. "  ") end
+  local keys = {}
+  for k in pairs(v) do if type(k) == "string" then keys[#keys + 1] = k end end
+  table.sort(keys)
+  for _, k in ipairs(keys) do parts[#parts + 1] = indent .. "  " .. k .. " = " .. lit(v[k], indent .. "  ") end
+  return "{\n" .. table.concat(parts, ",\n") .. "\n" .. indent .. "}"
+end
+
+local n = 0
+local function workdir()
+  n = n + 1
+  return nil, n
+end
+
+describe("rotor's command line #proc", function()
+  local s, base
+  setup(function()
+    s = sim.start()
+    base = s.dir .. "/cli-spec"
+    assert(core.fs_mkdir(base, 448))
+  end)
+  teardown(function() if s then s:stop() end end)
+
+  local function newdir()
+    local _, i = workdir()
+    local d = base .. "/" .. i
+    assert(core.fs_mkdir(d, 448))
+    return d
+  end
+
+  -- a spreetail slot entry whose credentials come from the environment (T<i>_ID, T<i>_SECRET)
+  local function spreetail_slot(env, i, extra)
+    local fx = fixtures.seed(s, "spreetail")
+    env["T" .. i .. "_ID"], env["T" .. i .. "_SECRET"] = fx.opts.client_id, fx.opts.client_secret
+    local e = { slot = fx.slot, consumers = "none",
+      provider = { kind = "spreetail", options = { base_url = fx.opts.base_url, token_url = fx.opts.token_url,
+        cainfo = s.ca, client_id = { env = "T" .. i .. "_ID" }, client_secret = { env = "T" .. i .. "_SECRET" } } } }
+    for k, v in pairs(extra or {}) do e[k] = v end
+    return e, fx
+  end
+
+  local function genesys_slot(env, i, extra)
+    local fx = fixtures.seed(s, "genesys")
+    env["G" .. i .. "_ID"], env["G" .. i .. "_SECRET"] = fx.opts.client_id, fx.opts.client_secret
+    local e = { slot = fx.slot,
+      provider = { kind = "genesys", options = { base_url = fx.opts.base_url, token_url = fx.opts.token_url,
+        cainfo = s.ca, client_id = { env = "G" .. i .. "_ID" }, client_secret = { env = "G" .. i .. "_SECRET" } } },
+      target = { client_id = fx.target.client_id } }
+    for k, v in pairs(extra or {}) do e[k] = v end
+    return e, fx
+  end
+
+  local function write_config(path, cfg, env)
+    assert(core.fs_write_atomic(path, "return " .. lit(cfg) .. "\n", 384))
+    fixtures.write_env(path .. ".env", env or {})
+  end
+
+  -- run rotor with the config's environment, from directory `from` (default: the spec's cwd)
+  local function rotor(args, cfg_path, from, extra_env)
+    local pre = cfg_path and (". " .. q(cfg_path .. ".env") .. " && ") or ""
+    for k, v in pairs(extra_env or {}) do pre = pre .. k .. "=" .. q(v) .. " " end
+    local cd = from and ("cd " .. q(from) .. " && ") or ""
+    return sim.run(("(%s%s%s %s) 2>&1"):format(cd, pre, from and ROTOR_ABS or ROTOR, args))
+  end
+
+  local function rotor_out(args, cfg_path)
+    local pre = cfg_path and (". " .. q(cfg_path .. ".env") .. " && ") or ""
+    return sim.run(("(%s%s %s) 2>/dev/null"):format(pre, ROTOR, args))
+  end
+
+  local function counter(path)
+    local c = fixtures.control(s, "GET", "/counters")
+    return (c.counters or c)[path] or 0
+  end
+
+  local function file_store(dir) return assert(require("rotor").store.file(dir)) end
+
+  describe("finding 1: relative paths and the store used", function()
+    it("resolves a relative store against the config file, from any directory, and names it", function()
+      local d = newdir()
+      assert(core.fs_mkdir(d .. "/conf", 448))
+      assert(core.fs_mkdir(d .. "/elsewhere", 448))
+      local env = {}
+      local e = spreetail_slot(env, 1)
+      write_config(d .. "/conf/rotor.conf.lua", { store = "./secrets", slots = { e } }, env)
+      local out, rc = rotor("rotate --config " .. q(d .. "/conf/rotor.conf.lua"), d .. "/conf/rotor.conf.lua", d .. "/elsewhere")
+      assert.equal(0, rc, out)
+      assert.truthy(out:find("store: file store " .. d .. "/conf/secrets", 1, true), out)
+      assert.is_false(core.fs_exists(d .. "/elsewhere/secrets"))
+      local rec = assert(file_store(d .. "/conf/secrets"):get(e.slot))
+      assert.equal("ok", rec.last.outcome)
+    end)
+  end)
+
+  describe("finding 2: the config is checked as a whole before anything runs", function()
+    it("lists every problem with file, slot and key, exits 2, and creates and sends nothing", function()
+      local d = newdir()
+      local env = {}
+      local e = genesys_slot(env, 1, { stratgy = "new_client", deploy = { raw = "function() return true end" } })
+      e.target.clientid = "x"
+      local cfg = d .. "/rotor.conf.lua"
+      write_config(cfg, { store = "./secrets", concurency = 2, due = { max_age = 3 }, slots = { e } }, env)
+      local before = counter("/genesys/login/oauth/token")
+      local out, rc = rotor("rotate --config " .. q(cfg), cfg)
+      assert.equal(2, rc, out)
+      assert.truthy(out:find(cfg .. ": slot " .. e.slot .. ": stratgy: unknown key; did you mean strategy?", 1, true), out)
+      assert.truthy(out:find(cfg .. ": slot " .. e.slot .. ": target.clientid: unknown target key for genesys; did you mean target.client_id?", 1, true), out)
+      assert.truthy(out:find(cfg .. ": concurency: unknown key; did you mean concurrency?", 1, true), out)
+      assert.truthy(out:find(cfg .. ": due.max_age: unknown key; did you mean due.max_age_days?", 1, true), out)
+      assert.truthy(out:find("nothing was run", 1, true), out)
+      assert.is_false(core.fs_exists(d .. "/secrets"))
+      assert.equal(before, counter("/genesys/login/oauth/token"))
+    end)
+
+    it("rejects wrong types, unknown kinds and strategies, and unset variables, with exit 2", function()
+      local d = newdir()
+      local env = {}
+      local e1 = spreetail_slot(env, 1, { wait = "soon", strategy = "new_pairs" })
+      local e2 = spreetail_slot(env, 2)
+      e2.provider.kind = "spreetial"
+      e2.provider.options.client_secret = { env = "ROTOR_SPEC_SURELY_UNSET" }
+      local cfg = d .. "/rotor.conf.lua"
+      write_config(cfg, { store = "./secrets", slots = { e1, e2 } }, env)
+      local out, rc = rotor("rotate --config " .. q(cfg), cfg)
+      assert.equal(2, rc, out)
+      assert.truthy(out:find("slot " .. e1.slot .. ": wait: a number of seconds >= 0 expected", 1, true), out)
+      assert.truthy(out:find("slot " .. e1.slot .. ": strategy: unknown strategy new_pairs for spreetail; did you mean new_pair?", 1, true), out)
+      assert.truthy(out:find("slot " .. e2.slot .. ": provider.kind: unknown provider kind spreetial; did you mean spreetail?", 1, true), out)
+      assert.truthy(out:find("ROTOR_SPEC_SURELY_UNSET is not set", 1, true), out)
+      assert.is_false(core.fs_exists(d .. "/secrets"))
+    end)
+  end)
+
+  describe("finding 3: a due policy for every slot", function()
+    it("makes an old Genesys secret (no provider expiry) due by max_age_days, and says when next", function()
+      local d = newdir()
+      local st = file_store(d .. "/secrets")
+      local old = os.time() - 2527 * 86400
+      assert(st:put("genesys/old", { slot = "genesys/old", provider = "genesys", journal = {},
+        versions = { current = { client_id = "c-old", secret = "not-a-real-secret-1",
+                                 created = os.date("!%Y-%m-%dT%H:%M:%SZ", old) } } }))
+      assert(st:put("genesys/new", { slot = "genesys/new", provider = "genesys", journal = {},
+        versions = { current = { client_id = "c-new", secret = "not-a-real-secret-2",
+                                 created = os.date("!%Y-%m-%dT%H:%M:%SZ") } } }))
+      local out, rc = rotor("status " .. q(d .. "/secrets"))
+      assert.equal(0, rc, out)
+      assert.truthy(out:find("genesys/old%s+genesys%s+2527d%s+%-%s+yes: 2527%.%d days old %(max_age_days = 90%)"), out)
+      local in90 = os.date("!%Y-%m-%d", os.time() + 90 * 86400)
+      assert.truthy(out:find("no, next " .. in90 .. " (max_age_days)", 1, true), out)
+      out, rc = rotor("due " .. q(d .. "/secrets"))
+      assert.equal(0, rc, out)
+      assert.truthy(out:find("genesys/old\t2527", 1, true), out)
+      assert.is_nil(out:find("genesys/new", 1, true), out)
+      out = rotor_out("status " .. q(d .. "/secrets") .. " --max-age-days 10000 --json")
+      local doc = assert(json.decode(out))
+      for _, r in ipairs(doc.slots) do assert.is_false(r.due, r.slot) end
+    end)
+  end)
+
+  describe("finding 4: config and environment problems fail before a mint intent", function()
+    it("an unreachable host: the slot is not started, nothing is journalled, no stutter", function()
+      local d = newdir()
+      local env = {}
+      local e = genesys_slot(env, 1, { consumers = "none" })
+      -- a loopback port nobody listens on
+      e.provider.options.token_url = "https://127.0.0.1:9/genesys/login/oauth/token"
+      local cfg = d .. "/rotor.conf.lua"
+      write_config(cfg, { store = "./secrets", slots = { e } }, env)
+      local out, rc = rotor("rotate --config " .. q(cfg), cfg)
+      assert.equal(1, rc, out)
+      assert.truthy(out:find("nothing was started", 1, true), out)
+      assert.is_nil(out:find("rotor: rotor:", 1, true), out)
+      assert.is_false(file_store(d .. "/secrets"):get(e.slot))
+      out = rotor("status " .. q(d .. "/secrets"))
+      assert.is_nil(out:find(e.slot, 1, true), out)
+    end)
+
+    it("a script's error value is printed once prefixed", function()
+      local d = newdir()
+      local f = d .. "/script.lua"
+      assert(core.fs_write_atomic(f, ([[
+local rotor = require "rotor"
+local p = assert(rotor.genesys { base_url = %q, token_url = %q, cainfo = %q, client_id = "nobody" })
+local ok, err = p:token()
+error(err, 0)
+]]):format(s.url .. "/genesys", s.url .. "/genesys/login/oauth/token", s.ca), 384))
+      local out, rc = rotor(q(f))
+      assert.equal(1, rc, out)
+      assert.truthy(out:find("^rotor: genesys token: config: option client_secret: not set"), out)
+    end)
+  end)
+
+  describe("finding 5: no rotation that kills consumers' secret without saying so", function()
+    it("refuses Genesys regenerate without deploy or consumers = \"none\", and runs it with either", function()
+      local d = newdir()
+      local env = {}
+      local e = genesys_slot(env, 1)
+      local cfg = d .. "/rotor.conf.lua"
+      write_config(cfg, { store = "./secrets", slots = { e } }, env)
+      local mint = "/genesys/api/v2/oauth/clients/" .. e.target.client_id .. "/secret"
+      local out, rc = rotor("rotate --config " .. q(cfg), cfg)
+      assert.equal(2, rc, out)
+      assert.truthy(out:find("slot " .. e.slot .. ": deploy: strategy regenerate of genesys: the old secret stops working at once", 1, true), out)
+      assert.truthy(out:find('consumers = "none"', 1, true), out)
+      assert.equal(0, counter(mint))
+      e.deploy = { kind = "dotenv", path = "app.env" }
+      write_config(cfg, { store = "./secrets", slots = { e } }, env)
+      out, rc = rotor("rotate --config " .. q(cfg), cfg, "/")
+      assert.equal(0, rc, out)
+      assert.equal(1, counter(mint))
+      local app = assert(core.fs_read(d .. "/app.env"))
+      assert.truthy(app:find("CLIENT_ID=" .. e.target.client_id, 1, true))
+    end)
+  end)
+
+  describe("finding 6: stable JSON", function()
+    it("keeps arrays, every field (null when unknown), integers and slashes as they are", function()
+      local d = newdir()
+      assert(core.fs_mkdir(d .. "/empty", 448))
+      local out, rc = rotor_out("status " .. q(d .. "/empty") .. " --json")
+      assert.equal(0, rc, out)
+      assert.truthy(out:find('"slots":[]', 1, true), out)
+      out = rotor_out("due " .. q(d .. "/empty") .. " --json")
+      assert.truthy(out:find('"slots":[]', 1, true), out)
+      local env = {}
+      local e = spreetail_slot(env, 1)
+      local cfg = d .. "/rotor.conf.lua"
+      write_config(cfg, { store = "./secrets", slots = { e } }, env)
+      -- a dry run prints JSON and nothing else
+      out, rc = rotor_out("rotate --config " .. q(cfg) .. " --dry-run --json", cfg)
+      assert.equal(0, rc, out)
+      local doc = assert(json.decode(out), out)
+      assert.equal("planned", doc.slots[1].state)
+      assert.is_true(json.is_array(doc.slots[1].plan) and #doc.slots[1].plan >= 5)
+      assert.is_true(json.is_array(doc.slots[1].warnings))
+      assert.equal(json.null, doc.slots[1].error)
+      out, rc = rotor_out("rotate --config " .. q(cfg) .. " --json", cfg)
+      assert.equal(0, rc, out)
+      doc = assert(json.decode(out), out)
+      assert.equal("rotated", doc.slots[1].state)
+      assert.equal("file store " .. d .. "/secrets", doc.store)
+      out = rotor_out("status " .. q(d .. "/secrets") .. " --json")
+      assert.is_nil(out:find("\\/", 1, true), out)
+      assert.is_nil(out:find("%d[eE][-+]%d"), out)
+      doc = assert(json.decode(out))
+      assert.equal(1, doc.schema)
+      local row = doc.slots[1]
+      for _, k in ipairs { "slot", "provider", "client_id", "created", "expires", "age_days", "expires_in_days",
+                           "due", "due_reason", "next_due", "next_due_rule", "state", "rotation", "rotation_step",
+                           "rotation_started", "pending_age_seconds", "last_outcome", "last_step", "last_time",
+                           "last_success", "failures", "error" } do
+        assert.is_not_nil(row[k], "field " .. k .. " missing")
+      end
+      assert.equal(json.null, row.expires)
+      assert.equal(0, row.age_days)
+      assert.equal("integer", math.type(row.failures))
+    end)
+  end)
+
+  describe("finding 7: signals in a batch", function()
+    it("starts no slot after SIGTERM, stops the running one between steps, exits 130, resumes on rerun", function()
+      local d = newdir()
+      local env = {}
+      local flag = d .. "/signalled"
+      -- the first slot's deploy hook sends SIGTERM to rotor (its parent) once
+      local e1 = spreetail_slot(env, 1)
+      e1.consumers = nil
+      e1.deploy = { raw = ("require(\"rotor\").store.exec { command = %q }"):format(
+        ("cat >/dev/null; [ -e %s ] || { : > %s; kill -TERM $PPID; }"):format(q(flag), q(flag))) }
+      local e2 = spreetail_slot(env, 2)
+      local e3 = spreetail_slot(env, 3)
+      local cfg = d .. "/rotor.conf.lua"
+      write_config(cfg, { store = "./secrets", concurrency = 1, slots = { e1, e2, e3 } }, env)
+      local mint = "/spreetail/api/v0/client-credentials"
+      local mints = counter(mint)
+      local out, rc = rotor_out("rotate --config " .. q(cfg) .. " --json", cfg)
+      assert.equal(130, rc, out)
+      local doc = assert(json.decode(out), out)
+      assert.is_true(doc.interrupted)
+      assert.equal("interrupted", doc.slots[1].state)
+      assert.equal("not_started", doc.slots[2].state)
+      assert.equal("not_started", doc.slots[3].state)
+      assert.equal(mints + 1, counter(mint))
+      local st = rotor_out("status " .. q(d .. "/secrets") .. " --json")
+      local sdoc = assert(json.decode(st))
+      assert.equal(1, #sdoc.slots)
+      assert.equal("interrupted", sdoc.slots[1].state)
+      assert.equal("promote", sdoc.slots[1].rotation_step)
+      out, rc = rotor("rotate --config " .. q(cfg) .. " --only-due", cfg)
+      assert.equal(0, rc, out)
+      assert.equal(mints + 3, counter(mint)) -- the interrupted slot resumed without minting again
+      local rec = assert(file_store(d .. "/secrets"):get(e1.slot))
+      assert.is_nil(rec.rotation)
+      local resumed = false
+      for _, j in ipairs(rec.journal) do if j.outcome == "resume" then resumed = true end end
+      assert.is_true(resumed)
+    end)
+  end)
+
+  describe("finding 8: a corrupted slot", function()
+    it("makes status and due exit 1, and doctor says what to run", function()
+      local d = newdir()
+      local st = file_store(d .. "/secrets")
+      assert(st:put("genesys/fine", { slot = "genesys/fine", provider = "genesys", journal = {},
+        versions = { current = { client_id = "c1", secret = "not-a-real-secret-3", created = os.date("!%Y-%m-%dT%H:%M:%SZ") } } }))
+      assert(core.fs_write_atomic(d .. "/secrets/genesys%2Fbroken.json", "{ this is not json", 384))
+      local out, rc = rotor("status " .. q(d .. "/secrets"))
+      assert.equal(1, rc, out)
+      assert.truthy(out:find("genesys/broken", 1, true), out)
+      assert.truthy(out:find("CORRUPTED", 1, true), out)
+      out, rc = rotor("due " .. q(d .. "/secrets"))
+      assert.equal(1, rc, out)
+      assert.truthy(out:find("genesys/broken\t", 1, true), out)
+      out, rc = rotor("doctor " .. q(d .. "/secrets"))
+      assert.equal(1, rc, out)
+      assert.truthy(out:find("NEEDS A PERSON  genesys/broken", 1, true), out)
+      assert.truthy(out:find("mv " .. d .. "/secrets/genesys%2Fbroken.json", 1, true), out)
+    end)
+  end)
+
+  describe("doctor", function()
+    it("is healthy on a healthy store and names the command for an unfinished rotation", function()
+      local d = newdir()
+      local st = file_store(d .. "/secrets")
+      assert(st:put("spreetail/x", { slot = "spreetail/x", provider = "spreetail", journal = {},
+        versions = { current = { client_id = "c1", secret = "not-a-real-secret-4", created = os.date("!%Y-%m-%dT%H:%M:%SZ") } } }))
+      local out, rc = rotor("doctor " .. q(d .. "/secrets"))
+      assert.equal(0, rc, out)
+      assert.truthy(out:find("healthy", 1, true), out)
+      local rec = assert(st:get("spreetail/x"))
+      rec.rotation = { id = "r1", strategy = "new_pair", step = "verify", started = os.date("!%Y-%m-%dT%H:%M:%SZ") }
+      assert(st:put("spreetail/x", rec))
+      local lock = assert(st:lock("spreetail/x"))
+      out, rc = rotor("doctor " .. q(d .. "/secrets") .. " --json")
+      lock:unlock()
+      assert.equal(1, rc, out)
+      local doc = assert(json.decode(out), out)
+      local kinds = {}
+      for _, f in ipairs(doc.findings) do kinds[f.problem] = f end
+      assert.truthy(kinds.unfinished_rotation.command:find("rotor rotate --config FILE --slot spreetail/x", 1, true))
+      assert.truthy(kinds.locked and kinds.locked.command:find("kill -TERM " .. core.getpid(), 1, true))
+    end)
+  end)
+
+  describe("monitoring", function()
+    it("prints OpenMetrics that promtool accepts, with the documented metric names", function()
+      local d = newdir()
+      local st = file_store(d .. "/secrets")
+      assert(st:put("paylocity/a", { slot = "paylocity/a", provider = "paylocity", journal = {
+          { step = "rotation", outcome = "done", time = os.date("!%Y-%m-%dT%H:%M:%SZ"), rotation = "r0" } },
+        last = { outcome = "ok", time = os.date("!%Y-%m-%dT%H:%M:%SZ") },
+        versions = { current = { client_id = "c1", secret = "not-a-real-secret-5", created = os.date("!%Y-%m-%dT%H:%M:%SZ"),
+                                 expires = os.date("!%Y-%m-%dT%H:%M:%SZ", os.time() + 40 * 86400) } } }))
+      assert(st:put("genesys/b", { slot = "genesys/b", provider = "genesys", journal = {
+          { step = "create", outcome = "failed", time = os.date("!%Y-%m-%dT%H:%M:%SZ"), rotation = "r1" } },
+        rotation = { id = "r1", strategy = "regenerate", step = "create", started = os.date("!%Y-%m-%dT%H:%M:%SZ", os.time() - 600) },
+        versions = { current = { client_id = "c2", created = os.date("!%Y-%m-%dT%H:%M:%SZ") } } }))
+      assert(core.fs_write_atomic(d .. "/secrets/x.json", "[", 384))
+      local out, rc = rotor_out("status " .. q(d .. "/secrets") .. " --format openmetrics")
+      assert.equal(1, rc, out) -- the corrupted slot
+      assert(core.fs_write_atomic(d .. "/metrics.prom", out, 384))
+      local pout, prc = sim.run("promtool check metrics < " .. q(d .. "/metrics.prom") .. " 2>&1")
+      assert.equal(0, prc, pout .. "\n" .. out)
+      assert.truthy(out:find("\n# EOF\n$"), out)
+      assert.truthy(out:find('rotor_secret_expiry_timestamp_seconds{slot="paylocity/a",provider="paylocity"} %d+'), out)
+      assert.truthy(out:find('rotor_last_success_timestamp_seconds{slot="paylocity/a",provider="paylocity"} %d+'), out)
+      assert.truthy(out:find('rotor_next_due_timestamp_seconds{slot="paylocity/a",provider="paylocity"} %d+'), out)
+      assert.truthy(out:find('rotor_rotation_pending_age_seconds{slot="genesys/b",provider="genesys"} 6%d%d'), out)
+      assert.truthy(out:find('rotor_rotation_failures{slot="genesys/b",provider="genesys"} 1', 1, true), out)
+      assert.truthy(out:find('rotor_slot_corrupted{slot="x",provider="unknown"} 1', 1, true), out)
+      local docs = assert(core.fs_read("doc/CLI.md"))
+      for name in out:gmatch("# TYPE (%S+)") do
+        assert.truthy(docs:find("`" .. name .. "`", 1, true), name .. " is not documented in doc/CLI.md")
+      end
+    end)
+  end)
+
+  describe("finding 9: command-line conventions", function()
+    it("has per-command help, version, one usage text, and exit 2 with a suggestion for a typo", function()
+      local out, rc = rotor("status --help")
+      assert.equal(0, rc, out)
+      assert.truthy(out:find("usage: rotor status", 1, true), out)
+      local out2 = rotor("help status")
+      assert.equal(out, out2)
+      out, rc = rotor("version")
+      assert.equal(0, rc, out)
+      assert.truthy(out:find("^rotor %d+%.%d+%.%d+ %(Lua 5%.4.*libcurl"), out)
+      out, rc = rotor("statsu ./secrets")
+      assert.equal(2, rc, out)
+      assert.truthy(out:find("did you mean `rotor status`?", 1, true), out)
+      assert.is_nil(out:find("cannot open", 1, true), out)
+      local usage, urc = rotor("")
+      assert.equal(2, urc)
+      local help = rotor("help")
+      assert.equal(usage, help)
+      assert.truthy(help:find("rotor doctor", 1, true))
+      out, rc = rotor("status ./x --jsn")
+      assert.equal(2, rc, out)
+      assert.truthy(out:find("unknown option --jsn; did you mean --json?", 1, true), out)
+    end)
+
+    it("keeps a provider's 400 body, mentions cainfo on a TLS failure, and shows no internal paths", function()
+      local d = newdir()
+      local env = {}
+      local e = spreetail_slot(env, 1)
+      local cfg = d .. "/rotor.conf.lua"
+      write_config(cfg, { store = "./secrets", slots = { e } }, env)
+      fixtures.control(s, "POST", "/faults", { path = "/spreetail/api/v0/client-credentials", method = "POST",
+        status = 400, body = "name rotor:x is already taken (plain text)" })
+      local out, rc = rotor("rotate --config " .. q(cfg), cfg)
+      assert.equal(1, rc, out)
+      assert.truthy(out:find("name rotor:x is already taken (plain text)", 1, true), out)
+      assert.is_nil(out:find("lua/rotor/", 1, true), out)
+      e.provider.options.cainfo = nil
+      write_config(cfg, { store = "./secrets", slots = { e } }, env)
+      out, rc = rotor("rotate --config " .. q(cfg), cfg)
+      assert.equal(1, rc, out)
+      assert.truthy(out:find("tls", 1, true), out)
+      assert.truthy(out:find("cainfo", 1, true), out)
+      assert.is_nil(out:find("lua/rotor/", 1, true), out)
+    end)
+  end)
+end)
