@@ -196,7 +196,7 @@ demo: check-deps all
 	./$(BUILD)/rotor examples/demo.lua
 
 # `eval "$(make -s sim)"`: the simulator keeps running (make sim-stop) with one seeded Genesys
-# admin and app client and one Spreetail pair; the exports are also in $(SIM_DIR)/env.sh
+# admin and app client and one Spreetail pair; the exports are also in $(SIM_DIR)/exports.env
 SIM_DIR ?= $(BUILD)/sim
 sim: all
 	@spec/simulator/simctl stop $(SIM_DIR) >/dev/null 2>&1 || true

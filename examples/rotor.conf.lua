@@ -1,3 +1,4 @@
+-- luacheck: read globals optional_env
 -- A config for `rotor rotate --config rotor.conf.lua --only-due` (cron, a systemd timer, a
 -- Kubernetes CronJob). Checked as a whole before anything runs; every key: doc/CONFIG.md.
 -- Credentials come from the environment; a variable read here that is unset stops the run

@@ -18,7 +18,7 @@ local function lit(v, indent)
   if v.env then return ("os.getenv(%q)"):format(v.env) end
   if v.raw then return v.raw end
   local parts = {}
-  for i, x in ipairs(v) do parts[#parts + 1] = indent .. "  " .. lit(x, indent .. "  ") end
+  for _, x in ipairs(v) do parts[#parts + 1] = indent .. "  " .. lit(x, indent .. "  ") end
   local keys = {}
   for k in pairs(v) do if type(k) == "string" then keys[#keys + 1] = k end end
   table.sort(keys)
@@ -103,7 +103,8 @@ describe("rotor's command line #proc", function()
       local env = {}
       local e = spreetail_slot(env, 1)
       write_config(d .. "/conf/rotor.conf.lua", { store = "./secrets", slots = { e } }, env)
-      local out, rc = rotor("rotate --config " .. q(d .. "/conf/rotor.conf.lua"), d .. "/conf/rotor.conf.lua", d .. "/elsewhere")
+      local out, rc = rotor("rotate --config " .. q(d .. "/conf/rotor.conf.lua"), d .. "/conf/rotor.conf.lua",
+        d .. "/elsewhere")
       assert.equal(0, rc, out)
       assert.truthy(out:find("store: file store " .. d .. "/conf/secrets", 1, true), out)
       assert.is_false(core.fs_exists(d .. "/elsewhere/secrets"))
@@ -123,8 +124,10 @@ describe("rotor's command line #proc", function()
       local before = counter("/genesys/login/oauth/token")
       local out, rc = rotor("rotate --config " .. q(cfg), cfg)
       assert.equal(2, rc, out)
-      assert.truthy(out:find(cfg .. ": slot " .. e.slot .. ": stratgy: unknown key; did you mean strategy?", 1, true), out)
-      assert.truthy(out:find(cfg .. ": slot " .. e.slot .. ": target.clientid: unknown target key for genesys; did you mean target.client_id?", 1, true), out)
+      assert.truthy(out:find(cfg .. ": slot " .. e.slot .. ": stratgy: unknown key; did you mean strategy?", 1, true),
+        out)
+      assert.truthy(out:find(cfg .. ": slot " .. e.slot .. ": target.clientid: unknown target key for genesys; " ..
+        "did you mean target.client_id?", 1, true), out)
       assert.truthy(out:find(cfg .. ": concurency: unknown key; did you mean concurrency?", 1, true), out)
       assert.truthy(out:find(cfg .. ": due.max_age: unknown key; did you mean due.max_age_days?", 1, true), out)
       assert.truthy(out:find("nothing was run", 1, true), out)
@@ -144,8 +147,10 @@ describe("rotor's command line #proc", function()
       local out, rc = rotor("rotate --config " .. q(cfg), cfg)
       assert.equal(2, rc, out)
       assert.truthy(out:find("slot " .. e1.slot .. ": wait: a number of seconds >= 0 expected", 1, true), out)
-      assert.truthy(out:find("slot " .. e1.slot .. ": strategy: unknown strategy new_pairs for spreetail; did you mean new_pair?", 1, true), out)
-      assert.truthy(out:find("slot " .. e2.slot .. ": provider.kind: unknown provider kind spreetial; did you mean spreetail?", 1, true), out)
+      assert.truthy(out:find("slot " .. e1.slot .. ": strategy: unknown strategy new_pairs for spreetail; did you " ..
+        "mean new_pair?", 1, true), out)
+      assert.truthy(out:find("slot " .. e2.slot .. ": provider.kind: unknown provider kind spreetial; did you " ..
+        "mean spreetail?", 1, true), out)
       assert.truthy(out:find("ROTOR_SPEC_SURELY_UNSET is not set", 1, true), out)
       assert.is_false(core.fs_exists(d .. "/secrets"))
     end)
@@ -220,7 +225,8 @@ error(err, 0)
       local mint = "/genesys/api/v2/oauth/clients/" .. e.target.client_id .. "/secret"
       local out, rc = rotor("rotate --config " .. q(cfg), cfg)
       assert.equal(2, rc, out)
-      assert.truthy(out:find("slot " .. e.slot .. ": deploy: strategy regenerate of genesys: the old secret stops working at once", 1, true), out)
+      assert.truthy(out:find("slot " .. e.slot .. ": deploy: strategy regenerate of genesys: the old secret stops " ..
+        "working at once", 1, true), out)
       assert.truthy(out:find('consumers = "none"', 1, true), out)
       assert.equal(0, counter(mint))
       e.deploy = { kind = "dotenv", path = "app.env" }
@@ -322,7 +328,8 @@ error(err, 0)
       local d = newdir()
       local st = file_store(d .. "/secrets")
       assert(st:put("genesys/fine", { slot = "genesys/fine", provider = "genesys", journal = {},
-        versions = { current = { client_id = "c1", secret = "not-a-real-secret-3", created = os.date("!%Y-%m-%dT%H:%M:%SZ") } } }))
+        versions = { current = { client_id = "c1", secret = "not-a-real-secret-3",
+          created = os.date("!%Y-%m-%dT%H:%M:%SZ") } } }))
       assert(core.fs_write_atomic(d .. "/secrets/genesys%2Fbroken.json", "{ this is not json", 384))
       local out, rc = rotor("status " .. q(d .. "/secrets"))
       assert.equal(1, rc, out)
@@ -343,7 +350,8 @@ error(err, 0)
       local d = newdir()
       local st = file_store(d .. "/secrets")
       assert(st:put("spreetail/x", { slot = "spreetail/x", provider = "spreetail", journal = {},
-        versions = { current = { client_id = "c1", secret = "not-a-real-secret-4", created = os.date("!%Y-%m-%dT%H:%M:%SZ") } } }))
+        versions = { current = { client_id = "c1", secret = "not-a-real-secret-4",
+          created = os.date("!%Y-%m-%dT%H:%M:%SZ") } } }))
       local out, rc = rotor("doctor " .. q(d .. "/secrets"))
       assert.equal(0, rc, out)
       assert.truthy(out:find("healthy", 1, true), out)
@@ -369,11 +377,13 @@ error(err, 0)
       assert(st:put("paylocity/a", { slot = "paylocity/a", provider = "paylocity", journal = {
           { step = "rotation", outcome = "done", time = os.date("!%Y-%m-%dT%H:%M:%SZ"), rotation = "r0" } },
         last = { outcome = "ok", time = os.date("!%Y-%m-%dT%H:%M:%SZ") },
-        versions = { current = { client_id = "c1", secret = "not-a-real-secret-5", created = os.date("!%Y-%m-%dT%H:%M:%SZ"),
+        versions = { current = { client_id = "c1", secret = "not-a-real-secret-5",
+          created = os.date("!%Y-%m-%dT%H:%M:%SZ"),
                                  expires = os.date("!%Y-%m-%dT%H:%M:%SZ", os.time() + 40 * 86400) } } }))
       assert(st:put("genesys/b", { slot = "genesys/b", provider = "genesys", journal = {
           { step = "create", outcome = "failed", time = os.date("!%Y-%m-%dT%H:%M:%SZ"), rotation = "r1" } },
-        rotation = { id = "r1", strategy = "regenerate", step = "create", started = os.date("!%Y-%m-%dT%H:%M:%SZ", os.time() - 600) },
+        rotation = { id = "r1", strategy = "regenerate", step = "create", started = os.date("!%Y-%m-%dT%H:%M:%SZ",
+          os.time() - 600) },
         versions = { current = { client_id = "c2", created = os.date("!%Y-%m-%dT%H:%M:%SZ") } } }))
       assert(core.fs_write_atomic(d .. "/secrets/x.json", "[", 384))
       local out, rc = rotor_out("status " .. q(d .. "/secrets") .. " --format openmetrics")

@@ -169,7 +169,6 @@ local function target_store(cmd, o)
       err("rotor " .. cmd .. ": " .. clean(info) .. "\n")
       return nil, EXIT_USAGE
     end
-    cfg, lerr = cfg, nil
     if cfg.store == nil then
       err("rotor " .. cmd .. ": " .. o["--config"] .. ": store: required, not set\n")
       return nil, EXIT_USAGE
@@ -343,7 +342,8 @@ end
 -- OpenMetrics text: the metric names are documented in doc/CLI.md
 local METRICS = {
   { "rotor_slot_info", "gauge", "1 per slot; labels slot, provider, state" },
-  { "rotor_secret_expiry_timestamp_seconds", "gauge", "when the current secret expires (Unix time), when the provider says" },
+  { "rotor_secret_expiry_timestamp_seconds", "gauge",
+    "when the current secret expires (Unix time), when the provider says" },
   { "rotor_last_success_timestamp_seconds", "gauge", "when the slot's last rotation finished (Unix time)" },
   { "rotor_next_due_timestamp_seconds", "gauge", "when the slot is next due by its policy (Unix time)" },
   { "rotor_slot_due", "gauge", "1 when the slot is due for rotation now" },
@@ -527,7 +527,8 @@ local function cmd_doctor(args)
         add { slot = name, problem = "orphan", needs_person = true,
           message = ("rotation %s (%s) may have minted a credential that was never stored; the provider "
             .. "may hold it, named with %s"):format(t.id, tostring(t.strategy), t.id),
-          command = rerun .. " --slot " .. q(name) .. "   # its clean-up deletes credentials named with this slot's rotation ids" }
+          command = rerun .. " --slot " .. q(name) .. "   # its clean-up deletes credentials named with this " ..
+            "slot's rotation ids" }
       end
     end
     -- a lock file that someone holds: a rotor rotating it now
@@ -539,8 +540,10 @@ local function cmd_doctor(args)
           lock:unlock()
         elseif why == "locked" then
           add { slot = name, problem = "locked", needs_person = false,
-            message = ("a rotor process%s holds the slot's lock: a rotation is running now"):format(pid and (" (pid " .. tostring(pid) .. ")") or ""),
-            command = pid and ("kill -TERM " .. tostring(pid) .. "   # only if that process is stuck; it stops between two steps") or "wait for it" }
+            message = ("a rotor process%s holds the slot's lock: a rotation is running now"):format(
+              pid and (" (pid " .. tostring(pid) .. ")") or ""),
+            command = pid and ("kill -TERM " .. tostring(pid) .. "   # only if that process is stuck; it stops " ..
+              "between two steps") or "wait for it" }
         end
       end
     end
@@ -734,7 +737,8 @@ local function cmd_rotate(args)
           v(r.expires) and r.expires or "-", v(r.old_expires) and r.old_expires or "-"))
         for _, w in ipairs(r.warnings) do out("  warning: " .. tostring(w) .. "\n") end
       else
-        local word = ({ locked = "LOCKED", interrupted = "INTERRUPTED", not_started = "NOT STARTED" })[r.state] or "FAILED"
+        local word = ({ locked = "LOCKED", interrupted = "INTERRUPTED",
+          not_started = "NOT STARTED" })[r.state] or "FAILED"
         err(("%-11s %s: %s\n"):format(word, r.slot, r.error.message))
       end
     end

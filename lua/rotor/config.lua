@@ -99,7 +99,8 @@ _M.SLOT = {
       doc = "{ kind = \"genesys\", options = { ... } } (provider options below; `options` may also be "
         .. "written inline beside `kind`), or a provider object made in the file" },
     target = { type = "table", doc = "what to rotate, per provider (target keys below)" },
-    strategy = { type = "string", check = c_string, doc = "the rotation strategy (strategies below); the provider's default when unset" },
+    strategy = { type = "string", check = c_string,
+      doc = "the rotation strategy (strategies below); the provider's default when unset" },
     deploy = { type = "function, sink or table",
       doc = "pushes the new secret to its consumers before the old one is retired: a function(new), a "
         .. "sink (rotor.store.dotenv/exec), { kind = \"dotenv\", path = ..., client_id = , secret = , "
@@ -113,11 +114,13 @@ _M.SLOT = {
     grace = { type = "number", check = c_nonneg, default = "0",
       doc = "Genesys new_client: seconds the old client stays disabled before it is deleted (on a later run)" },
     notify = { type = "string, table or function", check = c_notify,
-      doc = "a Slack-compatible webhook URL, { webhook = url, on = \"failure\"|\"success\"|\"always\" } or a function(event)" },
+      doc = "a Slack-compatible webhook URL, { webhook = url, on = \"failure\"|\"success\"|\"always\" } or a " ..
+        "function(event)" },
     audit = { type = "false, string or table", check = c_audit,
       doc = "the audit trail: false (none), a file path, { path =, key = }; default: the store's" },
     force_mint = { type = "boolean", check = c_bool, default = "false",
-      doc = "SP-API: mint although an earlier request may have left (only once the Developer Console shows no rotation)" },
+      doc = "SP-API: mint although an earlier request may have left (only once the Developer Console shows no " ..
+        "rotation)" },
   },
 }
 
@@ -141,7 +144,8 @@ _M.PROVIDER_COMMON = {
     max_wait = { type = "number", default = "120", doc = "bound on waits for 429/5xx retries (seconds)" },
     retries = { type = "integer", doc = "retries of idempotent requests" },
     pacing = { type = "boolean", default = "true", doc = "false: no client-side pacing" },
-    rate_limits = { type = "table or false", doc = "{ default = { rate =, per = }, [op] = ... }: replace the documented limits" },
+    rate_limits = { type = "table or false",
+      doc = "{ default = { rate =, per = }, [op] = ... }: replace the documented limits" },
     token_margin = { type = "number", default = "60", doc = "refresh a token this many seconds before it expires" },
   },
 }
@@ -149,7 +153,8 @@ _M.PROVIDER_COMMON = {
 _M.PROVIDERS = {
   genesys = {
     options = { region = { type = "string", doc = "a domain (mypurecloud.ie) or a region name (eu_west_1)" } },
-    target = { client_id = { type = "string", doc = "the OAuth client whose secret is rotated (may be another than rotor's own)" } },
+    target = { client_id = { type = "string",
+      doc = "the OAuth client whose secret is rotated (may be another than rotor's own)" } },
     strategies = {
       regenerate = { default = true, old_dies = "at once",
         doc = "a new secret for the same client; the OLD SECRET STOPS WORKING AT ONCE" },
@@ -159,10 +164,12 @@ _M.PROVIDERS = {
   },
   paylocity = {
     options = { sandbox = { type = "boolean", doc = "use Paylocity's sandbox hosts" },
-                token_style = { type = "string", doc = "how the token request authenticates (\"basic\" or \"body\")" } },
+                token_style = { type = "string", doc = "the token request: \"weblink\" (default) or \"nextgen\"" } },
     target = { code = { type = "string", doc = "the code from Paylocity's expiry e-mail" },
-               old_expires = { type = "string", doc = "ISO-8601 expiry of the old secret, when Paylocity did not say" } },
-    strategies = { code = { default = true, doc = "obtainNewClientSecret; the old secret keeps working until its expiry" } },
+               old_expires = { type = "string",
+                 doc = "ISO-8601 expiry of the old secret, when Paylocity did not say" } },
+    strategies = { code = { default = true,
+      doc = "obtainNewClientSecret; the old secret keeps working until its expiry" } },
   },
   spreetail = {
     options = {},
@@ -174,7 +181,8 @@ _M.PROVIDERS = {
   spapi = {
     options = { region = { type = "string", doc = "the SP-API region" },
                 sandbox = { type = "boolean", doc = "use the sandbox endpoints" },
-                sqs = { type = "table", doc = "{ queue_url =, access_key =, secret_key =, session_token =, region =, endpoint = }: "
+                sqs = { type = "table",
+                  doc = "{ queue_url =, access_key =, secret_key =, session_token =, region =, endpoint = }: "
                   .. "the queue the new secret arrives on" } },
     target = {},
     strategies = { sqs = { default = true,
@@ -192,13 +200,15 @@ _M.ROTATE = {
     store = { type = "store", required = true, doc = "rotor.store.file(dir) or any object with get, put and lock" },
     target = { type = "table", doc = "what to rotate, per provider (target keys below)" },
     strategy = { type = "string", doc = "the rotation strategy; the provider's default when unset" },
-    deploy = { type = "function or sink", doc = "function(new) -> true | nil, err, run with the new secret before the old one is retired" },
+    deploy = { type = "function or sink",
+      doc = "function(new) -> true | nil, err, run with the new secret before the old one is retired" },
     dry_run = { type = "boolean", default = "false", doc = "print the plan, change nothing" },
     wait = { type = "number", default = "300", doc = "SP-API: seconds to wait for the new secret on SQS" },
     grace = { type = "number", default = "0", doc = "Genesys new_client: seconds before the old client is deleted" },
     notify = { type = "string, table or function", doc = "as in a config file" },
     audit = { type = "false, string or table", doc = "as in a config file" },
-    force_mint = { type = "boolean", default = "false", doc = "SP-API: mint although an earlier request may have left" },
+    force_mint = { type = "boolean", default = "false",
+      doc = "SP-API: mint although an earlier request may have left" },
     verify_attempts = { type = "integer", default = "3", doc = "token requests tried with the new secret" },
     verify_delay = { type = "number", default = "1", doc = "seconds between them (times the attempt number)" },
     log = { type = "function", doc = "function(line): one line per journalled step" },
@@ -301,7 +311,8 @@ function _M.load(path)
   local ok, cfg = pcall(chunk)
   if not ok then return nil, tostring(cfg) end
   if type(cfg) ~= "table" then
-    return nil, ("%s: the file must return a table { store = ..., slots = { ... } }, it returned %s"):format(path, type(cfg))
+    return nil, ("%s: the file must return a table { store = ..., slots = { ... } }, it returned %s"):format(path,
+      type(cfg))
   end
   return cfg, info
 end
@@ -342,7 +353,8 @@ end
 
 local function check_deploy(v, add)
   if v == nil or is_callable(v) then return end
-  if type(v) ~= "table" then return add("deploy", "a function, a sink or { kind = \"dotenv\" | \"exec\", ... } expected") end
+  if type(v) ~= "table" then return add("deploy",
+    "a function, a sink or { kind = \"dotenv\" | \"exec\", ... } expected") end
   if v.kind == "dotenv" then
     if type(v.path) ~= "string" or v.path == "" then add("deploy.path", "a file path expected") end
     for k in pairs(v) do
@@ -388,7 +400,8 @@ local function check_provider(e, add)
   local p = e.provider
   if p == nil then return nil end
   if is_provider_object(p) then return p.provider end
-  if type(p) ~= "table" then return add("provider", "{ kind = \"genesys\", options = { ... } } or a provider object expected") end
+  if type(p) ~= "table" then return add("provider",
+    "{ kind = \"genesys\", options = { ... } } or a provider object expected") end
   local kinds = keys_of(_M.PROVIDERS)
   if type(p.kind) ~= "string" or not _M.PROVIDERS[p.kind] then
     local hint = _M.suggest(tostring(p.kind), kinds)
@@ -495,10 +508,12 @@ function _M.validate(cfg, info)
     if type(s) == "table" and s.kind ~= nil and s.kind ~= "file" then
       local ok, mod = pcall(require, "rotor.store." .. tostring(s.kind))
       if not ok or type(mod) ~= "table" or type(mod.open) ~= "function" then
-        top("store.kind", ("unknown store kind %s (file, or a module rotor.store.<kind> with open)"):format(tostring(s.kind)))
+        top("store.kind",
+          ("unknown store kind %s (file, or a module rotor.store.<kind> with open)"):format(tostring(s.kind)))
       elseif type(mod.check) == "function" then
         local cok, why = pcall(mod.check, s)
-        if not cok then top("store", tostring(why)) elseif why ~= nil and why ~= true then top("store", tostring(why)) end
+        if not cok then top("store", tostring(why)) elseif why ~= nil and why ~= true then top("store",
+          tostring(why)) end
       end
     elseif type(s) == "table" and s.kind == "file" then
       if type(s.path) ~= "string" or s.path == "" then top("store.path", "a directory expected") end
@@ -613,7 +628,8 @@ function _M.reference()
     for _, n in ipairs(keys_of(pi.strategies)) do
       local s = pi.strategies[n]
       p(("- `%s`%s: %s.%s"):format(n, s.default and " (default)" or "", s.doc,
-        s.old_dies and (" Needs `deploy` or `consumers = \"none\"`" .. (s.grace_keeps and " (or `grace` > 0)" or "") .. ".") or ""))
+        s.old_dies and (" Needs `deploy` or `consumers = \"none\"`"
+          .. (s.grace_keeps and " (or `grace` > 0)" or "") .. ".") or ""))
     end
     p("")
   end

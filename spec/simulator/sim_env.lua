@@ -1,5 +1,5 @@
 -- `make sim`: start the provider simulator in DIR (arg[1]), seed one credential per provider and
--- print the environment a newcomer's script reads, as `export` lines (also written to DIR/env.sh,
+-- print the environment a newcomer's script reads, as `export` lines (also written to DIR/exports.env,
 -- 0600). `make sim-stop` stops it. Run by the rotor host: ./build/rotor spec/simulator/sim_env.lua DIR
 package.path = "./?.lua;./lua/?.lua;./lua/?/init.lua;" .. package.path
 local core = require "rotor.core"
@@ -29,5 +29,5 @@ local lines = {}
 for k, v in pairs(env) do lines[#lines + 1] = ("export %s=%s"):format(k, sim.shell_quote(v)) end
 table.sort(lines)
 local text = table.concat(lines, "\n") .. "\n"
-assert(core.fs_write_atomic(s.dir .. "/env.sh", text, 384))
+assert(core.fs_write_atomic(s.dir .. "/exports.env", text, 384))
 io.stdout:write(text)

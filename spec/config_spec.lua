@@ -1,0 +1,236 @@
+-- rotor.config (the schema behind `rotor rotate --config` and doc/CONFIG.md), rotor.policy (when a
+-- slot is due) and rotor.store.open (a config's store). In-process, no network.
+local config = require "rotor.config"
+local policy = require "rotor.policy"
+local core = require "rotor.core"
+
+local function iso(t) return os.date("!%Y-%m-%dT%H:%M:%SZ", t) end
+
+local function tmpdir()
+  local p = io.popen("mktemp -d \"${TMPDIR:-/tmp}/rotor-config.XXXXXX\"")
+  local d = p:read("*l")
+  p:close()
+  return d
+end
+
+local function slot(extra)
+  local e = { slot = "genesys/app", consumers = "none",
+    provider = { kind = "genesys", options = { base_url = "https://127.0.0.1:9/genesys",
+      token_url = "https://127.0.0.1:9/token", client_id = "admin", client_secret = "not-a-real-secret" } },
+    target = { client_id = "app" } }
+  for k, v in pairs(extra or {}) do e[k] = v end
+  return e
+end
+
+local function problems(cfg, info)
+  local list = config.validate(cfg, info or { file = "rotor.conf.lua", unset_env = {} })
+  local text = {}
+  for _, p in ipairs(list) do text[#text + 1] = config.format(p) end
+  return text, list
+end
+
+local function has(lines, s)
+  for _, l in ipairs(lines) do if l:find(s, 1, true) then return true end end
+  return false
+end
+
+describe("rotor.config", function()
+  it("accepts a complete config", function()
+    local lines = problems { store = "./secrets", due = { max_age_days = 30 }, concurrency = 2,
+      slots = { slot { due = { before_expiry_days = 7, max_age_days = false } } } }
+    assert.same({}, lines)
+  end)
+
+  it("finds misspelt keys at every level, with the closest known key (finding 2)", function()
+    local e = slot { stratgy = "new_client" }
+    e.target.clientid = "x"
+    e.provider.options.cainfoo = "/x"
+    local lines = problems { store = "./secrets", concurency = 2, due = { max_age = 3 }, slots = { e } }
+    assert.is_true(has(lines, "rotor.conf.lua: slot genesys/app: stratgy: unknown key; did you mean strategy?"))
+    assert.is_true(has(lines,
+      "rotor.conf.lua: slot genesys/app: target.clientid: unknown target key for genesys; did you mean " ..
+        "target.client_id?"))
+    assert.is_true(has(lines,
+      "rotor.conf.lua: slot genesys/app: provider.options.cainfoo: unknown option; did you mean " ..
+        "provider.options.cainfo?"))
+    assert.is_true(has(lines, "rotor.conf.lua: concurency: unknown key; did you mean concurrency?"))
+    assert.is_true(has(lines, "rotor.conf.lua: due.max_age: unknown key; did you mean due.max_age_days?"))
+    assert.equal(5, #lines)
+  end)
+
+  it("finds wrong types, unknown kinds and strategies, duplicates and a missing store", function()
+    local e2 = slot { slot = "genesys/app" }
+    local lines = problems { slots = {
+      slot { wait = -1, strategy = "regenrate", force_mint = "yes" },
+      e2,
+      slot { slot = "x", provider = { kind = "genesis", options = {} } },
+      slot { slot = "y", deploy = { kind = "dotenf", path = "a" } },
+    } }
+    assert.is_true(has(lines, "rotor.conf.lua: store: required, not set"))
+    assert.is_true(has(lines, "slot genesys/app: wait: a number of seconds >= 0 expected"))
+    assert.is_true(has(lines,
+      "slot genesys/app: strategy: unknown strategy regenrate for genesys; did you mean regenerate?"))
+    assert.is_true(has(lines, "slot genesys/app: force_mint: true or false expected"))
+    assert.is_true(has(lines, "slot genesys/app: slot: the name is also used by slots[1]"))
+    assert.is_true(has(lines, "slot x: provider.kind: unknown provider kind genesis; did you mean genesys?"))
+    assert.is_true(has(lines, "slot y: deploy.kind: unknown deploy kind dotenf; did you mean dotenv?"))
+  end)
+
+  it("reports what the provider itself refuses (types, URLs), naming the option", function()
+    local e = slot()
+    e.provider.options.base_url = "http://example.com"
+    e.provider.options.timeout = "soon"
+    local lines = problems { store = "s", slots = { e } }
+    assert.is_true(has(lines, "slot genesys/app: provider.options."), table.concat(lines, "\n"))
+  end)
+
+  it("reports every unset environment variable the file reads, and load resolves config_dir", function()
+    local d = tmpdir()
+    local f = d .. "/rotor.conf.lua"
+    assert(core.fs_write_atomic(f, [[
+return { store = "./s", slots = { { slot = "a", consumers = "none", provider = { kind = "spreetail", options = {
+  base_url = "https://127.0.0.1:9", token_url = "https://127.0.0.1:9/t",
+  client_id = os.getenv("ROTOR_SPEC_UNSET_ID"), client_secret = os.getenv("ROTOR_SPEC_UNSET_SECRET"),
+  proxy = optional_env("ROTOR_SPEC_UNSET_PROXY") } } } }, here = config_dir }
+]], 384))
+    local cfg, info = assert(config.load(f))
+    assert.equal(d, cfg.here)
+    assert.equal(d, info.dir)
+    local lines = problems(cfg, info)
+    cfg.here = nil
+    assert.is_true(has(lines,
+      f .. ": os.getenv(ROTOR_SPEC_UNSET_ID): the environment variable ROTOR_SPEC_UNSET_ID is not set"))
+    assert.is_true(has(lines, "ROTOR_SPEC_UNSET_SECRET is not set"))
+    assert.is_false(has(lines, "ROTOR_SPEC_UNSET_PROXY"))
+    assert.is_true(has(lines, f .. ": slot a: provider.options.client_secret: required, not set"))
+    os.execute("rm -rf '" .. d .. "'")
+  end)
+
+  it("refuses a strategy that kills the old secret with no deploy and no consumers = \"none\" (finding 5)", function()
+    local e = slot()
+    e.consumers = nil
+    local lines = problems { store = "s", slots = { e } }
+    assert.is_true(has(lines,
+      "slot genesys/app: deploy: strategy regenerate of genesys: the old secret stops working at once"))
+    e.strategy = "new_client"
+    assert.is_true(has(problems { store = "s", slots = { e } }, "the old secret stops working at retire"))
+    e.grace = 3600
+    assert.same({}, problems { store = "s", slots = { e } })
+    e.strategy, e.grace = nil, nil
+    e.deploy = function() return true end
+    assert.same({}, problems { store = "s", slots = { e } })
+    e.deploy, e.consumers = nil, "some"
+    assert.is_true(has(problems { store = "s", slots = { e } }, "consumers: only \"none\" is understood"))
+  end)
+
+  it("knows every provider option, target key and strategy the code has, and no other", function()
+    local rotor = require "rotor"
+    for kind, p in pairs(config.PROVIDERS) do
+      local strategies = require("rotor.strategies." .. kind)
+      for n in pairs(strategies.strategies) do
+        assert.is_table(p.strategies[n], kind .. " strategy " .. n .. " is not in the schema")
+      end
+      for n, s in pairs(p.strategies) do
+        assert.is_table(strategies.strategies[n], kind .. " strategy " .. n .. " is in the schema only")
+        assert.equal(strategies.default == n, s.default == true, kind .. " default strategy")
+      end
+      -- every documented option is one the provider accepts
+      local opts = { client_id = "x", client_secret = "y", base_url = "https://127.0.0.1:9",
+        token_url = "https://127.0.0.1:9/t" }
+      local probe = { string = "eu_west_1", boolean = true, number = 5, integer = 1, URL = "https://127.0.0.1:9/x",
+        ["table or false"] = false, path = nil }
+      for _, section in ipairs { config.PROVIDER_COMMON.keys, p.options } do
+        for name, doc in pairs(section) do
+          if opts[name] == nil and probe[doc.type] ~= nil and name ~= "cainfo" and name ~= "sqs" then
+            local o = {}
+            for k, v in pairs(opts) do o[k] = v end
+            o[name] = probe[doc.type]
+            if kind ~= "genesys" and name == "region" then o[name] = "eu" end
+            if name == "token_style" then o[name] = "weblink" end
+            local ok, obj, err = pcall(rotor[kind], o)
+            local msg = tostring(ok and err and err.message or (not ok and obj) or "")
+            assert.is_nil(msg:find("unknown option", 1, true), kind .. " option " .. name .. ": " .. msg)
+          end
+        end
+      end
+      local ok, _, err = pcall(rotor[kind], { client_id = "x", client_secret = "y", no_such_option = 1 })
+      assert.is_true(ok)
+      assert.truthy(tostring(err and err.message):find("unknown option", 1, true))
+    end
+  end)
+
+  it("is the source of doc/CONFIG.md", function()
+    local f = assert(io.open("doc/CONFIG.md", "rb"))
+    local doc = f:read("*a")
+    f:close()
+    assert.equal(config.reference() .. "\n", doc,
+      "doc/CONFIG.md is stale: ./build/rotor config-reference > doc/CONFIG.md")
+    for _, k in ipairs(config.ROTATE.order) do assert.truthy(doc:find("`" .. k .. "`", 1, true), k) end
+  end)
+
+  it("suggests the closest name only when it is close", function()
+    assert.equal("strategy", config.suggest("stratgy", { "slot", "strategy", "target" }))
+    assert.equal("status", config.suggest("statsu", { "status", "due", "rotate" }))
+    assert.is_nil(config.suggest("zebra", { "status", "due", "rotate" }))
+  end)
+end)
+
+describe("rotor.policy (finding 3)", function()
+  local now = os.time()
+
+  it("makes a secret without provider expiry due by the default max_age_days", function()
+    local rec = { versions = { current = { secret = "x", created = iso(now - 2527 * 86400) } } }
+    local due, reason, info = policy.due(rec, nil, now)
+    assert.is_true(due)
+    assert.truthy(reason:find("2527.0 days old (max_age_days = 90)", 1, true), reason)
+    assert.equal("max_age_days", info.rule)
+    rec.versions.current.created = iso(now - 10 * 86400)
+    due, reason, info = policy.due(rec, nil, now)
+    assert.is_false(due)
+    assert.equal(now + 80 * 86400, info.next_due)
+    assert.truthy(reason:find(os.date("!%Y-%m-%d", now + 80 * 86400), 1, true), reason)
+  end)
+
+  it("uses before_expiry_days when the provider gives an expiry, max_age_days only when set", function()
+    local rec = { versions = { current = { secret = "x", created = iso(now - 200 * 86400),
+      expires = iso(now + 30 * 86400) } } }
+    local due, _, info = policy.due(rec, {}, now)
+    assert.is_false(due)
+    assert.equal(now + 16 * 86400, info.next_due)
+    assert.equal("before_expiry_days", info.rule)
+    assert.is_true((policy.due(rec, { max_age_days = 100 }, now)))
+    assert.is_true((policy.due(rec, { before_expiry_days = 31 }, now)))
+  end)
+
+  it("turns a rule off with false, and merges global, slot and flags key by key", function()
+    local rec = { versions = { current = { secret = "x", created = iso(now - 2527 * 86400) } } }
+    local due, reason = policy.due(rec, { max_age_days = false }, now)
+    assert.is_false(due)
+    assert.truthy(reason:find("no rule applies", 1, true))
+    assert.same({ max_age_days = 10, before_expiry_days = 3 },
+      policy.merge({ max_age_days = 30, before_expiry_days = 3 }, { max_age_days = 10 }, { max_age_days = nil }))
+  end)
+
+  it("is due now for an unfinished rotation or a missing secret", function()
+    assert.is_true((policy.due({ rotation = { id = "r1" }, versions = { current = { secret = "x",
+      created = iso(now) } } }, nil, now)))
+    assert.is_true((policy.due({ versions = {} }, nil, now)))
+  end)
+end)
+
+describe("rotor.store.open (finding 1)", function()
+  it("resolves a relative path against the config's directory", function()
+    local store = require "rotor.store"
+    local d = tmpdir()
+    local s = assert(store.open("./secrets", d))
+    assert.equal(d .. "/secrets", s.dir)
+    s = assert(store.open({ kind = "file", path = "other" }, d))
+    assert.equal(d .. "/other", s.dir)
+    s = assert(store.open({ kind = "file", path = d .. "/abs" }, "/nonexistent"))
+    assert.equal(d .. "/abs", s.dir)
+    local none, err = store.open({ kind = "nosuchkind" }, d)
+    assert.is_nil(none)
+    assert.truthy(err:find("unknown store kind", 1, true))
+    os.execute("rm -rf '" .. d .. "'")
+  end)
+end)
