@@ -56,7 +56,8 @@ local ok, err = pcall(function()
   table.sort(lines)
   local envfile = s.dir .. "/demo.env"
   assert(core.fs_write_atomic(envfile, table.concat(lines, "\n") .. "\n", 384))
-  print("simulator: " .. s.url .. "   store: " .. store .. "   environment: " .. envfile)
+  print("simulator: " .. s.url .. "   store: " .. store .. "   environment: " .. envfile
+    .. " (gone when the demo stops the simulator; `make sim` starts one that keeps running)")
   local failures = 0
   for _, ex in ipairs { "genesys", "genesys_batch", "spreetail", "paylocity", "spapi" } do
     print(("\n== examples/%s.lua"):format(ex))

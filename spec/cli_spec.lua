@@ -200,6 +200,23 @@ describe("rotor's command line #proc", function()
       assert.is_nil(out:find(e.slot, 1, true), out)
     end)
 
+    it("a script's rotation with a missing secret journals nothing", function()
+      local d = newdir()
+      local f = d .. "/script.lua"
+      assert(core.fs_write_atomic(f, ([[
+local rotor = require "rotor"
+local p = assert(rotor.genesys { base_url = %q, token_url = %q, cainfo = %q, client_id = "admin",
+  client_secret = os.getenv("ROTOR_SPEC_SURELY_UNSET") })
+local store = assert(rotor.store.file(%q))
+local res, err = rotor.rotate { slot = "genesys/app", provider = p, store = store, target = { client_id = "app" } }
+print(res, err)
+]]):format(s.url .. "/genesys", s.url .. "/genesys/login/oauth/token", s.ca, d .. "/secrets"), 384))
+      local out, rc = rotor(q(f))
+      assert.equal(0, rc, out)
+      assert.truthy(out:find("option client_secret: not set; nothing was started", 1, true), out)
+      assert.is_false(file_store(d .. "/secrets"):get("genesys/app"))
+    end)
+
     it("a script's error value is printed once prefixed", function()
       local d = newdir()
       local f = d .. "/script.lua"
@@ -356,6 +373,12 @@ error(err, 0)
       assert.equal(0, rc, out)
       assert.truthy(out:find("healthy", 1, true), out)
       local rec = assert(st:get("spreetail/x"))
+      -- a rotation whose mint had an unknown outcome and never stored a secret: a possible orphan
+      rec.journal = {
+        { step = "rotation", outcome = "start", note = "new_pair", rotation = "r0", time = "2026-01-01T00:00:00Z" },
+        { step = "create", outcome = "intent", note = "create", rotation = "r0", time = "2026-01-01T00:00:00Z" },
+        { step = "create", outcome = "ambiguous", rotation = "r0", time = "2026-01-01T00:00:01Z" },
+      }
       rec.rotation = { id = "r1", strategy = "new_pair", step = "verify", started = os.date("!%Y-%m-%dT%H:%M:%SZ") }
       assert(st:put("spreetail/x", rec))
       local lock = assert(st:lock("spreetail/x"))
@@ -367,6 +390,8 @@ error(err, 0)
       for _, f in ipairs(doc.findings) do kinds[f.problem] = f end
       assert.truthy(kinds.unfinished_rotation.command:find("rotor rotate --config FILE --slot spreetail/x", 1, true))
       assert.truthy(kinds.locked and kinds.locked.command:find("kill -TERM " .. core.getpid(), 1, true))
+      assert.truthy(kinds.orphan and kinds.orphan.message:find("rotation r0 (new_pair)", 1, true))
+      assert.truthy(kinds.orphan.command:find("rotor rotate --config FILE --slot spreetail/x", 1, true))
     end)
   end)
 
@@ -398,6 +423,8 @@ error(err, 0)
       assert.truthy(out:find('rotor_rotation_pending_age_seconds{slot="genesys/b",provider="genesys"} 6%d%d'), out)
       assert.truthy(out:find('rotor_rotation_failures{slot="genesys/b",provider="genesys"} 1', 1, true), out)
       assert.truthy(out:find('rotor_slot_corrupted{slot="x",provider="unknown"} 1', 1, true), out)
+      local rout, rrc = sim.run("promtool check rules examples/alerts.yml 2>&1")
+      assert.equal(0, rrc, rout)
       local docs = assert(core.fs_read("doc/CLI.md"))
       for name in out:gmatch("# TYPE (%S+)") do
         assert.truthy(docs:find("`" .. name .. "`", 1, true), name .. " is not documented in doc/CLI.md")

@@ -168,6 +168,17 @@ return { store = "./s", slots = { { slot = "a", consumers = "none", provider = {
     for _, k in ipairs(config.ROTATE.order) do assert.truthy(doc:find("`" .. k .. "`", 1, true), k) end
   end)
 
+  it("documents only rotor.rotate options that the rotation reads", function()
+    local src = ""
+    for _, f in ipairs { "lua/rotor/rotation.lua", "lua/rotor/strategies/genesys.lua",
+      "lua/rotor/strategies/spapi.lua" } do
+      src = src .. assert(io.open(f)):read("*a")
+    end
+    for _, k in ipairs(config.ROTATE.order) do
+      assert.truthy(src:find("o%." .. k .. "%f[^%w_]") or src:find("opts%." .. k .. "%f[^%w_]"), k)
+    end
+  end)
+
   it("suggests the closest name only when it is close", function()
     assert.equal("strategy", config.suggest("stratgy", { "slot", "strategy", "target" }))
     assert.equal("status", config.suggest("statsu", { "status", "due", "rotate" }))

@@ -38,8 +38,8 @@ due with its error, and the exit code is then 1.]] },
     usage = { "rotor rotate --config FILE [--slot NAME]... [--only-due] [--dry-run] [--json]" },
     help = [[
 The whole config is checked first; any problem is listed (file, slot, key) and rotor exits 2 having
-created, written and sent nothing. Each slot is then checked against its provider (a token request
-with the credential rotor would use) before a rotation starts. --only-due rotates only the slots
+created, written and sent nothing. A new rotation first gets a token with the credential it would
+use: when that fails, nothing is started or journalled. --only-due rotates only the slots
 due by their policy; --dry-run prints each slot's plan and changes nothing. On SIGINT/SIGTERM no
 further slot starts, running ones stop between two steps, and rotor exits 130: rerun the same
 command to finish what was interrupted.]] },
@@ -579,20 +579,6 @@ local function err_fields(e)
   return { kind = kind, message = clean(e), step = type(e) == "table" and nz(e.step) or json.null }
 end
 
--- check the provider answers with the credential rotor would use, before anything is journalled
-local function preflight(p, store, slot)
-  local rec = store:get(slot)
-  local cur = type(rec) == "table" and rec.versions and rec.versions.current
-  if cur and cur.secret and cur.client_id == p.client_id then
-    p:set_credentials(cur.client_id, cur.secret)
-  end
-  local tok, terr = p:token()
-  if tok then return true end
-  local errors = require "rotor.errors"
-  return nil, errors.with(terr, { message = tostring(terr and terr.message or terr)
-    .. "; nothing was started (checked before the rotation)" })
-end
-
 local function cmd_rotate(args)
   local o, perr = parse(args, 2, { ["--config"] = "string", ["--slot"] = "multi", ["--dry-run"] = "bool",
                                    ["--json"] = "bool", ["--only-due"] = "bool" })
@@ -656,10 +642,6 @@ local function cmd_rotate(args)
       local due, reason = rotor.due(e.slot, dopts, store)
       if due == nil then return nil, reason end
       if not due then return { slot = e.slot, skipped = true, reason = reason } end
-    end
-    if not o["--dry-run"] then
-      local ok, ferr = preflight(p, store, e.slot)
-      if not ok then return nil, ferr end
     end
     local audit = e.audit
     if audit == nil then audit = cfg.audit end

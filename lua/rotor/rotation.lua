@@ -619,6 +619,15 @@ local function run(ctx)
     ctx.plan = plan(ctx)
     return true
   end
+  if not rot and type(ctx.provider.token) == "function" then
+    -- a missing credential, a wrong URL or an unreachable host fails here, before anything is
+    -- journalled: a slot is never marked as failed by a run that could not have started
+    local tok, terr = ctx.provider:token()
+    if not tok then
+      return nil, errors.with(terr, { slot = ctx.slot, message = ("%s: %s; nothing was started"):format(
+        ctx.slot, tostring(errors.is(terr) and terr.message or terr)) })
+    end
+  end
   if not rot then
     local cok, cerr = strat.cleanup(ctx)
     if not cok then ctx.warnings[#ctx.warnings + 1] = tostring(cerr) end
