@@ -110,6 +110,13 @@ describe("rotor's command line #proc", function()
       assert.is_false(core.fs_exists(d .. "/elsewhere/secrets"))
       local rec = assert(file_store(d .. "/conf/secrets"):get(e.slot))
       assert.equal("ok", rec.last.outcome)
+      -- status, due and doctor take the config's store too
+      out, rc = rotor("status --config " .. q(d .. "/conf/rotor.conf.lua"), nil, d .. "/elsewhere")
+      assert.equal(0, rc, out)
+      assert.truthy(out:find("store: file store " .. d .. "/conf/secrets", 1, true), out)
+      assert.truthy(out:find(e.slot .. " ", 1, true), out)
+      out, rc = rotor("doctor --config " .. q(d .. "/conf/rotor.conf.lua"), nil, d .. "/elsewhere")
+      assert.equal(0, rc, out)
     end)
   end)
 

@@ -179,6 +179,20 @@ return { store = "./s", slots = { { slot = "a", consumers = "none", provider = {
     end
   end)
 
+  it("hands a store of another kind to its module's check, and refuses an unknown kind", function()
+    package.loaded["rotor.store.specfake"] = {
+      open = function() return nil, "not in this spec" end,
+      check = function(spec) if spec.endpoints == nil then return nil, "store.endpoints: required" end return true end,
+    }
+    local e = slot()
+    assert.is_true(has(problems { store = { kind = "specfake" }, slots = { e } },
+      "rotor.conf.lua: store: store.endpoints: required"))
+    assert.same({}, problems { store = { kind = "specfake", endpoints = { "x" } }, slots = { e } })
+    assert.is_true(has(problems { store = { kind = "nosuchkind" }, slots = { e } },
+      "store.kind: unknown store kind nosuchkind"))
+    package.loaded["rotor.store.specfake"] = nil
+  end)
+
   it("suggests the closest name only when it is close", function()
     assert.equal("strategy", config.suggest("stratgy", { "slot", "strategy", "target" }))
     assert.equal("status", config.suggest("statsu", { "status", "due", "rotate" }))

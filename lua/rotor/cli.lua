@@ -63,7 +63,7 @@ function _M.usage()
     "       rotor -e CODE                run a chunk of Lua",
   }
   for _, c in ipairs(COMMANDS) do
-    lines[#lines + 1] = ("       rotor %-16s %s"):format(c.name, c.summary)
+    lines[#lines + 1] = ("       rotor %-22s %s"):format(c.name, c.summary)
   end
   lines[#lines + 1] = ""
   lines[#lines + 1] = "`rotor help COMMAND` or `rotor COMMAND --help` for a command's options; doc/CLI.md."

@@ -501,6 +501,7 @@ function _M.validate(cfg, info)
     end
   end
   local top = adder(nil)
+  local base_dir = info.dir
   check_keys(cfg, _M.TOP, top, "")
   check_due(cfg.due, top, "due")
   if cfg.store ~= nil then
@@ -511,9 +512,15 @@ function _M.validate(cfg, info)
         top("store.kind",
           ("unknown store kind %s (file, or a module rotor.store.<kind> with open)"):format(tostring(s.kind)))
       elseif type(mod.check) == "function" then
-        local cok, why = pcall(mod.check, s)
-        if not cok then top("store", tostring(why)) elseif why ~= nil and why ~= true then top("store",
-          tostring(why)) end
+        -- the store module's own check: raises, or returns nil/false and why, or a list of problems
+        local cok, r1, r2 = pcall(mod.check, s, base_dir)
+        if not cok then
+          top("store", tostring(r1))
+        elseif r1 == nil or r1 == false then
+          top("store", tostring(r2 or "refused by rotor.store." .. s.kind))
+        elseif type(r1) == "table" and r1[1] ~= nil then
+          for _, why in ipairs(r1) do top("store", tostring(why)) end
+        end
       end
     elseif type(s) == "table" and s.kind == "file" then
       if type(s.path) ~= "string" or s.path == "" then top("store.path", "a directory expected") end
