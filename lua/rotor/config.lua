@@ -76,8 +76,8 @@ _M.TOP = {
   keys = {
     store = { type = "string or table", required = true,
       doc = "where the secrets live: a directory (a file store; relative to the config file), "
-        .. "{ kind = \"file\", path = ... }, or { kind = \"<kind>\", ... } for another store module "
-        .. "(rotor.store.<kind>.open)" },
+        .. "{ kind = \"file\", path = ... }, or { kind = \"KIND\", ... } for another store module "
+        .. "(rotor.store.KIND.open)" },
     slots = { type = "array of slots", required = true, doc = "the slots to rotate (keys below)" },
     due = { type = "table", doc = "the due policy of every slot ({ max_age_days=, before_expiry_days= }, "
       .. "below); a slot's own `due` overrides it key by key" },
@@ -576,8 +576,10 @@ local function key_table(schema, out)
   local keys = schema.keys or schema
   for _, k in ipairs(order) do
     local s = keys[k]
-    out[#out + 1] = ("| `%s` | %s | %s | %s%s |"):format(k, s.type, s.default and ("`" .. s.default .. "`") or "-",
-      s.required and "**required.** " or "", s.doc)
+    local function cell(t) return (t:gsub("|", "\\|")) end
+    out[#out + 1] = ("| `%s` | %s | %s | %s%s |"):format(k, cell(s.type),
+      s.default and ("`" .. s.default .. "`") or "-",
+      s.required and "**required.** " or "", cell(s.doc))
   end
   out[#out + 1] = ""
 end
