@@ -149,6 +149,12 @@ static void create_arg(lua_State *L, char **argv, int argc, int script) {
 /* Does rotor.cli own this first argument (a subcommand, an option, a word that is no script)?
  * rotor.cli holds every subcommand and the one usage text; the host runs scripts and -e. */
 static int cli_owns(lua_State *L, const char *a1, int *status) {
+    size_t n = strlen(a1);
+    /* a path, a *.lua file or stdin is a script: no Lua module is needed to run it */
+    if (strcmp(a1, "-") == 0 || strchr(a1, '/') != NULL ||
+        (n > 4 && strcmp(a1 + n - 4, ".lua") == 0)) {
+        return 0;
+    }
     lua_getglobal(L, "require");
     lua_pushliteral(L, "rotor.cli");
     *status = docall(L, 1, 1);
