@@ -440,6 +440,27 @@ error(err, 0)
   end)
 
   describe("finding 9: command-line conventions", function()
+    it("draws progress on a terminal, and not with NO_COLOR", function()
+      local d = newdir()
+      local env = {}
+      local e1, e2 = spreetail_slot(env, 1), spreetail_slot(env, 2)
+      local cfg = d .. "/rotor.conf.lua"
+      write_config(cfg, { store = "./secrets", slots = { e1, e2 } }, env)
+      -- script(1) gives rotor a terminal; its standard output is the transcript
+      local function tty(extra)
+        return sim.run(("cd %s && . %s && %s TERM=xterm script -qec %s /dev/null"):format(q(d), q(cfg .. ".env"),
+          extra, q(ROTOR_ABS .. " rotate --config " .. q(cfg) .. " --dry-run")))
+      end
+      local out, rc = tty("")
+      assert.equal(0, rc, out)
+      assert.truthy(out:find("[2/2]", 1, true), out)
+      assert.truthy(out:find("\27%[K"), out)
+      out, rc = tty("NO_COLOR=1")
+      assert.equal(0, rc, out)
+      assert.is_nil(out:find("[2/2]", 1, true), out)
+      assert.is_nil(out:find("\27"), out)
+    end)
+
     it("has per-command help, version, one usage text, and exit 2 with a suggestion for a typo", function()
       local out, rc = rotor("status --help")
       assert.equal(0, rc, out)
