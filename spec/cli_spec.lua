@@ -263,6 +263,27 @@ error(err, 0)
     end)
   end)
 
+  describe("finding 5 in a script", function()
+    it("warns when regenerate killed the old secret and nothing deployed the new one", function()
+      local fx = fixtures.seed(s, "genesys")
+      local d = newdir()
+      local f = d .. "/script.lua"
+      assert(core.fs_write_atomic(f, ([[
+local rotor = require "rotor"
+local p = assert(rotor.genesys { base_url = %q, token_url = %q, cainfo = %q, client_id = os.getenv("G_ID"),
+  client_secret = os.getenv("G_SECRET") })
+local store = assert(rotor.store.file(%q))
+local res = assert(rotor.rotate { slot = %q, provider = p, store = store, target = { client_id = %q } })
+for _, w in ipairs(res.warnings) do print("warning: " .. w) end
+]]):format(fx.opts.base_url, fx.opts.token_url, s.ca, d .. "/secrets", fx.slot, fx.target.client_id), 384))
+      fixtures.write_env(f .. ".env", { G_ID = fx.opts.client_id, G_SECRET = fx.opts.client_secret })
+      local out, rc = rotor(q(f), f)
+      assert.equal(0, rc, out)
+      assert.truthy(out:find("warning: strategy regenerate: the old secret stopped working at once and no deploy "
+        .. "hook handed the new one to its consumers", 1, true), out)
+    end)
+  end)
+
   describe("finding 6: stable JSON", function()
     it("keeps arrays, every field (null when unknown), integers and slashes as they are", function()
       local d = newdir()

@@ -651,7 +651,7 @@ local function cmd_rotate(args)
       slot = e.slot, provider = p, store = store, target = e.target, strategy = e.strategy,
       deploy = config.make_deploy(e.deploy, info.dir), dry_run = o["--dry-run"] or false,
       wait = e.wait or cfg.wait, grace = e.grace, notify = e.notify or cfg.notify, audit = audit,
-      force_mint = e.force_mint, print = function(line) plan[#plan + 1] = line end,
+      force_mint = e.force_mint, consumers = e.consumers, print = function(line) plan[#plan + 1] = line end,
     })
     if not pok then res, rerr = nil, errors.new { kind = "config", message = clean(res) } end
     done = done + 1

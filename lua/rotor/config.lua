@@ -158,7 +158,7 @@ _M.PROVIDERS = {
     strategies = {
       regenerate = { default = true, old_dies = "at once",
         doc = "a new secret for the same client; the OLD SECRET STOPS WORKING AT ONCE" },
-      new_client = { old_dies = "at retire", grace_keeps = true,
+      new_client = { old_dies = "at retire",
         doc = "a second client (new client_id); the old one is disabled and deleted after deploy (after `grace`)" },
     },
   },
@@ -193,7 +193,7 @@ _M.PROVIDERS = {
 -- rotor.rotate's options (scripts), for the reference
 _M.ROTATE = {
   order = { "slot", "provider", "store", "target", "strategy", "deploy", "dry_run", "wait", "grace", "notify",
-            "audit", "force_mint", "verify_attempts", "verify_delay", "log", "print" },
+            "audit", "force_mint", "verify_attempts", "verify_delay", "log", "print", "consumers" },
   keys = {
     slot = { type = "string", required = true, doc = "the slot's name in the store" },
     provider = { type = "provider object", required = true, doc = "rotor.genesys{...}, rotor.paylocity{...}, ..." },
@@ -213,6 +213,8 @@ _M.ROTATE = {
     verify_delay = { type = "number", default = "1", doc = "seconds between them (times the attempt number)" },
     log = { type = "function", doc = "function(line): one line per journalled step" },
     print = { type = "function", doc = "function(line): where a dry run's plan goes (default stdout)" },
+    consumers = { type = "\"none\"", doc = "as in a config file: without it or `deploy`, a strategy that kills "
+      .. "the old secret during the run adds a warning to the result" },
   },
 }
 
@@ -371,6 +373,14 @@ local function check_deploy(v, add)
   end
 end
 
+--- How the old secret of a strategy dies during a run ("at once", "at retire"), or nil when it
+-- keeps working after the run (until its own expiry).
+function _M.old_dies(kind, strategy)
+  local p = _M.PROVIDERS[kind]
+  local s = p and p.strategies[strategy]
+  return s and s.old_dies or nil
+end
+
 --- The deploy hook of a slot: functions and sinks as they are; tables made into sinks.
 function _M.make_deploy(v, dir)
   if v == nil or is_callable(v) then return v end
@@ -482,8 +492,7 @@ local function check_slot_entry(e, add, top)
     add("consumers", "only \"none\" is understood (nothing but rotor uses this credential); else set deploy")
   end
   check_due(e.due, add, "due")
-  if strat and strat.old_dies and e.deploy == nil and e.consumers ~= "none"
-     and not (strat.grace_keeps and (e.grace or 0) > 0) then
+  if strat and strat.old_dies and e.deploy == nil and e.consumers ~= "none" then
     add("deploy", ("strategy %s of %s: the old secret stops working %s, and nothing hands the new one to its "
       .. "consumers. Set deploy (a function, a dotenv or exec sink) or, when nothing but rotor uses this "
       .. "credential, consumers = \"none\""):format(sname, kind, strat.old_dies))
@@ -637,8 +646,7 @@ function _M.reference()
     for _, n in ipairs(keys_of(pi.strategies)) do
       local s = pi.strategies[n]
       p(("- `%s`%s: %s.%s"):format(n, s.default and " (default)" or "", s.doc,
-        s.old_dies and (" Needs `deploy` or `consumers = \"none\"`"
-          .. (s.grace_keeps and " (or `grace` > 0)" or "") .. ".") or ""))
+        s.old_dies and " Needs `deploy` or `consumers = \"none\"`." or ""))
     end
     p("")
   end

@@ -503,6 +503,7 @@ local function check_opts(o)
     end
   end
   notify_mod.check(o.notify, 3)
+  if o.consumers ~= nil and o.consumers ~= "none" then error('rotate: consumers must be "none" (or unset)', 3) end
 end
 
 local function empty_record(slot, provider)
@@ -733,6 +734,12 @@ function _M.rotate(o)
   notify(ctx, true)
   local res = result(ctx)
   if ctx.audit_error then res.warnings[#res.warnings + 1] = "audit: " .. tostring(ctx.audit_error) end
+  local dies = require("rotor.config").old_dies(ctx.provider.provider, strat.name)
+  if dies and o.deploy == nil and o.consumers ~= "none" then
+    res.warnings[#res.warnings + 1] = ("strategy %s: the old secret stopped working %s and no deploy hook handed "
+      .. "the new one to its consumers (set deploy, or consumers = \"none\" when nothing else uses it)")
+      :format(strat.name, dies)
+  end
   return res
 end
 
