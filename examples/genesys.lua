@@ -15,3 +15,4 @@ if not res then
   os.exit(err.kind == "locked" and 75 or 1)
 end
 print(("%s: client %s rotated (%s)"):format(res.slot, tostring(res.client_id), res.strategy or "dry run"))
+for _, w in ipairs(res.warnings or {}) do io.stderr:write("warning: ", w, "\n") end
