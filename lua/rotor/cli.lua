@@ -181,7 +181,7 @@ local function target_store(cmd, o)
         return nil, EXIT_FAIL
       end
     end
-    store, lerr = require("rotor.store").open(cfg.store, info.dir)
+    store, lerr = require("rotor.store").open(cfg.store, info.dir, { read_only = true })
     if not store then
       err("rotor " .. cmd .. ": " .. clean(lerr) .. "\n")
       return nil, EXIT_FAIL
@@ -194,7 +194,7 @@ local function target_store(cmd, o)
     err("rotor " .. cmd .. ": no store at " .. dir .. "\n")
     return nil, EXIT_FAIL
   end
-  local store, serr = require("rotor.store").file(dir)
+  local store, serr = require("rotor.store").file(dir, { read_only = true })
   if not store then
     err("rotor " .. cmd .. ": " .. clean(serr) .. "\n")
     return nil, EXIT_FAIL
@@ -532,10 +532,11 @@ local function cmd_doctor(args)
       end
     end
     -- a lock file that someone holds: a rotor rotating it now
-    if store.kind == "file" and type(store.dir) == "string" then
-      local lpath = store.dir .. "/" .. require("rotor.store.file").encode(name) .. ".lock"
-      if core.fs_exists(lpath) then
-        local lock, why, pid = core.fs_lock(lpath)
+    if store.kind == "file" and type(store.dir) == "string" and store.fd then
+      local lname = require("rotor.store.file").encode(name) .. ".lock"
+      -- only a lock file that exists is tried: doctor creates nothing
+      if core.fs_exists(store.dir .. "/" .. lname) then
+        local lock, why, pid = store.fd:lock(lname)
         if lock then
           lock:unlock()
         elseif why == "locked" then
@@ -613,7 +614,7 @@ local function cmd_rotate(args)
     err(("rotor rotate: %d problem(s) in %s; nothing was run\n"):format(#problems, path))
     return EXIT_USAGE
   end
-  local store, serr = require("rotor.store").open(cfg.store, info.dir)
+  local store, serr = require("rotor.store").open(cfg.store, info.dir, { read_only = o["--dry-run"] or nil })
   if not store then
     err("rotor rotate: store: " .. clean(serr) .. "\n")
     return EXIT_FAIL

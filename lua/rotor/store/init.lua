@@ -28,9 +28,11 @@ end
 --- A store from a configuration value: a string is a file store's directory; a table
 -- { kind = "file", path = ... } likewise; { kind = "<other>", ... } is handed to
 -- require("rotor.store.<other>").open(spec, base_dir). A store object is returned as it is.
--- Relative paths resolve against base_dir. Returns store | nil, message.
-function _M.open(spec, base_dir)
-  if type(spec) == "string" then return _M.file(_M.resolve(spec, base_dir)) end
+-- Relative paths resolve against base_dir. opts: { read_only = true } (status, due, doctor, a dry
+-- run: nothing is created or written). Returns store | nil, message.
+function _M.open(spec, base_dir, opts)
+  local ro = opts and opts.read_only or nil
+  if type(spec) == "string" then return _M.file(_M.resolve(spec, base_dir), { read_only = ro }) end
   if type(spec) ~= "table" then return nil, "store: a directory or { kind = ..., ... } expected, got " .. type(spec) end
   if spec.kind == nil and type(spec.get) == "function" then return spec end
   if type(spec.kind) ~= "string" or not spec.kind:match("^[%w_]+$") then
@@ -38,13 +40,13 @@ function _M.open(spec, base_dir)
   end
   if spec.kind == "file" then
     if type(spec.path) ~= "string" or spec.path == "" then return nil, "store.path: a directory expected" end
-    return _M.file(_M.resolve(spec.path, base_dir), { journal_max = spec.journal_max })
+    return _M.file(_M.resolve(spec.path, base_dir), { journal_max = spec.journal_max, read_only = ro })
   end
   local ok, mod = pcall(require, "rotor.store." .. spec.kind)
   if not ok or type(mod) ~= "table" or type(mod.open) ~= "function" then
     return nil, ("store.kind: unknown store kind %q"):format(spec.kind)
   end
-  return mod.open(spec, base_dir)
+  return mod.open(spec, base_dir, opts)
 end
 
 --- Raise unless store has the methods rotation needs.
