@@ -31,7 +31,8 @@ local function snapshot(dir)
 end
 
 local function put_rotor_config(path, store, slot)
-  sim.write_file(path, ([[return { store = %q, slots = { { slot = %q, target = { client_id = "app1" },
+  sim.write_file(path, ([[return { store = %q, slots = { { slot = %q, consumers = "none",
+    target = { client_id = "app1" },
     provider = { kind = "genesys", client_id = "cid", client_secret = "not-a-real-secret-1",
                  base_url = "https://api.127.0.0.1.invalid" } } } }]]):format(store, slot))
 end
