@@ -78,3 +78,28 @@ describe("the README, followed by a newcomer #proc", function()
     assert.equal(1, src)
   end)
 end)
+
+describe("README.md and doc/", function()
+  it("name only files that are in the repository", function()
+    local tops = { spec = true, doc = true, examples = true, lua = true, csrc = true, rockspec = true }
+    local missing = {}
+    local files = { "README.md" }
+    for _, n in ipairs(assert(core.fs_list("doc"))) do
+      if n:match("%.md$") then files[#files + 1] = "doc/" .. n end
+    end
+    for _, f in ipairs(files) do
+      local text = assert(sim.read_file(f))
+      for p in text:gmatch("[%s`(%[|]((%l+)/[%w_./%-]*[%w_])") do
+        local top = p:match("^(%l+)/")
+        if tops[top] and not p:find("[<*]") and not core.fs_exists(p) then missing[#missing + 1] = f .. ": " .. p end
+      end
+      -- a bare NAME.md is the checkout's or doc/'s
+      for name in text:gmatch("%f[%w/]([%u][%u_]*%.md)") do
+        if not core.fs_exists(name) and not core.fs_exists("doc/" .. name) then
+          missing[#missing + 1] = f .. ": " .. name
+        end
+      end
+    end
+    assert.same({}, missing)
+  end)
+end)
