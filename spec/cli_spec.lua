@@ -517,6 +517,13 @@ for _, w in ipairs(res.warnings) do print("warning: " .. w) end
       assert.equal(1, rc, out)
       assert.truthy(out:find("name rotor:x is already taken (plain text)", 1, true), out)
       assert.is_nil(out:find("lua/rotor/", 1, true), out)
+      -- a body that echoes the credential: kept, with the secret redacted
+      fixtures.control(s, "POST", "/faults", { path = "/spreetail/api/v0/client-credentials", method = "POST",
+        status = 400, body = "credential " .. env.T1_SECRET .. " may not create pairs" })
+      out, rc = rotor("rotate --config " .. q(cfg), cfg)
+      assert.equal(1, rc, out)
+      assert.truthy(out:find("credential <redacted> may not create pairs", 1, true), out)
+      assert.is_nil(out:find(env.T1_SECRET, 1, true), "the secret was printed")
       e.provider.options.cainfo = nil
       write_config(cfg, { store = "./secrets", slots = { e } }, env)
       out, rc = rotor("rotate --config " .. q(cfg), cfg)
