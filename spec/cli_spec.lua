@@ -163,6 +163,18 @@ describe("rotor's command line #proc", function()
     end)
   end)
 
+  describe("a config that does not load", function()
+    it("names the file and line, and exits 2", function()
+      local d = newdir()
+      local cfg = d .. "/rotor.conf.lua"
+      assert(core.fs_write_atomic(cfg, "return { store = './s', slots = {\n", 384))
+      local out, rc = rotor("rotate --config " .. q(cfg))
+      assert.equal(2, rc, out)
+      assert.truthy(out:find("rotor rotate: " .. cfg .. ":2: ", 1, true), out)
+      assert.is_false(core.fs_exists(d .. "/s"))
+    end)
+  end)
+
   describe("finding 3: a due policy for every slot", function()
     it("makes an old Genesys secret (no provider expiry) due by max_age_days, and says when next", function()
       local d = newdir()

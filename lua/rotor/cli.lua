@@ -88,8 +88,8 @@ end
 local function clean(e)
   local s = tostring(e)
   s = s:gsub("^rotor: ", "")
+  -- rotor's own source locations (not the user's config or script: those say where to look)
   s = s:gsub("[^%s:]*lua/rotor/[%w_/]+%.lua:%d+: ", "")
-  s = s:gsub("^[^%s:]+%.lua:%d+: ", "")
   return s
 end
 _M.clean = clean
