@@ -25,11 +25,11 @@ if native then
   if codec.encode_escape_forward_slash then codec.encode_escape_forward_slash(false) end
 end
 
--- the marker: a string no input can guess (random per process), valid inside a JSON string
-local MARK
-do
-  MARK = "rotor-empty-array-" .. require("rotor.core").random_hex(8)
-end
+-- the marker: a string an input is most unlikely to hold (it changes with the process and the
+-- time), valid inside a JSON string. This module needs no C code (the leak scan, the simulator's
+-- tools use it with a plain Lua), hence no random bytes from the core; an input that did hold
+-- it would only see a one-element array read as an empty one.
+local MARK = ("rotor-empty-array-%s-%x"):format(tostring({}):match("0x(%x+)") or "0", os.time())
 local MARK_JSON = '["' .. MARK .. '"]'
 
 local has_int = math.type ~= nil
