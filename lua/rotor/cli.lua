@@ -580,30 +580,27 @@ local function err_fields(e)
   return { kind = kind, message = clean(e), step = type(e) == "table" and nz(e.step) or json.null }
 end
 
-local function cmd_rotate(args)
-  local o, perr = parse(args, 2, { ["--config"] = "string", ["--slot"] = "multi", ["--dry-run"] = "bool",
-                                   ["--json"] = "bool", ["--only-due"] = "bool" })
-  if not o then return usage_error("rotate", perr) end
-  if not o["--config"] then return usage_error("rotate", "--config FILE expected") end
-  if #o._pos > 0 then return usage_error("rotate", "unexpected argument " .. o._pos[1]) end
+-- The config of a rotate command, checked as a whole, and the slots it names (--slot): cfg, info,
+-- entries | nil, exit code (the problems printed).
+local function rotate_plan(o)
   local path = o["--config"]
   local cfg, info = config.load(path)
   if not cfg then
     err("rotor rotate: " .. clean(info) .. "\n")
-    return EXIT_USAGE
+    return nil, EXIT_USAGE
   end
   local problems = config.validate(cfg, info)
+  local names = {}
+  for _, e in ipairs(cfg.slots or {}) do names[e.slot] = true end
   local wanted
   if o["--slot"] and #problems == 0 then
     wanted = {}
-    for _, s in ipairs(o["--slot"]) do wanted[s] = true end
-    for s in pairs(wanted) do
-      local found = false
-      for _, e in ipairs(cfg.slots) do if e.slot == s then found = true end end
-      if not found then
-        local names = {}
-        for _, e in ipairs(cfg.slots) do names[#names + 1] = e.slot end
-        local hint = config.suggest(s, names)
+    for _, s in ipairs(o["--slot"]) do
+      wanted[s] = true
+      if not names[s] then
+        local list = {}
+        for _, e in ipairs(cfg.slots) do list[#list + 1] = e.slot end
+        local hint = config.suggest(s, list)
         problems[#problems + 1] = { file = path, key = "--slot", message = "no slot " .. s
           .. (hint and ("; did you mean " .. hint .. "?") or "") }
       end
@@ -612,126 +609,145 @@ local function cmd_rotate(args)
   if #problems > 0 then
     for _, p in ipairs(problems) do err(config.format(p) .. "\n") end
     err(("rotor rotate: %d problem(s) in %s; nothing was run\n"):format(#problems, path))
-    return EXIT_USAGE
+    return nil, EXIT_USAGE
   end
+  local entries = {}
+  for _, e in ipairs(cfg.slots) do
+    if not wanted or wanted[e.slot] then entries[#entries + 1] = e end
+  end
+  return cfg, info, entries
+end
+
+-- Rotate one slot of a config run: res (res.skipped when not due) | nil, err.
+local function rotate_slot(run, e)
+  local rotor, core, errors = require "rotor", require "rotor.core", require "rotor.errors"
+  local cfg, o = run.cfg, run.o
+  if core.interrupted() then
+    return nil, errors.new { kind = "interrupted", not_started = true,
+                             message = "not started: rotor was stopped by a signal" }
+  end
+  local p, perr = config.make_provider(e.provider)
+  if not p then return nil, perr end
+  local dopts = policy.merge(cfg.due, e.due)
+  if o["--only-due"] then
+    local due, reason = rotor.due(e.slot, dopts, run.store)
+    if due == nil then return nil, reason end
+    if not due then return { slot = e.slot, skipped = true, reason = reason } end
+  end
+  local audit = e.audit
+  if audit == nil then audit = cfg.audit end
+  if type(audit) == "string" then audit = require("rotor.store").resolve(audit, run.info.dir) end
+  local plan = {}
+  local pok, res, rerr = pcall(rotor.rotate, {
+    slot = e.slot, provider = p, store = run.store, target = e.target, strategy = e.strategy,
+    deploy = config.make_deploy(e.deploy, run.info.dir), dry_run = o["--dry-run"] or false,
+    wait = e.wait or cfg.wait, grace = e.grace, notify = e.notify or cfg.notify, audit = audit,
+    force_mint = e.force_mint, consumers = e.consumers, print = function(line) plan[#plan + 1] = line end,
+  })
+  if not pok then res, rerr = nil, errors.new { kind = "config", message = clean(res) } end
+  run.done = run.done + 1
+  if run.show then
+    local word = res and "ok" or (errors.is(rerr) and rerr.kind == "interrupted" and "INTERRUPTED" or "FAILED")
+    io.stderr:write(("\r\27[K[%d/%d] %s %s"):format(run.done, run.total, e.slot, word))
+    io.stderr:flush()
+  end
+  if res then res.plan_lines = plan end
+  return res, rerr
+end
+
+-- One slot's entry of the report (the JSON schema of doc/CLI.md: every field present or null).
+local function report_item(e, res, e2)
+  local item = { slot = e.slot, provider = json.null, strategy = json.null, state = "failed", reason = json.null,
+    client_id = json.null, expires = json.null, old_client_id = json.null, old_expires = json.null,
+    rotation = json.null, plan = json.null, warnings = json.array(), error = json.null }
+  local pspec = e.provider
+  if config.is_provider_object(pspec) then item.provider = pspec.provider
+  elseif type(pspec) == "table" then item.provider = nz(pspec.kind) end
+  if res then
+    item.strategy = nz(res.strategy)
+    if res.skipped then
+      item.state, item.reason = "skipped", res.reason
+    else
+      item.state = res.dry_run and "planned" or "rotated"
+      item.client_id, item.expires = nz(res.client_id), nz(res.expires)
+      item.old_client_id, item.old_expires = nz(res.old_client_id), nz(res.old_expires)
+      item.rotation = nz(res.rotation)
+      if res.dry_run then item.plan = json.array(res.plan or {}) end
+      for _, w in ipairs(res.warnings or {}) do item.warnings[#item.warnings + 1] = clean(w) end
+    end
+  else
+    item.error = err_fields(e2)
+    local kind = item.error.kind
+    if kind == "locked" then
+      item.state = "locked"
+    elseif kind == "interrupted" then
+      item.state = e2.not_started and "not_started" or "interrupted"
+    end
+  end
+  item.plan_lines = res and res.plan_lines
+  return item
+end
+
+local function print_report(report, interrupted)
+  for _, r in ipairs(report) do
+    if r.state == "skipped" then
+      out(("skipped  %s: %s\n"):format(r.slot, tostring(r.reason)))
+    elseif r.state == "planned" then
+      for _, l in ipairs(r.plan_lines or {}) do out(l .. "\n") end
+      out(("dry run  %s: nothing changed\n"):format(r.slot))
+    elseif r.state == "rotated" then
+      out(("rotated  %s: client %s, expires %s, old expires %s\n"):format(r.slot, tostring(r.client_id),
+        v(r.expires) and r.expires or "-", v(r.old_expires) and r.old_expires or "-"))
+      for _, w in ipairs(r.warnings) do out("  warning: " .. tostring(w) .. "\n") end
+    else
+      local word = ({ locked = "LOCKED", interrupted = "INTERRUPTED",
+        not_started = "NOT STARTED" })[r.state] or "FAILED"
+      err(("%-11s %s: %s\n"):format(word, r.slot, r.error.message))
+    end
+  end
+  if interrupted > 0 then
+    err("rotor rotate: stopped by a signal; run the same command again to finish the interrupted slots\n")
+  end
+end
+
+local function cmd_rotate(args)
+  local o, perr = parse(args, 2, { ["--config"] = "string", ["--slot"] = "multi", ["--dry-run"] = "bool",
+                                   ["--json"] = "bool", ["--only-due"] = "bool" })
+  if not o then return usage_error("rotate", perr) end
+  if not o["--config"] then return usage_error("rotate", "--config FILE expected") end
+  if #o._pos > 0 then return usage_error("rotate", "unexpected argument " .. o._pos[1]) end
+  local cfg, info, entries = rotate_plan(o)
+  if not cfg then return info end
   local store, serr = require("rotor.store").open(cfg.store, info.dir, { read_only = o["--dry-run"] or nil })
   if not store then
     err("rotor rotate: store: " .. clean(serr) .. "\n")
     return EXIT_FAIL
   end
   local sname = store_name(store)
-  local entries = {}
-  for _, e in ipairs(cfg.slots) do
-    if not wanted or wanted[e.slot] then entries[#entries + 1] = e end
-  end
   if not o["--json"] then out("store: " .. sname .. "\n") end
   io.stdout:flush()
-  local rotor = require "rotor"
-  local core = require "rotor.core"
-  local errors = require "rotor.errors"
-  local show = progress_enabled() and not o["--json"] and #entries > 1
-  local done, total = 0, #entries
-  local function run_one(e)
-    if core.interrupted() then
-      return nil, errors.new { kind = "interrupted", not_started = true,
-                               message = "not started: rotor was stopped by a signal" }
-    end
-    local p, perr2 = config.make_provider(e.provider)
-    if not p then return nil, perr2 end
-    local dopts = policy.merge(cfg.due, e.due)
-    if o["--only-due"] then
-      local due, reason = rotor.due(e.slot, dopts, store)
-      if due == nil then return nil, reason end
-      if not due then return { slot = e.slot, skipped = true, reason = reason } end
-    end
-    local audit = e.audit
-    if audit == nil then audit = cfg.audit end
-    if type(audit) == "string" then audit = require("rotor.store").resolve(audit, info.dir) end
-    local plan = {}
-    local pok, res, rerr = pcall(rotor.rotate, {
-      slot = e.slot, provider = p, store = store, target = e.target, strategy = e.strategy,
-      deploy = config.make_deploy(e.deploy, info.dir), dry_run = o["--dry-run"] or false,
-      wait = e.wait or cfg.wait, grace = e.grace, notify = e.notify or cfg.notify, audit = audit,
-      force_mint = e.force_mint, consumers = e.consumers, print = function(line) plan[#plan + 1] = line end,
-    })
-    if not pok then res, rerr = nil, errors.new { kind = "config", message = clean(res) } end
-    done = done + 1
-    if show then
-      local word = res and "ok" or (errors.is(rerr) and rerr.kind == "interrupted" and "INTERRUPTED" or "FAILED")
-      io.stderr:write(("\r\27[K[%d/%d] %s %s"):format(done, total, e.slot, word))
-      io.stderr:flush()
-    end
-    if res then res.plan_lines = plan end
-    return res, rerr
-  end
-  local results, errs = rotor.parallel(entries, run_one, { concurrency = cfg.concurrency or 4 })
-  if show then io.stderr:write("\r\27[K") end
-  local failed, locked, interrupted = 0, 0, 0
-  local report = {}
+  local run = { cfg = cfg, info = info, o = o, store = store, done = 0, total = #entries,
+                show = progress_enabled() and not o["--json"] and #entries > 1 }
+  local results, errs = require("rotor").parallel(entries, function(e) return rotate_slot(run, e) end,
+                                                  { concurrency = cfg.concurrency or 4 })
+  if run.show then io.stderr:write("\r\27[K") end
+  local report, count = {}, { failed = 0, locked = 0, interrupted = 0, not_started = 0 }
   for i, e in ipairs(entries) do
-    local res, e2 = results[i], errs[i]
-    local item = { slot = e.slot, provider = json.null, strategy = json.null, state = "failed", reason = json.null,
-      client_id = json.null, expires = json.null, old_client_id = json.null, old_expires = json.null,
-      rotation = json.null, plan = json.null, warnings = json.array(), error = json.null }
-    local pspec = e.provider
-    if config.is_provider_object(pspec) then item.provider = pspec.provider
-    elseif type(pspec) == "table" then item.provider = nz(pspec.kind) end
-    if res then
-      item.strategy = nz(res.strategy)
-      if res.skipped then
-        item.state, item.reason = "skipped", res.reason
-      else
-        item.state = res.dry_run and "planned" or "rotated"
-        item.client_id, item.expires = nz(res.client_id), nz(res.expires)
-        item.old_client_id, item.old_expires = nz(res.old_client_id), nz(res.old_expires)
-        item.rotation = nz(res.rotation)
-        if res.dry_run then item.plan = json.array(res.plan or {}) end
-        for _, w in ipairs(res.warnings or {}) do item.warnings[#item.warnings + 1] = clean(w) end
-      end
-    else
-      item.error = err_fields(e2)
-      local kind = item.error.kind
-      if kind == "locked" then
-        item.state = "locked"
-        locked = locked + 1
-      elseif kind == "interrupted" then
-        item.state = e2.not_started and "not_started" or "interrupted"
-        interrupted = interrupted + 1
-      else
-        failed = failed + 1
-      end
-    end
-    item.plan_lines = res and res.plan_lines
+    local item = report_item(e, results[i], errs[i])
+    if count[item.state] then count[item.state] = count[item.state] + 1 end
     report[#report + 1] = item
   end
+  local interrupted = count.interrupted + count.not_started
   if o["--json"] then
     for _, r in ipairs(report) do r.plan_lines = nil end
-    out(json.encode { schema = _M.JSON_SCHEMA, store = sname, config = path, dry_run = o["--dry-run"] or false,
+    out(json.encode { schema = _M.JSON_SCHEMA, store = sname, config = o["--config"], dry_run = o["--dry-run"] or false,
       only_due = o["--only-due"] or false, interrupted = interrupted > 0, slots = json.array(report) } .. "\n")
   else
-    for _, r in ipairs(report) do
-      if r.state == "skipped" then
-        out(("skipped  %s: %s\n"):format(r.slot, tostring(r.reason)))
-      elseif r.state == "planned" then
-        for _, l in ipairs(r.plan_lines or {}) do out(l .. "\n") end
-        out(("dry run  %s: nothing changed\n"):format(r.slot))
-      elseif r.state == "rotated" then
-        out(("rotated  %s: client %s, expires %s, old expires %s\n"):format(r.slot, tostring(r.client_id),
-          v(r.expires) and r.expires or "-", v(r.old_expires) and r.old_expires or "-"))
-        for _, w in ipairs(r.warnings) do out("  warning: " .. tostring(w) .. "\n") end
-      else
-        local word = ({ locked = "LOCKED", interrupted = "INTERRUPTED",
-          not_started = "NOT STARTED" })[r.state] or "FAILED"
-        err(("%-11s %s: %s\n"):format(word, r.slot, r.error.message))
-      end
-    end
-    if interrupted > 0 then
-      err("rotor rotate: stopped by a signal; run the same command again to finish the interrupted slots\n")
-    end
+    print_report(report, interrupted)
   end
   if interrupted > 0 then return EXIT_INTERRUPTED end
-  if failed > 0 then return EXIT_FAIL end
-  if locked > 0 then return EXIT_LOCKED end
+  if count.failed > 0 then return EXIT_FAIL end
+  if count.locked > 0 then return EXIT_LOCKED end
   return EXIT_OK
 end
 

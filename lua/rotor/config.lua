@@ -302,16 +302,25 @@ function _M.load(path)
   }, { __index = os })
   local env = setmetatable({ os = os_view, config_dir = info.dir, optional_env = os.getenv },
                            { __index = _G })
+  -- Lua cuts a long chunk name to its last 60 bytes in messages: the chunk is named CHUNK, and
+  -- CHUNK in a message becomes the whole path
+  local CHUNK = "=rotor.conf"
+  local function named(msg)
+    msg = tostring(msg)
+    local at = msg:find("rotor.conf:", 1, true)
+    if at == 1 then msg = path .. msg:sub(#"rotor.conf" + 1) end
+    return msg
+  end
   local chunk, lerr
   if setfenv then
-    chunk, lerr = loadstring(text, "@" .. path) -- luacheck: ignore (Lua 5.1)
+    chunk, lerr = loadstring(text, CHUNK) -- luacheck: ignore (Lua 5.1)
     if chunk then setfenv(chunk, env) end -- luacheck: ignore (Lua 5.1)
   else
-    chunk, lerr = load(text, "@" .. path, "t", env)
+    chunk, lerr = load(text, CHUNK, "t", env)
   end
-  if not chunk then return nil, tostring(lerr) end
+  if not chunk then return nil, named(lerr) end
   local ok, cfg = pcall(chunk)
-  if not ok then return nil, tostring(cfg) end
+  if not ok then return nil, named(cfg) end
   if type(cfg) ~= "table" then
     return nil, ("%s: the file must return a table { store = ..., slots = { ... } }, it returned %s"):format(path,
       type(cfg))
