@@ -41,6 +41,8 @@ typedef struct xfer {
     enum fail_reason fail;
     CURLcode result;
     int done;
+    int prereq_calls;   /* how often libcurl was about to send it */
+    int resend_refused; /* libcurl wanted to send it again: refused */
     char errbuf[CURL_ERROR_SIZE];
     struct xfer *next;
 } xfer;
@@ -241,6 +243,20 @@ static size_t on_header(char *ptr, size_t size, size_t nmemb, void *ud) {
     x->headers[x->nheaders].value = value;
     x->nheaders++;
     return n;
+}
+
+/* libcurl calls this right before it sends the request, on a new or a reused connection. A
+ * second call for the same transfer is a silent re-send: libcurl 7.88 retries a request whose
+ * reused connection died before any reply came back (Curl_retry_request), although the server
+ * may have processed it. For a request that must reach the server at most once, that second
+ * send is refused: the transfer ends with CURLE_ABORTED_BY_CALLBACK and the outcome is unknown. */
+static int on_prereq(void *ud, char *primary_ip, char *local_ip, int primary_port, int local_port) {
+    xfer *x = ud;
+    if (x->prereq_calls++ > 0) {
+        x->resend_refused = 1;
+        return CURL_PREREQFUNC_ABORT;
+    }
+    return CURL_PREREQFUNC_OK;
 }
 
 /* ---- building a request from a Lua table ---- */
@@ -470,6 +486,11 @@ static int l_multi_add(lua_State *L) {
     } else {
         curl_easy_setopt(e, CURLOPT_USERAGENT, "rotor/" ROTOR_VERSION);
     }
+    if (opt_bool(L, 2, "once", 0)) {
+        /* a minting request on any connection (warm ones too): sent at most once */
+        curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, on_prereq);
+        curl_easy_setopt(e, CURLOPT_PREREQDATA, x);
+    }
     if (opt_bool(L, 2, "fresh_connect", 0)) {
         /* a minting request: a new connection, never reused, so libcurl cannot re-send it on a
          * keep-alive connection that turns out dead */
@@ -581,7 +602,7 @@ static void push_result(lua_State *L, xfer *x) {
     lua_pushnumber(L, (lua_Number)total / 1e6);
     lua_setfield(L, -2, "time");
     /* sent = false only when we know no byte of the request went out */
-    lua_pushboolean(L, pretransfer > 0 || reqsize > 0 || status > 0);
+    lua_pushboolean(L, pretransfer > 0 || reqsize > 0 || status > 0 || x->prereq_calls > 0);
     lua_setfield(L, -2, "sent");
     if (x->result == CURLE_OK) {
         lua_pushinteger(L, status);
@@ -589,7 +610,12 @@ static void push_result(lua_State *L, xfer *x) {
     } else {
         char msg[CURL_ERROR_SIZE + 96];
         const char *kind = error_kind(x->result);
-        if (x->fail == FAIL_BODY_CAP) {
+        if (x->resend_refused) {
+            kind = "network";
+            snprintf(msg, sizeof(msg),
+                     "the connection closed before any reply; libcurl's attempt to send the "
+                     "request again was refused (it is sent at most once)");
+        } else if (x->fail == FAIL_BODY_CAP) {
             kind = "protocol";
             snprintf(msg, sizeof(msg), "the response body exceeds the limit of %zu bytes",
                      x->max_body);

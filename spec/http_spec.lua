@@ -69,6 +69,28 @@ describe("HTTPS transfers", function()
     assert.is_true(entries[1].conn ~= entries[2].conn and entries[2].conn ~= entries[3].conn)
   end)
 
+  -- a minting request (once=true) on the warm connection of an earlier request; the server
+  -- processes it and closes the connection without a reply (a dead keep-alive connection)
+  for _, h2 in ipairs { false, true } do
+    it(("sends a minting request on a warm connection at most once when it dies (%s)"):format(
+      h2 and "HTTP/2" or "HTTP/1.1"), function()
+      local path = "/genesys/api/v2/tokens/me"
+      local mark = #log_since(0, path)
+      assert.equals(200, assert(http.request(me { http2 = h2 })).status)
+      s:fault { path = path, count = 1, reset = true }
+      local res, err = http.request(me { http2 = h2, once = true }, { mint = true, provider = "genesys", op = "mint" })
+      assert.is_nil(res)
+      assert.equals("ambiguous", err.kind)
+      local entries = log_since(mark, path)
+      -- the warm request and the mint: the mint reached the server once, on the warm connection
+      assert.equals(2, #entries)
+      assert.equals(entries[1].conn, entries[2].conn)
+      -- the next mint works (on a new connection, since that one died)
+      res = assert(http.request(me { http2 = h2, once = true }, { mint = true }))
+      assert.equals(200, res.status)
+    end)
+  end
+
   it("refuses a server whose certificate the CA bundle does not vouch for", function()
     local res, err = http.request(me { cainfo = "/etc/ssl/certs/ca-certificates.crt" })
     assert.is_nil(res)

@@ -281,6 +281,39 @@ describe("rotor.genesys", function()
     kit.assert_no_secret(S, err)
   end)
 
+  -- a regenerate on the warm connection of the call before it; the simulator processes it and
+  -- closes the connection without a reply: libcurl would send it again on a new connection
+  it("regenerates on a warm connection; a reset after it was processed: ambiguous, sent exactly once", function()
+    kit.ctl(S, "POST", "/settings", { log_enabled = true })
+    local p = new()
+    local c = assert(p:post_oauth_clients(request_body("warm")))
+    local path = BASE .. "/" .. c.id .. "/secret"
+    assert(p:get_oauth_client(c.id))
+    kit.fault(S, { path = path, reset = true })
+    local r, err = p:post_oauth_client_secret(c.id)
+    assert.is_nil(r)
+    assert.equal("ambiguous", err.kind)
+    assert.equal(1, kit.count(S, path))
+    local get_conn, mint_conns = nil, {}
+    for _, e in ipairs(kit.log(S)) do
+      if e.path == BASE .. "/" .. c.id and e.method == "GET" then get_conn = e.conn end
+      if e.path == path then mint_conns[#mint_conns + 1] = e.conn end
+    end
+    assert.equal(1, #mint_conns)
+    assert.equal(get_conn, mint_conns[1])   -- no fresh connection was opened for it
+    kit.assert_no_secret(S, err)
+    -- with mint_fresh_connection = true, every regenerate opens a connection of its own
+    local f = new { mint_fresh_connection = true }
+    assert(f:post_oauth_client_secret(c.id))
+    assert(f:post_oauth_client_secret(c.id))
+    mint_conns = {}
+    for _, e in ipairs(kit.log(S)) do
+      if e.path == path and e.status == 200 then mint_conns[#mint_conns + 1] = e.conn end
+    end
+    assert.equal(2, #mint_conns)
+    assert.are_not.equal(mint_conns[1], mint_conns[2])
+  end)
+
   it("raises on wrong argument types", function()
     local p = new()
     assert.has_error(function() p:get_oauth_client() end)

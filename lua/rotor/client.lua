@@ -7,6 +7,8 @@
 --   connect_timeout, proxy, user_agent, max_wait (bound on 429/5xx waits, s; rotor.http's 120),
 --   retries, token_margin (refresh this long before expiry, s; 60),
 --   pacing (false: no client-side pacing at all),
+--   mint_fresh_connection (true: every minting request opens a connection of its own; default
+--   false: it may go on a warm connection, and libcurl is never let to send it a second time),
 --   rate_limits = { default = {rate=, per=} | false, [op] = {rate=, per=} | false } (replace the
 --   provider's documented limits: Paylocity 25/s, Genesys 300/min per token, SP-API rotate 1/min).
 local core = require "rotor.core"
@@ -125,6 +127,7 @@ local COMMON = {
   max_wait = v_nonneg,
   retries = v_count,
   pacing = v_boolean,
+  mint_fresh_connection = v_boolean,
   rate_limits = v_rate_limits,
   token_margin = v_nonneg,
 }
@@ -343,7 +346,7 @@ local function is_empty(body)
 end
 
 --- Make an API call. opts: body (a table, JSON encoded), headers (extra {name, value} pairs),
--- mint (a request that mints a secret: fresh connection, never re-sent),
+-- mint (a request that mints a secret: sent at most once, never re-sent),
 -- url (absolute URL instead of base_url .. path), shape=function(decoded) -> ok, why,
 -- secrets=function(decoded) (converts secret-bearing fields in place), policy (extra policy fields).
 -- Returns the decoded body, true for an empty 2xx, or nil, err.
@@ -363,7 +366,7 @@ function Client:call(op, method, path, opts)
     for _, h in ipairs(opts.headers or {}) do headers[#headers + 1] = h end
     local req = self:_req{
       url = url, method = method, headers = headers, body = body,
-      fresh_connect = opts.mint or nil,
+      once = opts.mint or nil, fresh_connect = (opts.mint and self.options.mint_fresh_connection) or nil,
     }
     local res
     res, err = http.request(req, self:_policy(op, { mint = opts.mint or false }))
