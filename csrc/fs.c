@@ -628,6 +628,16 @@ static int l_fs_dir(lua_State *L) {
     return 1;
 }
 
+/* For csrc/durable.c: the descriptor of the rotor.fs_dir at idx, and its path. */
+int rotor_fs_dir_fd(lua_State *L, int idx, const char **path) {
+    fs_dir *d = (fs_dir *)luaL_checkudata(L, idx, ROTOR_FS_DIR_MT);
+    if (d->fd < 0) {
+        luaL_argerror(L, idx, "the directory was closed");
+    }
+    *path = d->path;
+    return d->fd;
+}
+
 static int l_dir_read(lua_State *L) {
     fs_dir *d = check_dir_ud(L);
     char msg[FS_WHY];

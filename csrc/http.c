@@ -684,10 +684,13 @@ static int collect(lua_State *L, multi *m, int n) {
     return n;
 }
 
-/* m:poll(timeout_ms) -> array of results (possibly empty) */
+/* m:poll(timeout_ms[, fd]) -> array of results (possibly empty); the wait also ends when fd
+ * (e.g. a durable job's eventfd) becomes readable */
 static int l_multi_poll(lua_State *L) {
     multi *m = check_multi(L);
     lua_Integer timeout = luaL_optinteger(L, 2, 0);
+    lua_Integer fd = luaL_optinteger(L, 3, -1);
+    struct curl_waitfd extra = {.fd = (curl_socket_t)fd, .events = CURL_WAIT_POLLIN, .revents = 0};
     if (timeout < 0) {
         timeout = 0;
     }
@@ -699,7 +702,8 @@ static int l_multi_poll(lua_State *L) {
     }
     n = collect(L, m, n);
     if (n == 0 && timeout > 0) {
-        mc = curl_multi_poll(m->multi, NULL, 0, (int)timeout, NULL);
+        mc =
+            curl_multi_poll(m->multi, fd >= 0 ? &extra : NULL, fd >= 0 ? 1 : 0, (int)timeout, NULL);
         if (mc != CURLM_OK) {
             return luaL_error(L, "curl_multi_poll: %s", curl_multi_strerror(mc));
         }

@@ -58,6 +58,11 @@ void rotor_global_init(void);
 
 /* fs.c: the store-directory trust rule, files, locks, child processes */
 void rotor_fs_open(lua_State *L);
+/* The descriptor of a rotor.fs_dir at idx (raises if it is not one, or closed), and its path. */
+int rotor_fs_dir_fd(lua_State *L, int idx, const char **path);
+
+/* durable.c: group-committed durable writes on a thread (core.durable_start) */
+void rotor_durable_open(lua_State *L);
 
 /* token.c */
 void rotor_token_open(lua_State *L);

@@ -89,11 +89,56 @@ function _M.notify(key)
   for i = 1, #q do l.ready[#l.ready + 1] = { co = q[i], value = WAKE } end
 end
 
+--- A durable write into a directory (a core.fs_dir): op "atomic" (as dir:write: temp file,
+-- fsync, rename, directory fsync) or "append" (as dir:append: O_APPEND, fsync). Returns true |
+-- nil, message once the bytes are on disk. Inside a loop the task yields: the writes of every
+-- task waiting at that moment go to disk together on a thread of their own (core.durable_start:
+-- one group commit, the directory fsynced once) while the loop keeps driving transfers; writes
+-- queued meanwhile form the next group. Outside a loop: the synchronous dir:write / dir:append.
+function _M.durable(op, dir, name, data, mode)
+  if op ~= "atomic" and op ~= "append" then error("sched.durable: op must be atomic or append", 2) end
+  if type(name) ~= "string" or name == "" then error("sched.durable: a file name expected", 2) end
+  if type(data) ~= "string" and not core.is_secret(data) then
+    error("sched.durable: data must be a string or a rotor.secret", 2)
+  end
+  local l, co = in_loop()
+  if not l then
+    if op == "atomic" then return dir:write(name, data, mode) end
+    return dir:append(name, data, mode)
+  end
+  l.durable_queue[#l.durable_queue + 1] = { op, dir, name, data, mode or 384 }
+  l.durable_waiters[#l.durable_waiters + 1] = co
+  local r = co_yield()
+  if r == true then return true end
+  return nil, r
+end
+
+-- start a group commit of the queued writes, unless one is on disk already
+local function durable_flush(l)
+  if l.durable_job or #l.durable_queue == 0 then return end
+  l.durable_job = core.durable_start(l.durable_queue)
+  l.durable_running = l.durable_waiters
+  l.durable_queue, l.durable_waiters = {}, {}
+end
+
+-- wake the writers of a group commit that finished
+local function durable_collect(l)
+  local job = l.durable_job
+  local res = job and job:results()
+  if not res then return end
+  -- its thread may still be emptying spare files: joined when the next group finishes
+  if l.durable_old then l.durable_old:close() end
+  l.durable_old, l.durable_job = job, nil
+  for i, co in ipairs(l.durable_running) do l.ready[#l.ready + 1] = { co = co, value = res[i] } end
+  l.durable_running = nil
+end
+
 local function new_loop()
   return {
     multi = loop and loop.multi or core.multi(),
     transfers = {}, ntransfers = 0,
     sleepers = {}, waiters = {}, ready = {},
+    durable_queue = {}, durable_waiters = {},
   }
 end
 
@@ -144,8 +189,9 @@ local function drive(l, group)
       end
     end
     l.sleepers = keep
+    if #l.ready == 0 then durable_flush(l) end
     if #l.ready == 0 then
-      if l.ntransfers == 0 and not nexts then
+      if l.ntransfers == 0 and not nexts and not l.durable_job then
         -- nothing can make progress: tasks wait on keys nobody will notify
         local stuck = {}
         for key, q in pairs(l.waiters) do
@@ -161,7 +207,8 @@ local function drive(l, group)
       else
         local wait_ms = 1000
         if nexts then wait_ms = math.max(0, math.min(wait_ms, math.ceil((nexts - t) * 1000))) end
-        local done = l.multi:poll(wait_ms)
+        local done = l.multi:poll(wait_ms, l.durable_job and l.durable_job:fd())
+        durable_collect(l)
         for i = 1, #done do
           local r = done[i]
           local co = l.transfers[r.id]
@@ -238,6 +285,10 @@ function _M.parallel(items, fn, opts)
   loop = l
   local ok, err = pcall(drive, l, group)
   loop = outer
+  if l.durable_old then
+    l.durable_old:close()   -- its thread has ended (or ends now): nothing outlives the batch
+    l.durable_old = nil
+  end
   if not ok then error(err, 0) end
   return results, errors
 end

@@ -2,7 +2,9 @@
 --
 --   local store = rotor.store.file("./secrets")
 --   store:get(slot)          -> record | false (no such slot) | nil, err
---   store:put(slot, record)  -> true | nil, err      (temp file, fsync, rename, directory fsync)
+--   store:put(slot, record)  -> true | nil, err      (temp file, fsync, rename, directory fsync;
+--                                                     inside rotor.parallel, the puts of all tasks
+--                                                     group-committed off the event loop)
 --   store:lock(slot)         -> lock (lock:unlock()) | nil, err (kind "locked" when held)
 --   store:list()             -> { slot names } | nil, err
 --   store:audit_path(), store:audit_key()   the audit trail and its fingerprint key (0600)
@@ -14,6 +16,7 @@ local core = require "rotor.core"
 local json = require "rotor.json"
 local errors = require "rotor.errors"
 local record_mod = require "rotor.record"
+local sched = require "rotor.sched"
 
 local _M = {}
 
@@ -173,7 +176,7 @@ function Store:put(slot, record)
   local ok, text = pcall(json.encode, copy)
   copy = nil -- luacheck: ignore 311
   if not ok then error("store:put: the record cannot be encoded: " .. tostring(text), 2) end
-  local done, msg = d:write(name, text, 384) -- 0600
+  local done, msg = sched.durable("atomic", d, name, text, 384) -- 0600; group-committed in a batch
   if not done then return nil, store_error("cannot write slot " .. slot, msg) end
   return true
 end
@@ -217,7 +220,7 @@ end
 function Store:audit_append(line)
   local d, werr = writable(self, "append to the audit trail")
   if not d then return nil, werr end
-  local ok, msg = d:append("audit.log", line, 384)
+  local ok, msg = sched.durable("append", d, "audit.log", line, 384)
   if not ok then return nil, store_error("cannot append to the audit trail", msg) end
   return true
 end

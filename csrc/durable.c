@@ -1,0 +1,463 @@
+/* durable.c: group commit of durable file writes, on a thread of their own.
+ *
+ *   core.durable_start(items) -> job    items: array of { op, dir, name, data[, mode] }: dir a
+ *       core.fs_dir (the store directory, opened under its trust rule), name a file in it, op
+ *       "atomic" (a temporary file in the directory, then swapped or renamed into name) or
+ *       "append" (O_APPEND); data a string or a rotor.secret. Every open is relative to the
+ *       directory's descriptor with O_NOFOLLOW and must find a regular file (as in csrc/fs.c).
+ *   job:fd()       an eventfd that becomes readable when the job is done (for the event loop)
+ *   job:results()  nil while the job runs; then an array: true, or an error message, per item
+ *   job:close()    frees the job (its eventfd) now rather than at garbage collection
+ *
+ * A job runs on a thread of its own (joined when the job is closed or collected): every file is
+ * written first, then each is fsynced (on ext4 the first fsync commits the journal transaction that
+ * holds them all, the others find little left to do), then the temporary files are renamed in the
+ * order given, then every directory that got a new name is fsynced once. An item's result is true
+ * only once its data and its name are on disk: what rotor.store.file's put promises, for a whole
+ * batch of puts at the cost of about one. Items are independent: one failing leaves the others as
+ * they are. The bytes are copied into the job and zeroed when it is freed (store records hold
+ * secrets). */
+#include "rotor.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <stdio.h>
+#include <sys/eventfd.h>
+#include <limits.h>
+#include <sys/file.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define DURABLE_JOB_MT "rotor.durable_job"
+#define DURABLE_MAX_ITEMS 4096
+
+enum { OP_ATOMIC, OP_APPEND };
+
+typedef struct {
+    int op;
+    mode_t mode;
+    int dfd;   /* a duplicate of the directory's descriptor */
+    dev_t dev; /* the directory's identity: fsynced once per group */
+    ino_t ino;
+    char *where; /* the directory's path, for messages */
+    char *name;
+    char *tmp; /* OP_ATOMIC: the temporary name */
+    char *data;
+    size_t len;
+    int fd;
+    int err;          /* errno of the first failure, 0 when fine */
+    const char *what; /* what failed */
+    int created;      /* OP_APPEND: the file was new (its directory needs an fsync) */
+    int spare;        /* OP_ATOMIC: tmp is the slot's spare file (swapped in, not renamed over) */
+} item;
+
+typedef struct {
+    pthread_mutex_t mu;
+    int started; /* thread runs (joined before the job is freed) */
+    pthread_t thread;
+    int done;
+    int efd;
+    int n;
+    item *items;
+} job;
+
+typedef struct {
+    job *j;
+} job_ud;
+
+/* Free a job, after its thread ended: no thread may outlive the job, nor the module's code
+ * (lua_close unloads it). */
+static void job_free(job *j) {
+    if (j->started) {
+        pthread_join(j->thread, NULL);
+    }
+    for (int i = 0; i < j->n; i++) {
+        item *it = &j->items[i];
+        rotor_free_secure(it->data, it->len);
+        free(it->where);
+        free(it->name);
+        free(it->tmp);
+        if (it->dfd >= 0) {
+            close(it->dfd);
+        }
+    }
+    free(j->items);
+    if (j->efd >= 0) {
+        close(j->efd);
+    }
+    pthread_mutex_destroy(&j->mu);
+    free(j);
+}
+
+static int write_all(int fd, const char *p, size_t n) {
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            return -1;
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+static void fail(item *it, const char *what) {
+    if (it->err == 0) {
+        it->err = errno != 0 ? errno : EIO;
+        it->what = what;
+    }
+    if (it->fd >= 0) {
+        close(it->fd);
+        it->fd = -1;
+    }
+    if (it->tmp != NULL) {
+        unlinkat(it->dfd, it->tmp, 0);
+    }
+}
+
+/* fsync every distinct directory of the items that need it; a failure fails those items */
+static void sync_dirs(job *j) {
+    for (int i = 0; i < j->n; i++) {
+        item *it = &j->items[i];
+        if (it->err != 0 || (it->op == OP_APPEND && !it->created)) {
+            continue;
+        }
+        int seen = 0;
+        for (int k = 0; k < i && !seen; k++) {
+            item *o = &j->items[k];
+            seen = o->err == 0 && (o->op == OP_ATOMIC || o->created) && o->dev == it->dev &&
+                   o->ino == it->ino;
+        }
+        if (seen || fsync(it->dfd) == 0) {
+            continue; /* synced with an earlier item (or failed with it) */
+        }
+        int err = errno != 0 ? errno : EIO;
+        for (int k = i; k < j->n; k++) {
+            item *o = &j->items[k];
+            if (o->err == 0 && (o->op == OP_ATOMIC || o->created) && o->dev == it->dev &&
+                o->ino == it->ino) {
+                o->err = err;
+                o->what = "cannot sync the directory of";
+            }
+        }
+    }
+}
+
+/* Open name in the item's directory without following a link; a regular file, or -1. */
+static int open_regular(item *it, const char *name, int flags) {
+    int fd = openat(it->dfd, name, flags | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK, 0600);
+    struct stat st;
+    if (fd >= 0 && (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))) {
+        close(fd);
+        errno = EINVAL;
+        return -1;
+    }
+    if (fd >= 0) {
+        fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    }
+    return fd;
+}
+
+/* The spare file of an atomic write: PATH.tmp.spare, opened (or created) to take the new bytes.
+ * Writing into the inode that the previous write displaced, instead of a new temporary file,
+ * spares the file system an inode allocation and a deletion per write: on ext4 without a
+ * journal, allocating inodes among many recently deleted ones scans the inode tables and costs
+ * more than the write and the fsync together. An existing spare is used only when it is a
+ * regular file of ours with no other link, and nobody else holds it (flock); else -1 and a
+ * fresh temporary file is made. */
+static int open_spare(item *it) {
+    snprintf(it->tmp, strlen(it->name) + 32, "%s.tmp.spare", it->name);
+    int fd = openat(it->dfd, it->tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0 && errno == EEXIST) {
+        struct stat st;
+        fd = open_regular(it, it->tmp, O_WRONLY);
+        if (fd >= 0 && (fstat(fd, &st) != 0 || st.st_nlink != 1 || st.st_uid != geteuid() ||
+                        flock(fd, LOCK_EX | LOCK_NB) != 0 || ftruncate(fd, 0) != 0)) {
+            close(fd);
+            fd = -1;
+        }
+    }
+    it->spare = fd >= 0;
+    return fd;
+}
+
+/* A fresh temporary file NAME.tmp.<12 hex> (O_EXCL), when the spare cannot be used. */
+static int open_temporary(item *it) {
+    for (int tries = 0; tries < 8; tries++) {
+        unsigned char rnd[6];
+        if (getrandom(rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd) {
+            return -1;
+        }
+        snprintf(it->tmp, strlen(it->name) + 32, "%s.tmp.%02x%02x%02x%02x%02x%02x", it->name,
+                 rnd[0], rnd[1], rnd[2], rnd[3], rnd[4], rnd[5]);
+        int fd =
+            openat(it->dfd, it->tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+        if (fd >= 0 || errno != EEXIST) {
+            return fd;
+        }
+    }
+    return -1;
+}
+
+/* Give the written file its name. A spare is exchanged with the current file (renameat2
+ * RENAME_EXCHANGE: both names stay, so the displaced inode becomes the next spare, emptied);
+ * when there is no current file, or the file system cannot exchange, it is renamed. */
+static int put_in_place(item *it) {
+    if (it->spare && renameat2(it->dfd, it->tmp, it->dfd, it->name, RENAME_EXCHANGE) == 0) {
+        it->spare = 2; /* holds the displaced bytes now */
+        return 0;
+    }
+    return renameat(it->dfd, it->tmp, it->dfd, it->name);
+}
+
+/* Empty the spares that hold displaced bytes (old records hold secrets: no copy is kept). */
+static void empty_spares(job *j) {
+    for (int i = 0; i < j->n; i++) {
+        item *it = &j->items[i];
+        if (it->spare != 2) {
+            continue;
+        }
+        int fd = open_regular(it, it->tmp, O_WRONLY);
+        if (fd >= 0) {
+            struct stat st;
+            if (fstat(fd, &st) == 0 && st.st_nlink == 1) {
+                (void)ftruncate(fd, 0);
+            }
+            close(fd);
+        }
+    }
+}
+
+static void *run_job(void *arg) {
+    job *j = arg;
+    /* 1. write every file */
+    for (int i = 0; i < j->n; i++) {
+        item *it = &j->items[i];
+        errno = 0;
+        if (it->op == OP_ATOMIC) {
+            it->fd = open_spare(it);
+            if (it->fd < 0) {
+                it->fd = open_temporary(it);
+            }
+            if (it->fd < 0) {
+                free(it->tmp);
+                it->tmp = NULL;
+                fail(it, "cannot create a temporary file for");
+                continue;
+            }
+            if (fchmod(it->fd, it->mode) != 0 || write_all(it->fd, it->data, it->len) != 0) {
+                fail(it, "cannot write");
+            }
+        } else {
+            it->fd = openat(it->dfd, it->name,
+                            O_WRONLY | O_APPEND | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+            it->created = it->fd >= 0;
+            if (it->created && fchmod(it->fd, it->mode) != 0) {
+                fail(it, "cannot open");
+                continue;
+            }
+            if (it->fd < 0 && errno == EEXIST) {
+                it->fd = open_regular(it, it->name, O_WRONLY | O_APPEND);
+            }
+            if (it->fd < 0) {
+                fail(it, "cannot open");
+                continue;
+            }
+            if (write_all(it->fd, it->data, it->len) != 0) {
+                fail(it, "cannot append to");
+            }
+        }
+    }
+    /* 2. make the bytes durable: start the writeback of them all, then wait for each */
+    for (int i = 0; i < j->n; i++) {
+        if (j->items[i].err == 0) {
+            (void)sync_file_range(j->items[i].fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+        }
+    }
+    for (int i = 0; i < j->n; i++) {
+        item *it = &j->items[i];
+        if (it->err == 0 && fsync(it->fd) != 0) {
+            fail(it, it->op == OP_ATOMIC ? "cannot write" : "cannot append to");
+        }
+        if (it->err == 0 && close(it->fd) != 0) {
+            it->fd = -1;
+            fail(it, "cannot write");
+        }
+        it->fd = -1;
+    }
+    /* 3. the new names, in the order given */
+    for (int i = 0; i < j->n; i++) {
+        item *it = &j->items[i];
+        if (it->err == 0 && it->op == OP_ATOMIC && put_in_place(it) != 0) {
+            fail(it, "cannot rename into");
+        }
+    }
+    /* 4. the names durable: each directory once */
+    sync_dirs(j);
+    pthread_mutex_lock(&j->mu);
+    j->done = 1;
+    pthread_mutex_unlock(&j->mu);
+    uint64_t one = 1;
+    ssize_t w = write(j->efd, &one, sizeof one);
+    (void)w;
+    empty_spares(j); /* after the writers were woken: not on their path */
+    return NULL;
+}
+
+static job *check_job(lua_State *L) {
+    job_ud *u = luaL_checkudata(L, 1, DURABLE_JOB_MT);
+    if (u->j == NULL) {
+        luaL_error(L, "durable job: already freed");
+    }
+    return u->j;
+}
+
+/* read field k of the table at t into an item: raises with a message naming the item */
+static const char *item_field(lua_State *L, int t, int k, int i, size_t *len) {
+    lua_rawgeti(L, t, k);
+    const char *s = rotor_bytes(L, -1, len, NULL);
+    if (s == NULL) {
+        luaL_error(L, "durable_start: items[%d][%d] must be a string", i, k);
+    }
+    return s;
+}
+
+static int l_durable_start(lua_State *L) {
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_Integer n = (lua_Integer)lua_rawlen(L, 1);
+    luaL_argcheck(L, n >= 1 && n <= DURABLE_MAX_ITEMS, 1, "1 to 4096 items expected");
+    job_ud *u = lua_newuserdata(L, sizeof(*u));
+    u->j = NULL;
+    luaL_setmetatable(L, DURABLE_JOB_MT);
+    job *j = calloc(1, sizeof(*j));
+    if (j == NULL) {
+        return luaL_error(L, "durable_start: out of memory");
+    }
+    pthread_mutex_init(&j->mu, NULL);
+    j->efd = -1;
+    u->j = j; /* from here on, __gc frees whatever was built */
+    j->items = calloc((size_t)n, sizeof(item));
+    if (j->items == NULL) {
+        return luaL_error(L, "durable_start: out of memory");
+    }
+    for (lua_Integer i = 1; i <= n; i++) {
+        int top = lua_gettop(L);
+        lua_rawgeti(L, 1, i);
+        if (!lua_istable(L, -1)) {
+            return luaL_error(L, "durable_start: items[%d] must be a table", (int)i);
+        }
+        int t = lua_gettop(L);
+        size_t oplen, nlen, dlen;
+        const char *op = item_field(L, t, 1, (int)i, &oplen);
+        lua_rawgeti(L, t, 2);
+        const char *where = NULL;
+        int dfd = rotor_fs_dir_fd(L, lua_gettop(L), &where);
+        const char *name = item_field(L, t, 3, (int)i, &nlen);
+        const char *data = item_field(L, t, 4, (int)i, &dlen);
+        lua_rawgeti(L, t, 5);
+        lua_Integer mode = luaL_optinteger(L, -1, 0600);
+        item *it = &j->items[j->n];
+        it->fd = -1;
+        it->dfd = -1;
+        if (strcmp(op, "atomic") == 0) {
+            it->op = OP_ATOMIC;
+        } else if (strcmp(op, "append") == 0) {
+            it->op = OP_APPEND;
+        } else {
+            return luaL_error(L, "durable_start: items[%d]: op must be \"atomic\" or \"append\"",
+                              (int)i);
+        }
+        if (nlen == 0 || nlen + 32 > NAME_MAX || strlen(name) != nlen ||
+            strchr(name, '/') != NULL || strcmp(name, ".") == 0 || strcmp(name, "..") == 0 ||
+            mode < 0 || mode > 07777) {
+            return luaL_error(L, "durable_start: items[%d]: a bad file name or mode", (int)i);
+        }
+        j->n++;
+        it->mode = (mode_t)mode;
+        it->dfd = fcntl(dfd, F_DUPFD_CLOEXEC, 0);
+        struct stat st;
+        if (it->dfd < 0 || fstat(it->dfd, &st) != 0) {
+            return luaL_error(L, "durable_start: items[%d]: %s", (int)i, strerror(errno));
+        }
+        it->dev = st.st_dev;
+        it->ino = st.st_ino;
+        it->where = strdup(where);
+        it->name = strdup(name);
+        it->tmp = it->op == OP_ATOMIC ? malloc(nlen + 32) : NULL;
+        it->data = malloc(dlen > 0 ? dlen : 1);
+        if (it->where == NULL || it->name == NULL || it->data == NULL ||
+            (it->op == OP_ATOMIC && it->tmp == NULL)) {
+            return luaL_error(L, "durable_start: out of memory");
+        }
+        memcpy(it->data, data, dlen);
+        it->len = dlen;
+        lua_settop(L, top);
+    }
+    j->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (j->efd < 0) {
+        return luaL_error(L, "durable_start: eventfd: %s", strerror(errno));
+    }
+    int rc = pthread_create(&j->thread, NULL, run_job, j);
+    if (rc != 0) {
+        return luaL_error(L, "durable_start: cannot start a thread: %s", strerror(rc));
+    }
+    j->started = 1;
+    return 1;
+}
+
+static int l_job_fd(lua_State *L) {
+    lua_pushinteger(L, check_job(L)->efd);
+    return 1;
+}
+
+static int l_job_results(lua_State *L) {
+    job *j = check_job(L);
+    pthread_mutex_lock(&j->mu);
+    int done = j->done;
+    pthread_mutex_unlock(&j->mu);
+    if (!done) {
+        lua_pushnil(L);
+        return 1;
+    }
+    lua_createtable(L, j->n, 0);
+    for (int i = 0; i < j->n; i++) {
+        item *it = &j->items[i];
+        if (it->err == 0) {
+            lua_pushboolean(L, 1);
+        } else {
+            lua_pushfstring(L, "%s %s/%s: %s", it->what, it->where, it->name, strerror(it->err));
+        }
+        lua_rawseti(L, -2, i + 1);
+    }
+    return 1;
+}
+
+static int l_job_gc(lua_State *L) {
+    job_ud *u = luaL_checkudata(L, 1, DURABLE_JOB_MT);
+    if (u->j != NULL) {
+        job_free(u->j);
+        u->j = NULL;
+    }
+    return 0;
+}
+
+void rotor_durable_open(lua_State *L) {
+    static const luaL_Reg meth[] = {
+        {"fd", l_job_fd}, {"results", l_job_results}, {"close", l_job_gc}, {NULL, NULL}};
+    if (luaL_newmetatable(L, DURABLE_JOB_MT)) {
+        lua_pushcfunction(L, l_job_gc);
+        lua_setfield(L, -2, "__gc");
+        luaL_newlib(L, meth);
+        lua_setfield(L, -2, "__index");
+    }
+    lua_pop(L, 1);
+    lua_pushcfunction(L, l_durable_start);
+    lua_setfield(L, -2, "durable_start");
+}

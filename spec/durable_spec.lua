@@ -1,0 +1,106 @@
+-- Durable writes inside rotor.parallel: the store's puts (and audit appends) of tasks that wait at
+-- the same moment go to disk as one group commit on a thread (core.durable_start), each put
+-- returning only once its bytes and its name are on disk.
+local core = require "rotor.core"
+local sched = require "rotor.sched"
+local file_store = require "rotor.store.file"
+
+describe("group-committed durable writes", function()
+  local dir, real_start, jobs
+
+  before_each(function()
+    dir = os.tmpname()
+    os.remove(dir)
+    real_start = core.durable_start
+    jobs = {}
+    core.durable_start = function(items)
+      jobs[#jobs + 1] = #items
+      return real_start(items)
+    end
+  end)
+  after_each(function()
+    core.durable_start = real_start
+    os.execute("rm -rf '" .. dir .. "'")
+  end)
+
+  local function record(n)
+    return { provider = "genesys", versions = { current = { client_id = "c" .. n, secret = core.secret("s-" .. n) } },
+             journal = { { step = "create", outcome = "ok" } } }
+  end
+
+  it("puts of 16 tasks waiting together are one group; each is on disk when it returns", function()
+    local store = assert(file_store.new(dir))
+    local items = {}
+    for i = 1, 16 do items[i] = i end
+    local seen = {}
+    local results, errs = sched.parallel(items, function(i)
+      assert(store:put("slot" .. i, record(i)))
+      -- readable at once, from the file itself
+      seen[i] = core.fs_read(store:path("slot" .. i)):find('"s-' .. i .. '"', 1, true) ~= nil
+      return true
+    end, { concurrency = 16 })
+    assert.same({}, errs)
+    assert.equal(16, #results)
+    assert.same({ 16 }, jobs)
+    for i = 1, 16 do
+      assert.is_true(seen[i])
+      assert.equal("s-" .. i, assert(store:get("slot" .. i)).versions.current.secret:reveal())
+    end
+    assert.equal(16, #store:list())
+  end)
+
+  it("keeps no copy of a displaced record: the spare file is emptied, and not a slot", function()
+    local store = assert(file_store.new(dir))
+    sched.parallel({ 1 }, function()
+      assert(store:put("x", record(1)))
+      assert(store:put("x", record(2)))
+      assert(store:put("x", record(3)))
+    end)
+    assert.same({ 1, 1, 1 }, jobs)
+    assert.equal("s-3", assert(store:get("x")).versions.current.secret:reveal())
+    assert.same({ "x" }, store:list())
+    local names = core.fs_list(dir)
+    table.sort(names)
+    assert.same({ "x.json", "x.json.tmp.spare" }, names)
+    assert.equal("", core.fs_read(dir .. "/x.json.tmp.spare"))
+    -- a spare that is a symbolic link is not followed: a fresh temporary file is used instead
+    local target = dir .. "-elsewhere"
+    assert(core.fs_write_atomic(target, "outside", 384))
+    assert(os.remove(dir .. "/x.json.tmp.spare"))
+    assert(os.execute("ln -s '" .. target .. "' '" .. dir .. "/x.json.tmp.spare'"))
+    sched.parallel({ 1 }, function() assert(store:put("x", record(4))) end)
+    assert.equal("outside", core.fs_read(target))
+    os.remove(target)
+    assert.equal("s-4", assert(store:get("x")).versions.current.secret:reveal())
+  end)
+
+  it("a write that fails, fails alone, with the file in the message", function()
+    local d = assert(core.fs_dir(dir, true))
+    assert(os.execute("mkdir '" .. dir .. "/f2'"))   -- a directory where a file should be
+    local out = {}
+    sched.parallel({ 1, 2, 3 }, function(i)
+      out[i] = { sched.durable("append", d, "f" .. i, "data " .. i, 384) }
+    end)
+    assert.same({ 3 }, jobs)
+    assert.same({ true }, out[1])
+    assert.same({ true }, out[3])
+    assert.is_nil(out[2][1])
+    assert.matches("/f2", out[2][2])
+    assert.equal("data 3", core.fs_read(dir .. "/f3"))
+    d:close()
+  end)
+
+  it("appends in order, as one group, and outside a loop writes at once", function()
+    local d = assert(core.fs_dir(dir, true))
+    local path = dir .. "/audit.log"
+    sched.parallel({ 1, 2, 3, 4 }, function(i)
+      assert(sched.durable("append", d, "audit.log", "line " .. i .. "\n", 384))
+    end)
+    assert.same({ 4 }, jobs)
+    assert.equal("line 1\nline 2\nline 3\nline 4\n", core.fs_read(path))
+    assert(sched.durable("append", d, "audit.log", "line 5\n", 384))
+    assert.same({ 4 }, jobs)
+    assert.equal("line 1\nline 2\nline 3\nline 4\nline 5\n", core.fs_read(path))
+    d:close()
+  end)
+end)
