@@ -19,6 +19,8 @@
 #define DEFAULT_MAX_BODY ((lua_Integer)1024 * 1024)
 #define DEFAULT_MAX_HEADERS 100
 #define MAX_HEADER_BYTES ((size_t)64 * 1024)
+#define CA_CACHE_SECONDS 300L /* a changed bundle is read again within 5 minutes */
+#define ONCE_MAX_IDLE 5L      /* s: a minting request reuses no connection idle longer */
 
 enum fail_reason { FAIL_NONE = 0, FAIL_BODY_CAP, FAIL_HEADER_CAP };
 
@@ -475,6 +477,11 @@ static int l_multi_add(lua_State *L) {
     const char *s;
     if ((s = opt_string(L, 2, "cainfo")) != NULL) {
         curl_easy_setopt(e, CURLOPT_CAINFO, s);
+        /* that bundle alone: without the CA directory Debian's libcurl adds by default, libcurl
+         * keeps the store it builds from the bundle (per multi handle, for CA_CACHE_SECONDS)
+         * instead of reading and parsing the file again for every new connection */
+        curl_easy_setopt(e, CURLOPT_CAPATH, NULL);
+        curl_easy_setopt(e, CURLOPT_CA_CACHE_TIMEOUT, CA_CACHE_SECONDS);
     }
     if (direct) {
         curl_easy_setopt(e, CURLOPT_PROXY, ""); /* "" also overrides the *_proxy variables */
@@ -490,6 +497,9 @@ static int l_multi_add(lua_State *L) {
         /* a minting request on any connection (warm ones too): sent at most once */
         curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, on_prereq);
         curl_easy_setopt(e, CURLOPT_PREREQDATA, x);
+        /* and only on a connection that was busy a moment ago: one idle longer may be the one a
+         * server's keep-alive timeout closes as the request goes out (an ambiguous outcome) */
+        curl_easy_setopt(e, CURLOPT_MAXAGE_CONN, ONCE_MAX_IDLE);
     }
     if (opt_bool(L, 2, "fresh_connect", 0)) {
         /* a minting request: a new connection, never reused, so libcurl cannot re-send it on a

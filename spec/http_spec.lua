@@ -91,6 +91,19 @@ describe("HTTPS transfers", function()
     end)
   end
 
+  it("reads a CA bundle once for the new connections of a multi handle", function()
+    -- a copy of the bundle, gone after the first connection: the next new connections of the same
+    -- multi handle verify the server with the store built from it
+    local ca = s.dir .. "/ca-copy.pem"
+    assert(core.fs_write_atomic(ca, assert(core.fs_read(s.ca)), 420))
+    assert.equals(200, assert(http.request(me { cainfo = ca, http2 = false })).status)
+    assert(os.remove(ca))
+    for _ = 1, 2 do
+      local res = assert(http.request(me { cainfo = ca, http2 = false, fresh_connect = true }))
+      assert.equals(200, res.status)
+    end
+  end)
+
   it("refuses a server whose certificate the CA bundle does not vouch for", function()
     local res, err = http.request(me { cainfo = "/etc/ssl/certs/ca-certificates.crt" })
     assert.is_nil(res)

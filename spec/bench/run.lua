@@ -4,8 +4,9 @@
 --
 -- 1. throughput: rotor.parallel at concurrency 1, 8, 32 doing a token-authenticated GET
 --    (Genesys /api/v2/tokens/me), as a ratio to wrk (HTTP/1.1, one thread, N connections) on the
---    same URL. rotor runs a fixed count of requests (BENCH_SECONDS of wrk's rate) over HTTP/1.1
---    (http2=false: N connections, the fair comparison) and over HTTP/2 (rotor's default).
+--    same URL. Three interleaved rounds per concurrency: wrk, then rotor running a fixed count of
+--    requests (BENCH_SECONDS of that round's wrk rate) over HTTP/1.1 (http2=false: N connections)
+--    and over HTTP/2 (rotor's default); each ratio is taken within its round, the median shown.
 -- 2. a paced batch: N requests under R/s (policy.rate in rotor, spreetail_rate in the simulator:
 --    a token bucket of 25, refilled at 25/s, per client); wall time over the floor (N-1)/R, and the 429s.
 -- 3. startup: `build/rotor -e ''` against `lua5.4 -e ''` (hyperfine).
@@ -39,8 +40,9 @@ local shq, run = sim.shell_quote, sim.run
 local now = core.now
 
 local CONCURRENCY = { 1, 8, 32 }
-local WRK_SECONDS = 5         -- wrk -d
-local BENCH_SECONDS = 5       -- rotor runs this many seconds' worth of wrk's rate
+local WRK_SECONDS = 2         -- wrk -d
+local BENCH_SECONDS = 2       -- rotor runs this many seconds' worth of wrk's rate (of the round)
+local THROUGHPUT_ROUNDS = 3   -- per concurrency: wrk, rotor HTTP/1.1, rotor HTTP/2, interleaved
 local PACED_RATE = 25         -- R, requests per second (rotor's pacing and the simulator's limit)
 local PACED_N = 125           -- N
 local RSS_REQUESTS = 10000
@@ -316,10 +318,8 @@ local ok_all, err_all = xpcall(function()
   if part(1) then
     results.throughput = {}
     for _, c in ipairs(CONCURRENCY) do
-      log("throughput: concurrency %d: wrk %d s ...", c, WRK_SECONDS)
-      local w = wrk(c)
-      local n = math.max(200 * c, math.floor(w.rps * BENCH_SECONDS))
-      local row = { concurrency = c, wrk = w }
+      local row = { concurrency = c, rounds = {} }
+      local protocol = {}
       for _, mode in ipairs{ { "h1", false }, { "h2", true } } do
         -- untimed: the protocol the simulator sees (its request log)
         s:settings{ log_enabled = true }
@@ -333,14 +333,37 @@ local ok_all, err_all = xpcall(function()
         local plist = {}
         for k in pairs(protos) do plist[#plist + 1] = k end
         table.sort(plist)
-        log("throughput: concurrency %d: rotor %s, %d requests ...", c, mode[1], n)
-        local r = rotor_run(c, mode[2], n, n // 2)
-        r.protocol = table.concat(plist, "+")
-        r.ratio = r.rps / w.rps
-        row[mode[1]] = r
+        protocol[mode[1]] = table.concat(plist, "+")
+      end
+      -- interleaved rounds: wrk, rotor HTTP/1.1, rotor HTTP/2, each ratio within its round
+      local wr, ratios = {}, { h1 = {}, h2 = {} }
+      local rates, last = { h1 = {}, h2 = {} }, {}
+      for k = 1, THROUGHPUT_ROUNDS do
+        log("throughput: concurrency %d, round %d of %d: wrk %d s, rotor HTTP/1.1, rotor HTTP/2 ...", c, k,
+          THROUGHPUT_ROUNDS, WRK_SECONDS)
+        local w = wrk(c)
+        local n = math.max(200 * c, math.floor(w.rps * BENCH_SECONDS))
+        wr[k] = w.rps
+        local rd = { wrk = w }
+        for _, mode in ipairs{ { "h1", false }, { "h2", true } } do
+          local r = rotor_run(c, mode[2], n, n // 2)
+          r.ratio = r.rps / w.rps
+          rd[mode[1]] = r
+          ratios[mode[1]][k], rates[mode[1]][k] = r.ratio, r.rps
+          last[mode[1]] = r
+        end
+        row.rounds[k] = rd
+      end
+      row.wrk = { rps = median(wr), errors = 0 }
+      for _, rd in ipairs(row.rounds) do row.wrk.errors = row.wrk.errors + rd.wrk.errors end
+      for _, m in ipairs{ "h1", "h2" } do
+        local failed = 0
+        for _, rd in ipairs(row.rounds) do failed = failed + rd[m].failed end
+        row[m] = { rps = median(rates[m]), ratio = median(ratios[m]), ratios = ratios[m], failed = failed,
+          protocol = protocol[m], connections = last[m].connections }
       end
       results.throughput[#results.throughput + 1] = row
-      if c == 32 then results.simulator.wrk_rps_c32 = w.rps end
+      if c == 32 then results.simulator.wrk_rps_c32 = row.wrk.rps end
     end
     os.remove(tokfile)
     os.remove(wrkscript)
@@ -453,7 +476,7 @@ local ok_all, err_all = xpcall(function()
     local function conns(r)
       return string.format(" [%s, %s conn]", r.protocol ~= "" and r.protocol or "?", r.connections or "?")
     end
-    row(string.format("c=%d wrk (HTTP/1.1, %d conn) req/s", c, c), string.format("%.0f", t.wrk.rps)
+    row(string.format("c=%d wrk (HTTP/1.1, %d conn) req/s, median", c, c), string.format("%.0f", t.wrk.rps)
       .. (t.wrk.errors > 0 and (" (" .. t.wrk.errors .. " errors)") or ""))
     -- the goal applies to rotor's default protocol (http2 = DEFAULT_HTTP2 in a request table)
     local goal = (c == 1 and TARGET.ratio_1) or (c == 32 and TARGET.ratio_32) or nil
@@ -461,10 +484,13 @@ local ok_all, err_all = xpcall(function()
       local r = t[m[1]]
       local default = m[3] == DEFAULT_HTTP2
       local target = goal and default and string.format(">= %.2f x wrk", goal) or nil
-      row(string.format("c=%d rotor %s%s req/s (ratio)", c, m[2], default and " (default)" or ""),
-        string.format("%.0f / %.0f = %.2f%s%s", r.rps, t.wrk.rps, r.ratio, conns(r),
-          r.failed > 0 and (" " .. r.failed .. " failed") or ""),
-        target, target and (r.ratio >= goal and r.failed == 0) or nil)
+      local rs = {}
+      for k, v in ipairs(r.ratios) do rs[k] = string.format("%.2f", v) end
+      local pass
+      if target then pass = r.ratio >= goal and r.failed == 0 end
+      row(string.format("c=%d rotor %s%s req/s, ratio", c, m[2], default and " (default)" or ""),
+        string.format("%.0f; rounds %s: median %.2f%s%s", r.rps, table.concat(rs, " "), r.ratio, conns(r),
+          r.failed > 0 and (" " .. r.failed .. " failed") or ""), target, pass)
     end
   end
   local p = results.paced
@@ -529,8 +555,9 @@ local ok_all, err_all = xpcall(function()
     string.rep("-", w1 + w2 + w3 + 12) }
   for _, r in ipairs(rows) do lines[#lines + 1] = string.format(fmt, r.name, r.value, r.target, r.result) end
   print(table.concat(lines, "\n"))
-  print(string.format("throughput: rotor ran %d s of wrk's rate per mode; wrk is HTTP/1.1 with N "
-    .. "connections; the goal rows are rotor's default protocol (%s)", BENCH_SECONDS,
+  print(string.format("throughput: %d interleaved rounds per concurrency (wrk %d s; rotor %d s of that "
+    .. "round's wrk rate per protocol); wrk is HTTP/1.1 with N connections; the goal rows are rotor's "
+    .. "default protocol (%s)", THROUGHPUT_ROUNDS, WRK_SECONDS, BENCH_SECONDS,
     DEFAULT_HTTP2 and "HTTP/2" or "HTTP/1.1"))
   if not mt.error then
     print(string.format("mint: %d rounds interleaved, each %d regenerates after %d untimed; the SDK "
