@@ -7,6 +7,7 @@
  *       directory's descriptor with O_NOFOLLOW and must find a regular file (as in csrc/fs.c).
  *   job:fd()       an eventfd that becomes readable when the job is done (for the event loop)
  *   job:results()  nil while the job runs; then an array: true, or an error message, per item
+ *                  (and .seconds: how long the job took)
  *   job:close()    frees the job (its eventfd) now rather than at garbage collection
  *
  * A job runs on a thread of its own (joined when the job is closed or collected): every file is
@@ -30,6 +31,7 @@
 #include <sys/file.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define DURABLE_JOB_MT "rotor.durable_job"
@@ -63,6 +65,7 @@ typedef struct {
     int efd;
     int n;
     item *items;
+    double seconds; /* how long the thread took */
 } job;
 
 typedef struct {
@@ -235,8 +238,15 @@ static void empty_spares(job *j) {
     }
 }
 
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
 static void *run_job(void *arg) {
     job *j = arg;
+    double t0 = now_seconds();
     /* 1. write every file */
     for (int i = 0; i < j->n; i++) {
         item *it = &j->items[i];
@@ -303,6 +313,7 @@ static void *run_job(void *arg) {
     sync_dirs(j);
     pthread_mutex_lock(&j->mu);
     j->done = 1;
+    j->seconds = now_seconds() - t0;
     pthread_mutex_unlock(&j->mu);
     uint64_t one = 1;
     ssize_t w = write(j->efd, &one, sizeof one);
@@ -426,7 +437,9 @@ static int l_job_results(lua_State *L) {
         lua_pushnil(L);
         return 1;
     }
-    lua_createtable(L, j->n, 0);
+    lua_createtable(L, j->n, 1);
+    lua_pushnumber(L, j->seconds);
+    lua_setfield(L, -2, "seconds");
     for (int i = 0; i < j->n; i++) {
         item *it = &j->items[i];
         if (it->err == 0) {
