@@ -30,7 +30,11 @@ describe("a batch of rotations killed in the middle", function()
     f:write(table.concat(ids, "\n"), "\n")
     f:close()
   end)
-  teardown(function() s:stop() end)
+  teardown(function()
+    os.remove(secret_file)   -- the admin secret handed to the batch processes
+    os.remove(ids_file)
+    s:stop()
+  end)
 
   local function run(store_dir, extra)
     local vars = { ROTOR_B_URL = s.url, ROTOR_CAINFO = s.ca, ROTOR_B_ADMIN_ID = admin.client_id,

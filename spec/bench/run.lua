@@ -479,6 +479,12 @@ local ok_all, err_all = xpcall(function()
     results.batch = batch_bench(s, g, results.mint)
   end
 
+  if results.mint and results.mint.sv then   -- part 5 ran without part 6: its SDK inputs
+    os.remove(results.mint.sv.secret_file)
+    os.remove(results.mint.sv.ids_file)
+    results.mint.sv = nil
+  end
+
   -- report -------------------------------------------------------------------------------------
   local rows = {}
   local function row(name, value, target, pass)
