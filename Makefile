@@ -23,7 +23,8 @@ DEPS_PKGS := build-essential pkg-config libcurl4-openssl-dev libssl-dev \
              luajit2 libluajit2-5.1-dev lua-compat53-dev lua-cjson lua-cjson-dev \
              lua-busted lua-check luarocks nginx libnginx-mod-http-lua lua-resty-core \
              openssl curl wrk hyperfine valgrind cppcheck clang-tidy clang-format \
-             tinyproxy procps etcd-server etcd-client prometheus clang libclang-rt-14-dev
+             tinyproxy procps etcd-server etcd-client prometheus clang libclang-rt-14-dev \
+             nodejs
 # installing these starts system services; the specs start their own on loopback
 DEPS_SERVICES := nginx tinyproxy etcd prometheus prometheus-node-exporter
 # apt's download sandbox user cannot resolve host names on the build machines
@@ -35,7 +36,7 @@ DEPS_PROBE := /usr/include/lua5.4/lua.h /usr/include/luajit-2.1/lua.h /usr/inclu
               /usr/bin/cppcheck /usr/bin/clang-tidy /usr/bin/clang-format /usr/bin/hyperfine \
               /usr/lib/x86_64-linux-gnu/lua/5.4/cjson.so /usr/share/lua/5.1/resty/core.lua \
               /usr/bin/tinyproxy /usr/include/openssl/hmac.h /usr/bin/pkg-config \
-              /usr/bin/etcd /usr/bin/etcdctl /usr/bin/promtool /usr/bin/clang
+              /usr/bin/etcd /usr/bin/etcdctl /usr/bin/promtool /usr/bin/clang /usr/bin/node
 
 SRCS    := $(filter-out csrc/main.c,$(wildcard csrc/*.c))
 HDRS    := $(wildcard csrc/*.h)
@@ -204,6 +205,7 @@ sim: all
 sim-stop:
 	@spec/simulator/simctl stop $(SIM_DIR)
 
+# the official Genesys Cloud JS SDK it compares with is installed by npm into build/bench-sdk
 bench: check-deps all
 	lua5.4 spec/bench/run.lua
 

@@ -123,7 +123,7 @@ end
 -- ---- the official Genesys Cloud JS SDK (npm), for parts 5 and 6 ----
 local function sdk_install()
   local _, rc = run("command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1")
-  if rc ~= 0 then return nil, "node and npm are needed (apt-get install nodejs npm)" end
+  if rc ~= 0 then return nil, "node and npm are needed (make deps installs nodejs; npm: apt-get install npm)" end
   local pj = SDK_DIR .. "/node_modules/" .. SDK_PACKAGE .. "/package.json"
   if not read_all(pj) then
     log("mint: installing the SDK (npm %s into %s) ...", SDK_PACKAGE, SDK_DIR)
