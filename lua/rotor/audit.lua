@@ -47,16 +47,21 @@ local function ends_with_newline(path)
   return not last or last == "\n"
 end
 
---- Append one entry. fields: slot, provider, rotation, step, outcome, client_id, note, secret
--- (fingerprinted, never written). Returns true | nil, err.
+--- Append one entry, or several (an array of them) in one durable append. fields: slot,
+-- provider, rotation, step, outcome, client_id, note, secret (fingerprinted, never written),
+-- time (default now). Returns true | nil, err.
 function Audit:write(fields)
-  local entry = {
-    time = timefmt.iso(),
-    slot = fields.slot, provider = fields.provider, rotation = fields.rotation,
-    step = fields.step, outcome = fields.outcome, client_id = fields.client_id,
-    note = fields.note, fingerprint = self:fingerprint(fields.secret),
-  }
-  local line = json.encode(entry) .. "\n"
+  local list = fields[1] ~= nil and fields or { fields }
+  local lines = {}
+  for i, f in ipairs(list) do
+    lines[i] = json.encode {
+      time = f.time or timefmt.iso(),
+      slot = f.slot, provider = f.provider, rotation = f.rotation,
+      step = f.step, outcome = f.outcome, client_id = f.client_id,
+      note = f.note, fingerprint = self:fingerprint(f.secret),
+    } .. "\n"
+  end
+  local line = table.concat(lines)
   if not self.checked_tail then
     -- a run killed in the middle of an append leaves a line without its newline: start on a fresh
     -- line, so that the torn entry stays alone and every later one parses

@@ -161,7 +161,10 @@ end
 
 --- Append a journal entry, persist it with the state it describes, and audit it.
 -- secret (optional) is fingerprinted into the audit trail; it never reaches the journal.
-function Ctx:journal(step, outcome, note, secret, client_id)
+-- lazy = true: the entry is kept in memory, and written (with its audit line) by the next entry
+-- that is not lazy. For entries whose loss in a crash only makes the rerun repeat idempotent
+-- work (the start of a rotation, verify, deploy, retire's last line): half the durable writes.
+function Ctx:journal(step, outcome, note, secret, client_id, lazy)
   local rot = self.record.rotation
   note = redact(note)
   local entry = {
@@ -171,16 +174,21 @@ function Ctx:journal(step, outcome, note, secret, client_id)
   local j = self.record.journal
   j[#j + 1] = entry
   self.steps[#self.steps + 1] = { step = step, outcome = outcome, note = note }
+  if self.log then self.log(("%s: %s: %s%s"):format(self.slot, step, outcome, note and (" (" .. note .. ")") or "")) end
+  local pending = self.audit_pending or {}
+  self.audit_pending = pending
+  pending[#pending + 1] = { slot = self.slot, provider = self.provider.provider, rotation = entry.rotation,
+    step = step, outcome = outcome, note = note, secret = secret, client_id = client_id, time = entry.time }
+  if lazy then return true end
   local ok, err = self:persist()
+  self.audit_pending = nil
   if self.audit then
-    local aok, aerr = self.audit:write {
-      slot = self.slot, provider = self.provider.provider, rotation = entry.rotation,
-      step = step, outcome = ok and outcome or (outcome .. " (not stored: the store write failed)"),
-      note = note, secret = secret, client_id = client_id,
-    }
+    if not ok then
+      for _, a in ipairs(pending) do a.outcome = a.outcome .. " (not stored: the store write failed)" end
+    end
+    local aok, aerr = self.audit:write(pending)
     if not aok and ok then self.audit_error = aerr end
   end
-  if self.log then self.log(("%s: %s: %s%s"):format(self.slot, step, outcome, note and (" (" .. note .. ")") or "")) end
   if not ok then return nil, err end
   return true
 end
@@ -416,14 +424,14 @@ function step.verify(ctx)
         .. "next run verifies it again"):format(tostring(p.client_id), tostring(err and err.message)),
     })
   end
-  return ctx:journal("verify", "ok", nil, p.secret, p.client_id)
+  return ctx:journal("verify", "ok", nil, p.secret, p.client_id, true)
 end
 
 function step.deploy(ctx)
   local p = ctx.record.versions.pending
-  if not p then return ctx:journal("deploy", "done", "already promoted") end
+  if not p then return ctx:journal("deploy", "done", "already promoted", nil, nil, true) end
   local hook = ctx.opts.deploy
-  if hook == nil then return ctx:journal("deploy", "skipped", "no deploy hook") end
+  if hook == nil then return ctx:journal("deploy", "skipped", "no deploy hook", nil, nil, true) end
   local cur = ctx.record.versions.current
   local new = {
     slot = ctx.slot, provider = ctx.provider.provider, rotation = ctx.record.rotation.id,
@@ -440,7 +448,7 @@ function step.deploy(ctx)
     return nil, errors.new { kind = "store", op = "deploy", message = "the deploy hook failed: " .. msg
       .. "; the new secret stays pending and the next run deploys it again" }
   end
-  return ctx:journal("deploy", "ok", nil, p.secret, p.client_id)
+  return ctx:journal("deploy", "ok", nil, p.secret, p.client_id, true)
 end
 
 function step.promote(ctx)
@@ -465,7 +473,7 @@ end
 function step.retire(ctx)
   local ok, note_or_err = ctx.strategy.retire(ctx)
   if not ok then return nil, note_or_err end
-  return ctx:journal("retire", "ok", note_or_err)
+  return ctx:journal("retire", "ok", note_or_err, nil, nil, true)
 end
 
 ------------------------------------------------------------------------------------------------
@@ -641,10 +649,10 @@ local function run(ctx)
     end
     rot = { id = new_rotation_id(), strategy = strat.name, started = timefmt.iso(), step = "create" }
     rec.rotation = rot
-    local ok, jerr = ctx:journal("rotation", "start", strat.name)
+    local ok, jerr = ctx:journal("rotation", "start", strat.name, nil, nil, true)
     if not ok then return nil, jerr end
   else
-    ctx:journal("rotation", "resume", "at step " .. tostring(rot.step))
+    ctx:journal("rotation", "resume", "at step " .. tostring(rot.step), nil, nil, true)
   end
   for i = STEP_INDEX[rot.step] or 1, #STEPS do
     local name = STEPS[i]
