@@ -120,6 +120,8 @@ int rotor_is_loopback_url(const char *url, char *scheme, size_t scheme_len) {
 /* core.url_policy(url) -> "https" (https to a host that is not loopback) | "loopback" (http or
  * https to a loopback host) | nil, why: the one home of the rule that plain http goes only to
  * loopback hosts, used by option checks in Lua and by every transfer (l_multi_add). */
+static const char *url_refusal(int policy, const char *scheme);
+
 static int l_url_policy(lua_State *L) {
     const char *url = luaL_checkstring(L, 1);
     char scheme[32] = "";
@@ -129,13 +131,7 @@ static int l_url_policy(lua_State *L) {
         return 1;
     }
     lua_pushnil(L);
-    if (ok < 0) {
-        lua_pushliteral(L, "not a URL libcurl can parse");
-    } else if (strcmp(scheme, "http") == 0) {
-        lua_pushliteral(L, "https required (plain http only to a loopback host)");
-    } else {
-        lua_pushliteral(L, "https URL expected");
-    }
+    lua_pushstring(L, url_refusal(ok, scheme));
     return 2;
 }
 
@@ -382,75 +378,94 @@ static multi *check_multi(lua_State *L) {
 }
 
 /* m:add(req) -> id, or nil, err when the request is refused before it starts */
-static int l_multi_add(lua_State *L) {
-    multi *m = check_multi(L);
-    luaL_checktype(L, 2, LUA_TTABLE);
-    const char *url = opt_string(L, 2, "url");
-    if (url == NULL) {
-        return luaL_error(L, "request: url is required");
+/* A request as the caller's table gives it, checked: everything l_multi_add needs before it
+ * touches a handle. The strings point into that table (on the Lua stack until the call returns);
+ * libcurl copies the ones it keeps. */
+typedef struct {
+    const char *url, *method, *cainfo, *proxy, *user_agent, *aws_sigv4;
+    const char *body, *userpwd;
+    size_t body_len, userpwd_len;
+    long timeout_ms, connect_ms, low_speed_s;
+    lua_Integer max_body, max_headers;
+    int direct, http2, once, fresh_connect;
+} req_spec;
+
+/* The reason a URL is refused (policy <= 0 from rotor_is_loopback_url): one text for the option
+ * checks (core.url_policy) and the transfers. */
+static const char *url_refusal(int policy, const char *scheme) {
+    if (policy < 0) {
+        return "the URL cannot be parsed";
+    }
+    if (strcmp(scheme, "http") == 0) {
+        return "plain http:// is accepted only for loopback hosts; use https://";
+    }
+    return "only https:// URLs are accepted";
+}
+
+/* Read and check the request table at idx into r: NULL, or the refusal (kind "config") of a URL
+ * the policy does not allow. Raises on a malformed table (a programming error). */
+static const char *parse_request(lua_State *L, int idx, req_spec *r) {
+    memset(r, 0, sizeof(*r));
+    r->url = opt_string(L, idx, "url");
+    if (r->url == NULL) {
+        luaL_error(L, "request: url is required");
     }
     char scheme[16] = "";
-    int ok = rotor_is_loopback_url(url, scheme, sizeof(scheme));
-    if (ok <= 0) {
-        lua_pushnil(L);
-        if (ok < 0) {
-            push_error(L, "config", "the URL cannot be parsed");
-        } else if (strcmp(scheme, "http") == 0) {
-            push_error(L, "config",
-                       "plain http:// is accepted only for loopback hosts; use https://");
-        } else {
-            push_error(L, "config", "only https:// URLs are accepted");
-        }
-        return 2;
+    int policy = rotor_is_loopback_url(r->url, scheme, sizeof(scheme));
+    if (policy <= 0) {
+        return url_refusal(policy, scheme);
     }
     /* a loopback target (every plain-http one is) never goes through a proxy: a proxy would
      * reach its own loopback, and see plain-http requests, credentials included, in clear */
-    int direct = ok == 2;
-    /* numbers from the caller, checked before anything is allocated */
-    long timeout_ms = opt_ms(L, 2, "timeout", 30);
-    long connect_ms = opt_ms(L, 2, "connect_timeout", 10);
-    long low_speed_s = opt_ms(L, 2, "low_speed_time", 30) / 1000;
-    lua_Integer max_body = opt_count(L, 2, "max_body", DEFAULT_MAX_BODY, MAX_BODY_CAP);
-    lua_Integer max_headers = opt_count(L, 2, "max_headers", DEFAULT_MAX_HEADERS, MAX_HEADERS_CAP);
-
-    xfer *x = calloc(1, sizeof(*x));
-    if (x == NULL) {
-        return luaL_error(L, "request: out of memory");
+    r->direct = policy == 2;
+    r->timeout_ms = opt_ms(L, idx, "timeout", 30);
+    r->connect_ms = opt_ms(L, idx, "connect_timeout", 10);
+    r->low_speed_s = opt_ms(L, idx, "low_speed_time", 30) / 1000;
+    r->max_body = opt_count(L, idx, "max_body", DEFAULT_MAX_BODY, MAX_BODY_CAP);
+    r->max_headers = opt_count(L, idx, "max_headers", DEFAULT_MAX_HEADERS, MAX_HEADERS_CAP);
+    r->method = opt_string(L, idx, "method");
+    if (r->method == NULL) {
+        r->method = "GET";
     }
-    x->easy = m->nidle > 0 ? m->idle[--m->nidle] : curl_easy_init();
-    if (x->easy == NULL) {
-        free(x);
-        return luaL_error(L, "request: curl_easy_init failed");
+    lua_getfield(L, idx, "body");
+    if (!lua_isnil(L, -1)) {
+        r->body = rotor_bytes(L, -1, &r->body_len, NULL);
+        if (r->body == NULL) {
+            luaL_error(L, "request: body must be a string or a rotor.secret");
+        }
     }
-    /* link first so a raised error below cannot leak it: m:close() frees it */
-    x->next = m->xfers;
-    m->xfers = x;
-    x->done = 1; /* not yet in the multi */
-    CURL *e = x->easy;
-
-    build_headers(L, 2, x);
-    const char *method = opt_string(L, 2, "method");
-    if (method == NULL) {
-        method = "GET";
-    }
-    lua_getfield(L, 2, "body");
-    size_t blen = 0;
-    const char *body = lua_isnil(L, -1) ? NULL : rotor_bytes(L, -1, &blen, NULL);
-    if (!lua_isnil(L, -1) && body == NULL) {
-        return luaL_error(L, "request: body must be a string or a rotor.secret");
-    }
-    if (body != NULL) {
-        rotor_buf_add(&x->req_body, body, blen);
+    lua_pop(L, 1); /* the table still holds it */
+    lua_getfield(L, idx, "userpwd");
+    if (!lua_isnil(L, -1)) {
+        r->userpwd = rotor_bytes(L, -1, &r->userpwd_len, NULL);
+        if (r->userpwd == NULL) {
+            luaL_error(L, "request: userpwd must be a string or a rotor.secret");
+        }
     }
     lua_pop(L, 1);
-    if (x->req_body.failed) {
-        return luaL_error(L, "request: out of memory");
+    r->http2 = opt_bool(L, idx, "http2", 1);
+    r->once = opt_bool(L, idx, "once", 0);
+    r->fresh_connect = opt_bool(L, idx, "fresh_connect", 0);
+    r->cainfo = opt_string(L, idx, "cainfo");
+    r->proxy = opt_string(L, idx, "proxy");
+    r->user_agent = opt_string(L, idx, "user_agent");
+    r->aws_sigv4 = opt_string(L, idx, "aws_sigv4");
+    return NULL;
+}
+
+/* Set up x's easy handle for r (the handle may be a reused one: every option a request may set
+ * is set, or reset, here). 0, or -1 when out of memory. */
+static int apply_request(multi *m, xfer *x, const req_spec *r) {
+    CURL *e = x->easy;
+    if (r->body != NULL) {
+        rotor_buf_add(&x->req_body, r->body, r->body_len);
+        if (x->req_body.failed) {
+            return -1;
+        }
     }
-
-    x->max_body = (size_t)max_body;
-    x->max_headers = (int)max_headers;
-
-    curl_easy_setopt(e, CURLOPT_URL, url);
+    x->max_body = (size_t)r->max_body;
+    x->max_headers = (int)r->max_headers;
+    curl_easy_setopt(e, CURLOPT_URL, r->url);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
@@ -464,36 +479,31 @@ static int l_multi_add(lua_State *L) {
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
     curl_easy_setopt(e, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout_ms);
-    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, connect_ms);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, r->timeout_ms);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, r->connect_ms);
     curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
-    curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, low_speed_s > 0 ? low_speed_s : 1L);
-    int http2 = opt_bool(L, 2, "http2", 1);
+    curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, r->low_speed_s > 0 ? r->low_speed_s : 1L);
     curl_easy_setopt(e, CURLOPT_HTTP_VERSION,
-                     http2 ? (long)CURL_HTTP_VERSION_2TLS : (long)CURL_HTTP_VERSION_1_1);
+                     r->http2 ? (long)CURL_HTTP_VERSION_2TLS : (long)CURL_HTTP_VERSION_1_1);
     curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, NULL);
     /* HTTP/2: wait for a connection that may multiplex rather than open one per transfer */
-    curl_easy_setopt(e, CURLOPT_PIPEWAIT, http2 ? 1L : 0L);
-    const char *s;
-    if ((s = opt_string(L, 2, "cainfo")) != NULL) {
-        curl_easy_setopt(e, CURLOPT_CAINFO, s);
+    curl_easy_setopt(e, CURLOPT_PIPEWAIT, r->http2 ? 1L : 0L);
+    if (r->cainfo != NULL) {
+        curl_easy_setopt(e, CURLOPT_CAINFO, r->cainfo);
         /* that bundle alone: without the CA directory Debian's libcurl adds by default, libcurl
          * keeps the store it builds from the bundle (per multi handle, for CA_CACHE_SECONDS)
          * instead of reading and parsing the file again for every new connection */
         curl_easy_setopt(e, CURLOPT_CAPATH, NULL);
         curl_easy_setopt(e, CURLOPT_CA_CACHE_TIMEOUT, CA_CACHE_SECONDS);
     }
-    if (direct) {
+    if (r->direct) {
         curl_easy_setopt(e, CURLOPT_PROXY, ""); /* "" also overrides the *_proxy variables */
-    } else if ((s = opt_string(L, 2, "proxy")) != NULL) {
-        curl_easy_setopt(e, CURLOPT_PROXY, s);
+    } else if (r->proxy != NULL) {
+        curl_easy_setopt(e, CURLOPT_PROXY, r->proxy);
     }
-    if ((s = opt_string(L, 2, "user_agent")) != NULL) {
-        curl_easy_setopt(e, CURLOPT_USERAGENT, s);
-    } else {
-        curl_easy_setopt(e, CURLOPT_USERAGENT, "rotor/" ROTOR_VERSION);
-    }
-    if (opt_bool(L, 2, "once", 0)) {
+    curl_easy_setopt(e, CURLOPT_USERAGENT,
+                     r->user_agent != NULL ? r->user_agent : "rotor/" ROTOR_VERSION);
+    if (r->once) {
         /* a minting request on any connection (warm ones too): sent at most once */
         curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, on_prereq);
         curl_easy_setopt(e, CURLOPT_PREREQDATA, x);
@@ -501,42 +511,34 @@ static int l_multi_add(lua_State *L) {
          * server's keep-alive timeout closes as the request goes out (an ambiguous outcome) */
         curl_easy_setopt(e, CURLOPT_MAXAGE_CONN, ONCE_MAX_IDLE);
     }
-    if (opt_bool(L, 2, "fresh_connect", 0)) {
+    if (r->fresh_connect) {
         /* a minting request: a new connection, never reused, so libcurl cannot re-send it on a
          * keep-alive connection that turns out dead */
         curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
         curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L);
     }
-    if ((s = opt_string(L, 2, "aws_sigv4")) != NULL) {
-        curl_easy_setopt(e, CURLOPT_AWS_SIGV4, s);
+    if (r->aws_sigv4 != NULL) {
+        curl_easy_setopt(e, CURLOPT_AWS_SIGV4, r->aws_sigv4);
     }
-    lua_getfield(L, 2, "userpwd");
-    if (!lua_isnil(L, -1)) {
-        size_t ulen;
-        const char *u = rotor_bytes(L, -1, &ulen, NULL);
-        if (u == NULL) {
-            return luaL_error(L, "request: userpwd must be a string or a rotor.secret");
-        }
-        x->userpwd = malloc(ulen + 1);
+    if (r->userpwd != NULL) {
+        x->userpwd = malloc(r->userpwd_len + 1);
         if (x->userpwd == NULL) {
-            return luaL_error(L, "request: out of memory");
+            return -1;
         }
-        memcpy(x->userpwd, u, ulen);
-        x->userpwd[ulen] = '\0';
-        x->userpwd_len = ulen + 1;
+        memcpy(x->userpwd, r->userpwd, r->userpwd_len);
+        x->userpwd[r->userpwd_len] = '\0';
+        x->userpwd_len = r->userpwd_len + 1;
         curl_easy_setopt(e, CURLOPT_USERPWD, x->userpwd);
     }
-    lua_pop(L, 1);
-
-    if (strcmp(method, "GET") == 0) {
+    if (strcmp(r->method, "GET") == 0) {
         curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
-    } else if (strcmp(method, "HEAD") == 0) {
+    } else if (strcmp(r->method, "HEAD") == 0) {
         curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
     } else {
-        if (strcmp(method, "POST") != 0) {
-            curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
+        if (strcmp(r->method, "POST") != 0) {
+            curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, r->method);
         }
-        if (body != NULL || strcmp(method, "POST") == 0) {
+        if (r->body != NULL || strcmp(r->method, "POST") == 0) {
             curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)x->req_body.len);
             curl_easy_setopt(e, CURLOPT_POSTFIELDS, x->req_body.data ? x->req_body.data : "");
         }
@@ -544,17 +546,49 @@ static int l_multi_add(lua_State *L) {
     /* No Expect: 100-continue round trip. Not for SigV4: libcurl 7.88 signs the empty Expect
      * entry as a header it then never sends, so the signature would not match (bodies sent
      * with POSTFIELDS never trigger Expect anyway). */
-    if (opt_string(L, 2, "aws_sigv4") == NULL) {
+    if (r->aws_sigv4 == NULL) {
         struct curl_slist *nl = curl_slist_append(x->req_headers, "Expect:");
         if (nl == NULL) {
-            return luaL_error(L, "request: out of memory");
+            return -1;
         }
         x->req_headers = nl;
     }
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->req_headers);
+    return 0;
+}
 
+/* m:add(request) -> id | nil, err (kind "config": a URL the policy refuses). The request table:
+ * url, method, headers, body, timeout, connect_timeout, low_speed_time, max_body, max_headers,
+ * http2, cainfo, proxy, user_agent, once, fresh_connect, aws_sigv4, userpwd (doc/INTERNALS.md). */
+static int l_multi_add(lua_State *L) {
+    multi *m = check_multi(L);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    req_spec r;
+    const char *refused = parse_request(L, 2, &r);
+    if (refused != NULL) {
+        lua_pushnil(L);
+        push_error(L, "config", refused);
+        return 2;
+    }
+    xfer *x = calloc(1, sizeof(*x));
+    if (x == NULL) {
+        return luaL_error(L, "request: out of memory");
+    }
+    x->easy = m->nidle > 0 ? m->idle[--m->nidle] : curl_easy_init();
+    if (x->easy == NULL) {
+        free(x);
+        return luaL_error(L, "request: curl_easy_init failed");
+    }
+    /* link first so a raised error below cannot leak it: m:close() frees it */
+    x->next = m->xfers;
+    m->xfers = x;
+    x->done = 1; /* not yet in the multi */
+    build_headers(L, 2, x);
+    if (apply_request(m, x, &r) != 0) {
+        return luaL_error(L, "request: out of memory");
+    }
     x->id = ++m->next_id;
-    CURLMcode mc = curl_multi_add_handle(m->multi, e);
+    CURLMcode mc = curl_multi_add_handle(m->multi, x->easy);
     if (mc != CURLM_OK) {
         return luaL_error(L, "request: curl_multi_add_handle: %s", curl_multi_strerror(mc));
     }
