@@ -129,134 +129,114 @@ static void basic_auth(token_bufs *tb, const char *id, size_t idlen, const char 
     rotor_buf_free(&tb->raw);
 }
 
-/* core.token_request{url, style, client_id, client_secret, scope, grant_type, fields, extra}
- *   style: "basic" (id and secret in the Authorization header), "form" (in the body) or
- *   "multipart" (in a multipart/form-data body); grant_type: the grant's value
- *   ("client_credentials"); fields: the body's field names { grant_type=, client_id=,
- *   client_secret=, scope= }; extra: more fields { {name, value}, ... } (value string or secret).
- * -> a request table for m:add whose body and Authorization header are rotor.secret values. */
-static int l_token_request(lua_State *L) {
+/* The body of a token request: form-urlencoded pairs, or multipart/form-data parts. */
+typedef struct {
+    int multipart;
+    char boundary[64];
+    char ctype[128];
+} body_enc;
+
+static int body_enc_init(body_enc *b, int multipart) {
+    b->multipart = multipart;
+    b->boundary[0] = '\0';
+    if (!multipart) {
+        snprintf(b->ctype, sizeof(b->ctype), "application/x-www-form-urlencoded");
+        return 0;
+    }
+    unsigned char rnd[12];
+    if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
+        return -1;
+    }
+    int off = snprintf(b->boundary, sizeof(b->boundary), "----rotor");
+    for (size_t i = 0; i < sizeof(rnd); i++) {
+        off += snprintf(b->boundary + off, sizeof(b->boundary) - (size_t)off, "%02x", rnd[i]);
+    }
+    snprintf(b->ctype, sizeof(b->ctype), "multipart/form-data; boundary=%s", b->boundary);
+    return 0;
+}
+
+static void body_field(const body_enc *b, rotor_buf *out, const char *k, const char *v,
+                       size_t vlen) {
+    if (b->multipart) {
+        multipart_part(out, b->boundary, k, v, vlen);
+    } else {
+        form_pair(out, k, v, vlen);
+    }
+}
+
+static void body_finish(const body_enc *b, rotor_buf *out) {
+    if (b->multipart) {
+        rotor_buf_adds(out, "--");
+        rotor_buf_adds(out, b->boundary);
+        rotor_buf_adds(out, "--\r\n");
+    }
+}
+
+/* The token request's fields, read and checked from the table at index 1 (every check that can
+ * raise comes before a secret byte is copied). The strings point into that table. */
+typedef struct {
+    const char *url, *id, *sec, *scope, *grant;
+    size_t idlen, seclen, scopelen, grantlen;
+    const char *f_grant, *f_id, *f_secret, *f_scope;
+    int basic, multipart;
+    lua_Integer nextra;
+    int first_extra; /* stack index of the first extra name; its value follows it */
+} token_spec;
+
+static void read_token_spec(lua_State *L, token_spec *t) {
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 1);
     lua_getfield(L, 1, "url"); /* 2 */
-    const char *url = luaL_checkstring(L, 2);
+    t->url = luaL_checkstring(L, 2);
     lua_getfield(L, 1, "style"); /* 3 */
     const char *style = luaL_optstring(L, 3, "basic");
     lua_getfield(L, 1, "client_id"); /* 4 */
-    size_t idlen;
-    const char *id = luaL_checklstring(L, 4, &idlen);
+    t->id = luaL_checklstring(L, 4, &t->idlen);
     lua_getfield(L, 1, "client_secret"); /* 5 */
-    size_t seclen;
-    const char *sec = rotor_bytes(L, 5, &seclen, NULL);
-    if (sec == NULL) {
-        return luaL_error(L, "token_request: client_secret must be a string or rotor.secret");
+    t->sec = rotor_bytes(L, 5, &t->seclen, NULL);
+    if (t->sec == NULL) {
+        luaL_error(L, "token_request: client_secret must be a string or rotor.secret");
     }
     lua_getfield(L, 1, "scope"); /* 6 */
-    size_t scopelen = 0;
-    const char *scope = lua_isnil(L, 6) ? NULL : luaL_checklstring(L, 6, &scopelen);
+    t->scopelen = 0;
+    t->scope = lua_isnil(L, 6) ? NULL : luaL_checklstring(L, 6, &t->scopelen);
     lua_getfield(L, 1, "grant_type"); /* 7 */
-    size_t grantlen;
-    const char *grant = luaL_optlstring(L, 7, "client_credentials", &grantlen);
+    t->grant = luaL_optlstring(L, 7, "client_credentials", &t->grantlen);
     lua_getfield(L, 1, "fields"); /* 8 */
     int fields = lua_istable(L, 8) ? 8 : 0;
     lua_getfield(L, 1, "extra"); /* 9 */
     int extra = lua_istable(L, 9) ? 9 : 0;
-    int basic = strcmp(style, "basic") == 0;
-    int multipart = strcmp(style, "multipart") == 0;
-    if (!basic && !multipart && strcmp(style, "form") != 0) {
-        return luaL_error(L, "token_request: unknown style '%s' (basic, form or multipart)", style);
+    t->basic = strcmp(style, "basic") == 0;
+    t->multipart = strcmp(style, "multipart") == 0;
+    if (!t->basic && !t->multipart && strcmp(style, "form") != 0) {
+        luaL_error(L, "token_request: unknown style '%s' (basic, form or multipart)", style);
     }
-    const char *f_grant = field_name(L, fields, "grant_type", "grant_type");
-    const char *f_id = field_name(L, fields, "client_id", "client_id");
-    const char *f_secret = field_name(L, fields, "client_secret", "client_secret");
-    const char *f_scope = field_name(L, fields, "scope", "scope");
-    /* every check that can raise comes before a secret byte is copied */
-    lua_Integer nextra = extra ? (lua_Integer)lua_rawlen(L, extra) : 0;
-    luaL_checkstack(L, (int)(nextra < 200 ? 2 * nextra + 8 : 408), "token_request: extra");
-    luaL_argcheck(L, nextra <= 200, 1, "token_request: at most 200 extra fields");
-    int first_extra = lua_gettop(L) + 1;
-    for (lua_Integer i = 1; i <= nextra; i++) {
+    t->f_grant = field_name(L, fields, "grant_type", "grant_type");
+    t->f_id = field_name(L, fields, "client_id", "client_id");
+    t->f_secret = field_name(L, fields, "client_secret", "client_secret");
+    t->f_scope = field_name(L, fields, "scope", "scope");
+    t->nextra = extra ? (lua_Integer)lua_rawlen(L, extra) : 0;
+    luaL_checkstack(L, (int)(t->nextra < 200 ? 2 * t->nextra + 8 : 408), "token_request: extra");
+    luaL_argcheck(L, t->nextra <= 200, 1, "token_request: at most 200 extra fields");
+    t->first_extra = lua_gettop(L) + 1;
+    for (lua_Integer i = 1; i <= t->nextra; i++) {
         lua_rawgeti(L, extra, i);
         if (!lua_istable(L, -1)) {
-            return luaL_error(L, "token_request: extra[%d] must be a {name, value} pair", (int)i);
+            luaL_error(L, "token_request: extra[%d] must be a {name, value} pair", (int)i);
         }
         lua_rawgeti(L, -1, 1);
         lua_rawgeti(L, -2, 2);
         lua_remove(L, -3);
         size_t vlen;
         if (lua_type(L, -2) != LUA_TSTRING || rotor_bytes(L, -1, &vlen, NULL) == NULL) {
-            return luaL_error(L, "token_request: extra[%d] needs a name and a string or secret",
-                              (int)i);
+            luaL_error(L, "token_request: extra[%d] needs a name and a string or secret", (int)i);
         }
     }
-    char boundary[64] = "";
-    char ctype_mp[128];
-    const char *ctype = "application/x-www-form-urlencoded";
-    if (multipart) {
-        unsigned char rnd[12];
-        if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
-            return luaL_error(L, "token_request: RAND_bytes failed");
-        }
-        int off = snprintf(boundary, sizeof(boundary), "----rotor");
-        for (size_t i = 0; i < sizeof(rnd); i++) {
-            off += snprintf(boundary + off, sizeof(boundary) - (size_t)off, "%02x", rnd[i]);
-        }
-        snprintf(ctype_mp, sizeof(ctype_mp), "multipart/form-data; boundary=%s", boundary);
-        ctype = ctype_mp;
-    }
+}
 
-    token_bufs *tb = lua_newuserdata(L, sizeof(*tb));
-    memset(tb, 0, sizeof(*tb));
-    if (luaL_newmetatable(L, TOKEN_BUFS_MT)) {
-        lua_pushcfunction(L, token_bufs_gc);
-        lua_setfield(L, -2, "__gc");
-    }
-    lua_setmetatable(L, -2);
-    int tbi = lua_gettop(L);
-
-    if (multipart) {
-        multipart_part(&tb->body, boundary, f_grant, grant, grantlen);
-        multipart_part(&tb->body, boundary, f_id, id, idlen);
-        multipart_part(&tb->body, boundary, f_secret, sec, seclen);
-        if (scope != NULL) {
-            multipart_part(&tb->body, boundary, f_scope, scope, scopelen);
-        }
-    } else {
-        form_pair(&tb->body, f_grant, grant, grantlen);
-        if (!basic) {
-            form_pair(&tb->body, f_id, id, idlen);
-            form_pair(&tb->body, f_secret, sec, seclen);
-        }
-        if (scope != NULL) {
-            form_pair(&tb->body, f_scope, scope, scopelen);
-        }
-        if (basic) {
-            basic_auth(tb, id, idlen, sec, seclen);
-        }
-    }
-    for (lua_Integer i = 0; i < nextra; i++) {
-        int at = first_extra + 2 * (int)i;
-        size_t vlen;
-        const char *k = lua_tostring(L, at);
-        const char *v = rotor_bytes(L, at + 1, &vlen, NULL);
-        if (multipart) {
-            multipart_part(&tb->body, boundary, k, v, vlen);
-        } else {
-            form_pair(&tb->body, k, v, vlen);
-        }
-    }
-    if (multipart) {
-        rotor_buf_adds(&tb->body, "--");
-        rotor_buf_adds(&tb->body, boundary);
-        rotor_buf_adds(&tb->body, "--\r\n");
-    }
-    if (tb->body.failed || tb->auth.failed) {
-        lua_pushcfunction(L, token_bufs_gc);
-        lua_pushvalue(L, tbi);
-        lua_call(L, 1, 0);
-        return luaL_error(L, "token_request: out of memory");
-    }
-
+/* Push the request table for m:add: url, method, the body and the Authorization header as
+ * rotor.secret values. */
+static void push_token_request(lua_State *L, const char *url, const char *ctype, token_bufs *tb) {
     lua_createtable(L, 0, 4);
     int req = lua_gettop(L);
     lua_pushstring(L, url);
@@ -280,6 +260,55 @@ static int l_token_request(lua_State *L) {
         lua_pop(L, 1);
     }
     lua_setfield(L, req, "headers");
+}
+
+/* core.token_request{url, style, client_id, client_secret, scope, grant_type, fields, extra}
+ *   style: "basic" (id and secret in the Authorization header), "form" (in the body) or
+ *   "multipart" (in a multipart/form-data body); grant_type: the grant's value
+ *   ("client_credentials"); fields: the body's field names { grant_type=, client_id=,
+ *   client_secret=, scope= }; extra: more fields { {name, value}, ... } (value string or secret).
+ * -> a request table for m:add whose body and Authorization header are rotor.secret values. */
+static int l_token_request(lua_State *L) {
+    token_spec t;
+    read_token_spec(L, &t);
+    body_enc enc;
+    if (body_enc_init(&enc, t.multipart) != 0) {
+        return luaL_error(L, "token_request: RAND_bytes failed");
+    }
+    token_bufs *tb = lua_newuserdata(L, sizeof(*tb));
+    memset(tb, 0, sizeof(*tb));
+    if (luaL_newmetatable(L, TOKEN_BUFS_MT)) {
+        lua_pushcfunction(L, token_bufs_gc);
+        lua_setfield(L, -2, "__gc");
+    }
+    lua_setmetatable(L, -2);
+    int tbi = lua_gettop(L);
+
+    body_field(&enc, &tb->body, t.f_grant, t.grant, t.grantlen);
+    if (!t.basic) {
+        body_field(&enc, &tb->body, t.f_id, t.id, t.idlen);
+        body_field(&enc, &tb->body, t.f_secret, t.sec, t.seclen);
+    }
+    if (t.scope != NULL) {
+        body_field(&enc, &tb->body, t.f_scope, t.scope, t.scopelen);
+    }
+    for (lua_Integer i = 0; i < t.nextra; i++) {
+        int at = t.first_extra + 2 * (int)i;
+        size_t vlen;
+        const char *v = rotor_bytes(L, at + 1, &vlen, NULL);
+        body_field(&enc, &tb->body, lua_tostring(L, at), v, vlen);
+    }
+    body_finish(&enc, &tb->body);
+    if (t.basic) {
+        basic_auth(tb, t.id, t.idlen, t.sec, t.seclen);
+    }
+    if (tb->body.failed || tb->auth.failed) {
+        lua_pushcfunction(L, token_bufs_gc);
+        lua_pushvalue(L, tbi);
+        lua_call(L, 1, 0);
+        return luaL_error(L, "token_request: out of memory");
+    }
+    push_token_request(L, t.url, enc.ctype, tb);
     rotor_buf_free(&tb->body);
     rotor_buf_free(&tb->auth);
     return 1;
