@@ -76,8 +76,16 @@ function _M.token(spec)
     if not tok then return nil, ttl end
     return core.secret(tok), ttl
   end
+  local key = spec.key
+  if not key then
+    key = _M.key(spec)
+    spec.key = key
+  end
+  -- the common case, a cached token well ahead of its refresh: no single-flight state to build
+  local cached, secs = core.token_get(key)
+  if cached and secs > (spec.margin or _M.DEFAULT_MARGIN) then return cached, secs end
   backend = backend or singleflight.process_backend()
-  local tok, left = singleflight.token(backend, spec.key or _M.key(spec), {
+  local tok, left = singleflight.token(backend, key, {
     due = singleflight.within_margin(spec.margin or _M.DEFAULT_MARGIN),
     lock_timeout = 60,
     fetch = function()
