@@ -96,21 +96,6 @@ static void job_free(job *j) {
     free(j);
 }
 
-static int write_all(int fd, const char *p, size_t n) {
-    while (n > 0) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0) {
-            if (errno == EINTR) {
-                continue;
-            }
-            return -1;
-        }
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
 static void fail(item *it, const char *what) {
     if (it->err == 0) {
         it->err = errno != 0 ? errno : EIO;
@@ -262,7 +247,7 @@ static void *run_job(void *arg) {
                 fail(it, "cannot create a temporary file for");
                 continue;
             }
-            if (fchmod(it->fd, it->mode) != 0 || write_all(it->fd, it->data, it->len) != 0) {
+            if (fchmod(it->fd, it->mode) != 0 || rotor_write_all(it->fd, it->data, it->len) != 0) {
                 fail(it, "cannot write");
             }
         } else {
@@ -280,7 +265,7 @@ static void *run_job(void *arg) {
                 fail(it, "cannot open");
                 continue;
             }
-            if (write_all(it->fd, it->data, it->len) != 0) {
+            if (rotor_write_all(it->fd, it->data, it->len) != 0) {
                 fail(it, "cannot append to");
             }
         }

@@ -101,7 +101,8 @@ static const char *name_arg(lua_State *L, int idx) {
     return p;
 }
 
-static int write_all(int fd, const char *p, size_t n) {
+/* write n bytes, whatever the partial writes and EINTR: 0, or -1 with errno set */
+int rotor_write_all(int fd, const char *p, size_t n) {
     while (n > 0) {
         ssize_t w = write(fd, p, n);
         if (w < 0) {
@@ -399,7 +400,7 @@ static int dir_write_atomic(int dfd, const char *where, const char *name, const 
                    "owner",
                    (long)uid, (long)gid, where, name, strerror(err));
     }
-    if (fchmod(fd, mode) != 0 || write_all(fd, data, len) != 0 || fsync(fd) != 0) {
+    if (fchmod(fd, mode) != 0 || rotor_write_all(fd, data, len) != 0 || fsync(fd) != 0) {
         err = errno;
         close(fd);
         unlinkat(dfd, tmp, 0);
@@ -428,7 +429,7 @@ static int dir_append(int dfd, const char *where, const char *name, const char *
     if (fd < 0) {
         return -1;
     }
-    if (write_all(fd, data, len) != 0 || fsync(fd) != 0) {
+    if (rotor_write_all(fd, data, len) != 0 || fsync(fd) != 0) {
         err = errno;
         close(fd);
         return why(msg, err, "cannot append to %s/%s: %s", where, name, strerror(err));
@@ -1000,7 +1001,7 @@ static int l_spawn(lua_State *L) {
         pthread_sigmask(SIG_SETMASK, &old, NULL);
         return push_errno(L, "cannot start", argv[0], err);
     }
-    int wrote = write_all(pfd[1], input, inlen) == 0;
+    int wrote = rotor_write_all(pfd[1], input, inlen) == 0;
     close(pfd[1]);
     /* a child that exits before reading its input raises SIGPIPE here: take it back */
     struct timespec zero = {0, 0};

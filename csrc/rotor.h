@@ -53,6 +53,7 @@ void rotor_buf_add_formenc(rotor_buf *b, const char *p, size_t n);
 void rotor_http_open(lua_State *L);
 /* 1: https elsewhere; 2: http or https to a loopback host (never proxied); 0: refused;
  * -1: unparsable */
+int rotor_write_all(int fd, const char *p, size_t n);
 int rotor_is_loopback_url(const char *url, char *scheme, size_t scheme_len);
 void rotor_global_init(void);
 
