@@ -6,10 +6,7 @@ local json = require "rotor.json"
 local sim = require "spec.helpers.sim"
 local fixtures = require "spec.helpers.rotor_fixtures"
 
-local function counter(s, path)
-  local c = fixtures.control(s, "GET", "/counters")
-  return (c.counters or c)[path] or 0
-end
+local counter = fixtures.counter
 
 local function read(path)
   local f = assert(io.open(path, "rb"))

@@ -23,6 +23,12 @@ local function control(s, method, path, body)
 end
 _M.control = control
 
+--- Requests the simulator counted for a path (or "METHOD path").
+function _M.counter(s, path)
+  local c = control(s, "GET", "/counters")
+  return math.floor((c.counters or c)[path] or 0)
+end
+
 function _M.seed(s, kind, n)
   if kind == "genesys_new" or kind == "genesys_own" then
     -- Genesys with strategy new_client: a second client is minted, the old one retired;
