@@ -185,8 +185,8 @@ describe("store files and modes", function()
     assert.same({ "a.tmp.b", "c" }, s:list())
   end)
 
-  it("makes lock, audit and slot files 0600 under umask 0277 #proc", function()
-    local dir = tmpdir("umask") .. "/store"
+  it("makes lock, audit and slot files 0600 and directories 0700 under umask 0277 #proc", function()
+    local dir = tmpdir("umask") .. "/made/store"
     local out, rc = sh("umask 0277; " .. ROTOR .. " -e " .. q(([[
       local s = assert(require("rotor.store").file(%q))
       local l = assert(s:lock("x")) l:unlock()
@@ -199,6 +199,7 @@ describe("store files and modes", function()
       assert.equal(384, select(3, core.fs_exists(dir .. "/" .. n)), n)
     end
     assert.equal(448, select(3, core.fs_exists(dir)))
+    assert.equal(448, select(3, core.fs_exists(dir:match("^(.*)/store$"))))
   end)
 
   it("a read-only store creates nothing and refuses writes, saying so", function()
