@@ -228,13 +228,16 @@ static int trusted_dir(const char *path, int create, const char *const *trusted,
             fd = nfd;
             continue;
         }
+        int made = 0;
         if (fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
             int err = errno;
             if (err != ENOENT || !create) {
                 close(fd);
                 return why(msg, err, "%s/%s: %s", cur, name, strerror(err));
             }
-            if (mkdirat(fd, name, 0700) != 0 && errno != EEXIST) {
+            if (mkdirat(fd, name, 0700) == 0) {
+                made = 1;
+            } else if (errno != EEXIST) {
                 err = errno;
                 close(fd);
                 return why(msg, err, "cannot create directory %s/%s: %s", cur, name, strerror(err));
@@ -296,6 +299,11 @@ static int trusted_dir(const char *path, int create, const char *const *trusted,
             return why(msg, err, "cannot open %s/%s: %s", cur, name, strerror(err));
         }
         fd = nfd;
+        if (made && fchmod(fd, 0700) != 0) { /* 0700 whatever the umask */
+            err = errno;
+            close(fd);
+            return why(msg, err, "cannot set the mode of %s/%s: %s", cur, name, strerror(err));
+        }
         if (strlen(cur) + n + 2 > sizeof cur) {
             close(fd);
             return why(msg, ENAMETOOLONG, "%s: path too long", path);

@@ -185,8 +185,8 @@ describe("store files and modes", function()
     assert.same({ "a.tmp.b", "c" }, s:list())
   end)
 
-  it("makes lock, audit and slot files 0600 under umask 0277 #proc", function()
-    local dir = tmpdir("umask") .. "/store"
+  it("makes lock, audit and slot files 0600 and directories 0700 under umask 0277 #proc", function()
+    local dir = tmpdir("umask") .. "/made/store"
     local out, rc = sh("umask 0277; " .. ROTOR .. " -e " .. q(([[
       local s = assert(require("rotor.store").file(%q))
       local l = assert(s:lock("x")) l:unlock()
@@ -199,6 +199,7 @@ describe("store files and modes", function()
       assert.equal(384, select(3, core.fs_exists(dir .. "/" .. n)), n)
     end
     assert.equal(448, select(3, core.fs_exists(dir)))
+    assert.equal(448, select(3, core.fs_exists(dir:match("^(.*)/store$"))))
   end)
 
   it("a read-only store creates nothing and refuses writes, saying so", function()
@@ -251,8 +252,21 @@ describe("the rotor process #proc", function()
     local dir = tmpdir("dump")
     assert(select(2, sim.run("chmod 0755 " .. q(dir))) == 0)
     local as_nobody = ("setpriv --reuid=%d --regid=%d --clear-groups "):format(NOBODY, NOBODY)
+    -- nobody must reach the host and its modules; when the checkout is private (a 0700 parent),
+    -- a copy laid out as the host expects (BIN/rotor, BIN/5.4/rotor/core.so, BIN/../lua) is used
+    local bin_dir = ROTOR_ABS:match("^(.*)/[^/]+$")
+    local rotor_bin = ROTOR_ABS
+    if select(2, sim.run(("%s sh -c %s"):format(as_nobody, q(("test -x %s && test -r %s/5.4/rotor/core.so")
+        :format(q(ROTOR_ABS), q(bin_dir)))))) ~= 0 then
+      local copy = (sim.run("mktemp -d /tmp/rotor-hard-bin.XXXXXX")):gsub("%s+$", "")
+      finally(function() sim.run("rm -rf " .. q(copy)) end)
+      assert(select(2, sim.run(("chmod 0755 %s && mkdir -p %s/b/5.4/rotor && cp %s %s/b/rotor && "
+        .. "cp %s/5.4/rotor/core.so %s/b/5.4/rotor/ && cp -rL %s/../lua %s/lua && chmod -R a+rX %s")
+        :format(q(copy), q(copy), q(ROTOR_ABS), q(copy), q(bin_dir), q(copy), q(bin_dir), q(copy), q(copy)))) == 0)
+      rotor_bin = copy .. "/b/rotor"
+    end
     local out, rc = sim.run(("%s env ROTOR_HARDEN_MARK=visible %s -e %s >/dev/null 2>&1 & echo $!"):format(
-      as_nobody, ROTOR_ABS, q("require('rotor.core').sleep(60)")))
+      as_nobody, rotor_bin, q("require('rotor.core').sleep(60)")))
     assert.equal(0, rc)
     local pid = assert(tonumber(out:match("%d+")))
     finally(function() sim.run("kill " .. pid .. " 2>/dev/null") end)
