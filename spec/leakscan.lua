@@ -1,39 +1,126 @@
--- Leak scan: every secret the simulators issued (or were seeded with) during the run is searched
--- for in everything the specs printed and in every file the specs left under the given
--- directories: logs, journals, audit trails, command outputs, server logs.
+-- Leak scan: every secret and access token the simulators issued (or were seeded with) during the
+-- run is searched for in everything the specs printed and in every file the specs left under the
+-- given directories: logs, journals, audit trails, command outputs, server logs, rock trees.
 --
 -- usage: lua5.4 spec/leakscan.lua ISSUED_SECRETS_LOG FILE_OR_DIR...
 --
--- Secrets belong in stores only. So a slot file of the file store (JSON with "versions") is
--- scanned with its versions taken out (its journal and metadata must be clean), and the files
--- that hold secrets by design are skipped, each kind named below and counted in the report.
--- Exits 1 naming the file (never the secret) when a secret is found anywhere else.
-package.path = "./?.lua;./lua/?.lua;" .. package.path
-local json = require "rotor.json"
+-- ISSUED_SECRETS_LOG has one value a line: "<value>\t<secret|token>\t<client id>" (the simulator's
+-- $ROTOR_SECRETS_LOG) or just "<value>". Each value is searched for in every form it can take on
+-- the way out: raw, JSON-escaped ("/" as "\/"), form/URL-encoded (either hex case), and base64 and
+-- base64url of each of these, at any alignment inside a longer base64 text (so "Basic
+-- base64(id:secret)" is found whatever the id).
+--
+-- Secrets belong in stores only. A slot file of the file store (JSON with "versions") is decoded,
+-- its versions taken out, and the rest (journal, metadata) searched as decoded text. An env file
+-- (`env`, `*.env`: a dotenv store or the environment handed to a child process) may hold a secret
+-- only as the whole, raw value of an assignment; anywhere else in it, or in another form, is a leak. The other files that
+-- hold secrets by design are skipped, each kind named below and counted in the report.
+-- Exits 1 naming the file and the form (never the secret) when a secret is found anywhere else,
+-- and when nothing was recorded or nothing was scanned (a scan of nothing proves nothing).
+local cjson = require "cjson.safe"
 
 local issued_path = arg[1]
-if not issued_path then
+if not issued_path or not arg[2] then
   io.stderr:write("usage: leakscan.lua ISSUED_SECRETS_LOG FILE_OR_DIR...\n")
   os.exit(2)
 end
 
-local secrets, nsecrets = {}, 0
-local f = io.open(issued_path, "rb")
-if f then
-  for line in f:lines() do
-    if #line >= 8 and not secrets[line] then
-      secrets[line] = true
-      nsecrets = nsecrets + 1
-    end
-  end
+local function read(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("a")
   f:close()
+  return s
 end
 
--- files that hold secrets by design: stores, deploy sinks, and the inputs specs hand to the
--- processes they start
+---------------------------------------------------------------------------------------------------
+-- encodings
+
+local B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+local function b64(s)
+  local out = {}
+  for i = 1, #s, 3 do
+    local a, b, c = s:byte(i, i + 2)
+    local n = a * 65536 + (b or 0) * 256 + (c or 0)
+    local idx = { n // 262144 % 64, n // 4096 % 64, n // 64 % 64, n % 64 }
+    out[#out + 1] = B64:sub(idx[1] + 1, idx[1] + 1) .. B64:sub(idx[2] + 1, idx[2] + 1)
+      .. (b and B64:sub(idx[3] + 1, idx[3] + 1) or "=") .. (c and B64:sub(idx[4] + 1, idx[4] + 1) or "=")
+  end
+  return table.concat(out)
+end
+
+local function json_escape(s)
+  return (s:gsub('[%c"\\/]', function(c)
+    if c == "/" then return "\\/" elseif c == '"' then return '\\"' elseif c == "\\" then return "\\\\" end
+    return ("\\u%04x"):format(c:byte())
+  end))
+end
+
+local function url_encode(s, fmt)
+  return (s:gsub("[^%w%-%._~ ]", function(c) return fmt:format(c:byte()) end):gsub(" ", "+"))
+end
+
+-- The base64 characters that depend on s alone, when s sits at byte offset k (0, 1, 2) of a
+-- longer text that is base64-encoded: found inside base64 whatever comes before and after.
+local function b64_cores(s)
+  local out = {}
+  for k = 0, 2 do
+    local enc = b64(("\0"):rep(k) .. s)
+    local skip = ({ 0, 2, 3 })[k + 1]
+    local upto = (k + #s) // 3 * 4
+    local core = enc:sub(skip + 1, upto)
+    if #core >= 8 then out[#out + 1] = core end
+  end
+  return out
+end
+
+--- Every form of value v to search for: { {text, form}, ... }.
+local function forms(v)
+  local list, seen = {}, {}
+  local function add(text, form)
+    if #text >= 8 and not seen[text] then
+      seen[text] = true
+      list[#list + 1] = { text, form }
+    end
+  end
+  local bases = {
+    { v, "raw" }, { json_escape(v), "JSON-escaped" },
+    { url_encode(v, "%%%02X"), "URL-encoded" }, { url_encode(v, "%%%02x"), "URL-encoded" },
+  }
+  for _, b in ipairs(bases) do
+    add(b[1], b[2])
+    for _, core in ipairs(b64_cores(b[1])) do
+      add(core, "base64 of " .. b[2])
+      add((core:gsub("[+/]", { ["+"] = "-", ["/"] = "_" })), "base64url of " .. b[2])
+    end
+  end
+  return list
+end
+_G.ROTOR_LEAKSCAN_FORMS = forms   -- for spec/leakscan_spec.lua
+
+---------------------------------------------------------------------------------------------------
+-- what to search for
+
+local values, nvalues, ntokens, exact = {}, 0, 0, {}
+do
+  local data = read(issued_path) or ""
+  local seen = {}
+  for line in data:gmatch("[^\n]+") do
+    local v, what = line:match("^([^\t]*)\t?([^\t]*)")
+    if v and #v >= 8 and not seen[v] then
+      seen[v] = true
+      exact[v] = true
+      nvalues = nvalues + 1
+      if what == "token" then ntokens = ntokens + 1 end
+      values[#values + 1] = { value = v, what = what == "token" and "access token" or "secret",
+                              forms = forms(v) }
+    end
+  end
+end
+
+-- files that hold secrets by design: deploy sinks, the inputs specs hand to the processes they
+-- start, keys
 local BY_DESIGN = {
-  { "dotenv store or env file handed to a child process",
-    function(n) return n == "env" or n:match("%.env$") end },
   { "exec store sink output (spec)", function(n) return n == "got" end },
   { "curl request config of the simulator helper", function(n) return n:match("^req%d+") end },
   { "TLS keys and the audit HMAC key",
@@ -42,7 +129,45 @@ local BY_DESIGN = {
   { "the issued-secrets list itself", function(n, p) return p == issued_path or n:match("issued%-secrets") end },
 }
 
-local read = require("spec.helpers.sim").read_file
+local function is_env(name) return name == "env" or name:match("%.env$") ~= nil end
+
+-- an env file without the values of its assignments (kept: comments, names, anything else)
+local function env_rest(data)
+  local out = {}
+  for line in (data .. "\n"):gmatch("([^\n]*)\n") do
+    local head, val = line:match("^(%s*export%s+[%w_]+=)(.*)$")
+    if not head then head, val = line:match("^(%s*[%w_]+=)(.*)$") end
+    if head then
+      local q = val:match("^'(.*)'$") or val:match('^"(.*)"$')
+      -- a value is dropped only when it is exactly an issued value, as a dotenv store writes it
+      if exact[q or val] then out[#out + 1] = head else out[#out + 1] = line end
+    else
+      out[#out + 1] = line
+    end
+  end
+  return table.concat(out, "\n")
+end
+
+-- a slot file of the file store: its decoded text without the versions, or nil
+local function slot_rest(data)
+  local v = cjson.decode(data)
+  if type(v) ~= "table" or type(v.versions) ~= "table" then return nil end
+  v.versions = nil
+  local parts = {}
+  local function walk(x, depth)
+    if depth > 64 then return end
+    if type(x) == "table" then
+      for k, y in pairs(x) do
+        if type(k) == "string" then parts[#parts + 1] = k end
+        walk(y, depth + 1)
+      end
+    elseif type(x) == "string" then
+      parts[#parts + 1] = x
+    end
+  end
+  walk(v, 0)
+  return table.concat(parts, "\n")
+end
 
 local files = {}
 for i = 2, #arg do
@@ -51,7 +176,7 @@ for i = 2, #arg do
   p:close()
 end
 
-local leaks, scanned, bytes, slots = 0, 0, 0, 0
+local leaks, scanned, bytes, slots, envs = 0, 0, 0, 0, 0
 local skipped = {}
 for _, path in ipairs(files) do
   local name = path:match("[^/]+$")
@@ -64,21 +189,21 @@ for _, path in ipairs(files) do
   else
     local data = read(path)
     if data and name:match("%.json$") then
-      local v = json.decode(data)
-      if type(v) == "table" and type(v.versions) == "table" then
-        -- a slot of the file store: the versions are the store; the rest must be clean
-        v.versions = nil
-        data = json.encode(v)
-        slots = slots + 1
-      end
+      local rest = slot_rest(data)
+      if rest then data, slots = rest, slots + 1 end
+    elseif data and is_env(name) then
+      data, envs = env_rest(data), envs + 1
     end
     if data then
       scanned = scanned + 1
       bytes = bytes + #data
-      for s in pairs(secrets) do
-        if data:find(s, 1, true) then
-          leaks = leaks + 1
-          io.stderr:write("leakscan: an issued secret appears in " .. path .. "\n")
+      for _, v in ipairs(values) do
+        for _, f in ipairs(v.forms) do
+          if data:find(f[1], 1, true) then
+            leaks = leaks + 1
+            io.stderr:write(("leakscan: an issued %s appears (%s) in %s\n"):format(v.what, f[2], path))
+            break
+          end
         end
       end
     end
@@ -87,11 +212,17 @@ end
 local skips = {}
 for why, n in pairs(skipped) do skips[#skips + 1] = n .. " " .. why end
 table.sort(skips)
-print(("leakscan: %d issued secrets searched for in %d files (%d bytes; %d store slots with their "
-  .. "versions taken out): %d found"):format(nsecrets, scanned, bytes, slots, leaks))
+print(("leakscan: %d issued values (%d secrets, %d access tokens), each in its raw, JSON-escaped, "
+  .. "URL-encoded and base64 forms, searched for in %d files (%d bytes; %d store slots with their "
+  .. "versions taken out, %d env files with their assignments' values taken out): %d found"):format(
+  nvalues, nvalues - ntokens, ntokens, scanned, bytes, slots, envs, leaks))
 if #skips > 0 then print("leakscan: skipped, holding secrets by design: " .. table.concat(skips, "; ")) end
 if leaks > 0 then os.exit(1) end
-if nsecrets == 0 then
+if nvalues == 0 then
   io.stderr:write("leakscan: no issued secrets were recorded; the scan proves nothing\n")
+  os.exit(1)
+end
+if scanned == 0 then
+  io.stderr:write("leakscan: no file was scanned; the scan proves nothing\n")
   os.exit(1)
 end

@@ -164,6 +164,7 @@ end
 -- rec: { p = provider, cid = client id, exp = sim epoch, ... }
 function _M.put_token(token, rec, ttl)
   tok:set(token, util.encode(rec), math.max(1, ttl + 3600))
+  _M.log_issued(token, "token", rec.cid)
 end
 
 -- the token's record if it exists and has not expired (simulated clock), else nil, reason
@@ -211,13 +212,17 @@ function _M.record_secret(provider, client_id, secret, source)
     at = util.iso(_M.now()),
   }))
   if not ok then error("rotorsim: shared dict full: " .. tostring(err)) end
+  _M.log_issued(secret, "secret", client_id)
+end
+
+-- append to $ROTOR_SECRETS_LOG (the leak scan's list): "<value>\t<secret|token>\t<client id>"
+function _M.log_issued(value, what, client_id)
   local path = os.getenv("ROTOR_SECRETS_LOG")
-  if path and path ~= "" then
-    local f = io.open(path, "a")
-    if f then
-      f:write(secret, "\n")
-      f:close()
-    end
+  if not path or path == "" or type(value) ~= "string" then return end
+  local f = io.open(path, "a")
+  if f then
+    f:write(value, "\t", what, "\t", tostring(client_id or ""), "\n")
+    f:close()
   end
 end
 
