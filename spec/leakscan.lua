@@ -12,12 +12,15 @@
 --
 -- Secrets belong in stores only. A slot file of the file store (JSON with "versions") is decoded,
 -- its versions taken out, and the rest (journal, metadata) searched as decoded text. An env file
--- (`env`, `*.env`: a dotenv store or the environment handed to a child process) may hold a secret
--- only as the whole, raw value of an assignment; anywhere else in it, or in another form, is a leak. The other files that
+-- (`env`, `*.env`: a dotenv store or the environment handed to a child process) may hold a
+-- secret only as the whole, raw value of an assignment; anywhere else in it, or in another form,
+-- is a leak. The other files that
 -- hold secrets by design are skipped, each kind named below and counted in the report.
 -- Exits 1 naming the file and the form (never the secret) when a secret is found anywhere else,
 -- and when nothing was recorded or nothing was scanned (a scan of nothing proves nothing).
+package.path = "./?.lua;" .. package.path
 local cjson = require "cjson.safe"
+local forms = require("spec.helpers.leakforms").forms
 
 local issued_path = arg[1]
 if not issued_path or not arg[2] then
@@ -32,71 +35,6 @@ local function read(path)
   f:close()
   return s
 end
-
----------------------------------------------------------------------------------------------------
--- encodings
-
-local B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-local function b64(s)
-  local out = {}
-  for i = 1, #s, 3 do
-    local a, b, c = s:byte(i, i + 2)
-    local n = a * 65536 + (b or 0) * 256 + (c or 0)
-    local idx = { n // 262144 % 64, n // 4096 % 64, n // 64 % 64, n % 64 }
-    out[#out + 1] = B64:sub(idx[1] + 1, idx[1] + 1) .. B64:sub(idx[2] + 1, idx[2] + 1)
-      .. (b and B64:sub(idx[3] + 1, idx[3] + 1) or "=") .. (c and B64:sub(idx[4] + 1, idx[4] + 1) or "=")
-  end
-  return table.concat(out)
-end
-
-local function json_escape(s)
-  return (s:gsub('[%c"\\/]', function(c)
-    if c == "/" then return "\\/" elseif c == '"' then return '\\"' elseif c == "\\" then return "\\\\" end
-    return ("\\u%04x"):format(c:byte())
-  end))
-end
-
-local function url_encode(s, fmt)
-  return (s:gsub("[^%w%-%._~ ]", function(c) return fmt:format(c:byte()) end):gsub(" ", "+"))
-end
-
--- The base64 characters that depend on s alone, when s sits at byte offset k (0, 1, 2) of a
--- longer text that is base64-encoded: found inside base64 whatever comes before and after.
-local function b64_cores(s)
-  local out = {}
-  for k = 0, 2 do
-    local enc = b64(("\0"):rep(k) .. s)
-    local skip = ({ 0, 2, 3 })[k + 1]
-    local upto = (k + #s) // 3 * 4
-    local core = enc:sub(skip + 1, upto)
-    if #core >= 8 then out[#out + 1] = core end
-  end
-  return out
-end
-
---- Every form of value v to search for: { {text, form}, ... }.
-local function forms(v)
-  local list, seen = {}, {}
-  local function add(text, form)
-    if #text >= 8 and not seen[text] then
-      seen[text] = true
-      list[#list + 1] = { text, form }
-    end
-  end
-  local bases = {
-    { v, "raw" }, { json_escape(v), "JSON-escaped" },
-    { url_encode(v, "%%%02X"), "URL-encoded" }, { url_encode(v, "%%%02x"), "URL-encoded" },
-  }
-  for _, b in ipairs(bases) do
-    add(b[1], b[2])
-    for _, core in ipairs(b64_cores(b[1])) do
-      add(core, "base64 of " .. b[2])
-      add((core:gsub("[+/]", { ["+"] = "-", ["/"] = "_" })), "base64url of " .. b[2])
-    end
-  end
-  return list
-end
-_G.ROTOR_LEAKSCAN_FORMS = forms   -- for spec/leakscan_spec.lua
 
 ---------------------------------------------------------------------------------------------------
 -- what to search for

@@ -134,7 +134,10 @@ describe("rotor.ngx in nginx #openresty #proc", function()
       run("kill -QUIT " .. pid .. "; for i in $(seq 100); do kill -0 " .. pid
         .. " 2>/dev/null || break; sleep 0.05; done; kill -KILL " .. pid .. " 2>/dev/null")
     end
-    if dir and os.getenv("ROTOR_NGX_KEEP") == nil then run("rm -rf " .. shq(dir)) end
+    -- kept under $TMPDIR for the leak scan of `make test` (ROTOR_SIM_KEEP), nginx's error.log too
+    if dir and os.getenv("ROTOR_NGX_KEEP") == nil and os.getenv("ROTOR_SIM_KEEP") == nil then
+      run("rm -rf " .. shq(dir))
+    end
     if s then s:stop() end
   end)
 

@@ -1,6 +1,6 @@
 -- rotorsim.faults: injected faults for the next N requests to a path.
--- A fault is { path, count, method?, status?, retry_after?, body?, delay?, reset?, hang?, apply?,
---              truncate?, cut?, malformed?, oversize? } (see spec/simulator/README.md).
+-- A fault is { path, count, method?, issued?, status?, retry_after?, body?, echo?, delay?, reset?,
+--              hang?, apply?, truncate?, cut?, malformed?, oversize? } (see spec/simulator/README.md).
 local util = require "rotorsim.util"
 local store = require "rotorsim.store"
 
@@ -8,7 +8,7 @@ local _M = {}
 
 local sim = store.sim
 
-local KINDS = { "status", "reset", "hang", "truncate", "cut", "malformed", "oversize", "delay" }
+local KINDS = { "echo", "status", "reset", "hang", "truncate", "cut", "malformed", "oversize", "delay" }
 
 function _M.name(f)
   for _, k in ipairs(KINDS) do
@@ -32,14 +32,52 @@ function _M.validate(f)
     return nil, "fault.delay must be seconds"
   end
   if _M.name(f) == "none" then
-    return nil, "fault needs one of status, delay, reset, hang, truncate, cut, malformed, oversize"
+    return nil, "fault needs one of status, echo, delay, reset, hang, truncate, cut, malformed, oversize"
   end
   return true
+end
+
+-- What a request carries that could be a credential: the Basic header's parts (decoded and as
+-- sent), the bearer token, and every string field of a form, multipart or JSON body.
+local function carried()
+  local out = {}
+  local id, secret, raw_id, raw_secret = util.basic_auth()
+  for _, v in ipairs { id or false, secret or false, raw_id or false, raw_secret or false, util.bearer() or false,
+                       ngx.var.http_x_amz_access_token or false } do
+    if v then out[#out + 1] = v end
+  end
+  local body = util.body()
+  local ct = util.content_type()
+  local fields
+  if ct:find("application/x-www-form-urlencoded", 1, true) then
+    fields = util.parse_form(body)
+  elseif ct:find("multipart/form-data", 1, true) then
+    fields = util.parse_multipart(body, ngx.var.content_type or "")
+  elseif ct:find("json", 1, true) then
+    local ok, v = pcall(util.decode, body)
+    fields = ok and type(v) == "table" and v or nil
+  end
+  for _, v in pairs(fields or {}) do
+    if type(v) == "string" and v ~= "" then out[#out + 1] = v end
+  end
+  return out, body
+end
+
+-- true when the request carries a secret the simulator issued (not a seeded one): the `issued`
+-- filter, for a provider that refuses freshly minted secrets
+local function carries_issued()
+  local have = {}
+  for _, v in ipairs((carried())) do have[v] = true end
+  for _, rec in ipairs(store.secrets()) do
+    if rec.source == "issued" and have[rec.secret] then return true end
+  end
+  return false
 end
 
 -- queue a fault (appends to the path's queue)
 function _M.add(f)
   f.count = f.count or 1
+  if f.echo and not f.status then f.status = 400 end
   f.left = f.count
   return store.locked(function()
     local key = "fault:" .. f.path
@@ -68,11 +106,16 @@ end
 function _M.take(uri, method)
   local key = "fault:" .. uri
   if not sim:get(key) then return nil end
+  -- the issued filter reads the request: decided before the lock is taken
+  local issued
+  for _, f in ipairs(store.get(key) or {}) do
+    if f.issued then issued = carries_issued() break end
+  end
   return store.locked(function()
     local q = store.get(key)
     if not q then return nil end
     for i, f in ipairs(q) do
-      if f.method == nil or f.method:upper() == method then
+      if (f.method == nil or f.method:upper() == method) and (not f.issued or issued) then
         f.left = f.left - 1
         if f.left <= 0 then table.remove(q, i) end
         if #q == 0 then sim:delete(key) else store.put(key, q) end
@@ -90,7 +133,19 @@ function _M.send_status(f, send)
   if f.retry_after then headers["Retry-After"] = tostring(f.retry_after) end
   if f.headers then for k, v in pairs(f.headers) do headers[k] = v end end
   local body = f.body
-  if body == nil then
+  if f.echo then
+    -- a provider that quotes the request back: the body as sent, the Authorization header, every
+    -- credential-like value decoded, and the same values JSON-escaped ("/" as "\/")
+    local values, raw = carried()
+    local esc = {}
+    for i, v in ipairs(values) do esc[i] = (v:gsub("\\", "\\\\"):gsub('"', '\\"'):gsub("/", "\\/")) end
+    local text = "cannot process the request: " .. raw .. " (Authorization: "
+      .. tostring(ngx.var.http_authorization) .. "; x-amz-access-token: "
+      .. tostring(ngx.var.http_x_amz_access_token) .. "; fields: " .. table.concat(values, " ")
+      .. '; as JSON: {"values":["' .. table.concat(esc, '","') .. '"]})'
+    body = { error = "invalid_request", error_description = text, message = text, code = "bad.request",
+             status = f.status }
+  elseif body == nil then
     body = { message = "simulated fault", status = f.status }
     if f.status == 429 then body.message = "Too many requests (simulated)" end
   end
