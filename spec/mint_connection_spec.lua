@@ -23,7 +23,9 @@ local CASES = {
   },
   paylocity = {
     normal = function(p) return p:token() end,
-    mint = function(p, fx, i) return p:obtain_new_client_secret { code = i == 1 and fx.code or fx.code .. "-" .. i } end,
+    mint = function(p, fx, i)
+      return p:obtain_new_client_secret { code = i == 1 and fx.code or fx.code .. "-" .. i }
+    end,
   },
   spapi = {
     normal = function(p) return p:token() end,
