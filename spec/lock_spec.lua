@@ -1,5 +1,6 @@
--- Two rotors started on one slot at the same moment: exactly one rotates, the other exits non-zero
--- (75) at once with a message that says the slot is locked by another rotor.
+-- Two rotors on one slot: the second, started once the first has journalled a step (no race at
+-- the lock), exits 75 at once with a message that says the slot is locked by another rotor; the
+-- first finishes. Also the CLI's exit code and stopping on signals.
 local core = require "rotor.core"
 local sim = require "spec.helpers.sim"
 local fixtures = require "spec.helpers.rotor_fixtures"
@@ -12,29 +13,61 @@ describe("per-slot lock across processes #proc", function()
   setup(function() s = sim.start() end)
   teardown(function() if s then s:stop() end end)
 
-  it("lets exactly one of two simultaneous rotors rotate", function()
+  it("refuses a second rotor while the first, having journalled a step, holds the slot", function()
     local fx = fixtures.seed(s, "genesys")
     local dir = s.dir .. "/lock-spec"
     assert(core.fs_mkdir(dir .. "/store", 448))
     local env = fixtures.env(s, fx, dir .. "/store")
-    env.ROTOR_T_DEPLOY_SLEEP = "1.5" -- the winner holds the lock a while
+    -- the first rotor's deploy hook waits for this file: it holds the lock until the spec lets go
+    env.ROTOR_T_DEPLOY_GATE = dir .. "/gate"
     fixtures.write_env(dir .. "/env", env)
     local q = sim.shell_quote
-    local function one(...) return ("(. %s && %s %s > %s 2> %s; echo $? > %s)"):format(...) end
-    local cmd = "(" .. one(q(dir .. "/env"), ROTOR, SCRIPT, q(dir .. "/o1"), q(dir .. "/e1"), q(dir .. "/rc1")) .. " & "
-      .. one(q(dir .. "/env"), ROTOR, SCRIPT, q(dir .. "/o2"), q(dir .. "/e2"), q(dir .. "/rc2")) .. " & wait)"
-    local r1, r2, r3 = os.execute(cmd)
-    assert(core.fs_exists(dir .. "/rc1"), cmd .. " -> " .. tostring(r1) .. tostring(r2) .. tostring(r3))
-    local rc = { tonumber(core.fs_read(dir .. "/rc1")), tonumber(core.fs_read(dir .. "/rc2")) }
-    table.sort(rc)
-    assert.same({ 0, 75 }, rc)
-    local errtext = (core.fs_read(dir .. "/e1") or "") .. (core.fs_read(dir .. "/e2") or "")
-    assert.truthy(errtext:find("slot " .. fx.slot .. " is locked by another rotor (pid ", 1, true), errtext)
+    local function one(n)
+      return ("(. %s && %s %s > %s 2> %s; echo $? > %s)"):format(q(dir .. "/env"), ROTOR, SCRIPT,
+        q(dir .. "/o" .. n), q(dir .. "/e" .. n), q(dir .. "/rc" .. n .. ".tmp"))
+        .. " && mv " .. q(dir .. "/rc" .. n .. ".tmp") .. " " .. q(dir .. "/rc" .. n)
+    end
+    local rotor = require "rotor"
+    local store = assert(rotor.store.file(dir .. "/store"))
+    -- the first rotor, in the background
+    sim.run("(" .. one(1) .. ") </dev/null >/dev/null 2>&1 & true")
+    -- wait (no time bound in the check: up to 60 s of polling) until it has journalled verify
+    local rec
+    for _ = 1, 1200 do
+      rec = store:get(fx.slot)
+      local verified = false
+      for _, e in ipairs(rec and rec.journal or {}) do
+        if e.step == "verify" and e.outcome == "ok" then verified = true end
+      end
+      if verified or core.fs_exists(dir .. "/rc1") then break end
+      rotor.sleep(0.05)
+    end
+    assert.is_false(core.fs_exists(dir .. "/rc1"), "the first rotor ended early: "
+      .. tostring(core.fs_read(dir .. "/e1")))
+    assert.truthy(assert(rec, "the first rotor journalled nothing").rotation)
+    -- the second rotor meets the lock
+    local out, rc = sim.run(("(. %s && %s %s) 2>&1"):format(q(dir .. "/env"), ROTOR, SCRIPT))
+    assert.equal(75, rc, out)
+    assert.truthy(out:find("slot " .. fx.slot .. " is locked by another rotor (pid ", 1, true), out)
+    -- the first rotor lets go and finishes
+    assert(core.fs_write_atomic(dir .. "/gate", "", 384))
+    for _ = 1, 1200 do
+      if core.fs_exists(dir .. "/rc1") then break end
+      rotor.sleep(0.05)
+    end
+    assert.equal(0, tonumber(core.fs_read(dir .. "/rc1")), core.fs_read(dir .. "/e1"))
     local counters = fixtures.control(s, "GET", "/counters")
     assert.equal(1, (counters.counters or counters)[fx.mint_path])
-    local rotor = require "rotor"
-    local rec = assert(assert(rotor.store.file(dir .. "/store")):get(fx.slot))
+    rec = assert(store:get(fx.slot))
+    assert.is_nil(rec.rotation)
     assert.is_true(fixtures.works(fx, rec.versions.current.client_id, rec.versions.current.secret))
+    -- one rotation in the journal, started once, never resumed by the second rotor
+    local starts, resumes = 0, 0
+    for _, e in ipairs(rec.journal) do
+      if e.step == "rotation" and e.outcome == "start" then starts = starts + 1 end
+      if e.step == "rotation" and e.outcome == "resume" then resumes = resumes + 1 end
+    end
+    assert.same({ 1, 0 }, { starts, resumes })
   end)
 
   it("rotor rotate --config exits 75 when the slot is locked", function()

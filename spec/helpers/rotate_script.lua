@@ -2,7 +2,8 @@
 -- ROTOR_T_* variables (spec.helpers.rotor_fixtures.env). Used by the crash and lock specs.
 -- Exit: 0 rotated, 75 slot locked, 1 failed (the error on stderr). ROTOR_T_DEPLOY_SLEEP makes the
 -- deploy hook take that many seconds (so a second rotor meets the lock); ROTOR_T_DEPLOY_SIGNAL
--- makes it send that signal to its own process. Exit 130: stopped on a signal.
+-- makes it send that signal to its own process; ROTOR_T_DEPLOY_GATE makes it wait (up to 60 s) until
+-- that file exists (so a spec decides when the first rotor lets go). Exit 130: stopped on a signal.
 local rotor = require "rotor"
 local env = os.getenv
 local kind = assert(env("ROTOR_T_KIND"))
@@ -25,6 +26,14 @@ local res, err = rotor.rotate {
   deploy = function(new)
     local pause = tonumber(env("ROTOR_T_DEPLOY_SLEEP") or "")
     if pause then rotor.sleep(pause) end
+    local gate = env("ROTOR_T_DEPLOY_GATE")
+    if gate then
+      local core = require "rotor.core"
+      for _ = 1, 1200 do
+        if core.fs_exists(gate) then break end
+        rotor.sleep(0.05)
+      end
+    end
     if env("ROTOR_T_DEPLOY_SIGNAL") then
       -- as if an operator pressed ^C (or cron sent SIGTERM) while the deploy hook ran
       -- (io.popen, not os.execute: system() ignores SIGINT in the caller while the child runs)
