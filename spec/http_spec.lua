@@ -141,13 +141,30 @@ describe("HTTPS transfers", function()
     assert.equals("v7", res.headers["x-filler-7"])
   end)
 
+  -- the waits rotor.http asks the scheduler for, while fn runs
+  local function waits_of(fn)
+    local sleep, waits = sched.sleep, {}
+    sched.sleep = function(t) waits[#waits + 1] = t return sleep(t) end
+    local ok, a, b = pcall(fn)
+    sched.sleep = sleep
+    assert(ok, a)
+    return waits, a, b
+  end
+
   it("retries 503 with backoff and then succeeds", function()
     s:fault { path = "/genesys/api/v2/tokens/me", count = 2, status = 503 }
     local before = s:counters()["/genesys/api/v2/tokens/me"] or 0
-    local res = assert(http.request(me()))
+    local waits, res = waits_of(function() return assert(http.request(me())) end)
     assert.equals(200, res.status)
     assert.equals(3, res.attempts)
     assert.equals(before + 3, s:counters()["/genesys/api/v2/tokens/me"])
+    -- exponential backoff with jitter: attempt n waits between half and all of base * 2^(n-1)
+    local d = http.defaults
+    assert.equals(2, #waits)
+    for n, w in ipairs(waits) do
+      local cap = math.min(d.max_delay, d.base_delay * 2 ^ (n - 1))
+      assert.is_true(w >= cap / 2 and w <= cap, ("wait %d: %.3f s, not in [%.3f, %.3f]"):format(n, w, cap / 2, cap))
+    end
   end)
 
   it("waits at least Retry-After: 2 before retrying a 429", function()
@@ -190,14 +207,24 @@ describe("HTTPS transfers", function()
     local n, rate = 10, 20
     local limit = { key = "spec:pacing", rate = rate, per = 1 }
     local t0 = core.now()
-    local results = sched.parallel({ 1, 2, 3, 4, 5, 6, 7, 8, 9, 10 }, function()
-      local res = assert(http.request(me(), { rate = limit }))
-      return res.status
-    end, { concurrency = 10 })
+    local waits, results = waits_of(function()
+      return sched.parallel({ 1, 2, 3, 4, 5, 6, 7, 8, 9, 10 }, function()
+        local res = assert(http.request(me(), { rate = limit }))
+        return res.status
+      end, { concurrency = 10 })
+    end)
     local elapsed = core.now() - t0
     assert.equals(n, #results)
     -- n requests at `rate`/s: the first goes at once, the last after (n-1)/rate seconds
     assert.is_true(elapsed >= (n - 1) / rate - 0.01, "took " .. elapsed)
+    -- and no later: the pacer asks for n-1 waits, the longest (n-1)/rate (they were all queued
+    -- at once), each one interval apart from the next
+    table.sort(waits)
+    assert.is_true(#waits >= n - 2 and #waits <= n - 1, #waits .. " waits")
+    assert.is_true(waits[#waits] <= (n - 1) / rate + 0.001, "longest wait " .. waits[#waits])
+    for i = 2, #waits do
+      assert.is_true(waits[i] - waits[i - 1] <= 1 / rate + 0.005, "waits " .. table.concat(waits, ", "))
+    end
   end)
 
   it("runs many transfers at once on one thread inside rotor.parallel", function()

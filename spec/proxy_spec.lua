@@ -72,10 +72,28 @@ describe("HTTPS through a proxy", function()
   end)
 
   it("names an unreachable proxy as a network error, sent = false, after its retries", function()
-    local res, err = http.request({ url = url .. "/_sim/health", cainfo = s.ca,
-                                    proxy = "http://127.0.0.1:1" }, { retries = 1, max_wait = 2 })
+    local sched = require "rotor.sched"
+    local req = { url = url .. "/_sim/health", cainfo = s.ca, proxy = "http://127.0.0.1:1" }
+    -- the transfer itself: failed before anything was sent
+    local raw = assert(sched.request(req))
+    assert.is_table(raw.error)
+    assert.equals("network", raw.error.kind)
+    assert.is_false(raw.sent)
+    -- through rotor.http: retried (one wait per retry), then the error; a minting request too,
+    -- since it was never sent (not "ambiguous")
+    local sleep, waits = sched.sleep, {}
+    sched.sleep = function(t) waits[#waits + 1] = t return sleep(t) end
+    local ok, res, err = pcall(http.request, req, { retries = 1, max_wait = 2 })
+    local ok2, res2, err2 = pcall(http.request, req, { retries = 2, max_wait = 5, mint = true })
+    sched.sleep = sleep
+    assert.is_true(ok, res)
+    assert.is_true(ok2, res2)
     assert.is_nil(res)
     assert.equals("network", err.kind)
     assert.matches("127.0.0.1", err.message)
+    assert.is_nil(res2)
+    assert.equals("network", err2.kind)
+    -- 1 retry for the first request, 2 for the mint
+    assert.equals(3, #waits)
   end)
 end)
