@@ -316,9 +316,14 @@ describe("rotor.genesys", function()
 
   it("raises on wrong argument types", function()
     local p = new()
-    assert.has_error(function() p:get_oauth_client() end)
-    assert.has_error(function() p:put_oauth_client("id") end)
-    assert.has_error(function() p:post_oauth_clients("x") end)
-    assert.has_error(function() p:delete_oauth_client(5) end)
+    assert.error_matches(function() p:get_oauth_client() end,
+      "get_oauth_client: a client id string expected", nil, true)
+    assert.error_matches(function() p:put_oauth_client("id") end,
+      "put_oauth_client: an OAuthClientRequest table expected",
+      nil, true)
+    assert.error_matches(function() p:post_oauth_clients("x") end,
+      "post_oauth_clients: an OAuthClientRequest table expected", nil, true)
+    assert.error_matches(function() p:delete_oauth_client(5) end,
+      "delete_oauth_client: a client id string expected", nil, true)
   end)
 end)

@@ -83,10 +83,11 @@ describe("rotor.paylocity", function()
     end)
 
     it("raises on a wrong argument type", function()
-      assert.has_error(function() paylocity.new("x") end)
+      assert.error_matches(function() paylocity.new("x") end, "rotor.paylocity: an options table expected", nil, true)
       local p = new()
-      assert.has_error(function() p:obtain_new_client_secret() end)
-      assert.has_error(function() p:obtain_new_client_secret{ code = 5 } end)
+      assert.error_matches(function() p:obtain_new_client_secret() end, "a table {code=} expected", nil, true)
+      assert.error_matches(function() p:obtain_new_client_secret{ code = 5 } end,
+        "code must be a non-empty string", nil, true)
     end)
   end)
 
@@ -136,7 +137,8 @@ describe("rotor.paylocity", function()
       p:set_credentials(ID, r[1].clientSecret)
       assert.truthy(p:token())
       assert.equal(2, kit.count(S, TOKEN_PATH))
-      assert.has_error(function() p:set_credentials(nil, "x") end)
+      assert.error_matches(function() p:set_credentials(nil, "x") end,
+        "client_id must be a non-empty string", nil, true)
     end)
   end)
 

@@ -188,9 +188,11 @@ describe("rotor.spreetail", function()
 
   it("raises on wrong argument types", function()
     local p = new()
-    assert.has_error(function() p:create_client_credentials{} end)
-    assert.has_error(function() p:create_client_credentials{ name = "x", expires = 5 } end)
-    assert.has_error(function() p:delete_client_credentials() end)
-    assert.has_error(function() p:verify("x") end)
+    assert.error_matches(function() p:create_client_credentials{} end, "name must be a non-empty string", nil, true)
+    assert.error_matches(function() p:create_client_credentials{ name = "x", expires = 5 } end,
+      "expires must be an ISO-8601 string or nil", nil, true)
+    assert.error_matches(function() p:delete_client_credentials() end, "a clientId string expected", nil, true)
+    assert.error_matches(function() p:verify("x") end,
+      "verify: a table {client_id=, client_secret=} expected", nil, true)
   end)
 end)

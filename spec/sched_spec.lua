@@ -61,9 +61,10 @@ describe("rotor.parallel", function()
   end)
 
   it("rejects wrong arguments with error()", function()
-    assert.has_error(function() rotor.parallel("x", function() end) end)
-    assert.has_error(function() rotor.parallel({}, "f") end)
-    assert.has_error(function() rotor.parallel({ 1 }, function() end, { concurrency = 0 }) end)
+    assert.error_matches(function() rotor.parallel("x", function() end) end, "items must be a table", nil, true)
+    assert.error_matches(function() rotor.parallel({}, "f") end, "fn must be a function", nil, true)
+    assert.error_matches(function() rotor.parallel({ 1 }, function() end, { concurrency = 0 }) end,
+      "concurrency must be a number >= 1", nil, true)
   end)
 
   it("returns empty tables for no items", function()
