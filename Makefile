@@ -10,6 +10,7 @@
 #   make valgrind   the core's specs under valgrind (definite leaks fail)
 #   make lint       luacheck, cppcheck, clang-tidy, clang-format --dry-run
 #   make fuzz       the libFuzzer harnesses of spec/fuzz/, FUZZ_TIME seconds each (not in make test)
+#   make mutants    break each safety behaviour in a scratch copy; its specs must fail (not in test)
 #   make install    PREFIX=/usr/local (modules under share/lua/5.4, lib/lua/5.4, bin/rotor)
 
 SHELL   := /bin/bash
@@ -52,7 +53,7 @@ VERSIONS := 5.4 5.3 5.1 jit
 
 .PHONY: sim sim-stop
 .PHONY: all deps test demo bench asan valgrind fuzz lint lint-lua lint-c format clean install \
-        spec spec-5.4 spec-jit check-deps
+        spec spec-5.4 spec-jit check-deps mutants
 all: $(foreach v,$(VERSIONS),$(BUILD)/$(v)/rotor/core.so) $(BUILD)/rotor
 
 define VERSION_RULES
@@ -178,6 +179,10 @@ fuzz: $(addprefix $(FUZZ_BUILD)/fuzz_,$(FUZZ_TARGETS))
 	    grep -E '^(stat::|INFO: seed|==[0-9]+==|SUMMARY|Done)'; \
 	  test $${PIPESTATUS[0]} = 0 || exit 1; \
 	done
+
+# ---- mutants: each safety guard must be able to fail (spec/mutants.lua; MUTANT=name runs one) ----
+mutants: check-deps all
+	lua5.4 spec/mutants.lua $(MUTANT)
 
 # ---- lint ----
 LUA_LINT_DIRS := lua spec examples rockspec

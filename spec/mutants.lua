@@ -1,0 +1,187 @@
+-- make mutants: break one safety behaviour at a time in a scratch copy of the working tree and run
+-- the specs that exist to catch it. Every mutant must be killed (its specs fail); one that survives
+-- is a guard that cannot fail. Prints a table; exits 1 when a mutant survives or no longer applies.
+--
+-- usage: lua5.4 spec/mutants.lua [NAME_PATTERN]      (from the top of the tree, after `make all`)
+--
+-- Each mutation is a literal text replacement that must match exactly once in its file (several
+-- alternatives may be given: the code it targets is still changing); the copy is made under
+-- build/mutants/ from the files git knows (tracked and untracked, not ignored), with the built
+-- core and host copied in (the mutations are all Lua). Before the mutants, the specs run once on
+-- an unmutated copy: a spec that fails there cannot kill anything, and the table says so.
+local BUSTED = "lua5.4 /usr/bin/busted --cpath='./build/5.4/?.so' "
+  .. "--lpath='./?.lua;./lua/?.lua;./lua/?/init.lua'"
+
+-- { name, behaviour, mutation, file, { {from, to}, ... alternatives }, { specs }, optional = true
+--   when the code it targets may not be in this tree }
+local function m(name, behaviour, what, file, alts, specs, optional)
+  return { name, behaviour, what, file, alts, specs, optional = optional }
+end
+local CRASH = "spec/crash_spec.lua"
+local MUTANTS = {
+  m("crash-ignored", "crash injection works", "ROTOR_CRASH_AT ignored (Ctx:crash returns at once)",
+    "lua/rotor/rotation.lua",
+    { { "function Ctx:crash(point, when)\n", "function Ctx:crash(point, when)\n  do return end\n" } },
+    { CRASH }),
+  m("recovery-remints", "recovery instead of blind re-minting", "recover() replaced by a plain re-mint",
+    "lua/rotor/rotation.lua", { { "version, err = strat.recover(ctx, rot.mint)", 'version, err = "mint", nil' } },
+    { CRASH }),
+  m("mint-warm", "a mint goes on a fresh connection", "fresh_connect = nil in client.lua",
+    "lua/rotor/client.lua", {
+      { "fresh_connect = opts.mint or nil", "fresh_connect = nil" },
+      { "fresh_connect = (opts.mint and self.options.mint_fresh_connection) or nil", "fresh_connect = nil" },
+    }, { "spec/mint_connection_spec.lua" }),
+  m("mint-twice", "a mint on a warm connection is sent at most once", "the at-most-once guard off (once = nil)",
+    "lua/rotor/client.lua", { { "once = opts.mint or nil", "once = nil" } },
+    { "spec/mint_connection_spec.lua", "spec/providers_genesys_spec.lua" }, true),
+  m("scrub-noop", "secrets are redacted from errors", "scrub made a no-op",
+    "lua/rotor/client.lua",
+    { { "local function scrub(self, s, extra, extra2)\n",
+        "local function scrub(self, s, extra, extra2)\n  do return s end\n" } },
+    { "spec/redaction_spec.lua" }),
+  m("scrub-raw-only", "secrets are redacted in every form", "scrub cuts the raw secret only",
+    "lua/rotor/client.lua",
+    { { "local function secret_forms(plain)\n", "local function secret_forms(plain)\n  do return { plain } end\n" } },
+    { "spec/redaction_spec.lua" }),
+  m("verify-ok", "the verify step", "Client:verify always succeeds",
+    "lua/rotor/client.lua",
+    { { "function Client:verify(creds)\n", "function Client:verify(creds)\n  do return true end\n" } },
+    { "spec/verify_spec.lua" }),
+  m("verify-skipped", "the verify step", "step.verify never asks the provider",
+    "lua/rotor/rotation.lua",
+    { { "ok, err = ctx.provider:verify { client_id = p.client_id, client_secret = p.secret }",
+        "ok, err = true, nil" } },
+    { "spec/verify_spec.lua" }),
+  m("unlock-early", "the lock is held for the whole rotation", "unlock right after locking",
+    "lua/rotor/rotation.lua",
+    { { "  if not lock then return nil, lerr end\n", "  if not lock then return nil, lerr end\n  lock:unlock()\n" } },
+    { "spec/lock_spec.lua" }),
+  m("pending-guard-off", "never re-mint over a pending secret", "the pending guard disabled",
+    "lua/rotor/rotation.lua", { { "  if versions.pending then\n", "  if false and versions.pending then\n" } },
+    { "spec/pending_guard_spec.lua", CRASH }),
+  m("leakscan-raw-only", "the leak scan searches every encoding", "only the raw value searched",
+    "spec/helpers/leakforms.lua",
+    { { "function _M.forms(v)\n", 'function _M.forms(v)\n  do return { { v, "raw" } } end\n' } },
+    { "spec/leakscan_spec.lua" }),
+  m("leakscan-empty-passes", "the leak scan fails when it scanned nothing", "the empty-scan check removed",
+    "spec/leakscan.lua", { { "if scanned == 0 then", "if false then" } },
+    { "spec/leakscan_spec.lua" }),
+  m("backoff-doubled", "retries back off by base * 2^(n-1)", "the backoff twice as long",
+    "lua/rotor/http.lua", { { "return cap / 2 + jitter() * cap / 2", "return cap + jitter() * cap" } },
+    { "spec/http_spec.lua" }),
+  m("pacing-slow", "pacing waits no longer than the rate needs", "the pacing interval doubled",
+    "lua/rotor/http.lua",
+    { { "local interval = (limit.per or 1) / limit.rate", "local interval = 2 * (limit.per or 1) / limit.rate" } },
+    { "spec/http_spec.lua" }),
+  m("no-retry-unsent", "a request that was never sent is retried", "no retry of unsent requests",
+    "lua/rotor/http.lua",
+    { { "if not res.sent and attempt <= retries", "if not res.sent and attempt <= retries - 100" } },
+    { "spec/proxy_spec.lua" }),
+}
+
+local function sh(cmd)
+  local p = assert(io.popen(cmd .. " 2>&1; echo \"__rc=$?\""))
+  local out = p:read("a")
+  p:close()
+  local body, rc = out:match("^(.*)__rc=(%d+)%s*$")
+  return body or out, tonumber(rc)
+end
+local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+local function read(p)
+  local f = io.open(p, "rb")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+local function write(p, s) local f = assert(io.open(p, "wb")) f:write(s) f:close() end
+
+local only = arg[1]
+local root = "build/mutants"
+assert(read("build/rotor") and read("build/5.4/rotor/core.so"), "run `make all` first")
+
+local function copy(name)
+  local dir = root .. "/" .. name
+  sh("rm -rf " .. q(dir) .. " && mkdir -p " .. q(dir .. "/build/5.4/rotor") .. " " .. q(dir .. "/tmp"))
+  local out, rc = sh("git ls-files -z --cached --others --exclude-standard | "
+    .. "tar --null -T - --ignore-failed-read -cf - | tar -xf - -C " .. q(dir))
+  assert(rc == 0, "copy failed: " .. out)
+  -- the host finds its Lua modules at ../lua from its own (real) path: a copy, not a link
+  assert(select(2, sh(("cp build/rotor %s/build/rotor && cp build/5.4/rotor/core.so %s/build/5.4/rotor/")
+    :format(q(dir), q(dir)))) == 0)
+  return dir
+end
+
+-- run specs in dir: killed (true when they fail), a short summary
+local function run(dir, specs)
+  local out, rc = sh(("cd %s && TMPDIR=$PWD/tmp ROTOR_BIN=./build/rotor nice %s %s"):format(q(dir), BUSTED,
+    table.concat(specs, " ")))
+  write(dir .. "/busted.log", out)
+  local s, f, e = out:match("(%d+) successes / (%d+) failures / (%d+) errors")
+  local summary = s and ("%s ok, %s failed, %s errors"):format(s, f, e) or ("exit " .. tostring(rc))
+  return rc ~= 0, summary
+end
+
+local selected, all_specs, seen = {}, {}, {}
+for _, mu in ipairs(MUTANTS) do
+  if not only or mu[1]:find(only, 1, true) then
+    selected[#selected + 1] = mu
+    for _, sp in ipairs(mu[6]) do
+      if not seen[sp] then seen[sp] = true all_specs[#all_specs + 1] = sp end
+    end
+  end
+end
+
+-- baseline: each spec on the unmutated copy
+local base_dir = copy("baseline")
+local baseline = {}
+for _, sp in ipairs(all_specs) do
+  local failed, summary = run(base_dir, { sp })
+  baseline[sp] = { ok = not failed, summary = summary }
+  io.stderr:write(("baseline %-34s %s\n"):format(sp, failed and ("FAILS (" .. summary .. ")") or "passes"))
+end
+
+local rows, bad = {}, 0
+for _, mu in ipairs(selected) do
+  local name, behaviour, what, file, alts, specs = mu[1], mu[2], mu[3], mu[4], mu[5], mu[6]
+  local dir = copy(name)
+  local text = assert(read(dir .. "/" .. file), "no " .. file)
+  local applied
+  for _, alt in ipairs(alts) do
+    local from, to = alt[1], alt[2]
+    local a = text:find(from, 1, true)
+    if a and not text:find(from, a + 1, true) then
+      write(dir .. "/" .. file, text:sub(1, a - 1) .. to .. text:sub(a + #from))
+      applied = true
+      break
+    end
+  end
+  local usable = {}
+  for _, sp in ipairs(specs) do if baseline[sp].ok then usable[#usable + 1] = sp end end
+  local result
+  if not applied then
+    result = mu.optional and "n/a: the code it targets is not in this tree" or "DOES NOT APPLY (code changed)"
+    if not mu.optional then bad = bad + 1 end
+  elseif #usable == 0 then
+    result = "NOT TESTED: its specs fail unmutated"
+    bad = bad + 1
+  else
+    local killed, summary = run(dir, usable)
+    result = (killed and "killed" or "SURVIVED") .. " (" .. summary .. ")"
+    if not killed then bad = bad + 1 end
+  end
+  rows[#rows + 1] = { behaviour, what, table.concat(specs, " "), result }
+  io.stderr:write(("%-22s %s\n"):format(name, result))
+  if applied and result:find("^killed") then sh("rm -rf " .. q(dir)) end
+end
+
+print("| behaviour | mutation | specs | result |")
+print("|---|---|---|---|")
+for _, r in ipairs(rows) do print("| " .. table.concat(r, " | ") .. " |") end
+local killed = 0
+for _, r in ipairs(rows) do if r[4]:find("^killed") then killed = killed + 1 end end
+print(("mutants: %d, killed: %d, survived, untested or no longer applying: %d"):format(#rows, killed, bad))
+for _, sp in ipairs(all_specs) do
+  if not baseline[sp].ok then print("baseline: " .. sp .. " fails unmutated (" .. baseline[sp].summary .. ")") end
+end
+os.exit(bad == 0 and 0 or 1)
