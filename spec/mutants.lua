@@ -117,7 +117,7 @@ local function run(dir, specs)
   local out, rc = sh(("cd %s && TMPDIR=$PWD/tmp ROTOR_BIN=./build/rotor nice %s %s"):format(q(dir), BUSTED,
     table.concat(specs, " ")))
   write(dir .. "/busted.log", out)
-  local s, f, e = out:match("(%d+) successes / (%d+) failures / (%d+) errors")
+  local s, f, e = out:match("(%d+) success%a* / (%d+) failure%a* / (%d+) error")
   local summary = s and ("%s ok, %s failed, %s errors"):format(s, f, e) or ("exit " .. tostring(rc))
   return rc ~= 0, summary
 end
