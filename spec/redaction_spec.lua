@@ -129,16 +129,24 @@ describe("redaction against a provider that echoes the request", function()
 
           -- the same through the command line, with its own store
           local opts_file, cfg = dir .. "/opts.lua", dir .. "/rotor.conf.lua"
+          -- secrets reach the child through its environment only
           local o = {}
           for k, v in pairs(fx.opts) do if k ~= "client_secret" then o[k] = v end end
+          local sqs_secret
+          if o.sqs then
+            o.sqs = {}
+            for k, v in pairs(fx.opts.sqs) do if k ~= "secret_key" then o.sqs[k] = v end end
+            sqs_secret = fx.opts.sqs.secret_key
+          end
           assert(core.fs_write_atomic(opts_file, "return " .. literal(o) .. "\n", 384))
           assert(core.fs_write_atomic(cfg, ([[
 local o = dofile(%q)
 o.client_secret = os.getenv("T_SECRET")
+if o.sqs then o.sqs.secret_key = os.getenv("T_SQS_SECRET") end
 return { store = %q, wait = %s, slots = { { slot = %q, target = %s,
   provider = { kind = %q, options = o } } } }
 ]]):format(opts_file, dir .. "/cli-store", tostring(fx.wait or 5), fx.slot, literal(fx.target), kind), 384))
-          fixtures.write_env(dir .. "/env", { T_SECRET = fx.opts.client_secret })
+          fixtures.write_env(dir .. "/env", { T_SECRET = fx.opts.client_secret, T_SQS_SECRET = sqs_secret })
           local out, rc = sim.run(("(. %s && %s rotate --config %s) 2>&1"):format(
             sim.shell_quote(dir .. "/env"), ROTOR, sim.shell_quote(cfg)))
           assert.equal(1, rc, out)
