@@ -28,13 +28,7 @@ if not issued_path or not arg[2] then
   os.exit(2)
 end
 
-local function read(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local read = require("spec.helpers.sim").read_file
 
 ---------------------------------------------------------------------------------------------------
 -- what to search for

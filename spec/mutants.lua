@@ -79,22 +79,10 @@ local MUTANTS = {
     { "spec/proxy_spec.lua" }),
 }
 
-local function sh(cmd)
-  local p = assert(io.popen(cmd .. " 2>&1; echo \"__rc=$?\""))
-  local out = p:read("a")
-  p:close()
-  local body, rc = out:match("^(.*)__rc=(%d+)%s*$")
-  return body or out, tonumber(rc)
-end
-local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
-local function read(p)
-  local f = io.open(p, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
-local function write(p, s) local f = assert(io.open(p, "wb")) f:write(s) f:close() end
+package.path = "./?.lua;" .. package.path
+local sim = require "spec.helpers.sim"
+local function sh(cmd) return sim.run(cmd .. " 2>&1") end
+local q, read, write = sim.shell_quote, sim.read_file, sim.write_file
 
 local only = arg[1]
 local root = "build/mutants"

@@ -7,10 +7,7 @@ local rotor = require "rotor"
 local sim = require "spec.helpers.sim"
 local fixtures = require "spec.helpers.rotor_fixtures"
 
-local function counter(s, path)
-  local c = fixtures.control(s, "GET", "/counters")
-  return (c.counters or c)[path] or 0
-end
+local counter = fixtures.counter
 
 describe("a pending secret", function()
   local s, root

@@ -13,10 +13,7 @@ local TOKEN_PATHS = {
   paylocity = "/paylocity/IdentityServer/connect/token", spapi = "/lwa/auth/o2/token",
 }
 
-local function counter(s, path)
-  local c = fixtures.control(s, "GET", "/counters")
-  return (c.counters or c)[path] or 0
-end
+local counter = fixtures.counter
 
 local function refused(s, path)
   local n = 0
