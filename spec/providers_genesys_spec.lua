@@ -1,5 +1,5 @@
 -- rotor.genesys against the simulator: the six OAuth client operations, regions, paging, errors.
-local kit = require "spec.helpers.provider_kit"
+local kit = require "spec.helpers.rotor_fixtures"
 local core = require "rotor.core"
 local genesys = require "rotor.providers.genesys"
 
@@ -76,7 +76,7 @@ describe("rotor.genesys", function()
     local p = new()
     assert.truthy(p:token())
     assert.truthy(p:token())
-    assert.equal(1, kit.count(S, TOKEN_PATH))
+    assert.equal(1, kit.counter(S, TOKEN_PATH))
     assert.equal("Basic", kit.log(S)[1].auth)
   end)
 
@@ -94,7 +94,7 @@ describe("rotor.genesys", function()
       assert.falsy(type(e.secret) == "string")
     end
     assert.truthy(names["rotor admin"] and names["extra 4"])
-    assert.equal(3, kit.count(S, BASE))
+    assert.equal(3, kit.counter(S, BASE))
   end)
 
   it("post_oauth_clients: a new client with its secret as a rotor.secret", function()
@@ -131,7 +131,7 @@ describe("rotor.genesys", function()
     local ok, err = p:verify{ client_id = c.id, client_secret = c.secret }
     assert.is_nil(ok)
     assert.equal("auth", err.kind)
-    assert.equal(1, kit.count(S, BASE .. "/" .. c.id .. "/secret"))
+    assert.equal(1, kit.counter(S, BASE .. "/" .. c.id .. "/secret"))
   end)
 
   it("delete_oauth_client: true; then 404 with the ErrorBody and the correlation id", function()
@@ -184,16 +184,16 @@ describe("rotor.genesys", function()
     local p = new()
     kit.fault(S, { path = BASE, status = 401 })
     assert(p:get_oauth_clients())
-    assert.equal(2, kit.count(S, TOKEN_PATH))
+    assert.equal(2, kit.counter(S, TOKEN_PATH))
     -- a 401 that stays: one refresh and one retry, then the error — not a loop
     kit.fault(S, { path = BASE, status = 401, count = 5 })
-    local api_before, tok_before = kit.count(S, BASE), kit.count(S, TOKEN_PATH)
+    local api_before, tok_before = kit.counter(S, BASE), kit.counter(S, TOKEN_PATH)
     local r, err = p:get_oauth_clients()
     assert.is_nil(r)
     assert.equal("auth", err.kind)
     assert.equal(401, err.status)
-    assert.equal(api_before + 2, kit.count(S, BASE))
-    assert.equal(tok_before + 1, kit.count(S, TOKEN_PATH))
+    assert.equal(api_before + 2, kit.counter(S, BASE))
+    assert.equal(tok_before + 1, kit.counter(S, TOKEN_PATH))
   end)
 
   it("a token that expires mid-run is refreshed", function()
@@ -201,7 +201,7 @@ describe("rotor.genesys", function()
     assert(p:get_oauth_clients())
     kit.advance(S, 86400 + 100)
     assert(p:get_oauth_clients())
-    assert.equal(2, kit.count(S, TOKEN_PATH))
+    assert.equal(2, kit.counter(S, TOKEN_PATH))
   end)
 
   it("429: honours Retry-After; past the bound kind rate_limited", function()
@@ -271,13 +271,13 @@ describe("rotor.genesys", function()
     local r, err = p:post_oauth_client_secret(c.id)
     assert.is_nil(r)
     assert.equal("ambiguous", err.kind)
-    assert.equal(1, kit.count(S, path))
+    assert.equal(1, kit.counter(S, path))
     kit.fault(S, { path = BASE, method = "POST", hang = true })
-    local before = kit.count(S, BASE)
+    local before = kit.counter(S, BASE)
     r, err = p:post_oauth_clients(request_body("hang 2"))
     assert.is_nil(r)
     assert.equal("ambiguous", err.kind)
-    assert.equal(before + 1, kit.count(S, BASE))
+    assert.equal(before + 1, kit.counter(S, BASE))
     kit.assert_no_secret(S, err)
   end)
 
@@ -293,7 +293,7 @@ describe("rotor.genesys", function()
     local r, err = p:post_oauth_client_secret(c.id)
     assert.is_nil(r)
     assert.equal("ambiguous", err.kind)
-    assert.equal(1, kit.count(S, path))
+    assert.equal(1, kit.counter(S, path))
     local get_conn, mint_conns = nil, {}
     for _, e in ipairs(kit.log(S)) do
       if e.path == BASE .. "/" .. c.id and e.method == "GET" then get_conn = e.conn end

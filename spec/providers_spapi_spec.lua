@@ -1,6 +1,6 @@
 -- rotor.spapi against the simulator: LWA grantless token, rotateApplicationClientSecret, and the
 -- new secret's delivery through SQS (JSON 1.0 protocol, SigV4 signed by libcurl).
-local kit = require "spec.helpers.provider_kit"
+local kit = require "spec.helpers.rotor_fixtures"
 local core = require "rotor.core"
 local json = require "rotor.json"
 local spapi = require "rotor.providers.spapi"
@@ -127,7 +127,7 @@ describe("rotor.spapi", function()
     local ok, err = p:verify{ client_id = ID, client_secret = SECRET }
     assert.is_nil(ok)
     assert.equal("auth", err.kind)
-    assert.equal(1, kit.count(S, ROTATE_PATH))
+    assert.equal(1, kit.counter(S, ROTATE_PATH))
   end)
 
   it("an empty queue: kind timeout after the wait (long polling)", function()
@@ -226,8 +226,8 @@ describe("rotor.spapi", function()
     assert.equal("auth", err.kind)
     assert.equal(403, err.status)
     assert.truthy(err.detail:find("Unauthorized", 1, true))
-    assert.equal(2, kit.count(S, ROTATE_PATH))
-    assert.equal(2, kit.count(S, LWA_PATH))
+    assert.equal(2, kit.counter(S, ROTATE_PATH))
+    assert.equal(2, kit.counter(S, LWA_PATH))
   end)
 
   it("a token that expires mid-run (SP-API answers 403) is refreshed", function()
@@ -235,8 +235,8 @@ describe("rotor.spapi", function()
     assert.is_true(p:rotate_application_client_secret())
     kit.advance(S, 3700)
     assert.is_true(p:rotate_application_client_secret())
-    assert.equal(2, kit.count(S, LWA_PATH))
-    assert.equal(3, kit.count(S, ROTATE_PATH))
+    assert.equal(2, kit.counter(S, LWA_PATH))
+    assert.equal(3, kit.counter(S, ROTATE_PATH))
   end)
 
   it("the simulator's 1/min quota: 429 past the wait bound is kind rate_limited", function()
@@ -270,7 +270,7 @@ describe("rotor.spapi", function()
     local r, err = p:rotate_application_client_secret()
     assert.is_nil(r)
     assert.equal("ambiguous", err.kind)
-    assert.equal(1, kit.count(S, ROTATE_PATH))
+    assert.equal(1, kit.counter(S, ROTATE_PATH))
     kit.assert_no_secret(S, err)
   end)
 

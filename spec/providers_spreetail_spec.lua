@@ -1,5 +1,5 @@
 -- rotor.spreetail against the simulator: create, list, delete client credentials; tokens; errors.
-local kit = require "spec.helpers.provider_kit"
+local kit = require "spec.helpers.rotor_fixtures"
 local core = require "rotor.core"
 local spreetail = require "rotor.providers.spreetail"
 
@@ -58,7 +58,7 @@ describe("rotor.spreetail", function()
     assert.is_string(c.credentialId)
     assert.equal("rotation 1", c.name)
     assert.is_true(p:verify{ client_id = c.clientId, client_secret = c.secret })
-    assert.equal(1, kit.count(S, PATH))
+    assert.equal(1, kit.counter(S, PATH))
   end)
 
   it("list_client_credentials: every active pair, no secrets", function()
@@ -114,8 +114,8 @@ describe("rotor.spreetail", function()
     local p = new()
     kit.fault(S, { path = PATH, status = 401 })
     assert(p:list_client_credentials())
-    assert.equal(2, kit.count(S, PATH))
-    assert.equal(2, kit.count(S, TOKEN_PATH))
+    assert.equal(2, kit.counter(S, PATH))
+    assert.equal(2, kit.counter(S, TOKEN_PATH))
     kit.fault(S, { path = PATH, status = 401, count = 2, headers = { ["X-Request-Id"] = "st-req-7" } })
     local r, err = p:list_client_credentials()
     assert.is_nil(r)
@@ -130,7 +130,7 @@ describe("rotor.spreetail", function()
     assert.is_nil(r)
     assert.equal("auth", err.kind)
     kit.assert_no_secret(S, err, wrong)
-    assert.equal(0, kit.count(S, PATH))
+    assert.equal(0, kit.counter(S, PATH))
   end)
 
   it("a token that expires mid-run is refreshed", function()
@@ -138,7 +138,7 @@ describe("rotor.spreetail", function()
     assert(p:list_client_credentials())
     kit.advance(S, 3700)
     assert(p:list_client_credentials())
-    assert.equal(2, kit.count(S, TOKEN_PATH))
+    assert.equal(2, kit.counter(S, TOKEN_PATH))
   end)
 
   it("429: retried after Retry-After; past the bound kind rate_limited", function()
@@ -182,7 +182,7 @@ describe("rotor.spreetail", function()
     local r, err = p:create_client_credentials{ name = "hung" }
     assert.is_nil(r)
     assert.equal("ambiguous", err.kind)
-    assert.equal(1, kit.count(S, PATH))
+    assert.equal(1, kit.counter(S, PATH))
     kit.assert_no_secret(S, err)
   end)
 

@@ -7,7 +7,15 @@
 --   fixtures.orphans(fx, record)        -- live credentials at the provider named by rotor, not stored
 --   fixtures.lost(sim, fx, record)      -- issued secrets not in the store that still work
 --   fixtures.env(sim, fx, store_dir)    -- ROTOR_* variables for spec/helpers/rotate_script.lua
+-- and what the provider specs share (the simulator itself is spec.helpers.sim):
+--   fixtures.start() / stop(s)          -- a simulator for a spec file
+--   fixtures.reset(s, settings)         -- the simulator and rotor's token cache and pacing, cleared
+--   fixtures.ctl / fault / advance / counter / log -- the simulator's control API
+--   fixtures.assert_no_secret(s, err, ...)         -- no secret in an error (message, detail)
+--   fixtures.merge(base, extra), fixtures.NIL, fixtures.timed(fn)
 local core = require "rotor.core"
+local http = require "rotor.http"
+local sim = require "spec.helpers.sim"
 
 local _M = {}
 
@@ -22,6 +30,22 @@ local function control(s, method, path, body)
   return r
 end
 _M.control = control
+
+--- A simulator for a spec file; its control API.
+function _M.start() return sim.start() end
+function _M.stop(s) if s then s:stop() end end
+function _M.ctl(s, method, path, body) return s:control(method, path, body) end
+function _M.fault(s, f) return s:fault(f) end
+function _M.advance(s, seconds) return s:advance(seconds) end
+function _M.log(s) return s:log() end
+
+--- Reset the simulator and rotor's process-wide token cache and pacing buckets.
+function _M.reset(s, settings)
+  s:reset()
+  if settings then s:settings(settings) end
+  core.token_clear()
+  http.reset_pacing()
+end
 
 --- Requests the simulator counted for a path (or "METHOD path").
 function _M.counter(s, path)
@@ -213,6 +237,51 @@ function _M.lost(s, fx, rec)
   return n
 end
 
+--- Assert that none of the secrets (strings or rotor.secret values), nor any secret the
+-- simulator knows, appears in err (its tostring, message and detail).
+function _M.assert_no_secret(s, err, ...)
+  assert(err ~= nil, "an error expected")
+  local texts = { tostring(err) }
+  if type(err) == "table" then
+    for _, k in ipairs({ "message", "detail" }) do
+      if type(err[k]) == "string" then texts[#texts + 1] = err[k] end
+    end
+  end
+  local all = { ... }
+  if s then for _, x in ipairs(s:secrets()) do all[#all + 1] = x end end
+  for _, sec in ipairs(all) do
+    sec = plain(sec)
+    if type(sec) == "string" and #sec >= 6 then
+      for _, t in ipairs(texts) do
+        assert(not t:find(sec, 1, true), "a secret leaked into an error: " .. texts[1]:gsub(sec, "<LEAK>"))
+        -- and no long piece of it (a truncated body must not leak half a secret either)
+        local half = sec:sub(1, math.floor(#sec / 2))
+        if #half >= 8 then
+          assert(not t:find(half, 1, true), "part of a secret leaked into an error")
+        end
+      end
+    end
+  end
+end
+
+--- Options merging: base plus extra (extra wins; _M.NIL removes a key).
+_M.NIL = setmetatable({}, { __tostring = function() return "NIL" end })
+function _M.merge(base, extra)
+  local o = {}
+  for k, v in pairs(base) do o[k] = v end
+  for k, v in pairs(extra or {}) do
+    if v == _M.NIL then o[k] = nil else o[k] = v end
+  end
+  return o
+end
+
+--- Elapsed seconds of fn(), and what it returned.
+function _M.timed(fn)
+  local t0 = core.now()
+  local a, b, c = fn()
+  return core.now() - t0, a, b, c
+end
+
 --- The environment for spec/helpers/rotate_script.lua (a 0600 file the shell sources).
 function _M.env(s, fx, store_dir)
   local e = {
@@ -233,7 +302,6 @@ function _M.env(s, fx, store_dir)
 end
 
 function _M.write_env(path, env)
-  local sim = require "spec.helpers.sim"
   local lines = {}
   for k, v in pairs(env) do lines[#lines + 1] = ("export %s=%s"):format(k, sim.shell_quote(v)) end
   table.sort(lines)
