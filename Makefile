@@ -48,7 +48,6 @@ INC_5.3 := -I/usr/include/lua5.3
 INC_5.1 := -I/usr/include/lua5.1
 INC_jit := -I/usr/include/luajit-2.1 -idirafter /usr/include/lua5.1
 
-OBJS = $(patsubst csrc/%.c,$(BUILD)/obj/$(1)/%.o,$(SRCS))
 VERSIONS := 5.4 5.3 5.1 jit
 
 .PHONY: sim sim-stop
@@ -56,25 +55,30 @@ VERSIONS := 5.4 5.3 5.1 jit
         spec spec-5.4 spec-jit check-deps mutants
 all: $(foreach v,$(VERSIONS),$(BUILD)/$(v)/rotor/core.so) $(BUILD)/rotor
 
-define VERSION_RULES
-$(BUILD)/obj/$(1)/%.o: csrc/%.c $(HDRS) | $(BUILD)/obj/$(1)
-	$$(CC) $$(CFLAGS) $(WARN) -fPIC -std=gnu11 -D_GNU_SOURCE $(INC_$(1)) -c $$< -o $$@
-$(BUILD)/obj/$(1):
-	mkdir -p $$@
-$(BUILD)/$(1)/rotor/core.so: $(call OBJS,$(1))
-	mkdir -p $$(dir $$@)
-	$$(CC) $$(CFLAGS) -shared -o $$@ $$^ $(LIBS)
+# The compile and link rules, one set for every build (the four Lua versions here, the LuaRocks
+# build below): $(call CORE_RULES,objdir,core.so,include flags,link flags) and
+# $(call HOST_RULES,objdir,executable,include flags,link flags). The host embeds Lua 5.4 and loads
+# rotor.core (rotor/core.so beside it, or the installed one) on first require; -rdynamic exports
+# the Lua API to C modules (the signal flag reaches the core through the registry).
+define CORE_RULES
+$(1)/%.o: csrc/%.c $(HDRS)
+	@mkdir -p $$(dir $$@)
+	$$(CC) $$(CFLAGS) $(WARN) -fPIC -std=gnu11 -D_GNU_SOURCE $(3) -c $$< -o $$@
+$(2): $(patsubst csrc/%.c,$(1)/%.o,$(SRCS))
+	@mkdir -p $$(dir $$@)
+	$$(CC) $$(CFLAGS) $(4) -o $$@ $$^ $(LIBS)
 endef
-$(foreach v,$(VERSIONS),$(eval $(call VERSION_RULES,$(v))))
-
-$(BUILD)/obj/host/main.o: csrc/main.c $(HDRS)
-	mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(WARN) -std=gnu11 -D_GNU_SOURCE $(INC_5.4) -c $< -o $@
-
-# the host embeds Lua 5.4 and loads rotor.core (build/5.4/rotor/core.so) on first require;
-# -rdynamic exports the Lua API to C modules (the signal flag reaches the core through the registry)
-$(BUILD)/rotor: $(BUILD)/obj/host/main.o | $(BUILD)/5.4/rotor/core.so
-	$(CC) $(CFLAGS) -rdynamic -o $@ $^ -llua5.4 -lm -ldl
+define HOST_RULES
+$(1)/host/main.o: csrc/main.c $(HDRS)
+	@mkdir -p $$(dir $$@)
+	$$(CC) $$(CFLAGS) $(WARN) -std=gnu11 -D_GNU_SOURCE $(3) -c $$< -o $$@
+$(2): $(1)/host/main.o
+	@mkdir -p $$(dir $$@)
+	$$(CC) $$(CFLAGS) -rdynamic -o $$@ $$^ $(4) -lm -ldl
+endef
+$(foreach v,$(VERSIONS),$(eval $(call CORE_RULES,$(BUILD)/obj/$(v),$(BUILD)/$(v)/rotor/core.so,$(INC_$(v)),-shared)))
+$(eval $(call HOST_RULES,$(BUILD)/obj,$(BUILD)/rotor,$(INC_5.4),-llua5.4))
+$(BUILD)/rotor: | $(BUILD)/5.4/rotor/core.so
 
 # ---- dependencies ----
 # The specs start their own nginx and tinyproxy on loopback: the system services that installing
@@ -248,28 +252,23 @@ ROCK_BUILD ?= $(BUILD)/rock-$(LUA_VERSION)
 # lua-compat-5.3 sits in /usr/include/lua5.1 on Debian; -idirafter keeps LuaJIT's lua.h first
 ROCK_INC := -I$(LUA_INCDIR) $(if $(filter 5.1,$(LUA_VERSION)),-idirafter $(COMPAT53_INCDIR)) \
             $(if $(filter-out /usr/include,$(CURL_INCDIR)),-I$(CURL_INCDIR))
-ROCK_OBJS := $(patsubst csrc/%.c,$(ROCK_BUILD)/obj/%.o,$(SRCS))
 ROCK_HOST := $(if $(filter 5.4,$(LUA_VERSION)),$(ROCK_BUILD)/bin/rotor)
 
-.PHONY: rock-build rock-install
-rock-build: $(ROCK_BUILD)/rotor/core.so $(ROCK_HOST)
+.PHONY: rock-build rock-install rock-check-curl
+rock-build: rock-check-curl $(ROCK_BUILD)/rotor/core.so $(ROCK_HOST)
 	@$(if $(ROCK_HOST),:,echo "rotor: Lua $(LUA_VERSION): the rotor executable embeds Lua 5.4; skipped (the module is built)")
 
-$(ROCK_BUILD)/obj/%.o: csrc/%.c $(HDRS)
-	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(WARN) -fPIC -std=gnu11 -D_GNU_SOURCE $(ROCK_INC) -c $< -o $@
+# LuaRocks only looks for curl/curl.h under CURL_DIR/include; Debian and Ubuntu keep it in the
+# multiarch directory the compiler searches by itself: ask the compiler, and name the fix
+rock-check-curl:
+	@echo '#include <curl/curl.h>' | $(CC) $(ROCK_INC) -E -x c - >/dev/null 2>&1 || { \
+	  echo "rotor: curl/curl.h not found (CURL_INCDIR=$(CURL_INCDIR)): install libcurl's headers" \
+	    "(Debian: apt-get install libcurl4-openssl-dev) or pass CURL_INCDIR=<dir holding curl/curl.h>" >&2; \
+	  exit 1; }
 
-$(ROCK_BUILD)/rotor/core.so: $(ROCK_OBJS)
-	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(LIBFLAG) -o $@ $^ -L$(CURL_LIBDIR) $(LIBS)
-
-$(ROCK_BUILD)/obj/host/main.o: csrc/main.c $(HDRS)
-	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(WARN) -std=gnu11 -D_GNU_SOURCE $(ROCK_INC) -c $< -o $@
-
-$(ROCK_BUILD)/bin/rotor: $(ROCK_BUILD)/obj/host/main.o | $(ROCK_BUILD)/rotor/core.so
-	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -rdynamic -o $@ $^ $(if $(LUA_LIBDIR),-L$(LUA_LIBDIR)) $(LUA_HOSTLIB) -lm -ldl
+$(eval $(call CORE_RULES,$(ROCK_BUILD)/obj,$(ROCK_BUILD)/rotor/core.so,$(ROCK_INC),$(LIBFLAG) -L$(CURL_LIBDIR)))
+$(eval $(call HOST_RULES,$(ROCK_BUILD)/obj,$(ROCK_BUILD)/bin/rotor,$(ROCK_INC),$(if $(LUA_LIBDIR),-L$(LUA_LIBDIR)) $(LUA_HOSTLIB)))
+$(ROCK_BUILD)/bin/rotor: | $(ROCK_BUILD)/rotor/core.so
 
 rock-install: rock-build
 	install -d $(INST_LUADIR)/rotor $(INST_LIBDIR)/rotor

@@ -1,11 +1,10 @@
 -- rotor: rotate OAuth2 client secrets at SaaS providers (C core over libcurl + Lua module).
 --
 -- From a checkout (offline; Debian's lua-cjson already provides the runtime dependency):
---   luarocks --tree DIR --lua-version 5.4 make rockspec/rotor-scm-1.rockspec --deps-mode=none \
---     CURL_INCDIR=/usr/include/x86_64-linux-gnu
+--   luarocks --tree DIR --lua-version 5.4 make rockspec/rotor-scm-1.rockspec --deps-mode=none
 -- For LuaJIT (a Lua 5.1 ABI; OpenResty), build against LuaJIT's headers:
 --   luarocks --tree DIR --lua-version 5.1 make rockspec/rotor-scm-1.rockspec --deps-mode=none \
---     LUA_INCDIR=/usr/include/luajit-2.1 CURL_INCDIR=/usr/include/x86_64-linux-gnu
+--     LUA_INCDIR=/usr/include/luajit-2.1
 rockspec_format = "3.0"
 package = "rotor"
 version = "scm-1"
@@ -36,9 +35,12 @@ dependencies = {
    "lua-cjson",
 }
 
+-- Only the library is looked up here: LuaRocks searches for headers in CURL_DIR/include alone,
+-- and Debian and Ubuntu keep curl/curl.h in the multiarch include directory, which the compiler
+-- searches by itself. `make rock-build` checks that the compiler finds curl/curl.h and says what
+-- to install (or to pass CURL_INCDIR=) when it does not.
 external_dependencies = {
    CURL = {
-      header = "curl/curl.h",
       library = "curl",
    },
 }

@@ -12,9 +12,6 @@ local function trim(s) return (s:gsub("^%s+", ""):gsub("%s+$", "")) end
 
 local ROOT = trim(run("pwd"))
 local ROCKSPEC = ROOT .. "/rockspec/rotor-scm-1.rockspec"
--- Debian's libcurl headers live under the multiarch include directory
-local CURL_INCDIR = trim(run("dirname \"$(dirname \"$(ls /usr/include/*/curl/curl.h /usr/include/curl/curl.h "
-  .. "2>/dev/null | head -1)\")\""))
 
 local function exists(path)
   local f = io.open(path, "rb")
@@ -22,10 +19,12 @@ local function exists(path)
   return f ~= nil
 end
 
+-- the command as people type it: no CURL_INCDIR, although Debian's curl.h is in the multiarch
+-- include directory where LuaRocks does not look
 local function luarocks_make(tree, lua_version, extra)
   return run("cd " .. shq(ROOT) .. " && ROCK_BUILD=" .. shq(tree .. "/.build") .. " luarocks --tree "
     .. shq(tree) .. " --lua-version " .. lua_version .. " make " .. shq(ROCKSPEC)
-    .. " --deps-mode=none CURL_INCDIR=" .. shq(CURL_INCDIR) .. " " .. (extra or "") .. " 2>&1")
+    .. " --deps-mode=none " .. (extra or "") .. " 2>&1")
 end
 
 -- module paths that reach the tree (and the system's lua-cjson), never ./lua
