@@ -22,6 +22,14 @@ describe("simulator: control API #proc", function()
   end)
   teardown(function()
     if s then s:stop() end
+    -- under `make test`, what this instance issued joins the run's list for the leak scan
+    local all = os.getenv("ROTOR_SECRETS_LOG")
+    local mine = sim.read_file(secrets_log)
+    if all and all ~= "" and mine then
+      local f = assert(io.open(all, "ab"))
+      f:write(mine)
+      f:close()
+    end
     os.remove(secrets_log)
   end)
 
