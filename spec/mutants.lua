@@ -24,7 +24,11 @@ local MUTANTS = {
     { { "function Ctx:crash(point, when)\n", "function Ctx:crash(point, when)\n  do return end\n" } },
     { CRASH }),
   m("recovery-remints", "recovery instead of blind re-minting", "recover() replaced by a plain re-mint",
-    "lua/rotor/rotation.lua", { { "version, err = strat.recover(ctx, rot.mint)", 'version, err = "mint", nil' } },
+    "lua/rotor/rotation.lua", {
+      { "version, err = strat.recover(ctx, rot.mint)\n    if version == nil",
+        "version, err = false, nil\n    if version == nil" },
+      { "version, err = strat.recover(ctx, rot.mint)", 'version, err = "mint", nil' },
+    },
     { CRASH }),
   m("mint-warm", "a mint goes on a fresh connection", "fresh_connect = nil in client.lua",
     "lua/rotor/client.lua", {
@@ -49,7 +53,9 @@ local MUTANTS = {
     { "spec/verify_spec.lua" }),
   m("verify-skipped", "the verify step", "step.verify never asks the provider",
     "lua/rotor/rotation.lua",
-    { { "ok, err = ctx.provider:verify { client_id = p.client_id, client_secret = p.secret }",
+    { { "ok, err = self.provider:verify { client_id = client_id, client_secret = secret }",
+        "ok, err = true, nil" },
+      { "ok, err = ctx.provider:verify { client_id = p.client_id, client_secret = p.secret }",
         "ok, err = true, nil" } },
     { "spec/verify_spec.lua" }),
   m("unlock-early", "the lock is held for the whole rotation", "unlock right after locking",
