@@ -2,7 +2,9 @@
 -- `issued` filter: its token endpoint answers 401 to any request carrying a secret it issued).
 -- Per provider: the rotation fails at verify, the new secret stays pending, nothing is promoted and
 -- the provider object keeps its old credential; once the provider accepts it, the rerun verifies
--- the same pending secret (no second mint) and promotes it.
+-- the same pending secret (no second mint) and promotes it. SP-API verifies each new-secret message
+-- as it reads it (a message whose secret is refused may be forged or stale): there the rotation
+-- fails in create, the refused secret is journalled as discarded and never stored or promoted.
 local core = require "rotor.core"
 local rotor = require "rotor"
 local sim = require "spec.helpers.sim"
@@ -46,14 +48,28 @@ describe("the verify step", function()
                   verify_attempts = 2, verify_delay = 0 }
       local res, err = rotor.rotate(o)
       assert.is_nil(res)
+      -- both attempts met the refusal, with the new secret
+      assert.is_true(refused(s, TOKEN_PATHS[kind]) >= refused_before + 2)
+      assert.equal(minted + 1, counter(s, fx.mint_path))
+      local rec = assert(store:get(fx.slot))
+      if kind == "spapi" then
+        assert.equal("create", err.step)
+        assert.is_nil(rec.versions.pending)
+        assert.is_nil(rec.versions.current.secret)
+        local discarded = false
+        for _, e in ipairs(rec.journal) do
+          assert.are_not.equal("verify", e.step)
+          assert.are_not.equal("promote", e.step)
+          if e.step == "create" and e.outcome == "discarded" then discarded = true end
+        end
+        assert.is_true(discarded, "the refused secret was not journalled as discarded")
+        assert.equal(fx.opts.client_id, p.client_id)
+        return
+      end
       assert.equal("verify", err.step)
       assert.equal("auth", err.kind)
       assert.matches("was refused when verified", err.message, 1, true)
       assert.matches("it stays pending", err.message, 1, true)
-      -- both attempts met the refusal, with the new secret
-      assert.equal(refused_before + 2, refused(s, TOKEN_PATHS[kind]))
-      assert.equal(minted + 1, counter(s, fx.mint_path))
-      local rec = assert(store:get(fx.slot))
       assert.equal("verify", rec.rotation.step)
       local pending = assert(rec.versions.pending, "the minted secret is not pending")
       assert.is_true(core.is_secret(pending.secret))
