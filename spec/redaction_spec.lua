@@ -143,7 +143,7 @@ describe("redaction against a provider that echoes the request", function()
 local o = dofile(%q)
 o.client_secret = os.getenv("T_SECRET")
 if o.sqs then o.sqs.secret_key = os.getenv("T_SQS_SECRET") end
-return { store = %q, wait = %s, slots = { { slot = %q, target = %s,
+return { store = %q, wait = %s, slots = { { slot = %q, target = %s, consumers = "none",
   provider = { kind = %q, options = o } } } }
 ]]):format(opts_file, dir .. "/cli-store", tostring(fx.wait or 5), fx.slot, literal(fx.target), kind), 384))
           fixtures.write_env(dir .. "/env", { T_SECRET = fx.opts.client_secret, T_SQS_SECRET = sqs_secret })
