@@ -1,5 +1,6 @@
 -- rotor.store: where rotated secrets live (file) and where they are pushed (dotenv, exec).
 --   rotor.store.file(dir)            the embedded default store (get, put, lock, list)
+--   rotor.store.etcd{...}            a store in an etcd cluster, shared by a fleet of rotors
 --   rotor.store.dotenv(path, keys)   a deploy sink: KEY=value lines apps read
 --   rotor.store.exec{ command=... }  a deploy sink: the secret piped to a command's stdin
 --   rotor.store.open(spec, base_dir) a store from a configuration's `store` value (below)
@@ -15,6 +16,12 @@ end
 
 function _M.file(dir, opts)
   return require("rotor.store.file").new(dir, opts)
+end
+
+--- rotor.store.etcd{ endpoints=, prefix=, cainfo=, cert=, key=, username=, password=, key_file=|key_env=,
+-- lease_ttl= }: slots shared by a fleet through etcd (doc/STORES.md)
+function _M.etcd(spec)
+  return require("rotor.store.etcd").new(spec)
 end
 
 function _M.dotenv(path, opts)

@@ -1,0 +1,334 @@
+-- A fleet of rotors on a real 3-member etcd cluster (TLS, client certificates, auth on, a `rotor`
+-- user allowed only its prefix; spec/helpers/etcd_cluster.lua), and secrets sealed at rest.
+local core = require "rotor.core"
+local json = require "rotor.json"
+local sim = require "spec.helpers.sim"
+local fixtures = require "spec.helpers.rotor_fixtures"
+local etcd_cluster = require "spec.helpers.etcd_cluster"
+
+local ROTOR = os.getenv("ROTOR_BIN") or "./build/rotor"
+local q = sim.shell_quote
+
+local function mktemp()
+  return (sim.run("mktemp -d \"${TMPDIR:-/tmp}/rotor-etcd.XXXXXX\""):gsub("%s+$", ""))
+end
+
+-- every form a secret could take at rest: raw, and base64 at each of the three alignments
+-- (the chars that depend on neighbouring bytes are cut off)
+local function forms(secret)
+  local out = { secret }
+  for k = 0, 2 do
+    local enc = core.b64encode(("\0"):rep(k) .. secret)
+    local cut = ({ 0, 2, 3 })[k + 1]
+    out[#out + 1] = enc:sub(cut + 1, -5)
+  end
+  return out
+end
+
+-- count the secrets found (raw or base64) in a blob; names the form, never the secret
+local function scan(blob, secrets)
+  local hits = 0
+  for _, s in ipairs(secrets) do
+    for i, f in ipairs(forms(s)) do
+      if #f >= 8 and blob:find(f, 1, true) then
+        hits = hits + 1
+        io.stderr:write("etcd_spec leak scan: a secret found (" .. (i == 1 and "raw" or "base64") .. ")\n")
+      end
+    end
+  end
+  return hits
+end
+
+-- every file under dir, but the env files that hand the bootstrap credentials to the rotors
+local function read_tree(dir)
+  local parts = {}
+  local p = io.popen("find " .. q(dir) .. " -type f ! -name env 2>/dev/null")
+  for path in p:lines() do parts[#parts + 1] = sim.read_file(path) or "" end
+  p:close()
+  return table.concat(parts, "\n")
+end
+
+local function issued(s)
+  local out = {}
+  for _, e in ipairs(fixtures.control(s, "GET", "/secrets").details or {}) do out[#out + 1] = e.secret end
+  return out
+end
+
+local function mints(s, fx)
+  local c = fixtures.control(s, "GET", "/counters")
+  return (c.counters or c)[fx.mint_path] or 0
+end
+
+describe("secrets sealed at rest", function()
+  it("seals with AES-256-GCM under a key id, bound to the slot", function()
+    local key = core.secret(("k"):rep(32))
+    local other = core.secret(("o"):rep(32))
+    local sealed = core.seal(key, core.secret("planted-secret-42"), "rotor/v1:a")
+    assert.equal(16, #core.seal_key_id(key))
+    assert.are_not.equal(core.seal_key_id(key), core.seal_key_id(other))
+    assert.equal("planted-secret-42", assert(core.unseal(key, sealed, "rotor/v1:a")):reveal())
+    assert.is_nil(core.unseal(other, sealed, "rotor/v1:a"))
+    assert.is_nil(core.unseal(key, sealed, "rotor/v1:b"))
+    assert.is_nil((core.unseal(key, "not base64!", "rotor/v1:a")))
+    assert.has_error(function() core.seal(core.secret("short"), "x") end)
+    -- two seals of one value differ (fresh nonce)
+    assert.are_not.equal(sealed, core.seal(key, "planted-secret-42", "rotor/v1:a"))
+  end)
+
+  it("the file store with key_file keeps no secret on disk and reads it back; old keys still open", function()
+    local rotor = require "rotor"
+    local dir = mktemp()
+    sim.run("head -c 32 /dev/urandom > " .. q(dir .. "/k1") .. " && head -c 32 /dev/urandom > " .. q(dir .. "/k2"))
+    local st = assert(rotor.store.file(dir .. "/store", { key_file = dir .. "/k1" }))
+    local planted = "planted-" .. core.random_hex(16)
+    assert(st:put("genesys/x", { versions = { current = { client_id = "c", secret = rotor.secret(planted) } },
+                                  journal = {} }))
+    assert.equal(0, scan(read_tree(dir .. "/store"), { planted }))
+    -- the scan itself finds what it looks for (raw and base64 at every alignment)
+    for k = 0, 2 do
+      local blob = ("x"):rep(k) .. core.b64encode(("y"):rep(k) .. planted) .. "zz"
+      assert.truthy(scan(blob, { planted }) >= 1)
+    end
+    assert.truthy(scan("..." .. planted .. "...", { planted }) >= 1)
+    assert.equal(planted, assert(st:get("genesys/x")).versions.current.secret:reveal())
+    -- without the key: a clear error naming the fix; with only the new key: the key id is named
+    local nokey = assert(rotor.store.file(dir .. "/store"))
+    local rec, err = nokey:get("genesys/x")
+    assert.is_nil(rec)
+    assert.equal("config", err.kind)
+    assert.matches("no key is configured", err.message)
+    local newkey = assert(rotor.store.file(dir .. "/store", { key_file = dir .. "/k2" }))
+    rec, err = newkey:get("genesys/x")
+    assert.is_nil(rec)
+    assert.matches("old_key_files", err.message)
+    -- key rotation: k2 seals, k1 still opens
+    local both = assert(rotor.store.file(dir .. "/store",
+                                         { key_file = dir .. "/k2", old_key_files = { dir .. "/k1" } }))
+    rec = assert(both:get("genesys/x"))
+    assert(both:put("genesys/x", rec))
+    assert.equal(planted, assert(newkey:get("genesys/x")).versions.current.secret:reveal())
+    -- a bad key file is refused with the fix
+    sim.run("printf short > " .. q(dir .. "/bad"))
+    local bad, berr = rotor.store.file(dir .. "/s2", { key_file = dir .. "/bad" })
+    assert.is_nil(bad)
+    assert.matches("exactly 32 raw bytes", berr.message)
+    sim.run("rm -rf " .. q(dir))
+  end)
+
+  it("lists every problem of an etcd store spec", function()
+    local etcd = require "rotor.store.etcd"
+    local problems = etcd.check { endpoints = { "http://example.com:2379" }, cert = "c.pem", lease_ttl = 2,
+                                  username = "rotor", colour = "blue" }
+    local text = table.concat(problems, "\n")
+    assert.matches("endpoints%[1%]", text)
+    assert.matches("cert and key", text)
+    assert.matches("lease_ttl", text)
+    assert.matches("no encryption key", text)
+    assert.matches("unknown field colour", text)
+    assert.matches("neither password nor password_env", text)
+    assert.same({}, etcd.check { endpoints = { "https://127.0.0.1:2379" }, key_file = "k", lease_ttl = 5 })
+  end)
+end)
+
+describe("a fleet of rotors on etcd #proc #etcd", function()
+  local s, cluster, dir, seal_key
+
+  setup(function()
+    s = sim.start { settings = { genesys_rate = 0 } }
+    dir = mktemp()
+    cluster = etcd_cluster.start { dir = dir .. "/etcd" }
+    seal_key = dir .. "/seal.key"
+    sim.run("head -c 32 /dev/urandom > " .. q(seal_key) .. " && chmod 600 " .. q(seal_key))
+  end)
+  teardown(function()
+    if cluster then cluster:stop() end
+    if s then s:stop() end
+  end)
+
+  local function store_spec(extra)
+    local t = cluster:store_spec { key_file = seal_key, password_env = "ROTOR_T_ETCD_PASSWORD" }
+    t.password = nil
+    for k, v in pairs(extra or {}) do t[k] = v end
+    return t
+  end
+
+  local function open_store(extra)
+    local t = store_spec(extra)
+    t.password_env, t.password = nil, cluster.password
+    return assert(require("rotor.store.etcd").new(t))
+  end
+
+  -- a config file for `rotor rotate --config`: a manifest (no secrets) and an env file with them
+  local function write_config(name, fxs, extra)
+    local manifest = { store = store_spec(extra and extra.store), slots = {} }
+    local env = { ROTOR_T_ETCD_PASSWORD = cluster.password }
+    for i, fx in ipairs(fxs) do
+      local o = {}
+      for k, v in pairs(fx.opts) do o[k] = v end
+      env["T_SECRET_" .. i] = o.client_secret
+      o.client_secret = nil
+      if o.sqs then
+        local sqs = {}
+        for k, v in pairs(o.sqs) do sqs[k] = v end
+        env["T_SQS_" .. i] = sqs.secret_key
+        sqs.secret_key = nil
+        o.sqs = sqs
+      end
+      for k, v in pairs(extra and extra.provider or {}) do o[k] = v end
+      manifest.slots[i] = { slot = fx.slot, kind = fx.kind, opts = o, target = fx.target, wait = fx.wait,
+                            strategy = fx.strategy }
+    end
+    local base = dir .. "/" .. name
+    assert(core.fs_mkdir(base, 448))
+    assert(core.fs_write_atomic(base .. "/manifest.json", json.encode(manifest), 384))
+    fixtures.write_env(base .. "/env", env)
+    assert(core.fs_write_atomic(base .. "/rotor.conf.lua", ([[
+local json = require "rotor.json"
+local f = assert(io.open(%q))
+local m = json.decode(f:read("a"))
+f:close()
+local slots = {}
+for i, e in ipairs(m.slots) do
+  e.opts.client_secret = os.getenv("T_SECRET_" .. i)
+  if e.opts.sqs then e.opts.sqs.secret_key = os.getenv("T_SQS_" .. i) end
+  slots[i] = { slot = e.slot, provider = { kind = e.kind, options = e.opts }, target = e.target,
+               wait = e.wait, strategy = e.strategy }
+end
+return { store = assert(require("rotor.store.etcd").new(m.store)), slots = slots, concurrency = 4 }
+]]):format(base .. "/manifest.json"), 384))
+    return base
+  end
+
+  -- start a rotor process in the background: returns its pid (output in base/out.N, exit in base/rc.N)
+  local function spawn(base, n, args)
+    local pidfile = base .. "/pid." .. n
+    sim.run(("(. %s && sh -c 'echo $$ > \"$0\"; exec \"$@\"' %s %s rotate --config %s %s > %s 2> %s; "
+      .. "echo $? > %s) > /dev/null 2>&1 & :"):format(q(base .. "/env"), q(pidfile), ROTOR,
+      q(base .. "/rotor.conf.lua"),
+      args or "", q(base .. "/out." .. n), q(base .. "/err." .. n), q(base .. "/rc." .. n)))
+    for _ = 1, 100 do
+      local pid = core.fs_exists(pidfile) and tonumber((core.fs_read(pidfile) or ""):match("%d+"))
+      if pid then return pid end
+      sim.run("sleep 0.02")
+    end
+    error("rotor " .. n .. " did not start")
+  end
+
+  local function wait_rc(base, n, seconds)
+    for _ = 1, (seconds or 120) * 10 do
+      local rc = core.fs_exists(base .. "/rc." .. n) and core.fs_read(base .. "/rc." .. n)
+      if rc and rc:find("%d") then return tonumber(rc:match("%d+")) end
+      sim.run("sleep 0.1")
+    end
+    error("rotor " .. n .. " did not finish")
+  end
+
+  local function check_slot(st, fx)
+    local rec = assert(st:get(fx.slot))
+    assert.is_nil(rec.rotation, fx.slot)
+    assert.is_true(fixtures.works(fx, rec.versions.current.client_id, rec.versions.current.secret), fx.slot)
+    assert.same({}, fixtures.orphans(fx, rec))
+    assert.equal(0, fixtures.lost(s, fx, rec))
+    return rec
+  end
+
+  it("three rotors --only-due over 30 Genesys slots and one of each other provider: each rotated once", function()
+    local fxs = {}
+    for i = 1, 30 do fxs[i] = fixtures.seed(s, "genesys", "g" .. i .. core.random_hex(2)) end
+    for _, kind in ipairs { "spreetail", "paylocity", "spapi" } do fxs[#fxs + 1] = fixtures.seed(s, kind) end
+    local base = write_config("fleet", fxs)
+    local t0 = core.now()
+    for n = 1, 3 do spawn(base, n, "--only-due --json") end
+    local rcs, rotated, skipped, locked = {}, 0, 0, 0
+    for n = 1, 3 do
+      rcs[n] = wait_rc(base, n)
+      local report = json.decode(core.fs_read(base .. "/out." .. n) or "") or {}
+      for _, r in ipairs(report) do
+        if r.ok and r.skipped then skipped = skipped + 1
+        elseif r.ok then rotated = rotated + 1
+        elseif r.error and r.error.kind == "locked" then locked = locked + 1
+        else error("rotor " .. n .. ": " .. tostring(r.slot) .. ": " .. tostring(r.error and r.error.message)) end
+      end
+      assert.truthy(rcs[n] == 0 or rcs[n] == 75, "rotor " .. n .. " exit " .. rcs[n] .. ": "
+        .. tostring(core.fs_read(base .. "/err." .. n)))
+    end
+    local elapsed = core.now() - t0
+    assert.equal(#fxs, rotated)
+    assert.equal(3 * #fxs, rotated + skipped + locked)
+    print(("\n  fleet: %d slots over 3 rotors in %.1f s (%d skipped as done, %d met a held lock)")
+      :format(#fxs, elapsed, skipped, locked))
+    local st = open_store()
+    for _, fx in ipairs(fxs) do
+      assert.equal(1, mints(s, fx), fx.slot .. " minted more or less than once")
+      check_slot(st, fx)
+    end
+    -- the audit trail is in the cluster, with fingerprints only
+    local trail = assert(st:audit_trail():entries())
+    assert.truthy(#trail >= #fxs * 5)
+    -- no secret in the cluster's keys (etcdctl dump), its data directories, or the config dirs
+    local secrets = issued(s)
+    assert.truthy(#secrets > #fxs)
+    local dump, rc = cluster:etcdctl("get --prefix " .. q(cluster.prefix) .. " -w json")
+    assert.equal(0, rc, dump)
+    local plain_dump = cluster:etcdctl("get --prefix " .. q(cluster.prefix))
+    assert.truthy(#plain_dump > 1000)
+    assert.equal(0, scan(dump .. plain_dump, secrets))
+    -- a planted secret in the cluster is found by the same scan (so the scan can fail)
+    local planted = secrets[#secrets]
+    local pst = open_store { prefix = cluster.prefix .. "plant/" }
+    assert(pst.call(pst, "/v3/kv/put", { key = core.b64encode(cluster.prefix .. "plant/x"),
+                                        value = core.b64encode("{\"s\":\"" .. planted .. "\"}") }))
+    local dump2 = cluster:etcdctl("get --prefix " .. q(cluster.prefix) .. " -w json")
+    assert.truthy(scan(dump2, { planted }) >= 1)
+    assert(pst.call(pst, "/v3/kv/deleterange", { key = core.b64encode(cluster.prefix .. "plant/x") }))
+    -- etcd's write-ahead logs and snapshots: the planted value is there (so is what rotor wrote),
+    -- and no secret rotor stored is
+    local data = ""
+    for i = 1, #cluster.members do data = data .. read_tree(cluster.members[i].data) end
+    assert.truthy(scan(data, { planted }) >= 1)
+    local others = {}
+    for i = 1, #secrets - 1 do others[i] = secrets[i] end
+    assert.equal(0, scan(data, others))
+    assert.equal(0, scan(read_tree(base), others))
+  end)
+
+  it("a rotor SIGSTOPped past its lease is fenced: the other finishes, its stale write is refused", function()
+    local fx = fixtures.seed(s, "genesys", "stop" .. core.random_hex(2))
+    local extra = { store = { lease_ttl = 5 }, provider = { timeout = 2, connect_timeout = 1 } }
+    local base = write_config("fence", { fx }, extra)
+    -- the first rotor's minting call is slowed (1.5 s at the provider)
+    fixtures.control(s, "POST", "/faults", { path = fx.mint_path, method = "POST", delay = 1.5, count = 1 })
+    local pid1 = spawn(base, 1, "--json")
+    -- stop it once its minting request is out: the intent is journalled just before it
+    local stopped = false
+    local probe = open_store()
+    for _ = 1, 200 do
+      local rec = probe:get(fx.slot)
+      if rec and rec.rotation and rec.rotation.mint then stopped = true break end
+      sim.run("sleep 0.05")
+    end
+    assert.is_true(stopped)
+    sim.run("sleep 0.4")
+    sim.run("kill -STOP " .. pid1)
+    -- past the lease (5 s): the lock lapses; a second rotor takes the slot and completes
+    sim.run("sleep 6.5")
+    local pid2 = spawn(base, 2, "--json")
+    assert.truthy(pid2)
+    assert.equal(0, wait_rc(base, 2, 60), core.fs_read(base .. "/err.2"))
+    local st = open_store()
+    local rec2 = check_slot(st, fx)
+    local minted_before_cont = mints(s, fx)
+    sim.run("kill -CONT " .. pid1)
+    local rc1 = wait_rc(base, 1, 60)
+    assert.equal(1, rc1)
+    local report = json.decode(core.fs_read(base .. "/out.1") or "") or {}
+    assert.equal("fenced", report[1] and report[1].error and report[1].error.kind,
+      core.fs_read(base .. "/out.1") .. core.fs_read(base .. "/err.1"))
+    print("\n  fenced rotor: " .. tostring(report[1].error.message))
+    -- it sent no minting request after learning it was fenced; the slot holds rotor 2's secret
+    assert.equal(minted_before_cont, mints(s, fx))
+    local rec = check_slot(st, fx)
+    assert.is_true(rec.versions.current.secret:equals(rec2.versions.current.secret))
+    assert.equal(rec2.last.rotation, rec.last.rotation)
+  end)
+end)
