@@ -370,6 +370,97 @@ return { store = assert(require("rotor.store.etcd").new(m.store)), slots = slots
     sim.run("rm -rf " .. q(fdir))
   end)
 
+  it("rotor.ngx in nginx reads the slot from etcd and picks up a rotation without a reload", function()
+    local rotor = require "rotor"
+    local fx = fixtures.seed(s, "genesys", "ngx" .. core.random_hex(2))
+    local st = open_store()
+    local function rotate()
+      assert(rotor.rotate { slot = fx.slot, provider = fixtures.provider(fx), store = st, target = fx.target })
+      return assert(st:get(fx.slot)).versions.current
+    end
+    local first = rotate()
+    local ndir = dir .. "/ngx"
+    local root = (sim.run("pwd"):gsub("%s+$", ""))
+    sim.run("mkdir -p " .. q(ndir .. "/logs") .. " " .. q(ndir .. "/temp"))
+    local espec = store_spec()
+    espec.password_env, espec.password = nil, cluster.password
+    assert(core.fs_write_atomic(ndir .. "/gw.json", json.encode {
+      etcd = espec, slot = fx.slot,
+      options = { base_url = fx.opts.base_url, token_url = fx.opts.token_url, cainfo = s.ca, timeout = 5 },
+    }, 384))
+    sim.write_file(ndir .. "/gw.lua", ([[
+local cjson = require "cjson.safe"
+local gw
+return { object = function()
+  if gw then return gw end
+  local f = assert(io.open(%q))
+  local c = cjson.decode(f:read("*a"))
+  f:close()
+  gw = assert(require("rotor.ngx").new { provider = "genesys", options = c.options, etcd = c.etcd,
+    slot = c.slot, dict = "rotor_tokens", thread_pool = "rotor", check_interval = 0 })
+  return gw
+end }
+]]):format(ndir .. "/gw.json"))
+    local port
+    local started = false
+    for _ = 1, 5 do
+      port = 20000 + tonumber(core.random_hex(2), 16) % 30000
+      sim.write_file(ndir .. "/nginx.conf", ([[
+load_module /usr/lib/nginx/modules/ndk_http_module.so;
+load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;
+worker_processes 2;
+pid nginx.pid;
+error_log logs/error.log notice;
+thread_pool rotor threads=2 max_queue=256;
+events { worker_connections 256; }
+http {
+  access_log off;
+  client_body_temp_path temp/body; proxy_temp_path temp/proxy; fastcgi_temp_path temp/fastcgi;
+  uwsgi_temp_path temp/uwsgi; scgi_temp_path temp/scgi;
+  lua_package_path "%s/lua/?.lua;%s/lua/?/init.lua;%s/?.lua;/usr/share/lua/5.1/?.lua;/usr/share/lua/5.1/?/init.lua;;";
+  lua_package_cpath "%s/build/jit/?.so;/usr/lib/x86_64-linux-gnu/lua/5.1/?.so;;";
+  lua_shared_dict rotor_tokens 1m;
+  server {
+    listen 127.0.0.1:%d;
+    location = /me {
+      content_by_lua_block {
+        local body, err = require("gw").object():request("GET", "/api/v2/tokens/me")
+        if not body then ngx.status = 502 ngx.say(tostring(err)) return end
+        ngx.say(require("cjson.safe").encode { client_id = type(body) == "table" and body.OAuthClient
+                                                             and body.OAuthClient.id })
+      }
+    }
+  }
+}
+]]):format(root, root, ndir, root, port))
+      local user = sim.run("id -u"):match("^0") and ("-g 'user " .. sim.run("id -un"):gsub("%s", "") .. ";'") or ""
+      local out, rc = sim.run(("nginx -p %s -c %s -e %s %s 2>&1"):format(q(ndir), q(ndir .. "/nginx.conf"),
+        q(ndir .. "/logs/error.log"), user))
+      if rc == 0 then started = true break end
+      assert(out:find("in use", 1, true), out)
+    end
+    assert.is_true(started)
+    local function me()
+      local out = sim.run(("curl -s -m 20 -w '\\n%%{http_code}' http://127.0.0.1:%d/me"):format(port))
+      local body, code = out:match("^(.*)\n(%d+)%s*$")
+      return tonumber(code), body
+    end
+    local ok, err = pcall(function()
+      local code, body = me()
+      assert.equal(200, code, body)
+      assert.equal(fx.target.client_id, (json.decode(body) or {}).client_id)
+      local second = rotate()
+      assert.is_false(second.secret:equals(first.secret))
+      -- the old secret is dead at Genesys: a 200 now means nginx read the new one from etcd
+      assert.is_false(fixtures.works(fx, first.client_id, first.secret))
+      code, body = me()
+      assert.equal(200, code, body)
+    end)
+    local pid = (sim.read_file(ndir .. "/nginx.pid") or ""):match("%d+")
+    if pid then sim.run("kill -QUIT " .. pid .. "; sleep 0.3; kill -KILL " .. pid .. " 2>/dev/null") end
+    assert(ok, err)
+  end)
+
   it("a rotor SIGSTOPped past its lease is fenced: the other finishes, its stale write is refused", function()
     local fx = fixtures.seed(s, "genesys", "stop" .. core.random_hex(2))
     local extra = { store = { lease_ttl = 5 }, provider = { timeout = 2, connect_timeout = 1 } }
