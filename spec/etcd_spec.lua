@@ -158,45 +158,9 @@ describe("a fleet of rotors on etcd #proc #etcd", function()
     return assert(require("rotor.store.etcd").new(t))
   end
 
-  -- a config file for `rotor rotate --config`: a manifest (no secrets) and an env file with them
   local function write_config(name, fxs, extra)
-    local manifest = { store = store_spec(extra and extra.store), slots = {} }
-    local env = { ROTOR_T_ETCD_PASSWORD = cluster.password }
-    for i, fx in ipairs(fxs) do
-      local o = {}
-      for k, v in pairs(fx.opts) do o[k] = v end
-      env["T_SECRET_" .. i] = o.client_secret
-      o.client_secret = nil
-      if o.sqs then
-        local sqs = {}
-        for k, v in pairs(o.sqs) do sqs[k] = v end
-        env["T_SQS_" .. i] = sqs.secret_key
-        sqs.secret_key = nil
-        o.sqs = sqs
-      end
-      for k, v in pairs(extra and extra.provider or {}) do o[k] = v end
-      manifest.slots[i] = { slot = fx.slot, kind = fx.kind, opts = o, target = fx.target, wait = fx.wait,
-                            strategy = fx.strategy }
-    end
-    local base = dir .. "/" .. name
-    assert(core.fs_mkdir(base, 448))
-    assert(core.fs_write_atomic(base .. "/manifest.json", json.encode(manifest), 384))
-    fixtures.write_env(base .. "/env", env)
-    assert(core.fs_write_atomic(base .. "/rotor.conf.lua", ([[
-local json = require "rotor.json"
-local f = assert(io.open(%q))
-local m = json.decode(f:read("a"))
-f:close()
-local slots = {}
-for i, e in ipairs(m.slots) do
-  e.opts.client_secret = os.getenv("T_SECRET_" .. i)
-  if e.opts.sqs then e.opts.sqs.secret_key = os.getenv("T_SQS_" .. i) end
-  slots[i] = { slot = e.slot, provider = { kind = e.kind, options = e.opts }, target = e.target,
-               wait = e.wait, strategy = e.strategy }
-end
-return { store = assert(require("rotor.store.etcd").new(m.store)), slots = slots, concurrency = 4 }
-]]):format(base .. "/manifest.json"), 384))
-    return base
+    local e = { provider = extra and extra.provider, store = store_spec(extra and extra.store) }
+    return etcd_cluster.write_rotor_config(dir .. "/" .. name, fxs, e, { ROTOR_T_ETCD_PASSWORD = cluster.password })
   end
 
   -- start a rotor process in the background: returns its pid (output in base/out.N, exit in base/rc.N)

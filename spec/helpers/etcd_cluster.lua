@@ -10,6 +10,7 @@
 --   c:leader()         -> index of the member that leads now (nil when none answers)
 --   c:kill(i[, sig])   stop member i (SIGKILL by default); c:restart(i) starts it again
 --   c:stop()           stop every member (the data directories stay in dir for the leak scan)
+--   etcd_cluster.write_rotor_config(base, fixtures, { store = <store fields>, provider = {...} }, env)
 --
 -- Certificates are made with the openssl CLI in dir. etcd 3.4 takes the CommonName of a client
 -- certificate as the user name when client-certificate auth is on, and its JSON gateway then
@@ -163,6 +164,53 @@ function Cluster:store_spec(extra)
   }
   for k, v in pairs(extra or {}) do t[k] = v end
   return t
+end
+
+--- A config file for `rotor rotate --config` over fixtures (spec.helpers.rotor_fixtures.seed):
+-- base/manifest.json (no secret), base/env (the bootstrap secrets and env_extra, 0600, for the
+-- shell to source), base/rotor.conf.lua (reads both; the store from o.store, rotor.store.etcd
+-- fields). o.provider: options added to every provider. Returns base.
+function _M.write_rotor_config(base, fxs, o, env_extra)
+  local core = require "rotor.core"
+  local json = require "rotor.json"
+  local fixtures = require "spec.helpers.rotor_fixtures"
+  local manifest = { store = o.store, slots = {} }
+  local env = {}
+  for k, v in pairs(env_extra or {}) do env[k] = v end
+  for i, fx in ipairs(fxs) do
+    local opts = {}
+    for k, v in pairs(fx.opts) do opts[k] = v end
+    env["T_SECRET_" .. i] = opts.client_secret
+    opts.client_secret = nil
+    if opts.sqs then
+      local sqs = {}
+      for k, v in pairs(opts.sqs) do sqs[k] = v end
+      env["T_SQS_" .. i] = sqs.secret_key
+      sqs.secret_key = nil
+      opts.sqs = sqs
+    end
+    for k, v in pairs(o.provider or {}) do opts[k] = v end
+    manifest.slots[i] = { slot = fx.slot, kind = fx.kind, opts = opts, target = fx.target, wait = fx.wait,
+                          strategy = fx.strategy }
+  end
+  assert(core.fs_mkdir(base, 448))
+  assert(core.fs_write_atomic(base .. "/manifest.json", json.encode(manifest), 384))
+  fixtures.write_env(base .. "/env", env)
+  assert(core.fs_write_atomic(base .. "/rotor.conf.lua", ([[
+local json = require "rotor.json"
+local f = assert(io.open(%q))
+local m = json.decode(f:read("a"))
+f:close()
+local slots = {}
+for i, e in ipairs(m.slots) do
+  e.opts.client_secret = os.getenv("T_SECRET_" .. i)
+  if e.opts.sqs then e.opts.sqs.secret_key = os.getenv("T_SQS_" .. i) end
+  slots[i] = { slot = e.slot, provider = { kind = e.kind, options = e.opts }, target = e.target,
+               wait = e.wait, strategy = e.strategy }
+end
+return { store = assert(require("rotor.store.etcd").new(m.store)), slots = slots, concurrency = 4 }
+]]):format(base .. "/manifest.json"), 384))
+  return base
 end
 
 --- start{ dir = DIR, members = 3, prefix = "/rotor/" } -> cluster
