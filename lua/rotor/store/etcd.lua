@@ -459,15 +459,43 @@ end
 ------------------------------------------------------------------------------------------------
 -- Locks
 
-local function hostname()
-  local f = io.open("/proc/sys/kernel/hostname", "r")
+local function first_line(path)
+  local f = io.open(path, "r")
   local h = f and f:read("*l")
   if f then f:close() end
-  return h or "?"
+  return h
+end
+
+-- where this process runs: host name, boot id and pid namespace (read once)
+local here
+local function whereabouts()
+  if not here then
+    local p = io.popen("readlink /proc/self/ns/pid 2>/dev/null")
+    local ns = p and p:read("*l")
+    if p then p:close() end
+    here = { host = first_line("/proc/sys/kernel/hostname") or "?",
+             boot = first_line("/proc/sys/kernel/random/boot_id"), pidns = ns }
+  end
+  return here
+end
+
+-- A lock whose holder is a dead process of this very machine and pid namespace (same boot id,
+-- same namespace, no such pid): nobody can write through it any more, so it is broken at once
+-- rather than after its lease.
+local function holder_dead(who)
+  local w = whereabouts()
+  if not (type(who) == "table" and type(who.pid) == "number" and who.boot ~= nil and who.boot == w.boot
+          and who.pidns ~= nil and who.pidns == w.pidns) then
+    return false
+  end
+  -- no such process, or a zombie (killed, not yet reaped)
+  local stat = first_line("/proc/" .. math.floor(who.pid) .. "/stat")
+  local state = stat and stat:match("%)%s+(%a)")
+  return stat == nil or state == "Z" or state == "X"
 end
 
 --- store:lock(slot) -> lock | nil, err (kind "locked" when another rotor holds it)
-function Store:lock(slot)
+function Store:lock(slot, retried)
   local key = self:lock_key(slot)
   if self.locks[slot] then
     return nil, errors.new { kind = "locked", message = ("slot %s is locked by this rotor already"):format(slot) }
@@ -476,7 +504,9 @@ function Store:lock(slot)
   local g, err = self:call("/v3/lease/grant", { TTL = self.lease_ttl })
   if not g then return nil, err end
   local lease = tostring(g.ID)
-  local holder = json.encode { pid = core.getpid(), host = hostname(), since = timefmt.iso() }
+  local w = whereabouts()
+  local holder = json.encode { pid = core.getpid(), host = w.host, boot = w.boot, pidns = w.pidns,
+                               since = timefmt.iso() }
   local v
   v, err = self:call("/v3/kv/txn", {
     compare = { { key = b64(key), target = "CREATE", result = "EQUAL", create_revision = "0" } },
@@ -498,6 +528,14 @@ function Store:lock(slot)
     else
       self:call("/v3/lease/revoke", { ID = lease })
       local who = kv and json.decode(unb64(kv.value) or "") or {}
+      if kv and not retried and holder_dead(who) and kv.lease then
+        -- revoking the dead holder's lease deletes its lock key
+        local rv, rerr = self:call("/v3/lease/revoke", { ID = tostring(kv.lease) })
+        if not rv and not (errors.is(rerr) and tostring(rerr.detail):find("not found", 1, true)) then
+          return nil, rerr
+        end
+        return self:lock(slot, true)
+      end
       return nil, errors.new {
         kind = "locked",
         message = ("slot %s is locked by another rotor%s: a rotation of it is running now; nothing was done — "
