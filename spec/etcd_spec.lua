@@ -458,6 +458,9 @@ http {
     assert.equal("fenced", report[1] and report[1].error and report[1].error.kind,
       core.fs_read(base .. "/out.1") .. core.fs_read(base .. "/err.1"))
     print("\n  fenced rotor: " .. tostring(report[1].error.message))
+    -- its stale write went to etcd and was refused by the fencing compare
+    assert.matches("etcd refused this rotor's stale write (fenced writes in this process: 1)",
+                   report[1].error.message, 1, true)
     -- it sent no minting request after learning it was fenced; the slot holds rotor 2's secret
     assert.equal(minted_before_cont, mints(s, fx))
     local rec = check_slot(st, fx)

@@ -376,10 +376,12 @@ function Store:get(slot)
   return self:_decode(slot, kv)
 end
 
-local function fenced_error(slot, why)
-  return errors.new { kind = "fenced", slot = slot, message = ("the lock on slot %s was lost (%s): another "
-    .. "rotor may hold it now, so this rotor's write was refused and it stops here without writing or "
-    .. "minting anything more; the rotor holding the slot now finishes the rotation"):format(slot, why) }
+-- the error of a lost lock; refused: the number of writes etcd's fencing compare refused so far
+local function fenced_error(slot, why, refused)
+  return errors.new { kind = "fenced", slot = slot, fenced_writes = refused, message = ("the lock on slot %s "
+    .. "was lost (%s)%s: this rotor stops here, writes and mints nothing more; the rotor holding the slot now "
+    .. "finishes the rotation"):format(slot, why, refused and (", and etcd refused this rotor's stale write "
+    .. "(fenced writes in this process: " .. refused .. ")") or "") }
 end
 
 function Store:put(slot, record)
@@ -428,7 +430,7 @@ function Store:put(slot, record)
   elseif tostring(lock_kv.create_revision) ~= tostring(lock.token) then why = "another rotor took it over"
   else why = "the record was changed by another writer" end
   self.fenced_writes = self.fenced_writes + 1
-  lock.fenced = fenced_error(slot, why)
+  lock.fenced = fenced_error(slot, why, self.fenced_writes)
   return nil, lock.fenced
 end
 
@@ -569,7 +571,7 @@ function Lock:refresh(force)
   local r = v.result or v
   local ttl = tonumber(r.TTL) or 0
   if ttl <= 0 then
-    self.fenced = fenced_error(self.slot, "its lease expired")
+    self.fenced = fenced_error(self.slot, "its lease lapsed: etcd no longer knows it")
     return nil, self.fenced
   end
   self.ttl, self.renewed_at = ttl, sent
