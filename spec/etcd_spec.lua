@@ -143,6 +143,7 @@ describe("a fleet of rotors on etcd #proc #etcd", function()
   teardown(function()
     if cluster then cluster:stop() end
     if s then s:stop() end
+    if dir and not os.getenv("ROTOR_SIM_KEEP") then sim.run("rm -rf " .. q(dir)) end
   end)
 
   local function store_spec(extra)
@@ -237,8 +238,9 @@ describe("a fleet of rotors on etcd #proc #etcd", function()
     local plain_dump = cluster:etcdctl("get --prefix " .. q(cluster.prefix))
     assert.truthy(#plain_dump > 1000)
     assert.equal(0, scan(dump .. plain_dump, secrets))
-    -- a planted secret in the cluster is found by the same scan (so the scan can fail)
-    local planted = secrets[#secrets]
+    -- a planted secret in the cluster is found by the same scan (so the scan can fail); not an
+    -- issued one, so that the leak scan of `make test` over the data directories stays clean
+    local planted = "planted-" .. core.random_hex(16)
     local pst = open_store { prefix = cluster.prefix .. "plant/" }
     assert(pst.call(pst, "/v3/kv/put", { key = core.b64encode(cluster.prefix .. "plant/x"),
                                         value = core.b64encode("{\"s\":\"" .. planted .. "\"}") }))
@@ -250,10 +252,8 @@ describe("a fleet of rotors on etcd #proc #etcd", function()
     local data = ""
     for i = 1, #cluster.members do data = data .. read_tree(cluster.members[i].data) end
     assert.truthy(scan(data, { planted }) >= 1)
-    local others = {}
-    for i = 1, #secrets - 1 do others[i] = secrets[i] end
-    assert.equal(0, scan(data, others))
-    assert.equal(0, scan(read_tree(base), others))
+    assert.equal(0, scan(data, secrets))
+    assert.equal(0, scan(read_tree(base), secrets))
   end)
 
   it("the leader killed during a forced batch: the batch completes, nothing minted twice, nothing lost", function()
