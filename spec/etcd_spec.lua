@@ -334,6 +334,42 @@ describe("a fleet of rotors on etcd #proc #etcd", function()
     sim.run("rm -rf " .. q(fdir))
   end)
 
+  it("sends no minting request its lease cannot outlive; authenticates again when the token is refused", function()
+    local rotor = require "rotor"
+    local fx = fixtures.seed(s, "genesys", "budget" .. core.random_hex(2))
+    local st = open_store { lease_ttl = 5 }
+    local opts = {}
+    for k, v in pairs(fx.opts) do opts[k] = v end
+    opts.timeout, opts.connect_timeout = 10, 2
+    local res, err = rotor.rotate { slot = fx.slot, provider = assert(rotor.genesys(opts)), store = st,
+                                    target = fx.target }
+    assert.is_nil(res)
+    assert.equal("config", err.kind)
+    assert.matches("lease_ttl 5 s", err.message)
+    assert.matches("raise lease_ttl", err.message)
+    assert.equal(0, mints(s, fx))
+    -- a token etcd does not know (expired, or a restarted member): a new one is fetched
+    st = open_store()
+    assert(st:list())
+    st.token = core.secret("not-a-token.1")
+    res, err = rotor.rotate { slot = fx.slot, provider = fixtures.provider(fx), store = st, target = fx.target }
+    assert.truthy(res, tostring(err))
+    assert.equal(1, mints(s, fx))
+    check_slot(st, fx)
+  end)
+
+  it("opens from a config file's spec, paths relative to its directory", function()
+    local etcd = require "rotor.store.etcd"
+    local st, err = etcd.open({ kind = "etcd", endpoints = cluster.endpoints, key_file = "no-such.key" }, dir)
+    assert.is_nil(st)
+    assert.matches(dir .. "/no-such.key does not exist", err.message, 1, true)
+    local spec = store_spec()
+    spec.password_env, spec.password, spec.kind = nil, cluster.password, "etcd"
+    spec.key_file = seal_key:match("[^/]+$")
+    st = assert(etcd.open(spec, dir))
+    assert.is_table(assert(st:list()))
+  end)
+
   it("rotor.ngx in nginx reads the slot from etcd and picks up a rotation without a reload", function()
     local rotor = require "rotor"
     local fx = fixtures.seed(s, "genesys", "ngx" .. core.random_hex(2))

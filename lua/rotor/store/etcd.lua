@@ -284,11 +284,11 @@ function Store:call(path, body_table)
       self.retries = self.retries + 1
       if attempt % #self.endpoints == 0 then sched.sleep(math.min(2, 0.25 * attempt)) end
     else
-      return nil, store_error("etcd " .. path .. " failed", last)
+      return nil, store_error("etcd refused " .. path .. " (" .. last .. ")", last)
     end
   end
   return nil, store_error("etcd: no member of the cluster answered " .. path .. " after " .. attempts
-    .. " tries", last)
+    .. " tries (the last: " .. tostring(last) .. "); check that the cluster is up and has a leader", last)
 end
 
 ------------------------------------------------------------------------------------------------
