@@ -397,6 +397,13 @@ function Store:put(slot, record)
     return true
   end
   if lock.fenced then return nil, lock.fenced end
+  if lock.read_rev == nil then
+    -- written before ever read under this lock: the record as it is now is the one replaced
+    local cur, gerr = self:call("/v3/kv/range", { key = b64(key), keys_only = true })
+    if not cur then return nil, gerr end
+    local kv = kv_of(cur)
+    lock.read_rev = kv and kv.mod_revision or "0"
+  end
   local txn = {
     compare = {
       { key = b64(lock.key), target = "CREATE", result = "EQUAL", create_revision = lock.token },
