@@ -349,13 +349,19 @@ describe("a fleet of rotors on etcd #proc #etcd", function()
     assert.matches("raise lease_ttl", err.message)
     assert.equal(0, mints(s, fx))
     -- a token etcd does not know (expired, or a restarted member): a new one is fetched
-    st = open_store()
+    st = open_store { audit_file = dir .. "/budget-audit.log" }
     assert(st:list())
     st.token = core.secret("not-a-token.1")
     res, err = rotor.rotate { slot = fx.slot, provider = fixtures.provider(fx), store = st, target = fx.target }
     assert.truthy(res, tostring(err))
     assert.equal(1, mints(s, fx))
-    check_slot(st, fx)
+    local rec = check_slot(st, fx)
+    -- the audit trail went to the configured file, fingerprinted with the key derived from the seal key
+    local entries = assert(st:audit_trail():entries())
+    local fp
+    for _, e in ipairs(entries) do if e.step == "create" and e.outcome == "ok" then fp = e.fingerprint end end
+    assert.equal(core.hmac_sha256_hex(st:audit_key(), rec.versions.current.secret), fp)
+    assert.equal(0, scan(sim.read_file(dir .. "/budget-audit.log"), issued(s)))
   end)
 
   it("opens from a config file's spec, paths relative to its directory", function()
