@@ -302,30 +302,11 @@ function Store:lock_key(slot)
   return self.prefix .. "locks/" .. file_store.encode(file_store.check_slot(slot, 3))
 end
 
-local function wrap(record)
-  local versions = type(record.versions) == "table" and record.versions or {}
-  record.versions = versions
-  for _, label in ipairs(file_store.VERSION_LABELS) do
-    local v = versions[label]
-    if v == json.null then
-      versions[label] = nil
-    elseif type(v) == "table" and type(v.secret) == "string" then
-      v.secret = core.secret(v.secret)
-    end
-  end
-  if type(record.journal) ~= "table" then record.journal = {} end
-  if record.rotation == json.null then record.rotation = nil end
-  if record.last == json.null then record.last = nil end
-  return record
-end
-
 -- the stored value of a record: { v = 1, w = <write nonce>, record = <secrets sealed> }
 function Store:_encode(slot, record, nonce)
   local journal = record.journal
   if type(journal) == "table" and #journal > self.journal_max then
-    local keep = {}
-    for i = #journal - self.journal_max + 1, #journal do keep[#keep + 1] = journal[i] end
-    record.journal = keep
+    record.journal = { (table.unpack or unpack)(journal, #journal - self.journal_max + 1) }
   end
   local function plain(v)
     if type(v) == "table" then
@@ -355,7 +336,7 @@ function Store:_decode(slot, kv)
   if type(doc) ~= "table" or type(doc.record) ~= "table" then
     return nil, store_error("slot " .. slot .. " holds no valid record in etcd (" .. self:slot_key(slot) .. ")")
   end
-  local record = wrap(doc.record)
+  local record = file_store.wrap(doc.record)
   local ok, err = seal.open_versions(self.ring, record, slot)
   if not ok then return nil, err end
   return record, doc.w

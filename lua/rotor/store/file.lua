@@ -132,6 +132,8 @@ local function wrap(record)
   return record
 end
 
+_M.wrap = wrap -- also for records read from other stores (etcd)
+
 -- a plain copy of a value with every secret revealed (only for writing the store file)
 local function plain(v)
   if type(v) == "table" then
