@@ -188,6 +188,12 @@ describe("a fleet of rotors on etcd #proc #etcd", function()
     error("rotor " .. n .. " did not finish")
   end
 
+  -- the slots of a `rotor rotate --json` report (doc/CLI.md)
+  local function report_slots(base, n)
+    local report = json.decode(core.fs_read(base .. "/out." .. n) or "") or {}
+    return type(report.slots) == "table" and report.slots or {}
+  end
+
   local function check_slot(st, fx)
     local rec = assert(st:get(fx.slot))
     assert.is_nil(rec.rotation, fx.slot)
@@ -207,11 +213,10 @@ describe("a fleet of rotors on etcd #proc #etcd", function()
     local rcs, rotated, skipped, locked = {}, 0, 0, 0
     for n = 1, 3 do
       rcs[n] = wait_rc(base, n)
-      local report = json.decode(core.fs_read(base .. "/out." .. n) or "") or {}
-      for _, r in ipairs(report) do
-        if r.ok and r.skipped then skipped = skipped + 1
-        elseif r.ok then rotated = rotated + 1
-        elseif r.error and r.error.kind == "locked" then locked = locked + 1
+      for _, r in ipairs(report_slots(base, n)) do
+        if r.state == "skipped" then skipped = skipped + 1
+        elseif r.state == "rotated" then rotated = rotated + 1
+        elseif r.state == "locked" then locked = locked + 1
         else error("rotor " .. n .. ": " .. tostring(r.slot) .. ": " .. tostring(r.error and r.error.message)) end
       end
       assert.truthy(rcs[n] == 0 or rcs[n] == 75, "rotor " .. n .. " exit " .. rcs[n] .. ": "
@@ -286,10 +291,9 @@ describe("a fleet of rotors on etcd #proc #etcd", function()
     end
     assert.truthy(done_at_kill < #fxs, "the batch was over before the leader was killed")
     local rc = wait_rc(base, 1)
-    local report = json.decode(core.fs_read(base .. "/out.1") or "") or {}
     local failed = {}
-    for _, r in ipairs(report) do
-      if not r.ok then failed[#failed + 1] = "--slot " .. q(r.slot) end
+    for _, r in ipairs(report_slots(base, 1)) do
+      if r.state ~= "rotated" then failed[#failed + 1] = "--slot " .. q(r.slot) end
     end
     print(("\n  leader m%d killed mid-batch (%d of %d slots done): exit %d, %d slots failed and were rerun")
       :format(leader, done_at_kill, #fxs, rc, #failed))
@@ -496,7 +500,7 @@ http {
     sim.run("kill -CONT " .. pid1)
     local rc1 = wait_rc(base, 1, 60)
     assert.equal(1, rc1)
-    local report = json.decode(core.fs_read(base .. "/out.1") or "") or {}
+    local report = report_slots(base, 1)
     assert.equal("fenced", report[1] and report[1].error and report[1].error.kind,
       core.fs_read(base .. "/out.1") .. core.fs_read(base .. "/err.1"))
     print("\n  fenced rotor: " .. tostring(report[1].error.message))

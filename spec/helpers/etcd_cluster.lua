@@ -168,8 +168,8 @@ end
 
 --- A config file for `rotor rotate --config` over fixtures (spec.helpers.rotor_fixtures.seed):
 -- base/manifest.json (no secret), base/env (the bootstrap secrets and env_extra, 0600, for the
--- shell to source), base/rotor.conf.lua (reads both; the store from o.store, rotor.store.etcd
--- fields). o.provider: options added to every provider. Returns base.
+-- shell to source), base/rotor.conf.lua (reads both; store = { kind = "etcd", <o.store: the fields
+-- of rotor.store.etcd> }). o.provider: options added to every provider. Returns base.
 function _M.write_rotor_config(base, fxs, o, env_extra)
   local core = require "rotor.core"
   local json = require "rotor.json"
@@ -206,9 +206,10 @@ for i, e in ipairs(m.slots) do
   e.opts.client_secret = os.getenv("T_SECRET_" .. i)
   if e.opts.sqs then e.opts.sqs.secret_key = os.getenv("T_SQS_" .. i) end
   slots[i] = { slot = e.slot, provider = { kind = e.kind, options = e.opts }, target = e.target,
-               wait = e.wait, strategy = e.strategy }
+               wait = e.wait, strategy = e.strategy, consumers = "none" }
 end
-return { store = assert(require("rotor.store.etcd").new(m.store)), slots = slots, concurrency = 4 }
+m.store.kind = "etcd"
+return { store = m.store, slots = slots, concurrency = 4 }
 ]]):format(base .. "/manifest.json"), 384))
   return base
 end
