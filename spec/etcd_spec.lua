@@ -378,6 +378,13 @@ describe("a fleet of rotors on etcd #proc #etcd", function()
     spec.key_file = seal_key:match("[^/]+$")
     st = assert(etcd.open(spec, dir))
     assert.is_table(assert(st:list()))
+    -- a CA that is not the cluster's: every member refuses the handshake, and the error says what to check
+    spec.cainfo = s.ca
+    local rec
+    rec, err = assert(etcd.open(spec, dir)):get("genesys/x")
+    assert.is_nil(rec)
+    assert.equal("tls", err.kind)
+    assert.matches("check endpoints, cainfo, cert and key", err.message, 1, true)
   end)
 
   it("rotor.ngx in nginx reads the slot from etcd and picks up a rotation without a reload", function()

@@ -239,7 +239,7 @@ end
 -- repeat of a committed one fails). Returns the decoded body | nil, err.
 function Store:call(path, body_table)
   local body = json.encode(body_table)
-  local reauthed = false
+  local reauthed, tls_failures = false, 0
   local last
   local attempts = math.max(8, 3 * #self.endpoints)
   for attempt = 1, attempts do
@@ -275,10 +275,16 @@ function Store:call(path, body_table)
       return nil, errors.new { kind = "config", message = ("etcd refused the request (%s): the etcd user %s "
         .. "needs readwrite permission on the key prefix %s (etcdctl role grant-permission ROLE readwrite %s "
         .. "--prefix=true)"):format(msg, tostring(self.username), self.prefix, self.prefix) }
-    elseif res.error and (res.error.kind == "tls" or res.error.kind == "config") then
-      return nil, errors.new { kind = res.error.kind, message = "etcd " .. ep .. ": " .. tostring(res.error.message)
+    elseif res.error and res.error.kind == "config" then
+      return nil, errors.new { kind = "config", message = "etcd " .. ep .. ": " .. tostring(res.error.message)
+        .. " (check endpoints, cainfo, cert and key)" }
+    elseif res.error and res.error.kind == "tls" and tls_failures + 1 >= #self.endpoints then
+      -- every member refused the handshake: the configuration, not a member going down
+      return nil, errors.new { kind = "tls", message = "etcd " .. ep .. ": " .. tostring(res.error.message)
         .. " (check endpoints, cainfo, cert and key)" }
     elseif res.error or res.status >= 500 or RETRY_CODES[code] then
+      -- a handshake cut short (a member going down) counts as a TLS failure until another answers
+      tls_failures = (res.error and res.error.kind == "tls") and tls_failures + 1 or 0
       -- another member, after a short pause once every member was tried
       self.current = self.current % #self.endpoints + 1
       self.retries = self.retries + 1
