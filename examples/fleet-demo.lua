@@ -56,11 +56,15 @@ local ok, err = pcall(function()
   round("first")
   say("== the same again: nothing is due any more")
   round("second")
-  -- the status table, from the etcd store, and the mints the simulator counted
+  say("\n== rotor status --config rotor.conf.lua (any host)")
+  io.stdout:write((sim.run(("(. %s && %s status --config %s) 2>&1"):format(q(base .. "/env"), q(ROTOR),
+    q(base .. "/rotor.conf.lua")))))
+  -- the mints the simulator counted, per slot
   local store = assert(require("rotor.store.etcd").new(cluster:store_spec { key_file = key }))
   local counters = fixtures.control(s, "GET", "/counters")
   counters = counters.counters or counters
-  say("\n%-52s %-10s %-8s %-22s %s", "SLOT", "PROVIDER", "MINTS", "ROTATED", "LAST")
+  say("\n== minting requests per slot, as the simulator counted them")
+  say("%-52s %-10s %-8s %-22s %s", "SLOT", "PROVIDER", "MINTS", "ROTATED", "LAST")
   for _, fx in ipairs(fxs) do
     local rec = assert(store:get(fx.slot))
     local cur = rec.versions.current or {}
