@@ -107,6 +107,12 @@ describe("secrets sealed at rest", function()
     rec = assert(both:get("genesys/x"))
     assert(both:put("genesys/x", rec))
     assert.equal(planted, assert(newkey:get("genesys/x")).versions.current.secret:reveal())
+    -- the same from a config file's store = { kind = "file", path =, key_file = } (relative paths)
+    local cst = assert(require("rotor.store").open({ kind = "file", path = "cstore", key_file = "k1" }, dir))
+    assert(cst:put("genesys/y", { versions = { current = { client_id = "c", secret = rotor.secret(planted) } },
+                                   journal = {} }))
+    assert.equal(0, scan(read_tree(dir .. "/cstore"), { planted }))
+    assert.equal(planted, assert(cst:get("genesys/y")).versions.current.secret:reveal())
     -- a bad key file is refused with the fix
     sim.run("printf short > " .. q(dir .. "/bad"))
     local bad, berr = rotor.store.file(dir .. "/s2", { key_file = dir .. "/bad" })

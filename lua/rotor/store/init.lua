@@ -47,7 +47,15 @@ function _M.open(spec, base_dir, opts)
   end
   if spec.kind == "file" then
     if type(spec.path) ~= "string" or spec.path == "" then return nil, "store.path: a directory expected" end
-    return _M.file(_M.resolve(spec.path, base_dir), { journal_max = spec.journal_max, read_only = ro })
+    -- key_file / key_env (and old_key_files / old_key_envs): secrets sealed at rest (doc/STORES.md)
+    local olds
+    if type(spec.old_key_files) == "table" then
+      olds = {}
+      for i, f in ipairs(spec.old_key_files) do olds[i] = _M.resolve(f, base_dir) end
+    end
+    return _M.file(_M.resolve(spec.path, base_dir), { journal_max = spec.journal_max, read_only = ro,
+      key_file = spec.key_file and _M.resolve(spec.key_file, base_dir), key_env = spec.key_env,
+      old_key_files = olds, old_key_envs = spec.old_key_envs })
   end
   local ok, mod = pcall(require, "rotor.store." .. spec.kind)
   if not ok or type(mod) ~= "table" or type(mod.open) ~= "function" then
