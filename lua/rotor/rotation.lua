@@ -344,8 +344,10 @@ function Ctx:client_id()
   return self.strategy.default_client_id(self)
 end
 
-function Ctx.sleep(_, s)
+function Ctx:sleep(s)
   require("rotor.sched").sleep(s)
+  -- a leased lock (etcd) is kept alive across the waits of a step that writes nothing
+  if self.lock and self.lock.refresh then self.lock:refresh(false) end
 end
 
 ------------------------------------------------------------------------------------------------
