@@ -614,11 +614,18 @@ function EtcdAudit:fingerprint(secret)
   return core.hmac_sha256_hex(self.key, secret)
 end
 
+--- Append one entry, or several (an array of them) in one transaction.
 function EtcdAudit:write(fields)
   local audit = require "rotor.audit"
-  local entry = audit.entry(self, fields)
-  local key = self.store.prefix .. "audit/" .. entry.time .. "-" .. core.random_hex(6)
-  local v, err = self.store:call("/v3/kv/put", { key = b64(key), value = b64(json.encode(entry)) })
+  local list = fields[1] ~= nil and fields or { fields }
+  local puts, rnd = {}, core.random_hex(6)
+  for i, f in ipairs(list) do
+    local entry = audit.entry(self, f)
+    -- unique; entries() reads them in the order written (revision, then the place in this write)
+    local key = ("%saudit/%s-%s-%03d"):format(self.store.prefix, entry.time, rnd, i)
+    puts[i] = { request_put = { key = b64(key), value = b64(json.encode(entry)) } }
+  end
+  local v, err = self.store:call("/v3/kv/txn", { success = puts })
   if not v then return nil, err end
   return true
 end
@@ -627,8 +634,14 @@ function EtcdAudit:entries()
   local from = self.store.prefix .. "audit/"
   local v, err = self.store:call("/v3/kv/range", { key = b64(from), range_end = b64(prefix_end(from)) })
   if not v then return nil, err end
+  local kvs = type(v.kvs) == "table" and v.kvs or {}
+  table.sort(kvs, function(a, b)
+    local ra, rb = tonumber(a.create_revision) or 0, tonumber(b.create_revision) or 0
+    if ra ~= rb then return ra < rb end
+    return (unb64(a.key) or "") < (unb64(b.key) or "")
+  end)
   local out = {}
-  for _, kv in ipairs(type(v.kvs) == "table" and v.kvs or {}) do
+  for _, kv in ipairs(kvs) do
     local e = json.decode(unb64(kv.value) or "")
     if type(e) == "table" then out[#out + 1] = e end
   end
