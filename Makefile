@@ -5,6 +5,7 @@
 #   make test       lint, then the specs under Lua 5.4 and LuaJIT, then under ASan+UBSan
 #   make demo       real rotations against the bundled simulator into ./secrets
 #   make sim        start the simulator (SIM_DIR, build/sim) and print its environment as exports
+#   make fleet-demo three rotor hosts sharing a 3-member etcd cluster (loopback)
 #   make bench      the benchmarks (spec/bench/), measured in one run
 #   make asan       the specs with the core built under AddressSanitizer + UBSan
 #   make valgrind   the core's specs under valgrind (definite leaks fail)
@@ -51,7 +52,7 @@ INC_jit := -I/usr/include/luajit-2.1 -idirafter /usr/include/lua5.1
 VERSIONS := 5.4 5.3 5.1 jit
 
 .PHONY: sim sim-stop
-.PHONY: all deps test demo bench asan valgrind fuzz lint lint-lua lint-c format clean install \
+.PHONY: all deps test demo fleet-demo bench asan valgrind fuzz lint lint-lua lint-c format clean install \
         spec spec-5.4 spec-jit check-deps mutants
 all: $(foreach v,$(VERSIONS),$(BUILD)/$(v)/rotor/core.so) $(BUILD)/rotor
 
@@ -213,6 +214,10 @@ sim: all
 	@./$(BUILD)/rotor spec/simulator/sim_env.lua $(SIM_DIR)
 sim-stop:
 	@spec/simulator/simctl stop $(SIM_DIR)
+
+# a fleet of three rotor hosts on one etcd store (3-member cluster and the simulator on loopback)
+fleet-demo: check-deps all
+	lua5.4 examples/fleet-demo.lua
 
 # the official Genesys Cloud JS SDK it compares with is installed by npm into build/bench-sdk
 bench: check-deps all

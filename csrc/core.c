@@ -35,6 +35,7 @@ int luaopen_rotor_core(lua_State *L) {
     rotor_http_open(L);
     rotor_token_open(L);
     rotor_durable_open(L);
+    rotor_seal_open(L);
     rotor_fs_open(L);
     lua_getfield(L, LUA_REGISTRYINDEX, ROTOR_INTERRUPT_KEY);
     if (lua_islightuserdata(L, -1)) {

@@ -382,7 +382,7 @@ static multi *check_multi(lua_State *L) {
  * touches a handle. The strings point into that table (on the Lua stack until the call returns);
  * libcurl copies the ones it keeps. */
 typedef struct {
-    const char *url, *method, *cainfo, *proxy, *user_agent, *aws_sigv4;
+    const char *url, *method, *cainfo, *proxy, *user_agent, *aws_sigv4, *sslcert, *sslkey;
     const char *body, *userpwd;
     size_t body_len, userpwd_len;
     long timeout_ms, connect_ms, low_speed_s;
@@ -450,6 +450,8 @@ static const char *parse_request(lua_State *L, int idx, req_spec *r) {
     r->proxy = opt_string(L, idx, "proxy");
     r->user_agent = opt_string(L, idx, "user_agent");
     r->aws_sigv4 = opt_string(L, idx, "aws_sigv4");
+    r->sslcert = opt_string(L, idx, "sslcert");
+    r->sslkey = opt_string(L, idx, "sslkey");
     return NULL;
 }
 
@@ -500,6 +502,13 @@ static int apply_request(multi *m, xfer *x, const req_spec *r) {
         curl_easy_setopt(e, CURLOPT_PROXY, ""); /* "" also overrides the *_proxy variables */
     } else if (r->proxy != NULL) {
         curl_easy_setopt(e, CURLOPT_PROXY, r->proxy);
+    }
+    /* a client certificate and its key (PEM files), for servers that require one */
+    if (r->sslcert != NULL) {
+        curl_easy_setopt(e, CURLOPT_SSLCERT, r->sslcert);
+    }
+    if (r->sslkey != NULL) {
+        curl_easy_setopt(e, CURLOPT_SSLKEY, r->sslkey);
     }
     curl_easy_setopt(e, CURLOPT_USERAGENT,
                      r->user_agent != NULL ? r->user_agent : "rotor/" ROTOR_VERSION);
@@ -559,7 +568,8 @@ static int apply_request(multi *m, xfer *x, const req_spec *r) {
 
 /* m:add(request) -> id | nil, err (kind "config": a URL the policy refuses). The request table:
  * url, method, headers, body, timeout, connect_timeout, low_speed_time, max_body, max_headers,
- * http2, cainfo, proxy, user_agent, once, fresh_connect, aws_sigv4, userpwd (doc/INTERNALS.md). */
+ * http2, cainfo, sslcert, sslkey, proxy, user_agent, once, fresh_connect, aws_sigv4, userpwd
+ * (doc/INTERNALS.md). */
 static int l_multi_add(lua_State *L) {
     multi *m = check_multi(L);
     luaL_checktype(L, 2, LUA_TTABLE);

@@ -72,6 +72,9 @@ void rotor_token_open(lua_State *L);
 #define ROTOR_TTL_MAX 86400.0
 double rotor_clamp_ttl(double ttl);
 
+/* seal.c */
+void rotor_seal_open(lua_State *L);
+
 /* signals, shared with main.c */
 int rotor_is_interrupted(void);
 

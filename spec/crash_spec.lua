@@ -18,6 +18,7 @@ local core = require "rotor.core"
 local rotor = require "rotor"
 local sim = require "spec.helpers.sim"
 local fixtures = require "spec.helpers.rotor_fixtures"
+local etcd_cluster = require "spec.helpers.etcd_cluster"
 
 local ROTOR = os.getenv("ROTOR_BIN") or "./build/rotor"
 local SCRIPT = "spec/helpers/rotate_script.lua"
@@ -100,29 +101,46 @@ local function mints(s, fx)
   return math.floor((c.counters or c)[fx.mint_method .. " " .. fx.mint_path] or 0)
 end
 
+-- the matrix runs on the file store, then on an etcd store (a 3-member cluster, spec/helpers/etcd_cluster)
+local etcd_spec -- set while the etcd matrix runs: the rotor.store.etcd fields
+local function open_store(store_dir)
+  if etcd_spec then return assert(rotor.store.etcd(etcd_spec)) end
+  return assert(rotor.store.file(store_dir))
+end
+
 -- the journal entries a run appended after the first n
 local function journal_since(store_dir, slot, n)
-  local rec = assert(rotor.store.file(store_dir)):get(slot)
+  local rec = open_store(store_dir):get(slot)
   local out = {}
   for i = n + 1, #(rec and rec.journal or {}) do out[#out + 1] = rec.journal[i] end
   return out, rec
 end
 
 local function journal_len(store_dir, slot)
-  local rec = rotor.store.file(store_dir):get(slot)
+  local rec = open_store(store_dir):get(slot)
   return rec and #rec.journal or 0
 end
 
-describe("crash safety (SIGKILL at every kill point) #proc", function()
-  local s
+for _, store_kind in ipairs { "file", "etcd" } do
+describe("crash safety (SIGKILL at every kill point) on the " .. store_kind .. " store #proc", function()
+  local s, cluster
   local matrix = {}
   local totals = { cells = 0, killed = 0, not_on_path = 0, failed = 0, lost = 0, unrevocable = 0, mints = 0,
                    expected = 0, access_lost = 0, sibling_revoked = 0, recovered = 0 }
   setup(function()
     s = sim.start()
+    if store_kind == "etcd" then
+      cluster = etcd_cluster.start { dir = s.dir .. "/etcd" }
+      sim.run("head -c 32 /dev/urandom > " .. q(s.dir .. "/seal.key"))
+      etcd_spec = cluster:store_spec { key_file = s.dir .. "/seal.key" }
+      assert(core.fs_write_atomic(s.dir .. "/etcd.json", rotor.json.encode(etcd_spec), 384))
+    end
   end)
   teardown(function()
+    etcd_spec = nil
+    if cluster then cluster:stop() end
     if s then s:stop() end
+    print("\n" .. store_kind .. " store:")
     local lines = { ("%-15s"):format("kill point") }
     for _, k in ipairs(KINDS) do lines[1] = lines[1] .. ("%-17s"):format(k) end
     for _, point in ipairs(POINTS) do
@@ -156,12 +174,14 @@ describe("crash safety (SIGKILL at every kill point) #proc", function()
         if fx.sibling then
           -- the sibling slot, rotated in full first: its pair is named rotor:<slot>:eu:<rotation id>
           local sp = fixtures.provider(fx, fx.sibling.opts)
-          local st = assert(rotor.store.file(store_dir))
+          local st = open_store(store_dir)
           assert(rotor.rotate { slot = fx.sibling.slot, provider = sp, store = st, verify_delay = 0.1 })
           sibling = assert(st:get(fx.sibling.slot)).versions.current
         end
         local envfile = dir .. "/env"
-        fixtures.write_env(envfile, fixtures.env(s, fx, store_dir))
+        local env = fixtures.env(s, fx, store_dir)
+        if etcd_spec then env.ROTOR_T_ETCD = s.dir .. "/etcd.json" end
+        fixtures.write_env(envfile, env)
         local before = mints(s, fx)
         local cell, why = "ok", nil
         local na = NOT_ON_PATH[kind .. " " .. point]
@@ -236,7 +256,7 @@ describe("crash safety (SIGKILL at every kill point) #proc", function()
           why = ("%d mints at the simulator, expected %d"):format(minted, expect)
         end
         if not why then
-          local rec = assert(assert(rotor.store.file(store_dir)):get(fx.slot))
+          local rec = assert(open_store(store_dir):get(fx.slot))
           local cur = rec.versions.current
           if rec.rotation or not cur or not cur.secret then
             why = "the store holds no finished rotation"
@@ -277,3 +297,4 @@ describe("crash safety (SIGKILL at every kill point) #proc", function()
     end)
   end
 end)
+end

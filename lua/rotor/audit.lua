@@ -47,20 +47,24 @@ local function ends_with_newline(path)
   return not last or last == "\n"
 end
 
+--- The entry written for fields (also used by trails kept elsewhere, e.g. in etcd): trail needs
+-- a fingerprint(secret) method.
+function _M.entry(trail, f)
+  return {
+    time = f.time or timefmt.iso(),
+    slot = f.slot, provider = f.provider, rotation = f.rotation,
+    step = f.step, outcome = f.outcome, client_id = f.client_id,
+    note = f.note, fingerprint = trail:fingerprint(f.secret),
+  }
+end
+
 --- Append one entry, or several (an array of them) in one durable append. fields: slot,
 -- provider, rotation, step, outcome, client_id, note, secret (fingerprinted, never written),
 -- time (default now). Returns true | nil, err.
 function Audit:write(fields)
   local list = fields[1] ~= nil and fields or { fields }
   local lines = {}
-  for i, f in ipairs(list) do
-    lines[i] = json.encode {
-      time = f.time or timefmt.iso(),
-      slot = f.slot, provider = f.provider, rotation = f.rotation,
-      step = f.step, outcome = f.outcome, client_id = f.client_id,
-      note = f.note, fingerprint = self:fingerprint(f.secret),
-    } .. "\n"
-  end
+  for i, f in ipairs(list) do lines[i] = json.encode(_M.entry(self, f)) .. "\n" end
   local line = table.concat(lines)
   if not self.checked_tail then
     -- a run killed in the middle of an append leaves a line without its newline: start on a fresh

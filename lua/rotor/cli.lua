@@ -643,6 +643,8 @@ local function rotate_slot(run, e)
     deploy = config.make_deploy(e.deploy, run.info.dir), dry_run = o["--dry-run"] or false,
     wait = e.wait or cfg.wait, grace = e.grace, notify = e.notify or cfg.notify, audit = audit,
     force_mint = e.force_mint, consumers = e.consumers, print = function(line) plan[#plan + 1] = line end,
+    -- --only-due decides again under the slot's lock, on the record then read
+    only_if_due = o["--only-due"] and not o["--dry-run"] and function(rec) return rotor.due(rec, dopts) end or nil,
   })
   if not pok then res, rerr = nil, errors.new { kind = "config", message = clean(res) } end
   run.done = run.done + 1

@@ -193,7 +193,7 @@ _M.PROVIDERS = {
 -- rotor.rotate's options (scripts), for the reference
 _M.ROTATE = {
   order = { "slot", "provider", "store", "target", "strategy", "deploy", "dry_run", "wait", "grace", "notify",
-            "audit", "force_mint", "verify_attempts", "verify_delay", "log", "print", "consumers" },
+            "audit", "force_mint", "verify_attempts", "verify_delay", "log", "print", "consumers", "only_if_due" },
   keys = {
     slot = { type = "string", required = true, doc = "the slot's name in the store" },
     provider = { type = "provider object", required = true, doc = "rotor.genesys{...}, rotor.paylocity{...}, ..." },
@@ -215,6 +215,8 @@ _M.ROTATE = {
     print = { type = "function", doc = "function(line): where a dry run's plan goes (default stdout)" },
     consumers = { type = "\"none\"", doc = "as in a config file: without it or `deploy`, a strategy that kills "
       .. "the old secret during the run adds a warning to the result" },
+    only_if_due = { type = "function", doc = "function(record) -> due, reason: decided again once the slot's "
+      .. "lock is taken, on the record then read; not due: the result is { skipped = true, reason = }" },
   },
 }
 

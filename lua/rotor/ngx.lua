@@ -16,8 +16,9 @@
 -- every worker, fetched once however many requests in however many workers want one
 -- (rotor.singleflight over the dict: a lock key added to it; the others poll it with
 -- ngx.sleep), and refreshed in the background ahead of expiry. With a store slot, the slot's current secret is
--- read from the file store (re-read at most every check_interval seconds): a secret rotated into
--- the store is used from the next token request on, without a reload.
+-- read from the file store (re-read at most every check_interval seconds), or from an etcd store
+-- (`etcd = { <rotor.store.etcd fields> }` with `slot`; read in the thread pool): a secret rotated
+-- into the store is used from the next token request on, without a reload.
 --
 -- token() and request() yield: they work in rewrite, access and content handlers and in
 -- timers. Elsewhere (init, init_worker, set, header_filter, body_filter, log, ...) they return
@@ -127,7 +128,11 @@ function _M.new(o)
     return config_error(provider, "new", ("option dict: no lua_shared_dict %s"):format(tostring(dict_name)))
   end
   local path = o.store_path
-  if path == nil and (o.slot ~= nil or o.store_dir ~= nil) then
+  -- etcd = { the fields of rotor.store.etcd }: the slot is read from an etcd store (in the pool)
+  if o.etcd ~= nil and (type(o.etcd) ~= "table" or type(o.slot) ~= "string" or o.slot == "") then
+    return config_error(provider, "new", "option etcd: a table of rotor.store.etcd fields, with slot, expected")
+  end
+  if path == nil and o.etcd == nil and (o.slot ~= nil or o.store_dir ~= nil) then
     if type(o.slot) ~= "string" or o.slot == "" then
       return config_error(provider, "new", "option slot: a slot name expected with store_dir")
     end
@@ -136,13 +141,13 @@ function _M.new(o)
     end
     path = slot_file(o.store_dir, o.slot)
   end
-  if path == nil and secret == nil then
+  if path == nil and secret == nil and o.etcd == nil then
     return config_error(provider, "new", "option slot/store_dir (or options.client_secret): required")
   end
   if path ~= nil and type(path) ~= "string" then
     return config_error(provider, "new", "option store_path: a path expected")
   end
-  if path == nil and type(options.client_id) ~= "string" then
+  if path == nil and o.etcd == nil and type(options.client_id) ~= "string" then
     return config_error(provider, "new", "option options.client_id: required")
   end
   local function num(name, default)
@@ -158,6 +163,7 @@ function _M.new(o)
     dict_name = dict_name,
     thread_pool = o.thread_pool or "rotor",
     store_path = path,
+    etcd = o.etcd,
     slot = o.slot,
     margin = num("margin", 60),
     check_interval = num("check_interval", 1),
@@ -179,6 +185,7 @@ end
 -- The credential to act with: client_id, secret, fingerprint | nil, err. With a store, the
 -- slot's file is re-read at most every check_interval seconds (a small local file).
 function Gw:credentials()
+  if self.etcd then return self:_etcd_credentials() end
   if not self.store_path then
     local c = self._cred
     if not c then
@@ -213,6 +220,25 @@ function Gw:credentials()
   end
   c = { id = id, secret = cur.secret, text = text,
         fp = ngx.encode_base64(ngx.sha1_bin(id .. "\0" .. cur.secret)) }
+  self._cred = c
+  return c.id, c.secret, c.fp
+end
+
+-- The same from an etcd store: read in the thread pool (libcurl), at most every check_interval s.
+function Gw:_etcd_credentials()
+  local now = ngx.now()
+  local c = self._cred
+  if c and now - self._checked < self.check_interval then return c.id, c.secret, c.fp end
+  local cur, err = in_thread(self, "token", "read_slot", self.etcd, self.slot)
+  if not cur then return nil, err end
+  self._checked = now
+  local id = type(cur.client_id) == "string" and cur.client_id or self.options.client_id
+  if type(id) ~= "string" then
+    return nil, errors.new { kind = "store", provider = self.provider, op = "token",
+                             message = ("store slot %s holds no client_id"):format(tostring(self.slot)) }
+  end
+  if c and c.id == id and c.secret == cur.secret then return c.id, c.secret, c.fp end
+  c = { id = id, secret = cur.secret, fp = ngx.encode_base64(ngx.sha1_bin(id .. "\0" .. cur.secret)) }
   self._cred = c
   return c.id, c.secret, c.fp
 end

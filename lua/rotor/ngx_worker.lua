@@ -97,6 +97,26 @@ local function current(store, slot)
   return cur
 end
 
+-- etcd stores by their spec (the VM of a pool thread lives on: one client, one auth token)
+local etcd_stores, n_etcd = {}, 0
+
+--- read_slot(spec, slot) -> { client_id=, secret=<string> } | nil, plain error: the current
+-- credential of a slot of an etcd store (spec: the fields of rotor.store.etcd).
+function _M.read_slot(spec, slot)
+  local key = json.encode(spec)
+  local store = etcd_stores[key]
+  if not store then
+    local err
+    store, err = require("rotor.store.etcd").new(spec)
+    if not store then return nil, plain_error(err) end
+    if n_etcd >= MAX_OBJECTS then etcd_stores, n_etcd = {}, 0 end
+    etcd_stores[key], n_etcd = store, n_etcd + 1
+  end
+  local cur, err = current(store, slot)
+  if not cur then return nil, plain_error(err) end
+  return { client_id = cur.client_id, secret = cur.secret:reveal() }
+end
+
 --- rotate(job) -> { slot=, version=, client_id=, skipped=reason } | nil, plain error.
 -- job: provider (name), options (plain, without secret), store_dir, admin_slot (the slot whose
 -- current credential acts at the provider), slot (the slot to rotate), target ({client_id=}),

@@ -213,7 +213,8 @@ function Ctx:mint_intent(op, extra)
   end
   if self.lock and self.lock.before_mint then
     -- a lease-based lock (etcd) makes sure it outlives the minting request
-    ok, err = self.lock:before_mint(self.opts.mint_budget or 60)
+    local po = self.provider.options or {}
+    ok, err = self.lock:before_mint(self.opts.mint_budget or ((po.timeout or 30) + (po.connect_timeout or 10)))
     if not ok then return nil, err end
   end
   self:crash("mint", "before")
@@ -343,8 +344,10 @@ function Ctx:client_id()
   return self.strategy.default_client_id(self)
 end
 
-function Ctx.sleep(_, s)
+function Ctx:sleep(s)
   require("rotor.sched").sleep(s)
+  -- a leased lock (etcd) is kept alive across the waits of a step that writes nothing
+  if self.lock and self.lock.refresh then self.lock:refresh(false) end
 end
 
 ------------------------------------------------------------------------------------------------
@@ -523,6 +526,7 @@ local function open_audit(o)
   if type(o.audit) == "table" and type(o.audit.write) == "function" then return o.audit end
   if type(o.audit) == "string" then return audit_mod.open { path = o.audit } end
   if type(o.audit) == "table" then return audit_mod.open(o.audit) end
+  if type(o.store.audit_trail) == "function" then return o.store:audit_trail() end
   if type(o.store.audit_path) == "function" then return audit_mod.open(o.store) end
   return nil
 end
@@ -604,6 +608,11 @@ local function run(ctx)
       ctx.slot, tostring(rec.provider), ctx.provider.provider) }
   end
   rec.provider = ctx.provider.provider
+  if ctx.opts.only_if_due and not ctx.opts.dry_run then
+    -- decided again under the lock, on the record as it is now
+    local due, reason = ctx.opts.only_if_due(rec)
+    if not due then ctx.skipped = reason or "not due"; return true end
+  end
   local strat = ctx.strategy
   local rot = rec.rotation
   if rot and rot.strategy ~= strat.name then
@@ -733,6 +742,8 @@ function _M.rotate(o)
     end
   end
   lock:unlock()
+  if ok and ctx.skipped then return { slot = o.slot, skipped = true, reason = ctx.skipped } end
+  if not ok and lock.fenced then err = errors.with(lock.fenced, { step = ctx.failed_step }) end
   if not ok then
     err = errors.with(err, { message = redact(errors.is(err) and err.message or err),
                              detail = errors.is(err) and redact(err.detail) or nil })

@@ -1,5 +1,6 @@
 -- A rotation run as a separate process (./build/rotor spec/helpers/rotate_script.lua), configured by
 -- ROTOR_T_* variables (spec.helpers.rotor_fixtures.env). Used by the crash and lock specs.
+-- ROTOR_T_ETCD: a JSON file of rotor.store.etcd fields: the slot is in that etcd store instead.
 -- Exit: 0 rotated, 75 slot locked, 1 failed (the error on stderr). ROTOR_T_DEPLOY_SLEEP makes the
 -- deploy hook take that many seconds (so a second rotor meets the lock); ROTOR_T_DEPLOY_SIGNAL
 -- makes it send that signal to its own process; ROTOR_T_DEPLOY_GATE makes it wait (up to 60 s) until
@@ -15,7 +16,15 @@ if env("ROTOR_T_SQS_QUEUE_URL") then
                region = env("ROTOR_T_SQS_REGION") }
 end
 local p = assert(rotor[kind](opts))
-local store = assert(rotor.store.file(assert(env("ROTOR_T_STORE"))))
+local store
+if env("ROTOR_T_ETCD") then
+  -- the etcd store (rotor.store.etcd fields as JSON in that file); the sink stays by ROTOR_T_STORE
+  local f = assert(io.open(env("ROTOR_T_ETCD")))
+  store = assert(rotor.store.etcd(rotor.json.decode(f:read("a"))))
+  f:close()
+else
+  store = assert(rotor.store.file(assert(env("ROTOR_T_STORE"))))
+end
 local sink = rotor.store.dotenv(env("ROTOR_T_STORE") .. "/../app.env")
 local res, err = rotor.rotate {
   slot = assert(env("ROTOR_T_SLOT")), provider = p, store = store,

@@ -17,6 +17,7 @@ local json = require "rotor.json"
 local errors = require "rotor.errors"
 local record_mod = require "rotor.record"
 local sched = require "rotor.sched"
+local seal = require "rotor.store.seal"
 
 local _M = {}
 
@@ -72,8 +73,14 @@ function _M.new(dir, opts)
     error("rotor.store.file: trusted must be an array of directory paths", 2)
   end
   dir = dir:gsub("(.)/+$", "%1")
+  -- { key_file = | key_env = }: secrets sealed at rest (rotor.store.seal)
+  local ring, kerr
+  if seal.configured(opts) then
+    ring, kerr = seal.keyring(opts)
+    if not ring then return nil, kerr end
+  end
   local self = setmetatable({ dir = dir, kind = "file", journal_max = opts.journal_max or 200,
-                              read_only = opts.read_only or false, trusted = opts.trusted }, Store)
+                              read_only = opts.read_only or false, trusted = opts.trusted, ring = ring }, Store)
   local d, msg, errno = core.fs_dir(dir, not self.read_only, self.trusted)
   if d then
     self.fd = d
@@ -125,6 +132,8 @@ local function wrap(record)
   return record
 end
 
+_M.wrap = wrap -- also for records read from other stores (etcd)
+
 -- a plain copy of a value with every secret revealed (only for writing the store file)
 local function plain(v)
   if type(v) == "table" then
@@ -149,6 +158,8 @@ function Store:get(slot)
   if type(record) ~= "table" then
     why = jerr and "malformed JSON" or "not an object"
   else
+    local opened, serr = seal.open_versions(self.ring, record, slot)
+    if not opened then return nil, serr end
     valid, why = record_mod.validate(record)
   end
   if not valid then
@@ -171,6 +182,7 @@ function Store:put(slot, record)
     record.journal = keep
   end
   local copy = plain(record)
+  if self.ring then self.ring:seal_versions(copy, slot) end
   copy.slot = slot
   copy.schema = 1
   local ok, text = pcall(json.encode, copy)

@@ -1,5 +1,6 @@
 -- rotor.store: where rotated secrets live (file) and where they are pushed (dotenv, exec).
 --   rotor.store.file(dir)            the embedded default store (get, put, lock, list)
+--   rotor.store.etcd{...}            a store in an etcd cluster, shared by a fleet of rotors
 --   rotor.store.dotenv(path, keys)   a deploy sink: KEY=value lines apps read
 --   rotor.store.exec{ command=... }  a deploy sink: the secret piped to a command's stdin
 --   rotor.store.open(spec, base_dir) a store from a configuration's `store` value (below)
@@ -15,6 +16,12 @@ end
 
 function _M.file(dir, opts)
   return require("rotor.store.file").new(dir, opts)
+end
+
+--- rotor.store.etcd{ endpoints=, prefix=, cainfo=, cert=, key=, username=, password=, key_file=|key_env=,
+-- lease_ttl= }: slots shared by a fleet through etcd (doc/STORES.md)
+function _M.etcd(spec)
+  return require("rotor.store.etcd").new(spec)
 end
 
 function _M.dotenv(path, opts)
@@ -40,7 +47,15 @@ function _M.open(spec, base_dir, opts)
   end
   if spec.kind == "file" then
     if type(spec.path) ~= "string" or spec.path == "" then return nil, "store.path: a directory expected" end
-    return _M.file(_M.resolve(spec.path, base_dir), { journal_max = spec.journal_max, read_only = ro })
+    -- key_file / key_env (and old_key_files / old_key_envs): secrets sealed at rest (doc/STORES.md)
+    local olds
+    if type(spec.old_key_files) == "table" then
+      olds = {}
+      for i, f in ipairs(spec.old_key_files) do olds[i] = _M.resolve(f, base_dir) end
+    end
+    return _M.file(_M.resolve(spec.path, base_dir), { journal_max = spec.journal_max, read_only = ro,
+      key_file = spec.key_file and _M.resolve(spec.key_file, base_dir), key_env = spec.key_env,
+      old_key_files = olds, old_key_envs = spec.old_key_envs })
   end
   local ok, mod = pcall(require, "rotor.store." .. spec.kind)
   if not ok or type(mod) ~= "table" or type(mod.open) ~= "function" then
