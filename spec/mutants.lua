@@ -7,8 +7,9 @@
 -- Each mutation is a literal text replacement that must match exactly once in its file (several
 -- alternatives may be given: the code it targets is still changing); the copy is made under
 -- build/mutants/ from the files git knows (tracked and untracked, not ignored), with the built
--- core and host copied in (the mutations are all Lua). Before the mutants, the specs run once on
--- an unmutated copy: a spec that fails there cannot kill anything, and the table says so.
+-- core and host copied in (a mutation of csrc/ builds them again in the copy). Before the
+-- mutants, the specs run once on an unmutated copy: a spec that fails there cannot kill anything,
+-- and the table says so.
 local BUSTED = "lua5.4 /usr/bin/busted --cpath='./build/5.4/?.so' "
   .. "--lpath='./?.lua;./lua/?.lua;./lua/?/init.lua'"
 
@@ -38,15 +39,17 @@ local MUTANTS = {
   m("mint-twice", "a mint on a warm connection is sent at most once", "the at-most-once guard off (once = nil)",
     "lua/rotor/client.lua", { { "once = opts.mint or nil", "once = nil" } },
     { "spec/mint_connection_spec.lua", "spec/providers_genesys_spec.lua" }, true),
-  m("scrub-noop", "secrets are redacted from errors", "scrub made a no-op",
-    "lua/rotor/client.lua",
-    { { "local function scrub(self, s, extra, extra2)\n",
-        "local function scrub(self, s, extra, extra2)\n  do return s end\n" } },
-    { "spec/redaction_spec.lua" }),
-  m("scrub-raw-only", "secrets are redacted in every form", "scrub cuts the raw secret only",
-    "lua/rotor/client.lua",
-    { { "local function secret_forms(plain)\n", "local function secret_forms(plain)\n  do return { plain } end\n" } },
-    { "spec/redaction_spec.lua" }),
+  m("redact-noop", "secrets are redacted from errors", "core.redact (the one redaction, C) returns its input",
+    "csrc/secret.c",
+    { { "    const char *msg = luaL_checklstring(L, 1, &mlen);\n",
+        "    const char *msg = luaL_checklstring(L, 1, &mlen);\n    if (mlen > 0) {\n        lua_settop(L, 1);\n"
+        .. "        return 1;\n    }\n" } },
+    { "spec/redaction_spec.lua", "spec/safety_spec.lua" }),
+  m("redact-raw-only", "secrets are redacted in every form", "core.redact cuts the raw secret only",
+    "csrc/secret.c",
+    { { "        for (int i = 0; i < REDACT_FORMS; i++) {\n            /* a form equal",
+        "        for (int i = 0; i < 1; i++) {\n            /* a form equal" } },
+    { "spec/redaction_spec.lua", "spec/core_spec.lua" }),
   m("verify-ok", "the verify step", "Client:verify always succeeds",
     "lua/rotor/client.lua",
     { { "function Client:verify(creds)\n", "function Client:verify(creds)\n  do return true end\n" } },
@@ -147,6 +150,11 @@ for _, mu in ipairs(selected) do
     if a and not text:find(from, a + 1, true) then
       write(dir .. "/" .. file, text:sub(1, a - 1) .. to .. text:sub(a + #from))
       applied = true
+      if file:find("^csrc/") then
+        -- a mutation of the C core: the copy's core and host are built again from it
+        local out, rc = sh(("cd %s && make -s build/5.4/rotor/core.so build/rotor 2>&1"):format(q(dir)))
+        if rc ~= 0 then error("the mutated core does not build: " .. out) end
+      end
       break
     end
   end

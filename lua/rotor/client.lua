@@ -147,73 +147,13 @@ local function as_secret(v)
   return core.secret(v)
 end
 
--- base64 (RFC 4648 alphabet)
-local B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-local function b64(s)
-  local out = {}
-  for i = 1, #s, 3 do
-    local a, b, c = s:byte(i, i + 2)
-    local n = a * 65536 + (b or 0) * 256 + (c or 0)
-    for j, shift in ipairs { 262144, 4096, 64, 1 } do
-      local x = math.floor(n / shift) % 64
-      out[#out + 1] = (j <= 2 or (j == 3 and b) or (j == 4 and c)) and B64:sub(x + 1, x + 1) or "="
-    end
-  end
-  return table.concat(out)
-end
-
---- The forms in which a secret can come back in a provider's error text: as is, JSON-escaped,
--- form-encoded (either hex case), and base64 / base64url of it or of its form-encoding, wherever
--- it sits inside a longer base64 text (an echoed "Basic base64(id:secret)").
-local function secret_forms(plain)
-  local json_esc = plain:gsub('[\\"/]', "\\%0")
-  local upper = plain:gsub("[^%w%-%._~]", function(c) return ("%%%02X"):format(c:byte()) end)
-  local lower = upper:gsub("%%%x%x", string.lower)
-  local list = { plain, json_esc, upper, lower }
-  for _, base in ipairs { plain, upper } do
-    for k = 0, 2 do
-      -- the characters that depend on the secret alone, at byte offset k of the encoded text
-      local enc = b64(("\0"):rep(k) .. base)
-      local core_part = enc:sub(({ 1, 3, 4 })[k + 1], math.floor((k + #base) / 3) * 4)
-      if #core_part >= 8 then
-        list[#list + 1] = core_part
-        list[#list + 1] = core_part:gsub("[+/]", { ["+"] = "-", ["/"] = "_" })
-      end
-    end
-  end
-  return list
-end
-_M.secret_forms = secret_forms
-
---- Replace every known secret, in every form it can take (secret_forms), in s. extra: more
--- secrets (a credential being verified, the access token of the request).
-local function scrub(self, s, extra, extra2)
+--- s with every secret this process holds replaced by <redacted>, in every form a secret can take
+-- in a provider's echo (as is, JSON-escaped, percent-encoded, inside base64 or base64url as in a
+-- Basic header): core.redact, the one redaction. The provider's own secrets, a credential being
+-- verified and the request's access token are all rotor.secret values alive at that moment.
+local function scrub(_, s)
   if type(s) ~= "string" or s == "" then return s end
-  local function cut(text, sec)
-    if sec == nil then return text end
-    local plain = is_secret(sec) and sec:reveal() or sec
-    if type(plain) ~= "string" or #plain < 4 then return text end
-    for _, form in ipairs(secret_forms(plain)) do
-      local out, i = {}, 1
-      while true do
-        local a, b = text:find(form, i, true)
-        if not a then break end
-        out[#out + 1] = text:sub(i, a - 1)
-        out[#out + 1] = "<redacted>"
-        i = b + 1
-      end
-      if i > 1 then
-        out[#out + 1] = text:sub(i)
-        text = table.concat(out)
-      end
-    end
-    return text
-  end
-  s = cut(s, self._secret)
-  for _, sec in ipairs(self._scrub or {}) do s = cut(s, sec) end
-  if extra then s = cut(s, extra) end
-  if extra2 then s = cut(s, extra2) end
-  return s
+  return core.redact(s)
 end
 _M.scrub = scrub
 
@@ -334,20 +274,20 @@ local function retry_after_of(headers)
 end
 
 --- Map a non-2xx response to an error value.
-function Client:_status_error(op, method, path, res, extra_secret, token)
+function Client:_status_error(op, method, path, res)
   local status = res.status
   local kind = "http"
   if status == 401 or status == 403 then kind = "auth"
   elseif status == 429 then kind = "rate_limited" end
   local body = res.body and res.body ~= "" and json.decode(res.body) or nil
-  local detail = scrub(self, self:_error_detail(body) or errors.excerpt(res.body), extra_secret, token)
+  local detail = scrub(self, self:_error_detail(body) or errors.excerpt(res.body))
   local msg = ("%s %s returned %d"):format(method, path, status)
   if detail then msg = msg .. ": " .. detail end
   return errors.new{
     kind = kind, status = status, provider = self.provider, op = op,
     request_id = request_id(res.headers), detail = detail,
     retry_after = status == 429 and retry_after_of(res.headers) or nil,
-    message = scrub(self, msg, extra_secret, token),
+    message = scrub(self, msg),
   }
 end
 
@@ -439,7 +379,7 @@ function Client:call(op, method, path, opts)
       if opts.secrets then opts.secrets(v) end
       return v
     else
-      local e = self:_status_error(op, method, path, res, nil, tok)
+      local e = self:_status_error(op, method, path, res)
       if opts.mint and status >= 500 then
         -- a server error on a minting call says nothing about whether it minted
         e = errors.with(e, { kind = "ambiguous", message = e.message
@@ -465,8 +405,8 @@ function Client:verify(creds)
   local tok, err = oauth.token(spec)
   if not tok then
     local e = self:_wrap(err, "verify", { op = "verify" })
-    e.message = scrub(self, e.message, sec)
-    e.detail = scrub(self, e.detail, sec)
+    e.message = scrub(self, e.message)
+    e.detail = scrub(self, e.detail)
     return nil, e
   end
   if is_secret(tok) then tok:close() end
