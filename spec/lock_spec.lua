@@ -1,4 +1,4 @@
--- Two rotors on one slot: the second, started once the first has journalled a step (no race at
+-- Two rotors on one slot: the second, started once the first has stored its new secret (no race at
 -- the lock), exits 75 at once with a message that says the slot is locked by another rotor; the
 -- first finishes. Also the CLI's exit code and stopping on signals.
 local core = require "rotor.core"
@@ -13,7 +13,7 @@ describe("per-slot lock across processes #proc", function()
   setup(function() s = sim.start() end)
   teardown(function() if s then s:stop() end end)
 
-  it("refuses a second rotor while the first, having journalled a step, holds the slot", function()
+  it("refuses a second rotor while the first, having stored its new secret, holds the slot", function()
     local fx = fixtures.seed(s, "genesys")
     local dir = s.dir .. "/lock-spec"
     assert(core.fs_mkdir(dir .. "/store", 448))
@@ -31,15 +31,16 @@ describe("per-slot lock across processes #proc", function()
     local store = assert(rotor.store.file(dir .. "/store"))
     -- the first rotor, in the background
     sim.run("(" .. one(1) .. ") </dev/null >/dev/null 2>&1 & true")
-    -- wait (no time bound in the check: up to 60 s of polling) until it has journalled verify
+    -- wait (no time bound in the check: up to 60 s of polling) until it has durably stored the new
+    -- secret (create ok: the steps after it go to disk with the next durable entry)
     local rec
     for _ = 1, 1200 do
       rec = store:get(fx.slot)
-      local verified = false
+      local created = false
       for _, e in ipairs(rec and rec.journal or {}) do
-        if e.step == "verify" and e.outcome == "ok" then verified = true end
+        if e.step == "create" and e.outcome == "ok" then created = true end
       end
-      if verified or core.fs_exists(dir .. "/rc1") then break end
+      if created or core.fs_exists(dir .. "/rc1") then break end
       rotor.sleep(0.05)
     end
     assert.is_false(core.fs_exists(dir .. "/rc1"), "the first rotor ended early: "
