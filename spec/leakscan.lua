@@ -108,6 +108,48 @@ for i = 2, #arg do
   p:close()
 end
 
+-- A first pass over the files taken as they are (not slot or env files, which are searched after
+-- their by-design values are taken out): one `grep -F` with every form of every value (GNU grep's
+-- multi-string search reads each file once; etcd's 64 MB write-ahead logs made the per-value
+-- search take minutes). Only the files it names are searched again below, to say what leaked.
+local function grep_hits(list)
+  local hits = {}
+  if #list == 0 then return hits end
+  local pat_path = (issued_path:match("^(.*)/[^/]*$") or ".") .. "/leakscan-patterns.tmp"
+  local fh = assert(io.open(pat_path, "wb"))
+  for _, v in ipairs(values) do
+    for _, f in ipairs(v.forms) do
+      if not f[1]:find("\n", 1, true) then fh:write(f[1], "\n") end
+    end
+  end
+  fh:close()
+  -- a canary holding the first form: grep must name it, or its silence proves nothing
+  local canary = pat_path .. ".canary"
+  fh = assert(io.open(canary, "wb"))
+  fh:write("x", values[1] and values[1].forms[1][1] or "", "x\n")
+  fh:close()
+  local lst_path = pat_path .. ".files"
+  fh = assert(io.open(lst_path, "wb"))
+  for _, path in ipairs(list) do fh:write(path, "\0") end
+  fh:write(canary, "\0")
+  fh:close()
+  local p = io.popen(("xargs -0 grep -aFl -f '%s' < '%s' 2>/dev/null"):format(pat_path, lst_path))
+  for line in p:lines() do hits[line] = true end
+  p:close()
+  os.remove(pat_path)
+  os.remove(lst_path)
+  os.remove(canary)
+  if not hits[canary] then return nil end -- grep did not work: every file is searched below
+  return hits
+end
+
+local plain_files = {}
+for _, path in ipairs(files) do
+  local name = path:match("[^/]+$")
+  if not name:match("%.json$") and not is_env(name) then plain_files[#plain_files + 1] = path end
+end
+local hits = grep_hits(plain_files)
+
 local leaks, scanned, bytes, slots, envs = 0, 0, 0, 0, 0
 local skipped = {}
 for _, path in ipairs(files) do
@@ -119,7 +161,18 @@ for _, path in ipairs(files) do
   if why then
     skipped[why] = (skipped[why] or 0) + 1
   else
-    local data = read(path)
+    local data
+    if hits and not hits[path] and not name:match("%.json$") and not is_env(name) then
+      -- grep read it and found none: counted, not searched again
+      local f = io.open(path, "rb")
+      local size = f and f:seek("end")
+      if f then f:close() end
+      if size then
+        scanned, bytes = scanned + 1, bytes + size
+      end
+      goto next_file
+    end
+    data = read(path)
     if data and name:match("%.json$") then
       local rest = slot_rest(data)
       if rest then data, slots = rest, slots + 1 end
@@ -140,6 +193,7 @@ for _, path in ipairs(files) do
       end
     end
   end
+  ::next_file::
 end
 local skips = {}
 for why, n in pairs(skipped) do skips[#skips + 1] = n .. " " .. why end

@@ -79,11 +79,9 @@ local function in_thread(self, op, fn, ...)
   return a, b
 end
 
--- the file of a store slot (rotor.store.file's naming: [A-Za-z0-9_.-] kept, all else %XX)
+-- the file of a store slot (rotor.store.file's naming, rotor.store.naming)
 local function slot_file(dir, slot)
-  local s = slot:gsub("[^%w_%.%-]", function(c) return ("%%%02X"):format(c:byte()) end)
-  if s:sub(1, 1) == "." then s = "%2E" .. s:sub(2) end
-  return dir:gsub("/+$", "") .. "/" .. s .. ".json"
+  return dir:gsub("/+$", "") .. "/" .. require("rotor.store.naming").encode(slot) .. ".json"
 end
 _M.slot_file = slot_file
 

@@ -19,6 +19,7 @@ local record_mod = require "rotor.record"
 local sched = require "rotor.sched"
 local seal = require "rotor.store.seal"
 
+local naming = require "rotor.store.naming"
 local _M = {}
 
 local Store = {}
@@ -38,17 +39,9 @@ function _M.check_slot(slot, level)
   return slot
 end
 
---- The file name of a slot: [A-Za-z0-9_.-] kept (a leading "." escaped), all else %XX.
--- "genesys/reporting" -> "genesys%2Freporting". Reversible, never "." or "..", never a path.
-function _M.encode(slot)
-  local s = slot:gsub("[^%w_%.%-]", function(c) return ("%%%02X"):format(c:byte()) end)
-  if s:sub(1, 1) == "." then s = "%2E" .. s:sub(2) end
-  return s
-end
-
-function _M.decode(name)
-  return (name:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
-end
+--- The file name of a slot, and back (rotor.store.naming)
+_M.encode = naming.encode
+_M.decode = naming.decode
 
 -- the OS's reason (detail) is part of the message: "cannot write slot x: No space left on device"
 local function store_error(message, detail)
