@@ -5,6 +5,8 @@
 --     simulator processes it, then closes the connection without an answer), libcurl must not send
 --     it again on a new one: exactly one minting request reaches the provider, and the error is
 --     `ambiguous`;
+--   * against an HTTP/1.1-only simulator (where libcurl itself would re-send on a dead reused
+--     connection) the same: one minting request, `ambiguous`;
 --   * with mint_fresh_connection = true (where the option exists) every mint has a connection of
 --     its own.
 local rotor = require "rotor"
@@ -45,10 +47,18 @@ local function has_fresh_option(fx)
 end
 
 describe("minting requests and connections", function()
-  local s
-  setup(function() s = sim.start() end)
-  teardown(function() if s then s:stop() end end)
-  after_each(function() s:control("DELETE", "/faults") end)
+  local s, s1
+  setup(function()
+    s = sim.start()
+    -- a provider that speaks HTTP/1.1 only: there libcurl re-sends a request on a new connection
+    -- by itself when a reused one dies before any answer
+    s1 = sim.start { env = { ROTOR_SIM_HTTP2 = "0" } }
+  end)
+  teardown(function()
+    if s then s:stop() end
+    if s1 then s1:stop() end
+  end)
+  after_each(function() s:control("DELETE", "/faults") s1:control("DELETE", "/faults") end)
 
   -- log entries after the first `mark` entries
   local function log_after(mark)
@@ -102,6 +112,20 @@ describe("minting requests and connections", function()
           assert.equal("ambiguous", err.kind)
           assert.equal(before + 1, (s:counters())[fx.mint_path])
         end
+
+        -- over HTTP/1.1: a warm connection dies under the mint after the provider processed it;
+        -- whatever carries the mint, it reaches the provider once and the outcome is ambiguous
+        local fx1 = fixtures.seed(s1, kind)
+        local p1 = fixtures.provider(fx1)
+        assert.truthy(c.normal(p1))
+        assert.truthy(c.normal(p1))
+        assert.equal("HTTP/1.1", s1:log()[#s1:log()].proto)
+        local before1 = (s1:counters())[fx1.mint_path] or 0
+        s1:fault { path = fx1.mint_path, method = fx1.mint_method, reset = true }
+        local r1, e1 = c.mint(p1, fx1, 1)
+        assert.is_nil(r1)
+        assert.equal("ambiguous", e1 and e1.kind)
+        assert.equal(before1 + 1, (s1:counters())[fx1.mint_path])
 
         if has_fresh_option(fx) then
           local opts = {}

@@ -38,7 +38,7 @@ local MUTANTS = {
     }, { "spec/mint_connection_spec.lua" }),
   m("mint-twice", "a mint on a warm connection is sent at most once", "the at-most-once guard off (once = nil)",
     "lua/rotor/client.lua", { { "once = opts.mint or nil", "once = nil" } },
-    { "spec/mint_connection_spec.lua", "spec/providers_genesys_spec.lua" }, true),
+    { "spec/mint_connection_spec.lua", "spec/http_spec.lua" }),
   m("redact-noop", "secrets are redacted from errors", "core.redact (the one redaction, C) returns its input",
     "csrc/secret.c",
     { { "    const char *msg = luaL_checklstring(L, 1, &mlen);\n",
