@@ -33,7 +33,9 @@ local function random_port()
   local f = assert(io.open("/dev/urandom", "rb"))
   local a, b = f:read(2):byte(1, 2)
   f:close()
-  return 20000 + (a * 256 + b) % 40000
+  -- below Linux's ephemeral range (32768 and up): a member that is down for a while must not find
+  -- its port taken as the source port of some outgoing connection when it starts again
+  return 20000 + (a * 256 + b) % 12000
 end
 
 local function make_certs(dir)
@@ -111,7 +113,10 @@ function Cluster:wait_healthy(seconds, what)
   for _ = 1, seconds * 5 do
     if self:healthy() then return true end
     for _, m in ipairs(self.members) do
-      if m.pid and not m.stopped and not alive(m.pid) then return false, m end
+      if m.pid and not m.stopped and not alive(m.pid) then
+        error(("etcd member %s died (%s); the end of its log:\n%s"):format(m.name, tostring(what),
+          run("tail -n 15 " .. q(m.log) .. " " .. q(m.log .. ".out") .. " 2>&1")), 2)
+      end
     end
     run("sleep 0.2")
   end

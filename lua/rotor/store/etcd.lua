@@ -233,13 +233,25 @@ local function describe(res, v)
   return ("HTTP %s: %s"):format(tostring(res.status), tostring(msg))
 end
 
+-- true when, with this member's TLS refusal, every member has failed since one last answered and at
+-- least one of them refused the handshake (the others being unreachable)
+local function every_member_refused(endpoints, failed, ep)
+  failed[ep] = "tls"
+  for _, e in ipairs(endpoints) do
+    if not failed[e] then return false end
+  end
+  return true
+end
+
 --- One gateway call with failover: another member (and a fresh auth token) is tried when a
 -- member is unreachable, has no leader, or the request timed out. The callers only send requests
 -- that are safe to repeat (reads, keep-alives, and transactions guarded by a compare that a
 -- repeat of a committed one fails). Returns the decoded body | nil, err.
 function Store:call(path, body_table)
   local body = json.encode(body_table)
-  local reauthed, tls_failures = false, 0
+  local reauthed = false
+  -- how each member failed since one last answered: "tls" (refused the handshake) or "down"
+  local failed = {}
   local last
   local attempts = math.max(8, 3 * #self.endpoints)
   for attempt = 1, attempts do
@@ -278,13 +290,18 @@ function Store:call(path, body_table)
     elseif res.error and res.error.kind == "config" then
       return nil, errors.new { kind = "config", message = "etcd " .. ep .. ": " .. tostring(res.error.message)
         .. " (check endpoints, cainfo, cert and key)" }
-    elseif res.error and res.error.kind == "tls" and tls_failures + 1 >= #self.endpoints then
-      -- every member refused the handshake: the configuration, not a member going down
+    elseif res.error and res.error.kind == "tls" and every_member_refused(self.endpoints, failed, ep) then
+      -- every member that could be reached refused the handshake: the configuration, not a member
+      -- going down (one member down does not hide a wrong cainfo)
       return nil, errors.new { kind = "tls", message = "etcd " .. ep .. ": " .. tostring(res.error.message)
         .. " (check endpoints, cainfo, cert and key)" }
     elseif res.error or res.status >= 500 or RETRY_CODES[code] then
       -- a handshake cut short (a member going down) counts as a TLS failure until another answers
-      tls_failures = (res.error and res.error.kind == "tls") and tls_failures + 1 or 0
+      if res.error then
+        failed[ep] = res.error.kind == "tls" and "tls" or "down"
+      else
+        failed = {}
+      end
       -- another member, after a short pause once every member was tried
       self.current = self.current % #self.endpoints + 1
       self.retries = self.retries + 1
