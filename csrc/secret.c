@@ -15,10 +15,24 @@
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
 
+/* one form of a secret in the redaction index (see "redaction" below) */
+typedef struct redact_entry {
+    const char *text; /* inside the owner's forms buffer */
+    size_t len;
+    uint64_t key; /* its first REDACT_KEY bytes */
+    int kind;
+    struct redact_entry *next; /* in its bucket */
+} redact_entry;
+
 struct rotor_secret {
     char *buf;
     size_t len;
-    struct rotor_secret *prev, *next; /* the live list */
+    struct rotor_secret *prev, *next; /* the live list, newest first */
+    int indexed;                      /* its forms are in the redaction index */
+    char *forms;                      /* the bytes of its forms (zeroed when closed) */
+    size_t forms_len;
+    int nentries;
+    redact_entry *entries;
 };
 
 static rotor_secret *live_head = NULL;
@@ -200,11 +214,14 @@ void rotor_buf_add_formenc(rotor_buf *b, const char *p, size_t n) {
 
 /* ---- the secret userdata ---- */
 
+static void index_remove(rotor_secret *s);
+
 static void secret_close(rotor_secret *s) {
     if (s->buf == NULL) {
         return;
     }
     pthread_mutex_lock(&live_lock);
+    index_remove(s);
     if (s->prev != NULL) {
         s->prev->next = s->next;
     } else if (live_head == s) {
@@ -224,9 +241,7 @@ static void secret_close(rotor_secret *s) {
 
 void rotor_secret_push(lua_State *L, const void *buf, size_t len) {
     rotor_secret *s = lua_newuserdata(L, sizeof(*s));
-    s->buf = NULL;
-    s->len = 0;
-    s->prev = s->next = NULL;
+    memset(s, 0, sizeof(*s));
     luaL_setmetatable(L, ROTOR_SECRET_MT);
     s->buf = malloc(len + 1);
     if (s->buf == NULL) {
@@ -459,85 +474,217 @@ static int is_b64(char c) {
            c == '/' || c == '=' || c == '-' || c == '_';
 }
 
-/* replace every occurrence of form in *out by <redacted>; 1 when something was replaced */
-static int redact_form_in(rotor_buf *out, const redact_form *f) {
-    size_t flen = f->text.len;
-    if (flen < 6 || f->text.failed || flen > out->len) {
+/* The index: every distinct form (of 6 bytes or more) of every live secret, in a hash table keyed
+ * by its first 6 bytes. A secret's forms are made the first time core.redact runs after the
+ * secret was created (secrets are added at the head of the live list, so the ones not yet indexed
+ * are always its first ones), and removed, zeroed, when it is closed. A message is then scanned
+ * once, whatever the number of live secrets: at each position, the bucket of the 6 bytes there. */
+#define REDACT_KEY 6
+static redact_entry **buckets;
+static size_t nbuckets, nindexed; /* buckets: a power of two */
+
+static uint64_t key_at(const char *p) {
+    uint64_t k = 0;
+    memcpy(&k, p, REDACT_KEY);
+    return k;
+}
+
+static size_t bucket_of(uint64_t key) {
+    return (size_t)((key * 0x9E3779B97F4A7C15ULL) >> 20) & (nbuckets - 1);
+}
+
+/* double the table (or make it); on failure the old one stays, only slower */
+static void index_grow(void) {
+    size_t n = nbuckets ? nbuckets * 2 : 1024;
+    redact_entry **nb = calloc(n, sizeof(redact_entry *));
+    if (nb == NULL) {
+        return;
+    }
+    redact_entry **old = buckets;
+    size_t oldn = nbuckets;
+    buckets = nb;
+    nbuckets = n;
+    for (size_t i = 0; i < oldn; i++) {
+        for (redact_entry *e = old[i], *next; e != NULL; e = next) {
+            next = e->next;
+            size_t b = bucket_of(e->key);
+            e->next = buckets[b];
+            buckets[b] = e;
+        }
+    }
+    free(old);
+}
+
+static void index_remove(rotor_secret *s) {
+    for (int i = 0; i < s->nentries; i++) {
+        redact_entry *e = &s->entries[i];
+        redact_entry **pp = &buckets[bucket_of(e->key)];
+        while (*pp != NULL && *pp != e) {
+            pp = &(*pp)->next;
+        }
+        if (*pp == e) {
+            *pp = e->next;
+            nindexed--;
+        }
+    }
+    rotor_munlock(s->forms, s->forms_len);
+    rotor_free_secure(s->forms, s->forms_len);
+    rotor_free_secure(s->entries, (size_t)s->nentries * sizeof(redact_entry));
+    s->forms = NULL;
+    s->entries = NULL;
+    s->forms_len = 0;
+    s->nentries = 0;
+    s->indexed = 0;
+}
+
+/* Make the forms of s and add them to the index; 0, or -1 when out of memory. */
+static int index_add(rotor_secret *s) {
+    if (s->len < REDACT_KEY) {
+        s->indexed = 1;
         return 0;
     }
-    int changed = 0;
-    size_t from = 0;
-    char *hit;
-    while (from + flen <= out->len &&
-           (hit = memmem(out->data + from, out->len - from, f->text.data, flen)) != NULL) {
-        size_t at = (size_t)(hit - out->data);
-        size_t end = at + flen;
-        if (f->kind == FORM_B64) {
-            while (at > 0 && is_b64(out->data[at - 1]) && out->data[at - 1] != '=') {
-                at--;
-            }
-            while (end < out->len && is_b64(out->data[end])) {
-                end++;
+    if (nindexed + REDACT_FORMS > nbuckets) {
+        index_grow();
+    }
+    if (nindexed + REDACT_FORMS > 2 * nbuckets) {
+        return -1; /* no table, or one far too small: out of memory */
+    }
+    redact_form forms[REDACT_FORMS];
+    memset(forms, 0, sizeof(forms));
+    rotor_buf_add(&forms[0].text, s->buf, s->len);
+    add_json_escaped(&forms[1].text, s->buf, s->len);
+    add_percent(&forms[2].text, s->buf, s->len, "0123456789ABCDEF");
+    add_percent(&forms[3].text, s->buf, s->len, "0123456789abcdef");
+    int f = 4;
+    for (int src = 0; src < 2; src++) { /* the secret, then its percent-encoding */
+        const rotor_buf *base = src == 0 ? &forms[0].text : &forms[2].text;
+        for (int k = 0; k < 3; k++) {
+            for (int url = 0; url < 2; url++, f++) {
+                forms[f].kind = FORM_B64;
+                add_b64_core(&forms[f].text, base->data, base->len, k, url);
             }
         }
-        rotor_buf nb = {0};
-        rotor_buf_add(&nb, out->data, at);
-        rotor_buf_adds(&nb, "<redacted>");
-        rotor_buf_add(&nb, out->data + end, out->len - end);
-        rotor_buf_free(out);
-        *out = nb;
-        from = at + 10;
-        changed = 1;
     }
-    return changed;
+    /* the distinct forms long enough to be keyed */
+    int keep[REDACT_FORMS] = {0}, nkeep = 0, failed = 0;
+    size_t total = 0;
+    for (int i = 0; i < REDACT_FORMS; i++) {
+        failed |= forms[i].text.failed;
+        int dup = forms[i].text.len < REDACT_KEY;
+        for (int j = 0; j < nkeep && !dup; j++) {
+            const rotor_buf *o = &forms[keep[j]].text;
+            dup = o->len == forms[i].text.len && memcmp(o->data, forms[i].text.data, o->len) == 0;
+        }
+        if (!dup) {
+            keep[nkeep++] = i;
+            total += forms[i].text.len;
+        }
+    }
+    int rc = -1;
+    if (!failed) {
+        s->forms = malloc(total);
+        s->entries = calloc((size_t)nkeep, sizeof(redact_entry));
+    }
+    if (s->forms == NULL || s->entries == NULL) {
+        free(s->forms);
+        free(s->entries);
+        s->forms = NULL;
+        s->entries = NULL;
+    } else {
+        rotor_mlock(s->forms, total);
+        s->forms_len = total;
+        size_t at = 0;
+        for (int i = 0; i < nkeep; i++) {
+            const rotor_buf *t = &forms[keep[i]].text;
+            redact_entry *e = &s->entries[i];
+            memcpy(s->forms + at, t->data, t->len);
+            e->text = s->forms + at;
+            e->len = t->len;
+            e->kind = forms[keep[i]].kind;
+            e->key = key_at(e->text);
+            at += t->len;
+        }
+        s->nentries = nkeep;
+        for (int i = 0; i < nkeep; i++) {
+            redact_entry *e = &s->entries[i];
+            size_t b = bucket_of(e->key);
+            e->next = buckets[b];
+            buckets[b] = e;
+            nindexed++;
+        }
+        s->indexed = 1;
+        rc = 0;
+    }
+    for (int i = 0; i < REDACT_FORMS; i++) {
+        rotor_buf_free(&forms[i].text);
+    }
+    return rc;
+}
+
+/* the longest form of a live secret that starts at text[at], or NULL */
+static const redact_entry *match_at(const char *text, size_t len, size_t at) {
+    uint64_t key = key_at(text + at);
+    const redact_entry *best = NULL;
+    for (const redact_entry *e = buckets[bucket_of(key)]; e != NULL; e = e->next) {
+        if (e->key == key && e->len <= len - at && (best == NULL || e->len > best->len) &&
+            memcmp(text + at, e->text, e->len) == 0) {
+            best = e;
+        }
+    }
+    return best;
+}
+
+/* Freed when the module is unloaded (secrets still open then keep their own buffers) */
+__attribute__((destructor)) static void index_fini(void) {
+    pthread_mutex_lock(&live_lock);
+    free(buckets);
+    buckets = NULL;
+    nbuckets = nindexed = 0;
+    for (rotor_secret *s = live_head; s != NULL; s = s->next) {
+        s->nentries = 0; /* their entries are no longer in a table */
+    }
+    pthread_mutex_unlock(&live_lock);
 }
 
 /* core.redact(message): the message with every live secret (of 6 bytes or more) replaced by
- * <redacted>, in each of the forms above. Used on every text rotor writes or shows. */
+ * <redacted>, in each of the forms above (the longest form found at a place wins; a base64
+ * form takes the whole run of base64 characters around it). Used on every text rotor writes or
+ * shows. */
 static int l_redact(lua_State *L) {
     size_t mlen;
     const char *msg = luaL_checklstring(L, 1, &mlen);
     rotor_buf out = {0};
-    rotor_buf_add(&out, msg, mlen);
-    int changed = 0;
+    int changed = 0, failed = 0;
     pthread_mutex_lock(&live_lock);
-    for (rotor_secret *s = live_head; s != NULL && !out.failed; s = s->next) {
-        if (s->buf == NULL || s->len < 6) {
+    for (rotor_secret *s = live_head; s != NULL && !s->indexed; s = s->next) {
+        failed |= index_add(s) != 0;
+    }
+    size_t copied = 0; /* msg[0..copied) is in out */
+    for (size_t i = 0; !failed && nindexed > 0 && i + REDACT_KEY <= mlen;) {
+        const redact_entry *e = match_at(msg, mlen, i);
+        if (e == NULL) {
+            i++;
             continue;
         }
-        redact_form forms[REDACT_FORMS];
-        memset(forms, 0, sizeof(forms));
-        rotor_buf_add(&forms[0].text, s->buf, s->len);
-        add_json_escaped(&forms[1].text, s->buf, s->len);
-        add_percent(&forms[2].text, s->buf, s->len, "0123456789ABCDEF");
-        add_percent(&forms[3].text, s->buf, s->len, "0123456789abcdef");
-        int f = 4;
-        for (int src = 0; src < 2; src++) { /* the secret, then its percent-encoding */
-            const rotor_buf *base = src == 0 ? &forms[0].text : &forms[2].text;
-            for (int k = 0; k < 3; k++) {
-                for (int url = 0; url < 2; url++, f++) {
-                    forms[f].kind = FORM_B64;
-                    add_b64_core(&forms[f].text, base->data, base->len, k, url);
-                }
+        size_t end = i + e->len;
+        rotor_buf_add(&out, msg + copied, i - copied);
+        if (e->kind == FORM_B64) {
+            while (out.len > 0 && is_b64(out.data[out.len - 1]) && out.data[out.len - 1] != '=') {
+                out.len--;
+            }
+            while (end < mlen && is_b64(msg[end])) {
+                end++;
             }
         }
-        for (int i = 0; i < REDACT_FORMS; i++) {
-            /* a form equal to an earlier one was already handled */
-            int dup = 0;
-            for (int j = 0; j < i && !dup; j++) {
-                dup = forms[j].text.len == forms[i].text.len && forms[i].text.len > 0 &&
-                      memcmp(forms[j].text.data, forms[i].text.data, forms[i].text.len) == 0;
-            }
-            if (!dup) {
-                changed |= redact_form_in(&out, &forms[i]);
-            }
-        }
-        for (int i = 0; i < REDACT_FORMS; i++) {
-            rotor_buf_free(&forms[i].text);
-        }
+        rotor_buf_adds(&out, "<redacted>");
+        copied = i = end;
+        changed = 1;
     }
     pthread_mutex_unlock(&live_lock);
-    if (out.failed) {
+    if (changed) {
+        rotor_buf_add(&out, msg + copied, mlen - copied);
+    }
+    if (failed || out.failed) {
         rotor_buf_free(&out);
         lua_pushliteral(L, "<message withheld: out of memory while redacting>");
         return 1;

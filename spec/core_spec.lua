@@ -37,6 +37,29 @@ describe("rotor.secret", function()
     assert.equals("x s3cr3t-value-42", core.redact("x s3cr3t-value-42"))
   end)
 
+  it("redacts among thousands of live secrets: made before or after a redaction, closed ones no more", function()
+    local live = {}
+    for i = 1, 1500 do live[i] = core.secret(("many-%06d-secret"):format(i)) end
+    assert.equals("a <redacted> b", core.redact("a many-000007-secret b"))
+    for i = 1501, 3000 do live[i] = core.secret(("many-%06d-secret"):format(i)) end
+    for i = 1, 3000, 2 do live[i]:close() end
+    local parts = {}
+    for i = 1, 3000, 500 do parts[#parts + 1] = ("many-%06d-secret"):format(i) end
+    for i = 2, 3000, 500 do parts[#parts + 1] = ("many-%06d-secret"):format(i) end
+    local out = core.redact(table.concat(parts, ","))
+    local closed, open = {}, {}
+    for i = 1, 3000, 500 do closed[#closed + 1] = ("many-%06d-secret"):format(i) end
+    for _ = 2, 3000, 500 do open[#open + 1] = "<redacted>" end
+    assert.equals(table.concat(closed, ",") .. "," .. table.concat(open, ","), out)
+    -- the longest form found at a place wins: a secret that is a prefix of another
+    local short, long = core.secret("prefix-abc"), core.secret("prefix-abc-and-more")
+    assert.equals("[<redacted>] [<redacted>]", core.redact("[prefix-abc-and-more] [prefix-abc]"))
+    short:close()
+    long:close()
+    for i = 2, 3000, 2 do live[i]:close() end
+    assert.equals("many-000002-secret", core.redact("many-000002-secret"))
+  end)
+
   it("is redacted in every encoding it can take: JSON, percent, base64 and base64url at any offset", function()
     local raw = "iObGKtihdEScOmDiZxZ+6Q/=="
     local s = core.secret(raw)
