@@ -134,16 +134,21 @@ ASAN_BUILD := $(BUILD)/asan
 ASAN_FLAGS := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
 # The specs run inside an ASan+UBSan build of the host itself (busted is a Lua script), so the
 # sanitizer runtime is in the executable and no LD_PRELOAD leaks into the processes specs start.
+# intercept_tls_get_addr=0: clang 14's LeakSanitizer misreads the dynamic TLS ranges on Debian 12's
+# glibc and its end-of-process scan can die on them ("Tracer caught signal 11", "DTLS ... at
+# 0x...2a7"), seen in a rotor process that had run durable-write threads; valgrind finds nothing
+# wrong in the same run. Leaks are still checked; only dynamic TLS blocks are not scanned as roots.
+ASAN_RUN_OPTIONS := detect_leaks=1:intercept_tls_get_addr=0
 asan:
 	$(MAKE) --no-print-directory BUILD=$(ASAN_BUILD) CFLAGS='$(ASAN_FLAGS)' \
 	  $(ASAN_BUILD)/5.4/rotor/core.so $(ASAN_BUILD)/rotor
-	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	ASAN_OPTIONS=$(ASAN_RUN_OPTIONS) UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  $(ASAN_BUILD)/rotor /usr/bin/busted --cpath='./$(ASAN_BUILD)/5.4/?.so' --lpath='$(LPATH)' \
 	  --exclude-tags=slow,proc $(BUSTED_ARGS) $(SPECS)
 	# the specs that start rotor processes, with the instrumented host as those processes (it finds
 	# rotor's Lua modules at ../lua from its own directory)
 	ln -sfn ../lua $(BUILD)/lua
-	ROTOR_BIN=$(ASAN_BUILD)/rotor ASAN_OPTIONS=detect_leaks=1 \
+	ROTOR_BIN=$(ASAN_BUILD)/rotor ASAN_OPTIONS=$(ASAN_RUN_OPTIONS) \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  $(ASAN_BUILD)/rotor /usr/bin/busted --cpath='./$(ASAN_BUILD)/5.4/?.so' --lpath='$(LPATH)' \
 	  $(BUSTED_ARGS) spec/host_spec.lua spec/lock_spec.lua spec/hardening_spec.lua spec/cli_spec.lua

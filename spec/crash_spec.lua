@@ -60,19 +60,24 @@ local function expected_mints(kind, point)
 end
 
 -- the journal steps a rerun may resume at after a kill at point (nil: it recovers instead). The
--- secret's arrival (create) and promote are written before anything else happens; the lines of
--- start, verify, deploy and retire go to disk with the next of those (their work is idempotent).
--- So a rerun resumes no earlier than the last of create and promote that was done, and no later
--- than the step the kill interrupted.
+-- secret's arrival (create) is written before anything else happens, and so is promote when the
+-- strategy's retire calls the provider (retire_sends); the lines of start, verify, deploy, retire
+-- (and promote, for the others) go to disk with the next durable one (their work is idempotent).
+-- So a rerun resumes no earlier than the last durable step that was done, and no later than the
+-- step the kill interrupted.
 local ORDER = { "create", "verify", "deploy", "promote", "retire", "done" }
-local function resume_steps(point)
+-- the kinds whose retire revokes the old credential at the provider (Genesys new_client disables
+-- and deletes the old client, Spreetail deletes the old pair): promote must be on disk before it
+local PROMOTE_DURABLE = { genesys_new = true, genesys_own = true, spreetail = true, spreetail_shared = true }
+local function resume_steps(point, fx)
+  local durable_promote = PROMOTE_DURABLE[fx.kind]
   if UNKNOWN[point] then return nil end
   local step, when = point:match("^(%a+):(%a+)$")
   if step == "ack" or step == "write" then step, when = "create", "after" end
   local at, lo
   for i, st in ipairs(ORDER) do if st == step then at = i end end
   local hi = when == "before" and at or at + 1
-  lo = (at > 4 or (at == 4 and when == "after")) and 4 or 1
+  lo = durable_promote and (at > 4 or (at == 4 and when == "after")) and 4 or 1
   local ok = {}
   for i = lo, hi do ok[ORDER[i]] = true end
   return ok
@@ -233,7 +238,7 @@ describe("crash safety (SIGKILL at every kill point) on the " .. store_kind .. "
           if not why then
             -- the journal shows where the rerun took over
             local entries = journal_since(store_dir, fx.slot, n0)
-            local want = resume_steps(point)
+            local want = resume_steps(point, fx)
             local found = false
             for _, e in ipairs(entries) do
               if want == nil and e.outcome == "recover" then found = true end

@@ -103,4 +103,29 @@ describe("group-committed durable writes", function()
     assert.equal("line 1\nline 2\nline 3\nline 4\nline 5\n", core.fs_read(path))
     d:close()
   end)
+
+  it("a write queued without waiting goes with the next one, and reaches the disk if never waited for", function()
+    local d = assert(core.fs_dir(dir, true))
+    local store = assert(file_store.new(dir))
+    local got = {}
+    sched.parallel({ 1, 2 }, function(i)
+      local t = sched.durable_later("append", d, "audit.log", "before put " .. i .. "\n", 384)
+      assert(store:put("slot" .. i, record(i)))
+      -- its group commit was the put's (or an earlier one): done, no second wait
+      got[i] = { t:wait() }
+      sched.durable_later("append", d, "audit.log", "never waited " .. i .. "\n", 384)
+    end)
+    assert.same({ 4, 2 }, jobs)
+    assert.same({ { true }, { true } }, got)
+    local text = core.fs_read(dir .. "/audit.log")
+    for i = 1, 2 do
+      assert.truthy(text:find("before put " .. i .. "\n", 1, true))
+      assert.truthy(text:find("never waited " .. i .. "\n", 1, true))
+    end
+    -- outside a loop: written before it returns
+    local t = sched.durable_later("append", d, "audit.log", "outside\n", 384)
+    assert.truthy(core.fs_read(dir .. "/audit.log"):find("outside\n", 1, true))
+    assert.same({ true }, { t:wait() })
+    d:close()
+  end)
 end)

@@ -60,8 +60,10 @@ end
 
 --- Append one entry, or several (an array of them) in one durable append. fields: slot,
 -- provider, rotation, step, outcome, client_id, note, secret (fingerprinted, never written),
--- time (default now). Returns true | nil, err.
-function Audit:write(fields)
+-- time (default now). Returns true | nil, err; with later = true, what the store's
+-- audit_append(line, true) returns for a trail in a store directory (a ticket: wait() gives
+-- true | nil, err), else the result.
+function Audit:write(fields, later)
   local list = fields[1] ~= nil and fields or { fields }
   local lines = {}
   for i, f in ipairs(list) do lines[i] = json.encode(_M.entry(self, f)) .. "\n" end
@@ -73,7 +75,7 @@ function Audit:write(fields)
     if not ends_with_newline(self.path) then line = "\n" .. line end
   end
   -- a store appends relative to its directory, under its trust rule; else the file named
-  if self.store then return self.store:audit_append(line) end
+  if self.store then return self.store:audit_append(line, later) end
   local ok, msg = core.fs_append(self.path, line, 384)
   if not ok then
     return nil, errors.new { kind = "store", message = "cannot append to the audit trail", detail = msg }

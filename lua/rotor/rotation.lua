@@ -62,6 +62,10 @@ _M.redact = redact
 --   after_persist(ctx, version)   once the new secret is stored (SP-API: acknowledge the message)
 --   cleanup(ctx)                  at the start of a run with no rotation in progress
 --   retire(ctx) -> true, note | nil, err  the old credential (required)
+--   retire_sends(ctx) -> bool     does retire send anything to the provider? When it does not (it
+--                                 only edits the record), promote is stored with the end of the
+--                                 rotation, one durable write fewer; when it does, promote is
+--                                 durable before retire starts (default: true)
 --   summary(ctx) -> text | nil    the last journal line of a finished rotation
 -- Strategies change the record only through ctx (ctx:retire_previous, ctx:schedule_deletion, ...).
 local STRATEGY_DEFAULTS = {
@@ -75,6 +79,7 @@ local STRATEGY_DEFAULTS = {
   after_persist = function() return true end,
   cleanup = function() return true end,
   summary = function() return nil end,
+  retire_sends = function() return true end,
 }
 STRATEGY_DEFAULTS.lost_note = function(ctx, mint) return ctx.strategy.next_run(ctx, mint) end
 local REQUIRED_HOOKS = { "create", "retire" }
@@ -180,14 +185,21 @@ function Ctx:journal(step, outcome, note, secret, client_id, lazy)
   pending[#pending + 1] = { slot = self.slot, provider = self.provider.provider, rotation = entry.rotation,
     step = step, outcome = outcome, note = note, secret = secret, client_id = client_id, time = entry.time }
   if lazy then return true end
-  local ok, err = self:persist()
   self.audit_pending = nil
+  -- the audit lines are queued before the record: they reach the disk with it (one group commit)
+  -- or before it, and one wait serves both. A trail elsewhere is written here, at once.
+  local aok, aerr = true, nil
   if self.audit then
-    if not ok then
-      for _, a in ipairs(pending) do a.outcome = a.outcome .. " (not stored: the store write failed)" end
-    end
-    local aok, aerr = self.audit:write(pending)
-    if not aok and ok then self.audit_error = aerr end
+    local r, e = self.audit:write(pending, true)
+    if type(r) == "table" then aok, aerr = r, nil else aok, aerr = r, e end
+  end
+  local ok, err = self:persist()
+  if type(aok) == "table" then aok, aerr = aok.wait() end
+  if not aok and ok then self.audit_error = aerr end
+  if not ok and self.audit then
+    -- the trail already has these steps: say that the slot's record does not
+    for _, a in ipairs(pending) do a.outcome = a.outcome .. " (not stored: the store write failed)" end
+    self.audit:write(pending)
   end
   if not ok then return nil, err end
   return true
@@ -461,7 +473,10 @@ function step.promote(ctx)
     v.current = v.pending
     v.pending = nil
     v.current.promoted = timefmt.iso()
-    local ok, err = ctx:journal("promote", "ok", nil, v.current.secret, v.current.client_id)
+    -- durable before a retire that calls the provider (the old credential may die there); else
+    -- written with the end of the rotation: a crash before that repeats verify and deploy
+    local ok, err = ctx:journal("promote", "ok", nil, v.current.secret, v.current.client_id,
+                                not ctx.strategy.retire_sends(ctx))
     if not ok then return nil, err end
   else
     ctx:journal("promote", "done", "already promoted")

@@ -89,28 +89,52 @@ function _M.notify(key)
   for i = 1, #q do l.ready[#l.ready + 1] = { co = q[i], value = WAKE } end
 end
 
+-- A durable write's ticket: wait() returns true | nil, message once the bytes are on disk.
+local Ticket = {}
+Ticket.__index = Ticket
+
+function Ticket:wait()
+  if not self.done then
+    local l, co = in_loop()
+    if l ~= self.loop then error("sched: a durable write is waited for outside its loop", 2) end
+    self.co = co
+    co_yield()
+  end
+  if self.ok == true then return true end
+  return nil, self.ok
+end
+
 --- A durable write into a directory (a core.fs_dir): op "atomic" (as dir:write: temp file,
--- fsync, rename, directory fsync) or "append" (as dir:append: O_APPEND, fsync). Returns true |
--- nil, message once the bytes are on disk. Inside a loop the task yields: the writes of every
--- task waiting at that moment go to disk together on a thread of their own (core.durable_start:
--- one group commit, the directory fsynced once) while the loop keeps driving transfers; writes
--- queued meanwhile form the next group. Outside a loop: the synchronous dir:write / dir:append.
-function _M.durable(op, dir, name, data, mode)
+-- fsync, rename, directory fsync) or "append" (as dir:append: O_APPEND, fsync). Returns a ticket
+-- at once; ticket:wait() returns true | nil, message once the bytes are on disk. Inside a loop
+-- the write is queued: the writes queued by every task go to disk together when no task is
+-- ready to run (core.durable_start: one group commit on a thread of its own, each directory
+-- fsynced once) while the loop keeps driving transfers; writes queued meanwhile form the next
+-- group. Writes of one task go to disk in the order it queued them: a later one never before an
+-- earlier one (the same group, or a later group). Outside a loop: the synchronous dir:write /
+-- dir:append, done before it returns.
+function _M.durable_later(op, dir, name, data, mode)
   if op ~= "atomic" and op ~= "append" then error("sched.durable: op must be atomic or append", 2) end
   if type(name) ~= "string" or name == "" then error("sched.durable: a file name expected", 2) end
   if type(data) ~= "string" and not core.is_secret(data) then
     error("sched.durable: data must be a string or a rotor.secret", 2)
   end
-  local l, co = in_loop()
+  local l = in_loop()
+  local t = setmetatable({ loop = l }, Ticket)
   if not l then
-    if op == "atomic" then return dir:write(name, data, mode) end
-    return dir:append(name, data, mode)
+    local ok, msg
+    if op == "atomic" then ok, msg = dir:write(name, data, mode) else ok, msg = dir:append(name, data, mode) end
+    t.done, t.ok = true, ok == true or msg
+    return t
   end
   l.durable_queue[#l.durable_queue + 1] = { op, dir, name, data, mode or 384 }
-  l.durable_waiters[#l.durable_waiters + 1] = co
-  local r = co_yield()
-  if r == true then return true end
-  return nil, r
+  l.durable_waiters[#l.durable_waiters + 1] = t
+  return t
+end
+
+--- The same, waiting: true | nil, message once the bytes are on disk.
+function _M.durable(op, dir, name, data, mode)
+  return _M.durable_later(op, dir, name, data, mode):wait()
 end
 
 -- start a group commit of the queued writes, unless one is on disk already
@@ -129,7 +153,10 @@ local function durable_collect(l)
   -- its thread may still be emptying spare files: joined when the next group finishes
   if l.durable_old then l.durable_old:close() end
   l.durable_old, l.durable_job = job, nil
-  for i, co in ipairs(l.durable_running) do l.ready[#l.ready + 1] = { co = co, value = res[i] } end
+  for i, t in ipairs(l.durable_running) do
+    t.done, t.ok = true, res[i]
+    if t.co then l.ready[#l.ready + 1] = { co = t.co } end
+  end
   l.durable_running = nil
 end
 
@@ -284,6 +311,12 @@ function _M.parallel(items, fn, opts)
   end
   loop = l
   local ok, err = pcall(drive, l, group)
+  -- writes queued by tasks that ended without waiting for them still reach the disk
+  while ok and (l.durable_job or #l.durable_queue > 0) do
+    durable_flush(l)
+    l.multi:poll(1000, l.durable_job:fd())
+    durable_collect(l)
+  end
   loop = outer
   if l.durable_old then
     l.durable_old:close()   -- its thread has ended (or ends now): nothing outlives the batch

@@ -87,6 +87,16 @@ local function self_pid()
 end
 local PID = self_pid()
 
+-- CPU seconds of this process's main thread (the event loop), from /proc (clock ticks of 1/100 s)
+local function main_thread_cpu()
+  local st = read_all("/proc/" .. PID .. "/task/" .. PID .. "/stat") or ""
+  local rest = st:match("%) (.*)$") or ""
+  local f = {}
+  for w in rest:gmatch("%S+") do f[#f + 1] = w end
+  -- after the command: state is field 3 of stat(5); utime and stime are fields 14 and 15
+  return ((tonumber(f[12]) or 0) + (tonumber(f[13]) or 0)) / 100
+end
+
 local function established_to(port)
   local inodes = {}
   local out = run("ls -l /proc/" .. PID .. "/fd 2>/dev/null")
@@ -245,13 +255,13 @@ local function batch_bench(_, g, mt)
         end } })
     end
     collectgarbage()
-    local t0 = now()
+    local t0, c0, m0 = now(), os.clock(), main_thread_cpu()
     rotor.parallel(items, function(i)
       local res, err = rotor.rotate { slot = "bench/" .. i, provider = gc, store = store,
         target = { client_id = ids[i] } }
       if res then okn = okn + 1 else failed = failed + 1; firsterr = firsterr or tostring(err) end
     end, { concurrency = MINT_CONC })
-    local dt = now() - t0
+    local dt, cpu, mcpu = now() - t0, os.clock() - c0, main_thread_cpu() - m0
     core.durable_start = real_start
     local lines = #(read_all(store:audit_path()) or ""):gsub("[^\n]", "") - audit_before
     local k = sdk_mint_round(mt.sv, g)
@@ -263,7 +273,8 @@ local function batch_bench(_, g, mt)
       ratio = (MINT_N / dt) / sdk_rate, writes_per_rotation = jobs.items / MINT_N,
       audit_lines_per_rotation = lines / MINT_N,
       group_commits = jobs.n, writes_per_group = jobs.n > 0 and jobs.items / jobs.n or 0,
-      group_ms = jobs.n > 0 and jobs.seconds / jobs.n * 1e3 or 0, disk_seconds = jobs.seconds }
+      group_ms = jobs.n > 0 and jobs.seconds / jobs.n * 1e3 or 0, disk_seconds = jobs.seconds,
+      cpu_seconds = cpu, main_cpu_seconds = mcpu }
   end
   run("rm -rf " .. shq(dir))
   os.remove(mt.sv.secret_file)
@@ -564,6 +575,9 @@ local ok_all, err_all = xpcall(function()
       row(string.format("  %s: group commits, writes each, ms each on disk", b.name),
         string.format("%d, %.1f, %.2f ms (%.2f s of %.2f s)", b.group_commits, b.writes_per_group, b.group_ms,
           b.disk_seconds, b.seconds))
+      row(string.format("  %s: CPU per rotation, rotor process (all threads) / its event loop", b.name),
+        string.format("%.2f ms / %.2f ms (%.2f s, %.2f s of %.2f s)", b.cpu_seconds * 1e3 / MINT_N,
+          b.main_cpu_seconds * 1e3 / MINT_N, b.cpu_seconds, b.main_cpu_seconds, b.seconds))
     end
   end
   results.table = rows

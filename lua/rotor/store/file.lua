@@ -222,12 +222,20 @@ function Store:audit_path()
 end
 
 --- Append a line to the audit trail (O_NOFOLLOW, relative to the store directory, 0600).
-function Store:audit_append(line)
+-- later = true: returns at once a ticket whose wait() gives the result, the append queued for the
+-- next group commit (see sched.durable_later), so that it can go to disk with the record put
+-- that follows it.
+function Store:audit_append(line, later)
   local d, werr = writable(self, "append to the audit trail")
   if not d then return nil, werr end
-  local ok, msg = sched.durable("append", d, "audit.log", line, 384)
-  if not ok then return nil, store_error("cannot append to the audit trail", msg) end
-  return true
+  local ticket = sched.durable_later("append", d, "audit.log", line, 384)
+  local function wait()
+    local ok, msg = ticket:wait()
+    if not ok then return nil, store_error("cannot append to the audit trail", msg) end
+    return true
+  end
+  if later then return { wait = wait } end
+  return wait()
 end
 
 --- The per-store key for audit fingerprints (64 hex chars in DIR/.audit-key, 0600), made once.

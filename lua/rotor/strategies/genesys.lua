@@ -63,7 +63,8 @@ end
 
 ------------------------------------------------------------------------------------------------
 local regenerate = { name = "regenerate", default_client_id = default_client_id, check = check,
-                     own_credential = own_credential }
+                     own_credential = own_credential,
+                     retire_sends = function() return false end }
 _M.strategies.regenerate = regenerate
 
 regenerate.describe = {

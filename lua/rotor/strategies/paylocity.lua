@@ -92,6 +92,9 @@ function s.lost_note(ctx)
     .. "target.code set to the NEW code"):format(tostring(cur and cur.expires or "its expiry date"))
 end
 
+-- retire only notes the old secret's expiry in the record: nothing is sent
+function s.retire_sends() return false end
+
 function s.retire(ctx)
   local prev = ctx:version("previous")
   if not prev then return true, "no old secret recorded" end

@@ -145,6 +145,9 @@ function s.after_persist(ctx)
   return true
 end
 
+-- retire only notes the old secret's expiry in the record: nothing is sent
+function s.retire_sends() return false end
+
 function s.retire(ctx)
   local prev, cur = ctx:version("previous"), ctx:version("current")
   if not prev then return true, "no old secret recorded" end
