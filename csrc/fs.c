@@ -567,9 +567,12 @@ static int dir_lock(lua_State *L, int dfd, const char *where, const char *name) 
     fs_lock *lk = (fs_lock *)lua_newuserdata(L, sizeof *lk);
     lk->fd = fd;
     luaL_setmetatable(L, ROTOR_FS_LOCK_MT);
-    snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
-    if (ftruncate(fd, 0) == 0) {
-        (void)!pwrite(fd, pid, strlen(pid), 0);
+    /* the pid in a field of fixed width: rewritten in place by the next holder, with no truncation
+     * (which frees the file's block for the write to allocate again, on every lock) */
+    int plen = snprintf(pid, sizeof pid, "%-15ld\n", (long)getpid());
+    struct stat st;
+    if (fstat(fd, &st) == 0 && (st.st_size == plen || ftruncate(fd, 0) == 0)) {
+        (void)!pwrite(fd, pid, (size_t)plen, 0);
     }
     return 1;
 }
