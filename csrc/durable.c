@@ -205,6 +205,14 @@ static int put_in_place(item *it) {
     return renameat(it->dfd, it->tmp, it->dfd, it->name);
 }
 
+/* A job empties the spares it displaced after its writers were woken (off their path); a slot
+ * written again at once has its next job open that same spare. Without an order between the two,
+ * the emptying could truncate the new record after it was written into the spare, even after it
+ * was swapped in as the slot file. This lock gives the order: a job takes it before it wakes its
+ * writers and holds it while it empties its spares; the next job takes it to open and write its
+ * files. */
+static pthread_mutex_t spares_mu = PTHREAD_MUTEX_INITIALIZER;
+
 /* Empty the spares that hold displaced bytes (old records hold secrets: no copy is kept). */
 static void empty_spares(job *j) {
     for (int i = 0; i < j->n; i++) {
@@ -265,7 +273,8 @@ static void *run_job(void *arg) {
     job *j = arg;
     (void)pthread_setname_np(pthread_self(), "rotor-durable"); /* for top -H, perf, gdb */
     double t0 = now_seconds();
-    /* 1. write every file */
+    /* 1. write every file (once the previous job emptied its spares) */
+    pthread_mutex_lock(&spares_mu);
     for (int i = 0; i < j->n; i++) {
         item *it = &j->items[i];
         errno = 0;
@@ -303,6 +312,7 @@ static void *run_job(void *arg) {
             }
         }
     }
+    pthread_mutex_unlock(&spares_mu);
     /* 2. make the bytes durable: start the writeback of them all, then wait for each */
     for (int i = 0; i < j->n; i++) {
         if (j->items[i].err == 0) {
@@ -327,6 +337,7 @@ static void *run_job(void *arg) {
     }
     /* 4. the names durable: each directory once */
     sync_dirs(j);
+    pthread_mutex_lock(&spares_mu); /* before the writers wake: see spares_mu */
     pthread_mutex_lock(&j->mu);
     j->done = 1;
     j->seconds = now_seconds() - t0;
@@ -335,6 +346,7 @@ static void *run_job(void *arg) {
     ssize_t w = write(j->efd, &one, sizeof one);
     (void)w;
     empty_spares(j); /* after the writers were woken: not on their path */
+    pthread_mutex_unlock(&spares_mu);
     return NULL;
 }
 

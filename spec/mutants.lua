@@ -86,6 +86,12 @@ local MUTANTS = {
     "lua/rotor/http.lua",
     { { "if not res.sent and attempt <= retries", "if not res.sent and attempt <= retries - 100" } },
     { "spec/proxy_spec.lua" }),
+  m("spares-unordered", "a put stays whole when its slot is written again at once",
+    "a group empties its spares outside spares_mu (the next group may write one first)",
+    "csrc/durable.c", { {
+      "    empty_spares(j); /* after the writers were woken: not on their path */\n"
+        .. "    pthread_mutex_unlock(&spares_mu);",
+      "    pthread_mutex_unlock(&spares_mu);\n    empty_spares(j);" } }, { "spec/durable_spec.lua" }),
 }
 
 package.path = "./?.lua;" .. package.path
