@@ -188,6 +188,12 @@ describe("safety invariants #safety", function()
       assert.truthy(err.message:find("nothing was sent", 1, true), err.message)
       assert.truthy(err.message:find("No space left on device", 1, true), err.message)
       assert.equal(before, counter(s, fx.mint_path))
+      -- the audit trail has the intent, and then says that the slot's record did not take it
+      local outcomes = {}
+      for _, e in ipairs(assert(require("rotor.audit").open(real):entries())) do
+        if e.slot == fx.slot and e.step == "create" then outcomes[#outcomes + 1] = e.outcome end
+      end
+      assert.same({ "intent", "intent (not stored: the store write failed)" }, { outcomes[1], outcomes[2] })
     end)
 
     it("after the mint, briefly: the write is retried while the secret is held, nothing lost", function()

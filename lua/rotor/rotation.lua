@@ -188,14 +188,17 @@ function Ctx:journal(step, outcome, note, secret, client_id, lazy)
   self.audit_pending = nil
   -- the audit lines are queued before the record: they reach the disk with it (one group commit)
   -- or before it, and one wait serves both. A trail elsewhere is written here, at once.
-  local aok, aerr = true, nil
+  local ticket, aerr
   if self.audit then
     local r, e = self.audit:write(pending, true)
-    if type(r) == "table" then aok, aerr = r, nil else aok, aerr = r, e end
+    if type(r) == "table" then ticket = r elseif not r then aerr = e end
   end
   local ok, err = self:persist()
-  if type(aok) == "table" then aok, aerr = aok.wait() end
-  if not aok and ok then self.audit_error = aerr end
+  if ticket then
+    local aok, e = ticket.wait()
+    if not aok then aerr = e end
+  end
+  if aerr and ok then self.audit_error = aerr end
   if not ok and self.audit then
     -- the trail already has these steps: say that the slot's record does not
     for _, a in ipairs(pending) do a.outcome = a.outcome .. " (not stored: the store write failed)" end
