@@ -97,24 +97,35 @@ local function mark_empty_arrays(s)
   return table.concat(out)
 end
 
--- a copy of v in which each empty array is the marker array (tables are copied only on the way
--- to one; v itself is never changed)
-local function mark_for_encode(v, depth)
-  if type(v) ~= "table" or depth > 64 then return v, false end
-  if getmetatable(v) == array_mt and next(v) == nil then return { MARK }, true end
-  local copy, changed
+-- a copy of v in which each empty array is the marker array (when cjson cannot mark arrays) and
+-- each userdata u is leaf(u) (tables are copied only on the way to a change; v itself is never
+-- changed). Returns the copy, whether anything changed, whether a marker array was put in.
+local function mark_for_encode(v, depth, leaf)
+  local t = type(v)
+  if t == "userdata" then
+    local nv = leaf(v)
+    return nv, not rawequal(nv, v), false
+  end
+  if depth > 64 then return v, false, false end
+  if not native and getmetatable(v) == array_mt and next(v) == nil then return { MARK }, true, true end
+  local copy, changed, marked
   for k, x in pairs(v) do
-    local nx, c = mark_for_encode(x, depth + 1)
-    if c then
-      if not copy then
-        copy = {}
-        for k2, x2 in pairs(v) do copy[k2] = x2 end
+    local tx = type(x)
+    -- strings, numbers and booleans (most of a record) need no call
+    if tx == "table" or (tx == "userdata" and leaf) then
+      local nx, c, m = mark_for_encode(x, depth + 1, leaf)
+      if c then
+        if not copy then
+          copy = {}
+          for k2, x2 in pairs(v) do copy[k2] = x2 end
+        end
+        copy[k] = nx
+        changed = true
+        marked = marked or m
       end
-      copy[k] = nx
-      changed = true
     end
   end
-  return copy or v, changed
+  return copy or v, changed, marked
 end
 
 --- Decode a JSON text. Returns the value, or nil and a message naming the problem.
@@ -125,16 +136,18 @@ function _M.decode(s)
   return normalise(v)
 end
 
---- Encode a value. Raises on values JSON cannot carry (a programming error).
-function _M.encode(v)
-  local changed
-  if not native then v, changed = mark_for_encode(v, 0) end
+--- Encode a value. Raises on values JSON cannot carry (a programming error). leaf (optional):
+-- each userdata in v is encoded as leaf(it) returns (a store file reveals its rotor.secret values
+-- this way), in the same walk that marks empty arrays; v is copied only along the paths to them.
+function _M.encode(v, leaf)
+  local marked, _
+  if type(v) == "table" and (leaf or not native) then v, _, marked = mark_for_encode(v, 0, leaf) end
   local s, err = codec.encode(v)
   if not s then error("json.encode: " .. tostring(err), 2) end
   if native then return s end
   -- cjson 2.1.0 escapes every "/" as "\/": a run of backslashes before "/" is always odd there
   if s:find("\\/", 1, true) then s = s:gsub("(\\+)/", function(b) return b:sub(2) .. "/" end) end
-  if changed then s = s:gsub(MARK_JSON:gsub("%p", "%%%0"), "[]") end
+  if marked then s = s:gsub(MARK_JSON:gsub("%p", "%%%0"), "[]") end
   return s
 end
 

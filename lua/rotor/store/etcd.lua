@@ -331,18 +331,8 @@ function Store:_encode(slot, record, nonce)
   if type(journal) == "table" and #journal > self.journal_max then
     record.journal = { (table.unpack or unpack)(journal, #journal - self.journal_max + 1) }
   end
-  local function plain(v)
-    if type(v) == "table" then
-      local out = {}
-      for k, x in pairs(v) do out[k] = plain(x) end
-      return setmetatable(out, getmetatable(v) == json.empty_array_mt and json.empty_array_mt or nil)
-    end
-    return v
-  end
   -- secrets stay rotor.secret values until sealed: the plain text never becomes a Lua string
-  local copy = plain(record)
-  copy.slot, copy.schema = slot, 1
-  self.ring:seal_versions(copy, slot)
+  local copy = seal.record_to_write(self.ring, record, slot)
   local versions = copy.versions or {}
   for _, label in ipairs(file_store.VERSION_LABELS) do
     local v = versions[label]

@@ -127,15 +127,9 @@ end
 
 _M.wrap = wrap -- also for records read from other stores (etcd)
 
--- a plain copy of a value with every secret revealed (only for writing the store file)
-local function plain(v)
-  if type(v) == "table" then
-    local out = {}
-    for k, x in pairs(v) do out[k] = plain(x) end
-    return setmetatable(out, getmetatable(v) == json.empty_array_mt and json.empty_array_mt or nil)
-  elseif core.is_secret(v) then
-    return v:reveal()
-  end
+-- how a secret is written into the store file (and only there): its plain text
+local function reveal(v)
+  if core.is_secret(v) then return v:reveal() end
   return v
 end
 
@@ -174,12 +168,9 @@ function Store:put(slot, record)
     for i = #journal - self.journal_max + 1, #journal do keep[#keep + 1] = journal[i] end
     record.journal = keep
   end
-  local copy = plain(record)
-  if self.ring then self.ring:seal_versions(copy, slot) end
-  copy.slot = slot
-  copy.schema = 1
-  local ok, text = pcall(json.encode, copy)
-  copy = nil -- luacheck: ignore 311
+  -- the record's own tables, sealed where the store seals; json.encode reveals the secrets left
+  -- as it walks them (one walk, no copy of the record)
+  local ok, text = pcall(json.encode, seal.record_to_write(self.ring, record, slot), reveal)
   if not ok then error("store:put: the record cannot be encoded: " .. tostring(text), 2) end
   local done, msg = sched.durable("atomic", d, name, text, 384) -- 0600; group-committed in a batch
   if not done then return nil, store_error("cannot write slot " .. slot, msg) end

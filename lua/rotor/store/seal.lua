@@ -2,7 +2,8 @@
 --
 --   local ring, err = seal.keyring{ key_file = path | key_env = "VAR", old_key_files = {...},
 --                                   old_key_envs = {...} }
---   ring:seal_versions(copy, slot)   the `secret` of each version of a plain record copy, sealed
+--   seal.record_to_write(ring, record, slot)   what a store writes: a copy of the record, its
+--                                    versions' secrets sealed (ring nil: left as they are)
 --   seal.open_versions(ring, record, slot)   sealed secrets of a record read back -> rotor.secret
 --
 -- key_file holds 32 raw bytes (head -c 32 /dev/urandom > key); key_env names a variable holding
@@ -112,16 +113,28 @@ end
 
 local function aad(slot) return "rotor/v1:" .. slot end
 
---- Seal the secret of every version of a plain record copy (secrets as strings) in place.
-function Ring:seal_versions(copy, slot)
-  local versions = type(copy.versions) == "table" and copy.versions or {}
-  for _, label in ipairs(LABELS) do
-    local v = versions[label]
-    if type(v) == "table" and (type(v.secret) == "string" or core.is_secret(v.secret)) then
-      v.secret = { alg = ALG, kid = self.kid, data = core.seal(self.key, v.secret, aad(slot)) }
+--- What a store writes for a record: a copy of its top level with slot and schema set, and, when
+-- ring is given, of its versions with each secret (a string or a rotor.secret) sealed. Only the
+-- tables on the way to a change are copied; the record itself is never changed.
+function _M.record_to_write(ring, record, slot)
+  local top = {}
+  for k, v in pairs(record) do top[k] = v end
+  top.slot, top.schema = slot, 1
+  if ring and type(record.versions) == "table" then
+    local versions = {}
+    for label, v in pairs(record.versions) do versions[label] = v end
+    for _, label in ipairs(LABELS) do
+      local v = versions[label]
+      if type(v) == "table" and (type(v.secret) == "string" or core.is_secret(v.secret)) then
+        local c = {}
+        for k, x in pairs(v) do c[k] = x end
+        c.secret = { alg = ALG, kid = ring.kid, data = core.seal(ring.key, v.secret, aad(slot)) }
+        versions[label] = c
+      end
     end
+    top.versions = versions
   end
-  return copy
+  return top
 end
 
 --- A key derived from the sealing key (64 hex), e.g. for the audit trail's fingerprints.
