@@ -61,7 +61,7 @@ end
 --- Append one entry, or several (an array of them) in one durable append. fields: slot,
 -- provider, rotation, step, outcome, client_id, note, secret (fingerprinted, never written),
 -- time (default now). Returns true | nil, err; with later = true, what the store's
--- audit_append(line, true) returns for a trail in a store directory (a ticket: wait() gives
+-- audit_append(line, true) returns for a trail in a store directory (a ticket: ticket:wait() gives
 -- true | nil, err), else the result.
 function Audit:write(fields, later)
   local list = fields[1] ~= nil and fields or { fields }

@@ -195,7 +195,7 @@ function Ctx:journal(step, outcome, note, secret, client_id, lazy)
   end
   local ok, err = self:persist()
   if ticket then
-    local aok, e = ticket.wait()
+    local aok, e = ticket:wait()
     if not aok then aerr = e end
   end
   if aerr and ok then self.audit_error = aerr end

@@ -327,10 +327,7 @@ end
 
 -- the stored value of a record: { v = 1, w = <write nonce>, record = <secrets sealed> }
 function Store:_encode(slot, record, nonce)
-  local journal = record.journal
-  if type(journal) == "table" and #journal > self.journal_max then
-    record.journal = { (table.unpack or unpack)(journal, #journal - self.journal_max + 1) }
-  end
+  file_store.trim_journal(record, self.journal_max)
   -- secrets stay rotor.secret values until sealed: the plain text never becomes a Lua string
   local copy = seal.record_to_write(self.ring, record, slot)
   local versions = copy.versions or {}

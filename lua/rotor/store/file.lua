@@ -157,17 +157,23 @@ function Store:get(slot)
   return wrap(record)
 end
 
+--- Keep only the last max entries of a record's journal (in the record itself: a store's writes
+-- and the record in memory stay bounded). For every store.
+function _M.trim_journal(record, max)
+  local journal = record.journal
+  if type(journal) == "table" and #journal > max then
+    local keep = {}
+    for i = #journal - max + 1, #journal do keep[#keep + 1] = journal[i] end
+    record.journal = keep
+  end
+end
+
 function Store:put(slot, record)
   if type(record) ~= "table" then error("store:put: a record table expected", 2) end
   local name = file_name(slot, ".json")
   local d, werr = writable(self, "write slot " .. tostring(slot))
   if not d then return nil, werr end
-  local journal = record.journal
-  if type(journal) == "table" and #journal > self.journal_max then
-    local keep = {}
-    for i = #journal - self.journal_max + 1, #journal do keep[#keep + 1] = journal[i] end
-    record.journal = keep
-  end
+  _M.trim_journal(record, self.journal_max)
   -- the record's own tables, sealed where the store seals; json.encode reveals the secrets left
   -- as it walks them (one walk, no copy of the record)
   local ok, text = pcall(json.encode, seal.record_to_write(self.ring, record, slot), reveal)
@@ -213,7 +219,7 @@ function Store:audit_path()
 end
 
 --- Append a line to the audit trail (O_NOFOLLOW, relative to the store directory, 0600).
--- later = true: returns at once a ticket whose wait() gives the result, the append queued for the
+-- later = true: returns at once a ticket whose ticket:wait() gives the result, the append queued for the
 -- next group commit (see sched.durable_later), so that it can go to disk with the record put
 -- that follows it.
 function Store:audit_append(line, later)
@@ -225,7 +231,7 @@ function Store:audit_append(line, later)
     if not ok then return nil, store_error("cannot append to the audit trail", msg) end
     return true
   end
-  if later then return { wait = wait } end
+  if later then return { wait = function() return wait() end } end -- ticket:wait(), as sched's
   return wait()
 end
 
