@@ -167,7 +167,7 @@ valgrind: all
 # (its parser is static), so it links every other core file. The harnesses that drive a Lua
 # state keep Lua's heap across inputs (collected later), so libFuzzer's per-input leak check is
 # off for them; ASan still checks for leaks when each run ends.
-FUZZ_TARGETS := headers formenc token_request token_cache redact
+FUZZ_TARGETS := headers formenc token_request token_cache redact json
 FUZZ_TIME ?= 600
 FUZZ_BUILD := $(BUILD)/fuzz
 FUZZ_CFLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \

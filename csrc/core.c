@@ -37,6 +37,7 @@ int luaopen_rotor_core(lua_State *L) {
     rotor_durable_open(L);
     rotor_seal_open(L);
     rotor_fs_open(L);
+    rotor_json_open(L);
     lua_getfield(L, LUA_REGISTRYINDEX, ROTOR_INTERRUPT_KEY);
     if (lua_islightuserdata(L, -1)) {
         interrupt_flag = (volatile sig_atomic_t *)lua_touserdata(L, -1);

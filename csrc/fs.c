@@ -338,7 +338,10 @@ static int open_in(int dfd, const char *where, const char *name, int flags, mode
         *created = 0;
     }
     flags |= O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK;
-    if (flags & O_CREAT) {
+    /* an existing file is opened without O_CREAT: an open that may create takes the directory's
+     * lock, and would wait there behind a rename or a journal commit of a durable write */
+    fd = openat(dfd, name, flags & ~O_CREAT, 0600);
+    if (fd < 0 && errno == ENOENT && (flags & O_CREAT)) {
         fd = openat(dfd, name, flags | O_EXCL, 0600);
         if (fd >= 0) {
             if (fchmod(fd, mode) != 0) {
@@ -349,11 +352,9 @@ static int open_in(int dfd, const char *where, const char *name, int flags, mode
             }
             *created = 1;
         } else if (errno == EEXIST) {
-            flags &= ~O_CREAT;
+            /* made meanwhile by someone else */
+            fd = openat(dfd, name, flags & ~O_CREAT, 0600);
         }
-    }
-    if (fd < 0 && (flags & O_CREAT) == 0) {
-        fd = openat(dfd, name, flags, 0600);
     }
     if (fd < 0) {
         int err = errno;

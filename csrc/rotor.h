@@ -75,6 +75,9 @@ double rotor_clamp_ttl(double ttl);
 /* seal.c */
 void rotor_seal_open(lua_State *L);
 
+/* json.c: the walks rotor.json does around lua-cjson (core.json_prepare, core.json_normalise) */
+void rotor_json_open(lua_State *L);
+
 /* signals, shared with main.c */
 int rotor_is_interrupted(void);
 

@@ -231,4 +231,46 @@ describe("rotor.json", function()
     assert.is_nil(bad)
     assert.matches("malformed JSON", err)
   end)
+
+  it("keeps empty arrays as arrays, also nested and with whitespace inside, and leaves strings alone", function()
+    local text = '{"a": [], "b": [ \n\t], "c": {"d": [[], {"e": []}]}, "s": "x [] y", '
+      .. '"q": "q\\"[]\\\\", "o": {}, "n": [1, []]}'
+    local v = assert(json.decode(text))
+    for _, t in ipairs { v.a, v.b, v.c.d[1], v.c.d[2].e, v.n[2] } do
+      assert.is_true(json.is_array(t))
+      assert.is_nil(next(t))
+    end
+    assert.equals("x [] y", v.s)
+    assert.equals('q"[]\\', v.q)
+    assert.is_false(json.is_array(v.o))
+    local back = assert(json.decode(json.encode(v)))
+    assert.same(v, back)
+    assert.is_true(json.is_array(back.c.d[2].e))
+    local out = json.encode(v)
+    assert.truthy(out:find('"a":[]', 1, true), out)
+    assert.truthy(out:find('"o":{}', 1, true), out)
+    assert.truthy(out:find('"s":"x [] y"', 1, true), out)
+  end)
+
+  it("writes slashes unescaped, backslashes before them kept", function()
+    for _, s in ipairs { "a/b", "a\\/b", "a\\\\/b", "\\", "/", "//\\//", "a\\" } do
+      local out = json.encode({ s = s })
+      assert.equals(s, json.decode(out).s, out)
+      local slashes = select(2, s:gsub("/", ""))
+      assert.equals(slashes, select(2, out:gsub("/", "")), out)
+    end
+  end)
+
+  it("encodes userdata through leaf and changes none of the value it was given", function()
+    local secret = core.secret("s3cr/t")
+    local inner = { secret = secret, list = json.array() }
+    local v = { a = { inner }, keep = { x = 1 }, n = 2 }
+    local out = json.encode(v, function(u) return core.is_secret(u) and u:reveal() or u end)
+    assert.same({ a = { { secret = "s3cr/t", list = {} } }, keep = { x = 1 }, n = 2 }, json.decode(out))
+    assert.is_true(json.is_array(json.decode(out).a[1].list))
+    assert.equals(secret, inner.secret)        -- the caller's tables still hold the userdata
+    assert.equals(inner, v.a[1])
+    assert.is_nil(next(inner.list))
+    assert.has_error(function() json.encode({ s = secret }) end)   -- no leaf: cjson refuses it
+  end)
 end)

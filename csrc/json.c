@@ -1,0 +1,263 @@
+/* What rotor.json does around lua-cjson, in C:
+ *
+ *   core.json_prepare(v, leaf, array_mt, mark) -> v2, changed, marked
+ *     v2 is v with each userdata u replaced by leaf(u) (when leaf is a function) and each empty
+ *     table whose metatable is array_mt replaced by the one-element array {mark} (when array_mt is
+ *     a table). Tables are copied only on the paths to a replacement (a copy is a plain table
+ *     holding the same pairs); v itself is never changed. marked: a marker array went in.
+ *   core.json_normalise(v, array_mt, mark) -> v
+ *     In place: floats with an integer value become integers (Lua 5.3+), and each one-element
+ *     array holding exactly mark becomes an empty table with the metatable array_mt.
+ *   core.json_mark_arrays(text, marker_json) -> text2
+ *     Each empty array of the text ("[" and "]" with only JSON whitespace between, outside
+ *     strings) replaced by marker_json, before cjson decodes it.
+ *
+ * The walks stop descending below ROTOR_JSON_DEPTH levels (cjson refuses deeper values itself).
+ * In Lua, these walks and scans cost several times cjson's own work on a store record, which is
+ * encoded on every write and decoded on every read. */
+#include "rotor.h"
+
+#define ROTOR_JSON_DEPTH 64
+
+typedef struct {
+    int leaf;     /* stack index of the leaf function, or 0 */
+    int array_mt; /* stack index of the array metatable, or 0 */
+    int mark;     /* stack index of the marker string */
+    int marked;
+} prep_ctx;
+
+/* the empty table at idx carries array_mt */
+static int is_empty_marked_array(lua_State *L, int idx, int array_mt) {
+    if (!lua_getmetatable(L, idx)) {
+        return 0;
+    }
+    int same = lua_rawequal(L, -1, array_mt);
+    lua_pop(L, 1);
+    if (!same) {
+        return 0;
+    }
+    lua_pushnil(L);
+    if (lua_next(L, idx)) {
+        lua_pop(L, 2);
+        return 0;
+    }
+    return 1;
+}
+
+/* Push the prepared form of the value at idx; returns whether it differs from that value. */
+static int prepare(lua_State *L, prep_ctx *c, int idx, int depth) {
+    int t = lua_type(L, idx);
+    luaL_checkstack(L, 8, "json_prepare: too deep");
+    if (t == LUA_TUSERDATA && c->leaf) {
+        lua_pushvalue(L, c->leaf);
+        lua_pushvalue(L, idx);
+        lua_call(L, 1, 1);
+        return !lua_rawequal(L, -1, idx);
+    }
+    if (t != LUA_TTABLE || depth > ROTOR_JSON_DEPTH) {
+        lua_pushvalue(L, idx);
+        return 0;
+    }
+    if (c->array_mt && is_empty_marked_array(L, idx, c->array_mt)) {
+        lua_createtable(L, 1, 0);
+        lua_pushvalue(L, c->mark);
+        lua_rawseti(L, -2, 1);
+        c->marked = 1;
+        return 1;
+    }
+    int copy = 0; /* stack index of the copy, once made */
+    lua_pushnil(L);
+    int key = lua_gettop(L);
+    while (lua_next(L, idx)) {
+        int vt = lua_type(L, -1);
+        /* strings, numbers and booleans (most of a record) are kept as they are */
+        if (vt == LUA_TTABLE || (vt == LUA_TUSERDATA && c->leaf)) {
+            int changed = prepare(L, c, lua_gettop(L), depth + 1);
+            if (changed) {
+                if (!copy) {
+                    /* the copy goes below the traversal's key: made once, with every pair */
+                    lua_newtable(L);
+                    lua_pushnil(L);
+                    while (lua_next(L, idx)) {
+                        lua_pushvalue(L, -2);
+                        lua_insert(L, -2);
+                        lua_rawset(L, -4);
+                    }
+                    lua_insert(L, key);
+                    copy = key;
+                    key++;
+                }
+                /* stack: ... copy key value new */
+                lua_pushvalue(L, key);
+                lua_insert(L, -2);
+                lua_rawset(L, copy);
+            } else {
+                lua_pop(L, 1);
+            }
+        }
+        lua_pop(L, 1);
+    }
+    if (!copy) {
+        lua_pushvalue(L, idx);
+        return 0;
+    }
+    return 1;
+}
+
+static int l_json_prepare(lua_State *L) {
+    prep_ctx c = {0, 0, 3, 0};
+    lua_settop(L, 4);
+    if (lua_type(L, 2) == LUA_TFUNCTION) {
+        c.leaf = 2;
+    }
+    if (lua_type(L, 3) == LUA_TTABLE) {
+        c.array_mt = 3;
+        luaL_checktype(L, 4, LUA_TSTRING);
+        c.mark = 4;
+    }
+    int changed = prepare(L, &c, 1, 0);
+    lua_pushboolean(L, changed);
+    lua_pushboolean(L, c.marked);
+    return 3;
+}
+
+/* the table at idx is exactly { mark } */
+static int is_marker_array(lua_State *L, int idx, int mark) {
+    if (lua_rawgeti(L, idx, 1) != LUA_TSTRING || !lua_rawequal(L, -1, mark)) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    lua_pop(L, 1);
+    lua_pushnil(L);
+    int n = 0;
+    while (lua_next(L, idx)) {
+        lua_pop(L, 1);
+        if (++n > 1) {
+            lua_pop(L, 1);
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static void normalise(lua_State *L, int idx, int array_mt, int mark, int depth) {
+    luaL_checkstack(L, 6, "json_normalise: too deep");
+    if (depth > ROTOR_JSON_DEPTH) {
+        return;
+    }
+    if (array_mt && is_marker_array(L, idx, mark)) {
+        lua_pushnil(L);
+        lua_rawseti(L, idx, 1);
+        lua_pushvalue(L, array_mt);
+        lua_setmetatable(L, idx);
+        return;
+    }
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        int vt = lua_type(L, -1);
+        if (vt == LUA_TTABLE) {
+            normalise(L, lua_gettop(L), array_mt, mark, depth + 1);
+        }
+#if LUA_VERSION_NUM >= 503
+        else if (vt == LUA_TNUMBER && !lua_isinteger(L, -1)) {
+            int isint = 0;
+            lua_Integer i = lua_tointegerx(L, -1, &isint);
+            if (isint) {
+                /* an existing field may be assigned during the traversal */
+                lua_pushvalue(L, -2);
+                lua_pushinteger(L, i);
+                lua_rawset(L, idx);
+            }
+        }
+#endif
+        lua_pop(L, 1);
+    }
+}
+
+static int l_json_normalise(lua_State *L) {
+    lua_settop(L, 3);
+    int array_mt = 0;
+    if (lua_type(L, 2) == LUA_TTABLE) {
+        luaL_checktype(L, 3, LUA_TSTRING);
+        array_mt = 2;
+    }
+    if (lua_type(L, 1) == LUA_TTABLE) {
+        normalise(L, 1, array_mt, 3, 0);
+    }
+#if LUA_VERSION_NUM >= 503
+    else if (lua_type(L, 1) == LUA_TNUMBER && !lua_isinteger(L, 1)) {
+        int isint = 0;
+        lua_Integer i = lua_tointegerx(L, 1, &isint);
+        if (isint) {
+            lua_pushinteger(L, i);
+            return 1;
+        }
+    }
+#endif
+    lua_settop(L, 1);
+    return 1;
+}
+
+/* the offset of the first ']' closing an empty array at or after i, outside strings; *open is
+ * set to the offset of its '[' (n when there is none) */
+static size_t next_empty_array(const char *s, size_t n, size_t i, size_t *open) {
+    int in_string = 0;
+    for (; i < n; i++) {
+        char ch = s[i];
+        if (in_string) {
+            if (ch == '\\') {
+                i++; /* the escaped character */
+            } else if (ch == '"') {
+                in_string = 0;
+            }
+        } else if (ch == '"') {
+            in_string = 1;
+        } else if (ch == '[') {
+            size_t j = i + 1;
+            while (j < n && (s[j] == ' ' || s[j] == '\t' || s[j] == '\n' || s[j] == '\r')) {
+                j++;
+            }
+            if (j < n && s[j] == ']') {
+                *open = i;
+                return j;
+            }
+        }
+    }
+    *open = n;
+    return n;
+}
+
+/* core.json_mark_arrays(text, marker_json) -> text with each empty array outside strings replaced
+ * by marker_json (text itself when it has none; an unterminated string ends the scan, and cjson
+ * reports it) */
+static int l_json_mark_arrays(lua_State *L) {
+    size_t n, mlen;
+    const char *s = luaL_checklstring(L, 1, &n);
+    const char *mark = luaL_checklstring(L, 2, &mlen);
+    size_t open;
+    size_t close = next_empty_array(s, n, 0, &open);
+    if (open == n) {
+        lua_settop(L, 1);
+        return 1;
+    }
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    size_t pos = 0;
+    while (open < n) {
+        luaL_addlstring(&b, s + pos, open - pos);
+        luaL_addlstring(&b, mark, mlen);
+        pos = close + 1;
+        close = next_empty_array(s, n, pos, &open);
+    }
+    luaL_addlstring(&b, s + pos, n - pos);
+    luaL_pushresult(&b);
+    return 1;
+}
+
+void rotor_json_open(lua_State *L) {
+    static const luaL_Reg funcs[] = {{"json_prepare", l_json_prepare},
+                                     {"json_normalise", l_json_normalise},
+                                     {"json_mark_arrays", l_json_mark_arrays},
+                                     {NULL, NULL}};
+    luaL_setfuncs(L, funcs, 0);
+}
