@@ -413,60 +413,67 @@ static int l_random_hex(lua_State *L) {
  * header's "id:secret"). */
 enum { FORM_PLAIN, FORM_B64 };
 typedef struct {
-    rotor_buf text;
+    size_t off, len; /* in the scratch buffer of index_add */
     int kind;
 } redact_form;
 #define REDACT_FORMS 16
 
-static void add_json_escaped(rotor_buf *b, const char *p, size_t n) {
+/* The form writers: each writes into dst (room for its bound) and returns the length written. */
+
+static size_t put_json_escaped(char *dst, const char *p, size_t n) { /* bound: 2n */
+    size_t o = 0;
     for (size_t i = 0; i < n; i++) {
         if (p[i] == '/' || p[i] == '"' || p[i] == '\\') {
-            rotor_buf_add(b, "\\", 1);
+            dst[o++] = '\\';
         }
-        rotor_buf_add(b, &p[i], 1);
+        dst[o++] = p[i];
     }
+    return o;
 }
 
-static void add_percent(rotor_buf *b, const char *p, size_t n, const char *hex) {
+static size_t put_percent(char *dst, const char *p, size_t n, const char *hex) { /* bound: 3n */
+    size_t o = 0;
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)p[i];
         if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
             c == '-' || c == '.' || c == '_' || c == '~') {
-            rotor_buf_add(b, &p[i], 1);
+            dst[o++] = (char)c;
         } else {
-            char e[3] = {'%', hex[c >> 4], hex[c & 15]};
-            rotor_buf_add(b, e, 3);
+            dst[o++] = '%';
+            dst[o++] = hex[c >> 4];
+            dst[o++] = hex[c & 15];
         }
     }
+    return o;
 }
 
-/* the base64 characters fixed by the secret alone when it starts `shift` bytes into a group;
- * url: the base64url alphabet ('-' and '_' for '+' and '/') */
-static void add_b64_core(rotor_buf *b, const char *p, size_t n, int shift, int url) {
+/* base64 of m bytes, with the NUL EVP_EncodeBlock writes */
+#define B64_ROOM(m) (4 * (((m) + 2) / 3) + 1)
+
+/* The base64 characters fixed by the secret alone when it starts `shift` bytes into a group
+ * (bound: B64_ROOM(n + 2)); url: the base64url alphabet ('-' and '_' for '+' and '/'). raw:
+ * room for n + 2 bytes. */
+static size_t put_b64_core(char *dst, unsigned char *raw, const char *p, size_t n, int shift,
+                           int url) {
     size_t total = (size_t)shift + n;
-    unsigned char *raw = calloc(total + 3, 1);
-    char *enc = calloc(4 * ((total + 2) / 3) + 1, 1);
-    if (raw == NULL || enc == NULL) {
-        b->failed = 1;
-    } else {
-        memcpy(raw + shift, p, n);
-        int elen = EVP_EncodeBlock((unsigned char *)enc, raw, (int)total);
-        /* characters 0..first-1 carry prefix bits; the last group may carry suffix bits */
-        size_t first = shift == 0 ? 0 : (size_t)(shift == 1 ? 2 : 3);
-        size_t full = (total / 3) * 4; /* characters of complete groups */
-        if (full > first && elen >= 0) {
-            for (size_t i = first; url && i < full; i++) {
-                if (enc[i] == '+') {
-                    enc[i] = '-';
-                } else if (enc[i] == '/') {
-                    enc[i] = '_';
-                }
-            }
-            rotor_buf_add(b, enc + first, full - first);
+    memset(raw, 0, (size_t)shift);
+    memcpy(raw + shift, p, n);
+    int elen = EVP_EncodeBlock((unsigned char *)dst, raw, (int)total);
+    /* characters 0..first-1 carry prefix bits; the last group may carry suffix bits */
+    size_t first = shift == 0 ? 0 : (size_t)(shift == 1 ? 2 : 3);
+    size_t full = (total / 3) * 4; /* characters of complete groups */
+    if (full <= first || elen < 0) {
+        return 0;
+    }
+    for (size_t i = first; url && i < full; i++) {
+        if (dst[i] == '+') {
+            dst[i] = '-';
+        } else if (dst[i] == '/') {
+            dst[i] = '_';
         }
     }
-    rotor_free_secure(raw, raw ? total + 3 : 0);
-    rotor_free_secure(enc, enc ? 4 * ((total + 2) / 3) + 1 : 0);
+    memmove(dst, dst + first, full - first);
+    return full - first;
 }
 
 static int is_b64(char c) {
@@ -537,7 +544,8 @@ static void index_remove(rotor_secret *s) {
     s->indexed = 0;
 }
 
-/* Make the forms of s and add them to the index; 0, or -1 when out of memory. */
+/* Make the forms of s and add them to the index; 0, or -1 when out of memory. The forms are
+ * written into one scratch buffer (on the stack for the usual secret), zeroed after. */
 static int index_add(rotor_secret *s) {
     if (s->len < REDACT_KEY) {
         s->indexed = 1;
@@ -549,42 +557,59 @@ static int index_add(rotor_secret *s) {
     if (nindexed + REDACT_FORMS > 2 * nbuckets) {
         return -1; /* no table, or one far too small: out of memory */
     }
+    const size_t n = s->len;
+    /* the bound of every form (raw, JSON, 2 percent, 6 base64 of each source), and raw room */
+    const size_t need =
+        n + 2 * n + 6 * n + 6 * B64_ROOM(n + 2) + 6 * B64_ROOM(3 * n + 2) + (3 * n + 2);
+    char stack_scratch[2048];
+    char *scratch = need <= sizeof stack_scratch ? stack_scratch : malloc(need);
+    if (scratch == NULL) {
+        return -1;
+    }
+    unsigned char *raw = (unsigned char *)scratch + need - (3 * n + 2);
     redact_form forms[REDACT_FORMS];
-    memset(forms, 0, sizeof(forms));
-    rotor_buf_add(&forms[0].text, s->buf, s->len);
-    add_json_escaped(&forms[1].text, s->buf, s->len);
-    add_percent(&forms[2].text, s->buf, s->len, "0123456789ABCDEF");
-    add_percent(&forms[3].text, s->buf, s->len, "0123456789abcdef");
-    int f = 4;
+    size_t at = 0;
+    int f = 0;
+#define FORM(kind_, expr)                                                                          \
+    do {                                                                                           \
+        forms[f].off = at;                                                                         \
+        forms[f].kind = (kind_);                                                                   \
+        forms[f].len = (expr);                                                                     \
+        at += forms[f].len;                                                                        \
+        f++;                                                                                       \
+    } while (0)
+    FORM(FORM_PLAIN, (memcpy(scratch + at, s->buf, n), n));
+    FORM(FORM_PLAIN, put_json_escaped(scratch + at, s->buf, n));
+    FORM(FORM_PLAIN, put_percent(scratch + at, s->buf, n, "0123456789ABCDEF"));
+    FORM(FORM_PLAIN, put_percent(scratch + at, s->buf, n, "0123456789abcdef"));
     for (int src = 0; src < 2; src++) { /* the secret, then its percent-encoding */
-        const rotor_buf *base = src == 0 ? &forms[0].text : &forms[2].text;
+        const redact_form base = forms[src == 0 ? 0 : 2];
         for (int k = 0; k < 3; k++) {
-            for (int url = 0; url < 2; url++, f++) {
-                forms[f].kind = FORM_B64;
-                add_b64_core(&forms[f].text, base->data, base->len, k, url);
+            for (int url = 0; url < 2; url++) {
+                FORM(FORM_B64,
+                     put_b64_core(scratch + at, raw, scratch + base.off, base.len, k, url));
             }
         }
     }
+#undef FORM
     /* the distinct forms long enough to be keyed */
-    int keep[REDACT_FORMS] = {0}, nkeep = 0, failed = 0;
+    int keep[REDACT_FORMS] = {0}, nkeep = 0;
     size_t total = 0;
     for (int i = 0; i < REDACT_FORMS; i++) {
-        failed |= forms[i].text.failed;
-        int dup = forms[i].text.len < REDACT_KEY;
+        int dup = forms[i].len < REDACT_KEY;
         for (int j = 0; j < nkeep && !dup; j++) {
-            const rotor_buf *o = &forms[keep[j]].text;
-            dup = o->len == forms[i].text.len && memcmp(o->data, forms[i].text.data, o->len) == 0;
+            const redact_form *o = &forms[keep[j]];
+            dup = o->len == forms[i].len &&
+                  memcmp(scratch + o->off, scratch + forms[i].off, o->len) == 0;
         }
         if (!dup) {
             keep[nkeep++] = i;
-            total += forms[i].text.len;
+            total += forms[i].len;
         }
     }
     int rc = -1;
-    if (!failed) {
-        s->forms = malloc(total);
-        s->entries = calloc((size_t)nkeep, sizeof(redact_entry));
-    }
+    s->forms = malloc(total);
+    s->entries = calloc((size_t)nkeep, sizeof(redact_entry));
     if (s->forms == NULL || s->entries == NULL) {
         free(s->forms);
         free(s->entries);
@@ -593,16 +618,16 @@ static int index_add(rotor_secret *s) {
     } else {
         rotor_mlock(s->forms, total);
         s->forms_len = total;
-        size_t at = 0;
+        size_t pos = 0;
         for (int i = 0; i < nkeep; i++) {
-            const rotor_buf *t = &forms[keep[i]].text;
+            const redact_form *t = &forms[keep[i]];
             redact_entry *e = &s->entries[i];
-            memcpy(s->forms + at, t->data, t->len);
-            e->text = s->forms + at;
+            memcpy(s->forms + pos, scratch + t->off, t->len);
+            e->text = s->forms + pos;
             e->len = t->len;
-            e->kind = forms[keep[i]].kind;
+            e->kind = t->kind;
             e->key = key_at(e->text);
-            at += t->len;
+            pos += t->len;
         }
         s->nentries = nkeep;
         for (int i = 0; i < nkeep; i++) {
@@ -615,8 +640,9 @@ static int index_add(rotor_secret *s) {
         s->indexed = 1;
         rc = 0;
     }
-    for (int i = 0; i < REDACT_FORMS; i++) {
-        rotor_buf_free(&forms[i].text);
+    rotor_zero(scratch, need);
+    if (scratch != stack_scratch) {
+        free(scratch);
     }
     return rc;
 }

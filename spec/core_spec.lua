@@ -186,6 +186,23 @@ describe("the URL policy of the core", function()
     assert.truthy(err.message:find("base_url", 1, true), err.message)
   end)
 
+  it("gives each URL its own verdict when the same ones come again (the last verdict is kept)", function()
+    local urls = { { "https://api.example.com/x", "https" }, { "http://example.com/x", nil },
+      { "http://127.0.0.1:8080/x", "loopback" }, { "not a url", nil }, { "ftp://127.0.0.1/", nil } }
+    for _ = 1, 3 do
+      for _, u in ipairs(urls) do
+        assert.equals(u[2], (core.url_policy(u[1])), u[1])
+        assert.equals(u[2], (core.url_policy(u[1])), u[1])
+      end
+    end
+    -- a prefix of the last URL is another URL
+    assert.equals("https", core.url_policy("https://127.0.0.1.example.com/"))
+    assert.equals("loopback", core.url_policy("https://127.0.0.1"))
+    assert.equals("https", core.url_policy("https://127.0.0.1.example.com/"))
+    local _, why = core.url_policy("http://example.com/x")
+    assert.matches("loopback", why)
+  end)
+
   it("refuses other schemes", function()
     local id, err = m:add { url = "ftp://127.0.0.1/" }
     assert.is_nil(id)
