@@ -225,7 +225,10 @@ fleet-demo: check-deps all
 	lua5.4 examples/fleet-demo.lua
 
 # the official Genesys Cloud JS SDK it compares with is installed by npm into build/bench-sdk
-bench: check-deps all
+# libcurl's own floor for the throughput part (a C client on the multi interface, no Lua)
+$(BUILD)/curl_floor: spec/bench/curl_floor.c
+	$(CC) -O2 -Wall -Wextra -o $@ $< $(LIBS)
+bench: check-deps all $(BUILD)/curl_floor
 	lua5.4 spec/bench/run.lua
 
 install: all

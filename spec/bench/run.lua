@@ -7,6 +7,9 @@
 --    same URL. Three interleaved rounds per concurrency: wrk, then rotor running a fixed count of
 --    requests (BENCH_SECONDS of that round's wrk rate) over HTTP/1.1 (http2=false: N connections)
 --    and over HTTP/2 (rotor's default); each ratio is taken within its round, the median shown.
+--    In each round libcurl alone does the same requests too (spec/bench/curl_floor.c: a C client
+--    on the multi interface, easy handles reused, no Lua), for the part of the gap that is
+--    libcurl's own.
 -- 2. a paced batch: N requests under R/s (policy.rate in rotor, spreetail_rate in the simulator:
 --    a token bucket of 25, refilled at 25/s, per client); wall time over the floor (N-1)/R, and the 429s.
 -- 3. startup: `build/rotor -e ''` against `lua5.4 -e ''` (hyperfine).
@@ -338,6 +341,15 @@ local ok_all, err_all = xpcall(function()
     return { rps = n / dt, requests = n, seconds = dt, failed = bad, connections = conns }
   end
 
+  -- libcurl's own floor (spec/bench/curl_floor.c, built by make bench): n GETs at concurrency c
+  local function curl_floor(conc, h2, n)
+    local out, rc = run(string.format("build/curl_floor %s %s %s %d %d %d 2>&1", shq(url), shq(s.ca),
+      shq(tokfile), n, conc, h2 and 1 or 0))
+    local req, secs, bad = out:match("CURL_FLOOR (%d+) ([%d.]+) (%d+)")
+    if rc ~= 0 or not req then error("curl_floor failed (" .. rc .. "): " .. out:sub(1, 300), 0) end
+    return { rps = tonumber(req) / tonumber(secs), failed = tonumber(bad) }
+  end
+
   -- 1. throughput ------------------------------------------------------------------------------
   if part(1) then
     results.throughput = {}
@@ -360,7 +372,7 @@ local ok_all, err_all = xpcall(function()
         protocol[mode[1]] = table.concat(plist, "+")
       end
       -- interleaved rounds: wrk, rotor HTTP/1.1, rotor HTTP/2, each ratio within its round
-      local wr, ratios = {}, { h1 = {}, h2 = {} }
+      local wr, ratios, floor = {}, { h1 = {}, h2 = {} }, { h1 = {}, h2 = {} }
       local rates, last = { h1 = {}, h2 = {} }, {}
       for k = 1, THROUGHPUT_ROUNDS do
         log("throughput: concurrency %d, round %d of %d: wrk %d s, rotor HTTP/1.1, rotor HTTP/2 ...", c, k,
@@ -375,6 +387,11 @@ local ok_all, err_all = xpcall(function()
           rd[mode[1]] = r
           ratios[mode[1]][k], rates[mode[1]][k] = r.ratio, r.rps
           last[mode[1]] = r
+          -- libcurl alone, the same requests (its floor: what rotor adds is the rest)
+          local fl = curl_floor(c, mode[2], n)
+          fl.ratio = fl.rps / w.rps
+          rd["floor_" .. mode[1]] = fl
+          floor[mode[1]][k] = fl.ratio
         end
         row.rounds[k] = rd
       end
@@ -384,7 +401,8 @@ local ok_all, err_all = xpcall(function()
         local failed = 0
         for _, rd in ipairs(row.rounds) do failed = failed + rd[m].failed end
         row[m] = { rps = median(rates[m]), ratio = median(ratios[m]), ratios = ratios[m], failed = failed,
-          protocol = protocol[m], connections = last[m].connections }
+          protocol = protocol[m], connections = last[m].connections,
+          floor_ratio = median(floor[m]), floor_ratios = floor[m] }
       end
       results.throughput[#results.throughput + 1] = row
       if c == 32 then results.simulator.wrk_rps_c32 = row.wrk.rps end
@@ -521,6 +539,13 @@ local ok_all, err_all = xpcall(function()
       row(string.format("c=%d rotor %s%s req/s, ratio", c, m[2], default and " (default)" or ""),
         string.format("%.0f; rounds %s: median %.2f%s%s", r.rps, table.concat(rs, " "), r.ratio, conns(r),
           r.failed > 0 and (" " .. r.failed .. " failed") or ""), target, pass)
+      if r.floor_ratio then
+        local fs = {}
+        for k, v in ipairs(r.floor_ratios) do fs[k] = string.format("%.2f", v) end
+        row(string.format("  libcurl alone (C, multi), %s: ratio to wrk; rotor / libcurl", m[2]),
+          string.format("rounds %s: median %.2f; %.2f", table.concat(fs, " "), r.floor_ratio,
+            r.ratio / r.floor_ratio))
+      end
     end
   end
   local p = results.paced
