@@ -179,12 +179,9 @@ local function drive(l, group)
       for i = 1, #batch do
         local r = batch[i]
         if co_status(r.co) == "suspended" then
-          local ok, a, b = co_resume(r.co, r.value, r.value2)
-          local task = r.co and l.tasks[r.co]
-          if task and co_status(r.co) == "dead" then
-            l.tasks[r.co] = nil
-            task.finish(ok, a, b)
-          end
+          local ok, a = co_resume(r.co, r.value, r.value2)
+          -- a worker runs its items under pcall: only the scheduler's own failure gets here
+          if not ok then error(a, 0) end
         end
       end
     end
@@ -251,7 +248,8 @@ local function drive(l, group)
 end
 
 --- rotor.parallel(items, fn, opts) -> results, errors
--- fn(item, i) runs in a coroutine per item, at most opts.concurrency (default 16) at once.
+-- fn(item, i) runs for each item, at most opts.concurrency (default 16) at once, on as many
+-- worker coroutines (each runs its items one after another).
 -- results[i] is fn's first value; errors[i] its second, or the message it raised.
 function _M.parallel(items, fn, opts)
   if type(items) ~= "table" then error("rotor.parallel: items must be a table", 2) end
@@ -269,39 +267,38 @@ function _M.parallel(items, fn, opts)
   local outer = loop
   local parent_l, parent_co = in_loop()
   local l = parent_l or new_loop()
-  l.tasks = l.tasks or {}
   local group = { left = n }
   local next_i = 1
   local on_progress = opts.progress
 
-  local start
-  local function spawn(i)
-    local co = co_create(function() return fn(items[i], i) end)
+  -- at most conc workers, each a coroutine that runs items one after another (a coroutine per
+  -- item cost as much CPU as the HTTP request it made); fn runs under pcall, so an item that
+  -- raises ends alone, its to-be-closed variables closed
+  local function finish_item(i, ok, a, b)
+    if ok then
+      results[i] = a
+      if b ~= nil then errors[i] = b end
+    else
+      errors[i] = core.redact(tostring(a))
+    end
+    group.left = group.left - 1
+    if on_progress then on_progress(n - group.left, n) end
+    if group.left == 0 and group.waiter then
+      l.ready[#l.ready + 1] = { co = group.waiter, value = WAKE }
+    end
+  end
+  local function worker()
+    while next_i <= n do
+      local i = next_i
+      next_i = next_i + 1
+      finish_item(i, pcall(fn, items[i], i))
+    end
+  end
+  for _ = 1, math.min(conc, n) do
+    local co = co_create(worker)
     owner[co] = l
-    l.tasks[co] = {
-      finish = function(ok, a, b)
-        if ok then
-          results[i] = a
-          if b ~= nil then errors[i] = b end
-        else
-          errors[i] = core.redact(tostring(a))
-        end
-        group.left = group.left - 1
-        if on_progress then on_progress(n - group.left, n) end
-        if next_i <= n then start() end
-        if group.left == 0 and group.waiter then
-          l.ready[#l.ready + 1] = { co = group.waiter, value = WAKE }
-        end
-      end,
-    }
     l.ready[#l.ready + 1] = { co = co }
   end
-  start = function()
-    local i = next_i
-    next_i = next_i + 1
-    spawn(i)
-  end
-  for _ = 1, math.min(conc, n) do start() end
 
   if parent_l then
     -- nested: the caller is a task of the running loop; wait for our group
