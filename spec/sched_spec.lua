@@ -25,6 +25,40 @@ describe("rotor.parallel", function()
     assert.equals(3, results[3])
   end)
 
+  it("goes on with a worker's next items after one raised, and closes a raising item's to-be-closed values",
+    function()
+    local closed, fn = {}
+    if _VERSION == "Lua 5.4" then
+      -- a chunk: `<close>` does not parse on LuaJIT
+      fn = assert(load([[local closed, sched = ...
+        return function(i)
+          local guard <close> = setmetatable({}, { __close = function() closed[i] = true end })
+          sched.sleep(0.001)   -- a yield to the loop while the value is open
+          if i % 2 == 0 then error("item " .. i .. " failed", 0) end
+          return i
+        end]]))(closed, require "rotor.sched")
+    else
+      fn = function(i)
+        require("rotor.sched").sleep(0.001)
+        if i % 2 == 0 then error("item " .. i .. " failed", 0) end
+        return i
+      end
+    end
+    local items = {}
+    for i = 1, 8 do items[i] = i end
+    local results, errs = rotor.parallel(items, fn, { concurrency = 2 })
+    for i = 1, 8 do
+      if i % 2 == 0 then
+        assert.is_nil(results[i])
+        assert.equals("item " .. i .. " failed", errs[i])
+      else
+        assert.equals(i, results[i])
+        assert.is_nil(errs[i])
+      end
+      if _VERSION == "Lua 5.4" then assert.is_true(closed[i], "item " .. i .. " closed") end
+    end
+  end)
+
   it("never runs more than `concurrency` items at once", function()
     local running, peak = 0, 0
     local items = {}
