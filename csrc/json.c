@@ -1,6 +1,6 @@
 /* What rotor.json does around lua-cjson, in C:
  *
- *   core.json_prepare(v, leaf, array_mt, mark) -> v2, changed, marked
+ *   core.json_prepare(v, leaf, array_mt, mark) -> v2, marked
  *     v2 is v with each userdata u replaced by leaf(u) (when leaf is a function) and each empty
  *     table whose metatable is array_mt replaced by the one-element array {mark} (when array_mt is
  *     a table). Tables are copied only on the paths to a replacement (a copy is a plain table
@@ -115,10 +115,9 @@ static int l_json_prepare(lua_State *L) {
         luaL_checktype(L, 4, LUA_TSTRING);
         c.mark = 4;
     }
-    int changed = prepare(L, &c, 1, 0);
-    lua_pushboolean(L, changed);
+    (void)prepare(L, &c, 1, 0);
     lua_pushboolean(L, c.marked);
-    return 3;
+    return 2;
 }
 
 /* the table at idx is exactly { mark } */
@@ -140,6 +139,21 @@ static int is_marker_array(lua_State *L, int idx, int mark) {
     return 1;
 }
 
+/* the number at idx is a float with an integer value (*out): Lua 5.3+, where decoded numbers are
+ * floats; LuaJIT has one number type */
+static int integral_float(lua_State *L, int idx, lua_Integer *out) {
+#if LUA_VERSION_NUM >= 503
+    int isint = 0;
+    *out = lua_isinteger(L, idx) ? 0 : lua_tointegerx(L, idx, &isint);
+    return isint;
+#else
+    (void)L;
+    (void)idx;
+    (void)out;
+    return 0;
+#endif
+}
+
 static void normalise(lua_State *L, int idx, int array_mt, int mark, int depth) {
     luaL_checkstack(L, 6, "json_normalise: too deep");
     if (depth > ROTOR_JSON_DEPTH) {
@@ -152,24 +166,18 @@ static void normalise(lua_State *L, int idx, int array_mt, int mark, int depth) 
         lua_setmetatable(L, idx);
         return;
     }
+    lua_Integer i;
     lua_pushnil(L);
     while (lua_next(L, idx)) {
         int vt = lua_type(L, -1);
         if (vt == LUA_TTABLE) {
             normalise(L, lua_gettop(L), array_mt, mark, depth + 1);
+        } else if (vt == LUA_TNUMBER && integral_float(L, -1, &i)) {
+            /* an existing field may be assigned during the traversal */
+            lua_pushvalue(L, -2);
+            lua_pushinteger(L, i);
+            lua_rawset(L, idx);
         }
-#if LUA_VERSION_NUM >= 503
-        else if (vt == LUA_TNUMBER && !lua_isinteger(L, -1)) {
-            int isint = 0;
-            lua_Integer i = lua_tointegerx(L, -1, &isint);
-            if (isint) {
-                /* an existing field may be assigned during the traversal */
-                lua_pushvalue(L, -2);
-                lua_pushinteger(L, i);
-                lua_rawset(L, idx);
-            }
-        }
-#endif
         lua_pop(L, 1);
     }
 }
@@ -184,16 +192,11 @@ static int l_json_normalise(lua_State *L) {
     if (lua_type(L, 1) == LUA_TTABLE) {
         normalise(L, 1, array_mt, 3, 0);
     }
-#if LUA_VERSION_NUM >= 503
-    else if (lua_type(L, 1) == LUA_TNUMBER && !lua_isinteger(L, 1)) {
-        int isint = 0;
-        lua_Integer i = lua_tointegerx(L, 1, &isint);
-        if (isint) {
-            lua_pushinteger(L, i);
-            return 1;
-        }
+    lua_Integer i;
+    if (lua_type(L, 1) == LUA_TNUMBER && integral_float(L, 1, &i)) {
+        lua_pushinteger(L, i);
+        return 1;
     }
-#endif
     lua_settop(L, 1);
     return 1;
 }

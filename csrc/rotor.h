@@ -75,7 +75,8 @@ double rotor_clamp_ttl(double ttl);
 /* seal.c */
 void rotor_seal_open(lua_State *L);
 
-/* json.c: the walks rotor.json does around lua-cjson (core.json_prepare, core.json_normalise) */
+/* json.c: what rotor.json does around lua-cjson (core.json_prepare, json_normalise,
+ * json_mark_arrays) */
 void rotor_json_open(lua_State *L);
 
 /* signals, shared with main.c */

@@ -31,6 +31,7 @@ end
 -- array read as an empty one.
 local MARK = ("rotor-empty-array-%s-%x"):format(tostring({}):match("0x(%x+)") or "0", os.time())
 local MARK_JSON = '["' .. MARK .. '"]'
+local MARK_PATTERN = MARK_JSON:gsub("%p", "%%%0")
 
 -- The scan of a text for empty arrays, the walks over a decoded value (floats with an integer
 -- value back to integers on Lua 5.3+, marker arrays back to empty arrays) and over a value to
@@ -68,13 +69,13 @@ end
 -- each userdata in v is encoded as leaf(it) returns (a store file reveals its rotor.secret values
 -- this way), in the same walk that marks empty arrays; v is copied only along the paths to them.
 function _M.encode(v, leaf)
-  local marked, _
-  if type(v) == "table" and (leaf or not native) then v, _, marked = prepare(v, leaf, walk_mt, MARK) end
+  local marked
+  if type(v) == "table" and (leaf or not native) then v, marked = prepare(v, leaf, walk_mt, MARK) end
   local s, err = codec.encode(v)
   if not s then error("json.encode: " .. tostring(err), 2) end
   if native then return s end
   s = unescape_slashes(s)
-  if marked then s = s:gsub(MARK_JSON:gsub("%p", "%%%0"), "[]") end
+  if marked then s = s:gsub(MARK_PATTERN, "[]") end
   return s
 end
 
