@@ -196,20 +196,36 @@ void rotor_buf_free(rotor_buf *b) {
     b->failed = 0;
 }
 
-void rotor_buf_add_formenc(rotor_buf *b, const char *p, size_t n) {
+/* application/x-www-form-urlencoded, as a token request carries id and secret (in its body, and
+ * inside a Basic header: RFC 6749 section 2.3.1): letters, digits and "-._*" as they are, a space
+ * as "+", every other byte as %XX. Writes at most 3n bytes into dst; returns the length. The
+ * redaction index makes the same form of every secret (index_add). */
+static size_t put_formenc(char *dst, const char *p, size_t n) {
     static const char hex[] = "0123456789ABCDEF";
+    size_t o = 0;
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)p[i];
         if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
             c == '-' || c == '.' || c == '_' || c == '*') {
-            rotor_buf_add(b, &p[i], 1);
+            dst[o++] = (char)c;
         } else if (c == ' ') {
-            rotor_buf_add(b, "+", 1);
+            dst[o++] = '+';
         } else {
-            char e[3] = {'%', hex[c >> 4], hex[c & 15]};
-            rotor_buf_add(b, e, 3);
+            dst[o++] = '%';
+            dst[o++] = hex[c >> 4];
+            dst[o++] = hex[c & 15];
         }
     }
+    return o;
+}
+
+void rotor_buf_add_formenc(rotor_buf *b, const char *p, size_t n) {
+    char chunk[96]; /* 32 bytes of input at a time, zeroed after (it may hold a secret) */
+    for (size_t i = 0; i < n; i += 32) {
+        size_t m = n - i < 32 ? n - i : 32;
+        rotor_buf_add(b, chunk, put_formenc(chunk, p + i, m));
+    }
+    rotor_zero(chunk, sizeof chunk);
 }
 
 /* ---- the secret userdata ---- */
@@ -406,17 +422,19 @@ static int l_random_hex(lua_State *L) {
 /* ---- redaction ---- */
 
 /* The forms in which a secret can reach a message: as it is, JSON-escaped, percent-encoded
- * (upper- and lower-case hex), and inside base64 and base64url — of the secret and of its
- * percent-encoding (RFC 6749 form-encodes id and secret before a Basic header) — at each of the
- * three alignments. A base64 form is the run of characters that do not depend on the bytes around
- * the secret; a match is widened to the whole run of base64 characters around it (e.g. a Basic
- * header's "id:secret"). */
+ * (RFC 3986, upper- and lower-case hex), form-encoded exactly as rotor's own token requests carry
+ * it (put_formenc: "*" kept, "~" encoded, a space as "+"), and inside base64 and base64url — of
+ * the secret, of its percent-encoding and of its form-encoding (RFC 6749 form-encodes id and
+ * secret before a Basic header) — at each of the three alignments. Forms that come out the same
+ * (a secret without "~", "*" or a space) are indexed once. A base64 form is the run of characters
+ * that do not depend on the bytes around the secret; a match is widened to the whole run of base64
+ * characters around it (e.g. a Basic header's "id:secret"). */
 enum { FORM_PLAIN, FORM_B64 };
 typedef struct {
     size_t off, len; /* in the scratch buffer of index_add */
     int kind;
 } redact_form;
-#define REDACT_FORMS 16
+#define REDACT_FORMS 23
 
 /* The form writers: each writes into dst (room for its bound) and returns the length written. */
 
@@ -558,10 +576,11 @@ static int index_add(rotor_secret *s) {
         return -1; /* no table, or one far too small: out of memory */
     }
     const size_t n = s->len;
-    /* the bound of every form (raw, JSON, 2 percent, 6 base64 of each source), and raw room */
+    /* the bound of every form (raw, JSON, 2 percent, form, 6 base64 of each of 3 sources), and
+     * raw room */
     const size_t need =
-        n + 2 * n + 6 * n + 6 * B64_ROOM(n + 2) + 6 * B64_ROOM(3 * n + 2) + (3 * n + 2);
-    char stack_scratch[2048];
+        n + 2 * n + 9 * n + 6 * B64_ROOM(n + 2) + 12 * B64_ROOM(3 * n + 2) + (3 * n + 2);
+    char stack_scratch[4096];
     char *scratch = need <= sizeof stack_scratch ? stack_scratch : malloc(need);
     if (scratch == NULL) {
         return -1;
@@ -582,8 +601,10 @@ static int index_add(rotor_secret *s) {
     FORM(FORM_PLAIN, put_json_escaped(scratch + at, s->buf, n));
     FORM(FORM_PLAIN, put_percent(scratch + at, s->buf, n, "0123456789ABCDEF"));
     FORM(FORM_PLAIN, put_percent(scratch + at, s->buf, n, "0123456789abcdef"));
-    for (int src = 0; src < 2; src++) { /* the secret, then its percent-encoding */
-        const redact_form base = forms[src == 0 ? 0 : 2];
+    FORM(FORM_PLAIN, put_formenc(scratch + at, s->buf, n));
+    static const int b64_sources[] = {0, 2, 4}; /* the secret, its percent- and form-encoding */
+    for (int src = 0; src < 3; src++) {
+        const redact_form base = forms[b64_sources[src]];
         for (int k = 0; k < 3; k++) {
             for (int url = 0; url < 2; url++) {
                 FORM(FORM_B64,

@@ -91,6 +91,32 @@ describe("rotor.secret", function()
     s:close()
   end)
 
+  it("is redacted in the exact forms rotor's own token requests carry it ('~', '*', ' ')", function()
+    -- form-encoding keeps '*' and writes a space as '+'; RFC 3986 percent-encoding keeps '~':
+    -- a secret holding them differs between the two, and a server that echoes the request body
+    -- or the Basic header back in an error must not carry it out
+    local raw = "s3cr~et*with spaces/and+more"
+    local s = core.secret(raw)
+    for _, style in ipairs { "form", "basic" } do
+      local req = core.token_request { url = "https://login.example/oauth/token", style = style,
+        client_id = "client-7", client_secret = s }
+      local body = req.body:reveal()
+      local auth
+      for _, h in ipairs(req.headers) do
+        if h[1] == "Authorization" then auth = core.is_secret(h[2]) and h[2]:reveal() or h[2] end
+      end
+      -- the request's own values are secrets too: closed, so only the client secret's forms match
+      req.body:close()
+      for _, h in ipairs(req.headers) do if core.is_secret(h[2]) then h[2]:close() end end
+      local echoed = style == "form" and ("invalid_client: " .. body:match("client_secret=[^&]*"))
+        or ("bad credentials in " .. auth:match("^Basic (.*)$") .. " (401)")
+      local out = core.redact(echoed)
+      assert.truthy(out:find("<redacted>", 1, true), style .. ": " .. out)
+      assert.is_nil(out:find("*with", 1, true), style .. ": " .. out)
+    end
+    s:close()
+  end)
+
   it("fingerprints with HMAC-SHA256 (RFC 4231 test case 2)", function()
     assert.equals("5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843",
       core.hmac_sha256_hex("Jefe", core.secret("what do ya want for nothing?")))

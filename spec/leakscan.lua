@@ -199,7 +199,7 @@ local skips = {}
 for why, n in pairs(skipped) do skips[#skips + 1] = n .. " " .. why end
 table.sort(skips)
 print(("leakscan: %d issued values (%d secrets, %d access tokens), each in its raw, JSON-escaped, "
-  .. "URL-encoded and base64 forms, searched for in %d files (%d bytes; %d store slots with their "
+  .. "URL-encoded, form-encoded and base64 forms, searched for in %d files (%d bytes; %d store slots with their "
   .. "versions taken out, %d env files with their assignments' values taken out): %d found"):format(
   nvalues, nvalues - ntokens, ntokens, scanned, bytes, slots, envs, leaks))
 if #skips > 0 then print("leakscan: skipped, holding secrets by design: " .. table.concat(skips, "; ")) end

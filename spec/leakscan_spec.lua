@@ -56,6 +56,18 @@ describe("spec/leakscan.lua #proc", function()
     end)
   end
 
+  it("finds a secret holding '~', '*' and a space form-encoded as rotor's token requests send it", function()
+    local odd = "odd~secret*with space/9"
+    sim.write_file(dir .. "/issued", odd .. "\tsecret\t" .. ID .. "\n")
+    -- '*' kept, '~' encoded, a space as '+' (csrc/secret.c, put_formenc)
+    local sent = odd:gsub("[^%w%-%._%* ]", function(c) return ("%%%02X"):format(c:byte()) end):gsub(" ", "+")
+    sim.write_file(dir .. "/tree/a/trace.txt", "POST /token client_secret=" .. sent .. "\n")
+    local out, rc = scan()
+    assert.equals(1, rc, out)
+    assert.matches("appears %(form%-encoded%) in .*/tree/a/trace%.txt", out)
+    assert.is_nil(out:find(odd, 1, true))
+  end)
+
   it("does not flag a store slot's versions nor a dotenv store's values, and counts what it read", function()
     sim.write_file(dir .. "/tree/a/genesys%2Fapp.json",
       '{"versions":{"current":{"secret":' .. cjson.encode(SECRET) .. '}},"journal":[{"note":"ok"}]}')

@@ -1,6 +1,7 @@
--- spec.helpers.leakforms: the forms a secret takes on its way out (raw, JSON-escaped, form/URL-
--- encoded in either hex case, and base64 / base64url of each, at any alignment inside a longer
--- base64 text such as "Basic base64(id:secret)"), and a search for them. Used by spec/leakscan.lua
+-- spec.helpers.leakforms: the forms a secret takes on its way out (raw, JSON-escaped, URL-encoded
+-- in either hex case, form-encoded as rotor's token requests do it, and base64 / base64url of
+-- each, at any alignment inside a longer base64 text such as "Basic base64(id:secret)"), and a
+-- search for them. Used by spec/leakscan.lua
 -- and by the specs that check errors, logs and command output for secrets. Lua 5.1 to 5.4.
 local _M = {}
 
@@ -30,6 +31,11 @@ local function url_encode(s, fmt)
   return (s:gsub("[^%w%-%._~ ]", function(c) return fmt:format(c:byte()) end):gsub(" ", "+"))
 end
 
+-- as rotor's token requests form-encode a secret (body and Basic header): '*' kept, '~' encoded
+local function form_encode(s)
+  return (s:gsub("[^%w%-%._%* ]", function(c) return ("%%%02X"):format(c:byte()) end):gsub(" ", "+"))
+end
+
 -- the base64 characters that depend on s alone when s sits at byte offset k (0, 1, 2) of a longer
 -- base64-encoded text: found whatever comes before and after it
 local function b64_cores(s)
@@ -56,6 +62,7 @@ function _M.forms(v)
   local bases = {
     { v, "raw" }, { json_escape(v), "JSON-escaped" },
     { url_encode(v, "%%%02X"), "URL-encoded" }, { url_encode(v, "%%%02x"), "URL-encoded" },
+    { form_encode(v), "form-encoded" },
   }
   for _, b in ipairs(bases) do
     add(b[1], b[2])
