@@ -29,10 +29,12 @@ void rotor_secret_push(lua_State *L, const void *buf, size_t len);
 const char *rotor_bytes(lua_State *L, int idx, size_t *len, int *is_secret);
 /* Same, raising a type error naming the argument. */
 const char *rotor_checkbytes(lua_State *L, int idx, size_t *len);
-/* Best effort: keep the pages holding p[0..len) out of swap (mlock, counted per page, within
- * RLIMIT_MEMLOCK); rotor_munlock before the memory is freed. */
-void rotor_mlock(const void *p, size_t len);
-void rotor_munlock(const void *p, size_t len);
+/* Memory for secret bytes: n zeroed bytes kept out of swap and core dumps (best effort, within
+ * RLIMIT_MEMLOCK), from a locked arena apart from the heap (or malloc'd with its pages locked,
+ * beyond 4 kB); NULL when out of memory. rotor_locked_free zeroes it and gives it back: n as
+ * allocated. */
+void *rotor_locked_alloc(size_t n);
+void rotor_locked_free(void *p, size_t n);
 /* Zero then free. */
 void rotor_free_secure(void *p, size_t len);
 void rotor_zero(void *p, size_t len);

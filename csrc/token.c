@@ -371,10 +371,8 @@ static entry *find(const char *k, size_t n, int create) {
 
 static void drop_token(entry *e) {
     if (e->token != NULL) {
-        rotor_zero(e->token, e->toklen + 1);
-        rotor_munlock(e->token, e->toklen + 1);
+        rotor_locked_free(e->token, e->toklen + 1);
     }
-    free(e->token);
     e->token = NULL;
     e->toklen = 0;
     e->expires = 0;
@@ -432,11 +430,10 @@ static int l_token_put(lua_State *L) {
     const char *k = luaL_checklstring(L, 1, &n);
     const char *t = rotor_checkbytes(L, 2, &tlen);
     double ttl = rotor_clamp_ttl(luaL_checknumber(L, 3));
-    char *copy = malloc(tlen + 1);
+    char *copy = rotor_locked_alloc(tlen + 1);
     if (copy == NULL) {
         return luaL_error(L, "token cache: out of memory");
     }
-    rotor_mlock(copy, tlen + 1);
     memcpy(copy, t, tlen);
     copy[tlen] = '\0';
     double now = mono_now();
@@ -445,9 +442,7 @@ static int l_token_put(lua_State *L) {
     entry *e = find(k, n, 1);
     if (e == NULL) {
         pthread_mutex_unlock(&cache_lock);
-        rotor_zero(copy, tlen + 1);
-        rotor_munlock(copy, tlen + 1);
-        free(copy);
+        rotor_locked_free(copy, tlen + 1);
         return luaL_error(L, "token cache: out of memory");
     }
     drop_token(e);
