@@ -11,11 +11,16 @@
  *   core.json_mark_arrays(text, marker_json) -> text2
  *     Each empty array of the text ("[" and "]" with only JSON whitespace between, outside
  *     strings) replaced by marker_json, before cjson decodes it.
+ *   core.json_finish(text[, marker_json]) -> text2
+ *     After cjson 2.1.0 encoded: each "\/" made "/" (it escapes every "/"), and each marker_json
+ *     (when given) made "[]". text itself when there is neither.
  *
  * The walks stop descending below ROTOR_JSON_DEPTH levels (cjson refuses deeper values itself).
  * In Lua, these walks and scans cost several times cjson's own work on a store record, which is
  * encoded on every write and decoded on every read. */
 #include "rotor.h"
+
+#include <string.h>
 
 #define ROTOR_JSON_DEPTH 64
 
@@ -257,10 +262,51 @@ static int l_json_mark_arrays(lua_State *L) {
     return 1;
 }
 
+/* core.json_finish(text[, marker_json]) -> text2 (see the top). The text is cjson's: "\/" is
+ * the escape of "/" wherever it stands (an escape pair is skipped whole, so the "\" of "\\" is
+ * never taken for the start of one), and marker_json, which holds quotes, can only stand where
+ * cjson wrote the marker array (a quote inside a string is escaped). */
+static int l_json_finish(lua_State *L) {
+    size_t n, mlen = 0;
+    const char *s = luaL_checklstring(L, 1, &n);
+    const char *mark = luaL_optlstring(L, 2, NULL, &mlen);
+    const char *slash = memchr(s, '\\', n);
+    const char *found = mark != NULL && mlen > 0 ? memmem(s, n, mark, mlen) : NULL;
+    if (slash == NULL && found == NULL) {
+        lua_settop(L, 1);
+        return 1;
+    }
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    size_t pos = 0, i = 0;
+    while (i < n) {
+        if (s[i] == '\\' && i + 1 < n) {
+            if (s[i + 1] == '/') {
+                luaL_addlstring(&b, s + pos, i - pos);
+                luaL_addchar(&b, '/');
+                pos = i + 2;
+            }
+            i += 2;
+        } else if (found != NULL && s[i] == mark[0] && n - i >= mlen &&
+                   memcmp(s + i, mark, mlen) == 0) {
+            luaL_addlstring(&b, s + pos, i - pos);
+            luaL_addlstring(&b, "[]", 2);
+            i += mlen;
+            pos = i;
+        } else {
+            i++;
+        }
+    }
+    luaL_addlstring(&b, s + pos, n - pos);
+    luaL_pushresult(&b);
+    return 1;
+}
+
 void rotor_json_open(lua_State *L) {
     static const luaL_Reg funcs[] = {{"json_prepare", l_json_prepare},
                                      {"json_normalise", l_json_normalise},
                                      {"json_mark_arrays", l_json_mark_arrays},
+                                     {"json_finish", l_json_finish},
                                      {NULL, NULL}};
     luaL_setfuncs(L, funcs, 0);
 }

@@ -31,31 +31,15 @@ end
 -- array read as an empty one.
 local MARK = ("rotor-empty-array-%s-%x"):format(tostring({}):match("0x(%x+)") or "0", os.time())
 local MARK_JSON = '["' .. MARK .. '"]'
-local MARK_PATTERN = MARK_JSON:gsub("%p", "%%%0")
 
 -- The scan of a text for empty arrays, the walks over a decoded value (floats with an integer
 -- value back to integers on Lua 5.3+, marker arrays back to empty arrays) and over a value to
 -- encode (userdata through leaf, empty arrays to marker arrays, copying only the paths to a
 -- change) are done in C (csrc/json.c): in Lua they cost several times cjson's own work on a
 -- store record.
-local prepare, normalise_in_place, mark_arrays = core.json_prepare, core.json_normalise,
-  core.json_mark_arrays
+local prepare, normalise_in_place, mark_arrays, finish = core.json_prepare, core.json_normalise,
+  core.json_mark_arrays, core.json_finish
 local walk_mt = not native and array_mt or nil
-
--- cjson 2.1.0 escapes every "/" as "\/", and "\" as "\\": each "\/" in its text is such an
--- escape (the backslash of an escaped backslash is never followed by a bare "/")
-local function unescape_slashes(s)
-  local i = s:find("\\/", 1, true)
-  if not i then return s end
-  local out, pos = {}, 1
-  while i do
-    out[#out + 1] = s:sub(pos, i - 1)
-    pos = i + 1
-    i = s:find("\\/", i + 2, true)
-  end
-  out[#out + 1] = s:sub(pos)
-  return table.concat(out)
-end
 
 --- Decode a JSON text. Returns the value, or nil and a message naming the problem.
 function _M.decode(s)
@@ -74,9 +58,8 @@ function _M.encode(v, leaf)
   local s, err = codec.encode(v)
   if not s then error("json.encode: " .. tostring(err), 2) end
   if native then return s end
-  s = unescape_slashes(s)
-  if marked then s = s:gsub(MARK_PATTERN, "[]") end
-  return s
+  -- cjson 2.1.0 escapes every "/" as "\/": undone, with the marker arrays made "[]", in C
+  return finish(s, marked and MARK_JSON or nil)
 end
 
 --- An empty array that encodes as [] rather than {}.

@@ -18,24 +18,27 @@ _M.LABELS = LABELS
 
 local STEPS = { create = true, verify = true, deploy = true, promote = true, retire = true, done = true }
 
+-- types: "string", "secret string", ... (a secret is a rotor.secret value); the parsed sets are
+-- kept, one per spelling
+local type_sets = {}
 local function opt(v, types)
   if v == nil then return true end
-  for t in types:gmatch("%a+") do
-    if t == "secret" then
-      if core.is_secret(v) then return true end
-    elseif type(v) == t then
-      return true
-    end
+  local set = type_sets[types]
+  if not set then
+    set = {}
+    for t in types:gmatch("%a+") do set[t] = true end
+    type_sets[types] = set
   end
-  return false
+  return set[type(v)] == true or (set.secret == true and core.is_secret(v))
 end
+
+local VERSION_FIELDS = { client_id = "string", secret = "secret string", created = "string",
+                         expires = "string number", promoted = "string", rotation = "string", meta = "table" }
 
 local function check_version(label, v)
   local at = "versions." .. label
   if type(v) ~= "table" then return nil, at .. ": an object expected, found " .. type(v) end
-  local fields = { client_id = "string", secret = "secret string", created = "string",
-                   expires = "string number", promoted = "string", rotation = "string", meta = "table" }
-  for k, types in pairs(fields) do
+  for k, types in pairs(VERSION_FIELDS) do
     if not opt(v[k], types) then
       return nil, ("%s.%s: %s expected, found %s"):format(at, k, types:gsub(" ", " or "), type(v[k]))
     end

@@ -1,12 +1,15 @@
 /* The empty-array scan of rotor.json (core.json_mark_arrays) over any text: no read outside the
  * text, the text itself back when it holds no "]", and a second scan changes nothing (a marker
- * array is no empty array, and its quotes are balanced, so strings stay where they were). */
+ * array is no empty array, and its quotes are balanced, so strings stay where they were).
+ * The finishing pass after an encode (core.json_finish) over any text: no read outside it, never
+ * longer, and the text itself back when it holds neither a backslash nor the marker. */
 #include "fuzz_common.h"
 
 #define MARK "[\"rotor-fuzz-mark\"]"
 
-static const char *mark(lua_State *L, const char *s, size_t n, size_t *olen) {
-    lua_getfield(L, 1, "json_mark_arrays");
+/* core[fn](s[0..n), MARK): its text and length */
+static const char *call(lua_State *L, const char *fn, const char *s, size_t n, size_t *olen) {
+    lua_getfield(L, 1, fn);
     lua_pushlstring(L, s, n);
     lua_pushliteral(L, MARK);
     lua_call(L, 2, 1);
@@ -22,12 +25,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
     memcpy(text, data, size);
     size_t once_len, twice_len;
-    const char *once = mark(L, text, size, &once_len);
+    const char *once = call(L, "json_mark_arrays", text, size, &once_len);
     if (memchr(text, ']', size) == NULL && (once_len != size || memcmp(once, text, size) != 0)) {
         abort();
     }
-    const char *twice = mark(L, once, once_len, &twice_len);
+    const char *twice = call(L, "json_mark_arrays", once, once_len, &twice_len);
     if (twice_len != once_len || memcmp(once, twice, once_len) != 0) {
+        abort();
+    }
+    size_t fin_len;
+    const char *fin = call(L, "json_finish", text, size, &fin_len);
+    if (fin_len > size ||
+        (memchr(text, '\\', size) == NULL && memmem(text, size, MARK, sizeof(MARK) - 1) == NULL &&
+         (fin_len != size || memcmp(fin, text, size) != 0))) {
         abort();
     }
     free(text);
