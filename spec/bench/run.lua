@@ -22,9 +22,11 @@
 --    rounds (rotor, SDK, rotor, SDK, ...); each round warms up on N/4 calls first (untimed).
 --    The ratio of the medians.
 -- 6. a durable batch: rotor.rotate of N slots (mint, persist pending, verify, promote, audit; the
---    file store in build/bench-store on this disk, real fsync) at concurrency 16, once on new slots
---    and once more on the same slots, each as a ratio to the SDK's bare regenerate rate (the
---    median of part 5's SDK rounds and one SDK round right after each batch).
+--    file store in build/bench-store on this disk, real fsync) at concurrency 16, once on new slots,
+--    once more on the same slots, and once after each slot's journal was filled to the store's
+--    last 200 entries (as a slot rotated for long carries them), each as a ratio to the SDK's
+--    bare regenerate rate (the median of part 5's SDK rounds and one SDK round right after each
+--    batch).
 -- 7. group commit beside a writer: 150 group commits of 19 durable writes (18 atomic 3.3 kB files
 --    and an append, as a batch's group) in build/bench-gc, on a quiet system and then while dd
 --    rewrites a 500 MB file on the same file system; the median and the slowest, in ms (a
@@ -279,7 +281,22 @@ local function batch_bench(_, g, mt)
   local items = {}
   for i = 1, MINT_N do items[i] = i end
   local out = { runs = {} }
-  for _, name in ipairs{ "new slots", "same slots again" } do
+  for _, name in ipairs{ "new slots", "same slots again", "slots with a full journal" } do
+    if name == "slots with a full journal" then
+      -- a slot rotated for long carries the store's last 200 journal entries (journal_max) in
+      -- every read and write: each record is filled up to that with copies of its own entries
+      rotor.parallel(items, function(i)
+        local rec = assert(store:get("bench/" .. i))
+        local own, j = rec.journal, {}
+        for k = 1, 200 - #own do
+          local e = own[(k - 1) % #own + 1]
+          j[k] = { step = e.step, outcome = e.outcome, time = e.time, rotation = e.rotation, note = e.note }
+        end
+        for _, e in ipairs(own) do j[#j + 1] = e end
+        rec.journal = j
+        assert(store:put("bench/" .. i, rec))
+      end, { concurrency = MINT_CONC })
+    end
     log("durable batch: %d rotations (%s), then an SDK round ...", MINT_N, name)
     local audit_before = #(read_all(store:audit_path()) or ""):gsub("[^\n]", "")
     local okn, failed, firsterr = 0, 0, nil
