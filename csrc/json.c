@@ -1,10 +1,12 @@
 /* What rotor.json does around lua-cjson, in C:
  *
- *   core.json_prepare(v, leaf, array_mt, mark) -> v2, marked
+ *   core.json_prepare(v, leaf, array_mt, mark[, flat]) -> v2, marked
  *     v2 is v with each userdata u replaced by leaf(u) (when leaf is a function) and each empty
  *     table whose metatable is array_mt replaced by the one-element array {mark} (when array_mt is
  *     a table). Tables are copied only on the paths to a replacement (a copy is a plain table
  *     holding the same pairs); v itself is never changed. marked: a marker array went in.
+ *     flat (optional): a table inside v whose elements are not walked (an array of flat objects,
+ *     such as a record's journal: hundreds of entries that hold only strings).
  *   core.json_normalise(v, array_mt, mark) -> v
  *     In place: floats with an integer value become integers (Lua 5.3+), and each one-element
  *     array holding exactly mark becomes an empty table with the metatable array_mt.
@@ -28,6 +30,7 @@ typedef struct {
     int leaf;     /* stack index of the leaf function, or 0 */
     int array_mt; /* stack index of the array metatable, or 0 */
     int mark;     /* stack index of the marker string */
+    int flat;     /* stack index of the table whose elements are not walked, or 0 */
     int marked;
 } prep_ctx;
 
@@ -70,6 +73,10 @@ static int prepare(lua_State *L, prep_ctx *c, int idx, int depth) {
         c->marked = 1;
         return 1;
     }
+    if (c->flat && lua_rawequal(L, idx, c->flat)) {
+        lua_pushvalue(L, idx);
+        return 0;
+    }
     int copy = 0; /* stack index of the copy, once made */
     lua_pushnil(L);
     int key = lua_gettop(L);
@@ -110,8 +117,11 @@ static int prepare(lua_State *L, prep_ctx *c, int idx, int depth) {
 }
 
 static int l_json_prepare(lua_State *L) {
-    prep_ctx c = {0, 0, 3, 0};
-    lua_settop(L, 4);
+    prep_ctx c = {0, 0, 3, 0, 0};
+    lua_settop(L, 5);
+    if (lua_type(L, 5) == LUA_TTABLE) {
+        c.flat = 5;
+    }
     if (lua_type(L, 2) == LUA_TFUNCTION) {
         c.leaf = 2;
     }
@@ -270,35 +280,44 @@ static int l_json_finish(lua_State *L) {
     size_t n, mlen = 0;
     const char *s = luaL_checklstring(L, 1, &n);
     const char *mark = luaL_optlstring(L, 2, NULL, &mlen);
-    const char *slash = memchr(s, '\\', n);
-    const char *found = mark != NULL && mlen > 0 ? memmem(s, n, mark, mlen) : NULL;
-    if (slash == NULL && found == NULL) {
+    const char *end = s + n;
+    const char *bs = memchr(s, '\\', n);
+    const char *mk = mark != NULL && mlen > 0 ? memmem(s, n, mark, mlen) : NULL;
+    if (bs == NULL && mk == NULL) {
         lua_settop(L, 1);
         return 1;
     }
     luaL_Buffer b;
-    luaL_buffinit(L, &b);
-    size_t pos = 0, i = 0;
-    while (i < n) {
-        if (s[i] == '\\' && i + 1 < n) {
-            if (s[i + 1] == '/') {
-                luaL_addlstring(&b, s + pos, i - pos);
-                luaL_addchar(&b, '/');
-                pos = i + 2;
+    char *out = luaL_buffinitsize(L, &b, n); /* the text never grows: one allocation */
+    size_t o = 0;
+    const char *pos = s; /* copied up to here */
+    /* jump from backslash to backslash (memchr) and from marker to marker (memmem); a marker
+     * holds no backslash, and one found inside an escape pair cannot be (see above) */
+    while (bs != NULL || mk != NULL) {
+        if (bs != NULL && (mk == NULL || bs < mk)) {
+            if (bs + 1 < end && bs[1] == '/') {
+                memcpy(out + o, pos, (size_t)(bs - pos));
+                o += (size_t)(bs - pos);
+                out[o++] = '/';
+                pos = bs + 2;
             }
-            i += 2;
-        } else if (found != NULL && s[i] == mark[0] && n - i >= mlen &&
-                   memcmp(s + i, mark, mlen) == 0) {
-            luaL_addlstring(&b, s + pos, i - pos);
-            luaL_addlstring(&b, "[]", 2);
-            i += mlen;
-            pos = i;
+            const char *next = bs + 2; /* the escape pair is skipped whole */
+            bs = next < end ? memchr(next, '\\', (size_t)(end - next)) : NULL;
+            if (mk != NULL && mk < next) {
+                mk = memmem(next, (size_t)(end - next), mark, mlen);
+            }
         } else {
-            i++;
+            memcpy(out + o, pos, (size_t)(mk - pos));
+            o += (size_t)(mk - pos);
+            out[o++] = '[';
+            out[o++] = ']';
+            pos = mk + mlen;
+            mk = memmem(pos, (size_t)(end - pos), mark, mlen);
         }
     }
-    luaL_addlstring(&b, s + pos, n - pos);
-    luaL_pushresult(&b);
+    memcpy(out + o, pos, (size_t)(end - pos));
+    o += (size_t)(end - pos);
+    luaL_pushresultsize(&b, o);
     return 1;
 }
 

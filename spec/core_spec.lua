@@ -333,6 +333,23 @@ describe("rotor.json", function()
     end
   end)
 
+  it("leaves the elements of flat unwalked: an empty flat is still [], a secret inside it is refused", function()
+    local function reveal(u) return u:reveal() end
+    local j = json.array()
+    assert.equals('{"journal":[]}', json.encode({ journal = j }, reveal, j))
+    local entries = { { step = "a", note = "x/y" } }
+    assert.same({ journal = { { note = "x/y", step = "a" } } },
+      json.decode(json.encode({ journal = entries }, reveal, entries)))
+    -- leaf does not reach into flat's elements: a secret there is an error, never written out
+    local s = core.secret("never-in-a-journal")
+    local bad = { { step = "a", note = s } }
+    local ok, err = pcall(json.encode, { journal = bad }, reveal, bad)
+    assert.is_false(ok)
+    assert.is_nil(tostring(err):find("never-in-a-journal", 1, true))
+    assert.truthy(json.encode({ journal = bad }, reveal):find("never-in-a-journal", 1, true))
+    s:close()
+  end)
+
   it("encodes userdata through leaf and changes none of the value it was given", function()
     local secret = core.secret("s3cr/t")
     local inner = { secret = secret, list = json.array() }

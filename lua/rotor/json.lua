@@ -52,9 +52,11 @@ end
 --- Encode a value. Raises on values JSON cannot carry (a programming error). leaf (optional):
 -- each userdata in v is encoded as leaf(it) returns (a store file reveals its rotor.secret values
 -- this way), in the same walk that marks empty arrays; v is copied only along the paths to them.
-function _M.encode(v, leaf)
+-- flat (optional): a table inside v whose elements hold no userdata and no empty array, so that
+-- the walk need not visit them (a record's journal: up to hundreds of entries of strings).
+function _M.encode(v, leaf, flat)
   local marked
-  if type(v) == "table" and (leaf or not native) then v, marked = prepare(v, leaf, walk_mt, MARK) end
+  if type(v) == "table" and (leaf or not native) then v, marked = prepare(v, leaf, walk_mt, MARK, flat) end
   local s, err = codec.encode(v)
   if not s then error("json.encode: " .. tostring(err), 2) end
   if native then return s end

@@ -337,7 +337,7 @@ function Store:_encode(slot, record, nonce)
       error("store:put: the " .. label .. " secret of " .. slot .. " is neither a string nor a rotor.secret", 3)
     end
   end
-  return json.encode { v = 1, w = nonce, record = copy }
+  return json.encode({ v = 1, w = nonce, record = copy }, nil, record.journal)
 end
 
 function Store:_decode(slot, kv)

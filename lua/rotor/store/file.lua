@@ -176,7 +176,7 @@ function Store:put(slot, record)
   _M.trim_journal(record, self.journal_max)
   -- the record's own tables, sealed where the store seals; json.encode reveals the secrets left
   -- as it walks them (one walk, no copy of the record)
-  local ok, text = pcall(json.encode, seal.record_to_write(self.ring, record, slot), reveal)
+  local ok, text = pcall(json.encode, seal.record_to_write(self.ring, record, slot), reveal, record.journal)
   if not ok then error("store:put: the record cannot be encoded: " .. tostring(text), 2) end
   local done, msg = sched.durable("atomic", d, name, text, 384) -- 0600; group-committed in a batch
   if not done then return nil, store_error("cannot write slot " .. slot, msg) end
