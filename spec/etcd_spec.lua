@@ -348,6 +348,30 @@ describe("a fleet of rotors on etcd #proc #etcd", function()
     sim.run("rm -rf " .. q(fdir))
   end)
 
+  it("a deploy hook that outlasts the lease: the lock is taken again, since nobody wrote the slot meanwhile", function()
+    local rotor = require "rotor"
+    local fx = fixtures.seed(s, "genesys", "longhook" .. core.random_hex(2))
+    local st = open_store { lease_ttl = 5 }
+    local deployed = 0
+    local opts = {}
+    for k, v in pairs(fx.opts) do opts[k] = v end
+    opts.timeout, opts.connect_timeout = 2, 1 -- a minting budget the 5 s lease can outlive
+    -- 7 s in the hook: the 5 s lease lapses and etcd deletes the lock key
+    local res, err = rotor.rotate { slot = fx.slot, provider = assert(rotor.genesys(opts)), store = st,
+      target = fx.target, deploy = function() deployed = deployed + 1; core.sleep(7); return true end }
+    assert.truthy(res, tostring(err))
+    assert.equal(1, deployed)
+    assert.equal(1, mints(s, fx))
+    assert.equal(1, st.relocks)
+    local rec = check_slot(st, fx)
+    assert.equal("ok", rec.last.outcome)
+    assert.truthy(fixtures.works(fx, rec.versions.current.client_id, rec.versions.current.secret))
+    -- the lock was released at the end: another rotation takes it at once
+    local res2, err2 = rotor.rotate { slot = fx.slot, provider = fixtures.provider(fx), store = open_store(),
+      target = fx.target }
+    assert.truthy(res2, tostring(err2))
+  end)
+
   it("sends no minting request its lease cannot outlive; authenticates again when the token is refused", function()
     local rotor = require "rotor"
     local fx = fixtures.seed(s, "genesys", "budget" .. core.random_hex(2))

@@ -19,6 +19,11 @@
 -- transaction that succeeds only while the lock key still has that revision (the lease is alive and
 -- nobody took the lock over) and the record is the one last read. Once a write is refused, the
 -- lock is `fenced`: no later write or minting request is made through it (error kind "fenced").
+-- A lease that merely lapsed (a deploy hook that ran longer than lease_ttl, a paused process) is
+-- taken again when nobody holds the lock and the record is still the one this rotor last wrote
+-- or read: the new lock and the write go in one transaction that compares both. Another rotor
+-- writes the record before anything it does at the provider (the intent before a mint, promote
+-- before a retire that calls the provider), so an unchanged record means nothing happened since.
 local core = require "rotor.core"
 local json = require "rotor.json"
 local errors = require "rotor.errors"
@@ -414,6 +419,13 @@ function Store:put(slot, record)
   local r = type(v.responses) == "table" and v.responses or {}
   local lock_kv = r[1] and r[1].response_range and kv_of(r[1].response_range)
   local rec_kv = r[2] and r[2].response_range and kv_of(r[2].response_range)
+  local rec_rev = rec_kv and tostring(rec_kv.mod_revision) or "0"
+  if not lock_kv and rec_rev == tostring(lock.read_rev or "0") then
+    -- the lease lapsed and nobody wrote the slot since: take the lock again, with the write
+    local ok, rerr = self:_relock(lock, key, value, rec_rev)
+    if ok then return true end
+    if rerr then return nil, rerr end
+  end
   if lock_kv and tostring(lock_kv.create_revision) == tostring(lock.token) and rec_kv then
     -- a repeat of a transaction that committed on a member that then failed: our own write is there
     local text = unb64(rec_kv.value)
@@ -551,6 +563,38 @@ function Store:lock(slot, retried)
   }, Lock)
   self.locks[slot] = lock
   return lock
+end
+
+-- A new lease and lock key for a lock whose lease lapsed, and the record write, in one
+-- transaction: only while no lock key exists and the record's revision is rec_rev. true once
+-- done; false when that no longer holds (then fenced, as before); nil, err when etcd failed.
+function Store:_relock(lock, key, value, rec_rev)
+  local granted_at = core.now()
+  local g, err = self:call("/v3/lease/grant", { TTL = self.lease_ttl })
+  if not g then return nil, err end
+  local lease = tostring(g.ID)
+  local w = whereabouts()
+  local holder = json.encode { pid = core.getpid(), host = w.host, boot = w.boot, pidns = w.pidns,
+                               since = timefmt.iso(), relocked = true }
+  local v
+  v, err = self:call("/v3/kv/txn", {
+    compare = {
+      { key = b64(lock.key), target = "CREATE", result = "EQUAL", create_revision = "0" },
+      { key = b64(key), target = "MOD", result = "EQUAL", mod_revision = rec_rev },
+    },
+    success = { { request_put = { key = b64(lock.key), value = b64(holder), lease = lease } },
+                { request_put = { key = b64(key), value = value } } },
+  })
+  if not v or not v.succeeded then
+    self:call("/v3/lease/revoke", { ID = lease })
+    if not v then return nil, err end
+    return false
+  end
+  local rev = v.header and v.header.revision
+  lock.lease, lock.token, lock.read_rev = lease, tostring(rev), rev
+  lock.ttl, lock.renewed_at = tonumber(g.TTL) or self.lease_ttl, granted_at
+  self.relocks = (self.relocks or 0) + 1
+  return true
 end
 
 --- Seconds of lease left, as this process can be sure of (counted from when the grant or the
