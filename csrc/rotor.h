@@ -78,7 +78,7 @@ double rotor_clamp_ttl(double ttl);
 void rotor_seal_open(lua_State *L);
 
 /* json.c: what rotor.json does around lua-cjson (core.json_prepare, json_normalise,
- * json_mark_arrays) */
+ * json_mark_arrays, json_finish) */
 void rotor_json_open(lua_State *L);
 
 /* signals, shared with main.c */

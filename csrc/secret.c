@@ -340,19 +340,23 @@ void rotor_buf_free(rotor_buf *b) {
     b->failed = 0;
 }
 
-/* application/x-www-form-urlencoded, as a token request carries id and secret (in its body, and
- * inside a Basic header: RFC 6749 section 2.3.1): letters, digits and "-._*" as they are, a space
- * as "+", every other byte as %XX. Writes at most 3n bytes into dst; returns the length. The
- * redaction index makes the same form of every secret (index_add). */
-static size_t put_formenc(char *dst, const char *p, size_t n) {
-    static const char hex[] = "0123456789ABCDEF";
+/* Percent-encoding into dst (at most 3n bytes); returns the length. Letters, digits and "-._"
+ * stay as they are, and every other byte becomes %XX in hex's case, except:
+ *   PCT_URI   RFC 3986: "~" stays too;
+ *   PCT_FORM  application/x-www-form-urlencoded, as a token request carries id and secret (in
+ *             its body, and inside a Basic header: RFC 6749 section 2.3.1): "*" stays too and a
+ *             space becomes "+".
+ * The redaction index makes every form of each secret (index_add). */
+enum { PCT_URI, PCT_FORM };
+static const char HEX_UPPER[] = "0123456789ABCDEF";
+static size_t put_percent(char *dst, const char *p, size_t n, const char *hex, int mode) {
     size_t o = 0;
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)p[i];
         if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-            c == '-' || c == '.' || c == '_' || c == '*') {
+            c == '-' || c == '.' || c == '_' || c == (mode == PCT_FORM ? '*' : '~')) {
             dst[o++] = (char)c;
-        } else if (c == ' ') {
+        } else if (c == ' ' && mode == PCT_FORM) {
             dst[o++] = '+';
         } else {
             dst[o++] = '%';
@@ -367,7 +371,7 @@ void rotor_buf_add_formenc(rotor_buf *b, const char *p, size_t n) {
     char chunk[96]; /* 32 bytes of input at a time, zeroed after (it may hold a secret) */
     for (size_t i = 0; i < n; i += 32) {
         size_t m = n - i < 32 ? n - i : 32;
-        rotor_buf_add(b, chunk, put_formenc(chunk, p + i, m));
+        rotor_buf_add(b, chunk, put_percent(chunk, p + i, m, HEX_UPPER, PCT_FORM));
     }
     rotor_zero(chunk, sizeof chunk);
 }
@@ -564,8 +568,8 @@ static int l_random_hex(lua_State *L) {
 
 /* The forms in which a secret can reach a message: as it is, JSON-escaped, percent-encoded
  * (RFC 3986, upper- and lower-case hex), form-encoded exactly as rotor's own token requests carry
- * it (put_formenc: "*" kept, "~" encoded, a space as "+"), and inside base64 and base64url — of
- * the secret, of its percent-encoding and of its form-encoding (RFC 6749 form-encodes id and
+ * it (put_percent PCT_FORM: "*" kept, "~" encoded, a space as "+"), and inside base64 and base64url
+ * — of the secret, of its percent-encoding and of its form-encoding (RFC 6749 form-encodes id and
  * secret before a Basic header) — at each of the three alignments. Forms that come out the same
  * (a secret without "~", "*" or a space) are indexed once. A base64 form is the run of characters
  * that do not depend on the bytes around the secret; a match is widened to the whole run of base64
@@ -586,22 +590,6 @@ static size_t put_json_escaped(char *dst, const char *p, size_t n) { /* bound: 2
             dst[o++] = '\\';
         }
         dst[o++] = p[i];
-    }
-    return o;
-}
-
-static size_t put_percent(char *dst, const char *p, size_t n, const char *hex) { /* bound: 3n */
-    size_t o = 0;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)p[i];
-        if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-            c == '-' || c == '.' || c == '_' || c == '~') {
-            dst[o++] = (char)c;
-        } else {
-            dst[o++] = '%';
-            dst[o++] = hex[c >> 4];
-            dst[o++] = hex[c & 15];
-        }
     }
     return o;
 }
@@ -739,9 +727,9 @@ static int index_add(rotor_secret *s) {
     } while (0)
     FORM(FORM_PLAIN, (memcpy(scratch + at, s->buf, n), n));
     FORM(FORM_PLAIN, put_json_escaped(scratch + at, s->buf, n));
-    FORM(FORM_PLAIN, put_percent(scratch + at, s->buf, n, "0123456789ABCDEF"));
-    FORM(FORM_PLAIN, put_percent(scratch + at, s->buf, n, "0123456789abcdef"));
-    FORM(FORM_PLAIN, put_formenc(scratch + at, s->buf, n));
+    FORM(FORM_PLAIN, put_percent(scratch + at, s->buf, n, HEX_UPPER, PCT_URI));
+    FORM(FORM_PLAIN, put_percent(scratch + at, s->buf, n, "0123456789abcdef", PCT_URI));
+    FORM(FORM_PLAIN, put_percent(scratch + at, s->buf, n, HEX_UPPER, PCT_FORM));
     static const int b64_sources[] = {0, 2, 4}; /* the secret, its percent- and form-encoding */
     for (int src = 0; src < 3; src++) {
         const redact_form base = forms[b64_sources[src]];

@@ -1,8 +1,8 @@
 -- spec.helpers.leakforms: the forms a secret takes on its way out (raw, JSON-escaped, URL-encoded
 -- in either hex case, form-encoded as rotor's token requests do it, and base64 / base64url of
 -- each, at any alignment inside a longer base64 text such as "Basic base64(id:secret)"), and a
--- search for them. Used by spec/leakscan.lua
--- and by the specs that check errors, logs and command output for secrets. Lua 5.1 to 5.4.
+-- search for them. Used by spec/leakscan.lua and by the specs that check errors, logs and command
+-- output for secrets. Lua 5.1 to 5.4.
 local _M = {}
 
 local B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
@@ -27,13 +27,10 @@ local function json_escape(s)
   end))
 end
 
-local function url_encode(s, fmt)
-  return (s:gsub("[^%w%-%._~ ]", function(c) return fmt:format(c:byte()) end):gsub(" ", "+"))
-end
-
--- as rotor's token requests form-encode a secret (body and Basic header): '*' kept, '~' encoded
-local function form_encode(s)
-  return (s:gsub("[^%w%-%._%* ]", function(c) return ("%%%02X"):format(c:byte()) end):gsub(" ", "+"))
+-- letters, digits, "-._", keep (a pattern class item) and spaces as they are, then spaces as "+",
+-- every other byte as fmt gives it
+local function pct_encode(s, keep, fmt)
+  return (s:gsub("[^%w%-%._" .. keep .. " ]", function(c) return fmt:format(c:byte()) end):gsub(" ", "+"))
 end
 
 -- the base64 characters that depend on s alone when s sits at byte offset k (0, 1, 2) of a longer
@@ -61,8 +58,9 @@ function _M.forms(v)
   end
   local bases = {
     { v, "raw" }, { json_escape(v), "JSON-escaped" },
-    { url_encode(v, "%%%02X"), "URL-encoded" }, { url_encode(v, "%%%02x"), "URL-encoded" },
-    { form_encode(v), "form-encoded" },
+    { pct_encode(v, "~", "%%%02X"), "URL-encoded" }, { pct_encode(v, "~", "%%%02x"), "URL-encoded" },
+    -- as rotor's token requests form-encode a secret (body and Basic header): '*' kept, '~' encoded
+    { pct_encode(v, "%*", "%%%02X"), "form-encoded" },
   }
   for _, b in ipairs(bases) do
     add(b[1], b[2])

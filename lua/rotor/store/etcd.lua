@@ -506,23 +506,33 @@ local function holder_dead(who)
   return stat == nil or state == "Z" or state == "X"
 end
 
+-- A lease of lease_ttl for a lock, and the lock key's value naming this holder:
+-- { lease, ttl, granted_at, holder } | nil, err. relocked: taken again after the lease lapsed.
+local function grant_lease(store, relocked)
+  local granted_at = core.now()
+  local g, err = store:call("/v3/lease/grant", { TTL = store.lease_ttl })
+  if not g then return nil, err end
+  local w = whereabouts()
+  return {
+    lease = tostring(g.ID), ttl = tonumber(g.TTL) or store.lease_ttl, granted_at = granted_at,
+    holder = json.encode { pid = core.getpid(), host = w.host, boot = w.boot, pidns = w.pidns,
+                           since = timefmt.iso(), relocked = relocked or nil },
+  }
+end
+
 --- store:lock(slot) -> lock | nil, err (kind "locked" when another rotor holds it)
 function Store:lock(slot, retried)
   local key = self:lock_key(slot)
   if self.locks[slot] then
     return nil, errors.new { kind = "locked", message = ("slot %s is locked by this rotor already"):format(slot) }
   end
-  local granted_at = core.now()
-  local g, err = self:call("/v3/lease/grant", { TTL = self.lease_ttl })
+  local g, err = grant_lease(self)
   if not g then return nil, err end
-  local lease = tostring(g.ID)
-  local w = whereabouts()
-  local holder = json.encode { pid = core.getpid(), host = w.host, boot = w.boot, pidns = w.pidns,
-                               since = timefmt.iso() }
+  local lease = g.lease
   local v
   v, err = self:call("/v3/kv/txn", {
     compare = { { key = b64(key), target = "CREATE", result = "EQUAL", create_revision = "0" } },
-    success = { { request_put = { key = b64(key), value = b64(holder), lease = lease } } },
+    success = { { request_put = { key = b64(key), value = b64(g.holder), lease = lease } } },
     failure = { { request_range = { key = b64(key) } } },
   })
   if not v then
@@ -559,7 +569,7 @@ function Store:lock(slot, retried)
   end
   local lock = setmetatable({
     store = self, slot = slot, key = key, lease = lease, token = tostring(token),
-    ttl = tonumber(g.TTL) or self.lease_ttl, renewed_at = granted_at,
+    ttl = g.ttl, renewed_at = g.granted_at,
   }, Lock)
   self.locks[slot] = lock
   return lock
@@ -569,20 +579,16 @@ end
 -- transaction: only while no lock key exists and the record's revision is rec_rev. true once
 -- done; false when that no longer holds (then fenced, as before); nil, err when etcd failed.
 function Store:_relock(lock, key, value, rec_rev)
-  local granted_at = core.now()
-  local g, err = self:call("/v3/lease/grant", { TTL = self.lease_ttl })
+  local g, err = grant_lease(self, true)
   if not g then return nil, err end
-  local lease = tostring(g.ID)
-  local w = whereabouts()
-  local holder = json.encode { pid = core.getpid(), host = w.host, boot = w.boot, pidns = w.pidns,
-                               since = timefmt.iso(), relocked = true }
+  local lease = g.lease
   local v
   v, err = self:call("/v3/kv/txn", {
     compare = {
       { key = b64(lock.key), target = "CREATE", result = "EQUAL", create_revision = "0" },
       { key = b64(key), target = "MOD", result = "EQUAL", mod_revision = rec_rev },
     },
-    success = { { request_put = { key = b64(lock.key), value = b64(holder), lease = lease } },
+    success = { { request_put = { key = b64(lock.key), value = b64(g.holder), lease = lease } },
                 { request_put = { key = b64(key), value = value } } },
   })
   if not v or not v.succeeded then
@@ -592,7 +598,7 @@ function Store:_relock(lock, key, value, rec_rev)
   end
   local rev = v.header and v.header.revision
   lock.lease, lock.token, lock.read_rev = lease, tostring(rev), rev
-  lock.ttl, lock.renewed_at = tonumber(g.TTL) or self.lease_ttl, granted_at
+  lock.ttl, lock.renewed_at = g.ttl, g.granted_at
   self.relocks = (self.relocks or 0) + 1
   return true
 end
