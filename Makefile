@@ -151,7 +151,8 @@ asan:
 	ROTOR_BIN=$(ASAN_BUILD)/rotor ASAN_OPTIONS=$(ASAN_RUN_OPTIONS) \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  $(ASAN_BUILD)/rotor /usr/bin/busted --cpath='./$(ASAN_BUILD)/5.4/?.so' --lpath='$(LPATH)' \
-	  $(BUSTED_ARGS) spec/host_spec.lua spec/lock_spec.lua spec/hardening_spec.lua spec/cli_spec.lua
+	  $(BUSTED_ARGS) spec/host_spec.lua spec/lock_spec.lua spec/hardening_spec.lua spec/cli_spec.lua \
+	  spec/durable_spec.lua
 
 VALGRIND_SPECS ?= spec/core_spec.lua spec/http_spec.lua spec/oauth_spec.lua spec/sched_spec.lua spec/store_spec.lua
 valgrind: all

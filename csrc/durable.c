@@ -55,6 +55,7 @@ typedef struct {
     const char *what; /* what failed */
     int created;      /* OP_APPEND: the file was new (its directory needs an fsync) */
     int spare;        /* OP_ATOMIC: tmp is the slot's spare file (swapped in, not renamed over) */
+    int lockfd;       /* the spare's flock, held from its opening until it was swapped in */
 } item;
 
 typedef struct {
@@ -81,6 +82,9 @@ static void job_free(job *j) {
     for (int i = 0; i < j->n; i++) {
         item *it = &j->items[i];
         rotor_free_secure(it->data, it->len);
+        if (it->lockfd >= 0) {
+            close(it->lockfd);
+        }
         free(it->where);
         free(it->name);
         free(it->tmp);
@@ -107,6 +111,10 @@ static void fail(item *it, const char *what) {
     }
     if (it->tmp != NULL) {
         unlinkat(it->dfd, it->tmp, 0);
+    }
+    if (it->lockfd >= 0) {
+        close(it->lockfd);
+        it->lockfd = -1;
     }
 }
 
@@ -153,24 +161,42 @@ static int open_regular(item *it, const char *name, int flags) {
     return fd;
 }
 
+/* Take the flock of the spare open at fd (without waiting) and check, with it held, that the
+ * file is still the one named NAME.tmp.spare, a regular file of ours with no other link: 0 (its
+ * stat in *held), or -1 (the lock is then dropped with fd). A writer holds this lock from
+ * opening the spare until it is swapped in as NAME, and only a holder swaps it, so once the check
+ * passes the file stays the spare until the lock is dropped. */
+static int lock_spare(item *it, int fd, struct stat *held) {
+    struct stat named;
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0 || fstat(fd, held) != 0 ||
+        fstatat(it->dfd, it->tmp, &named, AT_SYMLINK_NOFOLLOW) != 0 ||
+        held->st_dev != named.st_dev || held->st_ino != named.st_ino || held->st_nlink != 1 ||
+        held->st_uid != geteuid() || !S_ISREG(held->st_mode)) {
+        return -1;
+    }
+    return 0;
+}
+
 /* The spare file of an atomic write: PATH.tmp.spare, opened (or created) to take the new bytes.
  * Writing into the inode that the previous write displaced, instead of a new temporary file,
  * spares the file system an inode allocation and a deletion per write: on ext4 without a
  * journal, allocating inodes among many recently deleted ones scans the inode tables and costs
- * more than the write and the fsync together. An existing spare is used only when it is a
- * regular file of ours with no other link, and nobody else holds it (flock); else -1 and a
- * fresh temporary file is made. */
+ * more than the write and the fsync together. A spare is used only when lock_spare takes it; its
+ * lock is kept (it->lockfd) until the file was swapped in, so that no one empties it meanwhile
+ * (see empty_spares). Else -1 and a fresh temporary file is made. The spare gets the item's mode.
+ */
 static int open_spare(item *it) {
     snprintf(it->tmp, strlen(it->name) + 32, "%s.tmp.spare", it->name);
     int fd = openat(it->dfd, it->tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0 && errno == EEXIST) {
-        struct stat st;
         fd = open_regular(it, it->tmp, O_WRONLY);
-        if (fd >= 0 && (fstat(fd, &st) != 0 || st.st_nlink != 1 || st.st_uid != geteuid() ||
-                        flock(fd, LOCK_EX | LOCK_NB) != 0 || ftruncate(fd, 0) != 0)) {
-            close(fd);
-            fd = -1;
-        }
+    }
+    struct stat st;
+    if (fd >= 0 && (lock_spare(it, fd, &st) != 0 || (st.st_size != 0 && ftruncate(fd, 0) != 0) ||
+                    ((st.st_mode & 07777) != it->mode && fchmod(fd, it->mode) != 0) ||
+                    (it->lockfd = fcntl(fd, F_DUPFD_CLOEXEC, 0)) < 0)) {
+        close(fd);
+        fd = -1;
     }
     it->spare = fd >= 0;
     return fd;
@@ -205,15 +231,12 @@ static int put_in_place(item *it) {
     return renameat(it->dfd, it->tmp, it->dfd, it->name);
 }
 
-/* A job empties the spares it displaced after its writers were woken (off their path); a slot
- * written again at once has its next job open that same spare. Without an order between the two,
- * the emptying could truncate the new record after it was written into the spare, even after it
- * was swapped in as the slot file. This lock gives the order: a job takes it before it wakes its
- * writers and holds it while it empties its spares; the next job takes it to open and write its
- * files. */
-static pthread_mutex_t spares_mu = PTHREAD_MUTEX_INITIALIZER;
-
-/* Empty the spares that hold displaced bytes (old records hold secrets: no copy is kept). */
+/* Empty the spares that hold displaced bytes (old records hold secrets: no copy is kept), after
+ * the job's writers were woken. This runs beside the next job, which may already be writing a
+ * new record into the same spare and swapping it in as the slot file: a spare is emptied only
+ * under its flock (the writer holds it until its swap is done; one taken by someone else means
+ * that writer emptied it when it opened it), and only when, with the lock held, it is still the
+ * file named NAME.tmp.spare (else a writer swapped it in after this opened it). */
 static void empty_spares(job *j) {
     for (int i = 0; i < j->n; i++) {
         item *it = &j->items[i];
@@ -221,13 +244,14 @@ static void empty_spares(job *j) {
             continue;
         }
         int fd = open_regular(it, it->tmp, O_WRONLY);
-        if (fd >= 0) {
-            struct stat st;
-            if (fstat(fd, &st) == 0 && st.st_nlink == 1) {
-                (void)ftruncate(fd, 0);
-            }
-            close(fd);
+        if (fd < 0) {
+            continue;
         }
+        struct stat st;
+        if (lock_spare(it, fd, &st) == 0 && st.st_size != 0) {
+            (void)ftruncate(fd, 0);
+        }
+        close(fd); /* and its lock */
     }
 }
 
@@ -304,8 +328,7 @@ static void *run_job(void *arg) {
     job *j = arg;
     (void)pthread_setname_np(pthread_self(), "rotor-durable"); /* for top -H, perf, gdb */
     double t0 = now_seconds();
-    /* 1. write every file (once the previous job emptied its spares) */
-    pthread_mutex_lock(&spares_mu);
+    /* 1. write every file */
     for (int i = 0; i < j->n; i++) {
         item *it = &j->items[i];
         errno = 0;
@@ -320,7 +343,8 @@ static void *run_job(void *arg) {
                 fail(it, "cannot create a temporary file for");
                 continue;
             }
-            if (fchmod(it->fd, it->mode) != 0 || rotor_write_all(it->fd, it->data, it->len) != 0) {
+            if ((!it->spare && fchmod(it->fd, it->mode) != 0) ||
+                rotor_write_all(it->fd, it->data, it->len) != 0) {
                 fail(it, "cannot write");
             }
         } else {
@@ -343,7 +367,6 @@ static void *run_job(void *arg) {
             }
         }
     }
-    pthread_mutex_unlock(&spares_mu);
     /* 2. make the bytes durable: start the writeback of them all, then wait for each */
     for (int i = 0; i < j->n; i++) {
         if (j->items[i].err == 0) {
@@ -365,10 +388,13 @@ static void *run_job(void *arg) {
         if (it->err == 0 && it->op == OP_ATOMIC && put_in_place(it) != 0) {
             fail(it, "cannot rename into");
         }
+        if (it->lockfd >= 0) {
+            close(it->lockfd); /* the spare is swapped in (or failed): others may empty it */
+            it->lockfd = -1;
+        }
     }
     /* 4. the names durable: each directory once */
     sync_dirs(j);
-    pthread_mutex_lock(&spares_mu); /* before the writers wake: see spares_mu */
     pthread_mutex_lock(&j->mu);
     j->done = 1;
     j->seconds = now_seconds() - t0;
@@ -376,8 +402,7 @@ static void *run_job(void *arg) {
     uint64_t one = 1;
     ssize_t w = write(j->efd, &one, sizeof one);
     (void)w;
-    empty_spares(j); /* after the writers were woken: not on their path */
-    pthread_mutex_unlock(&spares_mu);
+    empty_spares(j); /* after the writers were woken: not on their path, nor the next job's */
     return NULL;
 }
 
@@ -436,6 +461,7 @@ static int l_durable_start(lua_State *L) {
         item *it = &j->items[j->n];
         it->fd = -1;
         it->dfd = -1;
+        it->lockfd = -1;
         if (strcmp(op, "atomic") == 0) {
             it->op = OP_ATOMIC;
         } else if (strcmp(op, "append") == 0) {

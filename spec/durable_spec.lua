@@ -4,6 +4,8 @@
 local core = require "rotor.core"
 local sched = require "rotor.sched"
 local file_store = require "rotor.store.file"
+local sim = require "spec.helpers.sim"
+local ROTOR = os.getenv("ROTOR_BIN") or "./build/rotor"
 
 describe("group-committed durable writes", function()
   local dir, real_start, jobs
@@ -146,5 +148,29 @@ describe("group-committed durable writes", function()
       end
     end, { concurrency = 8 })
     assert.same({}, bad)
+  end)
+
+  it("a spare is emptied only while it is still the spare, not after a writer swapped it in #proc", function()
+    -- the window: a group opens the spare it displaced to empty it, and before it takes the
+    -- spare's lock the next group writes a record into that very file and swaps it in as the
+    -- slot. The preloaded library holds the second flock call of a durable thread (the first is
+    -- for the spare its group writes, the second for the spare it empties) for 300 ms, once: the
+    -- second group's emptying, a window the third group's write fills.
+    local so = "build/flock_delay.so"
+    local out, rc = sim.run("cc -shared -fPIC -o " .. so .. " spec/helpers/flock_delay.c -ldl 2>&1")
+    assert(rc == 0, out)
+    assert(os.execute("mkdir -m 700 '" .. dir .. "'"))
+    local mark = dir .. "-mark"
+    -- a rotor built with AddressSanitizer (make asan) needs its runtime first in the preload list
+    local preload = "./" .. so
+    local asan = sim.run("ldd " .. sim.shell_quote(ROTOR) .. " 2>/dev/null"):match("libasan%S* => (%S+)")
+    if asan then preload = asan .. " " .. preload end
+    out, rc = sim.run(("LD_PRELOAD=%s ROTOR_FLOCK_DELAY_CALL=2 ROTOR_FLOCK_DELAY_MARK=%s %s %s %s 2>&1"):format(
+      sim.shell_quote(preload), sim.shell_quote(mark), ROTOR, "spec/helpers/spare_race.lua", sim.shell_quote(dir)))
+    assert.equal("delayed\n", core.fs_read(mark))
+    os.remove(mark)
+    assert.equal(0, rc, out)
+    assert.equal("record 3\n", out)
+    assert.equal("", core.fs_read(dir .. "/x.json.tmp.spare"))
   end)
 end)

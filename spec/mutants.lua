@@ -90,12 +90,14 @@ local MUTANTS = {
     "lua/rotor/http.lua",
     { { "if not res.sent and attempt <= retries", "if not res.sent and attempt <= retries - 100" } },
     { "spec/proxy_spec.lua" }),
-  m("spares-unordered", "a put stays whole when its slot is written again at once",
-    "a group empties its spares outside spares_mu (the next group may write one first)",
-    "csrc/durable.c", { {
-      "    empty_spares(j); /* after the writers were woken: not on their path */\n"
-        .. "    pthread_mutex_unlock(&spares_mu);",
-      "    pthread_mutex_unlock(&spares_mu);\n    empty_spares(j);" } }, { "spec/durable_spec.lua" }),
+  m("spares-unlocked", "a put stays whole when its slot is written again at once",
+    "a group empties its spares without taking their lock (the next group may be writing one)",
+    "csrc/durable.c", { { "if (flock(fd, LOCK_EX | LOCK_NB) != 0 || fstat(fd, held) != 0 ||",
+      "if (fstat(fd, held) != 0 ||" } }, { "spec/durable_spec.lua" }),
+  m("spares-unchecked", "a spare is emptied only while it is still the spare",
+    "a group empties a spare it opened even after another group swapped that file in",
+    "csrc/durable.c", { { "held->st_dev != named.st_dev || held->st_ino != named.st_ino ||",
+      "held->st_dev != named.st_dev ||" } }, { "spec/durable_spec.lua" }),
 }
 
 package.path = "./?.lua;" .. package.path
