@@ -38,6 +38,7 @@
 #define DURABLE_MAX_ITEMS 4096
 
 enum { OP_ATOMIC, OP_APPEND };
+enum { ODD_LINK = 1, ODD_KIND = 2 };
 
 typedef struct {
     int op;
@@ -56,6 +57,7 @@ typedef struct {
     int created;      /* OP_APPEND: the file was new (its directory needs an fsync) */
     int spare;        /* OP_ATOMIC: tmp is the slot's spare file (swapped in, not renamed over) */
     int lockfd;       /* the spare's flock, held from its opening until it was swapped in */
+    int odd;          /* open_regular found a link (ODD_LINK) or another kind of file (ODD_KIND) */
 } item;
 
 typedef struct {
@@ -146,12 +148,19 @@ static void sync_dirs(job *j) {
     }
 }
 
-/* Open name in the item's directory without following a link; a regular file, or -1. */
-static int open_regular(item *it, const char *name, int flags) {
+/* Open name in the item's directory without following a link; a regular file, or -1 (and, when
+ * odd is given, ODD_LINK or ODD_KIND in it for a link or another kind of file). */
+static int open_regular(const item *it, const char *name, int flags, int *odd) {
     int fd = openat(it->dfd, name, flags | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK, 0600);
     struct stat st;
+    if (fd < 0 && (errno == ELOOP || errno == ENXIO) && odd != NULL) {
+        *odd = errno == ELOOP ? ODD_LINK : ODD_KIND; /* ENXIO: a FIFO nobody reads */
+    }
     if (fd >= 0 && (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))) {
         close(fd);
+        if (odd != NULL) {
+            *odd = ODD_KIND;
+        }
         errno = EINVAL;
         return -1;
     }
@@ -189,7 +198,7 @@ static int open_spare(item *it) {
     snprintf(it->tmp, strlen(it->name) + 32, "%s.tmp.spare", it->name);
     int fd = openat(it->dfd, it->tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0 && errno == EEXIST) {
-        fd = open_regular(it, it->tmp, O_WRONLY);
+        fd = open_regular(it, it->tmp, O_WRONLY, NULL);
     }
     struct stat st;
     if (fd >= 0 && (lock_spare(it, fd, &st) != 0 || (st.st_size != 0 && ftruncate(fd, 0) != 0) ||
@@ -243,7 +252,7 @@ static void empty_spares(job *j) {
         if (it->spare != 2) {
             continue;
         }
-        int fd = open_regular(it, it->tmp, O_WRONLY);
+        int fd = open_regular(it, it->tmp, O_WRONLY, NULL);
         if (fd < 0) {
             continue;
         }
@@ -356,7 +365,7 @@ static void *run_job(void *arg) {
                 continue;
             }
             if (it->fd < 0 && errno == EEXIST) {
-                it->fd = open_regular(it, it->name, O_WRONLY | O_APPEND);
+                it->fd = open_regular(it, it->name, O_WRONLY | O_APPEND, &it->odd);
             }
             if (it->fd < 0) {
                 fail(it, "cannot open");
@@ -529,6 +538,13 @@ static int l_job_results(lua_State *L) {
         item *it = &j->items[i];
         if (it->err == 0) {
             lua_pushboolean(L, 1);
+        } else if (it->odd == ODD_LINK) {
+            lua_pushfstring(L,
+                            "%s/%s is a symbolic link: rotor follows no link inside this "
+                            "directory; remove it",
+                            it->where, it->name);
+        } else if (it->odd == ODD_KIND) {
+            lua_pushfstring(L, "%s/%s is not a regular file; remove it", it->where, it->name);
         } else {
             lua_pushfstring(L, "%s %s/%s: %s", it->what, it->where, it->name, strerror(it->err));
         }

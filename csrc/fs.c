@@ -364,6 +364,9 @@ static int open_in(int dfd, const char *where, const char *name, int flags, mode
                        "remove it",
                        where, name);
         }
+        if (err == ENXIO) { /* a FIFO nobody reads (or a device), opened for writing */
+            return why(msg, err, "%s/%s is not a regular file; remove it", where, name);
+        }
         return why(msg, err, "cannot open %s/%s: %s", where, name, strerror(err));
     }
     struct stat st;
@@ -502,6 +505,38 @@ static int dir_read(lua_State *L, int dfd, const char *where, const char *name, 
     }
     snprintf(slash_name, sizeof slash_name, "/%s", name);
     return read_fd(L, fd, where, slash_name, msg);
+}
+
+/* Push the last n bytes (at most 4096) of name in dfd: a string, false when there is no such
+ * file; -1 (msg set) when it cannot be opened under the rule of open_in (a link, a FIFO or any
+ * other non-regular file is refused, and nothing blocks on it) or read. */
+static int dir_tail(lua_State *L, int dfd, const char *where, const char *name, lua_Integer n,
+                    char *msg) {
+    char buf[4096];
+    int fd = open_in(dfd, where, name, O_RDONLY, 0, NULL, msg);
+    if (fd < 0) {
+        if (errno != ENOENT) {
+            return -1;
+        }
+        lua_pushboolean(L, 0);
+        return 1;
+    }
+    struct stat st;
+    size_t want = n < 0 ? 0 : n > (lua_Integer)sizeof buf ? sizeof buf : (size_t)n;
+    ssize_t got = 0;
+    if (fstat(fd, &st) == 0) {
+        want = (off_t)want > st.st_size ? (size_t)st.st_size : want;
+        got = want > 0 ? pread(fd, buf, want, st.st_size - (off_t)want) : 0;
+    } else {
+        got = -1;
+    }
+    int err = errno;
+    close(fd);
+    if (got < 0) {
+        return why(msg, err, "cannot read %s/%s: %s", where, name, strerror(err));
+    }
+    lua_pushlstring(L, buf, (size_t)got);
+    return 1;
 }
 
 static int dir_list(lua_State *L, int dfd, const char *where) {
@@ -664,6 +699,16 @@ static int l_dir_read(lua_State *L) {
     return 1;
 }
 
+static int l_dir_tail(lua_State *L) {
+    fs_dir *d = check_dir_ud(L);
+    char msg[FS_WHY];
+    const char *name = name_arg(L, 2);
+    if (dir_tail(L, d->fd, d->path, name, luaL_checkinteger(L, 3), msg) < 0) {
+        return push_fail(L, msg, errno);
+    }
+    return 1;
+}
+
 static int l_dir_write(lua_State *L) {
     fs_dir *d = check_dir_ud(L);
     const char *name = name_arg(L, 2);
@@ -795,6 +840,26 @@ static int l_fs_append(lua_State *L) {
         return push_fail(L, msg, err);
     }
     lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* The last n bytes of the file at path (the directory's links followed, the file's not): as
+ * dir:tail */
+static int l_fs_tail(lua_State *L) {
+    const char *path = path_arg(L, 1);
+    lua_Integer n = luaL_checkinteger(L, 2);
+    char dir[FS_MAX_PATH], msg[FS_WHY];
+    const char *base;
+    int dfd = open_parent(path, dir, &base);
+    if (dfd < 0) {
+        return push_errno(L, "cannot open the directory of", path, errno);
+    }
+    int rc = dir_tail(L, dfd, dir, base, n, msg);
+    int err = errno;
+    close(dfd);
+    if (rc < 0) {
+        return push_fail(L, msg, err);
+    }
     return 1;
 }
 
@@ -1049,6 +1114,7 @@ void rotor_fs_open(lua_State *L) {
         {"fs_write_through", l_fs_write_through},
         {"fs_append", l_fs_append},
         {"fs_read", l_fs_read},
+        {"fs_tail", l_fs_tail},
         {"fs_mkdir", l_fs_mkdir},
         {"fs_exists", l_fs_exists},
         {"fs_list", l_fs_list},
@@ -1060,11 +1126,17 @@ void rotor_fs_open(lua_State *L) {
     };
     static const luaL_Reg lock_methods[] = {
         {"unlock", l_lock_unlock}, {"close", l_lock_unlock}, {"held", l_lock_held}, {NULL, NULL}};
-    static const luaL_Reg dir_methods[] = {{"read", l_dir_read},     {"write", l_dir_write},
-                                           {"append", l_dir_append}, {"lock", l_dir_lock},
-                                           {"list", l_dir_list},     {"remove", l_dir_remove},
-                                           {"chmod", l_dir_chmod},   {"path", l_dir_path},
-                                           {"close", l_dir_close},   {NULL, NULL}};
+    static const luaL_Reg dir_methods[] = {{"read", l_dir_read},
+                                           {"tail", l_dir_tail},
+                                           {"write", l_dir_write},
+                                           {"append", l_dir_append},
+                                           {"lock", l_dir_lock},
+                                           {"list", l_dir_list},
+                                           {"remove", l_dir_remove},
+                                           {"chmod", l_dir_chmod},
+                                           {"path", l_dir_path},
+                                           {"close", l_dir_close},
+                                           {NULL, NULL}};
     if (luaL_newmetatable(L, ROTOR_FS_LOCK_MT)) {
         luaL_newlib(L, lock_methods);
         lua_setfield(L, -2, "__index");

@@ -215,6 +215,41 @@ describe("store files and modes", function()
   end)
 end)
 
+describe("the audit trail's file #proc", function()
+  it("a FIFO or a link planted as audit.log: the trail neither blocks on it nor reads through it", function()
+    local dir = tmpdir("fifo")
+    local outside = dir .. "-outside"
+    sim.write_file(outside, "precious, no newline at the end")
+    -- in a process under a time limit: an open that blocks on the FIFO ends the spec, not the run
+    local script = [[
+      local s = assert(require("rotor.store").file(%q))
+      local trail = assert(require("rotor.audit").open(s))
+      local ok, err = trail:write { slot = "x", step = "test", outcome = "ok" }
+      print("write", ok, err)
+      require("rotor").parallel({ 1 }, function()   -- a group commit, on its thread
+        print("group", trail:write { slot = "x", step = "test", outcome = "ok" })
+      end)
+      local entries, eerr = trail:entries()
+      print("entries", entries, eerr)]]
+    assert.equal(0, select(2, sh("mkfifo " .. q(dir .. "/audit.log"))))
+    local out, rc = sh("timeout -k 5 20 " .. ROTOR .. " -e " .. q(script:format(dir)))
+    assert.equal(0, rc, out)
+    assert.matches("write\tnil\t[^\n]*audit%.log is not a regular file; remove it", out)
+    assert.matches("group\tnil\t[^\n]*audit%.log is not a regular file; remove it", out)
+    assert.matches("entries\tnil\t[^\n]*audit%.log is not a regular file; remove it", out)
+    os.remove(dir .. "/audit.log")
+    assert.equal(0, select(2, sh("ln -s " .. q(outside) .. " " .. q(dir .. "/audit.log"))))
+    out, rc = sh("timeout -k 5 20 " .. ROTOR .. " -e " .. q(script:format(dir)))
+    assert.equal(0, rc, out)
+    assert.matches("write\tnil\t[^\n]*audit%.log is a symbolic link", out)
+    assert.matches("group\tnil\t[^\n]*audit%.log is a symbolic link", out)
+    assert.matches("entries\tnil\t[^\n]*audit%.log is a symbolic link", out)
+    assert.equal("precious, no newline at the end", sim.read_file(outside))
+    os.remove(outside)
+    sh("rm -rf " .. q(dir))
+  end)
+end)
+
 describe("read-only commands #proc", function()
   it("status, due and rotate --dry-run leave the tree byte-for-byte unchanged", function()
     local root = tmpdir("readonly")

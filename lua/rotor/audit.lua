@@ -37,14 +37,14 @@ function Audit:fingerprint(secret)
   return core.hmac_sha256_hex(self.key, secret)
 end
 
--- true when the file is empty, absent, or ends with a newline
-local function ends_with_newline(path)
-  local f = io.open(path, "rb")
-  if not f then return true end
-  local size = f:seek("end")
-  local last = size and size > 0 and f:seek("end", -1) and f:read(1)
-  f:close()
-  return not last or last == "\n"
+-- false when the trail's file ends without a newline (a torn last line); true when it is empty,
+-- absent, ends with one, or cannot be read (the append that follows then says why). Opened as
+-- the append opens it: no link followed, a regular file only (never blocking on a FIFO).
+local function torn(trail)
+  local last
+  local store = trail.store
+  if store and store.audit_tail then last = store:audit_tail(1) else last = core.fs_tail(trail.path, 1) end
+  return type(last) == "string" and last ~= "" and last ~= "\n"
 end
 
 --- The entry written for fields (also used by trails kept elsewhere, e.g. in etcd): trail needs
@@ -72,7 +72,7 @@ function Audit:write(fields, later)
     -- a run killed in the middle of an append leaves a line without its newline: start on a fresh
     -- line, so that the torn entry stays alone and every later one parses
     self.checked_tail = true
-    if not ends_with_newline(self.path) then line = "\n" .. line end
+    if torn(self) then line = "\n" .. line end
   end
   -- a store appends relative to its directory, under its trust rule; else the file named
   if self.store then return self.store:audit_append(line, later) end
@@ -85,9 +85,18 @@ end
 
 --- Read the trail back: an array of entries (for status and tests).
 function Audit:entries()
-  if not core.fs_exists(self.path) then return {} end
-  local text, msg = core.fs_read(self.path)
-  if not text then return nil, errors.new { kind = "store", message = "cannot read the audit trail", detail = msg } end
+  local text, msg
+  if self.store and self.store.audit_read then
+    text, msg = self.store:audit_read()
+    if text == nil then return nil, msg end
+  else
+    if not core.fs_exists(self.path) then return {} end
+    text, msg = core.fs_read(self.path)
+    if not text then
+      return nil, errors.new { kind = "store", message = "cannot read the audit trail", detail = msg }
+    end
+  end
+  if not text then return {} end
   local out = {}
   for line in text:gmatch("[^\n]+") do
     local e = json.decode(line)

@@ -8,6 +8,7 @@
 --   store:lock(slot)         -> lock (lock:unlock()) | nil, err (kind "locked" when held)
 --   store:list()             -> { slot names } | nil, err
 --   store:audit_path(), store:audit_key()   the audit trail and its fingerprint key (0600)
+--   store:audit_tail(n), store:audit_read()  its last n bytes, its text (false: none yet)
 --
 -- A record is { slot=, provider=, versions={current=, pending=, previous=}, journal={...},
 -- rotation=, last= }; each version { client_id, secret, created, expires, meta }. The secret is
@@ -216,6 +217,23 @@ end
 
 function Store:audit_path()
   return self.dir .. "/audit.log"
+end
+
+--- The last n bytes of the audit trail (false when there is none yet), opened as the append
+-- opens it: relative to the store directory, following no link, a regular file only.
+function Store:audit_tail(n)
+  if not self.fd then return false end
+  local tail, msg = self.fd:tail("audit.log", n)
+  if tail == nil then return nil, store_error("cannot read the audit trail", msg) end
+  return tail
+end
+
+--- The audit trail's text (false when there is none yet), opened as audit_tail opens it.
+function Store:audit_read()
+  if not self.fd then return false end
+  local text, msg = self.fd:read("audit.log")
+  if text == nil then return nil, store_error("cannot read the audit trail", msg) end
+  return text
 end
 
 --- Append a line to the audit trail (O_NOFOLLOW, relative to the store directory, 0600).
