@@ -38,7 +38,6 @@
 #define DURABLE_MAX_ITEMS 4096
 
 enum { OP_ATOMIC, OP_APPEND };
-enum { ODD_LINK = 1, ODD_KIND = 2 };
 
 typedef struct {
     int op;
@@ -57,7 +56,7 @@ typedef struct {
     int created;      /* OP_APPEND: the file was new (its directory needs an fsync) */
     int spare;        /* OP_ATOMIC: tmp is the slot's spare file (swapped in, not renamed over) */
     int lockfd;       /* the spare's flock, held from its opening until it was swapped in */
-    int odd;          /* open_regular found a link (ODD_LINK) or another kind of file (ODD_KIND) */
+    char *why;        /* rotor_fs_open_in's message, when it refused the file */
 } item;
 
 typedef struct {
@@ -87,6 +86,7 @@ static void job_free(job *j) {
         if (it->lockfd >= 0) {
             close(it->lockfd);
         }
+        free(it->why);
         free(it->where);
         free(it->name);
         free(it->tmp);
@@ -148,24 +148,16 @@ static void sync_dirs(job *j) {
     }
 }
 
-/* Open name in the item's directory without following a link; a regular file, or -1 (and, when
- * odd is given, ODD_LINK or ODD_KIND in it for a link or another kind of file). */
-static int open_regular(const item *it, const char *name, int flags, int *odd) {
-    int fd = openat(it->dfd, name, flags | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK, 0600);
-    struct stat st;
-    if (fd < 0 && (errno == ELOOP || errno == ENXIO) && odd != NULL) {
-        *odd = errno == ELOOP ? ODD_LINK : ODD_KIND; /* ENXIO: a FIFO nobody reads */
-    }
-    if (fd >= 0 && (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))) {
-        close(fd);
-        if (odd != NULL) {
-            *odd = ODD_KIND;
-        }
-        errno = EINVAL;
-        return -1;
-    }
-    if (fd >= 0) {
-        fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+/* Open name in the item's directory as csrc/fs.c opens store files: no link followed, never
+ * blocking on a FIFO, a regular file only (made when missing with O_CREAT, *created telling);
+ * -1 and, when why is given, the message naming the problem in *why (allocated). */
+static int open_regular(const item *it, const char *name, int flags, int *created, char **why) {
+    char msg[ROTOR_FS_WHY];
+    int fd = rotor_fs_open_in(it->dfd, it->where, name, flags, it->mode, created, msg);
+    if (fd < 0 && why != NULL) {
+        int err = errno;
+        *why = strdup(msg);
+        errno = err;
     }
     return fd;
 }
@@ -196,10 +188,8 @@ static int lock_spare(item *it, int fd, struct stat *held) {
  */
 static int open_spare(item *it) {
     snprintf(it->tmp, strlen(it->name) + 32, "%s.tmp.spare", it->name);
-    int fd = openat(it->dfd, it->tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
-    if (fd < 0 && errno == EEXIST) {
-        fd = open_regular(it, it->tmp, O_WRONLY, NULL);
-    }
+    int created;
+    int fd = open_regular(it, it->tmp, O_WRONLY | O_CREAT, &created, NULL);
     struct stat st;
     if (fd >= 0 && (lock_spare(it, fd, &st) != 0 || (st.st_size != 0 && ftruncate(fd, 0) != 0) ||
                     ((st.st_mode & 07777) != it->mode && fchmod(fd, it->mode) != 0) ||
@@ -252,7 +242,7 @@ static void empty_spares(job *j) {
         if (it->spare != 2) {
             continue;
         }
-        int fd = open_regular(it, it->tmp, O_WRONLY, NULL);
+        int fd = open_regular(it, it->tmp, O_WRONLY, NULL, NULL);
         if (fd < 0) {
             continue;
         }
@@ -357,16 +347,8 @@ static void *run_job(void *arg) {
                 fail(it, "cannot write");
             }
         } else {
-            it->fd = openat(it->dfd, it->name,
-                            O_WRONLY | O_APPEND | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
-            it->created = it->fd >= 0;
-            if (it->created && fchmod(it->fd, it->mode) != 0) {
-                fail(it, "cannot open");
-                continue;
-            }
-            if (it->fd < 0 && errno == EEXIST) {
-                it->fd = open_regular(it, it->name, O_WRONLY | O_APPEND, &it->odd);
-            }
+            it->fd =
+                open_regular(it, it->name, O_WRONLY | O_APPEND | O_CREAT, &it->created, &it->why);
             if (it->fd < 0) {
                 fail(it, "cannot open");
                 continue;
@@ -538,13 +520,8 @@ static int l_job_results(lua_State *L) {
         item *it = &j->items[i];
         if (it->err == 0) {
             lua_pushboolean(L, 1);
-        } else if (it->odd == ODD_LINK) {
-            lua_pushfstring(L,
-                            "%s/%s is a symbolic link: rotor follows no link inside this "
-                            "directory; remove it",
-                            it->where, it->name);
-        } else if (it->odd == ODD_KIND) {
-            lua_pushfstring(L, "%s/%s is not a regular file; remove it", it->where, it->name);
+        } else if (it->why != NULL) {
+            lua_pushstring(L, it->why);
         } else {
             lua_pushfstring(L, "%s %s/%s: %s", it->what, it->where, it->name, strerror(it->err));
         }

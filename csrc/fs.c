@@ -52,7 +52,7 @@
 #define FS_MAX_READ ((off_t)16 * 1024 * 1024) /* largest file a read loads */
 #define FS_MAX_PATH 4096
 #define FS_MAX_LINKS 40
-#define FS_WHY 768
+#define FS_WHY ROTOR_FS_WHY
 
 typedef struct {
     int fd; /* -1 once released */
@@ -330,9 +330,9 @@ static int trusted_dir(const char *path, int create, const char *const *trusted,
 /* ---- operations relative to a directory descriptor ---- */
 
 /* Open name in dfd without following a link; must be a regular file. *created tells whether
- * this call made it (then its mode is set with fchmod). */
-static int open_in(int dfd, const char *where, const char *name, int flags, mode_t mode,
-                   int *created, char *msg) {
+ * this call made it (then its mode is set with fchmod). Also csrc/durable.c's opener. */
+int rotor_fs_open_in(int dfd, const char *where, const char *name, int flags, mode_t mode,
+                     int *created, char *msg) {
     int fd = -1;
     if (created != NULL) {
         *created = 0;
@@ -394,7 +394,7 @@ static int dir_write_atomic(int dfd, const char *where, const char *name, const 
         }
         snprintf(tmp, sizeof tmp, "%s.tmp.%02x%02x%02x%02x%02x%02x", name, rnd[0], rnd[1], rnd[2],
                  rnd[3], rnd[4], rnd[5]);
-        fd = open_in(dfd, where, tmp, O_WRONLY | O_CREAT, 0600, &created, msg);
+        fd = rotor_fs_open_in(dfd, where, tmp, O_WRONLY | O_CREAT, 0600, &created, msg);
         if (fd >= 0 && !created) {
             close(fd); /* a name already taken: draw another */
             fd = -1;
@@ -437,7 +437,7 @@ static int dir_write_atomic(int dfd, const char *where, const char *name, const 
 static int dir_append(int dfd, const char *where, const char *name, const char *data, size_t len,
                       mode_t mode, char *msg) {
     int created, err;
-    int fd = open_in(dfd, where, name, O_WRONLY | O_APPEND | O_CREAT, mode, &created, msg);
+    int fd = rotor_fs_open_in(dfd, where, name, O_WRONLY | O_APPEND | O_CREAT, mode, &created, msg);
     if (fd < 0) {
         return -1;
     }
@@ -499,7 +499,7 @@ static int read_fd(lua_State *L, int fd, const char *where, const char *name, ch
 /* Read name in dfd: 1 with the contents pushed, 0 when it does not exist, -1 on error. */
 static int dir_read(lua_State *L, int dfd, const char *where, const char *name, char *msg) {
     char slash_name[NAME_MAX + 2];
-    int fd = open_in(dfd, where, name, O_RDONLY, 0, NULL, msg);
+    int fd = rotor_fs_open_in(dfd, where, name, O_RDONLY, 0, NULL, msg);
     if (fd < 0) {
         return errno == ENOENT ? 0 : -1;
     }
@@ -508,12 +508,12 @@ static int dir_read(lua_State *L, int dfd, const char *where, const char *name, 
 }
 
 /* Push the last n bytes (at most 4096) of name in dfd: a string, false when there is no such
- * file; -1 (msg set) when it cannot be opened under the rule of open_in (a link, a FIFO or any
- * other non-regular file is refused, and nothing blocks on it) or read. */
+ * file; -1 (msg set) when it cannot be opened under the rule of rotor_fs_open_in (a link, a FIFO or
+ * any other non-regular file is refused, and nothing blocks on it) or read. */
 static int dir_tail(lua_State *L, int dfd, const char *where, const char *name, lua_Integer n,
                     char *msg) {
     char buf[4096];
-    int fd = open_in(dfd, where, name, O_RDONLY, 0, NULL, msg);
+    int fd = rotor_fs_open_in(dfd, where, name, O_RDONLY, 0, NULL, msg);
     if (fd < 0) {
         if (errno != ENOENT) {
             return -1;
@@ -569,7 +569,7 @@ static int dir_lock(lua_State *L, int dfd, const char *where, const char *name) 
     char msg[FS_WHY];
     char pid[32];
     int created;
-    int fd = open_in(dfd, where, name, O_RDWR | O_CREAT, 0600, &created, msg);
+    int fd = rotor_fs_open_in(dfd, where, name, O_RDWR | O_CREAT, 0600, &created, msg);
     if (fd < 0) {
         return push_fail(L, msg, errno);
     }

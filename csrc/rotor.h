@@ -3,6 +3,7 @@
 #define ROTOR_H
 
 #include <stddef.h>
+#include <sys/types.h>
 #include <lua.h>
 #include <lauxlib.h>
 #include <lualib.h>
@@ -63,6 +64,12 @@ void rotor_global_init(void);
 void rotor_fs_open(lua_State *L);
 /* The descriptor of a rotor.fs_dir at idx (raises if it is not one, or closed), and its path. */
 int rotor_fs_dir_fd(lua_State *L, int idx, const char **path);
+/* Open name in the directory dfd (where: its path, for messages) without following a link, never
+ * blocking on a FIFO: a regular file, or -1 with msg (ROTOR_FS_WHY bytes) naming the problem and
+ * its fix. With O_CREAT it is made when missing (*created set, its mode set to mode). */
+#define ROTOR_FS_WHY 768
+int rotor_fs_open_in(int dfd, const char *where, const char *name, int flags, mode_t mode,
+                     int *created, char *msg);
 
 /* durable.c: group-committed durable writes on a thread (core.durable_start) */
 void rotor_durable_open(lua_State *L);

@@ -37,7 +37,7 @@ function Audit:fingerprint(secret)
   return core.hmac_sha256_hex(self.key, secret)
 end
 
--- false when the trail's file ends without a newline (a torn last line); true when it is empty,
+-- true when the trail's file ends without a newline (a torn last line); false when it is empty,
 -- absent, ends with one, or cannot be read (the append that follows then says why). Opened as
 -- the append opens it: no link followed, a regular file only (never blocking on a FIFO).
 local function torn(trail)

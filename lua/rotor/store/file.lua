@@ -219,22 +219,20 @@ function Store:audit_path()
   return self.dir .. "/audit.log"
 end
 
---- The last n bytes of the audit trail (false when there is none yet), opened as the append
--- opens it: relative to the store directory, following no link, a regular file only.
-function Store:audit_tail(n)
+-- d:read or d:tail of the audit trail, opened as the append opens it: relative to the store
+-- directory, following no link, a regular file only; false when there is none yet
+local function read_trail(self, how, ...)
   if not self.fd then return false end
-  local tail, msg = self.fd:tail("audit.log", n)
-  if tail == nil then return nil, store_error("cannot read the audit trail", msg) end
-  return tail
+  local v, msg = self.fd[how](self.fd, "audit.log", ...)
+  if v == nil then return nil, store_error("cannot read the audit trail", msg) end
+  return v
 end
 
---- The audit trail's text (false when there is none yet), opened as audit_tail opens it.
-function Store:audit_read()
-  if not self.fd then return false end
-  local text, msg = self.fd:read("audit.log")
-  if text == nil then return nil, store_error("cannot read the audit trail", msg) end
-  return text
-end
+--- The last n bytes of the audit trail (false when there is none yet).
+function Store:audit_tail(n) return read_trail(self, "tail", n) end
+
+--- The audit trail's text (false when there is none yet).
+function Store:audit_read() return read_trail(self, "read") end
 
 --- Append a line to the audit trail (O_NOFOLLOW, relative to the store directory, 0600).
 -- later = true: returns at once a ticket whose ticket:wait() gives the result, the append queued for the
