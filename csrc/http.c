@@ -24,12 +24,27 @@
 
 enum fail_reason { FAIL_NONE = 0, FAIL_BODY_CAP, FAIL_HEADER_CAP };
 
+/* a response header: its name (lower-cased) and value, trimmed, each NUL-terminated, at these
+ * offsets of the transfer's header buffer (one zeroed allocation for them all) */
 typedef struct hdr {
-    char *name, *value;
+    size_t name, name_len, value, value_len;
 } hdr;
+
+/* An easy handle kept for reuse, and what its last transfer left set on it: set = 0 after
+ * curl_easy_reset (or when new); set = 1 when it carries the options every transfer sets the
+ * same way, with this CA bundle and this proxy (each NULL when none was set; proxy "" for a
+ * direct transfer). Such a handle is used again as it is for a transfer that wants the same
+ * bundle and proxy and nothing else beyond what every transfer sets; any other is reset first. */
+typedef struct easy_state {
+    CURL *easy;
+    int set;
+    char *cainfo, *proxy;
+} easy_state;
 
 typedef struct xfer {
     CURL *easy;
+    easy_state st; /* st.easy unused: easy above */
+    int rare;      /* it set an option beyond the shared ones: its handle is reset after it */
     lua_Integer id;
     struct curl_slist *req_headers;
     rotor_buf req_body;
@@ -38,8 +53,9 @@ typedef struct xfer {
     rotor_buf body;
     size_t max_body;
     hdr *headers;
-    int nheaders, max_headers;
+    int nheaders, headers_cap, max_headers;
     size_t header_bytes;
+    rotor_buf header_text; /* the names and values of headers[] */
     enum fail_reason fail;
     CURLcode result;
     int done;
@@ -57,7 +73,7 @@ typedef struct multi {
     xfer *xfers;
     lua_Integer next_id;
     int running;
-    CURL *idle[IDLE_MAX];
+    easy_state idle[IDLE_MAX];
     int nidle;
 } multi;
 
@@ -177,20 +193,25 @@ static void zero_slist(struct curl_slist *l) {
 }
 
 static void free_headers(xfer *x) {
-    for (int i = 0; i < x->nheaders; i++) {
-        rotor_free_secure(x->headers[i].name, strlen(x->headers[i].name));
-        rotor_free_secure(x->headers[i].value, strlen(x->headers[i].value));
-    }
+    rotor_buf_free(&x->header_text);
     free(x->headers);
     x->headers = NULL;
-    x->nheaders = 0;
+    x->nheaders = x->headers_cap = 0;
     x->header_bytes = 0;
+}
+
+static void easy_state_clear(easy_state *st) {
+    free(st->cainfo);
+    free(st->proxy);
+    st->cainfo = st->proxy = NULL;
+    st->set = 0;
 }
 
 static void xfer_free(xfer *x) {
     if (x->easy != NULL) {
         curl_easy_cleanup(x->easy);
     }
+    easy_state_clear(&x->st);
     zero_slist(x->req_headers);
     curl_slist_free_all(x->req_headers);
     rotor_buf_free(&x->req_body);
@@ -201,14 +222,42 @@ static void xfer_free(xfer *x) {
     free(x);
 }
 
-/* Free a finished transfer, keeping its easy handle (reset to defaults) for the next one. */
+/* Free a finished transfer, keeping its easy handle for the next one: as it is after a plain
+ * transfer that went well, reset to libcurl's defaults after any other. */
 static void xfer_release(multi *m, xfer *x) {
     if (x->easy != NULL && m->nidle < IDLE_MAX) {
-        curl_easy_reset(x->easy);
-        m->idle[m->nidle++] = x->easy;
+        easy_state *st = &m->idle[m->nidle++];
+        if (x->rare || x->result != CURLE_OK || !x->st.set) {
+            curl_easy_reset(x->easy);
+            easy_state_clear(&x->st);
+        } else {
+            /* nothing of this transfer stays pointed at: x and its buffers are freed below */
+            curl_easy_setopt(x->easy, CURLOPT_PRIVATE, NULL);
+            curl_easy_setopt(x->easy, CURLOPT_ERRORBUFFER, NULL);
+            curl_easy_setopt(x->easy, CURLOPT_WRITEDATA, NULL);
+            curl_easy_setopt(x->easy, CURLOPT_HEADERDATA, NULL);
+            curl_easy_setopt(x->easy, CURLOPT_HTTPHEADER, NULL);
+            curl_easy_setopt(x->easy, CURLOPT_POSTFIELDS, NULL);
+        }
+        *st = x->st;
+        st->easy = x->easy;
+        x->st.cainfo = x->st.proxy = NULL;
         x->easy = NULL;
     }
     xfer_free(x);
+}
+
+static int same_string(const char *a, const char *b) {
+    return (a == NULL && b == NULL) || (a != NULL && b != NULL && strcmp(a, b) == 0);
+}
+
+/* a copy of s (NULL stays NULL); 0, or -1 when out of memory */
+static int copy_string(char **to, const char *s) {
+    *to = NULL;
+    if (s != NULL && (*to = strdup(s)) == NULL) {
+        return -1;
+    }
+    return 0;
 }
 
 static size_t on_body(char *ptr, size_t size, size_t nmemb, void *ud) {
@@ -222,7 +271,9 @@ static size_t on_body(char *ptr, size_t size, size_t nmemb, void *ud) {
     return x->body.failed ? 0 : n;
 }
 
-static char *dup_trim(const char *p, size_t n) {
+/* Append p[0..n), without leading blanks and trailing blanks or line ends, and a NUL to b;
+ * returns its offset and sets *len (lower-cased when lower). */
+static size_t add_trimmed(rotor_buf *b, const char *p, size_t n, int lower, size_t *len) {
     while (n > 0 && (p[0] == ' ' || p[0] == '\t')) {
         p++;
         n--;
@@ -230,12 +281,16 @@ static char *dup_trim(const char *p, size_t n) {
     while (n > 0 && (p[n - 1] == ' ' || p[n - 1] == '\t' || p[n - 1] == '\r' || p[n - 1] == '\n')) {
         n--;
     }
-    char *s = malloc(n + 1);
-    if (s != NULL) {
-        memcpy(s, p, n);
-        s[n] = '\0';
+    size_t at = b->len;
+    rotor_buf_add(b, p, n);
+    rotor_buf_add(b, "", 1);
+    if (lower && !b->failed) {
+        for (char *c = b->data + at; *c; c++) {
+            *c = (char)tolower((unsigned char)*c);
+        }
     }
-    return s;
+    *len = n;
+    return at;
 }
 
 static size_t on_header(char *ptr, size_t size, size_t nmemb, void *ud) {
@@ -254,24 +309,25 @@ static size_t on_header(char *ptr, size_t size, size_t nmemb, void *ud) {
         x->fail = FAIL_HEADER_CAP;
         return 0;
     }
-    if (x->headers == NULL) {
-        x->headers = calloc((size_t)x->max_headers, sizeof(hdr));
-        if (x->headers == NULL) {
+    if (x->nheaders == x->headers_cap) {
+        int cap = x->headers_cap ? 2 * x->headers_cap : 16;
+        if (cap > x->max_headers) {
+            cap = x->max_headers;
+        }
+        hdr *nh = realloc(x->headers, (size_t)cap * sizeof(hdr));
+        if (nh == NULL) {
             return 0;
         }
+        x->headers = nh;
+        x->headers_cap = cap;
     }
-    char *name = dup_trim(ptr, (size_t)(colon - ptr));
-    char *value = dup_trim(colon + 1, n - (size_t)(colon - ptr) - 1);
-    if (name == NULL || value == NULL) {
-        free(name);
-        free(value);
+    hdr *h = &x->headers[x->nheaders];
+    h->name = add_trimmed(&x->header_text, ptr, (size_t)(colon - ptr), 1, &h->name_len);
+    h->value =
+        add_trimmed(&x->header_text, colon + 1, n - (size_t)(colon - ptr) - 1, 0, &h->value_len);
+    if (x->header_text.failed) {
         return 0;
     }
-    for (char *c = name; *c; c++) {
-        *c = (char)tolower((unsigned char)*c);
-    }
-    x->headers[x->nheaders].name = name;
-    x->headers[x->nheaders].value = value;
     x->nheaders++;
     return n;
 }
@@ -492,6 +548,7 @@ static const char *parse_request(lua_State *L, int idx, req_spec *r) {
  * is set, or reset, here). 0, or -1 when out of memory. */
 static int apply_request(multi *m, xfer *x, const req_spec *r) {
     CURL *e = x->easy;
+    easy_state *st = &x->st;
     if (r->body != NULL) {
         rotor_buf_add(&x->req_body, r->body, r->body_len);
         if (x->req_body.failed) {
@@ -500,42 +557,59 @@ static int apply_request(multi *m, xfer *x, const req_spec *r) {
     }
     x->max_body = (size_t)r->max_body;
     x->max_headers = (int)r->max_headers;
+    /* the proxy this transfer wants: "" (none, whatever the environment says) for a loopback
+     * target, else the request's (NULL: libcurl's default, the *_proxy variables) */
+    const char *proxy = r->direct ? "" : r->proxy;
+    if (st->set && !(same_string(st->cainfo, r->cainfo) && same_string(st->proxy, proxy))) {
+        curl_easy_reset(e);
+        easy_state_clear(st);
+    }
+    if (!st->set) {
+        /* the options every transfer sets the same way, the CA bundle and the proxy */
+        curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+        curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+        curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+        curl_easy_setopt(e, CURLOPT_SHARE, m->share);
+        curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+        curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+        curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
+        curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
+        curl_easy_setopt(e, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
+        curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
+        curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, NULL);
+        if (r->cainfo != NULL) {
+            curl_easy_setopt(e, CURLOPT_CAINFO, r->cainfo);
+            /* that bundle alone: without the CA directory Debian's libcurl adds by default,
+             * libcurl keeps the store it builds from the bundle (per multi handle, for
+             * CA_CACHE_SECONDS) instead of reading and parsing the file again for every new
+             * connection */
+            curl_easy_setopt(e, CURLOPT_CAPATH, NULL);
+            curl_easy_setopt(e, CURLOPT_CA_CACHE_TIMEOUT, CA_CACHE_SECONDS);
+        }
+        if (proxy != NULL) {
+            curl_easy_setopt(e, CURLOPT_PROXY, proxy); /* "" also overrides *_proxy variables */
+        }
+        if (copy_string(&st->cainfo, r->cainfo) != 0 || copy_string(&st->proxy, proxy) != 0) {
+            return -1;
+        }
+        st->set = 1;
+    }
     curl_easy_setopt(e, CURLOPT_URL, r->url);
-    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
-    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(e, CURLOPT_SHARE, m->share);
     curl_easy_setopt(e, CURLOPT_PRIVATE, x);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
-    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
-    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(e, CURLOPT_HEADERDATA, x);
-    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
-    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
-    curl_easy_setopt(e, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, r->timeout_ms);
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, r->connect_ms);
-    curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
     curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, r->low_speed_s > 0 ? r->low_speed_s : 1L);
     curl_easy_setopt(e, CURLOPT_HTTP_VERSION,
                      r->http2 ? (long)CURL_HTTP_VERSION_2TLS : (long)CURL_HTTP_VERSION_1_1);
-    curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, NULL);
     /* HTTP/2: wait for a connection that may multiplex rather than open one per transfer */
     curl_easy_setopt(e, CURLOPT_PIPEWAIT, r->http2 ? 1L : 0L);
-    if (r->cainfo != NULL) {
-        curl_easy_setopt(e, CURLOPT_CAINFO, r->cainfo);
-        /* that bundle alone: without the CA directory Debian's libcurl adds by default, libcurl
-         * keeps the store it builds from the bundle (per multi handle, for CA_CACHE_SECONDS)
-         * instead of reading and parsing the file again for every new connection */
-        curl_easy_setopt(e, CURLOPT_CAPATH, NULL);
-        curl_easy_setopt(e, CURLOPT_CA_CACHE_TIMEOUT, CA_CACHE_SECONDS);
-    }
-    if (r->direct) {
-        curl_easy_setopt(e, CURLOPT_PROXY, ""); /* "" also overrides the *_proxy variables */
-    } else if (r->proxy != NULL) {
-        curl_easy_setopt(e, CURLOPT_PROXY, r->proxy);
-    }
+    /* the options below leave the handle to be reset after the transfer */
+    x->rare = r->sslcert != NULL || r->sslkey != NULL || r->once || r->fresh_connect ||
+              r->aws_sigv4 != NULL || r->userpwd != NULL ||
+              (strcmp(r->method, "GET") != 0 && strcmp(r->method, "POST") != 0);
     /* a client certificate and its key (PEM files), for servers that require one */
     if (r->sslcert != NULL) {
         curl_easy_setopt(e, CURLOPT_SSLCERT, r->sslcert);
@@ -617,7 +691,12 @@ static int l_multi_add(lua_State *L) {
     if (x == NULL) {
         return luaL_error(L, "request: out of memory");
     }
-    x->easy = m->nidle > 0 ? m->idle[--m->nidle] : curl_easy_init();
+    if (m->nidle > 0) {
+        x->st = m->idle[--m->nidle];
+        x->easy = x->st.easy;
+    } else {
+        x->easy = curl_easy_init();
+    }
     if (x->easy == NULL) {
         free(x);
         return luaL_error(L, "request: curl_easy_init failed");
@@ -675,7 +754,9 @@ static const char *error_kind(CURLcode rc) {
 /* Push the result table of a finished transfer. */
 static void push_result(lua_State *L, xfer *x) {
     CURL *e = x->easy;
-    lua_createtable(L, 0, 6);
+    /* id, time, sent, status, headers, body, and the two fields rotor.http adds (attempts,
+     * waited): sized once */
+    lua_createtable(L, 0, 8);
     lua_pushinteger(L, x->id);
     lua_setfield(L, -2, "id");
     long status = 0;
@@ -725,16 +806,19 @@ static void push_result(lua_State *L, xfer *x) {
     }
     lua_createtable(L, 0, x->nheaders);
     for (int i = 0; i < x->nheaders; i++) {
-        lua_getfield(L, -1, x->headers[i].name);
-        if (lua_isnil(L, -1)) {
+        const hdr *h = &x->headers[i];
+        const char *text = x->header_text.data;
+        lua_pushlstring(L, text + h->name, h->name_len);
+        lua_pushvalue(L, -1);
+        if (lua_rawget(L, -3) == LUA_TNIL) {
             lua_pop(L, 1);
-            lua_pushstring(L, x->headers[i].value);
+            lua_pushlstring(L, text + h->value, h->value_len);
         } else {
             lua_pushliteral(L, ", ");
-            lua_pushstring(L, x->headers[i].value);
+            lua_pushlstring(L, text + h->value, h->value_len);
             lua_concat(L, 3);
         }
-        lua_setfield(L, -2, x->headers[i].name);
+        lua_rawset(L, -3);
     }
     lua_setfield(L, -2, "headers");
     lua_pushlstring(L, x->body.data ? x->body.data : "", x->body.len);
@@ -827,7 +911,9 @@ static void multi_close(multi *m) {
         xfer_free(x);
     }
     while (m->nidle > 0) {
-        curl_easy_cleanup(m->idle[--m->nidle]);
+        easy_state *st = &m->idle[--m->nidle];
+        curl_easy_cleanup(st->easy);
+        easy_state_clear(st);
     }
     curl_multi_cleanup(m->multi);
     m->multi = NULL;

@@ -69,6 +69,45 @@ describe("HTTPS transfers", function()
     assert.is_true(entries[1].conn ~= entries[2].conn and entries[2].conn ~= entries[3].conn)
   end)
 
+  -- The core keeps each finished transfer's easy handle and uses it again as it is when the next
+  -- transfer wants the same CA bundle and proxy and nothing rarer (csrc/http.c, easy_state);
+  -- these sequential calls all get the one kept handle. Nothing of a transfer may reach the next.
+  describe("a kept easy handle", function()
+    local path = "/genesys/api/v2/tokens/me"
+    local function conns(entries)
+      local seen, n = {}, 0
+      for _, e in ipairs(entries) do
+        if not seen[e.conn] then seen[e.conn], n = true, n + 1 end
+      end
+      return n
+    end
+
+    it("does not keep the CA bundle of the transfer before", function()
+      assert.equals(200, assert(http.request(me())).status)
+      local res, err = http.request(me { cainfo = false })
+      assert.is_nil(res)
+      assert.equals("tls", err.kind)
+      assert.equals(200, assert(http.request(me())).status)
+    end)
+
+    it("does not keep a fresh connection, nor a method, of the transfer before", function()
+      local mark = #log_since(0, path)
+      assert.equals(200, assert(http.request(me { fresh_connect = true })).status)
+      for _ = 1, 3 do assert.equals(200, assert(http.request(me())).status) end
+      local entries = log_since(mark, path)
+      assert.equals(4, #entries)
+      -- the three after the fresh one share a connection: FRESH_CONNECT / FORBID_REUSE went
+      assert.equals(1, conns { entries[2], entries[3], entries[4] })
+      mark = #log_since(0, path)
+      http.request(me { method = "DELETE" })
+      assert.equals(200, assert(http.request(me())).status)
+      entries = log_since(mark, path)
+      assert.equals(2, #entries)
+      assert.equals("DELETE", entries[1].method)
+      assert.equals("GET", entries[2].method)
+    end)
+  end)
+
   -- a minting request (once=true) on the warm connection of an earlier request; the server
   -- processes it and closes the connection without a reply (a dead keep-alive connection)
   for _, h2 in ipairs { false, true } do

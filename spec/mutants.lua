@@ -98,6 +98,15 @@ local MUTANTS = {
     "a group empties a spare it opened even after another group swapped that file in",
     "csrc/durable.c", { { "held->st_dev != named.st_dev || held->st_ino != named.st_ino ||",
       "held->st_dev != named.st_dev ||" } }, { "spec/durable_spec.lua" }),
+  m("easy-same-ca", "a kept easy handle does not carry a CA bundle into the next transfer",
+    "every kept handle is taken for one set up with the wanted CA bundle and proxy",
+    "csrc/http.c", { { "    return (a == NULL && b == NULL) || (a != NULL && b != NULL && strcmp(a, b) == 0);",
+      "    return 1;" } }, { "spec/http_spec.lua" }),
+  m("easy-not-reset", "a kept easy handle does not carry a rarer option into the next transfer",
+    "a handle is kept as it is after a fresh-connection, at-most-once, signed or custom-method transfer",
+    "csrc/http.c", { { "    /* a client certificate and its key (PEM files), for servers that require one */\n",
+      "    x->rare = 0;\n    /* a client certificate and its key (PEM files), for servers that require one */\n" } },
+    { "spec/http_spec.lua" }),
 }
 
 package.path = "./?.lua;" .. package.path

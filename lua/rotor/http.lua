@@ -84,8 +84,16 @@ local function backoff(attempt, d)
   return cap / 2 + jitter() * cap / 2
 end
 
+-- An error of a request under policy: the policy's provider and op unless fields name their own.
+-- Returns nil, err.
+local function fail(policy, fields)
+  if fields.provider == nil then fields.provider = policy.provider end
+  if fields.op == nil then fields.op = policy.op end
+  return nil, errors.new(fields)
+end
+
 -- One attempt. Returns res | nil, err; or nil, nil, seconds to wait before the next attempt.
-function _M.attempt(req, policy, attempt, waited, retries, max_wait, fail)
+function _M.attempt(req, policy, attempt, waited, retries, max_wait)
   local d = _M.defaults
   if policy.rate then
     local w = reserve(policy.rate)
@@ -93,7 +101,7 @@ function _M.attempt(req, policy, attempt, waited, retries, max_wait, fail)
   end
   local res, rerr = sched.request(req)
   if not res then
-    return fail { kind = rerr.kind or "config", message = rerr.message }
+    return fail(policy, { kind = rerr.kind or "config", message = rerr.message })
   end
   local e = res.error
   if e then
@@ -102,21 +110,21 @@ function _M.attempt(req, policy, attempt, waited, retries, max_wait, fail)
       if waited + w <= max_wait then return nil, nil, w end
     end
     if policy.mint and res.sent then
-      return fail { kind = "ambiguous", message = "the minting request was sent but its outcome is "
-        .. "unknown (" .. e.kind .. ": " .. e.message .. "); it was not retried" }
+      return fail(policy, { kind = "ambiguous", message = "the minting request was sent but its outcome is "
+        .. "unknown (" .. e.kind .. ": " .. e.message .. "); it was not retried" })
     end
     local msg = e.message
     if e.kind == "tls" and not tostring(msg):find("cainfo", 1, true) then
       msg = tostring(msg) .. " (a provider or test server with a private CA: set the provider option cainfo "
         .. "to its CA bundle, PEM)"
     end
-    return fail { kind = e.kind, message = msg }
+    return fail(policy, { kind = e.kind, message = msg })
   end
   local status = res.status
   if _M.RETRY_STATUS[status] then
     if policy.mint and status ~= 429 then
-      return fail { kind = "ambiguous", status = status, message = "the minting request got "
-        .. status .. "; whether a secret was minted is unknown, so it was not retried" }
+      return fail(policy, { kind = "ambiguous", status = status, message = "the minting request got "
+        .. status .. "; whether a secret was minted is unknown, so it was not retried" })
     end
     local ra = _M.parse_retry_after(res.headers["retry-after"])
     local w = ra or backoff(attempt, d)
@@ -124,8 +132,8 @@ function _M.attempt(req, policy, attempt, waited, retries, max_wait, fail)
       return nil, nil, w
     end
     if status == 429 then
-      return fail { kind = "rate_limited", status = 429, retry_after = ra,
-        message = "rate limited; gave up after waiting " .. string.format("%.1f", waited) .. " s" }
+      return fail(policy, { kind = "rate_limited", status = 429, retry_after = ra,
+        message = "rate limited; gave up after waiting " .. string.format("%.1f", waited) .. " s" })
     end
     -- a 5xx that stayed: hand it back to the caller's error mapping
   end
@@ -134,24 +142,21 @@ function _M.attempt(req, policy, attempt, waited, retries, max_wait, fail)
   return res
 end
 
+local NO_POLICY = {}
+
 --- request(req, policy) -> res | nil, err
 -- policy: provider, op, mint (never re-send once it may have reached the server), retries,
 -- max_wait (bound on the total time spent waiting for retries, s), rate ({key, rate, per, burst}).
 function _M.request(req, policy)
-  policy = policy or {}
+  policy = policy or NO_POLICY
   local d = _M.defaults
   local retries = policy.retries or d.retries
   local max_wait = policy.max_wait or d.max_wait
   local waited = 0
   local attempt = 0
-  local base = { provider = policy.provider, op = policy.op }
-  local function fail(fields)
-    for k, v in pairs(base) do if fields[k] == nil then fields[k] = v end end
-    return nil, errors.new(fields)
-  end
   while true do
     attempt = attempt + 1
-    local res, err, retry_in = _M.attempt(req, policy, attempt, waited, retries, max_wait, fail)
+    local res, err, retry_in = _M.attempt(req, policy, attempt, waited, retries, max_wait)
     if not retry_in then return res, err end
     waited = waited + retry_in
     sched.sleep(retry_in)

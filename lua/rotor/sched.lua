@@ -17,6 +17,15 @@ local loop              -- the running loop, or nil
 local owner = setmetatable({}, { __mode = "k" })  -- coroutine -> its loop
 
 local WAKE = {}          -- sentinel value passed when a sleeper or waiter wakes
+local NONE = {}          -- in the ready queue: a coroutine resumed with no value
+
+-- queue co to be resumed with value: the loop's ready queue holds coroutine, value pairs in one
+-- array (an entry per wake-up would be a table made per transfer)
+local function wake(l, co, value)
+  local q = l.ready
+  local n = #q
+  q[n + 1], q[n + 2] = co, value == nil and NONE or value
+end
 
 local function get_sync_multi()
   if not sync_multi then sync_multi = core.multi() end
@@ -86,7 +95,7 @@ function _M.notify(key)
   local q = l.waiters[key]
   if not q then return end
   l.waiters[key] = nil
-  for i = 1, #q do l.ready[#l.ready + 1] = { co = q[i], value = WAKE } end
+  for i = 1, #q do wake(l, q[i], WAKE) end
 end
 
 -- A durable write's ticket: wait() returns true | nil, message once the bytes are on disk.
@@ -155,7 +164,7 @@ local function durable_collect(l)
   l.durable_old, l.durable_job = job, nil
   for i, t in ipairs(l.durable_running) do
     t.done, t.ok = true, res[i]
-    if t.co then l.ready[#l.ready + 1] = { co = t.co } end
+    if t.co then wake(l, t.co) end
   end
   l.durable_running = nil
 end
@@ -164,7 +173,7 @@ local function new_loop()
   return {
     multi = loop and loop.multi or core.multi(),
     transfers = {}, ntransfers = 0,
-    sleepers = {}, waiters = {}, ready = {},
+    sleepers = {}, waiters = {}, ready = {}, ready_spare = {},
     durable_queue = {}, durable_waiters = {},
   }
 end
@@ -174,12 +183,15 @@ local function drive(l, group)
   while group.left > 0 do
     -- run what is ready
     while #l.ready > 0 do
+      -- the queue is swapped with an empty one: wake-ups during this round go to the next
       local batch = l.ready
-      l.ready = {}
-      for i = 1, #batch do
-        local r = batch[i]
-        if co_status(r.co) == "suspended" then
-          local ok, a = co_resume(r.co, r.value, r.value2)
+      l.ready, l.ready_spare = l.ready_spare, batch
+      for i = 1, #batch, 2 do
+        local co, value = batch[i], batch[i + 1]
+        batch[i], batch[i + 1] = nil, nil
+        if co_status(co) == "suspended" then
+          if value == NONE then value = nil end
+          local ok, a = co_resume(co, value)
           -- a worker runs its items under pcall: only the scheduler's own failure gets here
           if not ok then error(a, 0) end
         end
@@ -189,9 +201,10 @@ local function drive(l, group)
     -- wake sleepers that are due
     local t = now()
     local nexts
-    local keep = {}
-    for i = 1, #l.sleepers do
-      local s = l.sleepers[i]
+    local sleepers, keep = l.sleepers, nil
+    if #sleepers > 0 then keep = {} end
+    for i = 1, #sleepers do
+      local s = sleepers[i]
       if s.at <= t then
         if s.key then
           -- a wait with timeout: only wake it if it is still waiting
@@ -200,19 +213,19 @@ local function drive(l, group)
             for j = #q, 1, -1 do
               if q[j] == s.co then
                 table.remove(q, j)
-                l.ready[#l.ready + 1] = { co = s.co, value = WAKE }
+                wake(l, s.co, WAKE)
               end
             end
           end
         else
-          l.ready[#l.ready + 1] = { co = s.co, value = WAKE }
+          wake(l, s.co, WAKE)
         end
       else
         keep[#keep + 1] = s
         if not nexts or s.at < nexts then nexts = s.at end
       end
     end
-    l.sleepers = keep
+    if keep then l.sleepers = keep end
     if #l.ready == 0 then durable_flush(l) end
     if #l.ready == 0 then
       if l.ntransfers == 0 and not nexts and not l.durable_job then
@@ -223,7 +236,7 @@ local function drive(l, group)
         end
         l.waiters = {}
         for i = 1, #stuck do
-          l.ready[#l.ready + 1] = { co = stuck[i].co, value = WAKE }
+          wake(l, stuck[i].co, WAKE)
         end
         if #stuck == 0 then
           error("rotor.parallel: tasks are blocked with nothing to wake them", 0)
@@ -239,7 +252,7 @@ local function drive(l, group)
           if co then
             l.transfers[r.id] = nil
             l.ntransfers = l.ntransfers - 1
-            l.ready[#l.ready + 1] = { co = co, value = r }
+            wake(l, co, r)
           end
         end
       end
@@ -284,7 +297,7 @@ function _M.parallel(items, fn, opts)
     group.left = group.left - 1
     if on_progress then on_progress(n - group.left, n) end
     if group.left == 0 and group.waiter then
-      l.ready[#l.ready + 1] = { co = group.waiter, value = WAKE }
+      wake(l, group.waiter, WAKE)
     end
   end
   local function worker()
@@ -297,7 +310,7 @@ function _M.parallel(items, fn, opts)
   for _ = 1, math.min(conc, n) do
     local co = co_create(worker)
     owner[co] = l
-    l.ready[#l.ready + 1] = { co = co }
+    wake(l, co)
   end
 
   if parent_l then
