@@ -18,7 +18,8 @@
  *     dir:list() -> { names }   dir:remove(name)   dir:chmod(mode) (the directory itself)
  *     dir:path()  dir:close()
  *   core.fs_write_atomic(path, data[, mode])  core.fs_append(path, data[, mode])
- *   core.fs_read(path) -> string | nil, message, errno       core.fs_mkdir(path[, mode])
+ *   core.fs_read(path[, strict]) -> string | nil, message, errno   (strict: the file as dir:read)
+ *   core.fs_mkdir(path[, mode])
  *   core.fs_exists(path) -> bool, kind, mode   core.fs_list(dir)   core.fs_remove(path)
  *   core.fs_write_through(path, data[, mode_if_new]): a file others read (dotenv): a symbolic link
  *       is written through to its target, whose mode, owner and group are kept
@@ -863,10 +864,29 @@ static int l_fs_tail(lua_State *L) {
     return 1;
 }
 
-/* fs_read follows links: it reads files the user names (configurations, dotenv files) */
+/* fs_read follows links: it reads files the user names (configurations, dotenv files). With
+ * strict, the file itself is opened as a store's files are (rotor_fs_open_in: no link followed, a
+ * regular file only, never blocking on a FIFO); the links on the way to its directory are
+ * followed. For a reader that cannot apply the store's trust rule (an nginx worker reading a slot
+ * file of a store another user writes). */
 static int l_fs_read(lua_State *L) {
     const char *path = path_arg(L, 1);
     char msg[FS_WHY];
+    if (lua_toboolean(L, 2)) {
+        char dir[FS_MAX_PATH];
+        const char *base;
+        int dfd = open_parent(path, dir, &base);
+        if (dfd < 0) {
+            return push_errno(L, "cannot open the directory of", path, errno);
+        }
+        int rc = dir_read(L, dfd, dir, base, msg);
+        int err = errno;
+        close(dfd);
+        if (rc == 0) {
+            return push_errno(L, "cannot open", path, ENOENT);
+        }
+        return rc < 0 ? push_fail(L, msg, err) : 1;
+    }
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         return push_errno(L, "cannot open", path, errno);

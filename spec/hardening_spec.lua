@@ -250,6 +250,34 @@ describe("the audit trail's file #proc", function()
   end)
 end)
 
+describe("a slot file read by a process of another user #proc", function()
+  -- rotor.ngx's workers read a slot file of a store rotor writes as another user: they cannot
+  -- apply the store's ownership rule, but open the file itself as the store does
+  it("core.fs_read(path, true) neither blocks on a FIFO nor reads through a link", function()
+    local dir = tmpdir("strict")
+    local outside = dir .. "-outside"
+    sim.write_file(outside, "{}")
+    sim.write_file(dir .. "/plain.json", '{"a":1}')
+    assert.equal(0, select(2, sh("mkfifo " .. q(dir .. "/fifo.json"))))
+    assert.equal(0, select(2, sh("ln -s " .. q(outside) .. " " .. q(dir .. "/link.json"))))
+    local script = ([[
+      local core = require "rotor.core"
+      for _, n in ipairs { "plain", "fifo", "link", "none" } do
+        print(n, core.fs_read(%q .. "/" .. n .. ".json", true))
+      end]]):format(dir)
+    local out, rc = sh("timeout -k 5 20 " .. ROTOR .. " -e " .. q(script))
+    assert.equal(0, rc, out)
+    assert.matches('plain\t{"a":1}\n', out, 1, true)
+    assert.matches("fifo\tnil\t[^\n]*fifo%.json is not a regular file; remove it", out)
+    assert.matches("link\tnil\t[^\n]*link%.json is a symbolic link", out)
+    assert.matches("none\tnil\tcannot open [^\n]*none%.json: No such file or directory", out)
+    -- without strict, a link is followed (files a user names: configurations, dotenv files)
+    assert.equal("{}", core.fs_read(dir .. "/link.json"))
+    os.remove(outside)
+    sh("rm -rf " .. q(dir))
+  end)
+end)
+
 describe("read-only commands #proc", function()
   it("status, due and rotate --dry-run leave the tree byte-for-byte unchanged", function()
     local root = tmpdir("readonly")

@@ -259,6 +259,35 @@ describe("rotor.ngx in nginx #openresty #proc", function()
     assert.equal(1, token_requests() - before)
   end)
 
+  -- A FIFO planted at the slot file's name blocked the worker that opened it (every request it
+  -- served hung), and a link there was followed to whatever file it named. The slot file is now
+  -- read in the thread pool as the store reads its files: neither is opened.
+  it("refuses a FIFO or a link at the slot file at once, and keeps serving", function()
+    local path = dir .. "/secrets/" .. require("rotor.store.naming").encode(SLOT) .. ".json"
+    local keep = path .. ".keep"
+    assert(os.rename(path, keep))
+    local ok, err = pcall(function()
+      assert.equal("", run("mkfifo " .. shq(path) .. " 2>&1"))
+      for _ = 1, 4 do   -- both workers
+        local t0 = core.now()
+        local code, body = get("/genesys/me")
+        assert.equal(500, code, body)
+        assert.truthy(body:find("is not a regular file; remove it", 1, true), body)
+        assert.truthy(core.now() - t0 < 5)
+      end
+      assert(os.remove(path))
+      assert.equal("", run("ln -s " .. shq(keep) .. " " .. shq(path) .. " 2>&1"))
+      local code, body = get("/genesys/me")
+      assert.equal(500, code, body)
+      assert.truthy(body:find("is a symbolic link", 1, true), body)
+      assert.equal(200, (get("/ping")))
+    end)
+    os.remove(path)
+    assert(os.rename(keep, path))
+    assert(ok, err)
+    assert.equal(200, (get("/genesys/me")))
+  end)
+
   it("refuses to run where it cannot yield, with a clear config error", function()
     local code, body = get("/_test/phases")
     assert.equal(200, code)

@@ -181,7 +181,8 @@ function _M.new(o)
 end
 
 -- The credential to act with: client_id, secret, fingerprint | nil, err. With a store, the
--- slot's file is re-read at most every check_interval seconds (a small local file).
+-- slot's file is re-read at most every check_interval seconds (a small local file, read in the
+-- thread pool).
 function Gw:credentials()
   if self.etcd then return self:_etcd_credentials() end
   if not self.store_path then
@@ -196,13 +197,10 @@ function Gw:credentials()
   local now = ngx.now()
   local c = self._cred
   if c and now - self._checked < self.check_interval then return c.id, c.secret, c.fp end
-  local f, ferr = io.open(self.store_path, "rb")
-  if not f then
-    return nil, errors.new { kind = "store", provider = self.provider, op = "token",
-                             message = "cannot read the store slot file: " .. tostring(ferr) }
-  end
-  local text = f:read("*a")
-  f:close()
+  -- read in the thread pool, as the store reads it (rotor.ngx_worker.read_file): a FIFO planted
+  -- there must not block this worker, nor a link lead it to another file
+  local text, ferr = in_thread(self, "token", "read_file", self.store_path)
+  if not text then return nil, ferr end
   self._checked = now
   if c and c.text == text then return c.id, c.secret, c.fp end
   local rec = cjson.decode(text or "")

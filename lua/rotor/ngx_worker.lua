@@ -42,6 +42,18 @@ local function provider(name, opts, secret)
   return mod.new(o)
 end
 
+--- read_file(path) -> the text of a store's slot file | nil, plain error (kind "store"). The
+-- file itself is opened as the store opens it: a link or a FIFO planted at its name is refused
+-- (never followed, never waited on); the nginx worker's user cannot apply the store's ownership
+-- rule, the directory's owner being the user rotor runs as.
+function _M.read_file(path)
+  local text, msg = core.fs_read(path, true)
+  if not text then
+    return nil, { kind = "store", message = "cannot read the store slot file: " .. core.redact(tostring(msg)) }
+  end
+  return text
+end
+
 --- token(name, opts, secret) -> access token (string), ttl (s) | nil, plain error.
 -- Always a fresh token request: rotor.ngx keeps the cache (in a shared dict, for all workers).
 function _M.token(name, opts, secret)
