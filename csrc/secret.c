@@ -598,10 +598,8 @@ static size_t put_json_escaped(char *dst, const char *p, size_t n) { /* bound: 2
 #define B64_ROOM(m) (4 * (((m) + 2) / 3) + 1)
 
 /* The base64 characters fixed by the secret alone when it starts `shift` bytes into a group
- * (bound: B64_ROOM(n + 2)); url: the base64url alphabet ('-' and '_' for '+' and '/'). raw:
- * room for n + 2 bytes. */
-static size_t put_b64_core(char *dst, unsigned char *raw, const char *p, size_t n, int shift,
-                           int url) {
+ * (bound: B64_ROOM(n + 2)). raw: room for n + 2 bytes. */
+static size_t put_b64_core(char *dst, unsigned char *raw, const char *p, size_t n, int shift) {
     size_t total = (size_t)shift + n;
     memset(raw, 0, (size_t)shift);
     memcpy(raw + shift, p, n);
@@ -612,15 +610,23 @@ static size_t put_b64_core(char *dst, unsigned char *raw, const char *p, size_t 
     if (full <= first || elen < 0) {
         return 0;
     }
-    for (size_t i = first; url && i < full; i++) {
-        if (dst[i] == '+') {
-            dst[i] = '-';
-        } else if (dst[i] == '/') {
-            dst[i] = '_';
-        }
-    }
     memmove(dst, dst + first, full - first);
     return full - first;
+}
+
+/* The same characters in the base64url alphabet ('-' and '_' for '+' and '/'): p[0..n) as
+ * put_b64_core wrote it, translated into dst. */
+static size_t put_b64url(char *dst, const char *p, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        char c = p[i];
+        if (c == '+') {
+            c = '-';
+        } else if (c == '/') {
+            c = '_';
+        }
+        dst[i] = c;
+    }
+    return n;
 }
 
 static int is_b64(char c) {
@@ -733,18 +739,25 @@ static int index_add(rotor_secret *s) {
     static const int b64_sources[] = {0, 2, 4}; /* the secret, its percent- and form-encoding */
     for (int src = 0; src < 3; src++) {
         const redact_form base = forms[b64_sources[src]];
-        for (int k = 0; k < 3; k++) {
-            for (int url = 0; url < 2; url++) {
-                FORM(FORM_B64,
-                     put_b64_core(scratch + at, raw, scratch + base.off, base.len, k, url));
-            }
+        /* a source equal to an earlier one (a secret with no byte to encode: most) has the same
+         * base64 forms: not made twice */
+        int seen = 0;
+        for (int e = 0; e < src && !seen; e++) {
+            const redact_form o = forms[b64_sources[e]];
+            seen = o.len == base.len && memcmp(scratch + o.off, scratch + base.off, o.len) == 0;
+        }
+        for (int k = 0; k < 3 && !seen; k++) {
+            FORM(FORM_B64, put_b64_core(scratch + at, raw, scratch + base.off, base.len, k));
+            const redact_form std = forms[f - 1];
+            FORM(FORM_B64, put_b64url(scratch + at, scratch + std.off, std.len));
         }
     }
+    const int nforms = f;
 #undef FORM
     /* the distinct forms long enough to be keyed */
     int keep[REDACT_FORMS] = {0}, nkeep = 0;
     size_t total = 0;
-    for (int i = 0; i < REDACT_FORMS; i++) {
+    for (int i = 0; i < nforms; i++) {
         int dup = forms[i].len < REDACT_KEY;
         for (int j = 0; j < nkeep && !dup; j++) {
             const redact_form *o = &forms[keep[j]];
@@ -788,7 +801,11 @@ static int index_add(rotor_secret *s) {
         s->indexed = 1;
         rc = 0;
     }
-    rotor_zero(scratch, need);
+    /* the bytes written: the forms, what an encoding wrote past the last one (at most a base64
+     * block of the longest source), and the raw room at the end */
+    size_t written = at + B64_ROOM(3 * n + 2);
+    rotor_zero(scratch, written < need ? written : need);
+    rotor_zero(raw, 3 * n + 2);
     if (scratch != stack_scratch) {
         free(scratch);
     }
