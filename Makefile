@@ -7,6 +7,7 @@
 #   make sim        start the simulator (SIM_DIR, build/sim) and print its environment as exports
 #   make fleet-demo three rotor hosts sharing a 3-member etcd cluster (loopback)
 #   make bench      the benchmarks (spec/bench/), measured in one run
+#   make bench-instr instructions per GET and per durable rotation, counted by callgrind
 #   make asan       the specs with the core built under AddressSanitizer + UBSan
 #   make valgrind   the core's specs under valgrind (definite leaks fail)
 #   make lint       luacheck, cppcheck, clang-tidy, clang-format --dry-run
@@ -52,7 +53,7 @@ INC_jit := -I/usr/include/luajit-2.1 -idirafter /usr/include/lua5.1
 VERSIONS := 5.4 5.3 5.1 jit
 
 .PHONY: sim sim-stop
-.PHONY: all deps test demo fleet-demo bench asan valgrind fuzz lint lint-lua lint-c format clean install \
+.PHONY: all deps test demo fleet-demo bench bench-instr asan valgrind fuzz lint lint-lua lint-c format clean install \
         spec spec-5.4 spec-jit check-deps mutants
 all: $(foreach v,$(VERSIONS),$(BUILD)/$(v)/rotor/core.so) $(BUILD)/rotor
 
@@ -231,6 +232,9 @@ $(BUILD)/curl_floor: spec/bench/curl_floor.c
 	$(CC) -O2 -Wall -Wextra -o $@ $< $(LIBS)
 bench: check-deps all $(BUILD)/curl_floor
 	lua5.4 spec/bench/run.lua
+# the same paths in instructions (valgrind's callgrind): steady where wall time is not
+bench-instr: check-deps all $(BUILD)/curl_floor
+	lua5.4 spec/bench/instr.lua
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/lua/5.4/rotor \
