@@ -248,10 +248,31 @@ static size_t next_empty_array(const char *s, size_t n, size_t i, size_t *open) 
 /* core.json_mark_arrays(text, marker_json) -> text with each empty array outside strings replaced
  * by marker_json (text itself when it has none; an unterminated string ends the scan, and cjson
  * reports it) */
+/* whether the text may hold an empty array: a ']' with only JSON whitespace between it and a
+ * '[' before it (strings not told apart: a maybe). memchr skips the rest, where the full scan
+ * looks at every byte; most texts (a store record, a token answer) have none. */
+static int may_have_empty_array(const char *s, size_t n) {
+    for (const char *p = memchr(s, ']', n); p != NULL;
+         p = memchr(p + 1, ']', n - (size_t)(p + 1 - s))) {
+        const char *q = p;
+        while (q > s && (q[-1] == ' ' || q[-1] == '\t' || q[-1] == '\n' || q[-1] == '\r')) {
+            q--;
+        }
+        if (q > s && q[-1] == '[') {
+            return 1;
+        }
+    }
+    return 0;
+}
+
 static int l_json_mark_arrays(lua_State *L) {
     size_t n, mlen;
     const char *s = luaL_checklstring(L, 1, &n);
     const char *mark = luaL_checklstring(L, 2, &mlen);
+    if (!may_have_empty_array(s, n)) {
+        lua_settop(L, 1);
+        return 1;
+    }
     size_t open;
     size_t close = next_empty_array(s, n, 0, &open);
     if (open == n) {

@@ -31,10 +31,25 @@ function _M.open(spec)
   return setmetatable({ path = path, key = key, store = store }, Audit)
 end
 
---- The fingerprint of a secret under this trail's key (nil without a key or a secret).
+local WEAK_KEYS = { __mode = "k" }
+
+--- The fingerprint of a secret under this trail's key (nil without a key or a secret). A
+-- rotor.secret value is fingerprinted once per trail: a rotation's steps name the same new
+-- secret again (create, verify, promote), and an HMAC costs more than the rest of an entry.
 function Audit:fingerprint(secret)
   if secret == nil or self.key == nil then return nil end
-  return core.hmac_sha256_hex(self.key, secret)
+  local cache = self.fingerprints
+  local fp = cache and cache[secret]
+  if fp then return fp end
+  fp = core.hmac_sha256_hex(self.key, secret)
+  if type(secret) == "userdata" then
+    if not cache then
+      cache = setmetatable({}, WEAK_KEYS)
+      self.fingerprints = cache
+    end
+    cache[secret] = fp
+  end
+  return fp
 end
 
 -- true when the trail's file ends without a newline (a torn last line); false when it is empty,
