@@ -211,14 +211,14 @@ end
 --- Journal the intent to mint (durably) before the minting request goes out. extra fields are
 -- kept with it (e.g. a fingerprint of the Paylocity code). Returns true | nil, err; a strategy
 -- must not mint when this fails.
--- bytes of padding written with the mint intent: the store shows it can hold a record as large as
+-- the padding written with the mint intent (2 KiB, made once): the store shows it can hold a record as large as
 -- the one that will carry the new secret before the minting request leaves
-local RESERVE = 2048
+local RESERVE = string.rep("-", 2048)
 
 function Ctx:mint_intent(op, extra)
   local mint = { state = "in_flight", op = op, time = timefmt.iso(), at = timefmt.now() }
   for k, v in pairs(extra or {}) do mint[k] = v end
-  mint.reserve = string.rep("-", RESERVE)
+  mint.reserve = RESERVE
   self.record.rotation.mint = mint
   local ok, err = self:journal("create", "intent", op)
   mint.reserve = nil

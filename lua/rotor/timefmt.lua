@@ -8,9 +8,16 @@ function _M.now()
   return core.wallclock()
 end
 
---- ISO-8601 UTC ("2024-06-21T12:34:56Z") of epoch seconds t (default now).
+--- ISO-8601 UTC ("2024-06-21T12:34:56Z") of epoch seconds t (default now). The text of the last
+-- second asked for is kept: a rotation stamps a dozen entries within one second, and os.date
+-- (strftime, the time zone) costs more than the rest of an entry.
+local last_second, last_text
 function _M.iso(t)
-  return os.date("!%Y-%m-%dT%H:%M:%SZ", math.floor(t or _M.now()))
+  local second = math.floor(t or _M.now())
+  if second ~= last_second then
+    last_second, last_text = second, os.date("!%Y-%m-%dT%H:%M:%SZ", second)
+  end
+  return last_text
 end
 
 -- days from the civil date to 1970-01-01 (proleptic Gregorian), no dependence on the local zone
