@@ -30,20 +30,19 @@ typedef struct hdr {
     size_t name, name_len, value, value_len;
 } hdr;
 
-/* An easy handle kept for reuse, and what its last transfer left set on it: set = 0 after
- * curl_easy_reset (or when new); set = 1 when it carries the options every transfer sets the
- * same way, with this CA bundle and this proxy (each NULL when none was set; proxy "" for a
- * direct transfer). Such a handle is used again as it is for a transfer that wants the same
- * bundle and proxy and nothing else beyond what every transfer sets; any other is reset first. */
+/* What the last transfer left set on an easy handle: set = 0 after curl_easy_reset (or when
+ * new); set = 1 when it carries the options every transfer sets the same way, with this CA
+ * bundle and this proxy (each NULL when none was set; proxy "" for a direct transfer). Such a
+ * handle is used again as it is for a transfer that wants the same bundle and proxy and nothing
+ * else beyond what every transfer sets; any other is reset first. */
 typedef struct easy_state {
-    CURL *easy;
     int set;
     char *cainfo, *proxy;
 } easy_state;
 
 typedef struct xfer {
     CURL *easy;
-    easy_state st; /* st.easy unused: easy above */
+    easy_state st; /* of easy */
     int rare;      /* it set an option beyond the shared ones: its handle is reset after it */
     lua_Integer id;
     struct curl_slist *req_headers;
@@ -73,7 +72,8 @@ typedef struct multi {
     xfer *xfers;
     lua_Integer next_id;
     int running;
-    easy_state idle[IDLE_MAX];
+    CURL *idle[IDLE_MAX];
+    easy_state idle_state[IDLE_MAX]; /* of idle[i] */
     int nidle;
 } multi;
 
@@ -226,7 +226,6 @@ static void xfer_free(xfer *x) {
  * transfer that went well, reset to libcurl's defaults after any other. */
 static void xfer_release(multi *m, xfer *x) {
     if (x->easy != NULL && m->nidle < IDLE_MAX) {
-        easy_state *st = &m->idle[m->nidle++];
         if (x->rare || x->result != CURLE_OK || !x->st.set) {
             curl_easy_reset(x->easy);
             easy_state_clear(&x->st);
@@ -239,8 +238,8 @@ static void xfer_release(multi *m, xfer *x) {
             curl_easy_setopt(x->easy, CURLOPT_HTTPHEADER, NULL);
             curl_easy_setopt(x->easy, CURLOPT_POSTFIELDS, NULL);
         }
-        *st = x->st;
-        st->easy = x->easy;
+        m->idle[m->nidle] = x->easy;
+        m->idle_state[m->nidle++] = x->st;
         x->st.cainfo = x->st.proxy = NULL;
         x->easy = NULL;
     }
@@ -692,8 +691,8 @@ static int l_multi_add(lua_State *L) {
         return luaL_error(L, "request: out of memory");
     }
     if (m->nidle > 0) {
-        x->st = m->idle[--m->nidle];
-        x->easy = x->st.easy;
+        x->easy = m->idle[--m->nidle];
+        x->st = m->idle_state[m->nidle];
     } else {
         x->easy = curl_easy_init();
     }
@@ -911,9 +910,8 @@ static void multi_close(multi *m) {
         xfer_free(x);
     }
     while (m->nidle > 0) {
-        easy_state *st = &m->idle[--m->nidle];
-        curl_easy_cleanup(st->easy);
-        easy_state_clear(st);
+        curl_easy_cleanup(m->idle[--m->nidle]);
+        easy_state_clear(&m->idle_state[m->nidle]);
     }
     curl_multi_cleanup(m->multi);
     m->multi = NULL;

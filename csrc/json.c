@@ -216,6 +216,10 @@ static int l_json_normalise(lua_State *L) {
     return 1;
 }
 
+static int is_json_space(char c) {
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
 /* the offset of the first ']' closing an empty array at or after i, outside strings; *open is
  * set to the offset of its '[' (n when there is none) */
 static size_t next_empty_array(const char *s, size_t n, size_t i, size_t *open) {
@@ -232,7 +236,7 @@ static size_t next_empty_array(const char *s, size_t n, size_t i, size_t *open) 
             in_string = 1;
         } else if (ch == '[') {
             size_t j = i + 1;
-            while (j < n && (s[j] == ' ' || s[j] == '\t' || s[j] == '\n' || s[j] == '\r')) {
+            while (j < n && is_json_space(s[j])) {
                 j++;
             }
             if (j < n && s[j] == ']') {
@@ -245,9 +249,6 @@ static size_t next_empty_array(const char *s, size_t n, size_t i, size_t *open) 
     return n;
 }
 
-/* core.json_mark_arrays(text, marker_json) -> text with each empty array outside strings replaced
- * by marker_json (text itself when it has none; an unterminated string ends the scan, and cjson
- * reports it) */
 /* whether the text may hold an empty array: a ']' with only JSON whitespace between it and a
  * '[' before it (strings not told apart: a maybe). memchr skips the rest, where the full scan
  * looks at every byte; most texts (a store record, a token answer) have none. */
@@ -255,7 +256,7 @@ static int may_have_empty_array(const char *s, size_t n) {
     for (const char *p = memchr(s, ']', n); p != NULL;
          p = memchr(p + 1, ']', n - (size_t)(p + 1 - s))) {
         const char *q = p;
-        while (q > s && (q[-1] == ' ' || q[-1] == '\t' || q[-1] == '\n' || q[-1] == '\r')) {
+        while (q > s && is_json_space(q[-1])) {
             q--;
         }
         if (q > s && q[-1] == '[') {
@@ -265,6 +266,9 @@ static int may_have_empty_array(const char *s, size_t n) {
     return 0;
 }
 
+/* core.json_mark_arrays(text, marker_json) -> text with each empty array outside strings replaced
+ * by marker_json (text itself when it has none; an unterminated string ends the scan, and cjson
+ * reports it) */
 static int l_json_mark_arrays(lua_State *L) {
     size_t n, mlen;
     const char *s = luaL_checklstring(L, 1, &n);

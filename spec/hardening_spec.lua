@@ -15,6 +15,12 @@ local function sh(cmd)
   return sim.run(cmd .. " 2>&1")
 end
 
+-- a Lua chunk run by rotor under a time limit: an open that blocks on a FIFO ends the spec, not
+-- the run (a first SIGTERM only asks rotor to stop between steps: SIGKILL 5 s later)
+local function run_limited(script)
+  return sh("timeout -k 5 20 " .. ROTOR .. " -e " .. q(script))
+end
+
 local function tmpdir(tag)
   local d = ("%s/rotor-hard-%s-%d-%s"):format(os.getenv("TMPDIR") or "/tmp", tag, core.getpid(),
                                               core.random_hex(4))
@@ -220,7 +226,7 @@ describe("the audit trail's file #proc", function()
     local dir = tmpdir("fifo")
     local outside = dir .. "-outside"
     sim.write_file(outside, "precious, no newline at the end")
-    -- in a process under a time limit: an open that blocks on the FIFO ends the spec, not the run
+    -- in a process under a time limit (run_limited)
     local script = [[
       local s = assert(require("rotor.store").file(%q))
       local trail = assert(require("rotor.audit").open(s))
@@ -232,14 +238,14 @@ describe("the audit trail's file #proc", function()
       local entries, eerr = trail:entries()
       print("entries", entries, eerr)]]
     assert.equal(0, select(2, sh("mkfifo " .. q(dir .. "/audit.log"))))
-    local out, rc = sh("timeout -k 5 20 " .. ROTOR .. " -e " .. q(script:format(dir)))
+    local out, rc = run_limited(script:format(dir))
     assert.equal(0, rc, out)
     assert.matches("write\tnil\t[^\n]*audit%.log is not a regular file; remove it", out)
     assert.matches("group\tnil\t[^\n]*audit%.log is not a regular file; remove it", out)
     assert.matches("entries\tnil\t[^\n]*audit%.log is not a regular file; remove it", out)
     os.remove(dir .. "/audit.log")
     assert.equal(0, select(2, sh("ln -s " .. q(outside) .. " " .. q(dir .. "/audit.log"))))
-    out, rc = sh("timeout -k 5 20 " .. ROTOR .. " -e " .. q(script:format(dir)))
+    out, rc = run_limited(script:format(dir))
     assert.equal(0, rc, out)
     assert.matches("write\tnil\t[^\n]*audit%.log is a symbolic link", out)
     assert.matches("group\tnil\t[^\n]*audit%.log is a symbolic link", out)
@@ -265,7 +271,7 @@ describe("a slot file read by a process of another user #proc", function()
       for _, n in ipairs { "plain", "fifo", "link", "none" } do
         print(n, core.fs_read(%q .. "/" .. n .. ".json", true))
       end]]):format(dir)
-    local out, rc = sh("timeout -k 5 20 " .. ROTOR .. " -e " .. q(script))
+    local out, rc = run_limited(script)
     assert.equal(0, rc, out)
     assert.matches('plain\t{"a":1}\n', out, 1, true)
     assert.matches("fifo\tnil\t[^\n]*fifo%.json is not a regular file; remove it", out)
