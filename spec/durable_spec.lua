@@ -131,6 +131,37 @@ describe("group-committed durable writes", function()
     d:close()
   end)
 
+  it("writes queued while a group is on disk start when it ends, before its woken writers run", function()
+    -- the group commit of task 1's put is held "on disk" until task 2 has queued its own put;
+    -- the moment it is seen done, task 2's put must go to disk: not after task 1 ran on
+    local store = assert(file_store.new(dir))
+    local release, log = false, {}
+    core.durable_start = function(items)
+      jobs[#jobs + 1] = #items
+      log[#log + 1] = "group of " .. #items
+      local job = real_start(items)
+      return setmetatable({}, { __index = {
+        fd = function() return job:fd() end,
+        close = function() return job:close() end,
+        results = function()
+          if not release then return nil end
+          return job:results()
+        end } })
+    end
+    sched.parallel({ 1, 2 }, function(i)
+      if i == 2 then
+        sched.sleep(0.02)
+        local t = sched.durable_later("atomic", assert(core.fs_dir(dir)), "slot2.json", "{}", 384)
+        release = true
+        assert(t:wait())
+        return
+      end
+      assert(store:put("slot1", record(1)))
+      log[#log + 1] = "task 1 runs on"
+    end)
+    assert.same({ "group of 1", "group of 1", "task 1 runs on" }, log)
+  end)
+
   it("a slot written again at once never finds its record emptied by the previous group's clean-up", function()
     -- each group empties the spares it displaced after waking its writers; a writer that puts the
     -- same slot again at once must not have its new bytes emptied under it

@@ -119,9 +119,10 @@ end
 -- the write is queued: the writes queued by every task go to disk together when no task is
 -- ready to run (core.durable_start: one group commit on a thread of its own, each directory
 -- fsynced once) while the loop keeps driving transfers; writes queued meanwhile form the next
--- group. Writes of one task go to disk in the order it queued them: a later one never before an
--- earlier one (the same group, or a later group). Outside a loop: the synchronous dir:write /
--- dir:append, done before it returns.
+-- group, started as soon as the loop sees that one done (it looks after each task it resumes),
+-- before the tasks it woke run on. Writes of one task go to disk in the order it queued them: a
+-- later one never before an earlier one (the same group, or a later group). Outside a loop: the
+-- synchronous dir:write / dir:append, done before it returns.
 function _M.durable_later(op, dir, name, data, mode)
   if op ~= "atomic" and op ~= "append" then error("sched.durable: op must be atomic or append", 2) end
   if type(name) ~= "string" or name == "" then error("sched.durable: a file name expected", 2) end
@@ -167,6 +168,9 @@ local function durable_collect(l)
     if t.co then wake(l, t.co) end
   end
   l.durable_running = nil
+  -- the writes queued while that group was on disk go at once: the disk is not left idle while
+  -- the woken tasks run
+  durable_flush(l)
 end
 
 local function new_loop()
@@ -194,6 +198,7 @@ local function drive(l, group)
           local ok, a = co_resume(co, value)
           -- a worker runs its items under pcall: only the scheduler's own failure gets here
           if not ok then error(a, 0) end
+          if l.durable_job then durable_collect(l) end
         end
       end
     end
