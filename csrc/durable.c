@@ -233,16 +233,24 @@ static int put_in_place(item *it) {
     return renameat(it->dfd, it->tmp, it->dfd, it->name);
 }
 
-/* Overwrite the bytes of a spare with zeros, keeping its blocks: fallocate FALLOC_FL_ZERO_RANGE
- * (the file system marks whole blocks unwritten and zeroes a partial one in the page cache), not
- * ftruncate, which frees them. On a file system mounted with discard (ext4 here) every freed
- * block is a discard the thread waits for, and the next write of the slot allocates a block
- * again: a group of 18 writes took 1.0 ms to write and sync and 1.7 ms more to empty the spares
- * with ftruncate, 0.6 ms and 0.14 ms with zeroed ranges. The next write of the slot overwrites
- * the same blocks. Where the file system cannot zero a range, ftruncate. */
+/* Overwrite the bytes of a spare with zeros, keeping its blocks, rather than ftruncate it to
+ * nothing, which frees them: on a file system mounted with discard (ext4 here) every freed block
+ * is a discard the thread waits for, and the next write of the slot allocates blocks again. 16
+ * tasks each putting a 6 kB record and appending a line, 60 times: 3.0 ms per put with ftruncate,
+ * 1.65 ms with zeros written (1.95 ms with fallocate FALLOC_FL_ZERO_RANGE, whose unwritten
+ * extents the next write must convert). The next write of the slot goes over the same blocks.
+ * Should a write fail, ftruncate after all. */
 static void zero_spare(int fd, off_t size) {
-    if (fallocate(fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, 0, size) != 0) {
-        (void)ftruncate(fd, 0);
+    static const char zeros[4096];
+    off_t at = 0;
+    while (at < size) {
+        size_t n = size - at < (off_t)sizeof zeros ? (size_t)(size - at) : sizeof zeros;
+        ssize_t w = pwrite(fd, zeros, n, at);
+        if (w <= 0) {
+            (void)ftruncate(fd, 0);
+            return;
+        }
+        at += w;
     }
 }
 
