@@ -237,6 +237,9 @@ static void xfer_release(multi *m, xfer *x) {
             curl_easy_setopt(x->easy, CURLOPT_HEADERDATA, NULL);
             curl_easy_setopt(x->easy, CURLOPT_HTTPHEADER, NULL);
             curl_easy_setopt(x->easy, CURLOPT_POSTFIELDS, NULL);
+            /* and back to a GET (setting POSTFIELDS made it a POST): a request without a body
+             * on this handle (a DELETE) must not announce the previous POST's body size */
+            curl_easy_setopt(x->easy, CURLOPT_HTTPGET, 1L);
         }
         m->idle[m->nidle] = x->easy;
         m->idle_state[m->nidle++] = x->st;

@@ -106,6 +106,22 @@ describe("HTTPS transfers", function()
       assert.equals("DELETE", entries[1].method)
       assert.equals("GET", entries[2].method)
     end)
+
+    it("does not keep a POST's body for a bodiless request after it (HTTP/1.1)", function()
+      -- a handle kept after a POST still had libcurl's POST method and body size: a DELETE on it
+      -- announced that size and sent no body, and the server took the next request on the
+      -- connection for that body (and the rest of it for a malformed request: a 400 of its own)
+      local mark = #log_since(0, path)
+      local body = string.rep("a", 400)
+      assert.is_table(http.request(me { method = "POST", body = body, http2 = false }))
+      assert.is_table(http.request(me { method = "DELETE", http2 = false }))
+      local res = assert(http.request(me { method = "POST", body = body .. string.rep("b", 200), http2 = false }))
+      assert.is_not.equals(400, res.status)
+      local entries = log_since(mark, path)
+      assert.equals(3, #entries)
+      assert.same({ "POST", "DELETE", "POST" }, { entries[1].method, entries[2].method, entries[3].method })
+      assert.equals(1, conns(entries))
+    end)
   end)
 
   -- a minting request (once=true) on the warm connection of an earlier request; the server
