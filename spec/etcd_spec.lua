@@ -274,6 +274,10 @@ describe("a fleet of rotors on etcd #proc #etcd", function()
     local eps = { cluster.endpoints[leader] }
     for i, e in ipairs(cluster.endpoints) do if i ~= leader then eps[#eps + 1] = e end end
     local base = write_config("leader", fxs, { store = { endpoints = eps } })
+    -- every token answer a little late (0.15 s): the batch lasts long enough for the kill to land
+    -- in it (at full speed it could be over before the first slot was seen done)
+    assert(s:fault { path = "/genesys/login/oauth/token", count = 100, delay = 0.15 })
+    finally(function() s:control("DELETE", "/faults") end)
     local probe = open_store()
     spawn(base, 1, "--json")
     -- once the first slot is done, kill the member that leads
