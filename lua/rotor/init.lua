@@ -1,4 +1,4 @@
--- rotor: rotate OAuth2 client secrets. The public API (DESIGN.md §4).
+-- rotor: rotate OAuth2 client secrets. The public API (README.md; the contracts: doc/INTERNALS.md).
 local core = require "rotor.core"
 local sched = require "rotor.sched"
 local errors = require "rotor.errors"

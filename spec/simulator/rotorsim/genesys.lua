@@ -1,5 +1,5 @@
 -- rotorsim.genesys: Genesys Cloud login /oauth/token, the six OAuth client operations and
--- GET/HEAD /api/v2/tokens/me. PROVIDERS.md §3.
+-- GET/HEAD /api/v2/tokens/me. As the provider documents them (lua/rotor/providers/genesys.lua).
 local util = require "rotorsim.util"
 local store = require "rotorsim.store"
 local common = require "rotorsim.common"

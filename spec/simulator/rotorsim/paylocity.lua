@@ -1,5 +1,5 @@
 -- rotorsim.paylocity: Paylocity WebLink (IdentityServer token, POST /api/v2/credentials/secrets)
--- and the NextGen token endpoint. PROVIDERS.md §1.
+-- and the NextGen token endpoint. As the provider documents them (lua/rotor/providers/paylocity.lua).
 local util = require "rotorsim.util"
 local store = require "rotorsim.store"
 local common = require "rotorsim.common"

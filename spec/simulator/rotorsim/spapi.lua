@@ -1,5 +1,6 @@
 -- rotorsim.spapi: Login with Amazon (/lwa/auth/o2/token) and the SP-API Application Management
--- rotateApplicationClientSecret (/spapi/applications/2023-11-30/clientSecret). PROVIDERS.md §4.
+-- rotateApplicationClientSecret (/spapi/applications/2023-11-30/clientSecret). As Amazon documents it
+-- (lua/rotor/providers/spapi.lua).
 local util = require "rotorsim.util"
 local store = require "rotorsim.store"
 local common = require "rotorsim.common"

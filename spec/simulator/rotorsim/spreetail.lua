@@ -1,4 +1,5 @@
--- rotorsim.spreetail: Spreetail /api/v0 token and client-credentials endpoints. PROVIDERS.md §2.
+-- rotorsim.spreetail: Spreetail /api/v0 token and client-credentials endpoints. As the provider documents them
+-- (lua/rotor/providers/spreetail.lua).
 local util = require "rotorsim.util"
 local store = require "rotorsim.store"
 local common = require "rotorsim.common"

@@ -1,5 +1,6 @@
--- rotorsim.sqs: a simulated Amazon SQS endpoint, AWS JSON 1.0 protocol (ReceiveMessage with long
--- polling, DeleteMessage, GetQueueUrl, SendMessage), every request SigV4-verified. PROVIDERS.md §4.4.
+-- rotorsim.sqs: a simulated Amazon SQS endpoint, AWS JSON 1.0 protocol (ReceiveMessage with long polling,
+-- DeleteMessage, GetQueueUrl, SendMessage), every request SigV4-verified. As AWS documents them
+-- (lua/rotor/providers/spapi.lua).
 local util = require "rotorsim.util"
 local store = require "rotorsim.store"
 
