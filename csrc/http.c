@@ -65,6 +65,11 @@ typedef struct xfer {
 } xfer;
 
 #define IDLE_MAX 64 /* easy handles kept for reuse: creating one per request costs CPU */
+/* idle connections a multi handle keeps, unless core.multi(n) says otherwise. libcurl's own
+ * default is four per easy handle added at that moment: a batch whose transfers thin out for a
+ * while (its tasks waiting on the disk) had its HTTP/1.1 connections closed and made again, a
+ * TLS handshake each (13 new connections per 400 mints at concurrency 16) */
+#define MAXCONNECTS_DEFAULT 64
 
 typedef struct multi {
     CURLM *multi;
@@ -947,9 +952,8 @@ static int l_multi_new(lua_State *L) {
     curl_share_setopt(m->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
     curl_share_setopt(m->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION);
     curl_multi_setopt(m->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
-    if (maxconn > 0) {
-        curl_multi_setopt(m->multi, CURLMOPT_MAXCONNECTS, (long)maxconn);
-    }
+    curl_multi_setopt(m->multi, CURLMOPT_MAXCONNECTS,
+                      maxconn > 0 ? (long)maxconn : (long)MAXCONNECTS_DEFAULT);
     return 1;
 }
 

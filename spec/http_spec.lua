@@ -124,6 +124,32 @@ describe("HTTPS transfers", function()
     end)
   end)
 
+  it("keeps its HTTP/1.1 connections while a batch thins out, for the next wave to reuse", function()
+    -- 16 requests at once (16 connections), then one at a time for a while (libcurl's default
+    -- cache, four idle connections per transfer in flight, closed 12 of them here), then 16 again
+    local path = "/genesys/api/v2/tokens/me"
+    local mark = #log_since(0, path)
+    sched.parallel({ 1 }, function()
+      local items = {}
+      for i = 1, 16 do items[i] = i end
+      local function wave()
+        sched.parallel(items, function()
+          assert.equals(200, assert(http.request(me { http2 = false })).status)
+        end, { concurrency = 16 })
+      end
+      wave()
+      for _ = 1, 8 do assert.equals(200, assert(http.request(me { http2 = false })).status) end
+      wave()
+    end)
+    local entries = log_since(mark, path)
+    assert.equals(40, #entries)
+    local seen, n = {}, 0
+    for _, e in ipairs(entries) do
+      if not seen[e.conn] then seen[e.conn], n = true, n + 1 end
+    end
+    assert.is_true(n <= 16, ("%d connections for at most 16 transfers at once"):format(n))
+  end)
+
   -- a minting request (once=true) on the warm connection of an earlier request; the server
   -- processes it and closes the connection without a reply (a dead keep-alive connection)
   for _, h2 in ipairs { false, true } do
