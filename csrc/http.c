@@ -539,7 +539,7 @@ static const char *parse_request(lua_State *L, int idx, req_spec *r) {
         }
     }
     lua_pop(L, 1);
-    r->http2 = opt_bool(L, idx, "http2", 1);
+    r->http2 = opt_bool(L, idx, "http2", 0);
     r->once = opt_bool(L, idx, "once", 0);
     r->fresh_connect = opt_bool(L, idx, "fresh_connect", 0);
     r->cainfo = opt_string(L, idx, "cainfo");

@@ -44,10 +44,47 @@ describe("HTTPS transfers", function()
     return out
   end
 
+  it("speaks HTTP/1.1 by default, HTTP/2 when a request or a provider's http2 option asks", function()
+    local path = "/genesys/api/v2/tokens/me"
+    local mark = #log_since(0, path)
+    for _ = 1, 3 do assert.equals(200, assert(http.request(me())).status) end
+    -- (inside parallel: a multi handle of its own, whose connections are its own; libcurl would
+    -- carry the request on a kept HTTP/1.1 connection to the same host)
+    sched.parallel({ 1 }, function() assert.equals(200, assert(http.request(me { http2 = true })).status) end)
+    local entries = log_since(mark, path)
+    assert.equals(4, #entries)
+    -- (the simulator logs a request after answering it: the order of entries may differ)
+    local n1, n2, conns, nconns = 0, 0, {}, 0
+    for _, e in ipairs(entries) do
+      if e.proto == "HTTP/1.1" then
+        n1 = n1 + 1
+        if not conns[e.conn] then conns[e.conn], nconns = true, nconns + 1 end
+      end
+      if e.proto == "HTTP/2.0" then n2 = n2 + 1 end
+    end
+    assert.same({ 3, 1 }, { n1, n2 })
+    -- kept alive: one connection for the three
+    assert.equals(1, nconns)
+    local token_path = "/genesys/login/oauth/token"
+    for _, h2 in ipairs { false, true } do
+      local tmark = #log_since(0, token_path)
+      local c = s:seed { provider = "genesys", admin = true }   -- a client of its own: no cached token
+      local gc = assert(require("rotor").genesys { client_id = c.client_id, client_secret = c.client_secret,
+        base_url = s.url .. "/genesys", token_url = s.url .. token_path, cainfo = s.ca, pacing = false,
+        http2 = h2 or nil })
+      sched.parallel({ 1 }, function() assert(gc:token()) end)
+      local t = log_since(tmark, token_path)
+      assert.equals(1, #t)
+      assert.equals(h2 and "HTTP/2.0" or "HTTP/1.1", t[1].proto)
+    end
+  end)
+
   it("reuses one connection, over HTTP/2, for sequential requests", function()
     local path = "/genesys/api/v2/tokens/me"
     local mark = #log_since(0, path)
-    for _ = 1, 5 do assert.equals(200, assert(http.request(me())).status) end
+    sched.parallel({ 1 }, function()
+      for _ = 1, 5 do assert.equals(200, assert(http.request(me { http2 = true })).status) end
+    end)
     local entries = log_since(mark, path)
     assert.equals(5, #entries)
     local conns = {}

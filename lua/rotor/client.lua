@@ -4,7 +4,8 @@
 -- Options every provider takes (besides its own):
 --   client_id (required), client_secret (string or rotor.secret; kept as a rotor.secret, never in
 --   p.options), base_url, token_url (https, or http to a loopback host), cainfo, timeout (s, 30),
---   connect_timeout, proxy, user_agent, max_wait (bound on 429/5xx waits, s; rotor.http's 120),
+--   connect_timeout, proxy, user_agent, http2 (true: HTTP/2 where the server offers it; default
+--   false: HTTP/1.1), max_wait (bound on 429/5xx waits, s; rotor.http's 120),
 --   retries, token_margin (refresh this long before expiry, s; 60),
 --   pacing (false: no client-side pacing at all),
 --   mint_fresh_connection (true: every minting request opens a connection of its own; default
@@ -124,6 +125,7 @@ local COMMON = {
   connect_timeout = v_positive,
   proxy = v_string,
   user_agent = v_string,
+  http2 = v_boolean,
   max_wait = v_nonneg,
   retries = v_count,
   pacing = v_boolean,

@@ -128,7 +128,7 @@ _M.SLOT = {
 -- checks that this list and the providers agree).
 _M.PROVIDER_COMMON = {
   order = { "client_id", "client_secret", "base_url", "token_url", "cainfo", "timeout", "connect_timeout",
-            "proxy", "user_agent", "max_wait", "retries", "pacing", "rate_limits", "token_margin" },
+            "proxy", "user_agent", "http2", "max_wait", "retries", "pacing", "rate_limits", "token_margin" },
   keys = {
     client_id = { type = "string", required = true, doc = "the client id rotor authenticates with" },
     client_secret = { type = "string", required = true,
@@ -141,6 +141,8 @@ _M.PROVIDER_COMMON = {
     connect_timeout = { type = "number", doc = "seconds to connect" },
     proxy = { type = "string", doc = "an HTTP(S) proxy URL" },
     user_agent = { type = "string", default = "rotor/VERSION", doc = "the User-Agent header" },
+    http2 = { type = "boolean", default = "false",
+      doc = "true: HTTP/2 where the server offers it (one connection per host); HTTP/1.1 otherwise" },
     max_wait = { type = "number", default = "120", doc = "bound on waits for 429/5xx retries (seconds)" },
     retries = { type = "integer", doc = "retries of idempotent requests" },
     pacing = { type = "boolean", default = "true", doc = "false: no client-side pacing" },

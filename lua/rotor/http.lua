@@ -62,7 +62,7 @@ end
 _M.reserve = reserve
 
 -- the transfer options a provider object (or a notification spec) hands to each of its requests
-local TRANSPORT = { "timeout", "connect_timeout", "cainfo", "proxy", "user_agent" }
+local TRANSPORT = { "timeout", "connect_timeout", "cainfo", "proxy", "user_agent", "http2" }
 _M.TRANSPORT = TRANSPORT
 
 --- Fill req's transfer options from `from` where req has none; a long timeout also bounds how long

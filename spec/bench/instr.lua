@@ -7,7 +7,7 @@
 -- instruction count moves by about 1%. So a change to the per-request or per-rotation path can be
 -- measured here first, and make bench then shows what it is worth in time. Three figures:
 --   1. an authenticated GET (Genesys /api/v2/tokens/me) through rotor.http in rotor.parallel at
---      concurrency 1 over HTTP/2 (rotor's default) and over HTTP/1.1;
+--      concurrency 1 over HTTP/1.1 (rotor's default) and over HTTP/2;
 --   2. the same GETs by libcurl alone (build/curl_floor: no Lua, easy handles reused);
 --   3. a durable rotation (rotor.rotate of a Genesys slot with a file store: mint, persist,
 --      verify, promote, audit), in rotor.parallel at concurrency 16, each slot rotated twice.
@@ -38,7 +38,7 @@ if mode == "get" or mode == "rotate" then
     local f = assert(io.open(env("INSTR_TOKEN_FILE"), "rb"))
     local token = rotor.secret(f:read("a"))
     f:close()
-    local h2 = os.getenv("INSTR_HTTP1") == nil
+    local h2 = os.getenv("INSTR_HTTP2") ~= nil
     rotor.parallel(items, function()
       local res = http.request({ url = url .. "/genesys/api/v2/tokens/me", cainfo = ca, http2 = h2,
         headers = { { "Authorization", token, prefix = "Bearer " } } }, { provider = "genesys", op = "bench" })
@@ -114,12 +114,12 @@ local ok, err = pcall(function()
   local envs = { INSTR_URL = s.url, INSTR_CA = s.ca, INSTR_TOKEN_FILE = token_file }
   local self_cmd = function(what) return function(n) return "lua5.4 spec/bench/instr.lua " .. what .. " " .. n end end
 
-  io.stderr:write("bench-instr: GETs, HTTP/2 ...\n")
-  local h2 = per_op("rotor GETs", self_cmd("get"), GET_N, envs)
   io.stderr:write("bench-instr: GETs, HTTP/1.1 ...\n")
-  local h1_env = { INSTR_HTTP1 = "1" }
-  for k, v in pairs(envs) do h1_env[k] = v end
-  local h1 = per_op("rotor GETs", self_cmd("get"), GET_N, h1_env)
+  local h1 = per_op("rotor GETs", self_cmd("get"), GET_N, envs)
+  io.stderr:write("bench-instr: GETs, HTTP/2 ...\n")
+  local h2_env = { INSTR_HTTP2 = "1" }
+  for k, v in pairs(envs) do h2_env[k] = v end
+  local h2 = per_op("rotor GETs", self_cmd("get"), GET_N, h2_env)
   io.stderr:write("bench-instr: libcurl alone ...\n")
   local floor = function(h) return function(n)
     return ("build/curl_floor %s %s %s %d 1 %d"):format(shq(s.url .. "/genesys/api/v2/tokens/me"), shq(s.ca),
@@ -142,12 +142,12 @@ local ok, err = pcall(function()
   local rot = per_op("rotations", rotate, ROTATE_N, envs, 2)
 
   print(("%-58s %12s"):format("instructions (user space, all threads; callgrind)", "per op"))
-  print(("%-58s %12.0f"):format("GET c=1, rotor, HTTP/2 (default)", h2))
-  print(("%-58s %12.0f"):format("GET c=1, libcurl alone, HTTP/2", f2))
-  print(("%-58s %12.2f"):format("  rotor / libcurl", h2 / f2))
-  print(("%-58s %12.0f"):format("GET c=1, rotor, HTTP/1.1", h1))
+  print(("%-58s %12.0f"):format("GET c=1, rotor, HTTP/1.1 (default)", h1))
   print(("%-58s %12.0f"):format("GET c=1, libcurl alone, HTTP/1.1", f1))
   print(("%-58s %12.2f"):format("  rotor / libcurl", h1 / f1))
+  print(("%-58s %12.0f"):format("GET c=1, rotor, HTTP/2", h2))
+  print(("%-58s %12.0f"):format("GET c=1, libcurl alone, HTTP/2", f2))
+  print(("%-58s %12.2f"):format("  rotor / libcurl", h2 / f2))
   print(("%-58s %12.0f"):format("durable rotation (Genesys, file store, c=16)", rot))
   os.remove(token_file)
   os.remove(admin_file)

@@ -5,8 +5,9 @@
 -- 1. throughput: rotor.parallel at concurrency 1, 8, 32 doing a token-authenticated GET
 --    (Genesys /api/v2/tokens/me), as a ratio to wrk (HTTP/1.1, one thread, N connections) on the
 --    same URL. Three interleaved rounds per concurrency: wrk, then rotor running a fixed count of
---    requests (BENCH_SECONDS of that round's wrk rate) over HTTP/1.1 (http2=false: N connections)
---    and over HTTP/2 (rotor's default); each ratio is taken within its round, the median shown.
+--    requests (BENCH_SECONDS of that round's wrk rate) over HTTP/1.1 (rotor's default: N
+--    connections) and over HTTP/2 (http2=true: one connection); each ratio is taken within its
+--    round, the median shown.
 --    In each round libcurl alone does the same requests too (spec/bench/curl_floor.c: a C client
 --    on the multi interface, easy handles reused, no Lua), for the part of the gap that is
 --    libcurl's own.
@@ -127,8 +128,9 @@ local PARTS = {}
 for p in (os.getenv("BENCH_PARTS") or "1,2,3,4,5,6,7"):gmatch("%d+") do PARTS[tonumber(p)] = true end
 local function part(n) return PARTS[n] == true end
 
--- rotor's default protocol: what a request table without http2 gets (see csrc/http.c)
-local DEFAULT_HTTP2 = true
+-- rotor's default protocol: what a request table without http2 gets (csrc/http.c; http_spec
+-- checks it is HTTP/1.1)
+local DEFAULT_HTTP2 = false
 
 local function median(t)
   local c = {}
