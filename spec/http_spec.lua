@@ -162,29 +162,46 @@ describe("HTTPS transfers", function()
   end)
 
   it("keeps its HTTP/1.1 connections while a batch thins out, for the next wave to reuse", function()
-    -- 16 requests at once (16 connections), then one at a time for a while (libcurl's default
-    -- cache, four idle connections per transfer in flight, closed 12 of them here), then 16 again
+    -- 16 requests at once (16 connections), then 20 one at a time, then 16 at once again, while
+    -- one slow request stays in flight: libcurl's default cache (four idle connections per
+    -- transfer in flight) closed connections in the thin phase that the second wave made again.
+    -- How many it closed varied from run to run (none in some): three runs, each on a multi
+    -- handle of its own
     local path = "/genesys/api/v2/tokens/me"
-    local mark = #log_since(0, path)
-    sched.parallel({ 1 }, function()
-      local items = {}
-      for i = 1, 16 do items[i] = i end
-      local function wave()
-        sched.parallel(items, function()
-          assert.equals(200, assert(http.request(me { http2 = false })).status)
-        end, { concurrency = 16 })
+    local slow = "/genesys/api/v2/oauth/clients"
+    local counts = {}
+    for run = 1, 3 do
+      assert(s:fault { path = slow, count = 1, delay = 1 })
+      local mark = #log_since(0, path)
+      sched.parallel({ 1, 2 }, function(k)
+        if k == 2 then
+          http.request { url = s.url .. slow, cainfo = s.ca, http2 = false,
+            headers = { { "Authorization", core.secret(admin_tok), prefix = "Bearer " } } }
+          return
+        end
+        local items = {}
+        for i = 1, 16 do items[i] = i end
+        local function wave()
+          sched.parallel(items, function()
+            assert.equals(200, assert(http.request(me { http2 = false })).status)
+          end, { concurrency = 16 })
+        end
+        wave()
+        for _ = 1, 20 do assert.equals(200, assert(http.request(me { http2 = false })).status) end
+        wave()
+      end, { concurrency = 2 })
+      local entries = log_since(mark, path)
+      assert.equals(52, #entries)
+      local seen, n = {}, 0
+      for _, e in ipairs(entries) do
+        if not seen[e.conn] then seen[e.conn], n = true, n + 1 end
       end
-      wave()
-      for _ = 1, 8 do assert.equals(200, assert(http.request(me { http2 = false })).status) end
-      wave()
-    end)
-    local entries = log_since(mark, path)
-    assert.equals(40, #entries)
-    local seen, n = {}, 0
-    for _, e in ipairs(entries) do
-      if not seen[e.conn] then seen[e.conn], n = true, n + 1 end
+      counts[run] = n
     end
-    assert.is_true(n <= 16, ("%d connections for at most 16 transfers at once"):format(n))
+    for run = 1, 3 do
+      assert.is_true(counts[run] <= 16, ("run %d: %d connections for at most 16 transfers at once"):format(
+        run, counts[run]))
+    end
   end)
 
   -- a minting request (once=true) on the warm connection of an earlier request; the server
