@@ -42,7 +42,7 @@ function Audit:fingerprint(secret)
   local fp = cache and cache[secret]
   if fp then return fp end
   fp = core.hmac_sha256_hex(self.key, secret)
-  if type(secret) == "userdata" then
+  if core.is_secret(secret) then
     if not cache then
       cache = setmetatable({}, WEAK_KEYS)
       self.fingerprints = cache
