@@ -203,7 +203,7 @@ function Gw:credentials()
   if not text then return nil, ferr end
   self._checked = now
   if c and c.text == text then return c.id, c.secret, c.fp end
-  local rec = cjson.decode(text or "")
+  local rec = cjson.decode(text)
   local cur = type(rec) == "table" and type(rec.versions) == "table" and rec.versions.current
   if type(cur) ~= "table" or type(cur.secret) ~= "string" or cur.secret == "" then
     return nil, errors.new { kind = "store", provider = self.provider, op = "token",
