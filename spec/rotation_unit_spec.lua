@@ -407,6 +407,43 @@ describe("rotation (unit, fake providers)", function()
     assert.is_nil(p.calls.list_client_credentials) -- no recovery needed
   end)
 
+
+  it("a slot file with an invalid record: get and rotate refuse, name the field and the file, send nothing", function()
+    local p = fake("genesys")
+    p:add_client("app1")
+    assert(rotate { slot = "genesys/app1", provider = p, target = { client_id = "app1" } })
+    local path = store:path("genesys/app1")
+    local text = assert(core.fs_read(path))
+    local broken = text:gsub('"journal":%[', '"journal":["not an entry",', 1)
+    assert.not_equal(text, broken)
+    assert(core.fs_write_atomic(path, broken, 384))
+    local rec, gerr = store:get("genesys/app1")
+    assert.is_nil(rec)
+    assert.matches("journal%[1%]: an object expected, found string", gerr.message)
+    assert.truthy(gerr.message:find(path, 1, true))
+    local res, err = rotate { slot = "genesys/app1", provider = p, target = { client_id = "app1" } }
+    assert.is_nil(res)
+    assert.matches("journal%[1%]: an object expected", err.message)
+    assert.equal(1, p.calls.post_oauth_client_secret) -- only the first rotation's
+    assert.equal(broken, core.fs_read(path))
+  end)
+
+  it("a store of one's own that hands back an invalid record: rotate refuses before sending", function()
+    local p = fake("genesys")
+    p:add_client("app1")
+    local puts = 0
+    local own = {
+      get = function(_, slot) return { slot = slot, provider = "genesys", versions = { current = "x" }, journal = {} } end,
+      put = function() puts = puts + 1 return true end,
+      lock = function(_, slot) return store:lock(slot) end,
+    }
+    local res, err = rotate { slot = "genesys/app1", provider = p, store = own, target = { client_id = "app1" },
+      audit = false }
+    assert.is_nil(res)
+    assert.matches("holds no valid record: versions.current: an object expected", err.message)
+    assert.is_nil(p.calls.post_oauth_client_secret)
+    assert.equal(0, puts)
+  end)
   it("rotor.due from stored creation time and expiry", function()
     local rec = { versions = { current = { secret = "x", created = "2000-01-01T00:00:00Z",
                                             expires = os.date("!%Y-%m-%dT%H:%M:%SZ", os.time() + 5 * 86400) } } }

@@ -25,6 +25,8 @@ local _M = {}
 
 local Store = {}
 Store.__index = Store
+-- get checks every record it reads (record.validate), naming the file: rotation need not again
+Store.checks_records = true
 _M.class = Store
 
 local VERSION_LABELS = { "current", "pending", "previous" }
@@ -162,10 +164,10 @@ end
 -- and the record in memory stay bounded). For every store.
 function _M.trim_journal(record, max)
   local journal = record.journal
-  if type(journal) == "table" and #journal > max then
-    local keep = {}
-    for i = #journal - max + 1, #journal do keep[#keep + 1] = journal[i] end
-    record.journal = keep
+  if type(journal) == "table" then
+    local n = #journal
+    -- copied in C: a full journal is trimmed by one or two entries on every put
+    if n > max then record.journal = table.move(journal, n - max + 1, n, 1, {}) end
   end
 end
 
