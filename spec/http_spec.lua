@@ -97,6 +97,31 @@ describe("HTTPS transfers", function()
     assert.equals(1, conns(entries))
   end)
 
+  it("keeps a batch's connections for the next batch, until close_idle", function()
+    local path = "/genesys/api/v2/tokens/me"
+    sched.close_idle()
+    -- four GETs at once (over HTTP/1.1, a connection each): the connections they came on
+    local function batch()
+      local mark = #log_since(0, path)
+      sched.parallel({ 1, 2, 3, 4 }, function()
+        assert.equals(200, assert(http.request(me())).status)
+      end, { concurrency = 4 })
+      local entries = log_since(mark, path)
+      assert.equals(4, #entries)
+      local set = {}
+      for _, e in ipairs(entries) do set[e.conn] = true end
+      return set
+    end
+    local first = batch()
+    for c in pairs(batch()) do
+      assert.is_true(first[c], "the second batch opened a connection of its own")
+    end
+    sched.close_idle()
+    for c in pairs(batch()) do
+      assert.is_nil(first[c], "a connection outlived close_idle")
+    end
+  end)
+
   it("gives every minting request a fresh connection", function()
     local path = "/genesys/api/v2/tokens/me"
     local mark = #log_since(0, path)

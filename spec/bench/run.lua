@@ -27,7 +27,8 @@
 --    once more on the same slots, and once after each slot's journal was filled to the store's
 --    last 200 entries (as a slot rotated for long carries them), each as a ratio to the SDK's
 --    bare regenerate rate (the median of part 5's SDK rounds and one SDK round right after each
---    batch).
+--    batch). A batch runs on the connections the run before it left (rotor keeps a finished
+--    batch's connections for the next), as the SDK's timed calls run on those its warm-up opened.
 -- 7. group commit beside a writer: 150 group commits of 19 durable writes (18 atomic 3.3 kB files
 --    and an append, as a batch's group) in build/bench-gc, on a quiet system and then while dd
 --    rewrites a 500 MB file on the same file system; the median and the slowest, in ms (a
@@ -44,6 +45,7 @@ local core = require "rotor.core"
 local http = require "rotor.http"
 local oauth = require "rotor.oauth"
 local json = require "rotor.json"
+local sched = require "rotor.sched"
 local sim = require "spec.helpers.sim"
 
 local shq, run = sim.shell_quote, sim.run
@@ -163,7 +165,7 @@ local s = sim.start()
 -- connections the warm-up opened serve the timed part, as the SDK's keep-alive agent does)
 local function rotor_mint_round(gc, ids, port)
   local okn, failed, dt, conns = 0, 0, 0, nil
-  collectgarbage()
+  sched.close_idle()   -- each round opens its connections in its warm-up, as the SDK's does
   local before = established_to(port)
   rotor.parallel({ 1 }, function()
     local warm = {}
@@ -386,7 +388,7 @@ local ok_all, err_all = xpcall(function()
     local items = {}
     for i = 1, n do items[i] = i end
     local good, bad, conns = 0, 0, nil
-    collectgarbage()   -- close the connections of the previous run's multi handle
+    sched.close_idle()   -- close the connections the previous run left: each run opens its own
     local before = probe_at and established_to(port)   -- e.g. the token fetch's connection
     local t0 = now()
     rotor.parallel(items, function(i)
