@@ -314,6 +314,15 @@ static long dirty_kb(void) {
 static void sync_files(job *j) {
     long dirty = dirty_kb();
     int use_syncfs = dirty >= 0 && dirty <= SYNCFS_MAX_DIRTY_KB;
+    if (!use_syncfs) {
+        /* an fsync per file: start the writeback of them all first, then wait for each (a
+         * syncfs starts it for the whole file system itself) */
+        for (int i = 0; i < j->n; i++) {
+            if (j->items[i].err == 0) {
+                (void)sync_file_range(j->items[i].fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+            }
+        }
+    }
     for (int i = 0; i < j->n; i++) {
         item *it = &j->items[i];
         int seen = 0;
@@ -383,12 +392,7 @@ static void *run_job(void *arg) {
             }
         }
     }
-    /* 2. make the bytes durable: start the writeback of them all, then wait for each */
-    for (int i = 0; i < j->n; i++) {
-        if (j->items[i].err == 0) {
-            (void)sync_file_range(j->items[i].fd, 0, 0, SYNC_FILE_RANGE_WRITE);
-        }
-    }
+    /* 2. make the bytes durable */
     sync_files(j);
     for (int i = 0; i < j->n; i++) {
         item *it = &j->items[i];
