@@ -433,7 +433,9 @@ describe("rotation (unit, fake providers)", function()
     p:add_client("app1")
     local puts = 0
     local own = {
-      get = function(_, slot) return { slot = slot, provider = "genesys", versions = { current = "x" }, journal = {} } end,
+      get = function(_, slot)
+        return { slot = slot, provider = "genesys", versions = { current = "x" }, journal = {} }
+      end,
       put = function() puts = puts + 1 return true end,
       lock = function(_, slot) return store:lock(slot) end,
     }
