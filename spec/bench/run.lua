@@ -23,12 +23,13 @@
 --    rounds (rotor, SDK, rotor, SDK, ...); each round warms up on N/4 calls first (untimed).
 --    The ratio of the medians.
 -- 6. a durable batch: rotor.rotate of N slots (mint, persist pending, verify, promote, audit; the
---    file store in build/bench-store on this disk, real fsync) at concurrency 16, once on new slots,
---    once more on the same slots, and once after each slot's journal was filled to the store's
---    last 200 entries (as a slot rotated for long carries them), each as a ratio to the SDK's
---    bare regenerate rate (the median of part 5's SDK rounds and one SDK round right after each
---    batch). A batch runs on the connections the run before it left (rotor keeps a finished
---    batch's connections for the next), as the SDK's timed calls run on those its warm-up opened.
+--    file store in build/bench-store on this disk, real fsync) at concurrency 16: on new slots,
+--    on the same slots again, and after each slot's journal was filled to the store's last 200
+--    entries (as a slot rotated for long carries them). Three rounds of each, every batch followed
+--    by an SDK round; each batch's rate as a ratio to the SDK's bare regenerate rate (the median of
+--    part 5's SDK rounds and this row's), and the median of the three ratios. A batch runs on the
+--    connections the run before it left (rotor keeps a finished batch's connections for the next),
+--    as the SDK's timed calls run on those its warm-up opened.
 -- 7. group commit beside a writer: 150 group commits of 19 durable writes (18 atomic 3.3 kB files
 --    and an append, as a batch's group) in build/bench-gc, on a quiet system and then while dd
 --    rewrites a 500 MB file on the same file system; the median and the slowest, in ms (a
@@ -61,6 +62,7 @@ local RSS_REQUESTS = 10000
 local MINT_N = 400            -- secrets regenerated per round, and slots rotated per batch
 local MINT_CONC = 16
 local MINT_ROUNDS = 3
+local BATCH_ROUNDS = 3        -- per kind of batch: a batch, then an SDK round, interleaved
 local SDK_PACKAGE = "purecloud-platform-client-v2"
 local SDK_DIR = "build/bench-sdk"
 local TARGET = {
@@ -275,6 +277,40 @@ local function group_commit_bench()
   return { quiet = quiet, beside_writer = busy }
 end
 
+-- one timed batch: rotor.rotate of the slots PREFIX1..PREFIXn in rotor.parallel, with its group
+-- commits counted (how many, how big, how long on disk) and the CPU it took
+local function batch_round(store, gc, ids, prefix, items)
+  local audit_before = #(read_all(store:audit_path()) or ""):gsub("[^\n]", "")
+  local okn, failed, firsterr = 0, 0, nil
+  local jobs = { n = 0, items = 0, seconds = 0 }
+  local real_start = core.durable_start
+  core.durable_start = function(list)
+    local job = real_start(list)
+    jobs.n, jobs.items = jobs.n + 1, jobs.items + #list
+    return setmetatable({}, { __index = {
+      fd = function() return job:fd() end,
+      close = function() return job:close() end,
+      results = function()
+        local r = job:results()
+        if r then jobs.seconds = jobs.seconds + r.seconds end
+        return r
+      end } })
+  end
+  collectgarbage()
+  local t0, c0, m0 = now(), os.clock(), main_thread_cpu()
+  local ok, perr = pcall(rotor.parallel, items, function(i)
+    local res, err = rotor.rotate { slot = prefix .. i, provider = gc, store = store,
+      target = { client_id = ids[i] } }
+    if res then okn = okn + 1 else failed = failed + 1; firsterr = firsterr or tostring(err) end
+  end, { concurrency = MINT_CONC })
+  local dt, cpu, mcpu = now() - t0, os.clock() - c0, main_thread_cpu() - m0
+  core.durable_start = real_start
+  if not ok then error(perr, 0) end
+  local lines = #(read_all(store:audit_path()) or ""):gsub("[^\n]", "") - audit_before
+  return { rate = #items / dt, seconds = dt, ok = okn, failed = failed, error = firsterr, jobs = jobs, cpu = cpu,
+    mcpu = mcpu, lines = lines }
+end
+
 local function batch_bench(_, g, mt)
   if mt.error then return { error = "needs the SDK: " .. mt.error } end
   local ids = seed_clients(MINT_N, "bench-batch-")
@@ -290,7 +326,7 @@ local function batch_bench(_, g, mt)
       -- a slot rotated for long carries the store's last 200 journal entries (journal_max) in
       -- every read and write: each record is filled up to that with copies of its own entries
       rotor.parallel(items, function(i)
-        local rec = assert(store:get("bench/" .. i))
+        local rec = assert(store:get("bench/1/" .. i))
         local own, j = rec.journal, {}
         for k = 1, 200 - #own do
           local e = own[(k - 1) % #own + 1]
@@ -298,48 +334,45 @@ local function batch_bench(_, g, mt)
         end
         for _, e in ipairs(own) do j[#j + 1] = e end
         rec.journal = j
-        assert(store:put("bench/" .. i, rec))
+        assert(store:put("bench/1/" .. i, rec))
       end, { concurrency = MINT_CONC })
     end
-    log("durable batch: %d rotations (%s), then an SDK round ...", MINT_N, name)
-    local audit_before = #(read_all(store:audit_path()) or ""):gsub("[^\n]", "")
-    local okn, failed, firsterr = 0, 0, nil
-    -- the group commits of the batch: how many, how big, how long on disk
-    local jobs = { n = 0, items = 0, seconds = 0 }
-    local real_start = core.durable_start
-    core.durable_start = function(list)
-      local job = real_start(list)
-      jobs.n, jobs.items = jobs.n + 1, jobs.items + #list
-      return setmetatable({}, { __index = {
-        fd = function() return job:fd() end,
-        close = function() return job:close() end,
-        results = function()
-          local r = job:results()
-          if r then jobs.seconds = jobs.seconds + r.seconds end
-          return r
-        end } })
-    end
-    collectgarbage()
-    local t0, c0, m0 = now(), os.clock(), main_thread_cpu()
-    rotor.parallel(items, function(i)
-      local res, err = rotor.rotate { slot = "bench/" .. i, provider = gc, store = store,
-        target = { client_id = ids[i] } }
-      if res then okn = okn + 1 else failed = failed + 1; firsterr = firsterr or tostring(err) end
-    end, { concurrency = MINT_CONC })
-    local dt, cpu, mcpu = now() - t0, os.clock() - c0, main_thread_cpu() - m0
-    core.durable_start = real_start
-    local lines = #(read_all(store:audit_path()) or ""):gsub("[^\n]", "") - audit_before
-    local k = sdk_mint_round(mt.sv, g)
-    local sdk_rates = { k.rate }
+    -- interleaved rounds: a batch, then an SDK round; new slots are a fresh set each round (the
+    -- same clients), the others the first round's slots again
+    local run_out = { name = name, rounds = {}, failed = 0, seconds = 0, cpu_seconds = 0, main_cpu_seconds = 0,
+      writes = 0, group_commits = 0, disk_seconds = 0, lines = 0 }
+    local sdk_rates = {}
     for _, r in ipairs(mt.sdk_rates) do sdk_rates[#sdk_rates + 1] = r end
+    for round = 1, BATCH_ROUNDS do
+      log("durable batch: %d rotations (%s), round %d of %d, then an SDK round ...", MINT_N, name, round,
+        BATCH_ROUNDS)
+      local prefix = "bench/" .. (name == "new slots" and round or 1) .. "/"
+      local b = batch_round(store, gc, ids, prefix, items)
+      local k = sdk_mint_round(mt.sv, g)
+      sdk_rates[#sdk_rates + 1] = k.rate
+      run_out.rounds[round] = { rate = b.rate, sdk_round = k.rate }
+      run_out.failed = run_out.failed + b.failed
+      run_out.error = run_out.error or (b.error and core.redact(b.error)) or nil
+      run_out.seconds = run_out.seconds + b.seconds
+      run_out.cpu_seconds, run_out.main_cpu_seconds = run_out.cpu_seconds + b.cpu, run_out.main_cpu_seconds + b.mcpu
+      run_out.writes, run_out.group_commits = run_out.writes + b.jobs.items, run_out.group_commits + b.jobs.n
+      run_out.disk_seconds, run_out.lines = run_out.disk_seconds + b.jobs.seconds, run_out.lines + b.lines
+    end
+    -- each round's ratio is to the median of every SDK round so far (part 5's and this row's)
     local sdk_rate = median(sdk_rates)
-    out.runs[#out.runs + 1] = { name = name, rate = MINT_N / dt, seconds = dt, ok = okn, failed = failed,
-      error = firsterr and core.redact(firsterr) or nil, sdk_rate = sdk_rate, sdk_round = k.rate,
-      ratio = (MINT_N / dt) / sdk_rate, writes_per_rotation = jobs.items / MINT_N,
-      audit_lines_per_rotation = lines / MINT_N,
-      group_commits = jobs.n, writes_per_group = jobs.n > 0 and jobs.items / jobs.n or 0,
-      group_ms = jobs.n > 0 and jobs.seconds / jobs.n * 1e3 or 0, disk_seconds = jobs.seconds,
-      cpu_seconds = cpu, main_cpu_seconds = mcpu }
+    local ratios, rates = {}, {}
+    for i, rd in ipairs(run_out.rounds) do
+      rd.ratio = rd.rate / sdk_rate
+      ratios[i], rates[i] = rd.ratio, rd.rate
+    end
+    local rotations = MINT_N * BATCH_ROUNDS
+    run_out.sdk_rate, run_out.rate, run_out.ratio = sdk_rate, median(rates), median(ratios)
+    run_out.writes_per_rotation = run_out.writes / rotations
+    run_out.audit_lines_per_rotation = run_out.lines / rotations
+    run_out.writes_per_group = run_out.group_commits > 0 and run_out.writes / run_out.group_commits or 0
+    run_out.group_ms = run_out.group_commits > 0 and run_out.disk_seconds / run_out.group_commits * 1e3 or 0
+    run_out.rotations = rotations
+    out.runs[#out.runs + 1] = run_out
   end
   run("rm -rf " .. shq(dir))
   os.remove(mt.sv.secret_file)
@@ -658,8 +691,10 @@ local ok_all, err_all = xpcall(function()
     row("durable batch: rotor.rotate / SDK", "not measured: " .. bt.error, ">= 1.00", false)
   else
     for _, b in ipairs(bt.runs) do
+      local rr = {}
+      for i, rd in ipairs(b.rounds) do rr[i] = string.format("%.2f", rd.ratio) end
       row(string.format("durable batch N=%d c=%d, %s: rotate/s / SDK", MINT_N, MINT_CONC, b.name),
-        string.format("%.0f / %.0f = %.2f%s", b.rate, b.sdk_rate, b.ratio,
+        string.format("%.0f / %.0f; rounds %s: median %.2f%s", b.rate, b.sdk_rate, table.concat(rr, " "), b.ratio,
           b.failed > 0 and (" " .. b.failed .. " failed") or ""),
         ">= 1.00", b.ratio >= TARGET.batch and b.failed == 0)
       row(string.format("  %s: fsync-ed writes per rotation (puts and audit appends)", b.name),
@@ -668,8 +703,8 @@ local ok_all, err_all = xpcall(function()
         string.format("%d, %.1f, %.2f ms (%.2f s of %.2f s)", b.group_commits, b.writes_per_group, b.group_ms,
           b.disk_seconds, b.seconds))
       row(string.format("  %s: CPU per rotation, rotor process (all threads) / its event loop", b.name),
-        string.format("%.2f ms / %.2f ms (%.2f s, %.2f s of %.2f s)", b.cpu_seconds * 1e3 / MINT_N,
-          b.main_cpu_seconds * 1e3 / MINT_N, b.cpu_seconds, b.main_cpu_seconds, b.seconds))
+        string.format("%.2f ms / %.2f ms (%.2f s, %.2f s of %.2f s)", b.cpu_seconds * 1e3 / b.rotations,
+          b.main_cpu_seconds * 1e3 / b.rotations, b.cpu_seconds, b.main_cpu_seconds, b.seconds))
     end
   end
   local gc = results.group_commit
@@ -698,6 +733,10 @@ local ok_all, err_all = xpcall(function()
     print(string.format("mint: %d rounds interleaved, each %d regenerates after %d untimed; the SDK "
       .. "%s %s on node %s", MINT_ROUNDS, MINT_N, MINT_N // 4, SDK_PACKAGE, mt.sdk_version or "?",
       mt.node_version or "?"))
+  end
+  if bt and not bt.error then
+    print(string.format("durable batch: %d rounds of each kind, each batch followed by an SDK round; a round's "
+      .. "ratio is to the median of part 5's SDK rounds and that row's", BATCH_ROUNDS))
   end
   if p then
     print(string.format("paced: %s; floor (N-1)/R: the first request goes at once; wall / (N/R) = %.3f",
