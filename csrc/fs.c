@@ -375,8 +375,10 @@ int rotor_fs_open_in(int dfd, const char *where, const char *name, int flags, mo
         close(fd);
         return why(msg, EINVAL, "%s/%s is not a regular file; remove it", where, name);
     }
-    /* back to blocking I/O (O_NONBLOCK only kept a planted FIFO from blocking the open) */
-    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    /* back to blocking I/O (O_NONBLOCK only kept a planted FIFO from blocking the open); F_SETFL
+     * takes the open's own flags (it ignores the access mode and the creation flags): no
+     * F_GETFL needed */
+    fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
     return fd;
 }
 

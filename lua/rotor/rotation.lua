@@ -126,8 +126,9 @@ end
 -- kill inside the store's write of the slot file leaves: the old file, and beside it a temporary
 -- file holding the first half of the new one (the write is temp file, fsync, rename).
 function Ctx:crash(point, when)
+  if not self.crash_at then return end
   local name = point .. ":" .. when
-  if self.crash_at and self.crash_at[name] then
+  if self.crash_at[name] then
     local only = os.getenv("ROTOR_CRASH_SLOT")
     if only == nil or only == "" or only == self.slot then
       if name == "write:torn" and type(self.store.path) == "function" then
