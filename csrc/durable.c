@@ -42,8 +42,10 @@ enum { OP_ATOMIC, OP_APPEND };
 typedef struct {
     int op;
     mode_t mode;
-    int dfd;   /* a duplicate of the directory's descriptor */
-    dev_t dev; /* the directory's identity: fsynced once per group */
+    int dfd;     /* a duplicate of the directory's descriptor, one per directory of the job */
+    int own_dfd; /* this item closes dfd (the first item of its directory) */
+    int src_dfd; /* the directory object's own descriptor (items of one directory share dfd) */
+    dev_t dev;   /* the directory's identity: fsynced once per group */
     ino_t ino;
     char *where; /* the directory's path, for messages */
     char *name;
@@ -91,7 +93,7 @@ static void job_free(job *j) {
         free(it->where);
         free(it->name);
         free(it->tmp);
-        if (it->dfd >= 0) {
+        if (it->own_dfd && it->dfd >= 0) {
             close(it->dfd);
         }
     }
@@ -497,13 +499,27 @@ static int l_durable_start(lua_State *L) {
         }
         j->n++;
         it->mode = (mode_t)mode;
-        it->dfd = fcntl(dfd, F_DUPFD_CLOEXEC, 0);
-        struct stat st;
-        if (it->dfd < 0 || fstat(it->dfd, &st) != 0) {
-            return luaL_error(L, "durable_start: items[%d]: %s", (int)i, strerror(errno));
+        it->src_dfd = dfd;
+        const item *same = NULL; /* an earlier item in the same directory: its duplicate serves */
+        for (int k = 0; k < j->n - 1 && same == NULL; k++) {
+            if (j->items[k].src_dfd == dfd) {
+                same = &j->items[k];
+            }
         }
-        it->dev = st.st_dev;
-        it->ino = st.st_ino;
+        if (same != NULL) {
+            it->dfd = same->dfd;
+            it->dev = same->dev;
+            it->ino = same->ino;
+        } else {
+            it->dfd = fcntl(dfd, F_DUPFD_CLOEXEC, 0);
+            it->own_dfd = it->dfd >= 0;
+            struct stat st;
+            if (it->dfd < 0 || fstat(it->dfd, &st) != 0) {
+                return luaL_error(L, "durable_start: items[%d]: %s", (int)i, strerror(errno));
+            }
+            it->dev = st.st_dev;
+            it->ino = st.st_ino;
+        }
         it->where = strdup(where);
         it->name = strdup(name);
         it->tmp = it->op == OP_ATOMIC ? malloc(nlen + 32) : NULL;
