@@ -16,8 +16,7 @@ local sync_multi        -- for calls made outside any loop
 local loop              -- the running loop, or nil
 -- the multi handle of the last top-level loop that ended well, kept with its idle connections for
 -- the next one: a script's batches one after another reuse their TLS connections instead of making
--- them again (a handshake cost more instructions than the rest of a rotation; a batch of 16 opened
--- 16 or more)
+-- them again (a batch of 16 opened 16 or more, each costing millions of instructions)
 local kept_multi
 local owner = setmetatable({}, { __mode = "k" })  -- coroutine -> its loop
 
