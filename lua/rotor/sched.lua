@@ -185,8 +185,11 @@ local function durable_collect(l)
 end
 
 local function new_loop()
-  local m = loop and loop.multi
-  if not m then m, kept_multi = kept_multi or core.multi(), nil end
+  -- a multi handle of its own, also for a loop started while another runs (from a coroutine that
+  -- is none of its tasks): on the running loop's handle, each loop would collect the other's
+  -- finished transfers and drop them, and the tasks waiting for those would wait for ever
+  local m = kept_multi or core.multi()
+  kept_multi = nil
   return {
     multi = m,
     transfers = {}, ntransfers = 0,
