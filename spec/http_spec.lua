@@ -4,6 +4,8 @@ local http = require "rotor.http"
 local sched = require "rotor.sched"
 local sim = require "spec.helpers.sim"
 
+local ROTOR = os.getenv("ROTOR_BIN") or "./build/rotor"
+
 describe("HTTPS transfers", function()
   local s, admin_tok
 
@@ -126,40 +128,12 @@ describe("HTTPS transfers", function()
     -- task 2's request is in flight while task 1 runs a batch from a coroutine that is none of the
     -- loop's tasks; that batch ends after task 2's request. On the running loop's multi handle,
     -- the inner loop collected task 2's result and dropped it: the outer batch waited for ever. In
-    -- a child process (this interpreter), under a time limit
-    local script = os.tmpname()
-    local f = assert(io.open(script, "w"))
-    f:write([[
-local sched = require "rotor.sched"
-local url, ca = os.getenv("ROTOR_SIM_URL"), os.getenv("ROTOR_SIM_CA")
-local out = {}
-sched.parallel({ 1, 2 }, function(k)
-  if k == 2 then
-    out[2] = sched.request { url = url .. "/genesys/login/oauth/token", method = "POST",
-      body = "grant_type=client_credentials", cainfo = ca }.status
-    return
-  end
-  sched.sleep(0.05)
-  local co = coroutine.create(function()
-    return sched.parallel({ 1 }, function()
-      return sched.request { url = url .. "/genesys/api/v2/oauth/clients", cainfo = ca }.status
-    end)[1]
-  end)
-  local _, status = coroutine.resume(co)
-  out[1] = status
-end)
-print("DONE " .. tostring(out[1]) .. " " .. tostring(out[2]))
-]])
-    f:close()
+    -- a child process (spec/helpers/foreign_batch.lua in the rotor executable), under a time limit
     assert(s:fault { path = "/genesys/login/oauth/token", count = 1, delay = 0.3 })
     assert(s:fault { path = "/genesys/api/v2/oauth/clients", count = 1, delay = 0.8 })
-    local exe = assert(io.popen("readlink /proc/" .. core.getpid() .. "/exe")):read("l")
     local sq = sim.shell_quote
-    local p = assert(io.popen(("ROTOR_SIM_URL=%s ROTOR_SIM_CA=%s LUA_PATH=%s LUA_CPATH=%s timeout 20 %s %s 2>&1")
-      :format(sq(s.url), sq(s.ca), sq(package.path), sq(package.cpath), sq(exe), sq(script))))
-    local out = p:read("a")
-    p:close()
-    os.remove(script)
+    local out = sim.run(("ROTOR_SIM_URL=%s ROTOR_SIM_CA=%s timeout -s KILL 20 %s spec/helpers/foreign_batch.lua 2>&1")
+      :format(sq(s.url), sq(s.ca), ROTOR))
     s:control("DELETE", "/faults")
     -- both requests got the simulator's answer (no credentials: 400 or 401), each to its own task
     assert.matches("DONE 40%d 40%d", out)
