@@ -59,7 +59,9 @@ typedef struct {
     int spare;        /* OP_ATOMIC: tmp is the slot's spare file (swapped in, not renamed over) */
     int lockfd;       /* the spare's flock, held from its opening until it was swapped in */
     off_t spare_size; /* the spare's size when opened: cut to the new length after the write */
-    char *why;        /* rotor_fs_open_in's message, when it refused the file */
+    dev_t gone_dev;   /* OP_ATOMIC, spare 2: the file the swap displaced (the one to empty) */
+    ino_t gone_ino;
+    char *why; /* rotor_fs_open_in's message, when it refused the file */
 } item;
 
 typedef struct {
@@ -226,10 +228,15 @@ static int open_temporary(item *it) {
 
 /* Give the written file its name. A spare is exchanged with the current file (renameat2
  * RENAME_EXCHANGE: both names stay, so the displaced inode becomes the next spare, emptied);
- * when there is no current file, or the file system cannot exchange, it is renamed. */
+ * when there is no current file, or the file system cannot exchange, it is renamed. The displaced
+ * file's identity is kept: empty_spares empties that file and no other. */
 static int put_in_place(item *it) {
-    if (it->spare && renameat2(it->dfd, it->tmp, it->dfd, it->name, RENAME_EXCHANGE) == 0) {
+    struct stat cur;
+    if (it->spare && fstatat(it->dfd, it->name, &cur, AT_SYMLINK_NOFOLLOW) == 0 &&
+        renameat2(it->dfd, it->tmp, it->dfd, it->name, RENAME_EXCHANGE) == 0) {
         it->spare = 2; /* holds the displaced bytes now */
+        it->gone_dev = cur.st_dev;
+        it->gone_ino = cur.st_ino;
         return 0;
     }
     return renameat(it->dfd, it->tmp, it->dfd, it->name);
@@ -260,8 +267,12 @@ static void zero_spare(int fd, off_t size) {
  * the job's writers were woken. This runs beside the next job, which may already be writing a
  * new record into the same spare and swapping it in as the slot file: a spare is emptied only
  * under its flock (the writer holds it until its swap is done; one taken by someone else means
- * that writer emptied it when it opened it), and only when, with the lock held, it is still the
- * file named NAME.tmp.spare (else a writer swapped it in after this opened it). */
+ * that writer emptied it when it opened it), only when, with the lock held, it is still the
+ * file named NAME.tmp.spare (else a writer swapped it in after this opened it), and only when it
+ * is the very file this job's swap displaced. Should the next job have swapped its record in
+ * before this opened the spare, the file now named so is the record this job wrote: the slot's
+ * name on disk refers to it until that job's directory fsync, so it is not emptied here (that job
+ * empties it once its own swap is on disk). */
 static void empty_spares(job *j) {
     for (int i = 0; i < j->n; i++) {
         item *it = &j->items[i];
@@ -273,7 +284,8 @@ static void empty_spares(job *j) {
             continue;
         }
         struct stat st;
-        if (lock_spare(it, fd, &st) == 0 && st.st_size != 0) {
+        if (lock_spare(it, fd, &st) == 0 && st.st_dev == it->gone_dev &&
+            st.st_ino == it->gone_ino && st.st_size != 0) {
             zero_spare(fd, st.st_size);
         }
         close(fd); /* and its lock */

@@ -237,4 +237,31 @@ describe("group-committed durable writes", function()
     assert.equal("record 3\n", out)
     assert.is_true(emptied(dir .. "/x.json.tmp.spare"))
   end)
+
+  it("a spare is emptied only by the group that displaced it, never before the next swap is on disk #proc", function()
+    -- the window: group 2 is done and sets out to empty the spare it displaced (record 1's file);
+    -- before it opens the spare, group 3 writes the slot into that file and swaps it in, so the
+    -- spare is now record 2's file. Until group 3's directory fsync returns, the slot's name on
+    -- disk still refers to record 2's file: emptying it then could leave, after a crash, a slot
+    -- of zeros. The preloaded library holds group 2's open back for 150 ms and group 3's directory
+    -- fsync for 300 ms, and copies what the spare holds at that moment into the mark file.
+    local so = "build/spare_window.so"
+    local out, rc = sim.run("cc -shared -fPIC -o " .. so .. " spec/helpers/spare_window.c -ldl 2>&1")
+    assert(rc == 0, out)
+    assert(os.execute("mkdir -m 700 '" .. dir .. "'"))
+    local mark = dir .. "-mark"
+    local preload = "./" .. so
+    local asan = sim.run("ldd " .. sim.shell_quote(ROTOR) .. " 2>/dev/null"):match("libasan%S* => (%S+)")
+    if asan then preload = asan .. " " .. preload end
+    out, rc = sim.run(("LD_PRELOAD=%s ROTOR_SPARE_NAME=x.json.tmp.spare ROTOR_SPARE_MARK=%s %s %s %s 2>&1"):format(
+      sim.shell_quote(preload), sim.shell_quote(mark), ROTOR, "spec/helpers/spare_race.lua", sim.shell_quote(dir)))
+    local seen = core.fs_read(mark)
+    os.remove(mark)
+    assert.equal(0, rc, out)
+    assert.equal("record 3\n", out)
+    -- inside the window the spare still held record 2 (the name on disk refers to it)
+    assert.equal("record 2", seen)
+    -- and once group 3 was done, it emptied record 2's file itself
+    assert.is_true(emptied(dir .. "/x.json.tmp.spare"))
+  end)
 end)
