@@ -58,6 +58,60 @@ describe("group-committed durable writes", function()
     assert.equal(16, #store:list())
   end)
 
+  it("runs the group commits one after another on one thread, kept between them", function()
+    -- a thread started per group made each group wait for it to be scheduled
+    assert(os.execute("mkdir -m 700 '" .. dir .. "'"))
+    local d = assert(core.fs_dir(dir, true))
+    local function durable_threads()
+      local tids = {}
+      local ls = io.popen("ls /proc/" .. core.getpid() .. "/task")
+      for tid in ls:lines() do
+        local f = io.open("/proc/" .. core.getpid() .. "/task/" .. tid .. "/comm")
+        local comm = f and f:read("l")
+        if f then f:close() end
+        if comm == "rotor-durable" then tids[#tids + 1] = tid end
+      end
+      ls:close()
+      return table.concat(tids, " ")
+    end
+    local seen = {}
+    for n = 1, 3 do
+      local job = core.durable_start({ { "atomic", d, "x.json", "record " .. n, 384 },
+                                       { "append", d, "log", "line " .. n .. "\n", 384 } })
+      local res
+      repeat
+        core.sleep(0.001)
+        res = job:results()
+      until res
+      assert.same({ true, true }, { res[1], res[2] })
+      job:close()
+      seen[n] = durable_threads()
+    end
+    assert.are_not.equal("", seen[1])
+    assert.same({ seen[1], seen[1], seen[1] }, seen)
+    assert.equal("record 3", core.fs_read(dir .. "/x.json"))
+    assert.equal("line 1\nline 2\nline 3\n", core.fs_read(dir .. "/log"))
+  end)
+
+  it("a state that closes with a group commit under way finishes it first #proc", function()
+    -- the job is neither waited for nor closed: closing the state (the end of the script) runs it
+    -- to its end before the thread ends and the module is unloaded
+    assert(os.execute("mkdir -m 700 '" .. dir .. "'"))
+    local script = os.tmpname()
+    sim.write_file(script, ([[
+      local core = require "rotor.core"
+      local d = assert(core.fs_dir(%q, true))
+      local items = {}
+      for i = 1, 20 do items[i] = { "atomic", d, "slot" .. i .. ".json", "record " .. i, 384 } end
+      core.durable_start(items)
+      print("started")]]):format(dir))
+    local out, rc = sim.run(("timeout -s KILL 20 %s %s 2>&1"):format(ROTOR, sim.shell_quote(script)))
+    os.remove(script)
+    assert.equal(0, rc, out)
+    assert.equal("started\n", out)
+    for i = 1, 20 do assert.equal("record " .. i, core.fs_read(dir .. "/slot" .. i .. ".json")) end
+  end)
+
   it("keeps no copy of a displaced record: the spare file is emptied, and not a slot", function()
     local store = assert(file_store.new(dir))
     sched.parallel({ 1 }, function()
@@ -214,54 +268,56 @@ describe("group-committed durable writes", function()
     assert.same({}, bad)
   end)
 
-  it("a spare is emptied only while it is still the spare, not after a writer swapped it in #proc", function()
-    -- the window: a group opens the spare it displaced to empty it, and before it takes the
-    -- spare's lock the next group writes a record into that very file and swaps it in as the
-    -- slot. The preloaded library holds the second flock call of a durable thread (the first is
-    -- for the spare its group writes, the second for the spare it empties) for 300 ms, once: the
-    -- second group's emptying, a window the third group's write fills.
-    local so = "build/flock_delay.so"
-    local out, rc = sim.run("cc -shared -fPIC -o " .. so .. " spec/helpers/flock_delay.c -ldl 2>&1")
+  -- Races on a slot's spare between two processes (one process runs its group commits one after
+  -- another on one thread): spec/helpers/spare_race.sh runs process A (records 1 and 2, two
+  -- groups: the second swaps record 2 in and displaces record 1's file into the spare), holds it
+  -- at a_at, runs process B (record 3) and holds it at b_at ("none": B runs to its end), then
+  -- lets A and B go (spec/helpers/spare_hold.c, preloaded, does the holding). Returns the
+  -- script's report and what B saw in the spare while held at "dirsync".
+  local function spare_race(a_at, b_at)
+    local so = "build/spare_hold.so"
+    local out, rc = sim.run("cc -shared -fPIC -o " .. so .. " spec/helpers/spare_hold.c -ldl 2>&1")
     assert(rc == 0, out)
     assert(os.execute("mkdir -m 700 '" .. dir .. "'"))
-    local mark = dir .. "-mark"
+    local marks = dir .. "-marks"
     -- a rotor built with AddressSanitizer (make asan) needs its runtime first in the preload list
     local preload = "./" .. so
     local asan = sim.run("ldd " .. sim.shell_quote(ROTOR) .. " 2>/dev/null"):match("libasan%S* => (%S+)")
     if asan then preload = asan .. " " .. preload end
-    out, rc = sim.run(("LD_PRELOAD=%s ROTOR_FLOCK_DELAY_CALL=2 ROTOR_FLOCK_DELAY_MARK=%s %s %s %s 2>&1"):format(
-      sim.shell_quote(preload), sim.shell_quote(mark), ROTOR, "spec/helpers/spare_race.lua", sim.shell_quote(dir)))
-    assert.equal("delayed\n", core.fs_read(mark))
-    os.remove(mark)
+    out, rc = sim.run(("timeout -s KILL 60 sh spec/helpers/spare_race.sh %s %s %s %s %s %s 2>&1"):format(
+      ROTOR, sim.shell_quote(preload), sim.shell_quote(dir), sim.shell_quote(marks), a_at, b_at))
+    local seen = core.fs_read(marks .. "/b/seen")
+    os.execute("rm -rf '" .. marks .. "'")
     assert.equal(0, rc, out)
-    assert.equal("record 3\n", out)
+    return out, seen
+  end
+
+  it("a spare is emptied only while it is still the spare, not after a writer swapped it in #proc", function()
+    -- A opens the spare it displaced (record 1's file) to empty it; before A takes its lock, B
+    -- writes record 3 into that very file and swaps it in as the slot. A must then leave it.
+    local out = spare_race("empty-lock", "none")
+    assert.equal("a 0: record 3\nb 0: record 3\nx.json: record 3\n", out)
+    assert.is_true(emptied(dir .. "/x.json.tmp.spare"))
+  end)
+
+  it("a spare is never emptied while another writer has it locked #proc", function()
+    -- B has written record 3 into the spare (record 1's file, its lock held) and is about to make
+    -- it durable and swap it in; A now sets out to empty that spare. A must leave it.
+    local out = spare_race("empty-open", "sync")
+    -- (A ends before B swaps record 3 in)
+    assert.equal("a 0: record 2\nb 0: record 3\nx.json: record 3\n", out)
     assert.is_true(emptied(dir .. "/x.json.tmp.spare"))
   end)
 
   it("a spare is emptied only by the group that displaced it, never before the next swap is on disk #proc", function()
-    -- the window: group 2 is done and sets out to empty the spare it displaced (record 1's file);
-    -- before it opens the spare, group 3 writes the slot into that file and swaps it in, so the
-    -- spare is now record 2's file. Until group 3's directory fsync returns, the slot's name on
-    -- disk still refers to record 2's file: emptying it then could leave, after a crash, a slot
-    -- of zeros. The preloaded library holds group 2's open back for 150 ms and group 3's directory
-    -- fsync for 300 ms, and copies what the spare holds at that moment into the mark file.
-    local so = "build/spare_window.so"
-    local out, rc = sim.run("cc -shared -fPIC -o " .. so .. " spec/helpers/spare_window.c -ldl 2>&1")
-    assert(rc == 0, out)
-    assert(os.execute("mkdir -m 700 '" .. dir .. "'"))
-    local mark = dir .. "-mark"
-    local preload = "./" .. so
-    local asan = sim.run("ldd " .. sim.shell_quote(ROTOR) .. " 2>/dev/null"):match("libasan%S* => (%S+)")
-    if asan then preload = asan .. " " .. preload end
-    out, rc = sim.run(("LD_PRELOAD=%s ROTOR_SPARE_NAME=x.json.tmp.spare ROTOR_SPARE_MARK=%s %s %s %s 2>&1"):format(
-      sim.shell_quote(preload), sim.shell_quote(mark), ROTOR, "spec/helpers/spare_race.lua", sim.shell_quote(dir)))
-    local seen = core.fs_read(mark)
-    os.remove(mark)
-    assert.equal(0, rc, out)
-    assert.equal("record 3\n", out)
-    -- inside the window the spare still held record 2 (the name on disk refers to it)
+    -- B has swapped record 3 in, so the spare is now record 2's file; until B's directory fsync
+    -- returns, the slot's name on disk still refers to record 2's file. A now sets out to empty
+    -- the spare: emptying record 2's file then could leave, after a crash, a slot of zeros.
+    local out, seen = spare_race("empty-open", "dirsync")
+    assert.equal("a 0: record 3\nb 0: record 3\nx.json: record 3\n", out)
+    -- inside the window the spare still held record 2 (the name on disk refers to it) ...
     assert.equal("record 2", seen)
-    -- and once group 3 was done, it emptied record 2's file itself
+    -- ... and once B was done, B emptied record 2's file itself
     assert.is_true(emptied(dir .. "/x.json.tmp.spare"))
   end)
 end)

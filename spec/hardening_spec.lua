@@ -232,7 +232,7 @@ describe("the audit trail's file #proc", function()
       local trail = assert(require("rotor.audit").open(s))
       local ok, err = trail:write { slot = "x", step = "test", outcome = "ok" }
       print("write", ok, err)
-      require("rotor").parallel({ 1 }, function()   -- a group commit, on its thread
+      require("rotor").parallel({ 1 }, function()   -- a group commit, on the durable-write thread
         print("group", trail:write { slot = "x", step = "test", outcome = "ok" })
       end)
       local entries, eerr = trail:entries()

@@ -128,7 +128,7 @@ end
 -- fsync, rename, directory fsync) or "append" (as dir:append: O_APPEND, fsync). Returns a ticket
 -- at once; ticket:wait() returns true | nil, message once the bytes are on disk. Inside a loop
 -- the write is queued: the writes queued by every task go to disk together when no task is
--- ready to run (core.durable_start: one group commit on a thread of its own, each directory
+-- ready to run (core.durable_start: one group commit on the durable-write thread, each directory
 -- fsynced once) while the loop keeps driving transfers; writes queued meanwhile form the next
 -- group, started as soon as the loop sees that one done (it looks after each task it resumes),
 -- before the tasks it woke run on. Writes of one task go to disk in the order it queued them: a
@@ -171,7 +171,8 @@ local function durable_collect(l)
   local job = l.durable_job
   local res = job and job:results()
   if not res then return end
-  -- its thread may still be emptying spare files: joined when the next group finishes
+  -- the durable-write thread may still be emptying its spare files: freed when the next group
+  -- finishes
   if l.durable_old then l.durable_old:close() end
   l.durable_old, l.durable_job = job, nil
   for i, t in ipairs(l.durable_running) do
@@ -351,7 +352,7 @@ function _M.parallel(items, fn, opts)
   loop = outer
   if ok and not outer and l.ntransfers == 0 then kept_multi = l.multi end
   if l.durable_old then
-    l.durable_old:close()   -- its thread has ended (or ends now): nothing outlives the batch
+    l.durable_old:close()   -- the thread is done with it (or is, now): nothing outlives the batch
     l.durable_old = nil
   end
   if not ok then error(err, 0) end
