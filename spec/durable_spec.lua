@@ -58,6 +58,20 @@ describe("group-committed durable writes", function()
     assert.equal(16, #store:list())
   end)
 
+  -- run a group commit to its end: the result of each item
+  local function run_job(items)
+    local job = core.durable_start(items)
+    local res
+    repeat
+      core.sleep(0.001)
+      res = job:results()
+    until res
+    job:close()
+    local out = {}
+    for i = 1, #items do out[i] = res[i] end
+    return out
+  end
+
   it("runs the group commits one after another on one thread, kept between them", function()
     -- a thread started per group made each group wait for it to be scheduled
     assert(os.execute("mkdir -m 700 '" .. dir .. "'"))
@@ -76,21 +90,48 @@ describe("group-committed durable writes", function()
     end
     local seen = {}
     for n = 1, 3 do
-      local job = core.durable_start({ { "atomic", d, "x.json", "record " .. n, 384 },
-                                       { "append", d, "log", "line " .. n .. "\n", 384 } })
-      local res
-      repeat
-        core.sleep(0.001)
-        res = job:results()
-      until res
-      assert.same({ true, true }, { res[1], res[2] })
-      job:close()
+      assert.same({ true, true }, run_job({ { "atomic", d, "x.json", "record " .. n, 384 },
+                                            { "append", d, "log", "line " .. n .. "\n", 384 } }))
       seen[n] = durable_threads()
     end
     assert.are_not.equal("", seen[1])
     assert.same({ seen[1], seen[1], seen[1] }, seen)
     assert.equal("record 3", core.fs_read(dir .. "/x.json"))
     assert.equal("line 1\nline 2\nline 3\n", core.fs_read(dir .. "/log"))
+  end)
+
+  it("appends of one group to one file land in their order, each with its own result", function()
+    assert(os.execute("mkdir -m 700 '" .. dir .. "'"))
+    local d = assert(core.fs_dir(dir, true))
+    local res = run_job({ { "append", d, "a.log", "l1\n", 384 }, { "atomic", d, "x.json", "x", 384 },
+                          { "append", d, "a.log", "l2\n", 384 }, { "append", d, "b.log", "m1\n", 384 },
+                          { "append", d, "a.log", "l3\n", 384 } })
+    assert.same({ true, true, true, true, true }, res)
+    assert.equal("l1\nl2\nl3\n", core.fs_read(dir .. "/a.log"))
+    assert.equal("m1\n", core.fs_read(dir .. "/b.log"))
+    assert.equal("x", core.fs_read(dir .. "/x.json"))
+    -- a second group appends after the first
+    assert.same({ true, true },
+      run_job({ { "append", d, "a.log", "l4\n", 384 }, { "append", d, "a.log", "l5\n", 384 } }))
+    assert.equal("l1\nl2\nl3\nl4\nl5\n", core.fs_read(dir .. "/a.log"))
+  end)
+
+  it("appends of one group to a file that cannot be opened all fail, naming it; the others are done", function()
+    assert(os.execute("mkdir -m 700 '" .. dir .. "'"))
+    local d = assert(core.fs_dir(dir, true))
+    local outside = dir .. "-outside"
+    sim.write_file(outside, "")
+    assert(os.execute("ln -s '" .. outside .. "' '" .. dir .. "/a.log'"))
+    local res = run_job({ { "append", d, "a.log", "l1\n", 384 }, { "append", d, "b.log", "m1\n", 384 },
+                          { "append", d, "a.log", "l2\n", 384 }, { "atomic", d, "x.json", "x", 384 } })
+    os.remove(outside)
+    for _, i in ipairs({ 1, 3 }) do
+      assert.is_string(res[i])
+      assert.matches("a.log is a symbolic link", res[i], 1, true)
+    end
+    assert.same({ true, true }, { res[2], res[4] })
+    assert.equal("m1\n", core.fs_read(dir .. "/b.log"))
+    assert.equal("x", core.fs_read(dir .. "/x.json"))
   end)
 
   it("a state that closes with a group commit under way finishes it first #proc", function()
