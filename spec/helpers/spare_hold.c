@@ -86,16 +86,8 @@ int openat(int dfd, const char *path, int flags, ...) {
     return hooked_openat(dfd, path, flags, mode);
 }
 
-int openat64(int dfd, const char *path, int flags, ...) {
-    mode_t mode = 0;
-    if (flags & (O_CREAT | O_TMPFILE)) {
-        va_list ap;
-        va_start(ap, flags);
-        mode = va_arg(ap, mode_t);
-        va_end(ap);
-    }
-    return hooked_openat(dfd, path, flags, mode);
-}
+/* the same call, where a build asks for 64-bit file offsets */
+int openat64(int dfd, const char *path, int flags, ...) __attribute__((alias("openat")));
 
 int flock(int fd, int op) {
     int (*real)(int, int) = (int (*)(int, int))dlsym(RTLD_NEXT, "flock");
