@@ -153,6 +153,27 @@ describe("group-committed durable writes", function()
     for i = 1, 20 do assert.equal("record " .. i, core.fs_read(dir .. "/slot" .. i .. ".json")) end
   end)
 
+  it("a forked child runs group commits on a thread of its own; the parent keeps its thread #proc", function()
+    -- fork() copies only the calling thread: a child that queued a group to the parent's
+    -- durable-write thread would wait for ever. spec/helpers/fork_durable.c runs a group, forks,
+    -- runs one in the child and one more in the parent. Built like the core under test (with
+    -- the sanitizers when the host under test has them).
+    assert(os.execute("mkdir -m 700 '" .. dir .. "'"))
+    local flags = ""
+    if sim.run("ldd " .. sim.shell_quote(ROTOR) .. " 2>/dev/null"):find("libasan", 1, true) then
+      flags = "-fsanitize=address,undefined -g "
+    end
+    local out, rc = sim.run(("cc %s-o build/fork_durable spec/helpers/fork_durable.c "
+      .. "$(pkg-config --cflags --libs lua5.4) 2>&1"):format(flags))
+    assert(rc == 0, out)
+    out, rc = sim.run(("timeout -s KILL 30 ./build/fork_durable %s %s 2>&1"):format(
+      sim.shell_quote(dir), sim.shell_quote(package.cpath)))
+    assert.equal("parent true\nchild true\nparent again true\n", out)
+    assert.equal(0, rc)
+    assert.equal("child.json", core.fs_read(dir .. "/child.json"))
+    assert.equal("parent again.json", core.fs_read(dir .. "/parent again.json"))
+  end)
+
   it("keeps no copy of a displaced record: the spare file is emptied, and not a slot", function()
     local store = assert(file_store.new(dir))
     sched.parallel({ 1 }, function()
