@@ -25,6 +25,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <stdio.h>
@@ -529,7 +530,18 @@ static int worker_submit(worker *w, job *j) {
     pthread_mutex_lock(&w->mu);
     int rc = w->stop ? EINVAL : 0;
     if (rc == 0 && !w->running) {
+        /* the thread takes no asynchronous signal (it inherits the mask it is created with): a
+         * signal for the process goes to a thread that acts on it, such as the event loop's,
+         * whose poll returns early on one. Its own faults still reach it. */
+        static const int faults[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGSYS};
+        sigset_t quiet, old;
+        sigfillset(&quiet);
+        for (size_t k = 0; k < sizeof faults / sizeof *faults; k++) {
+            sigdelset(&quiet, faults[k]);
+        }
+        pthread_sigmask(SIG_SETMASK, &quiet, &old);
         rc = pthread_create(&w->thread, NULL, worker_main, w);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
         w->running = rc == 0;
         w->pid = pid;
     }

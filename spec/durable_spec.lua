@@ -134,6 +134,41 @@ describe("group-committed durable writes", function()
     assert.equal("x", core.fs_read(dir .. "/x.json"))
   end)
 
+  it("keeps asynchronous signals off the durable-write thread: they reach a thread that acts on them", function()
+    -- a signal the kernel handed to the durable thread would interrupt none of the event loop's
+    -- waits; the loop's thread (which started it) keeps its own mask
+    assert(os.execute("mkdir -m 700 '" .. dir .. "'"))
+    local d = assert(core.fs_dir(dir, true))
+    assert.same({ true }, run_job({ { "atomic", d, "x.json", "record", 384 } }))
+    local pid = core.getpid()
+    -- the signals (1-32) a thread blocks, from its SigBlk line: blocked(n) tells
+    local function mask_of(tid)
+      local f = assert(io.open("/proc/" .. pid .. "/task/" .. tid .. "/status"))
+      local hex = f:read("a"):match("\nSigBlk:%s*(%x+)")
+      f:close()
+      local low = tonumber(hex:sub(-8), 16)
+      return function(n) return math.floor(low / 2 ^ (n - 1)) % 2 == 1 end
+    end
+    local durable
+    local ls = io.popen("ls /proc/" .. pid .. "/task")
+    for tid in ls:lines() do
+      local f = io.open("/proc/" .. pid .. "/task/" .. tid .. "/comm")
+      if f and f:read("l") == "rotor-durable" then durable = tid end
+      if f then f:close() end
+    end
+    ls:close()
+    assert.is_not_nil(durable)
+    local blocked = mask_of(durable)
+    for _, sig in ipairs { 1, 2, 3, 10, 12, 13, 14, 15, 17 } do   -- HUP INT QUIT USR1 USR2 PIPE ALRM TERM CHLD
+      assert.is_true(blocked(sig), "signal " .. sig .. " reaches the durable thread")
+    end
+    for _, sig in ipairs { 4, 7, 8, 11 } do                         -- ILL BUS FPE SEGV: its own faults
+      assert.is_false(blocked(sig), "fault signal " .. sig .. " blocked in the durable thread")
+    end
+    local own = mask_of(tostring(pid))
+    for _, sig in ipairs { 2, 15 } do assert.is_false(own(sig), "signal " .. sig .. " blocked in the main thread") end
+  end)
+
   it("a state that closes with a group commit under way finishes it first #proc", function()
     -- the job is neither waited for nor closed: closing the state (the end of the script) runs it
     -- to its end before the thread ends and the module is unloaded
