@@ -72,27 +72,29 @@ describe("group-committed durable writes", function()
     return out
   end
 
+  -- the thread ids of this process's threads named rotor-durable
+  local function durable_threads()
+    local tids = {}
+    local ls = io.popen("ls /proc/" .. core.getpid() .. "/task")
+    for tid in ls:lines() do
+      local f = io.open("/proc/" .. core.getpid() .. "/task/" .. tid .. "/comm")
+      local comm = f and f:read("l")
+      if f then f:close() end
+      if comm == "rotor-durable" then tids[#tids + 1] = tid end
+    end
+    ls:close()
+    return tids
+  end
+
   it("runs the group commits one after another on one thread, kept between them", function()
     -- a thread started per group made each group wait for it to be scheduled
     assert(os.execute("mkdir -m 700 '" .. dir .. "'"))
     local d = assert(core.fs_dir(dir, true))
-    local function durable_threads()
-      local tids = {}
-      local ls = io.popen("ls /proc/" .. core.getpid() .. "/task")
-      for tid in ls:lines() do
-        local f = io.open("/proc/" .. core.getpid() .. "/task/" .. tid .. "/comm")
-        local comm = f and f:read("l")
-        if f then f:close() end
-        if comm == "rotor-durable" then tids[#tids + 1] = tid end
-      end
-      ls:close()
-      return table.concat(tids, " ")
-    end
     local seen = {}
     for n = 1, 3 do
       assert.same({ true, true }, run_job({ { "atomic", d, "x.json", "record " .. n, 384 },
                                             { "append", d, "log", "line " .. n .. "\n", 384 } }))
-      seen[n] = durable_threads()
+      seen[n] = table.concat(durable_threads(), " ")
     end
     assert.are_not.equal("", seen[1])
     assert.same({ seen[1], seen[1], seen[1] }, seen)
@@ -149,16 +151,9 @@ describe("group-committed durable writes", function()
       local low = tonumber(hex:sub(-8), 16)
       return function(n) return math.floor(low / 2 ^ (n - 1)) % 2 == 1 end
     end
-    local durable
-    local ls = io.popen("ls /proc/" .. pid .. "/task")
-    for tid in ls:lines() do
-      local f = io.open("/proc/" .. pid .. "/task/" .. tid .. "/comm")
-      if f and f:read("l") == "rotor-durable" then durable = tid end
-      if f then f:close() end
-    end
-    ls:close()
-    assert.is_not_nil(durable)
-    local blocked = mask_of(durable)
+    local durable = durable_threads()
+    assert.equal(1, #durable)
+    local blocked = mask_of(durable[1])
     for _, sig in ipairs { 1, 2, 3, 10, 12, 13, 14, 15, 17 } do   -- HUP INT QUIT USR1 USR2 PIPE ALRM TERM CHLD
       assert.is_true(blocked(sig), "signal " .. sig .. " reaches the durable thread")
     end
