@@ -72,6 +72,11 @@ describe("group-committed durable writes", function()
     return out
   end
 
+  -- the AddressSanitizer runtime the host under test (ROTOR) is linked with (make asan), or nil
+  local function asan_runtime()
+    return sim.run("ldd " .. sim.shell_quote(ROTOR) .. " 2>/dev/null"):match("libasan%S* => (%S+)")
+  end
+
   -- the thread ids of this process's threads named rotor-durable
   local function durable_threads()
     local tids = {}
@@ -190,7 +195,7 @@ describe("group-committed durable writes", function()
     -- the sanitizers when the host under test has them).
     assert(os.execute("mkdir -m 700 '" .. dir .. "'"))
     local flags = ""
-    if sim.run("ldd " .. sim.shell_quote(ROTOR) .. " 2>/dev/null"):find("libasan", 1, true) then
+    if asan_runtime() then
       flags = "-fsanitize=address,undefined -g "
     end
     local out, rc = sim.run(("cc %s-o build/fork_durable spec/helpers/fork_durable.c "
@@ -374,7 +379,7 @@ describe("group-committed durable writes", function()
     local marks = dir .. "-marks"
     -- a rotor built with AddressSanitizer (make asan) needs its runtime first in the preload list
     local preload = "./" .. so
-    local asan = sim.run("ldd " .. sim.shell_quote(ROTOR) .. " 2>/dev/null"):match("libasan%S* => (%S+)")
+    local asan = asan_runtime()
     if asan then preload = asan .. " " .. preload end
     out, rc = sim.run(("timeout -s KILL 60 sh spec/helpers/spare_race.sh %s %s %s %s %s %s 2>&1"):format(
       ROTOR, sim.shell_quote(preload), sim.shell_quote(dir), sim.shell_quote(marks), a_at, b_at))
