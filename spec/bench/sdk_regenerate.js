@@ -5,7 +5,10 @@
 // client ids come from files (never a command line); the CA from NODE_EXTRA_CA_CERTS.
 //   env: ROTOR_SIM_URL, ROTOR_BENCH_SDK_DIR (where node_modules is), ROTOR_BENCH_CLIENT_ID,
 //        ROTOR_BENCH_SECRET_FILE, ROTOR_BENCH_IDS_FILE (one id a line), ROTOR_BENCH_CONCURRENCY,
-//        ROTOR_BENCH_WARMUP (untimed regenerates first, on the first ids: JIT and connections warm)
+//        ROTOR_BENCH_WARMUP (untimed regenerates first, on the first ids: JIT and connections warm),
+//        ROTOR_BENCH_PERSIST_DIR (optional: each new secret is then kept as the least a script must
+//        do not to lose a secret shown once: written to a temporary file (0600), fsynced, renamed
+//        to <client id>.json and the directory fsynced, before the call counts as done)
 // Prints: ROTOR_SDK <ok> <failed> <seconds of the timed part> <connections opened>
 'use strict';
 const fs = require('fs');
@@ -27,7 +30,29 @@ const env = (k) => {
 };
 const platformClient = require(path.resolve(env('ROTOR_BENCH_SDK_DIR'), 'node_modules', 'purecloud-platform-client-v2'));
 
+const persistDir = process.env.ROTOR_BENCH_PERSIST_DIR;
+
+async function persist(id, secret) {
+  const file = path.join(persistDir, id + '.json');
+  const tmp = file + '.tmp';
+  const fh = await fs.promises.open(tmp, 'w', 0o600);
+  try {
+    await fh.writeFile(JSON.stringify({ client_id: id, secret }));
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+  await fs.promises.rename(tmp, file);
+  const dir = await fs.promises.open(persistDir, 'r');
+  try {
+    await dir.sync();
+  } finally {
+    await dir.close();
+  }
+}
+
 async function main() {
+  if (persistDir) fs.mkdirSync(persistDir, { recursive: true, mode: 0o700 });
   const url = new URL(env('ROTOR_SIM_URL'));
   const secret = fs.readFileSync(env('ROTOR_BENCH_SECRET_FILE'), 'utf8').trim();
   const ids = fs.readFileSync(env('ROTOR_BENCH_IDS_FILE'), 'utf8').split('\n').filter(Boolean);
@@ -45,7 +70,12 @@ async function main() {
         const id = list[next++];
         try {
           const c = await api.postOauthClientSecret(id);
-          if (c && typeof c.secret === 'string' && c.secret.length > 0) ok++; else failed++;
+          if (c && typeof c.secret === 'string' && c.secret.length > 0) {
+            if (persistDir) await persist(id, c.secret);
+            ok++;
+          } else {
+            failed++;
+          }
         } catch (e) {
           failed++;
         }
