@@ -345,7 +345,7 @@ local function batch_bench(_, g, mt)
     -- interleaved rounds: a batch, then an SDK round; new slots are a fresh set each round (the
     -- same clients), the others the first round's slots again
     local run_out = { name = name, rounds = {}, failed = 0, seconds = 0, cpu_seconds = 0, main_cpu_seconds = 0,
-      writes = 0, group_commits = 0, disk_seconds = 0, lines = 0, persist_failed = 0 }
+      writes = 0, group_commits = 0, disk_seconds = 0, lines = 0, sdk_failed = 0, persist_failed = 0 }
     local sdk_rates, persist_rates = {}, {}
     for _, r in ipairs(mt.sdk_rates) do sdk_rates[#sdk_rates + 1] = r end
     for round = 1, BATCH_ROUNDS do
@@ -359,6 +359,7 @@ local function batch_bench(_, g, mt)
       persist_rates[round] = kp.rate
       run_out.rounds[round] = { rate = b.rate, sdk_round = k.rate, sdk_persist_round = kp.rate }
       run_out.failed = run_out.failed + b.failed
+      run_out.sdk_failed = run_out.sdk_failed + k.failed
       run_out.persist_failed = run_out.persist_failed + kp.failed
       run_out.error = run_out.error or (b.error and core.redact(b.error)) or nil
       run_out.seconds = run_out.seconds + b.seconds
@@ -705,9 +706,10 @@ local ok_all, err_all = xpcall(function()
       local rr = {}
       for i, rd in ipairs(b.rounds) do rr[i] = string.format("%.2f", rd.ratio) end
       row(string.format("durable batch N=%d c=%d, %s: rotate/s / SDK", MINT_N, MINT_CONC, b.name),
-        string.format("%.0f / %.0f; rounds %s: median %.2f%s", b.rate, b.sdk_rate, table.concat(rr, " "), b.ratio,
-          b.failed > 0 and (" " .. b.failed .. " failed") or ""),
-        ">= 1.00", b.ratio >= TARGET.batch and b.failed == 0)
+        string.format("%.0f / %.0f; rounds %s: median %.2f%s%s", b.rate, b.sdk_rate, table.concat(rr, " "), b.ratio,
+          b.failed > 0 and (" " .. b.failed .. " failed") or "",
+          b.sdk_failed > 0 and (" (" .. b.sdk_failed .. " of the SDK's calls in this row failed)") or ""),
+        ">= 1.00", b.ratio >= TARGET.batch and b.failed == 0 and b.sdk_failed == 0)
       row(string.format("  %s: rotate/s / SDK keeping each new secret durably", b.name),
         string.format("%.0f / %.0f = %.2f%s", b.rate, b.sdk_persist_rate, b.persist_ratio,
           b.persist_failed > 0 and (" (" .. b.persist_failed .. " of those SDK calls failed)") or ""))
