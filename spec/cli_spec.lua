@@ -400,6 +400,34 @@ for _, w in ipairs(res.warnings) do print("warning: " .. w) end
       assert.truthy(out:find("NEEDS A PERSON  genesys/broken", 1, true), out)
       assert.truthy(out:find("mv " .. d .. "/secrets/genesys%2Fbroken.json", 1, true), out)
     end)
+
+    -- status and doctor took a custom store's record as it came: a journal entry that was not an
+    -- object ended both in a Lua traceback. Every reader now checks the record (rotor.record.read).
+    it("a store of one's own that hands back a malformed record: status, due and doctor name it, exit 1", function()
+      local d = newdir()
+      local cfg = d .. "/rotor.conf.lua"
+      local env = {}
+      local e = spreetail_slot(env, 1)
+      write_config(cfg, { slots = { e }, store = { raw = ([[{
+        list = function() return { %q } end,
+        get = function(_, slot) return { slot = slot, provider = "spreetail", versions = {}, journal = { 1 },
+                                         rotation = 5 } end,
+        put = function() return true end,
+        lock = function() return { unlock = function() end } end,
+      }]]):format(e.slot) } }, env)
+      for _, cmd in ipairs { "status", "due", "doctor" } do
+        local out, rc = rotor(cmd .. " --config " .. q(cfg), cfg)
+        assert.equal(1, rc, cmd .. ": " .. out)
+        assert.truthy(out:find(e.slot, 1, true), out)
+        if cmd ~= "due" then
+          assert.truthy(out:find("holds no valid record: journal[1]: an object expected", 1, true), cmd .. ": " .. out)
+        end
+        assert.is_nil(out:find("traceback", 1, true), out)
+      end
+      local out, rc = rotor("rotate --config " .. q(cfg), cfg)
+      assert.equal(1, rc, out)
+      assert.truthy(out:find("in a store of one's own holds no valid record: journal[1]", 1, true), out)
+    end)
   end)
 
   describe("doctor", function()

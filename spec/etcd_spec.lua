@@ -430,6 +430,64 @@ describe("a fleet of rotors on etcd #proc #etcd", function()
     cluster:wait_healthy(30, "restart of m" .. down)
   end)
 
+  it("a malformed record in etcd: every reader refuses it, naming its key and what to do; nothing crashes", function()
+    -- the records a damaged value, a hand edit or an old writer could leave: each field the
+    -- readers walk (the journal, the rotation, a version) of the wrong type
+    local fx = fixtures.seed(s, "genesys", "bad" .. core.random_hex(2))
+    local base = write_config("malformed", { fx })
+    local st = open_store()
+    local key = st:slot_key(fx.slot)
+    local bad = {
+      { why = "journal[1]: an object expected", record = { journal = { 1, 2 } } },
+      { why = "rotation: an object expected", record = { rotation = 5 } },
+      { why = "versions.current.secret", record = { versions = { current = { client_id = "c", secret = 7 } } } },
+    }
+    for _, b in ipairs(bad) do
+      local record = { slot = fx.slot, provider = "genesys", versions = {}, journal = {} }
+      for k, v in pairs(b.record) do record[k] = v end
+      assert(st:call("/v3/kv/put", { key = core.b64encode(key),
+        value = core.b64encode(json.encode { v = 1, w = "planted", record = record }) }))
+      local rec, err = st:get(fx.slot)
+      assert.is_nil(rec, b.why)
+      assert.equal("store", err.kind)
+      assert.matches("holds no valid record: " .. b.why, err.message, 1, true)
+      assert.matches(key, err.message, 1, true)
+      assert.matches("rotor doctor", err.message, 1, true)
+      for _, cmd in ipairs { "status", "doctor" } do
+        local out, rc = sim.run((". %s && %s %s --config %s 2>&1"):format(q(base .. "/env"), ROTOR, cmd,
+          q(base .. "/rotor.conf.lua")))
+        assert.equal(1, rc, cmd .. ": " .. out)
+        assert.matches(b.why, out, 1, true)
+        assert.is_nil(out:find("traceback", 1, true), out)
+      end
+      -- a rotation refuses it before sending anything
+      local out, rc = sim.run((". %s && %s rotate --config %s 2>&1"):format(q(base .. "/env"), ROTOR,
+        q(base .. "/rotor.conf.lua")))
+      assert.equal(1, rc, out)
+      assert.matches(b.why, out, 1, true)
+      assert.equal(0, mints(s, fx))
+    end
+    -- doctor's command, run as it is printed (etcdctl takes the password from ETCDCTL_PASSWORD here,
+    -- else it asks): the value is kept in a file, the key deleted, and the slot then rotates anew
+    local out = sim.run((". %s && %s doctor --config %s --json"):format(q(base .. "/env"), ROTOR,
+      q(base .. "/rotor.conf.lua")))
+    local command = json.decode(out).findings[1].command
+    local aside, rerun = command:match("^(etcdctl .-) && (%S*rotor rotate %-%-config .*)$")
+    assert.truthy(aside, command)
+    assert.matches("--user=rotor get --print-value-only " .. key, aside, 1, true)
+    local rc
+    out, rc = sim.run(("cd %s && . ./env && ETCDCTL_PASSWORD=$ROTOR_T_ETCD_PASSWORD sh -c %s 2>&1"):format(q(base),
+      q(aside)))
+    assert.equal(0, rc, out)
+    assert.matches('"slot":"' .. fx.slot .. '"', core.fs_read(base .. "/" .. require("rotor.store.file").encode(fx.slot)
+      .. ".corrupt.json"), 1, true)
+    assert.is_false(st:get(fx.slot))
+    out, rc = sim.run((". %s && %s 2>&1"):format(q(base .. "/env"), rerun:gsub("^%S*rotor ", ROTOR .. " ")))
+    assert.equal(0, rc, out)
+    assert.equal(1, mints(s, fx))
+    check_slot(st, fx)
+  end)
+
   it("rotor.ngx in nginx reads the slot from etcd and picks up a rotation without a reload", function()
     local rotor = require "rotor"
     local fx = fixtures.seed(s, "genesys", "ngx" .. core.random_hex(2))

@@ -9,6 +9,7 @@ local json = require "rotor.json"
 local timefmt = require "rotor.timefmt"
 local policy = require "rotor.policy"
 local config = require "rotor.config"
+local record_mod = require "rotor.record"
 
 local _M = {}
 
@@ -264,7 +265,7 @@ local function rows(store, policy_for)
   local now = timefmt.now()
   local list = {}
   for _, name in ipairs(names) do
-    local ok, rec, gerr = pcall(store.get, store, name)
+    local ok, rec, gerr = pcall(record_mod.read, store, name)
     if not ok then rec, gerr = nil, rec end
     local row = {
       slot = name, provider = json.null, client_id = json.null, created = json.null, expires = json.null,
@@ -504,15 +505,14 @@ local function cmd_doctor(args)
   end
   local now = timefmt.now()
   for _, name in ipairs(names) do
-    local ok, rec, gerr = pcall(store.get, store, name)
+    local ok, rec, gerr = pcall(record_mod.read, store, name)
     if not ok then rec, gerr = nil, rec end
     if not rec then
-      local path = type(store.path) == "function" and store:path(name) or nil
+      local aside = type(store.aside_command) == "function" and store:aside_command(name, q) or nil
       add { slot = name, problem = "corrupted", needs_person = true,
         message = "the slot's record cannot be read: " .. clean(gerr)
           .. ". Move it aside, restore it from a backup or rotate the slot anew from the provider's state",
-        command = path and ("mv %s %s.corrupt && %s --slot %s"):format(q(path), q(path), rerun, q(name))
-          or (rerun .. " --slot " .. q(name)) }
+        command = (aside and (aside .. " && ") or "") .. rerun .. " --slot " .. q(name) }
     else
       if rec.rotation then
         local st = timefmt.parse(rec.rotation.started)

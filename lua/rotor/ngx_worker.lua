@@ -100,7 +100,7 @@ end
 
 -- the current version of a store slot, as { client_id=, secret=<rotor.secret> } | nil, err
 local function current(store, slot)
-  local rec, err = store:get(slot)
+  local rec, err = require("rotor.record").read(store, slot)
   if rec == nil then return nil, err end
   local cur = rec and rec.versions and rec.versions.current
   if not cur or not cur.secret then

@@ -9,6 +9,7 @@
 --   V = { client_id = <string>, secret = <secret>, created=, expires=, promoted=, rotation=, meta = {} }
 --
 -- validate(record) -> true | nil, "<field>: <problem>" (the first problem found).
+-- read(store, slot) -> record | false (no such slot) | nil, err: store:get, the record checked.
 local core = require "rotor.core"
 
 local _M = {}
@@ -92,6 +93,23 @@ function _M.validate(rec)
     return nil, "last: an object expected, found " .. type(rec.last)
   end
   return true
+end
+
+--- A slot's record as every reader takes it (rotation, status, due, doctor, rotor.ngx): store:get,
+-- then the schema checked, unless the store checks every record it returns itself
+-- (store.checks_records: the file and etcd stores, whose errors name the file or the key). A
+-- custom store's malformed record is an error naming the slot and the problem, never a record
+-- the reader trips over. Returns record | false (no such slot) | nil, err.
+function _M.read(store, slot)
+  local rec, err = store:get(slot)
+  if not rec or store.checks_records then return rec, err end
+  local valid, why = _M.validate(rec)
+  if valid then return rec end
+  local mt = getmetatable(store)
+  local name = type(mt) == "table" and mt.__tostring and tostring(store) or "a store of one's own"
+  return nil, require("rotor.errors").new { kind = "store", slot = slot, message = ("slot %s in %s holds no "
+    .. "valid record: %s; nothing was changed. Repair or remove the slot's record in that store (rotor doctor "
+    .. "shows the slot)"):format(slot, name, why) }
 end
 
 return _M

@@ -613,19 +613,9 @@ local function notify(ctx, ok, err, failed_step)
 end
 
 local function run(ctx)
-  local rec, err = ctx.store:get(ctx.slot)
+  local rec, err = record_mod.read(ctx.store, ctx.slot)
   if rec == nil then return nil, err end
-  if not rec then
-    rec = empty_record(ctx.slot, ctx.provider)
-  elseif not ctx.store.checks_records then
-    -- a store whose get checks every record it returns (the file store: its error names the
-    -- file) has done this already; a journal of hundreds of entries made it a visible cost
-    local valid, why = record_mod.validate(rec)
-    if not valid then
-      return nil, errors.new { kind = "store", message = ("slot %s in %s holds no valid record: %s; nothing "
-        .. "was sent"):format(ctx.slot, tostring(ctx.store), why) }
-    end
-  end
+  if not rec then rec = empty_record(ctx.slot, ctx.provider) end
   ctx.record = rec
   if rec.provider and rec.provider ~= ctx.provider.provider then
     return nil, errors.new { kind = "config", message = ("slot %s holds a %s credential, not %s"):format(
@@ -796,7 +786,7 @@ function _M.due(slot, opts, store)
   if type(slot) == "string" then
     if store == nil then error("rotor.due: a store is needed to look up slot " .. slot, 2) end
     local err
-    rec, err = store:get(slot)
+    rec, err = record_mod.read(store, slot)
     if rec == nil then return nil, err end
     if not rec then return true, "no such slot: never rotated", {} end
   elseif type(slot) ~= "table" then

@@ -31,11 +31,13 @@ local sched = require "rotor.sched"
 local timefmt = require "rotor.timefmt"
 local seal = require "rotor.store.seal"
 local file_store = require "rotor.store.file"
+local record_mod = require "rotor.record"
 
 local _M = {}
 
 local Store = {}
 Store.__index = Store
+Store.checks_records = true -- every record read is checked (Store:_decode)
 _M.class = Store
 
 local Lock = {}
@@ -326,6 +328,21 @@ function Store:slot_key(slot)
   return self.prefix .. "slots/" .. file_store.encode(file_store.check_slot(slot, 3))
 end
 
+--- The shell commands that keep a slot's record in a local file and delete its key, so that the
+-- next rotation starts the slot afresh (rotor doctor's advice for a record that cannot be read).
+-- etcdctl asks for the password itself: none is put on the command line. quote: the caller's.
+function Store:aside_command(slot, quote)
+  local key = self:slot_key(slot)
+  local ctl = { "etcdctl", "--endpoints=" .. quote(table.concat(self.endpoints, ",")) }
+  for _, f in ipairs { { "cacert", self.cainfo }, { "cert", self.cert }, { "key", self.key },
+                       { "user", self.username } } do
+    if f[2] then ctl[#ctl + 1] = "--" .. f[1] .. "=" .. quote(f[2]) end
+  end
+  ctl = table.concat(ctl, " ")
+  return ("%s get --print-value-only %s > %s && %s del %s"):format(ctl, quote(key),
+    quote(file_store.encode(slot) .. ".corrupt.json"), ctl, quote(key))
+end
+
 function Store:lock_key(slot)
   return self.prefix .. "locks/" .. file_store.encode(file_store.check_slot(slot, 3))
 end
@@ -345,16 +362,22 @@ function Store:_encode(slot, record, nonce)
   return json.encode({ v = 1, w = nonce, record = copy }, nil, record.journal)
 end
 
+-- a record read back, checked against the one schema (rotor.record) as the file store checks
+-- its files: every reader (rotation, status, doctor, rotor.ngx) gets a valid record or this error
 function Store:_decode(slot, kv)
   local text = unb64(kv.value)
   local doc = text and json.decode(text)
-  if type(doc) ~= "table" or type(doc.record) ~= "table" then
-    return nil, store_error("slot " .. slot .. " holds no valid record in etcd (" .. self:slot_key(slot) .. ")")
+  local record = type(doc) == "table" and doc.record
+  local why = type(doc) == "table" and "no record in the value" or "not a JSON object"
+  if type(record) == "table" then
+    local ok, err = seal.open_versions(self.ring, record, slot)
+    if not ok then return nil, err end
+    ok, why = record_mod.validate(record)
+    if ok then return file_store.wrap(record), doc.w end
   end
-  local record = file_store.wrap(doc.record)
-  local ok, err = seal.open_versions(self.ring, record, slot)
-  if not ok then return nil, err end
-  return record, doc.w
+  return nil, store_error(("slot %s holds no valid record: %s (etcd key %s); nothing was changed. Restore the "
+    .. "value from a backup, or delete the key to start the slot afresh (rotor doctor shows the slot)")
+    :format(slot, why, self:slot_key(slot)), why)
 end
 
 local function kv_of(resp)

@@ -110,6 +110,13 @@ function Store:path(slot)
   return self.dir .. "/" .. file_name(slot, ".json")
 end
 
+--- The shell command that moves a slot's record aside, so that the next rotation starts the slot
+-- afresh (rotor doctor's advice for a record that cannot be read). quote: the caller's quoting.
+function Store:aside_command(slot, quote)
+  local path = self:path(slot)
+  return ("mv %s %s"):format(quote(path), quote(path .. ".corrupt"))
+end
+
 -- secrets in a record read from disk become rotor.secret values
 local function wrap(record)
   local versions = type(record.versions) == "table" and record.versions or {}
