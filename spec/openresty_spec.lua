@@ -288,6 +288,32 @@ describe("rotor.ngx in nginx #openresty #proc", function()
     assert.equal(200, (get("/genesys/me")))
   end)
 
+  -- A slot file that was not a record, or whose secret is sealed (a file store with key_file),
+  -- was reported as "holds no current secret": the operator looked for a missing secret.
+  it("names a slot file that is not a record, and a sealed secret, and keeps serving", function()
+    local path = dir .. "/secrets/" .. require("rotor.store.naming").encode(SLOT) .. ".json"
+    local keep = assert(core.fs_read(path))
+    local rec = assert(cjson.decode(keep))
+    rec.versions.current.secret = { alg = "A256GCM", kid = "0123456789abcdef", data = "c2VhbGVk" }
+    local ok, err = pcall(function()
+      for _, case in ipairs {
+        { text = "{ not json", says = "is not a slot record (not a JSON object): rotor doctor shows the slot" },
+        { text = cjson.encode(rec), says = "holds its secret sealed (the file store has a key_file)" },
+      } do
+        assert(core.fs_write_atomic(path, case.text, 384)) -- read at every request (check_interval 0)
+        for _ = 1, 4 do   -- both workers
+          local code, body = get("/genesys/me")
+          assert.equal(500, code, body)
+          assert.truthy(body:find(case.says, 1, true), body)
+        end
+        assert.equal(200, (get("/ping")))
+      end
+    end)
+    assert(core.fs_write_atomic(path, keep, 384))
+    assert(ok, err)
+    assert.equal(200, (get("/genesys/me")))
+  end)
+
   it("refuses to run where it cannot yield, with a clear config error", function()
     local code, body = get("/_test/phases")
     assert.equal(200, code)

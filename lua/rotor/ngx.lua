@@ -206,8 +206,17 @@ function Gw:credentials()
   local rec = cjson.decode(text)
   local cur = type(rec) == "table" and type(rec.versions) == "table" and rec.versions.current
   if type(cur) ~= "table" or type(cur.secret) ~= "string" or cur.secret == "" then
+    local why = "holds no current secret"
+    if type(rec) ~= "table" then
+      why = "is not a slot record (not a JSON object): rotor doctor shows the slot"
+    elseif type(cur) == "table" and type(cur.secret) == "table" then
+      -- the one secret a store writes as an object: sealed at rest (a file store with key_file),
+      -- and nginx holds no key for it
+      why = "holds its secret sealed (the file store has a key_file): rotor.ngx opens sealed secrets from an "
+        .. "etcd store (option etcd, with its key_file); give it an unsealed file store, or an etcd store"
+    end
     return nil, errors.new { kind = "store", provider = self.provider, op = "token",
-                             message = ("store slot %s holds no current secret"):format(tostring(self.slot)) }
+                             message = ("store slot %s %s"):format(tostring(self.slot), why) }
   end
   local id = type(cur.client_id) == "string" and cur.client_id or self.options.client_id
   if type(id) ~= "string" then
