@@ -866,7 +866,8 @@ static int l_fs_tail(lua_State *L) {
     return 1;
 }
 
-/* fs_read follows links: it reads files the user names (configurations, dotenv files). With
+/* fs_read follows links: it reads files the user names (dotenv files, key files, an audit trail
+ * read back), which must be regular files (a FIFO or a device is refused, never waited on). With
  * strict, the file itself is opened as a store's files are (rotor_fs_open_in: no link followed, a
  * regular file only, never blocking on a FIFO); the links on the way to its directory are
  * followed. For a reader that cannot apply the store's trust rule (an nginx worker reading a slot
@@ -889,10 +890,26 @@ static int l_fs_read(lua_State *L) {
         }
         return rc < 0 ? push_fail(L, msg, err) : 1;
     }
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* links are followed, but the file must be a regular one, opened without blocking: a FIFO
+     * planted at the path (a dotenv file in an application's directory) would else hold the
+     * open, and the rotation, for ever */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) {
         return push_errno(L, "cannot open", path, errno);
     }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        lua_pushnil(L);
+        lua_pushfstring(
+            L,
+            "%s is not a regular file (a FIFO, a device or a directory): remove it, or name "
+            "a regular file",
+            path);
+        lua_pushinteger(L, EINVAL);
+        return 3;
+    }
+    (void)fcntl(fd, F_SETFL, O_RDONLY); /* back to blocking reads */
     if (read_fd(L, fd, path, "", msg) < 0) {
         return push_fail(L, msg, errno);
     }

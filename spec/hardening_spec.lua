@@ -449,6 +449,32 @@ describe("the dotenv sink through a link", function()
     if owner then assert.equal(owner .. "\n", (sim.run("stat -c %u:%g " .. q(real)))) end
   end)
 
+  -- The sink read the file before writing it with a plain open(): a FIFO at the path (or at the
+  -- end of a link) blocked the deploy step, and the rotation with it, for ever. The files a user
+  -- names (dotenv files, key_file, an audit trail read back) are now opened without blocking and
+  -- must be regular files.
+  it("neither blocks on a FIFO at the path or behind a link, nor writes anything #proc", function()
+    local dir = tmpdir("dotenv-fifo")
+    assert.equal(0, select(2, sh("mkfifo " .. q(dir .. "/fifo.env") .. " && ln -s fifo.env " .. q(dir .. "/link.env"))))
+    local script = ([[
+      local rotor = require "rotor"
+      local core = require "rotor.core"
+      for _, n in ipairs { "fifo", "link" } do
+        local ok, err = rotor.store.dotenv(%q .. "/" .. n .. ".env", { secret = "S" }) { secret = rotor.secret("x") }
+        print(n, ok, err and err.message)
+        print(n .. " read", core.fs_read(%q .. "/" .. n .. ".env"))
+      end
+      print("key", rotor.store.file(%q .. "/store", { key_file = %q .. "/fifo.env" }))]]):format(dir, dir, dir, dir)
+    local out, rc = run_limited(script)
+    assert.equal(0, rc, out)
+    assert.matches("fifo	nil	cannot read [^\n]*fifo%.env[^\n]*is not a regular file", out)
+    assert.matches("link	nil	cannot read [^\n]*link%.env[^\n]*is not a regular file", out)
+    assert.matches("fifo read	nil	[^\n]*fifo%.env is not a regular file", out)
+    assert.matches("key	nil	[^\n]*key_file[^\n]*is not a regular file", out)
+    assert.equal("fifo\n", (sim.run("stat -c %F " .. q(dir .. "/fifo.env"))))
+    sh("rm -rf " .. q(dir))
+  end)
+
   it("refuses a link owned by another user to a file it does not own #proc", function()
     if not is_root then pending("needs root (chown)") return end
     local dir = tmpdir("dotenv2")
