@@ -154,6 +154,11 @@ local MUTANTS = {
     "rotor.record.read hands back what a store of one's own returned, unchecked",
     "lua/rotor/record.lua", { { "  if not rec or store.checks_records then return rec, err end",
       "  do return rec, err end" } }, { "spec/cli_spec.lua", "spec/rotation_unit_spec.lua" }),
+  m("read-blocks", "a file a user names (a dotenv file) is never waited on",
+    "core.fs_read opens it with a plain blocking open", "csrc/fs.c",
+    { { "    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);",
+        "    int fd = open(path, O_RDONLY | O_CLOEXEC);" } },
+    { "spec/hardening_spec.lua" }),
 }
 
 package.path = "./?.lua;" .. package.path
