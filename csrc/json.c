@@ -7,9 +7,11 @@
  *     holding the same pairs); v itself is never changed. marked: a marker array went in.
  *     flat (optional): a table inside v whose elements are not walked (an array of flat objects,
  *     such as a record's journal: hundreds of entries that hold only strings).
- *   core.json_normalise(v, array_mt, mark) -> v
+ *   core.json_normalise(v, array_mt, mark) -> v | nil, message
  *     In place: floats with an integer value become integers (Lua 5.3+), and each one-element
- *     array holding exactly mark becomes an empty table with the metatable array_mt.
+ *     array holding exactly mark becomes an empty table with the metatable array_mt. A number
+ *     that is not finite (cjson reads NaN, Infinity, and 1e999 as inf) makes it nil and a
+ *     message: JSON cannot write such a number back, so nothing rotor decodes holds one.
  *   core.json_mark_arrays(text, marker_json) -> text2
  *     Each empty array of the text ("[" and "]" with only JSON whitespace between, outside
  *     strings) replaced by marker_json, before cjson decodes it.
@@ -22,6 +24,7 @@
  * encoded on every write and decoded on every read. */
 #include "rotor.h"
 
+#include <math.h>
 #include <string.h>
 
 #define ROTOR_JSON_DEPTH 64
@@ -169,32 +172,55 @@ static int integral_float(lua_State *L, int idx, lua_Integer *out) {
 #endif
 }
 
-static void normalise(lua_State *L, int idx, int array_mt, int mark, int depth) {
+/* the number at idx is NaN or infinite */
+static int not_finite(lua_State *L, int idx) {
+#if LUA_VERSION_NUM >= 503
+    if (lua_isinteger(L, idx)) {
+        return 0;
+    }
+#endif
+    return !isfinite((double)lua_tonumber(L, idx));
+}
+
+/* 0, or -1 at the first number that is not finite (the walk stops there) */
+static int normalise(lua_State *L, int idx, int array_mt, int mark, int depth) {
     luaL_checkstack(L, 6, "json_normalise: too deep");
     if (depth > ROTOR_JSON_DEPTH) {
-        return;
+        return 0;
     }
     if (array_mt && is_marker_array(L, idx, mark)) {
         lua_pushnil(L);
         lua_rawseti(L, idx, 1);
         lua_pushvalue(L, array_mt);
         lua_setmetatable(L, idx);
-        return;
+        return 0;
     }
     lua_Integer i;
     lua_pushnil(L);
     while (lua_next(L, idx)) {
         int vt = lua_type(L, -1);
         if (vt == LUA_TTABLE) {
-            normalise(L, lua_gettop(L), array_mt, mark, depth + 1);
+            if (normalise(L, lua_gettop(L), array_mt, mark, depth + 1) != 0) {
+                return -1;
+            }
         } else if (vt == LUA_TNUMBER && integral_float(L, -1, &i)) {
             /* an existing field may be assigned during the traversal */
             lua_pushvalue(L, -2);
             lua_pushinteger(L, i);
             lua_rawset(L, idx);
+        } else if (vt == LUA_TNUMBER && not_finite(L, -1)) {
+            return -1;
         }
         lua_pop(L, 1);
     }
+    return 0;
+}
+
+static int not_finite_error(lua_State *L) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "malformed JSON: a number that is not finite (NaN, Infinity, or beyond the "
+                       "range of a double, such as 1e999)");
+    return 2;
 }
 
 static int l_json_normalise(lua_State *L) {
@@ -204,13 +230,16 @@ static int l_json_normalise(lua_State *L) {
         luaL_checktype(L, 3, LUA_TSTRING);
         array_mt = 2;
     }
-    if (lua_type(L, 1) == LUA_TTABLE) {
-        normalise(L, 1, array_mt, 3, 0);
+    if (lua_type(L, 1) == LUA_TTABLE && normalise(L, 1, array_mt, 3, 0) != 0) {
+        return not_finite_error(L);
     }
     lua_Integer i;
     if (lua_type(L, 1) == LUA_TNUMBER && integral_float(L, 1, &i)) {
         lua_pushinteger(L, i);
         return 1;
+    }
+    if (lua_type(L, 1) == LUA_TNUMBER && not_finite(L, 1)) {
+        return not_finite_error(L);
     }
     lua_settop(L, 1);
     return 1;

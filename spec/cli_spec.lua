@@ -401,6 +401,29 @@ for _, w in ipairs(res.warnings) do print("warning: " .. w) end
       assert.truthy(out:find("mv " .. d .. "/secrets/genesys%2Fbroken.json", 1, true), out)
     end)
 
+    -- an expiry beyond any date (1e300 seconds) or not a number at all once read (1e999: inf)
+    -- ended status, due and doctor in a traceback (os.date cannot format it)
+    it("an expiry no date can hold: status, due and doctor neither crash nor trust it", function()
+      local d = newdir()
+      local st = file_store(d .. "/secrets")
+      assert(st:put("genesys/far", { slot = "genesys/far", provider = "genesys", journal = {},
+        versions = { current = { client_id = "c1", secret = "not-a-real-secret-5", expires = 1e300,
+          created = os.date("!%Y-%m-%dT%H:%M:%SZ") } } }))
+      local text = assert(core.fs_read(d .. "/secrets/genesys%2Ffar.json"))
+      assert(core.fs_write_atomic(d .. "/secrets/genesys%2Finf.json",
+        (text:gsub("genesys/far", "genesys/inf"):gsub('"expires":1e%+300', '"expires":1e999')), 384))
+      for _, cmd in ipairs { "status", "status --format json", "status --format openmetrics", "due", "doctor" } do
+        local out, rc = rotor(cmd .. " " .. q(d .. "/secrets"))
+        assert.equal(1, rc, cmd .. ": " .. out) -- genesys/inf cannot be read
+        assert.is_nil(out:find("traceback", 1, true), cmd .. ": " .. out)
+        assert.truthy(out:find("genesys/inf", 1, true), cmd .. ": " .. out)
+        if cmd == "status" then
+          assert.truthy(out:find("genesys/far", 1, true), out)
+          assert.truthy(out:find("malformed JSON", 1, true), out)
+        end
+      end
+    end)
+
     -- status and doctor took a custom store's record as it came: a journal entry that was not an
     -- object ended both in a Lua traceback. Every reader now checks the record (rotor.record.read).
     it("a store of one's own that hands back a malformed record: status, due and doctor name it, exit 1", function()

@@ -159,6 +159,16 @@ local MUTANTS = {
     { { "    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);",
         "    int fd = open(path, O_RDONLY | O_CLOEXEC);" } },
     { "spec/hardening_spec.lua" }),
+  m("json-not-finite", "whatever rotor decodes, it can encode again (no NaN, no Infinity)",
+    "rotor.json takes NaN, Infinity and 1e999 as cjson reads them", "csrc/json.c",
+    { { "        } else if (vt == LUA_TNUMBER && not_finite(L, -1)) {\n            return -1;\n",
+        "        } else if (vt == LUA_TNUMBER && not_finite(L, -1) && 0) {\n            return -1;\n" } },
+    { "spec/core_spec.lua", "spec/cli_spec.lua" }),
+  m("time-unbounded", "a time no date can hold is no time (status never trips over it)",
+    "timefmt.parse takes any number above 1e11 as milliseconds", "lua/rotor/timefmt.lua",
+    { { "    if v > MAX_SECONDS and v <= MAX_MS then return v / 1000 end",
+        "    if v > MAX_SECONDS then return v / 1000 end" } },
+    { "spec/cli_spec.lua" }),
 }
 
 package.path = "./?.lua;" .. package.path

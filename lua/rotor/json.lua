@@ -41,7 +41,8 @@ local prepare, normalise_in_place, mark_arrays, finish = core.json_prepare, core
   core.json_mark_arrays, core.json_finish
 local walk_mt = not native and array_mt or nil
 
---- Decode a JSON text. Returns the value, or nil and a message naming the problem.
+--- Decode a JSON text. Returns the value, or nil and a message naming the problem (also for a
+-- number that is not finite: cjson reads NaN, Infinity and 1e999, which no encoder writes back).
 function _M.decode(s)
   if type(s) ~= "string" then return nil, "JSON text expected, got " .. type(s) end
   local v, err = codec.decode(native and s or mark_arrays(s, MARK_JSON))

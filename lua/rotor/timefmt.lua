@@ -33,12 +33,17 @@ local function days_from_civil(y, m, d)
 end
 _M.days_from_civil = days_from_civil
 
+-- the numbers taken as times: epoch seconds up to 1e11 (the year 5138), milliseconds above it up
+-- to 1e14; anything else (negative, larger, NaN) is no time: os.date cannot write it either
+local MAX_SECONDS, MAX_MS = 1e11, 1e14
+
 --- Epoch seconds of an ISO-8601 date or date-time (zone Z, +hh:mm or none = UTC), of a number
 -- (epoch seconds, or milliseconds when it is too large to be seconds), or nil when unparseable.
 function _M.parse(v)
   if type(v) == "number" then
-    if v > 1e11 then return v / 1000 end
-    return v
+    if v >= 0 and v <= MAX_SECONDS then return v end
+    if v > MAX_SECONDS and v <= MAX_MS then return v / 1000 end
+    return nil
   end
   if type(v) ~= "string" then return nil end
   local y, mo, d, rest = v:match("^%s*(%d%d%d%d)-(%d%d)-(%d%d)(.*)$")
