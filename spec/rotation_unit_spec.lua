@@ -169,6 +169,33 @@ describe("rotation (unit, fake providers)", function()
     return rotation.rotate(o)
   end
 
+  -- NaN passed the checks of several numeric options (NaN < 0 is false): a wait, a grace
+  -- period or a pacing rate of NaN was taken, and timed nothing as asked
+  it("numeric options refuse NaN as they refuse other bad numbers", function()
+    local nan = 0 / 0
+    local p = fake("genesys")
+    p:add_client("app1")
+    for k, msg in pairs { wait = "wait must be seconds >= 0", grace = "grace must be seconds >= 0",
+                          visibility = "visibility must be seconds from 1 to 43200" } do
+      assert.error_matches(function()
+        rotate { slot = "genesys/app1", provider = p, target = { client_id = "app1" }, [k] = nan }
+      end, msg, nil, true)
+    end
+    assert.is_nil(p.calls.post_oauth_client_secret)
+    for _, limits in ipairs { { default = { rate = nan } }, { default = { rate = 1, per = nan } } } do
+      local g, err = require("rotor.providers.genesys").new { client_id = "c", client_secret = "not-a-real-secret-6",
+        rate_limits = limits }
+      assert.is_nil(g)
+      assert.matches("rate_limits", err.message, 1, true)
+    end
+    local problems = require("rotor.store.etcd").check { endpoints = { "https://127.0.0.1:2379" }, key_file = "k",
+      timeout = nan }
+    assert.matches("timeout: seconds", table.concat(problems, "\n"), 1, true)
+    local sp = assert(require("rotor.providers.spapi").new { client_id = "c", client_secret = "not-a-real-secret-7" })
+    assert.error_matches(function() sp:receive_new_client_secret { wait = nan } end,
+      "wait must be a number of seconds >= 0", nil, true)
+  end)
+
   it("genesys regenerate: happy path, journal without secrets, result says the old one died", function()
     local p = fake("genesys")
     p:add_client("app1")

@@ -99,6 +99,10 @@ describe("rotor.parallel", function()
     assert.error_matches(function() rotor.parallel({}, "f") end, "fn must be a function", nil, true)
     assert.error_matches(function() rotor.parallel({ 1 }, function() end, { concurrency = 0 }) end,
       "concurrency must be a number >= 1", nil, true)
+    -- NaN passed the check (NaN < 1 is false): no worker started, and the batch ended in "tasks
+    -- are blocked with nothing to wake them"
+    assert.error_matches(function() rotor.parallel({ 1 }, function() end, { concurrency = 0 / 0 }) end,
+      "concurrency must be a number >= 1", nil, true)
   end)
 
   it("returns empty tables for no items", function()

@@ -106,8 +106,8 @@ local function v_rate_limits(v)
   for k, r in pairs(v) do
     if type(k) ~= "string" then return nil, "keys must be operation names or 'default'" end
     if r ~= false then
-      if type(r) ~= "table" or type(r.rate) ~= "number" or r.rate <= 0
-        or (r.per ~= nil and (type(r.per) ~= "number" or r.per <= 0)) then
+      if type(r) ~= "table" or type(r.rate) ~= "number" or r.rate ~= r.rate or r.rate <= 0
+        or (r.per ~= nil and (type(r.per) ~= "number" or r.per ~= r.per or r.per <= 0)) then
         return nil, "entry " .. k .. ": {rate=n, per=seconds} or false expected"
       end
     end

@@ -520,11 +520,14 @@ local function check_opts(o)
       error("rotate: deploy must be a function (or a callable sink such as rotor.store.dotenv)", 3)
     end
   end
-  if o.wait ~= nil and (type(o.wait) ~= "number" or o.wait < 0) then error("rotate: wait must be seconds >= 0", 3) end
-  if o.grace ~= nil and (type(o.grace) ~= "number" or o.grace < 0) then
+  if o.wait ~= nil and (type(o.wait) ~= "number" or o.wait ~= o.wait or o.wait < 0) then
+    error("rotate: wait must be seconds >= 0", 3)
+  end
+  if o.grace ~= nil and (type(o.grace) ~= "number" or o.grace ~= o.grace or o.grace < 0) then
     error("rotate: grace must be seconds >= 0", 3)
   end
-  if o.visibility ~= nil and (type(o.visibility) ~= "number" or o.visibility < 1 or o.visibility > 43200) then
+  if o.visibility ~= nil and (type(o.visibility) ~= "number" or o.visibility ~= o.visibility
+      or o.visibility < 1 or o.visibility > 43200) then
     error("rotate: visibility must be seconds from 1 to 43200", 3)
   end
   for _, k in ipairs { "write_retries", "write_retry_delay", "verify_attempts", "verify_delay" } do

@@ -292,7 +292,7 @@ function _M.parallel(items, fn, opts)
   opts = opts or {}
   if type(opts) ~= "table" then error("rotor.parallel: opts must be a table", 2) end
   local conc = opts.concurrency or 16
-  if type(conc) ~= "number" or conc < 1 then
+  if type(conc) ~= "number" or conc ~= conc or conc < 1 then
     error("rotor.parallel: concurrency must be a number >= 1", 2)
   end
   local n = #items

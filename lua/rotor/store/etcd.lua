@@ -126,7 +126,8 @@ function _M.check(spec)
   if ttl ~= nil and (type(ttl) ~= "number" or ttl < MIN_TTL or ttl > MAX_TTL or ttl ~= math.floor(ttl)) then
     out[#out + 1] = ("lease_ttl: whole seconds from %d to %d expected, got %s"):format(MIN_TTL, MAX_TTL, tostring(ttl))
   end
-  if spec.timeout ~= nil and (type(spec.timeout) ~= "number" or spec.timeout <= 0 or spec.timeout > 120) then
+  if spec.timeout ~= nil and (type(spec.timeout) ~= "number" or spec.timeout ~= spec.timeout
+    or spec.timeout <= 0 or spec.timeout > 120) then
     out[#out + 1] = "timeout: seconds (0 < t <= 120) expected"
   end
   return out
