@@ -328,6 +328,19 @@ static int trusted_dir(const char *path, int create, const char *const *trusted,
     return fd;
 }
 
+/* fd, opened with O_NONBLOCK so that a FIFO planted at its name could not block the open, when
+ * it is a regular file: set back to blocking I/O (F_SETFL takes the open's own flags; it ignores
+ * the access mode and the creation flags, so no F_GETFL is needed). Else -1, fd closed. */
+static int regular_or_close(int fd, int flags) {
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return -1;
+    }
+    fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
+    return fd;
+}
+
 /* ---- operations relative to a directory descriptor ---- */
 
 /* Open name in dfd without following a link; must be a regular file. *created tells whether
@@ -370,15 +383,9 @@ int rotor_fs_open_in(int dfd, const char *where, const char *name, int flags, mo
         }
         return why(msg, err, "cannot open %s/%s: %s", where, name, strerror(err));
     }
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        close(fd);
+    if (regular_or_close(fd, flags) < 0) {
         return why(msg, EINVAL, "%s/%s is not a regular file; remove it", where, name);
     }
-    /* back to blocking I/O (O_NONBLOCK only kept a planted FIFO from blocking the open); F_SETFL
-     * takes the open's own flags (it ignores the access mode and the creation flags): no
-     * F_GETFL needed */
-    fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
     return fd;
 }
 
@@ -897,9 +904,7 @@ static int l_fs_read(lua_State *L) {
     if (fd < 0) {
         return push_errno(L, "cannot open", path, errno);
     }
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        close(fd);
+    if (regular_or_close(fd, O_RDONLY | O_CLOEXEC) < 0) {
         lua_pushnil(L);
         lua_pushfstring(
             L,
@@ -909,7 +914,6 @@ static int l_fs_read(lua_State *L) {
         lua_pushinteger(L, EINVAL);
         return 3;
     }
-    (void)fcntl(fd, F_SETFL, O_RDONLY); /* back to blocking reads */
     if (read_fd(L, fd, path, "", msg) < 0) {
         return push_fail(L, msg, errno);
     }
