@@ -31,7 +31,6 @@ local sched = require "rotor.sched"
 local timefmt = require "rotor.timefmt"
 local seal = require "rotor.store.seal"
 local file_store = require "rotor.store.file"
-local record_mod = require "rotor.record"
 
 local _M = {}
 
@@ -367,15 +366,18 @@ end
 -- its files: every reader (rotation, status, doctor, rotor.ngx) gets a valid record or this error
 function Store:_decode(slot, kv)
   local text = unb64(kv.value)
-  local doc = text and json.decode(text)
-  local record = type(doc) == "table" and doc.record
-  local why = type(doc) == "table" and "no record in the value" or "not a JSON object"
-  if type(record) == "table" then
-    local ok, err = seal.open_versions(self.ring, record, slot)
-    if not ok then return nil, err end
-    ok, why = record_mod.validate(record)
-    if ok then return file_store.wrap(record), doc.w end
+  local doc, jerr
+  if text then doc, jerr = json.decode(text) end
+  local record, err, why
+  if type(doc) ~= "table" then
+    why = select(3, file_store.open_record(self.ring, slot, doc, jerr)) -- malformed JSON, or not an object
+  elseif type(doc.record) ~= "table" then
+    why = "no record in the value"
+  else
+    record, err, why = file_store.open_record(self.ring, slot, doc.record)
+    if record then return record, doc.w end
   end
+  if err then return nil, err end
   return nil, store_error(("slot %s holds no valid record: %s (etcd key %s); nothing was changed. Restore the "
     .. "value from a backup, or delete the key to start the slot afresh (rotor doctor shows the slot)")
     :format(slot, why, self:slot_key(slot)), why)

@@ -135,12 +135,25 @@ local function wrap(record)
   return record
 end
 
-_M.wrap = wrap -- also for records read from other stores (etcd)
-
 -- how a secret is written into the store file (and only there): its plain text
 local function reveal(v)
   if core.is_secret(v) then return v:reveal() end
   return v
+end
+
+--- A record a store read back for slot, made ready for its readers. record and jerr are what JSON
+-- decoding gave (the value, or nil and the error). Its sealed secrets are opened with ring, it is
+-- checked against the record's one schema (rotor.record.validate), and its secrets become
+-- rotor.secret values. For every store that checks what it reads (the file and etcd stores).
+-- Returns record | nil, err (a secret that cannot be opened) | nil, nil, why (not a valid record:
+-- the caller's error names its file or key).
+function _M.open_record(ring, slot, record, jerr)
+  if type(record) ~= "table" then return nil, nil, jerr and "malformed JSON" or "not an object" end
+  local opened, serr = seal.open_versions(ring, record, slot)
+  if not opened then return nil, serr end
+  local valid, why = record_mod.validate(record)
+  if not valid then return nil, nil, why end
+  return wrap(record)
 end
 
 function Store:get(slot)
@@ -149,22 +162,13 @@ function Store:get(slot)
   local text, msg = self.fd:read(name)
   if text == false then return false end
   if not text then return nil, store_error("cannot read slot " .. slot, msg) end
-  local record, jerr = json.decode(text)
+  local record, serr, why = _M.open_record(self.ring, slot, json.decode(text))
   text = nil -- luacheck: ignore 311
-  local valid, why
-  if type(record) ~= "table" then
-    why = jerr and "malformed JSON" or "not an object"
-  else
-    local opened, serr = seal.open_versions(self.ring, record, slot)
-    if not opened then return nil, serr end
-    valid, why = record_mod.validate(record)
-  end
-  if not valid then
-    return nil, store_error(("slot %s holds no valid record: %s (file %s); nothing was changed. Restore the "
-      .. "file from a backup, or move it away to start the slot afresh (rotor doctor shows the slot)")
-      :format(slot, why, self:path(slot)), why)
-  end
-  return wrap(record)
+  if record then return record end
+  if serr then return nil, serr end
+  return nil, store_error(("slot %s holds no valid record: %s (file %s); nothing was changed. Restore the "
+    .. "file from a backup, or move it away to start the slot afresh (rotor doctor shows the slot)")
+    :format(slot, why, self:path(slot)), why)
 end
 
 --- Keep only the last max entries of a record's journal (in the record itself: a store's writes
