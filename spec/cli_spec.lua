@@ -424,6 +424,29 @@ for _, w in ipairs(res.warnings) do print("warning: " .. w) end
       end
     end)
 
+    -- a last outcome that was not text (an object, true) ended status in a traceback, and status
+    -- --json printed it where its schema promises a string
+    it("a record field of the wrong kind: status, due and doctor name it, no traceback", function()
+      local d = newdir()
+      local st = file_store(d .. "/secrets")
+      local now = os.date("!%Y-%m-%dT%H:%M:%SZ")
+      assert(st:put("genesys/ok", { slot = "genesys/ok", provider = "genesys", journal = {},
+        versions = { current = { client_id = "c1", secret = "not-a-real-secret-10", created = now } } }))
+      assert(st:put("genesys/odd", { slot = "genesys/odd", provider = "genesys", last = { outcome = {}, time = now },
+        journal = { { step = "rotation", outcome = "done", time = now } },
+        versions = { current = { client_id = "c2", secret = "not-a-real-secret-11", created = now } } }))
+      for _, cmd in ipairs { "status", "status --format json", "status --format openmetrics", "due", "doctor" } do
+        local out, rc = rotor(cmd .. " " .. q(d .. "/secrets"))
+        assert.equal(1, rc, cmd .. ": " .. out)
+        assert.is_nil(out:find("traceback", 1, true), cmd .. ": " .. out)
+        assert.truthy(out:find("genesys/odd", 1, true), cmd .. ": " .. out)
+        if cmd ~= "status --format openmetrics" then
+          assert.truthy(out:find("last.outcome: string expected, found table", 1, true), cmd .. ": " .. out)
+        end
+        if cmd:find("status") then assert.truthy(out:find("genesys/ok", 1, true), cmd .. ": " .. out) end
+      end
+    end)
+
     -- status and doctor took a custom store's record as it came: a journal entry that was not an
     -- object ended both in a Lua traceback. Every reader now checks the record (rotor.record.read).
     it("a store of one's own that hands back a malformed record: status, due and doctor name it, exit 1", function()

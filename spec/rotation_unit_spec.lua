@@ -196,6 +196,56 @@ describe("rotation (unit, fake providers)", function()
       "wait must be a number of seconds >= 0", nil, true)
   end)
 
+  -- the schema took any value in a journal entry, in last, in a retiring entry, and a pending
+  -- version without a client id or a secret: a rotation then failed in a later step with an
+  -- "unexpected error", or called the provider with an empty client id. Such a record is refused
+  -- before anything is sent, naming its field.
+  it("a record whose fields hold the wrong kind of value is refused, naming the field; nothing is sent", function()
+    local now = os.date("!%Y-%m-%dT%H:%M:%SZ")
+    local function base()
+      return { slot = "genesys/app1", provider = "genesys", versions = {
+        current = { client_id = "app1", secret = "not-a-real-secret-8", created = now } }, journal = {} }
+    end
+    local cases = {
+      ["versions.pending.client_id: missing"] = function(r)
+        r.versions.pending = { secret = "not-a-real-secret-9", created = now }
+        r.rotation = { id = "r1", strategy = "regenerate", step = "verify", started = now }
+      end,
+      ["versions.pending.secret: missing"] = function(r)
+        r.versions.pending = { client_id = "app1", created = now }
+        r.rotation = { id = "r1", strategy = "regenerate", step = "deploy", started = now }
+      end,
+      ["versions.current.client_id: empty"] = function(r) r.versions.current.client_id = "" end,
+      ["journal[1].outcome: string expected, found table"] = function(r)
+        r.journal = { { step = "rotation", outcome = {}, time = now } }
+      end,
+      ["last.outcome: string expected, found boolean"] = function(r) r.last = { outcome = true, time = now } end,
+      ["retiring[1].client_id: missing"] = function(r) r.retiring = { { delete_after = now } } end,
+      ["retiring[1].delete_after: string expected, found number"] = function(r)
+        r.retiring = { { client_id = "old1", delete_after = 5 } }
+      end,
+      ["rotation.started: string expected, found number"] = function(r)
+        r.rotation = { id = "r1", strategy = "regenerate", step = "create", started = 1 }
+      end,
+      ["rotation.mint.at: number expected, found string"] = function(r)
+        r.rotation = { id = "r1", strategy = "regenerate", step = "create", started = now,
+                       mint = { state = "ambiguous", op = "post_oauth_client_secret", at = "soon" } }
+      end,
+    }
+    for field, spoil in pairs(cases) do
+      local p = fake("genesys")
+      p:add_client("app1")
+      local rec = base()
+      spoil(rec)
+      assert(store:put("genesys/app1", rec))
+      local res, err = rotate { slot = "genesys/app1", provider = p, target = { client_id = "app1" } }
+      assert.is_nil(res, field)
+      assert.equal("store", err.kind, field .. ": " .. tostring(err))
+      assert.truthy(tostring(err.message):find(field, 1, true), field .. ": " .. tostring(err))
+      assert.same({}, p.calls, field)
+    end
+  end)
+
   it("genesys regenerate: happy path, journal without secrets, result says the old one died", function()
     local p = fake("genesys")
     p:add_client("app1")

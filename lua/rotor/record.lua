@@ -2,11 +2,12 @@
 --
 --   { slot = <string>, provider = <string>, schema = 1,
 --     versions = { current = V, pending = V, previous = V },      -- each optional
---     journal = { { step=, outcome=, time=, rotation=, note= }, ... },
---     rotation = { id=, strategy=, started=, step=, mint = { state=, op=, time=, at=, ... } } | nil,
---     last = { rotation=, outcome=, step=, time= } | nil,
---     retiring = { { client_id=, delete_after= }, ... } | nil }
+--     journal = { { step=, outcome=, time=, rotation=, note= }, ... },         -- strings, each optional
+--     rotation = { id=, strategy=, started=, step=, mint = { state=, op=, time=, at=<number>, ... } } | nil,
+--     last = { rotation=, outcome=, step=, time=, strategy= } | nil,          -- strings, each optional
+--     retiring = { { client_id=, delete_after= }, ... } | nil }               -- both set, strings
 --   V = { client_id = <string>, secret = <secret>, created=, expires=, promoted=, rotation=, meta = {} }
+--   (client_id and secret are never empty; a pending version holds both)
 --
 -- validate(record) -> true | nil, "<field>: <problem>" (the first problem found).
 -- read(store, slot) -> record | false (no such slot) | nil, err: store:get, the record checked.
@@ -35,24 +36,57 @@ end
 
 local VERSION_FIELDS = { client_id = "string", secret = "secret string", created = "string",
                          expires = "string number", promoted = "string", rotation = "string", meta = "table" }
+-- what rotor writes in these entries is text; a reader prints, compares and parses them as such
+local JOURNAL_FIELDS = { step = "string", outcome = "string", time = "string", rotation = "string", note = "string" }
+local LAST_FIELDS = { rotation = "string", outcome = "string", step = "string", time = "string", strategy = "string" }
+local RETIRING_FIELDS = { client_id = "string", delete_after = "string" }
+local ROTATION_FIELDS = { started = "string" }
+local MINT_FIELDS = { op = "string", time = "string", at = "number" }
+
+-- the first field of t whose value is not of its type: nil, "<at>.<field>: ... expected, found ..."
+local function check_fields(t, fields, at)
+  for k, types in pairs(fields) do
+    if not opt(t[k], types) then
+      return nil, ("%s.%s: %s expected, found %s"):format(at, k, types:gsub(" ", " or "), type(t[k]))
+    end
+  end
+  return true
+end
+
+local function non_empty(t, k, at)
+  if t[k] == "" then return nil, ("%s.%s: empty"):format(at, k) end
+  return true
+end
 
 local function check_version(label, v)
   local at = "versions." .. label
   if type(v) ~= "table" then return nil, at .. ": an object expected, found " .. type(v) end
-  for k, types in pairs(VERSION_FIELDS) do
-    if not opt(v[k], types) then
-      return nil, ("%s.%s: %s expected, found %s"):format(at, k, types:gsub(" ", " or "), type(v[k]))
+  local ok, why = check_fields(v, VERSION_FIELDS, at)
+  if not ok then return nil, why end
+  ok, why = non_empty(v, "secret", at)
+  if ok then ok, why = non_empty(v, "client_id", at) end
+  if not ok then return nil, why end
+  -- a pending version is a minted credential waiting to be verified and deployed: it is both
+  if label == "pending" then
+    for _, k in ipairs { "client_id", "secret" } do
+      if v[k] == nil then return nil, ("%s.%s: missing"):format(at, k) end
     end
   end
-  if type(v.secret) == "string" and v.secret == "" then return nil, at .. ".secret: empty" end
   return true
 end
 
-local function array_of_tables(v, at)
+-- an optional array of objects, each checked against fields; required names fields that must be set
+local function array_of(v, at, fields, required)
   if v == nil then return true end
   if type(v) ~= "table" then return nil, at .. ": an array expected, found " .. type(v) end
   for i, e in ipairs(v) do
-    if type(e) ~= "table" then return nil, ("%s[%d]: an object expected, found %s"):format(at, i, type(e)) end
+    local here = ("%s[%d]"):format(at, i)
+    if type(e) ~= "table" then return nil, here .. ": an object expected, found " .. type(e) end
+    local ok, why = check_fields(e, fields, here)
+    if not ok then return nil, why end
+    for _, k in ipairs(required or {}) do
+      if e[k] == nil or e[k] == "" then return nil, ("%s.%s: missing"):format(here, k) end
+    end
   end
   return true
 end
@@ -72,9 +106,9 @@ function _M.validate(rec)
       end
     end
   end
-  local ok, why = array_of_tables(rec.journal, "journal")
+  local ok, why = array_of(rec.journal, "journal", JOURNAL_FIELDS)
   if not ok then return nil, why end
-  ok, why = array_of_tables(rec.retiring, "retiring")
+  ok, why = array_of(rec.retiring, "retiring", RETIRING_FIELDS, { "client_id", "delete_after" })
   if not ok then return nil, why end
   local rot = rec.rotation
   if rot ~= nil then
@@ -88,9 +122,14 @@ function _M.validate(rec)
     if rot.mint ~= nil and (type(rot.mint) ~= "table" or type(rot.mint.state) ~= "string") then
       return nil, "rotation.mint: an object with a state expected"
     end
+    ok, why = check_fields(rot, ROTATION_FIELDS, "rotation")
+    if ok and rot.mint then ok, why = check_fields(rot.mint, MINT_FIELDS, "rotation.mint") end
+    if not ok then return nil, why end
   end
-  if rec.last ~= nil and type(rec.last) ~= "table" then
-    return nil, "last: an object expected, found " .. type(rec.last)
+  if rec.last ~= nil then
+    if type(rec.last) ~= "table" then return nil, "last: an object expected, found " .. type(rec.last) end
+    ok, why = check_fields(rec.last, LAST_FIELDS, "last")
+    if not ok then return nil, why end
   end
   return true
 end
