@@ -369,6 +369,39 @@ describe("rotation (unit, fake providers)", function()
     assert.is_nil(p.clients.old1)
   end)
 
+  -- a scheduled deletion of the client the slot now holds as current (a record rolled back or edited
+  -- by hand to the old client) deleted the live credential at the start of the next run: a lockout
+  it("genesys new_client never deletes the client the slot holds as current, scheduled or not", function()
+    local p = fake("genesys")
+    p:add_client("old1", "Reporting")
+    local res = assert(rotate { slot = "g", provider = p, target = { client_id = "old1" }, strategy = "new_client",
+                                grace = 3600 })
+    local rec = assert(store:get("g"))
+    assert.equal("old1", rec.retiring[1].client_id)
+    -- the operator rolls back to old1 (enabled again at the provider) and keeps the scheduled deletion
+    rec.versions.current = { client_id = "old1", secret = core.secret("seeded-old1"),
+                             created = os.date("!%Y-%m-%dT%H:%M:%SZ") }
+    rec.retiring[1].delete_after = "2000-01-01T00:00:00Z"
+    assert(store:put("g", rec))
+    p.clients.old1.state, p.creds.old1 = "active", "seeded-old1"
+    local res2 = assert(rotate { slot = "g", provider = p, target = { client_id = "old1" }, strategy = "new_client",
+                                 grace = 3600 })
+    assert.truthy(p.clients.old1, "the current client was deleted")
+    assert.is_nil(p.calls.delete_oauth_client)
+    assert.are_not.equal(res.client_id, res2.client_id)
+    rec = assert(store:get("g"))
+    local kept
+    for _, e in ipairs(rec.journal) do
+      if e.outcome == "kept" then kept = e.note end
+    end
+    assert.equal("client old1 is the slot's current credential: its scheduled deletion is cancelled", kept)
+    -- the rotation retired old1 the usual way: disabled, its deletion scheduled anew after the grace
+    assert.equal("disabled", p.clients.old1.state)
+    assert.equal(1, #rec.retiring)
+    assert.equal("old1", rec.retiring[1].client_id)
+    assert.truthy(rec.retiring[1].delete_after > os.date("!%Y-%m-%dT%H:%M:%SZ"))
+  end)
+
   it("genesys new_client: an ambiguous create leaves an orphan that the next run deletes", function()
     local p = fake("genesys")
     p:add_client("old1", "Reporting")

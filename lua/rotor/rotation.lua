@@ -328,10 +328,24 @@ function Ctx:schedule_deletion(client_id, after)
   list[#list + 1] = { client_id = client_id, delete_after = after }
 end
 
+-- A client the slot holds as its current or pending credential is never deleted: its scheduled
+-- deletion (left by a record edited or rolled back by hand) is cancelled, and that is journalled.
+-- Returns the due entries | nil, err (the journal could not be written).
 function Ctx:due_deletions(now)
-  local due = {}
+  local due, live = {}, {}
   for _, r in ipairs(self.record.retiring or {}) do
-    if (timefmt.parse(r.delete_after) or 0) <= now then due[#due + 1] = r end
+    local label = self:stored_client(r.client_id, { "current", "pending" })
+    if label then
+      live[#live + 1] = { entry = r, label = label }
+    elseif (timefmt.parse(r.delete_after) or 0) <= now then
+      due[#due + 1] = r
+    end
+  end
+  for _, l in ipairs(live) do
+    self:deletion_done(l.entry)
+    local ok, err = self:journal("retire", "kept", ("client %s is the slot's %s credential: its scheduled "
+      .. "deletion is cancelled"):format(l.entry.client_id, l.label))
+    if not ok then return nil, err end
   end
   return due
 end
@@ -344,11 +358,12 @@ function Ctx:deletion_done(entry)
   self.record.retiring = keep
 end
 
---- True when client_id belongs to a stored version (current, pending, previous).
-function Ctx:stored_client(client_id)
-  for _, label in ipairs(LABELS) do
+--- The label of the stored version client_id belongs to (of labels, by default current, pending
+-- and previous), or false.
+function Ctx:stored_client(client_id, labels)
+  for _, label in ipairs(labels or LABELS) do
     local v = self.record.versions[label]
-    if v and v.client_id == client_id then return true end
+    if v and v.client_id == client_id then return label end
   end
   return false
 end

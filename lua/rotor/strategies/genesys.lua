@@ -196,7 +196,9 @@ end
 
 -- delete the clients whose grace period has passed
 function new_client.cleanup(ctx)
-  for _, r in ipairs(ctx:due_deletions(timefmt.now())) do
+  local due, derr = ctx:due_deletions(timefmt.now())
+  if not due then return nil, derr end
+  for _, r in ipairs(due) do
     local ok, err = ctx.provider:delete_oauth_client(r.client_id)
     if ok or is_gone(err) then
       ctx:deletion_done(r)
