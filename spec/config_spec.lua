@@ -123,6 +123,41 @@ return { store = "./s", slots = { { slot = "a", consumers = "none", provider = {
     assert.is_true(has(problems { store = "s", slots = { e } }, "consumers: only \"none\" is understood"))
   end)
 
+  -- a notify table was taken as it came: a misspelt field was ignored, and a timeout given as a
+  -- string raised an error once the rotation had ended, reported as the rotation's failure
+  it("checks a notify spec field by field, and the CA bundles it and a provider name", function()
+    local d = tmpdir()
+    local fifo, empty = d .. "/ca.fifo", d .. "/empty.pem"
+    assert(os.execute("mkfifo " .. fifo))
+    assert(core.fs_write_atomic(empty, "no certificate here\n", 420))
+    local hook = "https://127.0.0.1:9/hook"
+    local cases = {
+      { { webhook = hook, timout = 15 }, "notify: timout: unknown field; did you mean timeout?" },
+      { { webhook = hook, timeout = "15" }, "notify: timeout: a positive number expected" },
+      { { webhook = hook, http2 = "yes" }, "notify: http2: true or false expected" },
+      { { webhook = hook, cainfo = fifo }, "notify: cainfo: cannot read the CA bundle: " .. fifo
+        .. " is not a regular file" },
+      { "hooks.example.com/x", "notify: the webhook URL hooks.example.com/x: not an http(s) URL" },
+    }
+    for _, c in ipairs(cases) do
+      local lines = problems { store = "s", slots = { slot { notify = c[1] } } }
+      assert.is_true(has(lines, c[2]), c[2] .. " in:\n" .. table.concat(lines, "\n"))
+      lines = problems { store = "s", notify = c[1], slots = { slot() } }
+      assert.is_true(has(lines, c[2]), c[2] .. " (config-wide) in:\n" .. table.concat(lines, "\n"))
+    end
+    assert.same({}, problems { store = "s", slots = { slot { notify = { webhook = hook, on = "failure", timeout = 5,
+      connect_timeout = 2, http2 = false } } } })
+    -- a provider's cainfo: never waited on, and it must hold a certificate
+    for path, msg in pairs { [fifo] = "is not a regular file", [empty] = "holds no PEM certificate",
+                             [d] = "is not a regular file" } do
+      local e = slot()
+      e.provider.options.cainfo = path
+      local lines = problems { store = "s", slots = { e } }
+      assert.is_true(has(lines, "provider.options.cainfo: "), table.concat(lines, "\n"))
+      assert.is_true(has(lines, msg), msg .. " in:\n" .. table.concat(lines, "\n"))
+    end
+  end)
+
   it("knows every provider option, target key and strategy the code has, and no other", function()
     local rotor = require "rotor"
     for kind, p in pairs(config.PROVIDERS) do

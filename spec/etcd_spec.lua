@@ -133,6 +133,37 @@ describe("secrets sealed at rest", function()
     assert.matches("neither password nor password_env", text)
     assert.same({}, etcd.check { endpoints = { "https://127.0.0.1:2379" }, key_file = "k", lease_ttl = 5 })
   end)
+
+  -- the TLS files were first opened by libcurl, at the first request: a FIFO at cainfo, cert or key
+  -- held that connection (and the run) for ever; a wrong file surfaced as a TLS failure
+  it("names a TLS file that cannot serve when the store is opened, never waiting on it", function()
+    local etcd = require "rotor.store.etcd"
+    local dir = mktemp()
+    sim.run("mkfifo " .. q(dir .. "/fifo") .. " && head -c 32 /dev/urandom > " .. q(dir .. "/seal.key")
+      .. " && printf 'not a certificate' > " .. q(dir .. "/plain") .. " && mkdir " .. q(dir .. "/d"))
+    local base = { endpoints = { "https://127.0.0.1:2379" }, key_file = dir .. "/seal.key" }
+    local cases = {
+      { { cainfo = dir .. "/fifo" },
+        "etcd store: cainfo: cannot read the CA bundle: " .. dir .. "/fifo is not a regular file" },
+      { { cainfo = dir .. "/plain" }, "etcd store: cainfo: " .. dir .. "/plain holds no PEM certificate" },
+      { { cert = dir .. "/fifo", key = dir .. "/plain" },
+        "etcd store: cert: " .. dir .. "/fifo is not a regular file" },
+      { { cert = dir .. "/plain", key = dir .. "/d" }, "etcd store: key: " .. dir .. "/d is not a regular file" },
+      { { cert = dir .. "/plain", key = dir .. "/none" },
+        "etcd store: key: cannot read " .. dir .. "/none: no such file" },
+    }
+    for _, c in ipairs(cases) do
+      local t = {}
+      for k, v in pairs(base) do t[k] = v end
+      for k, v in pairs(c[1]) do t[k] = v end
+      local st, err = etcd.new(t)
+      assert.is_nil(st, c[2])
+      assert.equal("config", err.kind)
+      assert.truthy(err.message:find(c[2], 1, true), err.message)
+    end
+    assert.truthy(etcd.new(base))
+    sim.run("rm -rf " .. q(dir))
+  end)
 end)
 
 describe("a fleet of rotors on etcd #proc #etcd", function()

@@ -494,6 +494,19 @@ describe("rotation (unit, fake providers)", function()
     assert.equal(384, mode)
   end)
 
+  -- a notify table with a timeout given as text was taken: the rotation ran, and the error raised
+  -- when the notification was built was reported in place of its outcome
+  it("checks notify before anything is sent", function()
+    local p = fake("genesys")
+    p:add_client("app1")
+    assert.error_matches(function()
+      rotate { slot = "g", provider = p, target = { client_id = "app1" },
+               notify = { webhook = "https://127.0.0.1:9/hook", timeout = "15" } }
+    end, "notify.timeout: a positive number expected", nil, true)
+    assert.same({}, p.calls)
+    assert.is_false(store:get("g"))
+  end)
+
   it("notifies on success and on failure, never with the secret", function()
     local p = fake("genesys")
     p:add_client("app1")

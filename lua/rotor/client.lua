@@ -62,11 +62,16 @@ local function v_boolean(v)
   return v
 end
 
+-- a CA bundle is read when the option is checked, without blocking (a FIFO or a directory at the
+-- path is refused, not waited on), and must hold a PEM certificate: a wrong file is named here,
+-- before anything runs, rather than as a TLS failure of the first request
 local function v_cainfo(v)
   if type(v) ~= "string" or v == "" then return nil, "a path to a CA bundle expected" end
-  local f = io.open(v, "rb")
-  if not f then return nil, "cannot read the CA bundle " .. v end
-  f:close()
+  local text, msg = core.fs_read(v)
+  if not text then return nil, "cannot read the CA bundle: " .. tostring(msg) end
+  if not text:find("-----BEGIN [%u ]*CERTIFICATE-----") then
+    return nil, v .. " holds no PEM certificate (-----BEGIN CERTIFICATE-----): name the CA bundle in PEM form"
+  end
   return v
 end
 
@@ -115,6 +120,18 @@ local function v_rate_limits(v)
   return v
 end
 
+-- a file handed to libcurl by path (a client certificate, its key): a regular file, checked
+-- without opening it (a FIFO there would hold the first connection for ever)
+local function v_file(v)
+  if type(v) ~= "string" or v == "" then return nil, "a file path expected" end
+  local found, kind = core.fs_exists(v)
+  if not found then return nil, "cannot read " .. v .. ": no such file" end
+  if kind ~= "file" then
+    return nil, v .. " is not a regular file (a FIFO, a device or a directory): name a regular file"
+  end
+  return v
+end
+
 local COMMON = {
   client_id = v_string,
   client_secret = v_secret,
@@ -135,7 +152,7 @@ local COMMON = {
 }
 _M.validators = {
   string = v_string, secret = v_secret, positive = v_positive, nonneg = v_nonneg,
-  count = v_count, boolean = v_boolean, url = v_url, cainfo = v_cainfo,
+  count = v_count, boolean = v_boolean, url = v_url, cainfo = v_cainfo, file = v_file,
 }
 
 local function config_error(provider, name, why)

@@ -43,7 +43,7 @@ end
 
 local function c_notify(v)
   local ok, e = pcall(require("rotor.notify").check, v)
-  if not ok then return nil, (tostring(e):gsub("^notify[.%w]*: ", "")) end
+  if not ok then return nil, (tostring(e):gsub("^notify: ", ""):gsub("^notify%.([%w_]+): ", "%1: ")) end
   return true
 end
 
@@ -112,10 +112,13 @@ _M.SLOT = {
     wait = { type = "number", check = c_nonneg, default = "300",
       doc = "SP-API: seconds one run waits for the new secret on the SQS queue" },
     grace = { type = "number", check = c_nonneg, default = "0",
-      doc = "Genesys new_client: seconds the old client stays disabled before it is deleted (on a later run)" },
+      doc = "Genesys new_client: seconds the old client stays disabled before it is deleted (on a later run). "
+        .. "A deletion is cancelled (and journalled) if the slot holds that client as its current or pending "
+        .. "credential by then" },
     notify = { type = "string, table or function", check = c_notify,
-      doc = "a Slack-compatible webhook URL, { webhook = url, on = \"failure\"|\"success\"|\"always\" } or a " ..
-        "function(event)" },
+      doc = "a Slack-compatible webhook URL, { webhook = url, on = \"failure\"|\"success\"|\"always\", timeout =, "
+        .. "connect_timeout =, cainfo =, proxy =, user_agent =, http2 = } (each field checked before anything runs) "
+        .. "or a function(event)" },
     audit = { type = "false, string or table", check = c_audit,
       doc = "the audit trail: false (none), a file path, { path =, key = }; default: the store's" },
     force_mint = { type = "boolean", check = c_bool, default = "false",

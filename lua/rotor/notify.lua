@@ -9,13 +9,40 @@ local errors = require "rotor.errors"
 
 local _M = {}
 
+-- the fields of a notify table and their checks (rotor.client's, as for a provider's options)
+local FIELDS = { webhook = "url", fn = true, on = true, timeout = "positive", connect_timeout = "positive",
+                 cainfo = "cainfo", proxy = "string", user_agent = "string", http2 = "boolean" }
+local FIELD_NAMES = { "webhook", "fn", "on", "timeout", "connect_timeout", "cainfo", "proxy", "user_agent", "http2" }
+
+--- Check a notify spec where it is given (a config file, rotor.rotate): raises an error naming the
+-- field and what it takes, so a typo or a wrong value never surfaces when a rotation has ended.
 function _M.check(spec, level)
-  if spec == nil or type(spec) == "function" or type(spec) == "string" then return spec end
-  if type(spec) ~= "table" or (type(spec.webhook) ~= "string" and type(spec.fn) ~= "function") then
-    error("notify: a webhook URL, a function or { webhook = url, on = ... } expected", (level or 1) + 1)
+  level = (level or 1) + 1
+  if spec == nil or type(spec) == "function" then return spec end
+  local v = require("rotor.client").validators
+  if type(spec) == "string" then
+    local ok, why = v.url(spec)
+    if not ok then error("notify: the webhook URL " .. spec .. ": " .. why, level) end
+    return spec
   end
+  if type(spec) ~= "table" or (type(spec.webhook) ~= "string" and type(spec.fn) ~= "function") then
+    error("notify: a webhook URL, a function or { webhook = url, on = ... } expected", level)
+  end
+  for k, val in pairs(spec) do
+    local check = FIELDS[k]
+    if not check then
+      local hint = require("rotor.config").suggest(tostring(k), FIELD_NAMES)
+      error(("notify.%s: unknown field; %s"):format(tostring(k), hint and ("did you mean " .. hint .. "?")
+        or ("a notify table takes " .. table.concat(FIELD_NAMES, ", "))), level)
+    end
+    if type(check) == "string" then
+      local ok, why = v[check](val)
+      if ok == nil then error(("notify.%s: %s"):format(k, why), level) end
+    end
+  end
+  if spec.fn ~= nil and type(spec.fn) ~= "function" then error("notify.fn: a function expected", level) end
   if spec.on ~= nil and spec.on ~= "failure" and spec.on ~= "success" and spec.on ~= "always" then
-    error("notify.on: \"failure\", \"success\" or \"always\" expected", (level or 1) + 1)
+    error("notify.on: \"failure\", \"success\" or \"always\" expected", level)
   end
   return spec
 end

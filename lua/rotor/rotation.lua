@@ -622,11 +622,14 @@ end
 local function notify(ctx, ok, err, failed_step)
   if ctx.opts.notify == nil then return end
   local rot = ctx.record and (ctx.record.rotation or ctx.record.last) or {}
-  local sent, nerr = notify_mod.send(ctx.opts.notify, {
+  -- the rotation's outcome is settled: nothing a notification does (not even an error raised in
+  -- it) changes what is reported
+  local pok, sent, nerr = pcall(notify_mod.send, ctx.opts.notify, {
     ok = ok, slot = ctx.slot, provider = ctx.provider.provider, rotation = rot.id or rot.rotation,
     step = failed_step, error = err and redact(err) or nil,
     detail = ok and redact(ctx.strategy.summary(ctx)) or nil,
   })
+  if not pok then sent, nerr = nil, redact(sent) end
   if not sent then ctx.warnings[#ctx.warnings + 1] = "notification failed: " .. tostring(nerr) end
 end
 

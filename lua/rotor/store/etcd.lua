@@ -138,6 +138,14 @@ function _M.new(spec)
   if #problems > 0 then
     return nil, errors.new { kind = "config", message = "etcd store: " .. table.concat(problems, "; ") }
   end
+  -- the TLS files libcurl opens for every connection: named now if they cannot serve
+  local v = require("rotor.client").validators
+  for _, f in ipairs { { "cainfo", v.cainfo }, { "cert", v.file }, { "key", v.file } } do
+    if spec[f[1]] ~= nil then
+      local ok, why = f[2](spec[f[1]])
+      if not ok then return nil, errors.new { kind = "config", message = "etcd store: " .. f[1] .. ": " .. why } end
+    end
+  end
   local ring, kerr = seal.keyring(spec)
   if not ring then return nil, kerr end
   local password = spec.password
