@@ -132,7 +132,7 @@ return { store = "./s", slots = { { slot = "a", consumers = "none", provider = {
     assert(core.fs_write_atomic(empty, "no certificate here\n", 420))
     local hook = "https://127.0.0.1:9/hook"
     local cases = {
-      { { webhook = hook, timout = 15 }, "notify: timout: unknown field; did you mean timeout?" },
+      { { webhook = hook, timout = 15 }, "notify: timout: unknown field; did you mean notify.timeout?" },
       { { webhook = hook, timeout = "15" }, "notify: timeout: a positive number expected" },
       { { webhook = hook, http2 = "yes" }, "notify: http2: true or false expected" },
       { { webhook = hook, cainfo = fifo }, "notify: cainfo: cannot read the CA bundle: " .. fifo
@@ -156,6 +156,37 @@ return { store = "./s", slots = { { slot = "a", consumers = "none", provider = {
       assert.is_true(has(lines, "provider.options.cainfo: "), table.concat(lines, "\n"))
       assert.is_true(has(lines, msg), msg .. " in:\n" .. table.concat(lines, "\n"))
     end
+  end)
+
+  -- a file store's table and an exec sink's table were taken without looking at their other keys:
+  -- key_fle = "seal.key" left every secret unsealed, imput = "json" deployed the bare secret
+  it("checks the options of a file store, a dotenv sink and an exec sink, naming each", function()
+    local cases = {
+      { { store = { kind = "file", path = "s", key_fle = "seal.key" } },
+        "rotor.conf.lua: store: key_fle: unknown option; did you mean key_file?" },
+      { { store = { kind = "file", path = "s", journal_max = "50" } },
+        "rotor.conf.lua: store: journal_max: a whole number of entries from 20 to 100000 expected" },
+      { { store = { kind = "file", path = "s", key_file = "a", key_env = "B" } },
+        "rotor.conf.lua: store: key_file and key_env: give one of them, not both" },
+      { { deploy = { kind = "exec", command = "cat", imput = "json" } },
+        "slot genesys/app: deploy: imput: unknown option; did you mean input?" },
+      { { deploy = { kind = "exec", command = "cat", input = "yaml" } },
+        "slot genesys/app: deploy: input must be secret, line, json or env" },
+      { { deploy = { kind = "exec", command = "cat", path = "x" } }, "slot genesys/app: deploy: path: unknown option" },
+      { { deploy = { kind = "dotenv", path = "app.env", secrte = "APP_SECRET" } },
+        "slot genesys/app: deploy: secrte: unknown option; did you mean secret?" },
+      { { deploy = { kind = "dotenv", path = "app.env", secret = "APP SECRET" } },
+        "slot genesys/app: deploy: secret must be a variable name" },
+    }
+    for _, c in ipairs(cases) do
+      local cfg = { store = c[1].store or "s", slots = { slot { deploy = c[1].deploy } } }
+      local lines = problems(cfg)
+      assert.is_true(has(lines, c[2]), c[2] .. " in:\n" .. table.concat(lines, "\n"))
+      assert.equal(1, #lines, table.concat(lines, "\n"))
+    end
+    assert.same({}, problems { store = { kind = "file", path = "s", journal_max = 500, key_file = "k",
+      trusted = { "/srv" } },
+      slots = { slot { deploy = { kind = "exec", command = "cat", input = "json", name = "k8s" } } } })
   end)
 
   it("knows every provider option, target key and strategy the code has, and no other", function()

@@ -55,13 +55,41 @@ describe("rotor.store.file", function()
   end)
 
   it("keeps the journal bounded", function()
-    local s2 = assert(file_store.new(dir, { journal_max = 5 }))
+    local s2 = assert(file_store.new(dir, { journal_max = 20 }))
     local j = {}
-    for i = 1, 12 do j[i] = { step = "s" .. i } end
+    for i = 1, 32 do j[i] = { step = "s" .. i } end
     assert(s2:put("j", { versions = {}, journal = j }))
     local back = assert(s2:get("j"))
-    assert.equal(5, #back.journal)
-    assert.equal("s12", back.journal[5].step)
+    assert.equal(20, #back.journal)
+    assert.equal("s32", back.journal[20].step)
+  end)
+
+  -- an option misspelt or of the wrong kind was ignored or failed late: a journal_max given as text
+  -- ended the first rotation in "unexpected error", a misspelt key_file left secrets unsealed, a
+  -- misspelt dotenv or exec option deployed the new secret where (or as) the application does not
+  -- read it, and retire then took the old one away
+  it("refuses an option it does not know, or of the wrong kind, naming it", function()
+    local cases = {
+      { function() return file_store.new(dir, { jornal_max = 50 }) end,
+        "rotor.store.file: jornal_max: unknown option; did you mean journal_max?" },
+      { function() return file_store.new(dir, { key_fle = "seal.key" }) end,
+        "rotor.store.file: key_fle: unknown option; did you mean key_file?" },
+      { function() return file_store.new(dir, { journal_max = "50" }) end,
+        "rotor.store.file: journal_max: a whole number of entries from 20 to 100000 expected, got 50" },
+      { function() return file_store.new(dir, { journal_max = 5 }) end, "journal_max: a whole number" },
+      { function() return file_store.new(dir, { journal_max = 0 / 0 }) end, "journal_max: a whole number" },
+      { function() return file_store.new(dir, { read_only = "yes" }) end, "read_only: true or false expected" },
+      { function() return stores.dotenv(dir .. "/app.env", { secrte = "APP_SECRET" }) end,
+        "rotor.store.dotenv: secrte: unknown option; did you mean secret?" },
+      { function() return stores.exec { command = "cat", imput = "json" } end,
+        "rotor.store.exec: imput: unknown option; did you mean input?" },
+      { function() return stores.exec { command = "cat", name = 5 } end, "rotor.store.exec: name must be" },
+    }
+    for _, c in ipairs(cases) do assert.error_matches(c[1], c[2], nil, true) end
+    local etcd = require "rotor.store.etcd"
+    local problems = table.concat(etcd.check { endpoints = { "https://127.0.0.1:2379" }, key_file = "k",
+      journal_max = "50" }, "\n")
+    assert.truthy(problems:find("journal_max: a whole number", 1, true), problems)
   end)
 
   it("locks a slot: a second lock fails with kind locked until released", function()

@@ -28,13 +28,10 @@ function _M.check(spec, level)
   if type(spec) ~= "table" or (type(spec.webhook) ~= "string" and type(spec.fn) ~= "function") then
     error("notify: a webhook URL, a function or { webhook = url, on = ... } expected", level)
   end
+  local unknown = require("rotor.config").unknown_key(spec, FIELD_NAMES, "field", "notify.")
+  if unknown then error(unknown, level) end
   for k, val in pairs(spec) do
     local check = FIELDS[k]
-    if not check then
-      local hint = require("rotor.config").suggest(tostring(k), FIELD_NAMES)
-      error(("notify.%s: unknown field; %s"):format(tostring(k), hint and ("did you mean " .. hint .. "?")
-        or ("a notify table takes " .. table.concat(FIELD_NAMES, ", "))), level)
-    end
     if type(check) == "string" then
       local ok, why = v[check](val)
       if ok == nil then error(("notify.%s: %s"):format(k, why), level) end

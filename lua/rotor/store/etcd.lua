@@ -60,23 +60,15 @@ end
 ------------------------------------------------------------------------------------------------
 -- Configuration
 
-local FIELDS = {
-  kind = true, endpoints = true, prefix = true, cainfo = true, cert = true, key = true,
-  username = true, password = true, password_env = true, key_file = true, key_env = true,
-  old_key_files = true, old_key_envs = true, lease_ttl = true, timeout = true, audit_file = true,
-  journal_max = true,
-}
+local FIELDS = { "kind", "endpoints", "prefix", "cainfo", "cert", "key", "username", "password", "password_env",
+  "key_file", "key_env", "old_key_files", "old_key_envs", "lease_ttl", "timeout", "audit_file", "journal_max" }
 
 --- The problems of an etcd store spec, as a list of strings naming each problem and its fix
 -- (empty when the spec is fine). Files are not opened here.
 function _M.check(spec)
   local out = {}
   if type(spec) ~= "table" then return { "the etcd store needs a table of fields" } end
-  for k in pairs(spec) do
-    if not FIELDS[k] then out[#out + 1] = ("unknown field %s (the etcd store takes: endpoints, prefix, "
-      .. "cainfo, cert, key, username, password, password_env, key_file, key_env, old_key_files, "
-      .. "old_key_envs, lease_ttl, timeout, audit_file)"):format(tostring(k)) end
-  end
+  out[#out + 1] = require("rotor.config").unknown_key(spec, FIELDS, "field")
   local eps = spec.endpoints
   if type(eps) == "string" then eps = { eps } end
   if type(eps) ~= "table" or #eps == 0 then
@@ -125,6 +117,8 @@ function _M.check(spec)
   if ttl ~= nil and (type(ttl) ~= "number" or ttl < MIN_TTL or ttl > MAX_TTL or ttl ~= math.floor(ttl)) then
     out[#out + 1] = ("lease_ttl: whole seconds from %d to %d expected, got %s"):format(MIN_TTL, MAX_TTL, tostring(ttl))
   end
+  local jok, jwhy = file_store.check_journal_max(spec.journal_max)
+  if not jok then out[#out + 1] = jwhy end
   if spec.timeout ~= nil and (type(spec.timeout) ~= "number" or spec.timeout ~= spec.timeout
     or spec.timeout <= 0 or spec.timeout > 120) then
     out[#out + 1] = "timeout: seconds (0 < t <= 120) expected"

@@ -67,6 +67,11 @@ function _M.new(opts)
   if type(opts) ~= "table" or type(opts.command) ~= "string" or opts.command == "" then
     error("rotor.store.exec: { command = \"...\" } expected", 2)
   end
+  local unknown = require("rotor.config").unknown_key(opts, { "command", "input", "env", "name" }, "option")
+  if unknown then error("rotor.store.exec: " .. unknown, 2) end
+  if opts.name ~= nil and (type(opts.name) ~= "string" or opts.name == "") then
+    error("rotor.store.exec: name must be a non-empty string", 2)
+  end
   local input = opts.input or "secret"
   if not INPUTS[input] then error("rotor.store.exec: input must be secret, line, json or env", 2) end
   check_env(opts.env)

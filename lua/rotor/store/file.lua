@@ -46,6 +46,39 @@ end
 _M.encode = naming.encode
 _M.decode = naming.decode
 
+-- the options of rotor.store.file(dir, opts)
+local OPTIONS = { "journal_max", "read_only", "trusted", "key_file", "key_env", "old_key_files", "old_key_envs" }
+local MIN_JOURNAL, MAX_JOURNAL = 20, 100000
+
+--- A store's journal_max (the file and etcd stores): nil (200) or a whole number of entries, at
+-- least enough for a few rotations (rotor doctor finds orphaned mints in them). true | nil, why.
+function _M.check_journal_max(v)
+  if v == nil or (type(v) == "number" and v == math.floor(v) and v >= MIN_JOURNAL and v <= MAX_JOURNAL) then
+    return true
+  end
+  return nil, ("journal_max: a whole number of entries from %d to %d expected, got %s"):format(MIN_JOURNAL,
+    MAX_JOURNAL, tostring(v))
+end
+
+--- The problems of a file store's options, as a list of strings (empty when they are fine). extra
+-- lists other keys the caller's table may hold (a config file's kind and path).
+function _M.check(opts, extra)
+  local names = {}
+  for _, n in ipairs(OPTIONS) do names[#names + 1] = n end
+  for _, n in ipairs(extra or {}) do names[#names + 1] = n end
+  local out = {}
+  out[#out + 1] = require("rotor.config").unknown_key(opts, names, "option")
+  local ok, why = _M.check_journal_max(opts.journal_max)
+  if not ok then out[#out + 1] = why end
+  if opts.read_only ~= nil and type(opts.read_only) ~= "boolean" then
+    out[#out + 1] = "read_only: true or false expected"
+  end
+  if opts.trusted ~= nil and type(opts.trusted) ~= "table" then
+    out[#out + 1] = "trusted: an array of directory paths expected"
+  end
+  return seal.problems(opts, out)
+end
+
 -- the OS's reason (detail) is part of the message: "cannot write slot x: No space left on device"
 local function store_error(message, detail)
   if detail ~= nil and not message:find(tostring(detail), 1, true) then
@@ -65,9 +98,8 @@ function _M.new(dir, opts)
   end
   if opts ~= nil and type(opts) ~= "table" then error("rotor.store.file: opts must be a table", 2) end
   opts = opts or {}
-  if opts.trusted ~= nil and type(opts.trusted) ~= "table" then
-    error("rotor.store.file: trusted must be an array of directory paths", 2)
-  end
+  local problems = _M.check(opts)
+  if problems[1] then error("rotor.store.file: " .. table.concat(problems, "; "), 2) end
   dir = dir:gsub("(.)/+$", "%1")
   -- { key_file = | key_env = }: secrets sealed at rest (rotor.store.seal)
   local ring, kerr

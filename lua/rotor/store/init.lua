@@ -48,14 +48,16 @@ function _M.open(spec, base_dir, opts)
   if spec.kind == "file" then
     if type(spec.path) ~= "string" or spec.path == "" then return nil, "store.path: a directory expected" end
     -- key_file / key_env (and old_key_files / old_key_envs): secrets sealed at rest (doc/STORES.md)
-    local olds
-    if type(spec.old_key_files) == "table" then
-      olds = {}
-      for i, f in ipairs(spec.old_key_files) do olds[i] = _M.resolve(f, base_dir) end
+    local function resolve_all(list)
+      if type(list) ~= "table" then return list end
+      local out = {}
+      for i, f in ipairs(list) do out[i] = _M.resolve(f, base_dir) end
+      return out
     end
-    return _M.file(_M.resolve(spec.path, base_dir), { journal_max = spec.journal_max, read_only = ro,
+    return _M.file(_M.resolve(spec.path, base_dir), { journal_max = spec.journal_max,
+      read_only = ro or spec.read_only, trusted = resolve_all(spec.trusted),
       key_file = spec.key_file and _M.resolve(spec.key_file, base_dir), key_env = spec.key_env,
-      old_key_files = olds, old_key_envs = spec.old_key_envs })
+      old_key_files = resolve_all(spec.old_key_files), old_key_envs = spec.old_key_envs })
   end
   local ok, mod = pcall(require, "rotor.store." .. spec.kind)
   if not ok or type(mod) ~= "table" or type(mod.open) ~= "function" then
