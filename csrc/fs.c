@@ -1055,9 +1055,40 @@ static void close_from(int lowfd) {
     }
 }
 
-/* core.spawn{ argv = {...}, env = { "K=V", ... }, input = string | secret } -> exit status
- * (128 + signal when killed) | nil, message. The child gets exactly env, stdin from a pipe
- * carrying input, stdout/stderr of this process, no other descriptor, default signals. */
+static double monotonic_now(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)now.tv_sec + (double)now.tv_nsec / 1e9;
+}
+
+/* Wait for child pid until deadline (CLOCK_MONOTONIC seconds; 0: no limit), polling every 10 ms
+ * when there is one. 0 with *status set once it exited; -1 with errno; 1 when the deadline passed
+ * first. */
+static int wait_child(pid_t pid, double deadline, int *status) {
+    for (;;) {
+        pid_t r = waitpid(pid, status, deadline > 0 ? WNOHANG : 0);
+        if (r == pid) {
+            return 0;
+        }
+        if (r < 0 && errno != EINTR) {
+            return -1;
+        }
+        if (r == 0) {
+            if (monotonic_now() >= deadline) {
+                return 1;
+            }
+            struct timespec tick = {0, 10000000L}; /* 10 ms */
+            nanosleep(&tick, NULL);
+        }
+    }
+}
+
+/* core.spawn{ argv = {...}, env = { "K=V", ... }, input = string | secret, timeout = s } -> exit
+ * status (128 + signal when killed), input written | nil, message. The child gets exactly env,
+ * stdin from a pipe carrying input, stdout/stderr of this process, no other descriptor, default
+ * signals. With timeout, the child leads a process group of its own, and when it has not exited
+ * after timeout seconds the group gets SIGTERM, then SIGKILL 2 s later: nil, "timed out" (a
+ * deploy command that never ends cannot hold a rotation and its lock for ever). */
 static int l_spawn(lua_State *L) {
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 1);
@@ -1071,6 +1102,11 @@ static int l_spawn(lua_State *L) {
     lua_getfield(L, 1, "input"); /* 4 */
     size_t inlen = 0;
     const char *input = lua_isnil(L, 4) ? "" : rotor_checkbytes(L, 4, &inlen);
+    lua_getfield(L, 1, "timeout"); /* 5 */
+    double timeout = lua_isnil(L, 5) ? 0 : (double)luaL_checknumber(L, 5);
+    luaL_argcheck(L, timeout == 0 || (timeout > 0 && timeout <= 86400), 1,
+                  "timeout: seconds from 0 to 86400 expected");
+    lua_pop(L, 1);
     const char **argv = lua_newuserdata(L, sizeof(char *) * (size_t)(nargv + nenv + 2));
     const char **envp = argv + nargv + 1;
     for (int i = 0; i < nargv; i++) {
@@ -1105,6 +1141,9 @@ static int l_spawn(lua_State *L) {
         signal(SIGINT, SIG_DFL);
         signal(SIGTERM, SIG_DFL);
         sigprocmask(SIG_SETMASK, &none, NULL);
+        if (timeout > 0) {
+            setpgid(0, 0);
+        }
         if (dup2(pfd[0], 0) < 0) {
             _exit(127);
         }
@@ -1121,6 +1160,10 @@ static int l_spawn(lua_State *L) {
         pthread_sigmask(SIG_SETMASK, &old, NULL);
         return push_errno(L, "cannot start", argv[0], err);
     }
+    if (timeout > 0) {
+        setpgid(pid, pid); /* as the child does: whichever runs first */
+    }
+    double deadline = timeout > 0 ? monotonic_now() + timeout : 0;
     int wrote = rotor_write_all(pfd[1], input, inlen) == 0;
     close(pfd[1]);
     /* a child that exits before reading its input raises SIGPIPE here: take it back */
@@ -1128,11 +1171,20 @@ static int l_spawn(lua_State *L) {
     while (sigtimedwait(&block, NULL, &zero) > 0) {
     }
     pthread_sigmask(SIG_SETMASK, &old, NULL);
-    int status;
-    while (waitpid(pid, &status, 0) < 0) {
-        if (errno != EINTR) {
-            return push_errno(L, "cannot wait for", argv[0], errno);
+    int status = 0;
+    int rc = wait_child(pid, deadline, &status);
+    if (rc == 1) {
+        kill(-pid, SIGTERM);
+        if (wait_child(pid, monotonic_now() + 2, &status) == 1) {
+            kill(-pid, SIGKILL);
+            wait_child(pid, 0, &status);
         }
+        lua_pushnil(L);
+        lua_pushfstring(L, "timed out after %f s: stopped (SIGTERM, then SIGKILL)", timeout);
+        return 2;
+    }
+    if (rc < 0) {
+        return push_errno(L, "cannot wait for", argv[0], errno);
     }
     lua_pushinteger(L, WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
     lua_pushboolean(L, wrote);

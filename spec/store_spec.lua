@@ -155,6 +155,37 @@ describe("rotor.store.exec", function()
   end)
 end)
 
+describe("rotor.store.exec, a command that never ends", function()
+  -- a deploy command that hung (a prompt, a network wait) held the rotation and its lock for ever
+  it("is stopped after its timeout, with everything it started, and the deploy fails", function()
+    local d = tmpdir()
+    local sink = stores.exec { command = "sleep 60 & echo $! > " .. d .. "/pid; wait", timeout = 0.5 }
+    local t0 = core.now()
+    local ok, err = sink:deploy { client_id = "c", secret = core.secret("not-a-real-secret-12") }
+    local took = core.now() - t0
+    assert.is_nil(ok)
+    assert.equal("store", err.kind)
+    assert.truthy(err.message:find("deploy command sleep did not finish within 0.5 s and was stopped", 1, true),
+      err.message)
+    assert.truthy(took < 20, took) -- 0.5 s and a SIGTERM; the command alone would take 60
+    local pid = assert(tonumber(core.fs_read(d .. "/pid"):match("%d+")))
+    -- the background sleep got the signal too (it may take a moment to be reaped by init)
+    local alive
+    for _ = 1, 50 do
+      local p = io.popen(("if kill -0 %d 2>/dev/null && ! grep -q '^State:.*Z' /proc/%d/status; then echo alive; fi")
+        :format(pid, pid))
+      alive = p:read("*a"):find("alive", 1, true)
+      p:close()
+      if not alive then break end
+      os.execute("sleep 0.1")
+    end
+    assert.falsy(alive, "the background sleep survived")
+    assert.error_matches(function() stores.exec { command = "cat", timeout = 0 } end, "timeout must be seconds")
+    assert.equal(300, stores.exec { command = "cat" }.timeout)
+    assert(stores.exec { command = "cat >/dev/null", timeout = 5 }:deploy { client_id = "c", secret = "x" })
+  end)
+end)
+
 describe("core fs primitives", function()
   it("fs_write_atomic accepts a secret and leaves mode 0600", function()
     local p = tmpdir() .. "/f"

@@ -104,7 +104,8 @@ _M.SLOT = {
     deploy = { type = "function, sink or table",
       doc = "pushes the new secret to its consumers before the old one is retired: a function(new), a "
         .. "sink (rotor.store.dotenv/exec), { kind = \"dotenv\", path = ..., client_id = , secret = , "
-        .. "expires = } or { kind = \"exec\", command = ..., input = ... } (paths relative to the config file)" },
+        .. "expires =, mode = } or { kind = \"exec\", command = ..., input =, env =, name =, timeout = (s, 300) } "
+        .. "(paths relative to the config file)" },
     consumers = { type = "\"none\"",
       doc = "say `consumers = \"none\"` when nothing but rotor uses this credential: required instead of "
         .. "`deploy` for a strategy whose old secret stops working during the run" },

@@ -14,6 +14,8 @@
 -- from rotor's own environment, plus opts.env = { NAME = "value" | true (take it from rotor's
 -- environment) | false (leave it out) }. Nothing else of rotor's environment (where admin secrets
 -- often live) reaches it, and it inherits no descriptor but stdin (the secret), stdout and stderr.
+-- A command still running after opts.timeout seconds (300) is stopped: its process group gets
+-- SIGTERM, then SIGKILL, and the deploy fails (the new secret stays pending for the next run).
 local core = require "rotor.core"
 local errors = require "rotor.errors"
 local json = require "rotor.json"
@@ -24,6 +26,9 @@ local Sink = {}
 Sink.__index = Sink
 
 local INPUTS = { secret = true, line = true, json = true, env = true }
+
+--- Seconds a deploy command may run before it is stopped (opts.timeout)
+_M.TIMEOUT = 300
 
 --- The variables a deploy command gets from rotor's environment unless opts.env says otherwise.
 _M.ENV_ALLOW = { "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "LC_ALL",
@@ -67,15 +72,21 @@ function _M.new(opts)
   if type(opts) ~= "table" or type(opts.command) ~= "string" or opts.command == "" then
     error("rotor.store.exec: { command = \"...\" } expected", 2)
   end
-  local unknown = require("rotor.config").unknown_key(opts, { "command", "input", "env", "name" }, "option")
+  local unknown = require("rotor.config").unknown_key(opts, { "command", "input", "env", "name", "timeout" },
+    "option")
   if unknown then error("rotor.store.exec: " .. unknown, 2) end
+  local t = opts.timeout
+  if t ~= nil and (type(t) ~= "number" or t ~= t or t <= 0 or t > 86400) then
+    error("rotor.store.exec: timeout must be seconds (0 < t <= 86400)", 2)
+  end
   if opts.name ~= nil and (type(opts.name) ~= "string" or opts.name == "") then
     error("rotor.store.exec: name must be a non-empty string", 2)
   end
   local input = opts.input or "secret"
   if not INPUTS[input] then error("rotor.store.exec: input must be secret, line, json or env", 2) end
   check_env(opts.env)
-  return setmetatable({ command = opts.command, input = input, name = opts.name, env = opts.env }, Sink)
+  return setmetatable({ command = opts.command, input = input, name = opts.name, env = opts.env,
+                        timeout = t or _M.TIMEOUT }, Sink)
 end
 
 local function payload(self, new)
@@ -97,13 +108,18 @@ function Sink:deploy(new)
   local input = payload(self, new)
   if type(input) ~= "string" and not core.is_secret(input) then input = tostring(input) end
   local code, wrote = core.spawn { argv = { "/bin/sh", "-c", cmd }, env = _M.environment(self.env),
-                                   input = input }
+                                   input = input, timeout = self.timeout }
   input = nil -- luacheck: ignore 311
+  local what = self.name or self.command:match("^%s*(%S+)") or "command"
+  if code == nil and tostring(wrote):find("^timed out") then
+    return nil, errors.new { kind = "store", message = ("deploy command %s did not finish within %s s and was "
+      .. "stopped (SIGTERM to its process group, then SIGKILL); raise the sink's timeout if it needs longer")
+      :format(what, tostring(self.timeout)), detail = wrote }
+  end
   if code == nil then
     return nil, errors.new { kind = "store", message = "cannot start the deploy command", detail = wrote }
   end
   if wrote and code == 0 then return true end
-  local what = self.name or self.command:match("^%s*(%S+)") or "command"
   return nil, errors.new {
     kind = "store",
     message = ("deploy command %s failed (exit %s)"):format(what, tostring(code or "unknown")),
