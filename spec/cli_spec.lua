@@ -447,6 +447,30 @@ for _, w in ipairs(res.warnings) do print("warning: " .. w) end
       end
     end)
 
+    -- a rule's days were unbounded: --before-expiry-days 1e300 (or in a config's due table) put the
+    -- next due date before any date and ended status and due in a traceback
+    it("a rule's days beyond any date are refused where they are given", function()
+      local d = newdir()
+      local st = file_store(d .. "/secrets")
+      local now = os.date("!%Y-%m-%dT%H:%M:%SZ")
+      assert(st:put("paylocity/a", { slot = "paylocity/a", provider = "paylocity", journal = {},
+        versions = { current = { client_id = "c1", secret = "not-a-real-secret-13", created = now,
+          expires = os.date("!%Y-%m-%dT%H:%M:%SZ", os.time() + 40 * 86400) } } }))
+      for _, cmd in ipairs { "status", "due" } do
+        for _, flag in ipairs { "--before-expiry-days 1e300", "--max-age-days 1e999", "--max-age-days 0" } do
+          local out, rc = rotor(cmd .. " " .. q(d .. "/secrets") .. " " .. flag)
+          assert.equal(2, rc, cmd .. " " .. flag .. ": " .. out)
+          assert.is_nil(out:find("traceback", 1, true), out)
+          assert.truthy(out:find("needs a number of days above 0, at most 36500", 1, true), out)
+        end
+      end
+      local out, rc = rotor("status " .. q(d .. "/secrets") .. " --before-expiry-days 36500")
+      assert.equal(0, rc, out)
+      assert.truthy(out:find("paylocity/a", 1, true), out)
+      assert.error_matches(function() require("rotor").due(assert(st:get("paylocity/a")), { max_age_days = 1e300 }) end,
+        "rotor.due: max_age_days: a number of days above 0, at most 36500", nil, true)
+    end)
+
     -- status and doctor took a custom store's record as it came: a journal entry that was not an
     -- object ended both in a Lua traceback. Every reader now checks the record (rotor.record.read).
     it("a store of one's own that hands back a malformed record: status, due and doctor name it, exit 1", function()

@@ -189,6 +189,16 @@ return { store = "./s", slots = { { slot = "a", consumers = "none", provider = {
       slots = { slot { deploy = { kind = "exec", command = "cat", input = "json", name = "k8s" } } } })
   end)
 
+  it("bounds a due rule's days (a date beyond any date ended status in a traceback)", function()
+    for _, due in ipairs { { max_age_days = 1e300 }, { before_expiry_days = 1 / 0 }, { max_age_days = 36501 } } do
+      local lines = problems { store = "s", due = due, slots = { slot { due = due } } }
+      assert.equal(2, #lines, table.concat(lines, "\n"))
+      assert.is_true(has(lines, "a number of days above 0, at most 36500 (or false: rule off) expected"))
+    end
+    assert.same({}, problems { store = "s", due = { max_age_days = 36500, before_expiry_days = false },
+      slots = { slot() } })
+  end)
+
   it("knows every provider option, target key and strategy the code has, and no other", function()
     local rotor = require "rotor"
     for kind, p in pairs(config.PROVIDERS) do

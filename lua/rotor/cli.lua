@@ -122,9 +122,12 @@ local function parse(args, first, spec)
         v = args[pos]
       end
       if v == nil then return nil, name .. " needs a value" end
-      if kind == "number" then
-        v = tonumber(v)
-        if not v or v <= 0 then return nil, name .. " needs a number > 0" end
+      if kind == "days" then
+        local days = tonumber(v)
+        if not (days and policy.check_days(days)) then
+          return nil, ("%s needs a number of days above 0, at most %d; got %s"):format(name, policy.MAX_DAYS, v)
+        end
+        v = days
       elseif type(kind) == "table" then
         if not kind[v] then
           local names = {}
@@ -396,8 +399,8 @@ local FORMATS = { text = true, json = true, openmetrics = true }
 
 local function cmd_status(cmd, args)
   local only_due = cmd == "due"
-  local o, perr = parse(args, 2, { ["--json"] = "bool", ["--max-age-days"] = "number",
-    ["--before-expiry-days"] = "number", ["--config"] = "string",
+  local o, perr = parse(args, 2, { ["--json"] = "bool", ["--max-age-days"] = "days",
+    ["--before-expiry-days"] = "days", ["--config"] = "string",
     ["--format"] = (not only_due) and FORMATS or nil })
   if not o then return usage_error(cmd, perr) end
   local store, cfg = target_store(cmd, o)

@@ -25,11 +25,7 @@ local function c_nonneg(v)
   return true
 end
 
-local function c_days(v)
-  if v == false then return true end
-  if type(v) ~= "number" or v ~= v or v <= 0 then return nil, "a number of days > 0 (or false: rule off) expected" end
-  return true
-end
+local c_days = policy.check_days
 
 local function c_bool(v)
   if type(v) ~= "boolean" then return nil, "true or false expected" end
@@ -63,7 +59,8 @@ _M.DUE = {
   keys = {
     max_age_days = { type = "number or false", check = c_days, default = tostring(policy.DEFAULT_MAX_AGE_DAYS),
       doc = "due once the current secret is this many days old. Applies to every secret without a "
-        .. "provider expiry (Genesys, Spreetail pairs without one), and to the others only when set" },
+        .. "provider expiry (Genesys, Spreetail pairs without one), and to the others only when set. "
+        .. "Days are above 0 and at most 36500, for both rules and for the command line's flags" },
     before_expiry_days = { type = "number or false", check = c_days,
       default = tostring(policy.DEFAULT_BEFORE_EXPIRY_DAYS),
       doc = "due this many days before the provider's expiry of the current secret (Paylocity, "

@@ -21,6 +21,17 @@ _M.DEFAULT_MAX_AGE_DAYS = 90
 _M.DEFAULT_BEFORE_EXPIRY_DAYS = 14
 
 local DAY = 86400
+_M.MAX_DAYS = 36500 -- a hundred years: any later date is no date a rule can name
+
+--- A rule's value: false (the rule off) or a number of days, 0 < days <= MAX_DAYS.
+-- true | nil, why. For the config, the command line and rotor.due alike.
+function _M.check_days(v)
+  if v == false then return true end
+  if type(v) ~= "number" or v ~= v or v <= 0 or v > _M.MAX_DAYS then
+    return nil, ("a number of days above 0, at most %d (or false: rule off) expected"):format(_M.MAX_DAYS)
+  end
+  return true
+end
 
 --- Merge policies: later tables override earlier ones key by key (nil keeps, false turns off).
 function _M.merge(...)
@@ -50,6 +61,12 @@ end
 function _M.due(rec, opts, now)
   opts = opts or {}
   if type(opts) ~= "table" then error("rotor.due: opts must be a table", 2) end
+  for _, k in ipairs { "max_age_days", "before_expiry_days" } do
+    if opts[k] ~= nil then
+      local ok, why = _M.check_days(opts[k])
+      if not ok then error(("rotor.due: %s: %s, got %s"):format(k, why, tostring(opts[k])), 2) end
+    end
+  end
   now = now or timefmt.now()
   local before, max_age, explicit_age = rule_values(opts)
   local cur = rec.versions and rec.versions.current
