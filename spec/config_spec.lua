@@ -82,6 +82,16 @@ describe("rotor.config", function()
     e.provider.options.timeout = "soon"
     local lines = problems { store = "s", slots = { e } }
     assert.is_true(has(lines, "slot genesys/app: provider.options."), table.concat(lines, "\n"))
+    -- a time limit libcurl cannot be given was taken, and failed every request as a "protocol" error
+    for _, t in ipairs { 1e999, 86401 } do
+      for _, k in ipairs { "timeout", "connect_timeout" } do
+        e = slot()
+        e.provider.options[k] = t
+        lines = problems { store = "s", slots = { e } }
+        assert.is_true(has(lines, "provider.options." .. k .. ": seconds above 0, at most 86400 expected"),
+          table.concat(lines, "\n"))
+      end
+    end
   end)
 
   it("reports every unset environment variable the file reads, and load resolves config_dir", function()
@@ -133,7 +143,8 @@ return { store = "./s", slots = { { slot = "a", consumers = "none", provider = {
     local hook = "https://127.0.0.1:9/hook"
     local cases = {
       { { webhook = hook, timout = 15 }, "notify: timout: unknown field; did you mean notify.timeout?" },
-      { { webhook = hook, timeout = "15" }, "notify: timeout: a positive number expected" },
+      { { webhook = hook, timeout = "15" }, "notify: timeout: seconds above 0, at most 86400 expected" },
+      { { webhook = hook, connect_timeout = 1e999 }, "notify: connect_timeout: seconds above 0, at most 86400" },
       { { webhook = hook, http2 = "yes" }, "notify: http2: true or false expected" },
       { { webhook = hook, cainfo = fifo }, "notify: cainfo: cannot read the CA bundle: " .. fifo
         .. " is not a regular file" },

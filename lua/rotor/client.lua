@@ -46,6 +46,14 @@ local function v_positive(v)
   return v
 end
 
+-- a transfer's time limit: what libcurl is given (rotor's core takes at most a day)
+local function v_seconds(v)
+  if type(v) ~= "number" or v ~= v or v <= 0 or v > 86400 then
+    return nil, "seconds above 0, at most 86400 expected"
+  end
+  return v
+end
+
 local function v_nonneg(v)
   if type(v) ~= "number" or v ~= v or v < 0 then return nil, "a number >= 0 expected" end
   return v
@@ -138,8 +146,8 @@ local COMMON = {
   base_url = v_url,
   token_url = v_url,
   cainfo = v_cainfo,
-  timeout = v_positive,
-  connect_timeout = v_positive,
+  timeout = v_seconds,
+  connect_timeout = v_seconds,
   proxy = v_string,
   user_agent = v_string,
   http2 = v_boolean,
@@ -151,7 +159,7 @@ local COMMON = {
   token_margin = v_nonneg,
 }
 _M.validators = {
-  string = v_string, secret = v_secret, positive = v_positive, nonneg = v_nonneg,
+  string = v_string, secret = v_secret, positive = v_positive, nonneg = v_nonneg, seconds = v_seconds,
   count = v_count, boolean = v_boolean, url = v_url, cainfo = v_cainfo, file = v_file,
 }
 

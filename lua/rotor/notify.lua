@@ -10,7 +10,7 @@ local errors = require "rotor.errors"
 local _M = {}
 
 -- the fields of a notify table and their checks (rotor.client's, as for a provider's options)
-local FIELDS = { webhook = "url", fn = true, on = true, timeout = "positive", connect_timeout = "positive",
+local FIELDS = { webhook = "url", fn = true, on = true, timeout = "seconds", connect_timeout = "seconds",
                  cainfo = "cainfo", proxy = "string", user_agent = "string", http2 = "boolean" }
 local FIELD_NAMES = { "webhook", "fn", "on", "timeout", "connect_timeout", "cainfo", "proxy", "user_agent", "http2" }
 
