@@ -138,8 +138,8 @@ _M.PROVIDER_COMMON = {
     token_url = { type = "URL", doc = "the token endpoint" },
     cainfo = { type = "path", doc = "a CA bundle (PEM) to verify the provider's TLS certificate against, "
       .. "e.g. a private or test CA; the system's CAs otherwise" },
-    timeout = { type = "number", default = "30", doc = "seconds per request" },
-    connect_timeout = { type = "number", doc = "seconds to connect" },
+    timeout = { type = "number", default = "30", doc = "seconds per request (at most 86400)" },
+    connect_timeout = { type = "number", doc = "seconds to connect (at most 86400)" },
     proxy = { type = "string", doc = "an HTTP(S) proxy URL" },
     user_agent = { type = "string", default = "rotor/VERSION", doc = "the User-Agent header" },
     http2 = { type = "boolean", default = "false",
