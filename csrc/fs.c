@@ -907,9 +907,7 @@ static int l_fs_read(lua_State *L) {
     if (regular_or_close(fd, O_RDONLY | O_CLOEXEC) < 0) {
         lua_pushnil(L);
         lua_pushfstring(
-            L,
-            "%s is not a regular file (a FIFO, a device or a directory): remove it, or name "
-            "a regular file",
+            L, "%s is not a regular file (a FIFO, a device or a directory): name a regular file",
             path);
         lua_pushinteger(L, EINVAL);
         return 3;
