@@ -181,7 +181,7 @@ describe("rotor.store.exec, a command that never ends", function()
     end
     assert.falsy(alive, "the background sleep survived")
     assert.error_matches(function() stores.exec { command = "cat", timeout = 0 } end, "timeout must be seconds")
-    assert.equal(300, stores.exec { command = "cat" }.timeout)
+    assert.equal(3600, stores.exec { command = "cat" }.timeout)
     assert(stores.exec { command = "cat >/dev/null", timeout = 5 }:deploy { client_id = "c", secret = "x" })
   end)
 end)

@@ -101,7 +101,7 @@ _M.SLOT = {
     deploy = { type = "function, sink or table",
       doc = "pushes the new secret to its consumers before the old one is retired: a function(new), a "
         .. "sink (rotor.store.dotenv/exec), { kind = \"dotenv\", path = ..., client_id = , secret = , "
-        .. "expires =, mode = } or { kind = \"exec\", command = ..., input =, env =, name =, timeout = (s, 300) } "
+        .. "expires =, mode = } or { kind = \"exec\", command = ..., input =, env =, name =, timeout = (s, 3600) } "
         .. "(paths relative to the config file)" },
     consumers = { type = "\"none\"",
       doc = "say `consumers = \"none\"` when nothing but rotor uses this credential: required instead of "

@@ -14,8 +14,9 @@
 -- from rotor's own environment, plus opts.env = { NAME = "value" | true (take it from rotor's
 -- environment) | false (leave it out) }. Nothing else of rotor's environment (where admin secrets
 -- often live) reaches it, and it inherits no descriptor but stdin (the secret), stdout and stderr.
--- A command still running after opts.timeout seconds (300) is stopped: its process group gets
--- SIGTERM, then SIGKILL, and the deploy fails (the new secret stays pending for the next run).
+-- A command still running after opts.timeout seconds (3600: an hour, long enough for a deploy
+-- that waits on a rollout) is stopped: its process group gets SIGTERM, then SIGKILL, and the
+-- deploy fails (the new secret stays pending for the next run).
 local core = require "rotor.core"
 local errors = require "rotor.errors"
 local json = require "rotor.json"
@@ -28,7 +29,7 @@ Sink.__index = Sink
 local INPUTS = { secret = true, line = true, json = true, env = true }
 
 --- Seconds a deploy command may run before it is stopped (opts.timeout)
-_M.TIMEOUT = 300
+_M.TIMEOUT = 3600
 
 --- The variables a deploy command gets from rotor's environment unless opts.env says otherwise.
 _M.ENV_ALLOW = { "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "LC_ALL",
