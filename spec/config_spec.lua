@@ -200,6 +200,25 @@ return { store = "./s", slots = { { slot = "a", consumers = "none", provider = {
       slots = { slot { deploy = { kind = "exec", command = "cat", input = "json", name = "k8s" } } } })
   end)
 
+  -- SP-API's target.application_id (the filter that keeps another application's queue messages out)
+  -- and visibility were read by the rotation but refused in a config file as unknown keys
+  it("takes every target key and slot option the rotation reads, for SP-API too", function()
+    local e = { slot = "spapi/app", consumers = "none", target = { application_id = "amzn1.sp.solution.x" },
+      visibility = 120, provider = { kind = "spapi", options = { client_id = "amzn1.application-oa2-client.x",
+        client_secret = "not-a-real-secret", sqs = { queue_url = "https://127.0.0.1:9/123456789012/rotor",
+          access_key = "AKIDEXAMPLE", secret_key = "not-a-real-secret", region = "us-east-1" } } } }
+    assert.same({}, problems { store = "s", slots = { e } })
+    e.visibility = 0
+    assert.is_true(has(problems { store = "s", slots = { e } }, "visibility: seconds from 1 to 43200 expected"))
+    -- every key a strategy reads from ctx.target is in the schema of its provider
+    for kind, p in pairs(config.PROVIDERS) do
+      local src = assert(io.open("lua/rotor/strategies/" .. kind .. ".lua")):read("*a")
+      for k in src:gmatch("ctx%.target%.([%w_]+)") do
+        assert.is_table(p.target[k], kind .. ": target." .. k .. " is read but not in the schema")
+      end
+    end
+  end)
+
   it("bounds a due rule's days (a date beyond any date ended status in a traceback)", function()
     for _, due in ipairs { { max_age_days = 1e300 }, { before_expiry_days = 1 / 0 }, { max_age_days = 36501 } } do
       local lines = problems { store = "s", due = due, slots = { slot { due = due } } }

@@ -246,6 +246,27 @@ describe("rotation (unit, fake providers)", function()
     end
   end)
 
+  -- rotor.rotate took options and target keys it does not know: stratgy = "new_client" ran the
+  -- default strategy (regenerate: the old secret dies at once), target.clientid went unseen
+  it("refuses an option or a target key it does not know, naming the closest; nothing is sent", function()
+    local p = fake("genesys")
+    p:add_client("app1")
+    for _, c in ipairs {
+      { { stratgy = "new_client" }, "rotate: stratgy: unknown option; did you mean strategy?" },
+      { { target = { clientid = "app1" } }, "rotate: target.clientid: unknown target key for genesys; did you mean "
+        .. "target.client_id?" },
+      { { dryrun = true }, "rotate: dryrun: unknown option; did you mean dry_run?" },
+    } do
+      local o = { slot = "genesys/app1", provider = p, target = { client_id = "app1" } }
+      for k, v in pairs(c[1]) do o[k] = v end
+      assert.error_matches(function() rotate(o) end, c[2], nil, true)
+    end
+    assert.same({}, p.calls)
+    assert.is_false(store:get("genesys/app1"))
+    assert.error_matches(function() rotation.due({ versions = {} }, { max_age = 30 }) end,
+      "rotor.due: max_age: unknown rule; did you mean max_age_days?", nil, true)
+  end)
+
   it("genesys regenerate: happy path, journal without secrets, result says the old one died", function()
     local p = fake("genesys")
     p:add_client("app1")

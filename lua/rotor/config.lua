@@ -27,6 +27,8 @@ end
 
 local c_days = policy.check_days
 
+local function c_visibility(v) return require("rotor.rotation").check_visibility(v) end
+
 local function c_bool(v)
   if type(v) ~= "boolean" then return nil, "true or false expected" end
   return true
@@ -88,7 +90,7 @@ _M.TOP = {
 }
 
 _M.SLOT = {
-  order = { "slot", "provider", "target", "strategy", "deploy", "consumers", "due", "wait", "grace",
+  order = { "slot", "provider", "target", "strategy", "deploy", "consumers", "due", "wait", "visibility", "grace",
             "notify", "audit", "force_mint" },
   keys = {
     slot = { type = "string", required = true, doc = "the slot's name in the store, e.g. \"genesys/reporting\"" },
@@ -109,6 +111,9 @@ _M.SLOT = {
     due = { type = "table", doc = "this slot's due policy ({ max_age_days=, before_expiry_days= })" },
     wait = { type = "number", check = c_nonneg, default = "300",
       doc = "SP-API: seconds one run waits for the new secret on the SQS queue" },
+    visibility = { type = "number", check = c_visibility, default = "60",
+      doc = "SP-API: seconds a queue message this run received stays hidden from other readers (1 to 43200); "
+        .. "a run that dies leaves it to reappear after that" },
     grace = { type = "number", check = c_nonneg, default = "0",
       doc = "Genesys new_client: seconds the old client stays disabled before it is deleted (on a later run). "
         .. "A deletion is cancelled (and journalled) if the slot holds that client as its current or pending "
@@ -187,7 +192,9 @@ _M.PROVIDERS = {
                 sqs = { type = "table",
                   doc = "{ queue_url =, access_key =, secret_key =, session_token =, region =, endpoint = }: "
                   .. "the queue the new secret arrives on" } },
-    target = {},
+    target = { application_id = { type = "string",
+      doc = "the application (amzn1.sp.solution...) whose secret is rotated: a queue message naming another "
+        .. "application is never taken" } },
     strategies = { sqs = { default = true,
       doc = "rotateApplicationClientSecret; the new secret arrives on SQS; the old one works about 7 more days" } },
   },
@@ -195,8 +202,9 @@ _M.PROVIDERS = {
 
 -- rotor.rotate's options (scripts), for the reference
 _M.ROTATE = {
-  order = { "slot", "provider", "store", "target", "strategy", "deploy", "dry_run", "wait", "grace", "notify",
-            "audit", "force_mint", "verify_attempts", "verify_delay", "log", "print", "consumers", "only_if_due" },
+  order = { "slot", "provider", "store", "target", "strategy", "deploy", "dry_run", "wait", "visibility", "grace",
+            "notify", "audit", "force_mint", "verify_attempts", "verify_delay", "write_retries", "write_retry_delay",
+            "mint_budget", "log", "print", "consumers", "only_if_due" },
   keys = {
     slot = { type = "string", required = true, doc = "the slot's name in the store" },
     provider = { type = "provider object", required = true, doc = "rotor.genesys{...}, rotor.paylocity{...}, ..." },
@@ -207,6 +215,7 @@ _M.ROTATE = {
       doc = "function(new) -> true | nil, err, run with the new secret before the old one is retired" },
     dry_run = { type = "boolean", default = "false", doc = "print the plan, change nothing" },
     wait = { type = "number", default = "300", doc = "SP-API: seconds to wait for the new secret on SQS" },
+    visibility = { type = "number", default = "60", doc = "as in a config file" },
     grace = { type = "number", default = "0", doc = "Genesys new_client: seconds before the old client is deleted" },
     notify = { type = "string, table or function", doc = "as in a config file" },
     audit = { type = "false, string or table", doc = "as in a config file" },
@@ -214,6 +223,12 @@ _M.ROTATE = {
       doc = "SP-API: mint although an earlier request may have left" },
     verify_attempts = { type = "integer", default = "3", doc = "token requests tried with the new secret" },
     verify_delay = { type = "number", default = "1", doc = "seconds between them (times the attempt number)" },
+    write_retries = { type = "integer", default = "5",
+      doc = "tries again of a store write that failed while a new secret is held in memory only" },
+    write_retry_delay = { type = "number", default = "0.5", doc = "seconds before the first of them (doubling)" },
+    mint_budget = { type = "number",
+      doc = "seconds a minting request may take, for a leased lock's check before it (default: the provider's "
+        .. "timeout + connect_timeout)" },
     log = { type = "function", doc = "function(line): one line per journalled step" },
     print = { type = "function", doc = "function(line): where a dry run's plan goes (default stdout)" },
     consumers = { type = "\"none\"", doc = "as in a config file: without it or `deploy`, a strategy that kills "

@@ -33,13 +33,15 @@ function _M.check_days(v)
   return true
 end
 
+local RULES = { "max_age_days", "before_expiry_days" }
+
 --- Merge policies: later tables override earlier ones key by key (nil keeps, false turns off).
 function _M.merge(...)
   local out = {}
   for i = 1, select("#", ...) do
     local t = select(i, ...)
     if type(t) == "table" then
-      for _, k in ipairs { "max_age_days", "before_expiry_days" } do
+      for _, k in ipairs(RULES) do
         if t[k] ~= nil then out[k] = t[k] end
       end
     end
@@ -61,7 +63,9 @@ end
 function _M.due(rec, opts, now)
   opts = opts or {}
   if type(opts) ~= "table" then error("rotor.due: opts must be a table", 2) end
-  for _, k in ipairs { "max_age_days", "before_expiry_days" } do
+  local unknown = next(opts) ~= nil and require("rotor.config").unknown_key(opts, RULES, "rule")
+  if unknown then error("rotor.due: " .. unknown, 2) end
+  for _, k in ipairs(RULES) do
     if opts[k] ~= nil then
       local ok, why = _M.check_days(opts[k])
       if not ok then error(("rotor.due: %s: %s, got %s"):format(k, why, tostring(opts[k])), 2) end

@@ -520,14 +520,32 @@ local function new_rotation_id()
   return "r" .. os.date("!%Y%m%dT%H%M%SZ") .. "-" .. core.random_hex(8)
 end
 
+--- SP-API's visibility: seconds from 1 to 43200 (SQS's own bounds). true | nil, why.
+function _M.check_visibility(v)
+  if type(v) ~= "number" or v ~= v or v < 1 or v > 43200 then return nil, "seconds from 1 to 43200 expected" end
+  return true
+end
+
 local function check_opts(o)
   if type(o) ~= "table" then error("rotate: an options table expected", 3) end
+  local config = require "rotor.config"
+  local unknown = config.unknown_key(o, config.ROTATE.order, "option")
+  if unknown then error("rotate: " .. unknown, 3) end
   require("rotor.store.file").check_slot(o.slot, 3)
   if type(o.provider) ~= "table" or type(o.provider.provider) ~= "string" then
     error("rotate: provider must be a provider object (rotor.genesys{...}, ...)", 3)
   end
   store_mod.check(o.store, 3)
   if o.target ~= nil and type(o.target) ~= "table" then error("rotate: target must be a table", 3) end
+  -- a target key the provider does not take is a typo: target.clientid must not rotate another client
+  local known = config.PROVIDERS[o.provider.provider]
+  if known and o.target then
+    local names = {}
+    for k in pairs(known.target) do names[#names + 1] = k end
+    table.sort(names)
+    local bad = config.unknown_key(o.target, names, "target key for " .. o.provider.provider, "target.")
+    if bad then error("rotate: " .. bad, 3) end
+  end
   if o.strategy ~= nil and type(o.strategy) ~= "string" then error("rotate: strategy must be a string", 3) end
   if o.deploy ~= nil then
     local mt = getmetatable(o.deploy)
@@ -541,8 +559,7 @@ local function check_opts(o)
   if o.grace ~= nil and (type(o.grace) ~= "number" or o.grace ~= o.grace or o.grace < 0) then
     error("rotate: grace must be seconds >= 0", 3)
   end
-  if o.visibility ~= nil and (type(o.visibility) ~= "number" or o.visibility ~= o.visibility
-      or o.visibility < 1 or o.visibility > 43200) then
+  if o.visibility ~= nil and not _M.check_visibility(o.visibility) then
     error("rotate: visibility must be seconds from 1 to 43200", 3)
   end
   for _, k in ipairs { "write_retries", "write_retry_delay", "verify_attempts", "verify_delay" } do
