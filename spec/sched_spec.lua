@@ -103,6 +103,11 @@ describe("rotor.parallel", function()
     -- are blocked with nothing to wake them"
     assert.error_matches(function() rotor.parallel({ 1 }, function() end, { concurrency = 0 / 0 }) end,
       "concurrency must be a number >= 1", nil, true)
+    -- a misspelt concurrency ran the batch at the default 16 against a provider's limits
+    assert.error_matches(function() rotor.parallel({ 1 }, function() end, { concurency = 2 }) end,
+      "rotor.parallel: concurency: unknown option; did you mean concurrency?", nil, true)
+    assert.error_matches(function() rotor.parallel({ 1 }, function() end, { progress = true }) end,
+      "progress must be a function", nil, true)
   end)
 
   it("returns empty tables for no items", function()

@@ -291,6 +291,12 @@ function _M.parallel(items, fn, opts)
   if type(fn) ~= "function" then error("rotor.parallel: fn must be a function", 2) end
   opts = opts or {}
   if type(opts) ~= "table" then error("rotor.parallel: opts must be a table", 2) end
+  local unknown = next(opts) ~= nil
+    and require("rotor.config").unknown_key(opts, { "concurrency", "progress" }, "option")
+  if unknown then error("rotor.parallel: " .. unknown, 2) end
+  if opts.progress ~= nil and type(opts.progress) ~= "function" then
+    error("rotor.parallel: progress must be a function", 2)
+  end
   local conc = opts.concurrency or 16
   if type(conc) ~= "number" or conc ~= conc or conc < 1 then
     error("rotor.parallel: concurrency must be a number >= 1", 2)
