@@ -16,6 +16,23 @@ local ROOT = trim(run("pwd"))
 local TOKEN_PATH = "/genesys/login/oauth/token"
 local SLOT, ADMIN_SLOT = "genesys/gateway", "genesys/admin"
 
+-- checked before any of nginx's API is touched: these run in plain Lua
+describe("rotor.ngx's options", function()
+  -- a misspelt option was ignored: store_dr left the gateway without its slot, margn kept the
+  -- default margin, a job's forse rotated a slot that was not due
+  it("names an option or a job field it does not know, with the closest", function()
+    local rngx = require "rotor.ngx"
+    local gw, err = rngx.new { provider = "genesys", store_dr = "/srv/secrets", slot = "genesys/gw" }
+    assert.is_nil(gw)
+    assert.equal("config", err.kind)
+    assert.matches("store_dr: unknown option; did you mean store_dir?", err.message, 1, true)
+    local res
+    res, err = rngx.rotate { provider = "genesys", slot = "genesys/gw", store_dir = "/srv/secrets", forse = true }
+    assert.is_nil(res)
+    assert.matches("forse: unknown job field; did you mean force?", err.message, 1, true)
+  end)
+end)
+
 describe("rotor.ngx in nginx #openresty #proc", function()
   local s, dir, port, url, store, client, admin
 

@@ -26,6 +26,12 @@
 local errors = require "rotor.errors"
 local cjson = require "cjson.safe"
 local singleflight = require "rotor.singleflight"
+local keys = require "rotor.keys"
+
+-- the options of rngx.new, and the fields of a rotation job (rngx.rotate)
+local OPTIONS = { "provider", "options", "dict", "store_path", "etcd", "slot", "store_dir", "thread_pool", "margin",
+  "check_interval", "lock_timeout", "fail_hold", "poll", "name" }
+local JOB = { "provider", "options", "store_dir", "admin_slot", "slot", "target", "strategy", "due", "force" }
 
 local _M = { _VERSION = "0.1.0" }
 
@@ -97,6 +103,8 @@ _M.slot_file = slot_file
 function _M.new(o)
   if type(o) ~= "table" then error("rotor.ngx.new: an options table expected", 2) end
   local provider = o.provider
+  local unknown = keys.unknown_key(o, OPTIONS, "option")
+  if unknown then return config_error(tostring(provider), "new", unknown) end
   if type(provider) ~= "string" or not PROVIDERS[provider] then
     return config_error(tostring(provider), "new", "option provider: one of paylocity, spreetail, genesys, spapi")
   end
@@ -398,6 +406,9 @@ end
 -- a store slot, see there) in the thread pool; from a timer (ngx.timer.every) typically.
 function _M.rotate(job, thread_pool)
   local ctx = { provider = job and job.provider, thread_pool = thread_pool or "rotor" }
+  if type(job) ~= "table" then return config_error(tostring(ctx.provider), "rotate", "a job table expected") end
+  local unknown = keys.unknown_key(job, JOB, "job field")
+  if unknown then return config_error(tostring(ctx.provider), "rotate", unknown) end
   local perr = phase_error(ctx, "rotate")
   if perr then return nil, perr end
   return in_thread(ctx, "rotate", "rotate", job)

@@ -28,7 +28,7 @@ function _M.check(spec, level)
   if type(spec) ~= "table" or (type(spec.webhook) ~= "string" and type(spec.fn) ~= "function") then
     error("notify: a webhook URL, a function or { webhook = url, on = ... } expected", level)
   end
-  local unknown = require("rotor.config").unknown_key(spec, FIELD_NAMES, "field", "notify.")
+  local unknown = require("rotor.keys").unknown_key(spec, FIELD_NAMES, "field", "notify.")
   if unknown then error(unknown, level) end
   for k, val in pairs(spec) do
     local check = FIELDS[k]

@@ -63,7 +63,7 @@ end
 function _M.due(rec, opts, now)
   opts = opts or {}
   if type(opts) ~= "table" then error("rotor.due: opts must be a table", 2) end
-  local unknown = next(opts) ~= nil and require("rotor.config").unknown_key(opts, RULES, "rule")
+  local unknown = next(opts) ~= nil and require("rotor.keys").unknown_key(opts, RULES, "rule")
   if unknown then error("rotor.due: " .. unknown, 2) end
   for _, k in ipairs(RULES) do
     if opts[k] ~= nil then

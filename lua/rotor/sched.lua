@@ -292,7 +292,7 @@ function _M.parallel(items, fn, opts)
   opts = opts or {}
   if type(opts) ~= "table" then error("rotor.parallel: opts must be a table", 2) end
   local unknown = next(opts) ~= nil
-    and require("rotor.config").unknown_key(opts, { "concurrency", "progress" }, "option")
+    and require("rotor.keys").unknown_key(opts, { "concurrency", "progress" }, "option")
   if unknown then error("rotor.parallel: " .. unknown, 2) end
   if opts.progress ~= nil and type(opts.progress) ~= "function" then
     error("rotor.parallel: progress must be a function", 2)

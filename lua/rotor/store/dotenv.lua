@@ -33,7 +33,7 @@ function _M.new(path, opts)
   if type(path) ~= "string" or path == "" then error("rotor.store.dotenv: a file path expected", 2) end
   opts = opts or {}
   if type(opts) ~= "table" then error("rotor.store.dotenv: opts must be a table", 2) end
-  local unknown = require("rotor.config").unknown_key(opts, { "client_id", "secret", "expires", "mode" }, "option")
+  local unknown = require("rotor.keys").unknown_key(opts, { "client_id", "secret", "expires", "mode" }, "option")
   if unknown then error("rotor.store.dotenv: " .. unknown, 2) end
   local keys = {
     client_id = opts.client_id == nil and "CLIENT_ID" or opts.client_id,

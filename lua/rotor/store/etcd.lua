@@ -68,7 +68,7 @@ local FIELDS = { "kind", "endpoints", "prefix", "cainfo", "cert", "key", "userna
 function _M.check(spec)
   local out = {}
   if type(spec) ~= "table" then return { "the etcd store needs a table of fields" } end
-  out[#out + 1] = require("rotor.config").unknown_key(spec, FIELDS, "field")
+  out[#out + 1] = require("rotor.keys").unknown_key(spec, FIELDS, "field")
   local eps = spec.endpoints
   if type(eps) == "string" then eps = { eps } end
   if type(eps) ~= "table" or #eps == 0 then

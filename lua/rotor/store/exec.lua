@@ -73,7 +73,7 @@ function _M.new(opts)
   if type(opts) ~= "table" or type(opts.command) ~= "string" or opts.command == "" then
     error("rotor.store.exec: { command = \"...\" } expected", 2)
   end
-  local unknown = require("rotor.config").unknown_key(opts, { "command", "input", "env", "name", "timeout" },
+  local unknown = require("rotor.keys").unknown_key(opts, { "command", "input", "env", "name", "timeout" },
     "option")
   if unknown then error("rotor.store.exec: " .. unknown, 2) end
   local t = opts.timeout

@@ -67,7 +67,7 @@ function _M.check(opts, extra)
   for _, n in ipairs(OPTIONS) do names[#names + 1] = n end
   for _, n in ipairs(extra or {}) do names[#names + 1] = n end
   local out = {}
-  out[#out + 1] = require("rotor.config").unknown_key(opts, names, "option")
+  out[#out + 1] = require("rotor.keys").unknown_key(opts, names, "option")
   local ok, why = _M.check_journal_max(opts.journal_max)
   if not ok then out[#out + 1] = why end
   if opts.read_only ~= nil and type(opts.read_only) ~= "boolean" then
