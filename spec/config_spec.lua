@@ -219,6 +219,14 @@ return { store = "./s", slots = { { slot = "a", consumers = "none", provider = {
     end
   end)
 
+  it("names a misspelt field of an audit table (a trail without its key has no fingerprints)", function()
+    local lines = problems { store = "s", audit = { path = "audit.log", kee = "k" }, slots = { slot() } }
+    assert.is_true(has(lines, "audit: kee: unknown field; did you mean key?"), table.concat(lines, "\n"))
+    local ok, err = pcall(require("rotor.audit").open, { path = "/tmp/x.log", kee = "k" })
+    assert.is_false(ok)
+    assert.matches("audit.open: kee: unknown field; did you mean key?", err, 1, true)
+  end)
+
   it("bounds a due rule's days (a date beyond any date ended status in a traceback)", function()
     for _, due in ipairs { { max_age_days = 1e300 }, { before_expiry_days = 1 / 0 }, { max_age_days = 36501 } } do
       local lines = problems { store = "s", due = due, slots = { slot { due = due } } }

@@ -16,6 +16,11 @@ Audit.__index = Audit
 --- audit.open{ path=, key= } or audit.open(store) (the store's audit_path and audit_key).
 function _M.open(spec)
   if type(spec) ~= "table" then error("audit.open: a table {path=, key=} or a store expected", 2) end
+  if type(spec.audit_path) ~= "function" then
+    -- a misspelt key would leave the trail without its fingerprints
+    local unknown = require("rotor.keys").unknown_key(spec, { "path", "key" }, "field")
+    if unknown then error("audit.open: " .. unknown, 2) end
+  end
   local path, key, store = spec.path, spec.key, nil
   if type(spec.audit_path) == "function" then -- a store
     local kerr

@@ -48,7 +48,13 @@ end
 
 local function c_audit(v)
   if v == false or type(v) == "string" then return true end
-  if type(v) == "table" and (type(v.path) == "string" or type(v.write) == "function") then return true end
+  if type(v) == "table" and type(v.write) == "function" then return true end
+  if type(v) == "table" and type(v.path) == "string" then
+    local unknown = keys_mod.unknown_key(v, { "path", "key" }, "field")
+    if unknown then return nil, unknown end
+    if v.key ~= nil and type(v.key) ~= "string" then return nil, "key: a string expected" end
+    return true
+  end
   return nil, "false, a file path or { path = ..., key = ... } expected"
 end
 
