@@ -227,6 +227,33 @@ return { store = "./s", slots = { { slot = "a", consumers = "none", provider = {
     assert.matches("audit.open: kee: unknown field; did you mean key?", err, 1, true)
   end)
 
+  -- two slots of one file rotating the same Genesys client both ran: the second rotation killed the
+  -- secret the first had stored and deployed, locking the first slot's consumers out
+  it("refuses two slots that rotate one credential, naming both", function()
+    local a, b = slot { slot = "genesys/a" }, slot { slot = "genesys/b" }
+    local lines = problems { store = "s", slots = { a, b } }
+    assert.equal(1, #lines, table.concat(lines, "\n"))
+    assert.is_true(has(lines, "slot genesys/b: target.client_id: the slot rotates the same credential as slot "
+      .. "genesys/a (genesys client app at https://127.0.0.1:9/genesys)"), table.concat(lines, "\n"))
+    b.strategy = "new_client"
+    assert.equal(1, #problems { store = "s", slots = { a, b } })
+    -- another client, or the same client id in another account, is another credential
+    b.target = { client_id = "other" }
+    assert.same({}, problems { store = "s", slots = { a, b } })
+    b.target = { client_id = "app" }
+    b.provider.options.base_url = "https://127.0.0.2:9/genesys"
+    assert.same({}, problems { store = "s", slots = { a, b } })
+    -- a provider rotating its own credential: the same client id twice
+    local function sp(name)
+      return { slot = name, consumers = "none", provider = { kind = "spreetail", options = {
+        base_url = "https://127.0.0.1:9/spreetail", token_url = "https://127.0.0.1:9/t", client_id = "pair",
+        client_secret = "not-a-real-secret" } } }
+    end
+    assert.is_true(has(problems { store = "s", slots = { sp("s/1"), sp("s/2") } },
+      "slot s/2: provider.options.client_id: the slot rotates the same credential as slot s/1 "
+        .. "(spreetail client pair at https://127.0.0.1:9/spreetail)"))
+  end)
+
   it("bounds a due rule's days (a date beyond any date ended status in a traceback)", function()
     for _, due in ipairs { { max_age_days = 1e300 }, { before_expiry_days = 1 / 0 }, { max_age_days = 36501 } } do
       local lines = problems { store = "s", due = due, slots = { slot { due = due } } }

@@ -406,6 +406,26 @@ local function provider_options(p)
   return o, "provider."
 end
 
+-- The credential a slot's rotation acts on, as far as the file says: "KIND CLIENT_ID at ACCOUNT"
+-- (the account's URL or region), and the key that names it. nil when the file does not say.
+local function credential_of(e)
+  local p = e.provider
+  if type(p) ~= "table" then return nil end
+  local kind, opts
+  if is_provider_object(p) then
+    kind, opts = p.provider, p.options
+  else
+    kind, opts = p.kind, provider_options(p)
+  end
+  if type(kind) ~= "string" or type(opts) ~= "table" then return nil end
+  -- Genesys rotates target.client_id (rotor's own client or another); the others their own
+  local id, key = opts.client_id, "provider.options.client_id"
+  if kind == "genesys" then id, key = type(e.target) == "table" and e.target.client_id or nil, "target.client_id" end
+  if type(id) ~= "string" or id == "" then return nil end
+  local account = opts.base_url or opts.region or (opts.sandbox and "sandbox") or "production"
+  return ("%s client %s at %s"):format(kind, id, tostring(account)), key
+end
+
 --- A provider object from a slot's provider entry. Returns p | nil, err.
 function _M.make_provider(spec)
   if is_provider_object(spec) then return spec end
@@ -551,7 +571,7 @@ function _M.validate(cfg, info)
     if type(cfg.slots) ~= "table" or #cfg.slots == 0 then
       top("slots", "a non-empty array of slots expected")
     else
-      local names = {}
+      local names, credentials = {}, {}
       for i, e in ipairs(cfg.slots) do
         local label = ("slots[%d]"):format(i)
         if type(e) == "table" and type(e.slot) == "string" then label = e.slot end
@@ -564,6 +584,16 @@ function _M.validate(cfg, info)
             names[e.slot] = i
           end
           check_slot_entry(e, add, cfg)
+          -- two slots rotating one credential: each rotation kills the secret the other stored
+          local cred, key = credential_of(e)
+          if cred and credentials[cred] then
+            add(key, ("the slot rotates the same credential as slot %s (%s): each rotation would kill the "
+              .. "secret the other slot stored and handed to its consumers. Keep one slot per credential, and give "
+              .. "its new secret to every consumer from that slot's deploy (a function, or one sink calling "
+              .. "another)"):format(credentials[cred], cred))
+          elseif cred then
+            credentials[cred] = label
+          end
         end
       end
     end
@@ -615,6 +645,11 @@ function _M.reference()
   p("having created, written and sent nothing. Inside the file, `config_dir` is the file's directory")
   p("and `optional_env(NAME)` reads a variable that may be unset. Relative paths (`store`, `audit`,")
   p("a dotenv `deploy.path`) are the config file's, not the current directory's.")
+  p("")
+  p("One credential, one slot: two slots that rotate the same credential (the same Genesys")
+  p("`target.client_id`, or the same `client_id` of a provider that rotates its own, in the same")
+  p("account) are refused, since each rotation would kill the secret the other stored. When several")
+  p("consumers share a credential, give its one slot a `deploy` that hands the new secret to each.")
   p("")
   p("## Top-level keys")
   p("")
