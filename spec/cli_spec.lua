@@ -471,6 +471,40 @@ for _, w in ipairs(res.warnings) do print("warning: " .. w) end
         "rotor.due: max_age_days: a number of days above 0, at most 36500", nil, true)
     end)
 
+    -- a file whose name spells no slot (%00.json, a tab or an escape sequence in the name) was listed
+    -- as a corrupted slot named with those bytes, printed raw to the terminal, and ended doctor in a
+    -- traceback
+    it("a file in the store that names no slot: status skips it, doctor names it escaped", function()
+      local d = newdir()
+      local st = file_store(d .. "/secrets")
+      local now = os.date("!%Y-%m-%dT%H:%M:%SZ")
+      assert(st:put("genesys/ok", { slot = "genesys/ok", provider = "genesys", journal = {},
+        versions = { current = { client_id = "c1", secret = "not-a-real-secret-14", created = now } } }))
+      local text = assert(core.fs_read(d .. "/secrets/genesys%2Fok.json"))
+      for _, bad in ipairs { "%00", "a\tb", "x\27[2Jy", "x%zz", "" } do
+        assert(core.fs_write_atomic(d .. "/secrets/" .. bad .. ".json", text, 384))
+      end
+      for _, cmd in ipairs { "status", "status --format json", "due", "doctor", "doctor --json" } do
+        local out, rc = rotor(cmd .. " " .. q(d .. "/secrets"))
+        assert.equal(0, rc, cmd .. ": " .. out)
+        assert.is_nil(out:find("traceback", 1, true), cmd .. ": " .. out)
+        assert.is_nil(out:find("[\t\27]"), cmd .. ": a control byte reached the output: " .. out)
+        if cmd:find("doctor") then
+          if cmd:find("json") then
+            local names = {}
+            for _, f in ipairs(assert(json.decode(out), out).findings) do names[#names + 1] = f.slot end
+            out = table.concat(names, " ")
+          end
+          for _, shown in ipairs { "%00.json", "a\\x09b.json", "x\\x1B[2Jy.json", "x%zz.json" } do
+            assert.truthy(out:find(shown, 1, true), shown .. " in " .. out)
+          end
+        else
+          if cmd ~= "due" then assert.truthy(out:find("genesys/ok", 1, true), cmd .. ": " .. out) end
+          assert.is_nil(out:find("x%zz", 1, true), cmd .. ": " .. out)
+        end
+      end
+    end)
+
     -- status and doctor took a custom store's record as it came: a journal entry that was not an
     -- object ended both in a Lua traceback. Every reader now checks the record (rotor.record.read).
     it("a store of one's own that hands back a malformed record: status, due and doctor name it, exit 1", function()

@@ -506,6 +506,21 @@ local function cmd_doctor(args)
     err("rotor doctor: " .. clean(lerr) .. "\n")
     return EXIT_FAIL
   end
+  -- files (or keys) that name no slot: ignored by every command, named here, escaped
+  for _, stray in ipairs(type(lerr) == "table" and lerr or {}) do
+    local shown = stray:gsub("[%c\127]", function(c) return ("\\x%02X"):format(c:byte()) end)
+    local command
+    if store.kind ~= "file" or type(store.dir) ~= "string" then
+      command = "remove it from the store by hand, once you know whose it is"
+    elseif shown ~= stray then
+      command = "move it out by hand (its name holds control characters, shown as \\xHH)"
+    else
+      command = "mv -- " .. q(store.dir .. "/" .. stray) .. " SOMEWHERE_ELSE"
+    end
+    add { slot = shown, problem = "stray", needs_person = false, command = command,
+      message = "not a slot rotor wrote (the name spells no slot): every command ignores it; move it out of "
+        .. "the store" }
+  end
   local now = timefmt.now()
   for _, name in ipairs(names) do
     local ok, rec, gerr = pcall(record_mod.read, store, name)

@@ -477,12 +477,17 @@ function Store:list()
   local v, err = self:call("/v3/kv/range", { key = b64(from), range_end = b64(prefix_end(from)), keys_only = true })
   if not v then return nil, err end
   local out = {}
+  local strays = {}
   for _, kv in ipairs(type(v.kvs) == "table" and v.kvs or {}) do
     local k = unb64(kv.key)
-    if k then out[#out + 1] = file_store.decode(k:sub(#from + 1)) end
+    if k then
+      local slot = file_store.slot_of(k:sub(#from + 1))
+      if slot then out[#out + 1] = slot else strays[#strays + 1] = k end
+    end
   end
   table.sort(out)
-  return out
+  table.sort(strays)
+  return out, strays
 end
 
 --- Every key under the prefix with its raw value (for a dump or a check).

@@ -46,6 +46,16 @@ end
 _M.encode = naming.encode
 _M.decode = naming.decode
 
+--- The slot a store's file (or etcd key) names, or nil when the name is not one rotor writes: it
+-- does not decode to a valid slot name, or the slot would be written under another name. Such
+-- a file is no slot's: listing skips it (rotor doctor names it), and no slot name with control
+-- characters ever reaches a terminal.
+function _M.slot_of(base)
+  local slot = naming.decode(base)
+  if slot == "" or #slot > MAX_SLOT or slot:find("%c") or naming.encode(slot) ~= base then return nil end
+  return slot
+end
+
 -- the options of rotor.store.file(dir, opts)
 local OPTIONS = { "journal_max", "read_only", "trusted", "key_file", "key_env", "old_key_files", "old_key_envs" }
 local MIN_JOURNAL, MAX_JOURNAL = 20, 100000
@@ -250,14 +260,18 @@ function Store:list()
   if not self.fd then return {} end
   local names, msg = self.fd:list()
   if not names then return nil, store_error("cannot list the store", msg) end
-  local out = {}
+  local out, strays = {}, {}
   for _, n in ipairs(names) do
     -- temporary files are NAME.json.tmp.XXXXXXXXXXXX: never a .json name
-    local base = n:match("^(.+)%.json$")
-    if base then out[#out + 1] = _M.decode(base) end
+    local base = n:match("^(.*)%.json$")
+    if base then
+      local slot = _M.slot_of(base)
+      if slot then out[#out + 1] = slot else strays[#strays + 1] = n end
+    end
   end
   table.sort(out)
-  return out
+  table.sort(strays)
+  return out, strays
 end
 
 function Store:audit_path()
