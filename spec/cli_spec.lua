@@ -48,6 +48,7 @@ describe("rotor's command line #proc", function()
     return d
   end
 
+
   -- a spreetail slot entry whose credentials come from the environment (T<i>_ID, T<i>_SECRET)
   local function spreetail_slot(env, i, extra)
     local fx = fixtures.seed(s, "spreetail")
@@ -94,6 +95,16 @@ describe("rotor's command line #proc", function()
   end
 
   local function file_store(dir) return assert(require("rotor").store.file(dir)) end
+
+  -- a new directory whose file store (DIR/secrets) holds one healthy Genesys slot: dir, store, now
+  local function store_with_slot(slot)
+    local d = newdir()
+    local st = file_store(d .. "/secrets")
+    local now = os.date("!%Y-%m-%dT%H:%M:%SZ")
+    assert(st:put(slot, { slot = slot, provider = "genesys", journal = {},
+      versions = { current = { client_id = "c1", secret = "not-a-real-secret-10", created = now } } }))
+    return d, st, now
+  end
 
   describe("finding 1: relative paths and the store used", function()
     it("resolves a relative store against the config file, from any directory, and names it", function()
@@ -427,11 +438,7 @@ for _, w in ipairs(res.warnings) do print("warning: " .. w) end
     -- a last outcome that was not text (an object, true) ended status in a traceback, and status
     -- --json printed it where its schema promises a string
     it("a record field of the wrong kind: status, due and doctor name it, no traceback", function()
-      local d = newdir()
-      local st = file_store(d .. "/secrets")
-      local now = os.date("!%Y-%m-%dT%H:%M:%SZ")
-      assert(st:put("genesys/ok", { slot = "genesys/ok", provider = "genesys", journal = {},
-        versions = { current = { client_id = "c1", secret = "not-a-real-secret-10", created = now } } }))
+      local d, st, now = store_with_slot("genesys/ok")
       assert(st:put("genesys/odd", { slot = "genesys/odd", provider = "genesys", last = { outcome = {}, time = now },
         journal = { { step = "rotation", outcome = "done", time = now } },
         versions = { current = { client_id = "c2", secret = "not-a-real-secret-11", created = now } } }))
@@ -475,11 +482,7 @@ for _, w in ipairs(res.warnings) do print("warning: " .. w) end
     -- as a corrupted slot named with those bytes, printed raw to the terminal, and ended doctor in a
     -- traceback
     it("a file in the store that names no slot: status skips it, doctor names it escaped", function()
-      local d = newdir()
-      local st = file_store(d .. "/secrets")
-      local now = os.date("!%Y-%m-%dT%H:%M:%SZ")
-      assert(st:put("genesys/ok", { slot = "genesys/ok", provider = "genesys", journal = {},
-        versions = { current = { client_id = "c1", secret = "not-a-real-secret-14", created = now } } }))
+      local d = store_with_slot("genesys/ok")
       local text = assert(core.fs_read(d .. "/secrets/genesys%2Fok.json"))
       for _, bad in ipairs { "%00", "a\tb", "x\27[2Jy", "x%zz", "" } do
         assert(core.fs_write_atomic(d .. "/secrets/" .. bad .. ".json", text, 384))
