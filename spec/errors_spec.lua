@@ -28,6 +28,19 @@ describe("errors.detail", function()
   end)
 end)
 
+-- a provider's error text reached the terminal as it came: an escape sequence in an error message
+-- (or a request id, or a body excerpt) was obeyed by the operator's terminal
+describe("a provider's text in a message", function()
+  it("shows every control byte as \\xHH", function()
+    assert.equals("code: a\\x1B[2Jb\\x07", errors.detail { code = "code", message = "a\27[2Jb\7" })
+    assert.equals("not.found: x\\x1B]0;owned\\x07",
+      errors.detail { error = "not.found", description = "x\27]0;owned\7" })
+    assert.equals("id\\x1B[31m", errors.request_id { ["x-request-id"] = "id\27[31m" })
+    assert.equals("<html> \\x1B[2J boom", errors.excerpt("<html>\n\27[2J\r\nboom"))
+    assert.equals("plain text: kept", errors.detail { message = "plain text: kept" })
+  end)
+end)
+
 describe("errors.request_id", function()
   it("reads each provider's header", function()
     assert.equals("a", errors.request_id { ["x-amzn-requestid"] = "a" })

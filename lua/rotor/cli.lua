@@ -10,6 +10,7 @@ local timefmt = require "rotor.timefmt"
 local policy = require "rotor.policy"
 local config = require "rotor.config"
 local record_mod = require "rotor.record"
+local errors = require "rotor.errors"
 
 local _M = {}
 
@@ -508,7 +509,7 @@ local function cmd_doctor(args)
   end
   -- files (or keys) that name no slot: ignored by every command, named here, escaped
   for _, stray in ipairs(type(lerr) == "table" and lerr or {}) do
-    local shown = stray:gsub("[%c\127]", function(c) return ("\\x%02X"):format(c:byte()) end)
+    local shown = errors.printable(stray)
     local command
     if store.kind ~= "file" or type(store.dir) ~= "string" then
       command = "remove it from the store by hand, once you know whose it is"
@@ -638,7 +639,7 @@ end
 
 -- Rotate one slot of a config run: res (res.skipped when not due) | nil, err.
 local function rotate_slot(run, e)
-  local rotor, core, errors = require "rotor", require "rotor.core", require "rotor.errors"
+  local rotor, core = require "rotor", require "rotor.core"
   local cfg, o = run.cfg, run.o
   if core.interrupted() then
     return nil, errors.new { kind = "interrupted", not_started = true,

@@ -64,6 +64,14 @@ _M.DETAIL_MAX = DETAIL_MAX
 
 local function str(v) return type(v) == "string" and v ~= "" and v or nil end
 
+--- Text a provider sent, made safe to print: every control byte (an escape sequence a terminal
+-- would obey, a carriage return that hides a line) becomes \xHH. For all of a provider's text
+-- that reaches a message: its error detail, a body excerpt, a request id.
+local function printable(s)
+  return (s:gsub("[%c\127]", function(c) return ("\\x%02X"):format(c:byte()) end))
+end
+_M.printable = printable
+
 local function list(items, fmt)
   local parts = {}
   for _, e in ipairs(items) do
@@ -115,7 +123,7 @@ function _M.detail(body)
   end
   if type(d) ~= "string" then return nil end
   if #d > DETAIL_MAX then d = d:sub(1, DETAIL_MAX) .. "..." end
-  return d
+  return printable(d)
 end
 
 -- the response headers providers put a request id in, in the order they are looked for
@@ -126,7 +134,7 @@ local REQUEST_ID_HEADERS = { "x-amzn-requestid", "inin-correlation-id", "x-reque
 function _M.request_id(headers)
   if type(headers) ~= "table" then return nil end
   for _, h in ipairs(REQUEST_ID_HEADERS) do
-    if headers[h] then return headers[h] end
+    if type(headers[h]) == "string" then return printable(headers[h]) end
   end
   return nil
 end
@@ -140,7 +148,7 @@ function _M.excerpt(body, max)
   if ok and core.redact then s = core.redact(s) end
   max = max or 200
   if #s > max then s = s:sub(1, max) .. "..." end
-  return s
+  return printable(s)
 end
 
 return _M
