@@ -508,6 +508,22 @@ for _, w in ipairs(res.warnings) do print("warning: " .. w) end
       end
     end)
 
+    -- text from a provider (an expiry, an outcome, an error message) reached the terminal with its
+    -- escape sequences, which the operator's terminal then obeyed
+    it("prints no control byte a record's text holds", function()
+      local d, st, now = store_with_slot("genesys/ok")
+      assert(st:put("genesys/esc", { slot = "genesys/esc", provider = "genesys", journal = {},
+        last = { outcome = "ok\27]0;owned\7", time = now }, rotation = { id = "r1\27[2J", strategy = "regenerate",
+          step = "verify", started = now },
+        versions = { current = { client_id = "c\27[31m", secret = "not-a-real-secret-15", created = now,
+          expires = "\27[2J2031-01-01T00:00:00Z" } } }))
+      for _, cmd in ipairs { "status", "due", "doctor" } do
+        local out = rotor(cmd .. " " .. q(d .. "/secrets"))
+        assert.truthy(out:find("genesys/esc", 1, true), cmd .. ": " .. out)
+        assert.is_nil(out:find("[\27\7]"), cmd .. ": a control byte reached the output: " .. out)
+      end
+    end)
+
     -- status and doctor took a custom store's record as it came: a journal entry that was not an
     -- object ended both in a Lua traceback. Every reader now checks the record (rotor.record.read).
     it("a store of one's own that hands back a malformed record: status, due and doctor name it, exit 1", function()

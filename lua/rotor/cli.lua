@@ -87,12 +87,14 @@ local function usage_error(cmd, msg)
 end
 
 -- a message for people: no "rotor: " prefix (the caller adds its own), no internal file paths
+-- A message as the command line prints it: one line, no control byte a terminal would obey (a
+-- provider's text, a client id or name, reaches messages and warnings), no "rotor: " prefix.
 local function clean(e)
   local s = tostring(e)
   s = s:gsub("^rotor: ", "")
   -- rotor's own source locations (not the user's config or script: those say where to look)
   s = s:gsub("[^%s:]*lua/rotor/[%w_/]+%.lua:%d+: ", "")
-  return s
+  return errors.printable(s)
 end
 _M.clean = clean
 
@@ -324,7 +326,11 @@ local function table_text(header, body)
   local widths = {}
   for i, h in ipairs(header) do widths[i] = #h end
   for _, r in ipairs(body) do
-    for i, c in ipairs(r) do widths[i] = math.max(widths[i], #tostring(c)) end
+    -- a cell may hold what a provider sent (a client id, an error's text): printed as clean text
+    for i, c in ipairs(r) do
+      r[i] = clean(c)
+      widths[i] = math.max(widths[i], #r[i])
+    end
   end
   local lines = {}
   local function line(r)
@@ -426,7 +432,7 @@ local function cmd_status(cmd, args)
   elseif format == "openmetrics" then
     out(openmetrics(list))
   elseif only_due then
-    for _, r in ipairs(list) do out(r.slot .. "\t" .. tostring(v(r.error) and r.error or r.due_reason) .. "\n") end
+    for _, r in ipairs(list) do out(r.slot .. "\t" .. clean(v(r.error) and r.error or r.due_reason) .. "\n") end
   else
     local body = {}
     for _, r in ipairs(list) do
@@ -578,7 +584,7 @@ local function cmd_doctor(args)
     if #findings == 0 then out("healthy: " .. #names .. " slot(s), nothing to do\n") end
     for _, f in ipairs(findings) do
       out(("%s  %s: %s\n    fix: %s\n"):format(f.needs_person and "NEEDS A PERSON" or "note          ",
-        f.slot, f.message, f.command))
+        f.slot, clean(f.message), clean(f.command)))
     end
   end
   return need > 0 and EXIT_FAIL or EXIT_OK
@@ -718,8 +724,8 @@ local function print_report(report, interrupted)
       for _, l in ipairs(r.plan_lines or {}) do out(l .. "\n") end
       out(("dry run  %s: nothing changed\n"):format(r.slot))
     elseif r.state == "rotated" then
-      out(("rotated  %s: client %s, expires %s, old expires %s\n"):format(r.slot, tostring(r.client_id),
-        v(r.expires) and r.expires or "-", v(r.old_expires) and r.old_expires or "-"))
+      out(("rotated  %s: client %s, expires %s, old expires %s\n"):format(r.slot, clean(r.client_id),
+        v(r.expires) and clean(r.expires) or "-", v(r.old_expires) and clean(r.old_expires) or "-"))
       for _, w in ipairs(r.warnings) do out("  warning: " .. tostring(w) .. "\n") end
     else
       local word = ({ locked = "LOCKED", interrupted = "INTERRUPTED",
