@@ -423,6 +423,32 @@ describe("rotation (unit, fake providers)", function()
     assert.truthy(rec.retiring[1].delete_after > os.date("!%Y-%m-%dT%H:%M:%SZ"))
   end)
 
+  -- a minting answer with an empty client id was stored as the pending version: a record that the
+  -- schema (which refuses an empty client_id) then could not read back, the new secret inside it
+  it("an answer with no client id is ambiguous: nothing unreadable is stored, the next run recovers", function()
+    local p = fake("genesys")
+    p:add_client("old1", "Reporting")
+    local real = p.post_oauth_clients
+    p.post_oauth_clients = function(self, body)
+      local c, e = real(self, body)
+      if c then c.id = "" end
+      return c, e
+    end
+    local res, err = rotate { slot = "g", provider = p, target = { client_id = "old1" }, strategy = "new_client" }
+    assert.is_nil(res)
+    assert.equal("ambiguous", err.kind)
+    assert.truthy(err.message:find("holds no secret or client id rotor can read", 1, true), err.message)
+    local rec = assert(store:get("g")) -- still a record rotor reads
+    assert.is_nil(rec.versions.pending)
+    assert.equal("ambiguous", rec.rotation.mint.state)
+    p.post_oauth_clients = real
+    local res2 = assert(rotate { slot = "g", provider = p, target = { client_id = "old1" }, strategy = "new_client" })
+    local names = {}
+    for id in pairs(p.clients) do names[#names + 1] = id end
+    assert.equal(2, #names, table.concat(names, ", ")) -- the admin and the new client: the orphan was deleted
+    assert.truthy(p.clients[res2.client_id])
+  end)
+
   it("genesys new_client: an ambiguous create leaves an orphan that the next run deletes", function()
     local p = fake("genesys")
     p:add_client("old1", "Reporting")

@@ -401,11 +401,12 @@ function step.create(ctx)
   end
   if not version then
     version, err = strat.create(ctx)
-    if version and not (core.is_secret(version.secret) or (type(version.secret) == "string"
-      and version.secret ~= "")) then
-      -- a success that carries no secret rotor can read: something may have been minted
+    if version and not ((core.is_secret(version.secret) or (type(version.secret) == "string"
+      and version.secret ~= "")) and type(version.client_id) == "string" and version.client_id ~= "") then
+      -- a success that carries no secret or client id rotor can read (a record holding it could
+      -- not be read back): something may have been minted
       version, err = nil, errors.new { kind = "ambiguous", message = "the minting call succeeded but its answer "
-        .. "holds no secret rotor can read" }
+        .. "holds no secret or client id rotor can read" }
     end
     if not version then
       ctx.holding = nil
