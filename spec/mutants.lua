@@ -170,7 +170,7 @@ local MUTANTS = {
         "  for k, val in pairs({}) do\n    local check = FIELDS[k]" } },
     { "spec/config_spec.lua", "spec/rotation_unit_spec.lua" }),
   m("options-unknown-taken", "an option a user misspells is named, never ignored",
-    "config.unknown_key finds no unknown key", "lua/rotor/config.lua",
+    "rotor.keys.unknown_key finds no unknown key", "lua/rotor/keys.lua",
     { { "  if #bad == 0 then return nil end", "  do return nil end" } },
     { "spec/store_spec.lua", "spec/config_spec.lua" }),
   m("deploy-hangs-group", "a deploy command past its timeout is stopped with all it started",
