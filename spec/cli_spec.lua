@@ -452,6 +452,21 @@ for _, w in ipairs(res.warnings) do print("warning: " .. w) end
         end
         if cmd:find("status") then assert.truthy(out:find("genesys/ok", 1, true), cmd .. ": " .. out) end
       end
+      -- journal entries are read as text only where they are text (not checked field by field on
+      -- every read: a full journal is 200 of them)
+      assert(st:put("genesys/odd", { slot = "genesys/odd", provider = "genesys", journal = {
+          { step = "rotation", outcome = "start", rotation = {}, note = 5 },
+          { step = "create", outcome = "ambiguous", rotation = 7 },
+          { step = "rotation", outcome = "done", time = { "2026" } } },
+        versions = { current = { client_id = "c2", secret = "not-a-real-secret-11", created = now } } }))
+      local out, rc = rotor("status --format json " .. q(d .. "/secrets"))
+      assert.equal(0, rc, out)
+      for _, row in ipairs(assert(json.decode(out), out).slots) do
+        assert.is_true(row.last_success == json.null or type(row.last_success) == "string", out)
+      end
+      out, rc = rotor("doctor " .. q(d .. "/secrets"))
+      assert.equal(0, rc, out)
+      assert.is_nil(out:find("traceback", 1, true), out)
     end)
 
     -- a rule's days were unbounded: --before-expiry-days 1e300 (or in a config's due table) put the

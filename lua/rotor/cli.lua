@@ -248,8 +248,9 @@ local function history(rec)
   local j = rec.journal or {}
   for i = #j, 1, -1 do
     local e = j[i]
+    -- journal entries are objects; their fields are taken as text only when they are text
     if e.step == "rotation" and e.outcome == "done" then
-      last_ok = e.time
+      last_ok = type(e.time) == "string" and e.time or nil
       break
     end
     if e.outcome == "failed" or e.outcome == "ambiguous" then failures = failures + 1 end
@@ -475,14 +476,14 @@ local function orphans(rec)
   local order = {}
   for _, e in ipairs(rec.journal or {}) do
     local r = e.rotation
-    if r then
+    if type(r) == "string" then
       local t = by[r]
       if not t then
         t = { id = r }
         by[r] = t
         order[#order + 1] = r
       end
-      if e.step == "rotation" and e.outcome == "start" then t.strategy = e.note end
+      if e.step == "rotation" and e.outcome == "start" and type(e.note) == "string" then t.strategy = e.note end
       if e.outcome == "intent" then t.intent = true end
       if e.step == "create" and e.outcome == "ok" then t.stored = true end
       if e.outcome == "ambiguous" then t.ambiguous = true end
