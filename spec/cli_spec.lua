@@ -410,6 +410,10 @@ for _, w in ipairs(res.warnings) do print("warning: " .. w) end
       assert.equal(1, rc, out)
       assert.truthy(out:find("NEEDS A PERSON  genesys/broken", 1, true), out)
       assert.truthy(out:find("mv " .. d .. "/secrets/genesys%2Fbroken.json", 1, true), out)
+      -- doctor's own advice, once: not the store's, which points back at doctor
+      assert.is_nil(out:find("rotor doctor shows the slot", 1, true), out)
+      assert.truthy(out:find("holds no valid record: malformed JSON (file " .. d .. "/secrets/genesys%2Fbroken.json). "
+        .. "Move it aside", 1, true), out)
     end)
 
     -- an expiry beyond any date (1e300 seconds) or not a number at all once read (1e999: inf)

@@ -535,8 +535,10 @@ local function cmd_doctor(args)
     if not ok then rec, gerr = nil, rec end
     if not rec then
       local aside = type(store.aside_command) == "function" and store:aside_command(name, q) or nil
+      -- the store's own advice (which points at doctor) gives way to doctor's, with its command
+      local why = clean(gerr):gsub("; nothing was changed%..*$", "")
       add { slot = name, problem = "corrupted", needs_person = true,
-        message = "the slot's record cannot be read: " .. clean(gerr)
+        message = "the slot's record cannot be read: " .. why
           .. ". Move it aside, restore it from a backup or rotate the slot anew from the provider's state",
         command = (aside and (aside .. " && ") or "") .. rerun .. " --slot " .. q(name) }
     else

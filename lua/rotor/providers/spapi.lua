@@ -173,6 +173,9 @@ function Spapi:_sqs_call(op, action, payload, extra)
   return v
 end
 
+-- A bound on eventTime, compared as a string. No trailing "Z", on purpose (not timefmt.iso):
+-- eventTime carries milliseconds ("...:05.123Z"), and "...:05.123Z" >= "...:05" holds, while
+-- against "...:05Z" it would not ("." sorts before "Z"), losing the events of that very second.
 local function iso(t)
   if type(t) == "number" then return os.date("!%Y-%m-%dT%H:%M:%S", math.floor(t)) end
   return t
