@@ -415,14 +415,8 @@ static void sync_files(job *j) {
     }
 }
 
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 static void run_job(job *j) {
-    double t0 = now_seconds();
+    double t0 = rotor_mono_now();
     /* 1. write every file */
     for (int i = 0; i < j->n; i++) {
         item *it = &j->items[i];
@@ -480,7 +474,7 @@ static void run_job(job *j) {
     sync_dirs(j);
     pthread_mutex_lock(&j->mu);
     j->done = 1;
-    j->seconds = now_seconds() - t0;
+    j->seconds = rotor_mono_now() - t0;
     pthread_mutex_unlock(&j->mu);
     uint64_t one = 1;
     ssize_t w = write(j->efd, &one, sizeof one);

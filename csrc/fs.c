@@ -1053,12 +1053,6 @@ static void close_from(int lowfd) {
     }
 }
 
-static double monotonic_now(void) {
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    return (double)now.tv_sec + (double)now.tv_nsec / 1e9;
-}
-
 /* Wait for child pid until deadline (CLOCK_MONOTONIC seconds; 0: no limit), polling every 10 ms
  * when there is one. 0 with *status set once it exited; -1 with errno; 1 when the deadline passed
  * first. */
@@ -1072,7 +1066,7 @@ static int wait_child(pid_t pid, double deadline, int *status) {
             return -1;
         }
         if (r == 0) {
-            if (monotonic_now() >= deadline) {
+            if (rotor_mono_now() >= deadline) {
                 return 1;
             }
             struct timespec tick = {0, 10000000L}; /* 10 ms */
@@ -1161,7 +1155,7 @@ static int l_spawn(lua_State *L) {
     if (timeout > 0) {
         setpgid(pid, pid); /* as the child does: whichever runs first */
     }
-    double deadline = timeout > 0 ? monotonic_now() + timeout : 0;
+    double deadline = timeout > 0 ? rotor_mono_now() + timeout : 0;
     int wrote = rotor_write_all(pfd[1], input, inlen) == 0;
     close(pfd[1]);
     /* a child that exits before reading its input raises SIGPIPE here: take it back */
@@ -1173,7 +1167,7 @@ static int l_spawn(lua_State *L) {
     int rc = wait_child(pid, deadline, &status);
     if (rc == 1) {
         kill(-pid, SIGTERM);
-        if (wait_child(pid, monotonic_now() + 2, &status) == 1) {
+        if (wait_child(pid, rotor_mono_now() + 2, &status) == 1) {
             kill(-pid, SIGKILL);
             wait_child(pid, 0, &status);
         }

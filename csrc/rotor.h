@@ -57,6 +57,8 @@ void rotor_http_open(lua_State *L);
 /* 1: https elsewhere; 2: http or https to a loopback host (never proxied); 0: refused;
  * -1: unparsable */
 int rotor_write_all(int fd, const char *p, size_t n);
+/* token.c: CLOCK_MONOTONIC in seconds */
+double rotor_mono_now(void);
 int rotor_is_loopback_url(const char *url, char *scheme, size_t scheme_len);
 void rotor_global_init(void);
 

@@ -18,14 +18,16 @@
 
 /* ---- clocks ---- */
 
-static double mono_now(void) {
+/* the monotonic clock in seconds: core.now, token lifetimes, durable-write timing, spawn's
+ * deadline */
+double rotor_mono_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
 static int l_now(lua_State *L) {
-    lua_pushnumber(L, mono_now());
+    lua_pushnumber(L, rotor_mono_now());
     return 1;
 }
 
@@ -398,7 +400,7 @@ static void evict_expired(unsigned b, double now) {
 static int l_token_get(lua_State *L) {
     size_t n;
     const char *k = luaL_checklstring(L, 1, &n);
-    double now = mono_now();
+    double now = rotor_mono_now();
     pthread_mutex_lock(&cache_lock);
     entry *e = find(k, n, 0);
     if (e != NULL && e->token != NULL && now < e->expires) {
@@ -436,7 +438,7 @@ static int l_token_put(lua_State *L) {
     }
     memcpy(copy, t, tlen);
     copy[tlen] = '\0';
-    double now = mono_now();
+    double now = rotor_mono_now();
     pthread_mutex_lock(&cache_lock);
     evict_expired(hash(k, n), now);
     entry *e = find(k, n, 1);
@@ -468,7 +470,7 @@ static int l_token_invalidate(lua_State *L) {
         drop_token(e);
         dropped = 1;
     }
-    evict_expired(hash(k, n), mono_now()); /* frees the emptied entry too */
+    evict_expired(hash(k, n), rotor_mono_now()); /* frees the emptied entry too */
     pthread_mutex_unlock(&cache_lock);
     lua_pushboolean(L, dropped);
     return 1;
