@@ -86,9 +86,9 @@ local function usage_error(cmd, msg)
   return EXIT_USAGE
 end
 
--- a message for people: no "rotor: " prefix (the caller adds its own), no internal file paths
--- A message as the command line prints it: one line, no control byte a terminal would obey (a
--- provider's text, a client id or name, reaches messages and warnings), no "rotor: " prefix.
+-- A message as the command line prints it: no "rotor: " prefix (the caller adds its own), no
+-- internal file paths, one line with no control byte a terminal would obey (a provider's text, a
+-- client id or name, reaches messages and warnings).
 local function clean(e)
   local s = tostring(e)
   s = s:gsub("^rotor: ", "")

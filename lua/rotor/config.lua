@@ -50,9 +50,9 @@ local function c_audit(v)
   if v == false or type(v) == "string" then return true end
   if type(v) == "table" and type(v.write) == "function" then return true end
   if type(v) == "table" and type(v.path) == "string" then
-    local unknown = keys_mod.unknown_key(v, { "path", "key" }, "field")
-    if unknown then return nil, unknown end
-    if v.key ~= nil and type(v.key) ~= "string" then return nil, "key: a string expected" end
+    -- the trail's own check (rotor.audit.open opens nothing)
+    local ok, e = pcall(require("rotor.audit").open, v)
+    if not ok then return nil, (tostring(e):gsub("^[^:]*:%d+: ", ""):gsub("^audit%.open: ", "")) end
     return true
   end
   return nil, "false, a file path or { path = ..., key = ... } expected"
@@ -251,12 +251,7 @@ _M.ROTATE = {
 _M.suggest = keys_mod.suggest
 _M.unknown_key = keys_mod.unknown_key
 
-local function keys_of(t)
-  local out = {}
-  for k in pairs(t) do out[#out + 1] = k end
-  table.sort(out)
-  return out
-end
+local keys_of = keys_mod.sorted
 
 ------------------------------------------------------------------------------------------------
 -- Loading

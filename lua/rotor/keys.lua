@@ -2,7 +2,15 @@
 -- Pure Lua with no other rotor module: rotor.ngx uses it in nginx's own Lua VM.
 --   keys.suggest(name, candidates) -> the closest candidate | nil
 --   keys.unknown_key(t, names, what, prefix) -> "PREFIXKEY: unknown WHAT; did you mean ...?" | nil
+--   keys.sorted(t) -> the keys of t, sorted (the names a schema table takes)
 local _M = {}
+
+function _M.sorted(t)
+  local out = {}
+  for k in pairs(t) do out[#out + 1] = k end
+  table.sort(out)
+  return out
+end
 
 local function distance(a, b)
   local la, lb = #a, #b

@@ -9,10 +9,11 @@ local errors = require "rotor.errors"
 
 local _M = {}
 
--- the fields of a notify table and their checks (rotor.client's, as for a provider's options)
-local FIELDS = { webhook = "url", fn = true, on = true, timeout = "seconds", connect_timeout = "seconds",
-                 cainfo = "cainfo", proxy = "string", user_agent = "string", http2 = "boolean" }
+-- the fields of a notify table, and the check of rotor.client's (as for a provider's options) each
+-- value takes, where there is one (fn and on are checked below)
 local FIELD_NAMES = { "webhook", "fn", "on", "timeout", "connect_timeout", "cainfo", "proxy", "user_agent", "http2" }
+local CHECKS = { webhook = "url", timeout = "seconds", connect_timeout = "seconds", cainfo = "cainfo", proxy = "string",
+                 user_agent = "string", http2 = "boolean" }
 
 --- Check a notify spec where it is given (a config file, rotor.rotate): raises an error naming the
 -- field and what it takes, so a typo or a wrong value never surfaces when a rotation has ended.
@@ -31,8 +32,8 @@ function _M.check(spec, level)
   local unknown = require("rotor.keys").unknown_key(spec, FIELD_NAMES, "field", "notify.")
   if unknown then error(unknown, level) end
   for k, val in pairs(spec) do
-    local check = FIELDS[k]
-    if type(check) == "string" then
+    local check = CHECKS[k]
+    if check then
       local ok, why = v[check](val)
       if ok == nil then error(("notify.%s: %s"):format(k, why), level) end
     end

@@ -541,10 +541,8 @@ local function check_opts(o)
   -- a target key the provider does not take is a typo: target.clientid must not rotate another client
   local known = config.PROVIDERS[o.provider.provider]
   if known and o.target then
-    local names = {}
-    for k in pairs(known.target) do names[#names + 1] = k end
-    table.sort(names)
-    local bad = config.unknown_key(o.target, names, "target key for " .. o.provider.provider, "target.")
+    local bad = config.unknown_key(o.target, require("rotor.keys").sorted(known.target),
+      "target key for " .. o.provider.provider, "target.")
     if bad then error("rotate: " .. bad, 3) end
   end
   if o.strategy ~= nil and type(o.strategy) ~= "string" then error("rotate: strategy must be a string", 3) end

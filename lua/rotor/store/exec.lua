@@ -77,7 +77,7 @@ function _M.new(opts)
     "option")
   if unknown then error("rotor.store.exec: " .. unknown, 2) end
   local t = opts.timeout
-  if t ~= nil and (type(t) ~= "number" or t ~= t or t <= 0 or t > 86400) then
+  if t ~= nil and not require("rotor.client").validators.seconds(t) then
     error("rotor.store.exec: timeout must be seconds (0 < t <= 86400)", 2)
   end
   if opts.name ~= nil and (type(opts.name) ~= "string" or opts.name == "") then
