@@ -67,7 +67,7 @@ describe("rotor.config", function()
       slot { slot = "y", deploy = { kind = "dotenf", path = "a" } },
     } }
     assert.is_true(has(lines, "rotor.conf.lua: store: required, not set"))
-    assert.is_true(has(lines, "slot genesys/app: wait: a number of seconds >= 0 expected"))
+    assert.is_true(has(lines, "slot genesys/app: wait: a number of seconds from 0 to 86400 expected, got -1"))
     assert.is_true(has(lines,
       "slot genesys/app: strategy: unknown strategy regenrate for genesys; did you mean regenerate?"))
     assert.is_true(has(lines, "slot genesys/app: force_mint: true or false expected"))
@@ -91,6 +91,15 @@ describe("rotor.config", function()
         assert.is_true(has(lines, "provider.options." .. k .. ": seconds above 0, at most 86400 expected"),
           table.concat(lines, "\n"))
       end
+    end
+    -- the bound on waits for retries was unbounded: max_wait = 1e9 let a Retry-After of weeks
+    -- hold the run for as long
+    for _, k in ipairs { "max_wait", "token_margin" } do
+      e = slot()
+      e.provider.options[k] = 1e9
+      lines = problems { store = "s", slots = { e } }
+      assert.is_true(has(lines, "provider.options." .. k .. ": seconds from 0 to 86400 expected"),
+        table.concat(lines, "\n"))
     end
   end)
 
@@ -209,7 +218,15 @@ return { store = "./s", slots = { { slot = "a", consumers = "none", provider = {
           access_key = "AKIDEXAMPLE", secret_key = "not-a-real-secret", region = "us-east-1" } } } }
     assert.same({}, problems { store = "s", slots = { e } })
     e.visibility = 0
-    assert.is_true(has(problems { store = "s", slots = { e } }, "visibility: seconds from 1 to 43200 expected"))
+    assert.is_true(has(problems { store = "s", slots = { e } },
+      "visibility: a number of seconds from 1 to 43200 expected"))
+    -- a wait or grace beyond its bounds is a typo (wait = 1e9 held the slot's lock for ever)
+    e.visibility, e.wait, e.grace = 120, 1e9, 1e12
+    local got = problems { store = "s", slots = { e } }
+    assert.is_true(has(got, "wait: a number of seconds from 0 to 86400 expected, got 1000000000"), got)
+    assert.is_true(has(got, "grace: a number of seconds from 0 to 31622400 expected"), got)
+    assert.is_true(has(problems { store = "s", wait = -1, slots = { { slot = "x", provider = { kind = "genesys" } } } },
+      "wait: a number of seconds from 0 to 86400 expected, got -1"))
     -- every key a strategy reads from ctx.target is in the schema of its provider
     for kind, p in pairs(config.PROVIDERS) do
       local src = assert(io.open("lua/rotor/strategies/" .. kind .. ".lua")):read("*a")

@@ -175,8 +175,9 @@ describe("rotation (unit, fake providers)", function()
     local nan = 0 / 0
     local p = fake("genesys")
     p:add_client("app1")
-    for k, msg in pairs { wait = "wait must be seconds >= 0", grace = "grace must be seconds >= 0",
-                          visibility = "visibility must be seconds from 1 to 43200" } do
+    for k, msg in pairs { wait = "wait: a number of seconds from 0 to 86400 expected",
+                          grace = "grace: a number of seconds from 0 to 31622400 expected",
+                          visibility = "visibility: a number of seconds from 1 to 43200 expected" } do
       assert.error_matches(function()
         rotate { slot = "genesys/app1", provider = p, target = { client_id = "app1" }, [k] = nan }
       end, msg, nil, true)
@@ -193,7 +194,37 @@ describe("rotation (unit, fake providers)", function()
     assert.matches("timeout: seconds", table.concat(problems, "\n"), 1, true)
     local sp = assert(require("rotor.providers.spapi").new { client_id = "c", client_secret = "not-a-real-secret-7" })
     assert.error_matches(function() sp:receive_new_client_secret { wait = nan } end,
-      "wait must be a number of seconds >= 0", nil, true)
+      "wait: a number of seconds from 0 to 86400 expected", nil, true)
+  end)
+
+  -- numeric options beyond any sensible bound were taken: verify_attempts = 0 (or 0.5) failed
+  -- every rotation as "refused when verified (nil)", wait = 1e9 held the slot's lock for ever,
+  -- write_retries = 1e9 retried a failing write for ever, and mint_budget was not checked at all
+  it("numeric options refuse values beyond their bounds, naming the bounds, before anything runs", function()
+    local p = fake("genesys")
+    p:add_client("app1")
+    local cases = {
+      { "verify_attempts", 0, "verify_attempts: a whole number of attempts from 1 to 100 expected, got 0" },
+      { "verify_attempts", 2.5, "verify_attempts: a whole number of attempts from 1 to 100 expected, got 2.5" },
+      { "wait", 1e9, "wait: a number of seconds from 0 to 86400 expected, got 1000000000" },
+      { "write_retries", 1e9, "write_retries: a whole number of retries from 0 to 1000 expected" },
+      { "write_retry_delay", -1, "write_retry_delay: a number of seconds from 0 to 3600 expected, got -1" },
+      { "mint_budget", "abc", "mint_budget: a number of seconds from 1 to 86400 expected, got string" },
+      { "grace", math.huge, "grace: a number of seconds from 0 to 31622400 expected, got inf" },
+    }
+    for _, c in ipairs(cases) do
+      assert.error_matches(function()
+        rotation.rotate { slot = "genesys/app1", provider = p, store = store, target = { client_id = "app1" },
+          [c[1]] = c[2] }
+      end, "rotate: " .. c[3], nil, true)
+    end
+    -- verify_delay is checked as given (the spec's rotate() sets it to 0)
+    assert.error_matches(function()
+      rotation.rotate { slot = "genesys/app1", provider = p, store = store, target = { client_id = "app1" },
+        verify_delay = 1e6 }
+    end, "verify_delay: a number of seconds from 0 to 3600 expected", nil, true)
+    assert.is_nil(p.calls.post_oauth_client_secret)
+    assert.is_false(store:get("genesys/app1"))
   end)
 
   -- the schema took any value in last, in a retiring entry, and a pending

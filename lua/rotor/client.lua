@@ -54,8 +54,10 @@ local function v_seconds(v)
   return v
 end
 
-local function v_nonneg(v)
-  if type(v) ~= "number" or v ~= v or v < 0 then return nil, "a number >= 0 expected" end
+-- a span of time that may be none (a bound on retry waits, a token's margin): a day at most, as a
+-- Retry-After of days under max_wait = 1e9 would hold a run for as long
+local function v_span(v)
+  if type(v) ~= "number" or v ~= v or v < 0 or v > 86400 then return nil, "seconds from 0 to 86400 expected" end
   return v
 end
 
@@ -151,15 +153,15 @@ local COMMON = {
   proxy = v_string,
   user_agent = v_string,
   http2 = v_boolean,
-  max_wait = v_nonneg,
+  max_wait = v_span,
   retries = v_count,
   pacing = v_boolean,
   mint_fresh_connection = v_boolean,
   rate_limits = v_rate_limits,
-  token_margin = v_nonneg,
+  token_margin = v_span,
 }
 _M.validators = {
-  string = v_string, secret = v_secret, positive = v_positive, nonneg = v_nonneg, seconds = v_seconds,
+  string = v_string, secret = v_secret, positive = v_positive, span = v_span, seconds = v_seconds,
   count = v_count, boolean = v_boolean, url = v_url, cainfo = v_cainfo, file = v_file,
 }
 

@@ -21,14 +21,12 @@ local function is_callable(v)
   return mt ~= nil and type(mt) == "table" and mt.__call ~= nil
 end
 
-local function c_nonneg(v)
-  if type(v) ~= "number" or v ~= v or v < 0 then return nil, "a number of seconds >= 0 expected" end
-  return true
+-- a slot's numeric option, checked as rotor.rotate checks it
+local function c_number(name)
+  return function(v) return require("rotor.rotation").check_number(name, v) end
 end
 
 local c_days = policy.check_days
-
-local function c_visibility(v) return require("rotor.rotation").check_visibility(v) end
 
 local function c_bool(v)
   if type(v) ~= "boolean" then return nil, "true or false expected" end
@@ -89,7 +87,7 @@ _M.TOP = {
       .. "below); a slot's own `due` overrides it key by key" },
     concurrency = { type = "integer", check = c_concurrency, default = "4",
       doc = "how many slots rotate at once" },
-    wait = { type = "number", check = c_nonneg, doc = "default `wait` of every slot (seconds)" },
+    wait = { type = "number", check = c_number("wait"), doc = "default `wait` of every slot (seconds)" },
     notify = { type = "string, table or function", check = c_notify, doc = "default `notify` of every slot" },
     audit = { type = "false, string or table", check = c_audit,
       doc = "default `audit` of every slot (a relative path is the config file's)" },
@@ -116,13 +114,14 @@ _M.SLOT = {
       doc = "say `consumers = \"none\"` when nothing but rotor uses this credential: required instead of "
         .. "`deploy` for a strategy whose old secret stops working during the run" },
     due = { type = "table", doc = "this slot's due policy ({ max_age_days=, before_expiry_days= })" },
-    wait = { type = "number", check = c_nonneg, default = "300",
-      doc = "SP-API: seconds one run waits for the new secret on the SQS queue" },
-    visibility = { type = "number", check = c_visibility, default = "60",
+    wait = { type = "number", check = c_number("wait"), default = "300",
+      doc = "SP-API: seconds one run waits for the new secret on the SQS queue (0 to 86400)" },
+    visibility = { type = "number", check = c_number("visibility"), default = "60",
       doc = "SP-API: seconds a queue message this run received stays hidden from other readers (1 to 43200); "
         .. "a run that dies leaves it to reappear after that" },
-    grace = { type = "number", check = c_nonneg, default = "0",
-      doc = "Genesys new_client: seconds the old client stays disabled before it is deleted (on a later run). "
+    grace = { type = "number", check = c_number("grace"), default = "0",
+      doc = "Genesys new_client: seconds the old client stays disabled before it is deleted (on a later run; "
+        .. "at most 366 days). "
         .. "A deletion is cancelled (and journalled) if the slot holds that client as its current or pending "
         .. "credential by then" },
     notify = { type = "string, table or function", check = c_notify,
@@ -156,12 +155,13 @@ _M.PROVIDER_COMMON = {
     user_agent = { type = "string", default = "rotor/VERSION", doc = "the User-Agent header" },
     http2 = { type = "boolean", default = "false",
       doc = "true: HTTP/2 where the server offers it (one connection per host); HTTP/1.1 otherwise" },
-    max_wait = { type = "number", default = "120", doc = "bound on waits for 429/5xx retries (seconds)" },
+    max_wait = { type = "number", default = "120", doc = "bound on waits for 429/5xx retries (seconds, 0 to 86400)" },
     retries = { type = "integer", doc = "retries of idempotent requests" },
     pacing = { type = "boolean", default = "true", doc = "false: no client-side pacing" },
     rate_limits = { type = "table or false",
       doc = "{ default = { rate =, per = }, [op] = ... }: replace the documented limits" },
-    token_margin = { type = "number", default = "60", doc = "refresh a token this many seconds before it expires" },
+    token_margin = { type = "number", default = "60",
+      doc = "refresh a token this many seconds before it expires (0 to 86400)" },
   },
 }
 
@@ -221,21 +221,24 @@ _M.ROTATE = {
     deploy = { type = "function or sink",
       doc = "function(new) -> true | nil, err, run with the new secret before the old one is retired" },
     dry_run = { type = "boolean", default = "false", doc = "print the plan, change nothing" },
-    wait = { type = "number", default = "300", doc = "SP-API: seconds to wait for the new secret on SQS" },
-    visibility = { type = "number", default = "60", doc = "as in a config file" },
-    grace = { type = "number", default = "0", doc = "Genesys new_client: seconds before the old client is deleted" },
+    wait = { type = "number", default = "300", doc = "SP-API: seconds to wait for the new secret on SQS (0 to 86400)" },
+    visibility = { type = "number", default = "60", doc = "as in a config file (1 to 43200)" },
+    grace = { type = "number", default = "0",
+      doc = "Genesys new_client: seconds before the old client is deleted (at most 366 days)" },
     notify = { type = "string, table or function", doc = "as in a config file" },
     audit = { type = "false, string or table", doc = "as in a config file" },
     force_mint = { type = "boolean", default = "false",
       doc = "SP-API: mint although an earlier request may have left" },
-    verify_attempts = { type = "integer", default = "3", doc = "token requests tried with the new secret" },
-    verify_delay = { type = "number", default = "1", doc = "seconds between them (times the attempt number)" },
+    verify_attempts = { type = "integer", default = "3", doc = "token requests tried with the new secret (1 to 100)" },
+    verify_delay = { type = "number", default = "1",
+      doc = "seconds between them (times the attempt number; 0 to 3600)" },
     write_retries = { type = "integer", default = "5",
-      doc = "tries again of a store write that failed while a new secret is held in memory only" },
-    write_retry_delay = { type = "number", default = "0.5", doc = "seconds before the first of them (doubling)" },
+      doc = "tries again of a store write that failed while a new secret is held in memory only (0 to 1000)" },
+    write_retry_delay = { type = "number", default = "0.5",
+      doc = "seconds before the first of them (doubling after it, to at most 8 s; 0 to 3600)" },
     mint_budget = { type = "number",
       doc = "seconds a minting request may take, for a leased lock's check before it (default: the provider's "
-        .. "timeout + connect_timeout)" },
+        .. "timeout + connect_timeout; 1 to 86400)" },
     log = { type = "function", doc = "function(line): one line per journalled step" },
     print = { type = "function", doc = "function(line): where a dry run's plan goes (default stdout)" },
     consumers = { type = "\"none\"", doc = "as in a config file: without it or `deploy`, a strategy that kills "

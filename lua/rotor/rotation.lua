@@ -521,10 +521,28 @@ local function new_rotation_id()
   return "r" .. os.date("!%Y%m%dT%H%M%SZ") .. "-" .. core.random_hex(8)
 end
 
---- SP-API's visibility: seconds from 1 to 43200 (SQS's own bounds). true | nil, why.
-function _M.check_visibility(v)
-  if type(v) ~= "number" or v ~= v or v < 1 or v > 43200 then return nil, "seconds from 1 to 43200 expected" end
-  return true
+-- rotor.rotate's numeric options (and a config file's, which are checked here too): the least
+-- and the most each takes, and whether it counts (a whole number). A value beyond these is a
+-- typo rather than a wish (wait = 1e9 would hold the slot's lock for ever; verify_attempts = 0
+-- would fail every rotation as "refused").
+local NUMBERS = {
+  wait = { 0, 86400, what = "seconds" },                  -- SP-API: a day at most
+  visibility = { 1, 43200, what = "seconds" },            -- SQS's own bounds
+  grace = { 0, 366 * 86400, what = "seconds" },           -- a year
+  verify_attempts = { 1, 100, whole = true, what = "attempts" },
+  verify_delay = { 0, 3600, what = "seconds" },
+  write_retries = { 0, 1000, whole = true, what = "retries" },
+  write_retry_delay = { 0, 3600, what = "seconds" },
+  mint_budget = { 1, 86400, what = "seconds" },
+}
+
+--- Check rotor.rotate's numeric option name: true | nil, why (naming the bounds).
+function _M.check_number(name, v)
+  local b = NUMBERS[name]
+  local ok = type(v) == "number" and v == v and v >= b[1] and v <= b[2] and (not b.whole or v == math.floor(v))
+  if ok then return true end
+  return nil, ("%s %s from %s to %s expected, got %s"):format(b.whole and "a whole number of" or "a number of",
+    b.what, b[1], b[2], type(v) == "number" and ("%.17g"):format(v) or type(v))
 end
 
 local function check_opts(o)
@@ -552,18 +570,10 @@ local function check_opts(o)
       error("rotate: deploy must be a function (or a callable sink such as rotor.store.dotenv)", 3)
     end
   end
-  if o.wait ~= nil and (type(o.wait) ~= "number" or o.wait ~= o.wait or o.wait < 0) then
-    error("rotate: wait must be seconds >= 0", 3)
-  end
-  if o.grace ~= nil and (type(o.grace) ~= "number" or o.grace ~= o.grace or o.grace < 0) then
-    error("rotate: grace must be seconds >= 0", 3)
-  end
-  if o.visibility ~= nil and not _M.check_visibility(o.visibility) then
-    error("rotate: visibility must be seconds from 1 to 43200", 3)
-  end
-  for _, k in ipairs { "write_retries", "write_retry_delay", "verify_attempts", "verify_delay" } do
-    if o[k] ~= nil and (type(o[k]) ~= "number" or o[k] < 0 or o[k] ~= o[k]) then
-      error("rotate: " .. k .. " must be a number >= 0", 3)
+  for name in pairs(NUMBERS) do
+    if o[name] ~= nil then
+      local ok, why = _M.check_number(name, o[name])
+      if not ok then error("rotate: " .. name .. ": " .. why, 3) end
     end
   end
   notify_mod.check(o.notify, 3)

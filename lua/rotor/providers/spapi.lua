@@ -197,8 +197,13 @@ local function receive_args(op, args)
   args = args or {}
   if type(args) ~= "table" then error(op .. ": a table {wait=} expected", 4) end
   local wait = args.wait == nil and MAX_POLL or args.wait
-  if type(wait) ~= "number" or wait ~= wait or wait < 0 then
-    error(op .. ": wait must be a number of seconds >= 0", 4)
+  -- the bounds of rotor.rotate's wait and visibility options
+  local check = require("rotor.rotation").check_number
+  local ok, why = check("wait", wait)
+  if not ok then error(op .. ": wait: " .. why, 4) end
+  if args.visibility ~= nil then
+    ok, why = check("visibility", args.visibility)
+    if not ok then error(op .. ": visibility: " .. why, 4) end
   end
   local since, not_after = iso(args.since), iso(args.not_after)
   if since ~= nil and type(since) ~= "string" then error(op .. ": since must be epoch seconds or ISO-8601", 4) end
