@@ -19,6 +19,10 @@
  *     dir:path()  dir:close()
  *   core.fs_write_atomic(path, data[, mode])  core.fs_append(path, data[, mode])
  *   core.fs_read(path[, strict]) -> string | nil, message, errno   (strict: the file as dir:read)
+ *   core.fs_read_trusted(path) -> string | nil, message, errno: a file whose contents rotor runs
+ *       (a config file): its directory (and that of each link to it) under the rule above (but
+ *       for a sticky one: nobody else can replace a file in it), the
+ *       file owned by root or the effective user and writable by neither group nor others
  *   core.fs_mkdir(path[, mode])
  *   core.fs_exists(path) -> bool, kind, mode   core.fs_list(dir)   core.fs_remove(path)
  *   core.fs_write_through(path, data[, mode_if_new]): a file others read (dotenv): a symbolic link
@@ -164,10 +168,13 @@ static int check_dir(int fd, const char *where, int final, char *msg) {
 
 /* Open the directory path applying the trust rule to every directory on the way (following only
  * links owned by root or the effective user); with create, missing directories are made 0700.
+ * holds_file: the directory is opened for one file already there (a config file), which nobody
+ * else can replace in a sticky directory such as /tmp: the directory itself may then be sticky
+ * and writable by others, as any on the way may (a store directory never).
  * Returns the descriptor, or -1 with errno set and the reason in msg (ENOENT: it does not exist).
  * canon receives the canonical path of the directory. */
-static int trusted_dir(const char *path, int create, const char *const *trusted, int ntrusted,
-                       char *canon, char *msg) {
+static int trusted_dir(const char *path, int create, int holds_file, const char *const *trusted,
+                       int ntrusted, char *canon, char *msg) {
     char rest[2 * FS_MAX_PATH + 2];
     char cur[FS_MAX_PATH] = "";
     int links = 0, fd;
@@ -319,7 +326,7 @@ static int trusted_dir(const char *path, int create, const char *const *trusted,
         }
     }
     snprintf(canon, FS_MAX_PATH, "%s", cur[0] ? cur : "/");
-    if (!is_trusted(canon, trusted, ntrusted) && check_dir(fd, canon, 1, msg) != 0) {
+    if (!is_trusted(canon, trusted, ntrusted) && check_dir(fd, canon, !holds_file, msg) != 0) {
         int err = errno;
         close(fd);
         errno = err;
@@ -679,7 +686,7 @@ static int l_fs_dir(lua_State *L) {
     fs_dir *d = (fs_dir *)lua_newuserdata(L, sizeof *d);
     d->fd = -1;
     luaL_setmetatable(L, ROTOR_FS_DIR_MT);
-    d->fd = trusted_dir(path, create, trusted, ntrusted, d->path, msg);
+    d->fd = trusted_dir(path, create, 0, trusted, ntrusted, d->path, msg);
     if (d->fd < 0) {
         return push_fail(L, msg, errno);
     }
@@ -913,6 +920,114 @@ static int l_fs_read(lua_State *L) {
         return 3;
     }
     if (read_fd(L, fd, path, "", msg) < 0) {
+        return push_fail(L, msg, errno);
+    }
+    return 1;
+}
+
+/* Open the file path under the trust rule, for reading what rotor runs (a config file): the
+ * directory holding it, and the directory holding each symbolic link on the way to it, pass the
+ * rule of a store directory (trusted_dir); each such link and the file are owned by root or the
+ * effective user, and the file is a regular one that group and others cannot write. Returns the
+ * descriptor, or -1 with errno set and the reason in msg. */
+static int open_trusted_file(const char *path, char *msg) {
+    char cur[FS_MAX_PATH], dir[FS_MAX_PATH], canon[FS_MAX_PATH];
+    uid_t me = geteuid();
+    snprintf(cur, sizeof cur, "%s", path);
+    for (int links = 0;; links++) {
+        const char *slash = strrchr(cur, '/');
+        const char *base = slash == NULL ? cur : slash + 1;
+        if (slash == NULL) {
+            memcpy(dir, ".", 2);
+        } else {
+            size_t n = slash == cur ? 1 : (size_t)(slash - cur);
+            memcpy(dir, cur, n);
+            dir[n] = '\0';
+        }
+        if (*base == '\0') {
+            return why(msg, EISDIR, "%s is a directory: name a file", path);
+        }
+        int dfd = trusted_dir(dir, 0, 1, NULL, 0, canon, msg);
+        if (dfd < 0) {
+            return -1;
+        }
+        struct stat st;
+        if (fstatat(dfd, base, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode)) {
+            char target[FS_MAX_PATH];
+            ssize_t tl = -1;
+            int err = ELOOP;
+            if (links < FS_MAX_LINKS && (st.st_uid == 0 || st.st_uid == me)) {
+                tl = readlinkat(dfd, base, target, sizeof target - 1);
+                err = errno;
+            }
+            close(dfd);
+            if (links >= FS_MAX_LINKS) {
+                return why(msg, ELOOP, "%s: too many symbolic links", path);
+            }
+            if (st.st_uid != 0 && st.st_uid != me) {
+                return why(msg, EPERM,
+                           "%s/%s is a symbolic link owned by uid %ld, neither root nor the user "
+                           "rotor runs as (uid %ld): rotor does not follow it; name the real file",
+                           canon, base, (long)st.st_uid, (long)me);
+            }
+            if (tl < 0) {
+                return why(msg, err, "cannot read the link %s/%s: %s", canon, base, strerror(err));
+            }
+            target[tl] = '\0';
+            char next[FS_MAX_PATH];
+            int w = target[0] == '/' ? snprintf(next, sizeof next, "%s", target)
+                                     : snprintf(next, sizeof next, "%s/%s", canon, target);
+            if (w < 0 || (size_t)w >= sizeof next) {
+                return why(msg, ENAMETOOLONG, "%s: path too long", path);
+            }
+            memcpy(cur, next, (size_t)w + 1);
+            continue;
+        }
+        if (S_ISDIR(st.st_mode) || (st.st_mode & S_IFMT) == S_IFIFO) {
+            close(dfd);
+            return why(msg, EINVAL,
+                       "%s/%s is not a regular file (a FIFO, a device or a directory): name a "
+                       "regular file",
+                       canon, base);
+        }
+        int fd = rotor_fs_open_in(dfd, canon, base, O_RDONLY, 0, NULL, msg);
+        int err = errno;
+        close(dfd);
+        if (fd < 0) {
+            errno = err;
+            return -1;
+        }
+        if (fstat(fd, &st) != 0) {
+            err = errno;
+            close(fd);
+            return why(msg, err, "cannot stat %s/%s: %s", canon, base, strerror(err));
+        }
+        if (st.st_uid != 0 && st.st_uid != me) {
+            close(fd);
+            return why(msg, EPERM,
+                       "%s/%s is owned by uid %ld, neither root nor the user rotor runs as "
+                       "(uid %ld): that user could change what rotor runs; chown it to root or "
+                       "uid %ld",
+                       canon, base, (long)st.st_uid, (long)me, (long)me);
+        }
+        if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
+            close(fd);
+            return why(msg, EPERM,
+                       "%s/%s is writable by group or others (mode %04o): another user could "
+                       "change what rotor runs; chmod go-w %s/%s",
+                       canon, base, (unsigned)(st.st_mode & 07777), canon, base);
+        }
+        return fd;
+    }
+}
+
+/* core.fs_read_trusted(path) -> string | nil, message, errno: a file rotor runs (a config file,
+ * a script the host runs), read under the rule of open_trusted_file */
+static int l_fs_read_trusted(lua_State *L) {
+    const char *path = path_arg(L, 1);
+    char msg[FS_WHY];
+    int fd = open_trusted_file(path, msg);
+    if (fd < 0 || read_fd(L, fd, path, "", msg) < 0) {
         return push_fail(L, msg, errno);
     }
     return 1;
@@ -1201,6 +1316,7 @@ void rotor_fs_open(lua_State *L) {
         {"fs_write_through", l_fs_write_through},
         {"fs_append", l_fs_append},
         {"fs_read", l_fs_read},
+        {"fs_read_trusted", l_fs_read_trusted},
         {"fs_tail", l_fs_tail},
         {"fs_mkdir", l_fs_mkdir},
         {"fs_exists", l_fs_exists},

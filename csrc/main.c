@@ -173,6 +173,47 @@ static int cli_owns(lua_State *L, const char *a1, int *status) {
     return owns;
 }
 
+/* Load the script fname as luaL_loadfile would (a first line starting with '#', such as
+ * "#!/usr/bin/env rotor", skipped), but only when no other user could have changed it: the rule
+ * of a config file (core.fs_read_trusted). A script run from cron as root is code with every
+ * secret rotor holds in reach. */
+static int load_script(lua_State *L, const char *fname) {
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "rotor.core");
+    int status = docall(L, 1, 1);
+    if (status != LUA_OK) {
+        return status;
+    }
+    lua_getfield(L, -1, "fs_read_trusted");
+    lua_remove(L, -2);
+    lua_pushstring(L, fname);
+    status = docall(L, 1, 2);
+    if (status != LUA_OK) {
+        return status;
+    }
+    if (!lua_isstring(L, -2)) {
+        const char *why = lua_tostring(L, -1);
+        lua_pushfstring(L, "cannot run %s: %s", fname, why ? why : "cannot read it");
+        lua_replace(L, -3);
+        lua_pop(L, 1);
+        return LUA_ERRFILE;
+    }
+    lua_pop(L, 1);
+    size_t n;
+    const char *text = lua_tolstring(L, -1, &n);
+    size_t skip = 0;
+    if (n > 0 && text[0] == '#') {
+        while (skip < n && text[skip] != '\n') {
+            skip++; /* the newline stays: line numbers in messages are the file's */
+        }
+    }
+    lua_pushfstring(L, "@%s", fname);
+    status = luaL_loadbuffer(L, text + skip, n - skip, lua_tostring(L, -1));
+    lua_remove(L, -2); /* the chunk name */
+    lua_remove(L, -2); /* the text */
+    return status;
+}
+
 static int pmain(lua_State *L) {
     int argc = (int)lua_tointeger(L, 1);
     char **argv = (char **)lua_touserdata(L, 2);
@@ -214,8 +255,7 @@ static int pmain(lua_State *L) {
         }
     } else if (status == LUA_OK) {
         create_arg(L, argv, argc, 1);
-        const char *fname = strcmp(a1, "-") == 0 ? NULL : a1;
-        status = luaL_loadfile(L, fname);
+        status = strcmp(a1, "-") == 0 ? luaL_loadfile(L, NULL) : load_script(L, a1);
         if (status == LUA_OK) {
             int n = argc - 2;
             luaL_checkstack(L, n, "too many arguments to script");

@@ -164,7 +164,8 @@ describe("rotor's command line #proc", function()
       write_config(cfg, { store = "./secrets", slots = { e1, e2 } }, env)
       local out, rc = rotor("rotate --config " .. q(cfg), cfg)
       assert.equal(2, rc, out)
-      assert.truthy(out:find("slot " .. e1.slot .. ": wait: a number of seconds >= 0 expected", 1, true), out)
+      assert.truthy(out:find("slot " .. e1.slot .. ": wait: a number of seconds from 0 to 86400 expected, got string",
+        1, true), out)
       assert.truthy(out:find("slot " .. e1.slot .. ": strategy: unknown strategy new_pairs for spreetail; did you " ..
         "mean new_pair?", 1, true), out)
       assert.truthy(out:find("slot " .. e2.slot .. ": provider.kind: unknown provider kind spreetial; did you " ..

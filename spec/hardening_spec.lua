@@ -183,6 +183,93 @@ describe("the store-directory trust rule #proc", function()
   end)
 end)
 
+-- A config file is Lua that rotor runs with every secret of its store in reach, and so is a script
+-- the host runs (from cron, as root). Both were read from wherever they were: a file others may
+-- write, in a directory others may write, reached through a link in such a directory, or a FIFO
+-- (the read waited for a writer) was run as rotor's own.
+describe("a config file or a script another user could change #proc", function()
+  it("is not run: named, with the fix, and nothing of it runs", function()
+    local d = tmpdir("conf")
+    local marker = d .. "/ran"
+    local cfg = d .. "/rotor.conf.lua"
+    put_rotor_config(cfg, d .. "/store", "genesys/t1")
+    -- a config that runs leaves the marker behind
+    sim.write_file(cfg, ("io.open(%q, 'w'):close()\n"):format(marker) .. sim.read_file(cfg))
+    local function refused(path, reason)
+      local out, rc = sh("timeout -k 5 20 " .. ROTOR .. " rotate --dry-run --config " .. q(path))
+      assert.equal(2, rc, out)
+      assert.matches("cannot read the config file " .. path:gsub("%p", "%%%0") .. ": ", out)
+      assert.matches(reason, out)
+      assert.is_false(core.fs_exists(marker))
+    end
+    sh("chmod 0666 " .. q(cfg))
+    refused(cfg, "rotor%.conf%.lua is writable by group or others %(mode 0666%): another user could change what "
+      .. "rotor runs; chmod go%-w ")
+    sh("chmod 0620 " .. q(cfg))
+    refused(cfg, "mode 0620")
+    sh("chmod 0644 " .. q(cfg) .. " && chmod 0777 " .. q(d))
+    refused(cfg, "rotor%-hard%-conf[^ ]* is writable by group or others %(mode 0777%): another user could plant "
+      .. "files or links there; chmod go%-w ")
+    sh("chmod 0700 " .. q(d))
+    -- a link in a directory others may write to the good file: the link could be another one
+    -- tomorrow (in a sticky directory, as /tmp, nobody else can replace it: followed, below)
+    local open = tmpdir("conf-open")
+    sh("chmod 0777 " .. q(open) .. " && ln -s " .. q(cfg) .. " " .. q(open .. "/rotor.conf.lua"))
+    refused(open .. "/rotor.conf.lua", "conf%-open[^ ]* is writable by group or others %(mode 0777%)")
+    local sticky = tmpdir("conf-sticky")
+    sh("chmod 1777 " .. q(sticky) .. " && ln -s " .. q(cfg) .. " " .. q(sticky .. "/rotor.conf.lua"))
+    -- a FIFO: refused at once, not waited on (timeout would end it with 124)
+    sh("mkfifo " .. q(d .. "/fifo.lua"))
+    refused(d .. "/fifo.lua",
+      "fifo%.lua is not a regular file %(a FIFO, a device or a directory%): name a regular file")
+    if is_root then
+      -- a file of another user, and a link of another user in a good directory
+      sh(("chown %d %s"):format(NOBODY, q(cfg)))
+      refused(cfg, "is owned by uid 65534, neither root nor the user rotor runs as %(uid 0%): that user could change "
+        .. "what rotor runs")
+      sh("chown 0 " .. q(cfg) .. " && ln -s rotor.conf.lua " .. q(d .. "/link.lua")
+        .. (" && chown -h %d "):format(NOBODY) .. q(d .. "/link.lua"))
+      refused(d .. "/link.lua", "link%.lua is a symbolic link owned by uid 65534")
+    end
+    -- the same file, mode 0644 in a directory of its user's, through a link of its user's: run
+    sh("rm -f " .. q(d .. "/link.lua") .. " && ln -s rotor.conf.lua " .. q(d .. "/link.lua"))
+    for _, path in ipairs { cfg, d .. "/link.lua", sticky .. "/rotor.conf.lua" } do
+      os.remove(marker)
+      local out = sh("timeout -k 5 20 " .. ROTOR .. " rotate --dry-run --config " .. q(path))
+      assert.is_nil(out:find("cannot read the config file", 1, true), out)
+      assert.is_true(core.fs_exists(marker), out)
+    end
+    sh("rm -rf " .. q(d) .. " " .. q(sticky) .. " " .. q(open))
+  end)
+
+  it("nor is a script: the host refuses it as it refuses such a config file, and runs a good one as lua would",
+    function()
+    local d = tmpdir("script")
+    local marker = d .. "/ran"
+    local script = d .. "/rotate.lua"
+    -- a first line for the kernel, the arguments, and an error whose line is the file's
+    sim.write_file(script, ("#!/usr/bin/env rotor\nio.open(%q, 'w'):close()\nprint('args', ...)\n"
+      .. "error('on line four')\n"):format(marker))
+    sh("chmod 0664 " .. q(script))
+    local out, rc = sh("timeout -k 5 20 " .. ROTOR .. " " .. q(script) .. " a b")
+    assert.equal(1, rc, out)
+    assert.matches("rotor: cannot run " .. script:gsub("%p", "%%%0") .. ": [^\n]*rotate%.lua is writable by group "
+      .. "or others %(mode 0664%): another user could change what rotor runs; chmod go%-w ", out)
+    assert.is_false(core.fs_exists(marker))
+    sh("mkfifo " .. q(d .. "/fifo.lua"))
+    out, rc = sh("timeout -k 5 20 " .. ROTOR .. " " .. q(d .. "/fifo.lua"))
+    assert.equal(1, rc, out)
+    assert.matches("fifo%.lua is not a regular file %(a FIFO, a device or a directory%)", out)
+    sh("chmod 0644 " .. q(script))
+    out, rc = sh("timeout -k 5 20 " .. ROTOR .. " " .. q(script) .. " a b")
+    assert.equal(1, rc, out)
+    assert.is_true(core.fs_exists(marker))
+    assert.matches("args\ta\tb\n", out)
+    assert.matches("rotate%.lua:4: on line four", out)
+    sh("rm -rf " .. q(d))
+  end)
+end)
+
 describe("store files and modes", function()
   it("lists slots whose names contain .tmp.", function()
     local s = assert(stores.file(tmpdir("tmpname") .. "/s"))

@@ -81,7 +81,7 @@ inner()
   it("names a missing script", function()
     local out, rc = sh(ROTOR .. " /nonexistent/script.lua")
     assert.equals(1, rc)
-    assert.matches("cannot open /nonexistent/script.lua", out)
+    assert.matches("cannot run /nonexistent/script%.lua: [^\n]*No such file or directory", out)
   end)
 
   it("rejects an unknown option with usage", function()

@@ -797,12 +797,8 @@ function _M.owns(a1)
   if a1 == nil or BY_NAME[a1] then return true end
   if a1 == "-" or a1:find("/", 1, true) or a1:match("%.lua$") then return false end
   if a1:sub(1, 1) == "-" then return true end
-  local f = io.open(a1, "rb")
-  if f then
-    f:close()
-    return false
-  end
-  return true
+  -- looked up, not opened: an open of a FIFO of that name would wait for a writer
+  return not require("rotor.core").fs_exists(a1)
 end
 
 --- cli.main(args) -> exit code. args[1] is the subcommand.

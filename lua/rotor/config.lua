@@ -282,10 +282,11 @@ _M.absolute = absolute
 -- an unset variable is recorded and reported by validate.
 function _M.load(path)
   if type(path) ~= "string" or path == "" then return nil, "a config file path expected" end
-  local f = io.open(path, "rb")
-  if not f then return nil, ("cannot read the config file %s"):format(path) end
-  local text = f:read("*a")
-  f:close()
+  -- the file is code rotor runs with every secret in reach: read only when no other user could
+  -- have changed it (its directory under the store-directory rule, the file owned by root or this
+  -- user and writable by neither group nor others), and never waited on (a FIFO there)
+  local text, rerr = require("rotor.core").fs_read_trusted(path)
+  if not text then return nil, ("cannot read the config file %s: %s"):format(path, rerr) end
   local info = { file = path, dir = absolute(dirname(path)), unset_env = {} }
   local seen = {}
   local os_view = setmetatable({
@@ -643,6 +644,11 @@ function _M.reference()
   p("having created, written and sent nothing. Inside the file, `config_dir` is the file's directory")
   p("and `optional_env(NAME)` reads a variable that may be unset. Relative paths (`store`, `audit`,")
   p("a dotenv `deploy.path`) are the config file's, not the current directory's.")
+  p("")
+  p("The file is code rotor runs, so it is run only when no other user could have changed it: it is")
+  p("owned by root or by the user rotor runs as and writable by neither group nor others, and its")
+  p("directory (and that of each link to it) passes the store-directory trust rule of doc/STORES.md (a")
+  p("sticky directory such as `/tmp` may hold it: nobody else can replace a file there).")
   p("")
   p("One credential, one slot: two slots that rotate the same credential (the same Genesys")
   p("`target.client_id`, or the same `client_id` of a provider that rotates its own, in the same")
