@@ -143,6 +143,11 @@ static int is_trusted(const char *canon, const char *const *trusted, int ntruste
     return 0;
 }
 
+/* Owned by root or by the effective user: the owners the trust rule accepts. */
+static int ours(const struct stat *st) {
+    return st->st_uid == 0 || st->st_uid == geteuid();
+}
+
 /* The trust rule for one directory, open as fd, reached at canonical path where. */
 static int check_dir(int fd, const char *where, int final, char *msg) {
     struct stat st;
@@ -150,7 +155,7 @@ static int check_dir(int fd, const char *where, int final, char *msg) {
     if (fstat(fd, &st) != 0) {
         return why(msg, errno, "cannot stat %s: %s", where, strerror(errno));
     }
-    if (st.st_uid != 0 && st.st_uid != me) {
+    if (!ours(&st)) {
         return why(msg, EPERM,
                    "%s is owned by uid %ld, neither root nor the user rotor runs as (uid %ld): "
                    "that user could replace the files rotor opens; use a directory owned by "
@@ -263,7 +268,7 @@ static int trusted_dir(const char *path, int create, int holds_file, const char 
                 close(fd);
                 return why(msg, ELOOP, "%s: too many symbolic links", path);
             }
-            if (st.st_uid != 0 && st.st_uid != me) {
+            if (!ours(&st)) {
                 close(fd);
                 return why(msg, EPERM,
                            "%s/%s is a symbolic link owned by uid %ld, neither root nor the user "
@@ -799,8 +804,9 @@ static int l_dir_close(lua_State *L) {
 
 /* ---- path-based functions (no trust rule: files the caller names) ---- */
 
-/* Open the directory holding path; base receives the last component. */
-static int open_parent(const char *path, char *dir, const char **base) {
+/* Split path into the directory holding it (dir, room for FS_MAX_PATH) and its last component
+ * (base, inside path): 0, or -1 with errno EISDIR when path ends with a slash. */
+static int split_parent(const char *path, char *dir, const char **base) {
     const char *slash = strrchr(path, '/');
     if (slash == NULL) {
         memcpy(dir, ".", 2);
@@ -813,6 +819,14 @@ static int open_parent(const char *path, char *dir, const char **base) {
     }
     if (**base == '\0') {
         errno = EISDIR;
+        return -1;
+    }
+    return 0;
+}
+
+/* Open the directory holding path; base receives the last component. */
+static int open_parent(const char *path, char *dir, const char **base) {
+    if (split_parent(path, dir, base) < 0) {
         return -1;
     }
     return open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -935,16 +949,8 @@ static int open_trusted_file(const char *path, char *msg) {
     uid_t me = geteuid();
     snprintf(cur, sizeof cur, "%s", path);
     for (int links = 0;; links++) {
-        const char *slash = strrchr(cur, '/');
-        const char *base = slash == NULL ? cur : slash + 1;
-        if (slash == NULL) {
-            memcpy(dir, ".", 2);
-        } else {
-            size_t n = slash == cur ? 1 : (size_t)(slash - cur);
-            memcpy(dir, cur, n);
-            dir[n] = '\0';
-        }
-        if (*base == '\0') {
+        const char *base;
+        if (split_parent(cur, dir, &base) < 0) {
             return why(msg, EISDIR, "%s is a directory: name a file", path);
         }
         int dfd = trusted_dir(dir, 0, 1, NULL, 0, canon, msg);
@@ -956,7 +962,7 @@ static int open_trusted_file(const char *path, char *msg) {
             char target[FS_MAX_PATH];
             ssize_t tl = -1;
             int err = ELOOP;
-            if (links < FS_MAX_LINKS && (st.st_uid == 0 || st.st_uid == me)) {
+            if (links < FS_MAX_LINKS && ours(&st)) {
                 tl = readlinkat(dfd, base, target, sizeof target - 1);
                 err = errno;
             }
@@ -964,7 +970,7 @@ static int open_trusted_file(const char *path, char *msg) {
             if (links >= FS_MAX_LINKS) {
                 return why(msg, ELOOP, "%s: too many symbolic links", path);
             }
-            if (st.st_uid != 0 && st.st_uid != me) {
+            if (!ours(&st)) {
                 return why(msg, EPERM,
                            "%s/%s is a symbolic link owned by uid %ld, neither root nor the user "
                            "rotor runs as (uid %ld): rotor does not follow it; name the real file",
@@ -1002,7 +1008,7 @@ static int open_trusted_file(const char *path, char *msg) {
             close(fd);
             return why(msg, err, "cannot stat %s/%s: %s", canon, base, strerror(err));
         }
-        if (st.st_uid != 0 && st.st_uid != me) {
+        if (!ours(&st)) {
             close(fd);
             return why(msg, EPERM,
                        "%s/%s is owned by uid %ld, neither root nor the user rotor runs as "
