@@ -18,6 +18,8 @@
  *   core.json_finish(text[, marker_json]) -> text2
  *     After cjson 2.1.0 encoded: each "\/" made "/" (it escapes every "/"), and each marker_json
  *     (when given) made "[]". text itself when there is neither.
+ *   core.json_journal_split(text) -> parts, rest | nil
+ *     A record's journal split off its text without decoding it (see below).
  *
  * The walks stop descending below ROTOR_JSON_DEPTH levels (cjson refuses deeper values itself).
  * In Lua, these walks and scans cost several times cjson's own work on a store record, which is
@@ -375,11 +377,142 @@ static int l_json_finish(lua_State *L) {
     return 1;
 }
 
+/* ---- a record's journal, split without decoding it ----
+ *
+ *   core.json_journal_split(text) -> parts, rest | nil
+ *     For a record as rotor's file store writes it, {"journal":[E1,...,En]<,REST>}, where each
+ *     entry Ei is an object of string members only (strings without a control byte, with the
+ * escapes
+ *     \" \\ \/ \b \f \n \r \t and \uXXXX outside the surrogates): the array { E1, ..., En } of
+ *     each entry's own text, and the text of the rest of the record, "{REST}" ("{}" when there is
+ *     none). nil for any other text, which the caller then decodes whole: whatever this accepts
+ *     is JSON that cjson reads as the same entries, so an entry's text can be written back as it
+ *     was read, and decoded only when someone reads the journal. */
+#define JOURNAL_OPEN "{\"journal\":["
+
+static int is_hex(char c) {
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+}
+
+/* the end of the string starting at s[i] == '"' (the index after its closing quote), or 0 */
+static size_t scan_string(const char *s, size_t n, size_t i) {
+    for (i++; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"') {
+            return i + 1;
+        }
+        if (c < 0x20) {
+            return 0;
+        }
+        if (c == '\\') {
+            if (++i >= n) {
+                return 0;
+            }
+            c = (unsigned char)s[i];
+            if (c == 'u') {
+                if (i + 4 >= n || !is_hex(s[i + 1]) || !is_hex(s[i + 2]) || !is_hex(s[i + 3]) ||
+                    !is_hex(s[i + 4])) {
+                    return 0;
+                }
+                /* \uD800-\uDFFF: a surrogate, which a decoder may pair or refuse */
+                if ((s[i + 1] == 'd' || s[i + 1] == 'D') && strchr("89abAB", s[i + 2]) != NULL) {
+                    return 0;
+                }
+                i += 4;
+            } else if (strchr("\"\\/bfnrt", c) == NULL || c == '\0') {
+                return 0;
+            }
+        }
+    }
+    return 0;
+}
+
+/* the end of the flat object starting at s[i] == '{' (the index after its '}'), or 0 */
+static size_t scan_flat_object(const char *s, size_t n, size_t i) {
+    i++;
+    if (i < n && s[i] == '}') {
+        return i + 1;
+    }
+    for (;;) {
+        if (i >= n || s[i] != '"' || (i = scan_string(s, n, i)) == 0) {
+            return 0;
+        }
+        if (i >= n || s[i] != ':') {
+            return 0;
+        }
+        i++;
+        if (i >= n || s[i] != '"' || (i = scan_string(s, n, i)) == 0) {
+            return 0;
+        }
+        if (i >= n) {
+            return 0;
+        }
+        if (s[i] == '}') {
+            return i + 1;
+        }
+        if (s[i] != ',') {
+            return 0;
+        }
+        i++;
+    }
+}
+
+static int l_json_journal_split(lua_State *L) {
+    size_t n;
+    const char *s = luaL_checklstring(L, 1, &n);
+    size_t open = sizeof JOURNAL_OPEN - 1;
+    if (n < open + 2 || memcmp(s, JOURNAL_OPEN, open) != 0) {
+        lua_pushnil(L);
+        return 1;
+    }
+    lua_newtable(L);
+    size_t i = open;
+    lua_Integer count = 0;
+    if (s[i] != ']') {
+        for (;;) {
+            size_t end = s[i] == '{' ? scan_flat_object(s, n, i) : 0;
+            if (end == 0) {
+                lua_pushnil(L);
+                return 1;
+            }
+            lua_pushlstring(L, s + i, end - i);
+            lua_rawseti(L, -2, ++count);
+            i = end;
+            if (i < n && s[i] == ',') {
+                i++;
+                continue;
+            }
+            break;
+        }
+    }
+    if (i >= n || s[i] != ']') {
+        lua_pushnil(L);
+        return 1;
+    }
+    i++;
+    if (i + 1 == n && s[i] == '}') {
+        lua_pushliteral(L, "{}");
+        return 2;
+    }
+    if (i < n && s[i] == ',') {
+        /* "{" and the rest: cjson judges it */
+        luaL_Buffer b;
+        luaL_buffinit(L, &b);
+        luaL_addchar(&b, '{');
+        luaL_addlstring(&b, s + i + 1, n - i - 1);
+        luaL_pushresult(&b);
+        return 2;
+    }
+    lua_pushnil(L);
+    return 1;
+}
+
 void rotor_json_open(lua_State *L) {
     static const luaL_Reg funcs[] = {{"json_prepare", l_json_prepare},
                                      {"json_normalise", l_json_normalise},
                                      {"json_mark_arrays", l_json_mark_arrays},
                                      {"json_finish", l_json_finish},
+                                     {"json_journal_split", l_json_journal_split},
                                      {NULL, NULL}};
     luaL_setfuncs(L, funcs, 0);
 }

@@ -177,8 +177,7 @@ function Ctx:journal(step, outcome, note, secret, client_id, lazy)
     step = step, outcome = outcome, time = timefmt.iso(),
     rotation = (rot and rot.id) or self.rotation_id, note = note,
   }
-  local j = self.record.journal
-  j[#j + 1] = entry
+  record_mod.journal_append(self.record, entry)
   self.steps[#self.steps + 1] = { step = step, outcome = outcome, note = note }
   if self.log then self.log(("%s: %s: %s%s"):format(self.slot, step, outcome, note and (" (" .. note .. ")") or "")) end
   local pending = self.audit_pending or {}
@@ -432,7 +431,7 @@ function step.create(ctx)
   local ok, perr = ctx:journal("create", "ok", version.note, version.secret, version.client_id)
   if not ok then
     -- the slot on disk still says the mint is of unknown outcome: the next run recovers from that
-    table.remove(rec.journal)
+    record_mod.journal_drop_last(rec)
     table.remove(ctx.steps)
     if rot.mint then rot.mint.state = mint_state end
     versions.pending = nil

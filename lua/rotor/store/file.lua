@@ -21,6 +21,7 @@ local sched = require "rotor.sched"
 local seal = require "rotor.store.seal"
 
 local naming = require "rotor.store.naming"
+local split_journal = core.json_journal_split
 local _M = {}
 
 local Store = {}
@@ -159,8 +160,9 @@ function Store:aside_command(slot, quote)
   return ("mv %s %s"):format(quote(path), quote(path .. ".corrupt"))
 end
 
--- secrets in a record read from disk become rotor.secret values
-local function wrap(record)
+-- secrets in a record read from disk become rotor.secret values; parts: its journal's entries
+-- as text (core.json_journal_split), kept as such until read
+local function wrap(record, parts)
   local versions = type(record.versions) == "table" and record.versions or {}
   record.versions = versions
   for _, label in ipairs(VERSION_LABELS) do
@@ -171,9 +173,10 @@ local function wrap(record)
       v.secret = core.secret(v.secret)
     end
   end
-  if type(record.journal) ~= "table" then record.journal = {} end
   if record.rotation == json.null then record.rotation = nil end
   if record.last == json.null then record.last = nil end
+  if parts then return record_mod.journal_from_texts(record, parts) end
+  if type(record.journal) ~= "table" then record.journal = {} end
   return record
 end
 
@@ -188,14 +191,28 @@ end
 -- checked against the record's one schema (rotor.record.validate), and its secrets become
 -- rotor.secret values. For every store that checks what it reads (the file and etcd stores).
 -- Returns record | nil, err (a secret that cannot be opened) | nil, nil, why (not a valid record:
--- the caller's error names its file or key).
-function _M.open_record(ring, slot, record, jerr)
+-- the caller's error names its file or key). parts (optional): the record's journal entries as
+-- text, its journal then (record itself holding none).
+function _M.open_record(ring, slot, record, jerr, parts)
   if type(record) ~= "table" then return nil, nil, jerr and "malformed JSON" or "not an object" end
   local opened, serr = seal.open_versions(ring, record, slot)
   if not opened then return nil, serr end
   local valid, why = record_mod.validate(record)
   if not valid then return nil, nil, why end
-  return wrap(record)
+  return wrap(record, parts)
+end
+
+-- A record file's text decoded: its journal split off as the texts of its entries when it is
+-- written as this store writes it (the journal first, entries of strings only), else decoded
+-- whole. record, jerr (json.decode's), parts | nil.
+local function decode_record(text)
+  local parts, rest = split_journal(text)
+  if parts then
+    local record = json.decode(rest)
+    if type(record) == "table" and record.journal == nil then return record, nil, parts end
+  end
+  local record, jerr = json.decode(text)
+  return record, jerr
 end
 
 function Store:get(slot)
@@ -204,7 +221,8 @@ function Store:get(slot)
   local text, msg = self.fd:read(name)
   if text == false then return false end
   if not text then return nil, store_error("cannot read slot " .. slot, msg) end
-  local record, serr, why = _M.open_record(self.ring, slot, json.decode(text))
+  local decoded, jerr, parts = decode_record(text)
+  local record, serr, why = _M.open_record(self.ring, slot, decoded, jerr, parts)
   text = nil -- luacheck: ignore 311
   if record then return record end
   if serr then return nil, serr end
@@ -224,15 +242,37 @@ function _M.trim_journal(record, max)
   end
 end
 
+-- The text of a record's journal (its last max entries) without the brackets, or nil when it is
+-- not a list: from the texts it was read as when it is kept so, else encoded (a secret in an entry
+-- is an error: leaf does not reach into the journal).
+local function journal_text(record, max)
+  local parts = record_mod.journal_texts(record, max, json.encode)
+  if parts then return table.concat(parts, ",") end
+  _M.trim_journal(record, max)
+  local journal = record.journal
+  if journal == nil or (type(journal) == "table" and next(journal) == nil) then return "" end
+  local text = type(journal) == "table" and json.encode(journal)
+  return text and text:sub(1, 1) == "[" and text:sub(2, -2) or nil
+end
+
+-- The file text of a record: its journal first, so that the next read can split it off
+-- (decode_record). The record's own tables are sealed where the store seals; json.encode reveals
+-- the secrets left as it walks them (one walk, no copy of the record).
+local function encode_record(self, slot, record)
+  local jtext = journal_text(record, self.journal_max)
+  local top = seal.record_to_write(self.ring, record, slot)
+  if not jtext then return json.encode(top, reveal) end
+  top.journal = nil
+  local rest = json.encode(top, reveal)
+  return '{"journal":[' .. jtext .. "]" .. (rest == "{}" and "}" or "," .. rest:sub(2))
+end
+
 function Store:put(slot, record)
   if type(record) ~= "table" then error("store:put: a record table expected", 2) end
   local name = file_name(slot, ".json")
   local d, werr = writable(self, "write slot " .. tostring(slot))
   if not d then return nil, werr end
-  _M.trim_journal(record, self.journal_max)
-  -- the record's own tables, sealed where the store seals; json.encode reveals the secrets left
-  -- as it walks them (one walk, no copy of the record)
-  local ok, text = pcall(json.encode, seal.record_to_write(self.ring, record, slot), reveal, record.journal)
+  local ok, text = pcall(encode_record, self, slot, record)
   if not ok then error("store:put: the record cannot be encoded: " .. tostring(text), 2) end
   local done, msg = sched.durable("atomic", d, name, text, 384) -- 0600; group-committed in a batch
   if not done then return nil, store_error("cannot write slot " .. slot, msg) end

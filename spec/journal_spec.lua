@@ -1,0 +1,224 @@
+-- A record's journal kept as text by the file store: split off the file without decoding
+-- (core.json_journal_split), decoded only when record.journal is read, appended to and written
+-- back from its texts. Whatever the split accepts must be JSON that cjson reads as the same
+-- entries; a record read either way is the same record.
+local core = require "rotor.core"
+local json = require "rotor.json"
+local record = require "rotor.record"
+local stores = require "rotor.store"
+
+local split = core.json_journal_split
+
+local function tmpdir()
+  local d = ("%s/rotor-journal-%d-%s"):format(os.getenv("TMPDIR") or "/tmp", core.getpid(), core.random_hex(4))
+  assert(core.fs_mkdir(d, 448))
+  return d
+end
+
+-- notes that JSON must escape, and text beyond ASCII
+local NOTES = { 'a "quoted" note', "back\\slash and a/slash", "tab\there, newline\nthere", "caf\195\169 \226\130\172",
+  "\1 a control byte", "", "]}{[,:" }
+
+local function entries(n, from)
+  local list = {}
+  for i = 1, n do
+    local k = (from or 0) + i
+    list[i] = { step = "create", outcome = "ok", time = ("2026-01-01T00:00:%02dZ"):format(k % 60),
+                rotation = "r-" .. k, note = NOTES[k % #NOTES + 1] .. " #" .. k }
+  end
+  return list
+end
+
+local function slot_record(journal)
+  return { provider = "genesys", journal = journal, last = { outcome = "ok" },
+    versions = { current = { client_id = "c1", secret = core.secret("s3cr3t-value"), created = "2026-01-01T00:00:00Z",
+                             meta = {} } } }
+end
+
+describe("a journal kept as text by the file store", function()
+  local dir, store
+  before_each(function()
+    dir = tmpdir() .. "/secrets"
+    store = assert(stores.file(dir))
+  end)
+
+  it("reads back as written, decoded only when read, and writes back with what was appended", function()
+    local written = entries(30)
+    -- one entry with a control byte cannot be split: the first read decodes the whole file
+    assert(store:put("s", slot_record(written)))
+    local text = core.fs_read(store:path("s"))
+    assert.equal('{"journal":[', text:sub(1, 12))
+    local rec = assert(store:get("s"))
+    assert.equal("c1", rec.versions.current.client_id)
+    assert.same(written, rec.journal)
+    -- without the control byte: split, kept as text until read
+    written = entries(30)
+    for _, e in ipairs(written) do e.note = e.note:gsub("%c", "") end
+    assert(store:put("s", slot_record(written)))
+    rec = assert(store:get("s"))
+    assert.is_nil(rawget(rec, "journal"))
+    assert.same(written, rec.journal)                         -- decoded on first read
+    assert.is_table(rawget(rec, "journal"))
+    -- a rotation's appends, a write, and a write after a dropped entry
+    rec = assert(store:get("s"))
+    local more = entries(3, 30)
+    for _, e in ipairs(more) do record.journal_append(rec, e) end
+    assert(store:put("s", rec))
+    record.journal_append(rec, { step = "verify", outcome = "dropped" })
+    record.journal_drop_last(rec)
+    record.journal_append(rec, { step = "verify", outcome = "ok" })
+    assert(store:put("s", rec))
+    assert.is_nil(rawget(rec, "journal"))                     -- never decoded on the way
+    local want = {}
+    for _, e in ipairs(written) do want[#want + 1] = e end
+    for _, e in ipairs(more) do want[#want + 1] = e end
+    want[#want + 1] = { step = "verify", outcome = "ok" }
+    assert.same(want, rec.journal)
+    local back = assert(store:get("s"))
+    assert.same(want, back.journal)
+    -- the file is the same JSON as a whole-record encoding would write
+    local whole = json.decode(core.fs_read(store:path("s")))
+    assert.same(want, whole.journal)
+    assert.equal("s3cr3t-value", whole.versions.current.secret)
+    assert.equal("s", whole.slot)
+  end)
+
+  it("keeps only the store's last journal_max entries, from its texts", function()
+    store = assert(stores.file(dir, { journal_max = 20 }))
+    local written = entries(20)
+    assert(store:put("s", slot_record(written)))
+    local rec = assert(store:get("s"))
+    for _, e in ipairs(entries(5, 20)) do record.journal_append(rec, e) end
+    assert(store:put("s", rec))
+    local got = assert(store:get("s")).journal
+    assert.equal(20, #got)
+    assert.equal("r-6", got[1].rotation)
+    assert.equal("r-25", got[20].rotation)
+  end)
+
+  it("writes a journal assigned in place of the kept one, and refuses a secret in an appended entry", function()
+    assert(store:put("s", slot_record(entries(4))))
+    local rec = assert(store:get("s"))
+    rec.journal = { { step = "by", outcome = "hand" } }
+    assert(store:put("s", rec))
+    assert.same({ { step = "by", outcome = "hand" } }, assert(store:get("s")).journal)
+    rec = assert(store:get("s"))
+    local secret = core.secret("never-in-a-journal")
+    record.journal_append(rec, { step = "x", note = secret })
+    local ok, err = pcall(store.put, store, "s", rec)
+    assert.is_false(ok)
+    assert.matches("cannot be encoded", tostring(err))
+    assert.is_nil(tostring(err):find("never-in-a-journal", 1, true))
+    assert.is_nil(core.fs_read(store:path("s")):find("never-in-a-journal", 1, true))
+    secret:close()
+  end)
+
+  it("reads a file written with the journal elsewhere, or with entries of other kinds, whole", function()
+    local rec = slot_record(nil)
+    rec.slot, rec.schema = "s", 1
+    rec.versions.current.secret = "plain"
+    for _, journal in ipairs {
+      { { step = "a", n = 1 } },                          -- a number
+      { { step = "a", more = { "x" } } },                 -- a nested value
+      { { step = "a", note = "\\ud83d\\ude00" } },        -- text, not an escape
+    } do
+      rec.journal = journal
+      local text = json.encode(rec)
+      -- the journal last, as cjson happened to order it, or first
+      local first = '{"journal":' .. json.encode(journal) .. "," .. text:gsub('"journal":%b[],?', ""):sub(2)
+      for _, t in ipairs { text, first } do
+        assert(core.fs_write_atomic(store:path("s"), t, 384))
+        local got = assert(store:get("s"))
+        assert.same(journal, got.journal)
+        assert.equal("plain", got.versions.current.secret:reveal())
+      end
+    end
+    -- a surrogate pair escaped: cjson's to decode, not the split's
+    assert(core.fs_write_atomic(store:path("s"), '{"journal":[{"note":"\\ud83d\\ude00"}],"slot":"s","provider":"p"}',
+      384))
+    assert.equal("\240\159\152\128", assert(store:get("s")).journal[1].note)
+  end)
+end)
+
+describe("core.json_journal_split", function()
+  -- what the file store takes from a split (parts, and a rest that decodes to a record holding no
+  -- journal: else it decodes the text whole) compared with what cjson reads from the whole text
+  local function same_as_cjson(text)
+    local parts, rest = split(text)
+    if not parts then return true end
+    local r = json.decode(rest)
+    if type(r) ~= "table" or r.journal ~= nil then return true end
+    local whole = json.decode(text)
+    if type(whole) ~= "table" then return false, "split accepted what cjson refuses" end
+    local list, lerr = json.decode("[" .. table.concat(parts, ",") .. "]")
+    if type(list) ~= "table" then return false, "the parts do not decode: " .. tostring(lerr) end
+    local journal = whole.journal
+    if #list ~= #journal then return false, "entry count" end
+    for i, e in ipairs(list) do
+      if type(e) ~= "table" then return false, "entry " .. i .. " not an object" end
+      for k, v in pairs(e) do
+        if type(v) ~= "string" or journal[i][k] ~= v then return false, "entry " .. i .. " field " .. k end
+      end
+      for k in pairs(journal[i]) do if e[k] == nil then return false, "entry " .. i .. " lost " .. k end end
+    end
+    for k, v in pairs(r) do
+      if type(v) ~= "table" and whole[k] ~= v then return false, "rest field " .. k end
+    end
+    for k in pairs(whole) do
+      if k ~= "journal" and r[k] == nil then return false, "rest lost " .. k end
+    end
+    return true
+  end
+
+  it("splits only what cjson reads as the same entries (random texts and their mutations)", function()
+    math.randomseed(20261203)
+    local alphabet = { '"', "\\", "/", "u", "d", "8", "0", "{", "}", "[", "]", ",", ":", " ", "a", "\n", "\1",
+      "\255", "b", "n", "t", "f", "e", "x" }
+    local accepted, tried = 0, 0
+    for _ = 1, 3000 do
+      local n = math.random(0, 4)
+      local list = {}
+      for i = 1, n do
+        local note = {}
+        for j = 1, math.random(0, 12) do note[j] = alphabet[math.random(#alphabet)] end
+        list[i] = { step = "s" .. i, note = table.concat(note) }
+      end
+      local rest = json.encode({ slot = "x", provider = "p", n = math.random(1, 9) })
+      local text = '{"journal":' .. (n > 0 and json.encode(list) or "[]") .. "," .. rest:sub(2)
+      for m = 0, 3 do
+        local t = text
+        for _ = 1, m do
+          local at = math.random(1, #t)
+          local how = math.random(3)
+          local c = alphabet[math.random(#alphabet)]
+          if how == 1 then t = t:sub(1, at - 1) .. c .. t:sub(at + 1)
+          elseif how == 2 then t = t:sub(1, at - 1) .. c .. t:sub(at)
+          else t = t:sub(1, at - 1) .. t:sub(at + 1) end
+        end
+        tried = tried + 1
+        if split(t) then accepted = accepted + 1 end
+        local ok, why = same_as_cjson(t)
+        assert(ok, ("%s: %q"):format(tostring(why), t))
+      end
+    end
+    -- the generator reaches both sides
+    assert.is_true(accepted > tried / 10, ("%d of %d accepted"):format(accepted, tried))
+    assert.is_true(accepted < tried, "nothing refused")
+  end)
+
+  it("refuses what it cannot vouch for", function()
+    for _, t in ipairs {
+      '{"slot":"x","journal":[]}', '{"journal":[{"a":1}]}', '{"journal":[{"a":"\\ud800"}]}',
+      '{"journal":[{"a":"\1"}]}', '{"journal":[{"a":"b" }]}', '{"journal":[{"a":"b"},]}',
+      '{"journal":[{"a":"b"}]}x', '{"journal":[{"a":"b\\x"}]}', '{"journal":[{"a":"b\\u00"}]}', '{"journal":[[]]}',
+    } do
+      assert.is_nil(split(t), t)
+    end
+    local parts, rest = split('{"journal":[{"a":"b\\"}"},{}],"slot":"x"}')
+    assert.same({ '{"a":"b\\"}"}', "{}" }, parts)
+    assert.equal('{"slot":"x"}', rest)
+    parts, rest = split('{"journal":[]}')
+    assert.same({}, parts)
+    assert.equal("{}", rest)
+  end)
+end)
