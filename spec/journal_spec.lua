@@ -8,6 +8,7 @@ local record = require "rotor.record"
 local stores = require "rotor.store"
 
 local split = core.json_journal_split
+local AS_TEXT = { journal_as_text = true }   -- as a rotation reads its slot
 
 local function tmpdir()
   local d = ("%s/rotor-journal-%d-%s"):format(os.getenv("TMPDIR") or "/tmp", core.getpid(), core.random_hex(4))
@@ -48,19 +49,21 @@ describe("a journal kept as text by the file store", function()
     assert(store:put("s", slot_record(written)))
     local text = core.fs_read(store:path("s"))
     assert.equal('{"journal":[', text:sub(1, 12))
-    local rec = assert(store:get("s"))
+    local rec = assert(store:get("s", AS_TEXT))
     assert.equal("c1", rec.versions.current.client_id)
     assert.same(written, rec.journal)
     -- without the control byte: split, kept as text until read
     written = entries(30)
     for _, e in ipairs(written) do e.note = e.note:gsub("%c", "") end
     assert(store:put("s", slot_record(written)))
-    rec = assert(store:get("s"))
+    rec = assert(store:get("s", AS_TEXT))
     assert.is_nil(rawget(rec, "journal"))
     assert.same(written, rec.journal)                         -- decoded on first read
     assert.is_table(rawget(rec, "journal"))
+    -- any other reader gets the journal decoded
+    assert.same(written, rawget(assert(store:get("s")), "journal"))
     -- a rotation's appends, a write, and a write after a dropped entry
-    rec = assert(store:get("s"))
+    rec = assert(store:get("s", AS_TEXT))
     local more = entries(3, 30)
     for _, e in ipairs(more) do record.journal_append(rec, e) end
     assert(store:put("s", rec))
@@ -74,7 +77,7 @@ describe("a journal kept as text by the file store", function()
     for _, e in ipairs(more) do want[#want + 1] = e end
     want[#want + 1] = { step = "verify", outcome = "ok" }
     assert.same(want, rec.journal)
-    local back = assert(store:get("s"))
+    local back = assert(store:get("s", AS_TEXT))
     assert.same(want, back.journal)
     -- the file is the same JSON as a whole-record encoding would write
     local whole = json.decode(core.fs_read(store:path("s")))
@@ -87,10 +90,10 @@ describe("a journal kept as text by the file store", function()
     store = assert(stores.file(dir, { journal_max = 20 }))
     local written = entries(20)
     assert(store:put("s", slot_record(written)))
-    local rec = assert(store:get("s"))
+    local rec = assert(store:get("s", AS_TEXT))
     for _, e in ipairs(entries(5, 20)) do record.journal_append(rec, e) end
     assert(store:put("s", rec))
-    local got = assert(store:get("s")).journal
+    local got = assert(store:get("s", AS_TEXT)).journal
     assert.equal(20, #got)
     assert.equal("r-6", got[1].rotation)
     assert.equal("r-25", got[20].rotation)
@@ -98,11 +101,11 @@ describe("a journal kept as text by the file store", function()
 
   it("writes a journal assigned in place of the kept one, and refuses a secret in an appended entry", function()
     assert(store:put("s", slot_record(entries(4))))
-    local rec = assert(store:get("s"))
+    local rec = assert(store:get("s", AS_TEXT))
     rec.journal = { { step = "by", outcome = "hand" } }
     assert(store:put("s", rec))
-    assert.same({ { step = "by", outcome = "hand" } }, assert(store:get("s")).journal)
-    rec = assert(store:get("s"))
+    assert.same({ { step = "by", outcome = "hand" } }, assert(store:get("s", AS_TEXT)).journal)
+    rec = assert(store:get("s", AS_TEXT))
     local secret = core.secret("never-in-a-journal")
     record.journal_append(rec, { step = "x", note = secret })
     local ok, err = pcall(store.put, store, "s", rec)
@@ -128,7 +131,7 @@ describe("a journal kept as text by the file store", function()
       local first = '{"journal":' .. json.encode(journal) .. "," .. text:gsub('"journal":%b[],?', ""):sub(2)
       for _, t in ipairs { text, first } do
         assert(core.fs_write_atomic(store:path("s"), t, 384))
-        local got = assert(store:get("s"))
+        local got = assert(store:get("s", AS_TEXT))
         assert.same(journal, got.journal)
         assert.equal("plain", got.versions.current.secret:reveal())
       end
@@ -136,7 +139,7 @@ describe("a journal kept as text by the file store", function()
     -- a surrogate pair escaped: cjson's to decode, not the split's
     assert(core.fs_write_atomic(store:path("s"), '{"journal":[{"note":"\\ud83d\\ude00"}],"slot":"s","provider":"p"}',
       384))
-    assert.equal("\240\159\152\128", assert(store:get("s")).journal[1].note)
+    assert.equal("\240\159\152\128", assert(store:get("s", AS_TEXT)).journal[1].note)
   end)
 end)
 

@@ -319,6 +319,44 @@ describe("rotation (unit, fake providers)", function()
     assert.equal(0, p.set_calls) -- not its own credential
   end)
 
+  -- a slot rotated for long carries its store's last 200 journal entries: each rotation decoded
+  -- them once and encoded them with each of its three writes (two thirds of its CPU time)
+  it("rotates a slot with a long journal without decoding or encoding its old entries", function()
+    local p = fake("genesys")
+    p:add_client("app1")
+    assert(rotate { slot = "genesys/app1", provider = p, target = { client_id = "app1" } })
+    local rec = assert(store:get("genesys/app1"))
+    local old = {}
+    for i = 1, 150 do
+      old[i] = { step = "create", outcome = "ok", time = "2026-01-01T00:00:00Z", rotation = "r-" .. i,
+        note = ("an old entry, number %d, long enough to tell a journal's text from others'"):format(i) }
+    end
+    rec.journal = old
+    assert(store:put("genesys/app1", rec))
+    local json = require "rotor.json"
+    local big = #json.encode(old)
+    local decode, encode, seen = json.decode, json.encode, 0
+    json.decode = function(t, ...)
+      if type(t) == "string" and #t >= big then seen = seen + 1 end
+      return decode(t, ...)
+    end
+    json.encode = function(v, ...)
+      local out = encode(v, ...)
+      if #out >= big then seen = seen + 1 end
+      return out
+    end
+    local ok, res, err = pcall(rotate, { slot = "genesys/app1", provider = p, target = { client_id = "app1" } })
+    json.decode, json.encode = decode, encode
+    assert.is_true(ok, res)
+    assert.is_nil(err)
+    assert.equal(0, seen)
+    -- and the file holds the old entries and the new ones
+    local journal = assert(store:get("genesys/app1")).journal
+    assert.equal(150 + 8, #journal)
+    assert.same(old[150], journal[150])
+    assert.equal("done", journal[#journal].outcome)
+  end)
+
   it("resumes after a failed deploy without minting again", function()
     local p = fake("genesys")
     p:add_client("app1")

@@ -148,8 +148,8 @@ end
 -- only when record.journal is read; a rotation appends to it (journal_append) and the store writes
 -- it back from those texts (journal_texts). A slot rotated for long carries hundreds of entries,
 -- read once and written three times per rotation: decoding and encoding them was two thirds of
--- the rotation's CPU time. Readers see no difference: record.journal is the list, decoded on
--- first use.
+-- the rotation's CPU time. Only a rotation reads its slot so (store:get(slot,
+-- { journal_as_text = true })); there record.journal is the list, decoded on first use.
 
 local lazy = setmetatable({}, { __mode = "k" })   -- record -> { parts = {texts}, added = {entries} }
 
@@ -234,9 +234,10 @@ end
 -- then the schema checked, unless the store checks every record it returns itself
 -- (store.checks_records: the file and etcd stores, whose errors name the file or the key). A
 -- custom store's malformed record is an error naming the slot and the problem, never a record
--- the reader trips over. Returns record | false (no such slot) | nil, err.
-function _M.read(store, slot)
-  local rec, err = store:get(slot)
+-- the reader trips over. opts (optional) go to store:get. Returns record | false (no such slot) |
+-- nil, err.
+function _M.read(store, slot, opts)
+  local rec, err = store:get(slot, opts)
   if not rec or store.checks_records then return rec, err end
   local valid, why = _M.validate(rec)
   if valid then return rec end

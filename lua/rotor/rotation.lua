@@ -659,7 +659,8 @@ local function notify(ctx, ok, err, failed_step)
 end
 
 local function run(ctx)
-  local rec, err = record_mod.read(ctx.store, ctx.slot)
+  -- the journal kept as text where the store can: the rotation only appends to it
+  local rec, err = record_mod.read(ctx.store, ctx.slot, { journal_as_text = true })
   if rec == nil then return nil, err end
   if not rec then rec = empty_record(ctx.slot, ctx.provider) end
   ctx.record = rec

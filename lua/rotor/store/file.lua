@@ -202,11 +202,12 @@ function _M.open_record(ring, slot, record, jerr, parts)
   return wrap(record, parts)
 end
 
--- A record file's text decoded: its journal split off as the texts of its entries when it is
--- written as this store writes it (the journal first, entries of strings only), else decoded
--- whole. record, jerr (json.decode's), parts | nil.
-local function decode_record(text)
-  local parts, rest = split_journal(text)
+-- A record file's text decoded. as_text: its journal split off as the texts of its entries when it
+-- is written as this store writes it (the journal first, entries of strings only); else, and
+-- otherwise, decoded whole. record, jerr (json.decode's), parts | nil.
+local function decode_record(text, as_text)
+  local parts, rest
+  if as_text then parts, rest = split_journal(text) end
   if parts then
     local record = json.decode(rest)
     if type(record) == "table" and record.journal == nil then return record, nil, parts end
@@ -215,13 +216,16 @@ local function decode_record(text)
   return record, jerr
 end
 
-function Store:get(slot)
+--- store:get(slot[, opts]) -> record | false | nil, err. opts.journal_as_text: the record's
+-- journal may be kept as the texts of its entries, decoded when record.journal is first read
+-- (rotor.record's journal functions change it; a rotation reads its slot so).
+function Store:get(slot, opts)
   local name = file_name(slot, ".json")
   if not self.fd then return false end
   local text, msg = self.fd:read(name)
   if text == false then return false end
   if not text then return nil, store_error("cannot read slot " .. slot, msg) end
-  local decoded, jerr, parts = decode_record(text)
+  local decoded, jerr, parts = decode_record(text, type(opts) == "table" and opts.journal_as_text)
   local record, serr, why = _M.open_record(self.ring, slot, decoded, jerr, parts)
   text = nil -- luacheck: ignore 311
   if record then return record end
