@@ -944,9 +944,17 @@ static int l_fs_read(lua_State *L) {
  * rule of a store directory (trusted_dir); each such link and the file are owned by root or the
  * effective user, and the file is a regular one that group and others cannot write. Returns the
  * descriptor, or -1 with errno set and the reason in msg. */
+#define NOT_REGULAR                                                                                \
+    "%s is not a regular file (a pipe or FIFO, a device or a directory): name a regular file"
 static int open_trusted_file(const char *path, char *msg) {
     char cur[FS_MAX_PATH], dir[FS_MAX_PATH], canon[FS_MAX_PATH];
     uid_t me = geteuid();
+    struct stat target;
+    /* a pipe (/dev/stdin, --config <(...)) or a FIFO, named for what it is: its /proc link leads
+     * to no path the walk below could follow */
+    if (stat(path, &target) == 0 && !S_ISREG(target.st_mode)) {
+        return why(msg, EINVAL, NOT_REGULAR, path);
+    }
     snprintf(cur, sizeof cur, "%s", path);
     for (int links = 0;; links++) {
         const char *base;
@@ -991,10 +999,7 @@ static int open_trusted_file(const char *path, char *msg) {
         }
         if (S_ISDIR(st.st_mode) || (st.st_mode & S_IFMT) == S_IFIFO) {
             close(dfd);
-            return why(msg, EINVAL,
-                       "%s/%s is not a regular file (a FIFO, a device or a directory): name a "
-                       "regular file",
-                       canon, base);
+            return why(msg, EINVAL, NOT_REGULAR, path);
         }
         int fd = rotor_fs_open_in(dfd, canon, base, O_RDONLY, 0, NULL, msg);
         int err = errno;
