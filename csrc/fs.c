@@ -3,7 +3,8 @@
  * The store-directory trust rule lives here and only here (doc/STORES.md):
  *   - every directory on the way to the store, after following symbolic links, is owned by root
  *     or by the effective user, and is not writable by group or others unless it is sticky
- *     (/tmp); the store directory itself is never group- or other-writable;
+ *     (/tmp); the store directory itself is never group- or other-writable (nothing on a file
+ *     system mounted read-only is writable, whatever its mode says);
  *   - a symbolic link on the way is followed only when it is owned by root or the effective user;
  *   - every file inside is opened relative to the directory's descriptor with O_NOFOLLOW and must
  *     be a regular file; modes are set with fchmod on the open descriptor (the umask never
@@ -46,6 +47,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -148,6 +150,17 @@ static int ours(const struct stat *st) {
     return st->st_uid == 0 || st->st_uid == geteuid();
 }
 
+/* Writable by group or others, as far as anyone can write: the mode says so and the file system
+ * is not mounted read-only (a Kubernetes ConfigMap volume shows its directory as 0777, read-only).
+ */
+static int others_may_write(int fd, const struct stat *st) {
+    struct statvfs vfs;
+    if ((st->st_mode & (S_IWGRP | S_IWOTH)) == 0) {
+        return 0;
+    }
+    return !(fstatvfs(fd, &vfs) == 0 && (vfs.f_flag & ST_RDONLY) != 0);
+}
+
 /* The trust rule for one directory, open as fd, reached at canonical path where. */
 static int check_dir(int fd, const char *where, int final, char *msg) {
     struct stat st;
@@ -162,7 +175,7 @@ static int check_dir(int fd, const char *where, int final, char *msg) {
                    "root or uid %ld",
                    where, (long)st.st_uid, (long)me, (long)me);
     }
-    if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0 && (final || (st.st_mode & S_ISVTX) == 0)) {
+    if (others_may_write(fd, &st) && (final || (st.st_mode & S_ISVTX) == 0)) {
         return why(msg, EPERM,
                    "%s is writable by group or others (mode %04o): another user could plant "
                    "files or links there; chmod go-w %s",
@@ -1021,7 +1034,7 @@ static int open_trusted_file(const char *path, char *msg) {
                        "uid %ld",
                        canon, base, (long)st.st_uid, (long)me, (long)me);
         }
-        if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
+        if (others_may_write(fd, &st)) {
             close(fd);
             return why(msg, EPERM,
                        "%s/%s is writable by group or others (mode %04o): another user could "

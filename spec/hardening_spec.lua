@@ -245,6 +245,40 @@ describe("a config file or a script another user could change #proc", function()
     sh("rm -rf " .. q(d) .. " " .. q(sticky) .. " " .. q(open))
   end)
 
+  -- a Kubernetes ConfigMap volume (examples/kubernetes/cronjob.yaml): its directory shows mode 0777,
+  -- the file is reached through ..data links, and the mount is read-only, so nobody can write it
+  it("runs a config from a read-only mount whose directory's mode says 0777 (a ConfigMap volume)", function()
+    if not is_root or select(2, sim.run("unshare -m true 2>/dev/null")) ~= 0 then
+      pending("needs root and a mount namespace (unshare -m)")
+      return
+    end
+    local d = tmpdir("configmap")
+    local marker = d .. "/ran"
+    local cfg = d .. "/source.lua"
+    put_rotor_config(cfg, d .. "/store", "genesys/t1")
+    sim.write_file(cfg, ("io.open(%q, 'w'):close()\n"):format(marker) .. sim.read_file(cfg))
+    local m = d .. "/cm"
+    local run = ("timeout -k 5 20 %s rotate --dry-run --config %s/rotor.conf.lua"):format(ROTOR_ABS, m)
+    local out, rc = sh("unshare -m sh -c " .. q(table.concat({
+      "set -e", "mkdir -p " .. q(m), "mount -t tmpfs -o mode=0777 rotor-spec " .. q(m),
+      "mkdir " .. q(m .. "/..2026_12_03_00_00_00.1"),
+      "cp " .. q(cfg) .. " " .. q(m .. "/..2026_12_03_00_00_00.1/rotor.conf.lua"),
+      "chmod 0644 " .. q(m .. "/..2026_12_03_00_00_00.1/rotor.conf.lua"),
+      "ln -s ..2026_12_03_00_00_00.1 " .. q(m .. "/..data"),
+      "ln -s ..data/rotor.conf.lua " .. q(m .. "/rotor.conf.lua"),
+      "echo writable; " .. run .. " || true",
+      "mount -o remount,ro,bind " .. q(m),
+      "echo read-only; " .. run .. " || true" }, "\n")))
+    assert.equal(0, rc, out)
+    -- writable, its 0777 directory is refused; read-only, the same layout runs
+    local writable, readonly = out:match("writable\n(.-)read%-only\n(.*)$")
+    assert.truthy(writable, out)
+    assert.matches("cm is writable by group or others %(mode 0777%)", writable)
+    assert.is_nil(readonly:find("cannot read the config file", 1, true), readonly)
+    assert.is_true(core.fs_exists(marker), out)
+    sh("rm -rf " .. q(d))
+  end)
+
   it("nor is a script: the host refuses it as it refuses such a config file, and runs a good one as lua would",
     function()
     local d = tmpdir("script")
