@@ -382,12 +382,11 @@ static int l_json_finish(lua_State *L) {
  *   core.json_journal_split(text) -> parts, rest | nil
  *     For a record as rotor's file store writes it, {"journal":[E1,...,En]<,REST>}, where each
  *     entry Ei is an object of string members only (strings without a control byte, with the
- * escapes
- *     \" \\ \/ \b \f \n \r \t and \uXXXX outside the surrogates): the array { E1, ..., En } of
- *     each entry's own text, and the text of the rest of the record, "{REST}" ("{}" when there is
- *     none). nil for any other text, which the caller then decodes whole: whatever this accepts
- *     is JSON that cjson reads as the same entries, so an entry's text can be written back as it
- *     was read, and decoded only when someone reads the journal. */
+ *     escapes \" \\ \/ \b \f \n \r \t and \uXXXX outside the surrogates): the array
+ *     { E1, ..., En } of each entry's own text, and the text of the rest of the record, "{REST}"
+ *     ("{}" when there is none). nil for any other text, which the caller then decodes whole:
+ *     whatever this accepts is JSON that cjson reads as the same entries, so an entry's text can
+ *     be written back as it was read, and decoded only when someone reads the journal. */
 #define JOURNAL_OPEN "{\"journal\":["
 
 static int is_hex(char c) {

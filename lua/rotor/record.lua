@@ -10,7 +10,7 @@
 --   (client_id and secret are never empty; a pending version holds both)
 --
 -- validate(record) -> true | nil, "<field>: <problem>" (the first problem found).
--- read(store, slot) -> record | false (no such slot) | nil, err: store:get, the record checked.
+-- read(store, slot[, opts]) -> record | false (no such slot) | nil, err: store:get, the record checked.
 -- journal_append(rec, entry), journal_drop_last(rec): a rotation's changes to rec.journal, which
 -- may be kept as text (journal_from_texts, journal_texts: the file store's; see below).
 local core = require "rotor.core"

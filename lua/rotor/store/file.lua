@@ -255,7 +255,8 @@ local function journal_text(record, max)
   _M.trim_journal(record, max)
   local journal = record.journal
   if journal == nil or (type(journal) == "table" and next(journal) == nil) then return "" end
-  local text = type(journal) == "table" and json.encode(journal)
+  -- flat: the entries hold only strings, no walk for secrets or empty arrays into each of them
+  local text = type(journal) == "table" and json.encode(journal, nil, journal)
   return text and text:sub(1, 1) == "[" and text:sub(2, -2) or nil
 end
 
