@@ -186,17 +186,22 @@ static int check_dir(int fd, const char *where, int final, char *msg) {
 
 /* Open the directory path applying the trust rule to every directory on the way (following only
  * links owned by root or the effective user); with create, missing directories are made 0700.
- * holds_file: the directory is opened for one file already there (a config file), which nobody
- * else can replace in a sticky directory such as /tmp: the directory itself may then be sticky
- * and writable by others, as any on the way may (a store directory never).
+ * file (room for NAME_MAX + 1): path names a file (a config file) rather than a directory; its
+ * name is put there (the empty string when path is a directory) and the descriptor returned is
+ * of the directory that holds it, which, since nobody else can replace a file in a sticky
+ * directory such as /tmp, may itself be sticky and writable by others, as any on the way may (a
+ * store directory never). Links to the file are followed under the same rule.
  * Returns the descriptor, or -1 with errno set and the reason in msg (ENOENT: it does not exist).
  * canon receives the canonical path of the directory. */
-static int trusted_dir(const char *path, int create, int holds_file, const char *const *trusted,
+static int trusted_dir(const char *path, int create, char *file, const char *const *trusted,
                        int ntrusted, char *canon, char *msg) {
     char rest[2 * FS_MAX_PATH + 2];
     char cur[FS_MAX_PATH] = "";
     int links = 0, fd;
     uid_t me = geteuid();
+    if (file != NULL) {
+        file[0] = '\0';
+    }
     if (path[0] == '/') {
         snprintf(rest, sizeof rest, "%s", path);
     } else {
@@ -286,7 +291,7 @@ static int trusted_dir(const char *path, int create, int holds_file, const char 
                 return why(msg, EPERM,
                            "%s/%s is a symbolic link owned by uid %ld, neither root nor the user "
                            "rotor runs as (uid %ld): rotor does not follow it; name the real "
-                           "directory",
+                           "path",
                            cur, name, (long)st.st_uid, (long)me);
             }
             tl = readlinkat(fd, name, target, sizeof target - 1);
@@ -300,9 +305,14 @@ static int trusted_dir(const char *path, int create, int holds_file, const char 
                 close(fd);
                 return why(msg, ENAMETOOLONG, "%s: path too long", path);
             }
-            memmove(rest + tl + 1, rest, strlen(rest) + 1);
+            /* the target, then what followed the link (a link that was the last component stays
+             * the last: no slash after it) */
+            size_t sep = rest[0] != '\0';
+            memmove(rest + tl + sep, rest, strlen(rest) + 1);
             memcpy(rest, target, (size_t)tl);
-            rest[tl] = '/';
+            if (sep) {
+                rest[tl] = '/';
+            }
             if (target[0] == '/') {
                 int nfd = open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
                 close(fd);
@@ -315,6 +325,10 @@ static int trusted_dir(const char *path, int create, int holds_file, const char 
             continue;
         }
         if (!S_ISDIR(st.st_mode)) {
+            if (file != NULL && rest[0] == '\0') {
+                memcpy(file, name, n + 1); /* fd: the directory holding it */
+                break;
+            }
             close(fd);
             return why(msg, ENOTDIR, "%s/%s is not a directory", cur, name);
         }
@@ -344,7 +358,7 @@ static int trusted_dir(const char *path, int create, int holds_file, const char 
         }
     }
     snprintf(canon, FS_MAX_PATH, "%s", cur[0] ? cur : "/");
-    if (!is_trusted(canon, trusted, ntrusted) && check_dir(fd, canon, !holds_file, msg) != 0) {
+    if (!is_trusted(canon, trusted, ntrusted) && check_dir(fd, canon, file == NULL, msg) != 0) {
         int err = errno;
         close(fd);
         errno = err;
@@ -704,7 +718,7 @@ static int l_fs_dir(lua_State *L) {
     fs_dir *d = (fs_dir *)lua_newuserdata(L, sizeof *d);
     d->fd = -1;
     luaL_setmetatable(L, ROTOR_FS_DIR_MT);
-    d->fd = trusted_dir(path, create, 0, trusted, ntrusted, d->path, msg);
+    d->fd = trusted_dir(path, create, NULL, trusted, ntrusted, d->path, msg);
     if (d->fd < 0) {
         return push_fail(L, msg, errno);
     }
@@ -817,9 +831,8 @@ static int l_dir_close(lua_State *L) {
 
 /* ---- path-based functions (no trust rule: files the caller names) ---- */
 
-/* Split path into the directory holding it (dir, room for FS_MAX_PATH) and its last component
- * (base, inside path): 0, or -1 with errno EISDIR when path ends with a slash. */
-static int split_parent(const char *path, char *dir, const char **base) {
+/* Open the directory holding path; base receives the last component. */
+static int open_parent(const char *path, char *dir, const char **base) {
     const char *slash = strrchr(path, '/');
     if (slash == NULL) {
         memcpy(dir, ".", 2);
@@ -832,14 +845,6 @@ static int split_parent(const char *path, char *dir, const char **base) {
     }
     if (**base == '\0') {
         errno = EISDIR;
-        return -1;
-    }
-    return 0;
-}
-
-/* Open the directory holding path; base receives the last component. */
-static int open_parent(const char *path, char *dir, const char **base) {
-    if (split_parent(path, dir, base) < 0) {
         return -1;
     }
     return open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -954,95 +959,56 @@ static int l_fs_read(lua_State *L) {
 
 /* Open the file path under the trust rule, for reading what rotor runs (a config file): the
  * directory holding it, and the directory holding each symbolic link on the way to it, pass the
- * rule of a store directory (trusted_dir); each such link and the file are owned by root or the
- * effective user, and the file is a regular one that group and others cannot write. Returns the
- * descriptor, or -1 with errno set and the reason in msg. */
+ * rule of a store directory (trusted_dir, which follows the links); each such link and the file
+ * are owned by root or the effective user, and the file is a regular one that group and others
+ * cannot write. Returns the descriptor, or -1 with errno set and the reason in msg. */
 #define NOT_REGULAR                                                                                \
     "%s is not a regular file (a pipe or FIFO, a device or a directory): name a regular file"
 static int open_trusted_file(const char *path, char *msg) {
-    char cur[FS_MAX_PATH], dir[FS_MAX_PATH], canon[FS_MAX_PATH];
+    char canon[FS_MAX_PATH], base[NAME_MAX + 1];
     uid_t me = geteuid();
-    struct stat target;
+    struct stat st;
     /* a pipe (/dev/stdin, --config <(...)) or a FIFO, named for what it is: its /proc link leads
      * to no path the walk below could follow */
-    if (stat(path, &target) == 0 && !S_ISREG(target.st_mode)) {
+    if (stat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
         return why(msg, EINVAL, NOT_REGULAR, path);
     }
-    snprintf(cur, sizeof cur, "%s", path);
-    for (int links = 0;; links++) {
-        const char *base;
-        if (split_parent(cur, dir, &base) < 0) {
-            return why(msg, EISDIR, "%s is a directory: name a file", path);
-        }
-        int dfd = trusted_dir(dir, 0, 1, NULL, 0, canon, msg);
-        if (dfd < 0) {
-            return -1;
-        }
-        struct stat st;
-        if (fstatat(dfd, base, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode)) {
-            char target[FS_MAX_PATH];
-            ssize_t tl = -1;
-            int err = ELOOP;
-            if (links < FS_MAX_LINKS && ours(&st)) {
-                tl = readlinkat(dfd, base, target, sizeof target - 1);
-                err = errno;
-            }
-            close(dfd);
-            if (links >= FS_MAX_LINKS) {
-                return why(msg, ELOOP, "%s: too many symbolic links", path);
-            }
-            if (!ours(&st)) {
-                return why(msg, EPERM,
-                           "%s/%s is a symbolic link owned by uid %ld, neither root nor the user "
-                           "rotor runs as (uid %ld): rotor does not follow it; name the real file",
-                           canon, base, (long)st.st_uid, (long)me);
-            }
-            if (tl < 0) {
-                return why(msg, err, "cannot read the link %s/%s: %s", canon, base, strerror(err));
-            }
-            target[tl] = '\0';
-            char next[FS_MAX_PATH];
-            int w = target[0] == '/' ? snprintf(next, sizeof next, "%s", target)
-                                     : snprintf(next, sizeof next, "%s/%s", canon, target);
-            if (w < 0 || (size_t)w >= sizeof next) {
-                return why(msg, ENAMETOOLONG, "%s: path too long", path);
-            }
-            memcpy(cur, next, (size_t)w + 1);
-            continue;
-        }
-        if (S_ISDIR(st.st_mode) || (st.st_mode & S_IFMT) == S_IFIFO) {
-            close(dfd);
-            return why(msg, EINVAL, NOT_REGULAR, path);
-        }
-        int fd = rotor_fs_open_in(dfd, canon, base, O_RDONLY, 0, NULL, msg);
-        int err = errno;
-        close(dfd);
-        if (fd < 0) {
-            errno = err;
-            return -1;
-        }
-        if (fstat(fd, &st) != 0) {
-            err = errno;
-            close(fd);
-            return why(msg, err, "cannot stat %s/%s: %s", canon, base, strerror(err));
-        }
-        if (!ours(&st)) {
-            close(fd);
-            return why(msg, EPERM,
-                       "%s/%s is owned by uid %ld, neither root nor the user rotor runs as "
-                       "(uid %ld): that user could change what rotor runs; chown it to root or "
-                       "uid %ld",
-                       canon, base, (long)st.st_uid, (long)me, (long)me);
-        }
-        if (others_may_write(fd, &st)) {
-            close(fd);
-            return why(msg, EPERM,
-                       "%s/%s is writable by group or others (mode %04o): another user could "
-                       "change what rotor runs; chmod go-w %s/%s",
-                       canon, base, (unsigned)(st.st_mode & 07777), canon, base);
-        }
-        return fd;
+    int dfd = trusted_dir(path, 0, base, NULL, 0, canon, msg);
+    if (dfd < 0) {
+        return -1;
     }
+    if (base[0] == '\0') {
+        close(dfd);
+        return why(msg, EISDIR, "%s is a directory: name a file", path);
+    }
+    int fd = rotor_fs_open_in(dfd, canon, base, O_RDONLY, 0, NULL, msg);
+    int err = errno;
+    close(dfd);
+    if (fd < 0) {
+        errno = err;
+        return -1;
+    }
+    if (fstat(fd, &st) != 0) {
+        err = errno;
+        close(fd);
+        return why(msg, err, "cannot stat %s/%s: %s", canon, base, strerror(err));
+    }
+    if (!ours(&st)) {
+        close(fd);
+        return why(msg, EPERM,
+                   "%s/%s is owned by uid %ld, neither root nor the user rotor runs as "
+                   "(uid %ld): that user could change what rotor runs; chown it to root or "
+                   "uid %ld",
+                   canon, base, (long)st.st_uid, (long)me, (long)me);
+    }
+    if (others_may_write(fd, &st)) {
+        close(fd);
+        return why(msg, EPERM,
+                   "%s/%s is writable by group or others (mode %04o): another user could "
+                   "change what rotor runs; chmod go-w %s/%s",
+                   canon, base, (unsigned)(st.st_mode & 07777), canon, base);
+    }
+    return fd;
 }
 
 /* core.fs_read_trusted(path) -> string | nil, message, errno: a file rotor runs (a config file,
