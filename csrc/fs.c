@@ -24,6 +24,8 @@
  *       (a config file): its directory (and that of each link to it) under the rule above (but
  *       for a sticky one: nobody else can replace a file in it), the
  *       file owned by root or the effective user and writable by neither group nor others
+ *   core.fs_read_private(path) -> rotor.secret | nil, message, errno: a file holding a secret (a
+ *       sealing key): the rule of fs_read_trusted, and no permission for group or others
  *   core.fs_mkdir(path[, mode])
  *   core.fs_exists(path) -> bool, kind, mode   core.fs_list(dir)   core.fs_remove(path)
  *   core.fs_write_through(path, data[, mode_if_new]): a file others read (dotenv): a symbolic link
@@ -1023,6 +1025,65 @@ static int l_fs_read_trusted(lua_State *L) {
     return 1;
 }
 
+/* core.fs_read_private(path) -> rotor.secret | nil, message, errno: a file that holds a secret
+ * rotor reads (a sealing key), under the rule of open_trusted_file (nobody else could swap in a
+ * key of their own), and neither group nor others may do anything with it, as ssh asks of a
+ * private key: a key others can read opens every secret it sealed. Its bytes go from the file to
+ * locked memory and into the secret, never through a Lua string. */
+#define PRIVATE_MAX 4096
+static int l_fs_read_private(lua_State *L) {
+    const char *path = path_arg(L, 1);
+    char msg[FS_WHY];
+    struct stat st;
+    int fd = open_trusted_file(path, msg);
+    if (fd >= 0 && fstat(fd, &st) != 0) {
+        int err = errno;
+        close(fd);
+        fd = why(msg, err, "cannot stat %s: %s", path, strerror(err));
+    } else if (fd >= 0 && (st.st_mode & 077) != 0) {
+        close(fd);
+        fd = why(msg, EPERM,
+                 "%s is open to group or others (mode %04o): it holds a key that opens every "
+                 "secret it sealed; chmod 600 %s (in Kubernetes: defaultMode 0400 on the "
+                 "Secret's volume)",
+                 path, (unsigned)(st.st_mode & 07777), path);
+    } else if (fd >= 0 && st.st_size > PRIVATE_MAX) {
+        close(fd);
+        fd = why(msg, EFBIG, "%s is larger than %d bytes: it is not a key; name the key file", path,
+                 PRIVATE_MAX);
+    }
+    if (fd < 0) {
+        return push_fail(L, msg, errno);
+    }
+    char *buf = rotor_locked_alloc(PRIVATE_MAX);
+    if (buf == NULL) {
+        close(fd);
+        return push_fail(L, "cannot read a key: out of locked memory", ENOMEM);
+    }
+    size_t got = 0;
+    int err = 0;
+    while (got < PRIVATE_MAX) {
+        ssize_t r = read(fd, buf + got, PRIVATE_MAX - got);
+        if (r < 0 && errno == EINTR) {
+            continue;
+        }
+        if (r <= 0) {
+            err = r < 0 ? errno : 0;
+            break;
+        }
+        got += (size_t)r;
+    }
+    close(fd);
+    if (err != 0) {
+        rotor_locked_free(buf, PRIVATE_MAX);
+        why(msg, err, "cannot read %s: %s", path, strerror(err));
+        return push_fail(L, msg, err);
+    }
+    rotor_secret_push(L, buf, got);
+    rotor_locked_free(buf, PRIVATE_MAX);
+    return 1;
+}
+
 static int l_fs_mkdir(lua_State *L) {
     const char *path = path_arg(L, 1);
     mode_t mode = mode_arg(L, 2, 0700);
@@ -1307,6 +1368,7 @@ void rotor_fs_open(lua_State *L) {
         {"fs_append", l_fs_append},
         {"fs_read", l_fs_read},
         {"fs_read_trusted", l_fs_read_trusted},
+        {"fs_read_private", l_fs_read_private},
         {"fs_tail", l_fs_tail},
         {"fs_mkdir", l_fs_mkdir},
         {"fs_exists", l_fs_exists},

@@ -140,7 +140,7 @@ describe("crash safety (SIGKILL at every kill point) on the " .. store_kind .. "
     s = sim.start()
     if store_kind == "etcd" then
       cluster = etcd_cluster.start { dir = s.dir .. "/etcd" }
-      sim.run("head -c 32 /dev/urandom > " .. q(s.dir .. "/seal.key"))
+      sim.run("head -c 32 /dev/urandom > " .. q(s.dir .. "/seal.key") .. " && chmod 600 " .. q(s.dir .. "/seal.key"))
       etcd_spec = cluster:store_spec { key_file = s.dir .. "/seal.key" }
       assert(core.fs_write_atomic(s.dir .. "/etcd.json", rotor.json.encode(etcd_spec), 384))
     end

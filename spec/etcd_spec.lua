@@ -77,7 +77,8 @@ describe("secrets sealed at rest", function()
   it("the file store with key_file keeps no secret on disk and reads it back; old keys still open", function()
     local rotor = require "rotor"
     local dir = mktemp()
-    sim.run("head -c 32 /dev/urandom > " .. q(dir .. "/k1") .. " && head -c 32 /dev/urandom > " .. q(dir .. "/k2"))
+    sim.run("head -c 32 /dev/urandom > " .. q(dir .. "/k1") .. " && head -c 32 /dev/urandom > " .. q(dir .. "/k2")
+      .. " && chmod 600 " .. q(dir .. "/k1") .. " " .. q(dir .. "/k2"))
     local st = assert(rotor.store.file(dir .. "/store", { key_file = dir .. "/k1" }))
     local planted = "planted-" .. core.random_hex(16)
     assert(st:put("genesys/x", { versions = { current = { client_id = "c", secret = rotor.secret(planted) } },
@@ -113,7 +114,7 @@ describe("secrets sealed at rest", function()
     assert.equal(0, scan(read_tree(dir .. "/cstore"), { planted }))
     assert.equal(planted, assert(cst:get("genesys/y")).versions.current.secret:reveal())
     -- a bad key file is refused with the fix
-    sim.run("printf short > " .. q(dir .. "/bad"))
+    sim.run("printf short > " .. q(dir .. "/bad") .. " && chmod 600 " .. q(dir .. "/bad"))
     local bad, berr = rotor.store.file(dir .. "/s2", { key_file = dir .. "/bad" })
     assert.is_nil(bad)
     assert.matches("exactly 32 raw bytes", berr.message)
@@ -140,7 +141,9 @@ describe("secrets sealed at rest", function()
     local etcd = require "rotor.store.etcd"
     local dir = mktemp()
     sim.run("mkfifo " .. q(dir .. "/fifo") .. " && head -c 32 /dev/urandom > " .. q(dir .. "/seal.key")
-      .. " && printf 'not a certificate' > " .. q(dir .. "/plain") .. " && mkdir " .. q(dir .. "/d"))
+      .. " && chmod 600 " .. q(dir .. "/seal.key") .. " && printf 'not a certificate' > " .. q(dir .. "/plain")
+      .. " && chmod 644 " .. q(dir .. "/plain") .. " && cp -p " .. q(dir .. "/plain") .. " " .. q(dir .. "/pkey")
+      .. " && chmod 600 " .. q(dir .. "/pkey") .. " && mkdir " .. q(dir .. "/d"))
     local base = { endpoints = { "https://127.0.0.1:2379" }, key_file = dir .. "/seal.key" }
     local cases = {
       { { cainfo = dir .. "/fifo" },
@@ -149,6 +152,10 @@ describe("secrets sealed at rest", function()
       { { cert = dir .. "/fifo", key = dir .. "/plain" },
         "etcd store: cert: " .. dir .. "/fifo is not a regular file" },
       { { cert = dir .. "/plain", key = dir .. "/d" }, "etcd store: key: " .. dir .. "/d is not a regular file" },
+      -- a private key others can read is refused (the same bytes mode 0600 pass: below)
+      { { cert = dir .. "/plain", key = dir .. "/plain" },
+        "etcd store: key: " .. dir .. "/plain is open to group or others (mode 0644): it holds a private key; "
+          .. "chmod 600 " .. dir .. "/plain" },
       { { cert = dir .. "/plain", key = dir .. "/none" },
         "etcd store: key: cannot read " .. dir .. "/none: no such file" },
     }
@@ -162,6 +169,9 @@ describe("secrets sealed at rest", function()
       assert.truthy(err.message:find(c[2], 1, true), err.message)
     end
     assert.truthy(etcd.new(base))
+    local with_key = { cert = dir .. "/plain", key = dir .. "/pkey" }
+    for k, v in pairs(base) do with_key[k] = v end
+    assert.truthy(etcd.new(with_key))
     sim.run("rm -rf " .. q(dir))
   end)
 end)

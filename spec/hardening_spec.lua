@@ -345,6 +345,55 @@ describe("store files and modes", function()
   end)
 end)
 
+-- the sealing key opens every secret it sealed: it was read from wherever it was, whatever its
+-- mode (a key file 0644, in a directory anyone may write, behind a link there), into a Lua string
+describe("a sealing key file others could read or swap", function()
+  it("is refused, naming the file and the fix; the same key mode 0600 or 0400 seals", function()
+    local d = tmpdir("seal")
+    local key = d .. "/seal.key"
+    sh("head -c 32 /dev/urandom > " .. q(key))
+    local function refused(path, reason)
+      local st, err = stores.file(d .. "/store", { key_file = path })
+      assert.is_nil(st, reason)
+      assert.equal("config", err.kind)
+      assert.matches("cannot use key_file " .. path:gsub("%p", "%%%0") .. ": ", err.message)
+      assert.matches(reason, err.message)
+      -- the etcd store reads its key under the same rule
+      local est, eerr = require("rotor.store.etcd").new { endpoints = { "https://127.0.0.1:2379" }, key_file = path }
+      assert.is_nil(est)
+      assert.matches(reason, eerr.message)
+    end
+    sh("chmod 0644 " .. q(key))
+    refused(key, "seal%.key is open to group or others %(mode 0644%): it holds a key that opens every secret "
+      .. "it sealed; chmod 600 ")
+    sh("chmod 0640 " .. q(key))
+    refused(key, "mode 0640")
+    sh("chmod 0604 " .. q(key))
+    refused(key, "mode 0604")
+    sh("chmod 0600 " .. q(key) .. " && chmod 0777 " .. q(d))
+    refused(key, "rotor%-hard%-seal[^ ]* is writable by group or others %(mode 0777%)")
+    sh("chmod 0700 " .. q(d))
+    local open = tmpdir("seal-open")
+    sh("chmod 0777 " .. q(open) .. " && ln -s " .. q(key) .. " " .. q(open .. "/seal.key"))
+    refused(open .. "/seal.key", "seal%-open[^ ]* is writable by group or others %(mode 0777%)")
+    sh("mkfifo -m 0600 " .. q(d .. "/fifo"))
+    refused(d .. "/fifo", "fifo is not a regular file")
+    if is_root then
+      sh(("cp -p %s %s && chown %d %s"):format(q(key), q(d .. "/theirs.key"), NOBODY, q(d .. "/theirs.key")))
+      refused(d .. "/theirs.key", "is owned by uid 65534, neither root nor the user rotor runs as")
+    end
+    for _, mode in ipairs { "0600", "0400" } do
+      sh("chmod " .. mode .. " " .. q(key))
+      local st = assert(stores.file(d .. "/store", { key_file = key }))
+      assert(st:put("genesys/k", { versions = { current = { client_id = "c", secret = core.secret("s-" .. mode) } },
+                                   journal = {} }))
+      assert.equal("s-" .. mode, assert(st:get("genesys/k")).versions.current.secret:reveal())
+      assert.is_nil(sim.read_file(d .. "/store/genesys%2Fk.json"):find("s-" .. mode, 1, true))
+    end
+    sh("rm -rf " .. q(d) .. " " .. q(open))
+  end)
+end)
+
 describe("the audit trail's file #proc", function()
   it("a FIFO or a link planted as audit.log: the trail neither blocks on it nor reads through it", function()
     local dir = tmpdir("fifo")

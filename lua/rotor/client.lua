@@ -142,6 +142,18 @@ local function v_file(v)
   return v
 end
 
+-- a private key libcurl reads (a TLS client key): a regular file, as v_file, and open to nobody
+-- but its owner, as ssh asks of a private key (core.fs_read_private checks a sealing key so)
+local function v_private_file(v)
+  local path, why = v_file(v)
+  if not path then return nil, why end
+  local _, _, mode = core.fs_exists(v)
+  if mode % 64 ~= 0 then
+    return nil, ("%s is open to group or others (mode %04o): it holds a private key; chmod 600 %s"):format(v, mode, v)
+  end
+  return v
+end
+
 local COMMON = {
   client_id = v_string,
   client_secret = v_secret,
@@ -162,7 +174,7 @@ local COMMON = {
 }
 _M.validators = {
   string = v_string, secret = v_secret, positive = v_positive, span = v_span, seconds = v_seconds,
-  count = v_count, boolean = v_boolean, url = v_url, cainfo = v_cainfo, file = v_file,
+  count = v_count, boolean = v_boolean, url = v_url, cainfo = v_cainfo, file = v_file, private_file = v_private_file,
 }
 
 local function config_error(provider, name, why)

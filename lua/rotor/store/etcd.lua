@@ -134,7 +134,7 @@ function _M.new(spec)
   end
   -- the TLS files libcurl opens for every connection: named now if they cannot serve
   local v = require("rotor.client").validators
-  for _, f in ipairs { { "cainfo", v.cainfo }, { "cert", v.file }, { "key", v.file } } do
+  for _, f in ipairs { { "cainfo", v.cainfo }, { "cert", v.file }, { "key", v.private_file } } do
     if spec[f[1]] ~= nil then
       local ok, why = f[2](spec[f[1]])
       if not ok then return nil, errors.new { kind = "config", message = "etcd store: " .. f[1] .. ": " .. why } end

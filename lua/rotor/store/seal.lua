@@ -33,13 +33,16 @@ local function key_from_file(path)
     return config_error(("key_file %s does not exist; make one with: head -c 32 /dev/urandom > %s && chmod 600 %s")
       :format(path, path, path))
   end
-  local raw, msg = core.fs_read(path)
-  if not raw then return config_error("cannot read key_file " .. path .. ": " .. tostring(msg)) end
-  if #raw ~= 32 then
+  -- read under the trust rule, open to nobody but its owner, straight into a rotor.secret
+  local key, msg = core.fs_read_private(path)
+  if not key then return config_error("cannot use key_file " .. path .. ": " .. tostring(msg)) end
+  if key:len() ~= 32 then
+    local n = key:len()
+    key:close()
     return config_error(("key_file %s holds %d bytes; it must hold exactly 32 raw bytes "
-      .. "(head -c 32 /dev/urandom > %s)"):format(path, #raw, path))
+      .. "(head -c 32 /dev/urandom > %s)"):format(path, n, path))
   end
-  return core.secret(raw)
+  return key
 end
 
 local function key_from_env(name)
