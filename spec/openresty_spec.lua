@@ -31,6 +31,46 @@ describe("rotor.ngx's options", function()
     assert.is_nil(res)
     assert.matches("forse: unknown job field; did you mean force?", err.message, 1, true)
   end)
+
+  -- a timing option beyond any sensible value was taken: check_interval = 1e9 kept the gateway on
+  -- a secret rotated away (it never read the slot again), poll = 0 spun the waiting workers,
+  -- fail_hold = 1e9 let one failed token request answer for everyone for ever
+  it("names a timing option out of its bounds, with them", function()
+    local rngx = require "rotor.ngx"
+    -- past its checks, new() looks its dict up in ngx.shared: outside nginx, a table stands for it
+    -- (the nginx spec below runs the rest)
+    local had = rawget(_G, "ngx")
+    _G.ngx = had or { shared = { rotor_tokens = {} } }
+    finally(function() _G.ngx = had end)
+    local base = { provider = "genesys", store_dir = "/srv/secrets", slot = "genesys/gw" }
+    local cases = {
+      { "check_interval", 1e9, "option check_interval: a number of seconds from 0 to 60 expected, got 1000000000" },
+      { "poll", 0, "option poll: a number of seconds from 0.001 to 1 expected, got 0" },
+      { "fail_hold", 1e9, "option fail_hold: a number of seconds from 0 to 60 expected" },
+      { "margin", 86400, "option margin: a number of seconds from 0 to 600 expected, got 86400" },
+      { "lock_timeout", 0, "option lock_timeout: a number of seconds from 1 to 3600 expected, got 0" },
+      { "margin", 0 / 0, "option margin: a number of seconds from 0 to 600 expected" },
+      { "poll", "0.01", "option poll: a number of seconds from 0.001 to 1 expected, got string" },
+    }
+    for _, c in ipairs(cases) do
+      local o = {}
+      for k, v in pairs(base) do o[k] = v end
+      o[c[1]] = c[2]
+      local gw, err = rngx.new(o)
+      assert.is_nil(gw, c[3])
+      assert.equal("config", err.kind)
+      assert.truthy(err.message:find(c[3], 1, true), err.message)
+    end
+    -- within bounds (and the defaults): taken as given
+    local o = { check_interval = 0, poll = 0.001, fail_hold = 60, margin = 600, lock_timeout = 1 }
+    for k, v in pairs(base) do o[k] = v end
+    local gw, err = rngx.new(o)
+    local default = assert(rngx.new(base))
+    assert(gw, err and err.message)
+    assert.same({ 0, 0.001, 60, 600, 1 }, { gw.check_interval, gw.poll, gw.fail_hold, gw.margin, gw.lock_timeout })
+    assert.same({ 1, 0.01, 1, 60, 35 }, { default.check_interval, default.poll, default.fail_hold, default.margin,
+                                          default.lock_timeout })
+  end)
 end)
 
 describe("rotor.ngx in nginx #openresty #proc", function()

@@ -8,6 +8,7 @@
 --   config.reference()         -> the Markdown reference
 local policy = require "rotor.policy"
 local keys_mod = require "rotor.keys"
+local bounds = require "rotor.bounds"
 
 local _M = {}
 
@@ -23,7 +24,7 @@ end
 
 -- a slot's numeric option, checked as rotor.rotate checks it
 local function c_number(name)
-  return function(v) return require("rotor.rotation").check_number(name, v) end
+  return function(v) return bounds.check(bounds.ROTATE, name, v) end
 end
 
 local c_days = policy.check_days

@@ -27,6 +27,7 @@ local errors = require "rotor.errors"
 local cjson = require "cjson.safe"
 local singleflight = require "rotor.singleflight"
 local keys = require "rotor.keys"
+local bounds = require "rotor.bounds"
 
 -- the options of rngx.new, and the fields of a rotation job (rngx.rotate)
 local OPTIONS = { "provider", "options", "dict", "store_path", "etcd", "slot", "store_dir", "thread_pool", "margin",
@@ -98,7 +99,8 @@ _M.slot_file = slot_file
 -- check_interval (seconds between store checks per worker, 1; 0 = every request),
 -- lock_timeout (how long a token request may take before others take over; timeout + 5),
 -- fail_hold (seconds a failed token request answers for everyone before the next try, 1),
--- poll (the waiters' ngx.sleep step, 0.01 s), name (the dict key prefix).
+-- poll (the waiters' ngx.sleep step, 0.01 s), name (the dict key prefix). The timing options are
+-- checked against rotor.bounds.NGX.
 -- options.pacing defaults to false here (see below).
 function _M.new(o)
   if type(o) ~= "table" then error("rotor.ngx.new: an options table expected", 2) end
@@ -127,6 +129,13 @@ function _M.new(o)
   if options.pacing == nil then options.pacing = false end
   if secret ~= nil and (type(secret) ~= "string" or secret == "") then
     return config_error(provider, "new", "option options.client_secret: a non-empty string expected")
+  end
+  -- the timing options, within their bounds (rotor.bounds.NGX), or named with them
+  for _, k in ipairs { "margin", "check_interval", "lock_timeout", "fail_hold", "poll" } do
+    if o[k] ~= nil then
+      local ok, why = bounds.check(bounds.NGX, k, o[k])
+      if not ok then return config_error(provider, "new", "option " .. k .. ": " .. why) end
+    end
   end
   local dict_name = o.dict or "rotor_tokens"
   local dict = type(dict_name) == "string" and ngx.shared[dict_name]
@@ -157,10 +166,8 @@ function _M.new(o)
     return config_error(provider, "new", "option options.client_id: required")
   end
   local function num(name, default)
-    local v = o[name]
-    if v == nil then return default end
-    if type(v) ~= "number" or v ~= v or v < 0 then return nil end
-    return v
+    if o[name] == nil then return default end
+    return o[name]
   end
   local self = setmetatable({
     provider = provider,
@@ -179,9 +186,6 @@ function _M.new(o)
     name = o.name or (provider .. ":" .. (o.slot or options.client_id or "?")),
     _static = secret,
   }, Gw)
-  for _, k in ipairs { "margin", "check_interval", "lock_timeout", "fail_hold", "poll" } do
-    if self[k] == nil then return config_error(provider, "new", "option " .. k .. ": a number >= 0 expected") end
-  end
   if type(self.thread_pool) ~= "string" then
     return config_error(provider, "new", "option thread_pool: a thread_pool name expected")
   end

@@ -22,6 +22,7 @@ local audit_mod = require "rotor.audit"
 local notify_mod = require "rotor.notify"
 local store_mod = require "rotor.store"
 local record_mod = require "rotor.record"
+local bounds = require "rotor.bounds"
 
 local _M = {}
 
@@ -520,30 +521,6 @@ local function new_rotation_id()
   return "r" .. os.date("!%Y%m%dT%H%M%SZ") .. "-" .. core.random_hex(8)
 end
 
--- rotor.rotate's numeric options (and a config file's, which are checked here too): the least
--- and the most each takes, and whether it counts (a whole number). A value beyond these is a
--- typo rather than a wish (wait = 1e9 would hold the slot's lock for ever; verify_attempts = 0
--- would fail every rotation as "refused").
-local NUMBERS = {
-  wait = { 0, 86400, what = "seconds" },                  -- SP-API: a day at most
-  visibility = { 1, 43200, what = "seconds" },            -- SQS's own bounds
-  grace = { 0, 366 * 86400, what = "seconds" },           -- a year
-  verify_attempts = { 1, 100, whole = true, what = "attempts" },
-  verify_delay = { 0, 3600, what = "seconds" },
-  write_retries = { 0, 1000, whole = true, what = "retries" },
-  write_retry_delay = { 0, 3600, what = "seconds" },
-  mint_budget = { 1, 86400, what = "seconds" },
-}
-
---- Check rotor.rotate's numeric option name: true | nil, why (naming the bounds).
-function _M.check_number(name, v)
-  local b = NUMBERS[name]
-  local ok = type(v) == "number" and v == v and v >= b[1] and v <= b[2] and (not b.whole or v == math.floor(v))
-  if ok then return true end
-  return nil, ("%s %s from %s to %s expected, got %s"):format(b.whole and "a whole number of" or "a number of",
-    b.what, b[1], b[2], type(v) == "number" and ("%.17g"):format(v) or type(v))
-end
-
 local function check_opts(o)
   if type(o) ~= "table" then error("rotate: an options table expected", 3) end
   local config = require "rotor.config"
@@ -569,9 +546,9 @@ local function check_opts(o)
       error("rotate: deploy must be a function (or a callable sink such as rotor.store.dotenv)", 3)
     end
   end
-  for name in pairs(NUMBERS) do
+  for name in pairs(bounds.ROTATE) do
     if o[name] ~= nil then
-      local ok, why = _M.check_number(name, o[name])
+      local ok, why = bounds.check(bounds.ROTATE, name, o[name])
       if not ok then error("rotate: " .. name .. ": " .. why, 3) end
     end
   end

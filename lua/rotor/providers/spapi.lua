@@ -5,6 +5,7 @@ local client = require "rotor.client"
 local errors = require "rotor.errors"
 local http = require "rotor.http"
 local json = require "rotor.json"
+local bounds = require "rotor.bounds"
 
 local _M = {}
 
@@ -198,11 +199,10 @@ local function receive_args(op, args)
   if type(args) ~= "table" then error(op .. ": a table {wait=} expected", 4) end
   local wait = args.wait == nil and MAX_POLL or args.wait
   -- the bounds of rotor.rotate's wait and visibility options
-  local check = require("rotor.rotation").check_number
-  local ok, why = check("wait", wait)
+  local ok, why = bounds.check(bounds.ROTATE, "wait", wait)
   if not ok then error(op .. ": wait: " .. why, 4) end
   if args.visibility ~= nil then
-    ok, why = check("visibility", args.visibility)
+    ok, why = bounds.check(bounds.ROTATE, "visibility", args.visibility)
     if not ok then error(op .. ": visibility: " .. why, 4) end
   end
   local since, not_after = iso(args.since), iso(args.not_after)
