@@ -1219,12 +1219,12 @@ static void close_from(int lowfd) {
     }
 }
 
-/* Wait for child pid until deadline (CLOCK_MONOTONIC seconds; 0: no limit), polling every 10 ms
- * when there is one. 0 with *status set once it exited; -1 with errno; 1 when the deadline passed
- * first. */
-static int wait_child(pid_t pid, double deadline, int *status) {
+/* Wait for child pid until deadline (CLOCK_MONOTONIC seconds; 0: no limit), polling every 10 ms.
+ * 0 with *status set once it exited; -1 with errno; 1 when the deadline passed first; 2 when the
+ * rotor host was interrupted (SIGINT, SIGTERM) first and watch is set. */
+static int wait_child(pid_t pid, double deadline, int watch, int *status) {
     for (;;) {
-        pid_t r = waitpid(pid, status, deadline > 0 ? WNOHANG : 0);
+        pid_t r = waitpid(pid, status, WNOHANG);
         if (r == pid) {
             return 0;
         }
@@ -1232,12 +1232,25 @@ static int wait_child(pid_t pid, double deadline, int *status) {
             return -1;
         }
         if (r == 0) {
-            if (rotor_mono_now() >= deadline) {
+            if (deadline > 0 && rotor_mono_now() >= deadline) {
                 return 1;
+            }
+            if (watch && rotor_is_interrupted()) {
+                return 2;
             }
             struct timespec tick = {0, 10000000L}; /* 10 ms */
             nanosleep(&tick, NULL);
         }
+    }
+}
+
+/* Stop child pid (and its process group when it leads one): SIGTERM, then SIGKILL when it has not
+ * exited 2 s later; reaped. */
+static void stop_child(pid_t pid, int group, int *status) {
+    kill(group ? -pid : pid, SIGTERM);
+    if (wait_child(pid, rotor_mono_now() + 2, 0, status) == 1) {
+        kill(group ? -pid : pid, SIGKILL);
+        wait_child(pid, 0, 0, status);
     }
 }
 
@@ -1246,7 +1259,9 @@ static int wait_child(pid_t pid, double deadline, int *status) {
  * stdin from a pipe carrying input, stdout/stderr of this process, no other descriptor, default
  * signals. With timeout, the child leads a process group of its own, and when it has not exited
  * after timeout seconds the group gets SIGTERM, then SIGKILL 2 s later: nil, "timed out" (a
- * deploy command that never ends cannot hold a rotation and its lock for ever). */
+ * deploy command that never ends cannot hold a rotation and its lock for ever). When the rotor
+ * host is interrupted (SIGINT, SIGTERM) meanwhile, the child is stopped the same way at once:
+ * nil, "interrupted: ...". */
 static int l_spawn(lua_State *L) {
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 1);
@@ -1330,15 +1345,26 @@ static int l_spawn(lua_State *L) {
     }
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     int status = 0;
-    int rc = wait_child(pid, deadline, &status);
+    int rc = wait_child(pid, deadline, 1, &status);
     if (rc == 1) {
-        kill(-pid, SIGTERM);
-        if (wait_child(pid, rotor_mono_now() + 2, &status) == 1) {
-            kill(-pid, SIGKILL);
-            wait_child(pid, 0, &status);
-        }
+        stop_child(pid, timeout > 0, &status);
         lua_pushnil(L);
         lua_pushfstring(L, "timed out after %f s: stopped (SIGTERM, then SIGKILL)", timeout);
+        return 2;
+    }
+    if (rc == 2) {
+        /* Ctrl-C reaches the terminal's foreground process group, not the child's own: passed on,
+         * so that the run stops now rather than when the command ends or times out. A command
+         * that got to its end meanwhile (exit 0) did its work: that result stands. */
+        stop_child(pid, timeout > 0, &status);
+        if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
+            lua_pushinteger(L, 0);
+            lua_pushboolean(L, wrote);
+            return 2;
+        }
+        lua_pushnil(L);
+        lua_pushstring(L, "interrupted: rotor got SIGINT or SIGTERM; the command was stopped "
+                          "(SIGTERM to its process group, then SIGKILL)");
         return 2;
     }
     if (rc < 0) {

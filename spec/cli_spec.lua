@@ -357,11 +357,12 @@ for _, w in ipairs(res.warnings) do print("warning: " .. w) end
       local d = newdir()
       local env = {}
       local flag = d .. "/signalled"
-      -- the first slot's deploy hook sends SIGTERM to rotor (its parent) once
+      -- the first slot's deploy hook sends SIGTERM to rotor once, and succeeds (a hook in Lua: a
+      -- deploy command still running when the signal comes is stopped, as the next spec shows)
       local e1 = spreetail_slot(env, 1)
       e1.consumers = nil
-      e1.deploy = { raw = ("require(\"rotor\").store.exec { command = %q }"):format(
-        ("cat >/dev/null; [ -e %s ] || { : > %s; kill -TERM $PPID; }"):format(q(flag), q(flag))) }
+      e1.deploy = { raw = ("function() if not io.open(%q) then io.open(%q, 'w'):close() "
+        .. "os.execute('kill -TERM ' .. require('rotor.core').getpid()) end return true end"):format(flag, flag) }
       local e2 = spreetail_slot(env, 2)
       local e3 = spreetail_slot(env, 3)
       local cfg = d .. "/rotor.conf.lua"
@@ -389,6 +390,50 @@ for _, w in ipairs(res.warnings) do print("warning: " .. w) end
       local resumed = false
       for _, j in ipairs(rec.journal) do if j.outcome == "resume" then resumed = true end end
       assert.is_true(resumed)
+    end)
+  end)
+
+  -- Ctrl-C reaches the terminal's foreground process group; a deploy command runs in a process
+  -- group of its own (so that its timeout stops all it started): the signal never reached it, and
+  -- rotor waited for it to end (up to the sink's timeout, an hour by default)
+  describe("a signal during a deploy command", function()
+    it("is passed on: the command's process group is stopped at once, rotor exits 130, the rerun deploys",
+      function()
+      local d = newdir()
+      local env = {}
+      local flag, pids = d .. "/signalled", d .. "/sleep.pid"
+      local e1 = spreetail_slot(env, 1)
+      e1.consumers = nil
+      -- the first deploy sends SIGINT to rotor, then keeps running (a child of its own, in its group)
+      e1.deploy = { raw = ("require(\"rotor\").store.exec { command = %q }"):format(
+        ("cat >/dev/null; [ -e %s ] && exit 0; : > %s; sleep 60 & echo $! > %s; kill -INT $PPID; wait")
+          :format(q(flag), q(flag), q(pids))) }
+      local cfg = d .. "/rotor.conf.lua"
+      write_config(cfg, { store = "./secrets", slots = { e1 } }, env)
+      local mint = "/spreetail/api/v0/client-credentials"
+      local mints = counter(mint)
+      local t0 = core.now()
+      local out, rc = sim.run(("(. %s && timeout -k 5 40 %s rotate --config %s --json) 2>/dev/null")
+        :format(q(cfg .. ".env"), ROTOR, q(cfg)))
+      local took = core.now() - t0
+      assert.equal(130, rc, out)
+      assert.is_true(took < 30, ("rotor took %.1f s to stop"):format(took))
+      local doc = assert(json.decode(out), out)
+      assert.is_true(doc.interrupted)
+      assert.equal("interrupted", doc.slots[1].state)
+      -- the command's own child is gone with it
+      local pid = assert(tonumber(sim.read_file(pids)))
+      local stat = sim.read_file("/proc/" .. pid .. "/stat") or ""
+      assert.is_truthy(stat == "" or stat:match("^%d+ %b() Z"), "the deploy's child still runs: " .. stat)
+      local sdoc = assert(json.decode((rotor_out("status " .. q(d .. "/secrets") .. " --json"))))
+      assert.equal("interrupted", sdoc.slots[1].state)
+      assert.equal("deploy", sdoc.slots[1].rotation_step)
+      assert.equal(mints + 1, counter(mint))
+      out, rc = rotor("rotate --config " .. q(cfg) .. " --only-due", cfg)
+      assert.equal(0, rc, out)
+      assert.equal(mints + 1, counter(mint)) -- resumed at deploy: no second mint
+      local rec = assert(file_store(d .. "/secrets"):get(e1.slot))
+      assert.is_nil(rec.rotation)
     end)
   end)
 

@@ -480,7 +480,9 @@ function step.deploy(ctx)
   end
   if not r then
     local msg = errors.is(e) and e.message or tostring(e or "it returned false")
-    return nil, errors.new { kind = "store", op = "deploy", message = "the deploy hook failed: " .. msg
+    -- a deploy command stopped on rotor's SIGINT/SIGTERM: the run was interrupted, nothing failed
+    local kind = errors.is(e) and e.kind == "interrupted" and "interrupted" or "store"
+    return nil, errors.new { kind = kind, op = "deploy", message = "the deploy hook failed: " .. msg
       .. "; the new secret stays pending and the next run deploys it again" }
   end
   return ctx:journal("deploy", "ok", nil, p.secret, p.client_id, true)
@@ -718,8 +720,11 @@ local function run(ctx)
     end
     if not ok then
       local kind = errors.is(serr) and serr.kind or "protocol"
-      rec.last = { rotation = rot.id, outcome = "failed", step = name, time = timefmt.iso() }
-      ctx:journal(name, kind == "ambiguous" and "ambiguous" or "failed",
+      -- a step stopped by a signal (a deploy command passed it on) is interrupted, as between steps
+      if kind ~= "interrupted" then
+        rec.last = { rotation = rot.id, outcome = "failed", step = name, time = timefmt.iso() }
+      end
+      ctx:journal(name, (kind == "ambiguous" or kind == "interrupted") and kind or "failed",
                   errors.is(serr) and serr.message or tostring(serr))
       ctx.failed_step = name
       if not errors.is(serr) then serr = errors.new { kind = "protocol", message = tostring(serr) } end

@@ -117,6 +117,10 @@ function Sink:deploy(new)
       .. "stopped (SIGTERM to its process group, then SIGKILL); raise the sink's timeout if it needs longer")
       :format(what, tostring(self.timeout)), detail = wrote }
   end
+  if code == nil and tostring(wrote):find("^interrupted") then
+    return nil, errors.new { kind = "interrupted", message = ("deploy command %s was stopped: rotor got SIGINT or "
+      .. "SIGTERM (SIGTERM to its process group, then SIGKILL); the next run deploys again"):format(what) }
+  end
   if code == nil then
     return nil, errors.new { kind = "store", message = "cannot start the deploy command", detail = wrote }
   end
