@@ -6,12 +6,7 @@ local core = require "rotor.core"
 
 local function iso(t) return os.date("!%Y-%m-%dT%H:%M:%SZ", t) end
 
-local function tmpdir()
-  local p = io.popen("mktemp -d \"${TMPDIR:-/tmp}/rotor-config.XXXXXX\"")
-  local d = p:read("*l")
-  p:close()
-  return d
-end
+local function tmpdir() return require("spec.helpers.sim").tmpdir("config") end
 
 local function slot(extra)
   local e = { slot = "genesys/app", consumers = "none",

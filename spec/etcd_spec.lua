@@ -9,9 +9,7 @@ local etcd_cluster = require "spec.helpers.etcd_cluster"
 local ROTOR = os.getenv("ROTOR_BIN") or "./build/rotor"
 local q = sim.shell_quote
 
-local function mktemp()
-  return (sim.run("mktemp -d \"${TMPDIR:-/tmp}/rotor-etcd.XXXXXX\""):gsub("%s+$", ""))
-end
+local function mktemp() return sim.tmpdir("etcd") end
 
 -- every form a secret could take at rest: raw, and base64 at each of the three alignments
 -- (the chars that depend on neighbouring bytes are cut off)

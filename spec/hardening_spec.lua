@@ -21,12 +21,7 @@ local function run_limited(script)
   return sh("timeout -k 5 20 " .. ROTOR .. " -e " .. q(script))
 end
 
-local function tmpdir(tag)
-  local d = ("%s/rotor-hard-%s-%d-%s"):format(os.getenv("TMPDIR") or "/tmp", tag, core.getpid(),
-                                              core.random_hex(4))
-  assert(core.fs_mkdir(d, 448))
-  return d
-end
+local function tmpdir(tag) return sim.tmpdir("hard-" .. tag) end
 
 -- every entry under dir: name, type, mode, owner, group, mtime, size, link target, and a hash of
 -- every regular file's bytes

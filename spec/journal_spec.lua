@@ -10,11 +10,7 @@ local stores = require "rotor.store"
 local split = core.json_journal_split
 local AS_TEXT = { journal_as_text = true }   -- as a rotation reads its slot
 
-local function tmpdir()
-  local d = ("%s/rotor-journal-%d-%s"):format(os.getenv("TMPDIR") or "/tmp", core.getpid(), core.random_hex(4))
-  assert(core.fs_mkdir(d, 448))
-  return d
-end
+local function tmpdir() return require("spec.helpers.sim").tmpdir("journal") end
 
 -- notes that JSON must escape, and text beyond ASCII
 local NOTES = { 'a "quoted" note', "back\\slash and a/slash", "tab\there, newline\nthere", "caf\195\169 \226\130\172",

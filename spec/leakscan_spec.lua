@@ -10,7 +10,7 @@ describe("spec/leakscan.lua #proc", function()
   local TOKEN = "Atc|tok/en+value-0123456789"
   local ID = "amzn1.application-oa2-client.0badc0de"
   before_each(function()
-    dir = sim.run("mktemp -d \"${TMPDIR:-/tmp}/leakscan-spec.XXXXXX\""):gsub("%s+$", "")
+    dir = sim.tmpdir("leakscan")
     sim.run("mkdir -p " .. sim.shell_quote(dir .. "/tree/a"))
     sim.write_file(dir .. "/issued", SECRET .. "\tsecret\t" .. ID .. "\n" .. TOKEN .. "\ttoken\t" .. ID .. "\n")
   end)

@@ -38,7 +38,7 @@ describe("the LuaRocks package #luarocks #slow", function()
   local dir
 
   setup(function()
-    dir = trim(run("mktemp -d \"${TMPDIR:-/tmp}/rotor-rocks.XXXXXX\""))
+    dir = sim.tmpdir("rocks")
   end)
 
   teardown(function()

@@ -24,8 +24,7 @@ describe("the README, followed by a newcomer #proc", function()
   local dir, simdir
 
   setup(function()
-    local out = sim.run("mktemp -d \"${TMPDIR:-/tmp}/rotor-newcomer.XXXXXX\"")
-    dir = out:gsub("%s+$", "")
+    dir = sim.tmpdir("newcomer")
     simdir = dir .. "/sim"
     -- a checkout: the sources and the built tree of this one
     local repo = os.getenv("PWD")

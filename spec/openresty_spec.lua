@@ -163,7 +163,7 @@ describe("rotor.ngx in nginx #openresty #proc", function()
 
   setup(function()
     s = sim.start { settings = { genesys_rate = 0 } }
-    dir = trim(run("mktemp -d \"${TMPDIR:-/tmp}/rotor-ngx.XXXXXX\""))
+    dir = sim.tmpdir("ngx")
     run("mkdir -p " .. shq(dir .. "/logs") .. " " .. shq(dir .. "/temp"))
     store = assert(store_file.new(dir .. "/secrets"))
     admin = assert(s:seed { provider = "genesys", admin = true })

@@ -42,7 +42,7 @@ end
 describe("redaction against a provider that echoes the request", function()
   local s, issued_log, root
   setup(function()
-    root = sim.run("mktemp -d \"${TMPDIR:-/tmp}/rotor-redaction.XXXXXX\""):gsub("%s+$", "")
+    root = sim.tmpdir("redaction")
     issued_log = root .. "/issued"
     s = sim.start { env = { ROTOR_SECRETS_LOG = issued_log } }
   end)

@@ -5,12 +5,7 @@ local errors = require "rotor.errors"
 local rotation = require "rotor.rotation"
 local file_store = require "rotor.store.file"
 
-local tmp_root = os.getenv("TMPDIR") or "/tmp"
-local function tmpdir()
-  local d = ("%s/rotor-unit-%d-%s"):format(tmp_root, core.getpid(), core.random_hex(4))
-  assert(core.fs_mkdir(d, 448))
-  return d
-end
+local function tmpdir() return require("spec.helpers.sim").tmpdir("unit") end
 
 local n = 0
 local function mint_value(prefix)

@@ -3,11 +3,7 @@ local core = require "rotor.core"
 local file_store = require "rotor.store.file"
 local stores = require "rotor.store"
 
-local function tmpdir()
-  local d = ("%s/rotor-store-%d-%s"):format(os.getenv("TMPDIR") or "/tmp", core.getpid(), core.random_hex(4))
-  assert(core.fs_mkdir(d, 448))
-  return d
-end
+local function tmpdir() return require("spec.helpers.sim").tmpdir("store") end
 
 local function mode(path)
   local _, _, m = core.fs_exists(path)

@@ -54,11 +54,13 @@ local function write_file(path, data)
 end
 _M.read_file, _M.write_file = read_file, write_file
 
-local function mktempdir()
-  local out, rc = run("mktemp -d \"${TMPDIR:-/tmp}/rotor-sim.XXXXXX\"")
+-- a new directory of the specs' own (mode 0700) under $TMPDIR: rotor-<tag>.XXXXXX
+local function tmpdir(tag)
+  local out, rc = run("mktemp -d \"${TMPDIR:-/tmp}/rotor-" .. (tag or "sim") .. ".XXXXXX\"")
   assert(rc == 0, "mktemp failed")
   return (out:gsub("%s+$", ""))
 end
+_M.tmpdir = tmpdir
 
 -- RFC 6749 App. B: form-urlencode (spaces as '+')
 local function form_encode(s)
@@ -114,7 +116,7 @@ Sim.__index = Sim
 -- { NAME = value } for the server (e.g. ROTOR_SECRETS_LOG); opts.dir to choose the directory
 function _M.start(opts)
   opts = opts or {}
-  local dir = opts.dir or mktempdir()
+  local dir = opts.dir or tmpdir()
   local prefix = ""
   for k, v in pairs(opts.env or {}) do prefix = prefix .. k .. "=" .. shq(v) .. " " end
   local out, rc = run(prefix .. shq(_M.simctl) .. " start " .. shq(dir) .. " 2>&1")
@@ -140,7 +142,7 @@ end
 function _M.from_env()
   local url, ca = os.getenv("ROTOR_SIM_URL"), os.getenv("ROTOR_SIM_CA")
   if not url or not ca then return nil, "ROTOR_SIM_URL / ROTOR_SIM_CA not set" end
-  return setmetatable({ url = url, ca = ca, dir = mktempdir(), owns_dir = true, seq = 0, external = true }, Sim)
+  return setmetatable({ url = url, ca = ca, dir = tmpdir(), owns_dir = true, seq = 0, external = true }, Sim)
 end
 
 function Sim:stop()
