@@ -1219,50 +1219,84 @@ static void close_from(int lowfd) {
     }
 }
 
-/* Wait for child pid until deadline (CLOCK_MONOTONIC seconds; 0: no limit), polling every 10 ms.
- * 0 with *status set once it exited; -1 with errno; 1 when the deadline passed first; 2 when the
- * rotor host was interrupted (SIGINT, SIGTERM) first and watch is set. */
-static int wait_child(pid_t pid, double deadline, int watch, int *status) {
+/* A child of core.spawn_start (rotor.child): its pid, whether it leads a process group of its
+ * own (with a timeout), its deadline, what was written to its stdin, and whether it was reaped. */
+#define ROTOR_CHILD_MT "rotor.child"
+typedef struct {
+    pid_t pid;
+    int group;
+    int reaped;
+    int wrote;
+    double timeout, deadline; /* CLOCK_MONOTONIC seconds; 0: none */
+    char name[64];            /* argv[0], for messages */
+} child_ud;
+
+/* Stop the child (and its process group when it leads one): SIGTERM, then SIGKILL when it has
+ * not exited 2 s later; reaped, its status in *status. */
+static void stop_child(child_ud *c, int *status) {
+    kill(c->group ? -c->pid : c->pid, SIGTERM);
+    double until = rotor_mono_now() + 2;
     for (;;) {
-        pid_t r = waitpid(pid, status, WNOHANG);
-        if (r == pid) {
-            return 0;
+        pid_t r = waitpid(c->pid, status, WNOHANG);
+        if (r == c->pid || (r < 0 && errno != EINTR)) {
+            break;
         }
-        if (r < 0 && errno != EINTR) {
-            return -1;
-        }
-        if (r == 0) {
-            if (deadline > 0 && rotor_mono_now() >= deadline) {
-                return 1;
+        if (rotor_mono_now() >= until) {
+            kill(c->group ? -c->pid : c->pid, SIGKILL);
+            while (waitpid(c->pid, status, 0) < 0 && errno == EINTR) {
             }
-            if (watch && rotor_is_interrupted()) {
-                return 2;
-            }
-            struct timespec tick = {0, 10000000L}; /* 10 ms */
-            nanosleep(&tick, NULL);
+            break;
         }
+        struct timespec tick = {0, 10000000L}; /* 10 ms */
+        nanosleep(&tick, NULL);
     }
+    c->reaped = 1;
 }
 
-/* Stop child pid (and its process group when it leads one): SIGTERM, then SIGKILL when it has not
- * exited 2 s later; reaped. */
-static void stop_child(pid_t pid, int group, int *status) {
-    kill(group ? -pid : pid, SIGTERM);
-    if (wait_child(pid, rotor_mono_now() + 2, 0, status) == 1) {
-        kill(group ? -pid : pid, SIGKILL);
-        wait_child(pid, 0, 0, status);
+/* Where the child is, without waiting: 0 while it runs; else the results pushed (as core.spawn
+ * returns them). A child past its deadline is stopped: nil, "timed out ...". When the rotor host
+ * was interrupted (SIGINT, SIGTERM), the child is stopped at once: Ctrl-C reaches the terminal's
+ * foreground process group, not the child's own, and the run must stop now rather than when the
+ * command ends or times out; nil, "interrupted ...", unless it exited 0 meanwhile (it did its
+ * work: that result stands). */
+static int child_check(lua_State *L, child_ud *c) {
+    int status = 0;
+    pid_t r = waitpid(c->pid, &status, WNOHANG);
+    if (r < 0 && errno != EINTR) {
+        c->reaped = 1; /* gone: nothing to wait for */
+        return push_errno(L, "cannot wait for", c->name, errno);
     }
+    if (r == c->pid) {
+        c->reaped = 1;
+    } else if (c->deadline > 0 && rotor_mono_now() >= c->deadline) {
+        stop_child(c, &status);
+        lua_pushnil(L);
+        lua_pushfstring(L, "timed out after %f s: stopped (SIGTERM, then SIGKILL)", c->timeout);
+        return 2;
+    } else if (rotor_is_interrupted()) {
+        stop_child(c, &status);
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+            lua_pushnil(L);
+            lua_pushstring(L, "interrupted: rotor got SIGINT or SIGTERM; the command was stopped "
+                              "(SIGTERM to its process group, then SIGKILL)");
+            return 2;
+        }
+    } else {
+        return 0;
+    }
+    lua_pushinteger(L, WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
+    lua_pushboolean(L, c->wrote);
+    return 2;
 }
 
-/* core.spawn{ argv = {...}, env = { "K=V", ... }, input = string | secret, timeout = s } -> exit
- * status (128 + signal when killed), input written | nil, message. The child gets exactly env,
- * stdin from a pipe carrying input, stdout/stderr of this process, no other descriptor, default
- * signals. With timeout, the child leads a process group of its own, and when it has not exited
- * after timeout seconds the group gets SIGTERM, then SIGKILL 2 s later: nil, "timed out" (a
- * deploy command that never ends cannot hold a rotation and its lock for ever). When the rotor
- * host is interrupted (SIGINT, SIGTERM) meanwhile, the child is stopped the same way at once:
- * nil, "interrupted: ...". */
-static int l_spawn(lua_State *L) {
+/* core.spawn_start{ argv = {...}, env = { "K=V", ... }, input = string | secret, timeout = s } ->
+ * child | nil, message. The child gets exactly env, stdin from a pipe carrying input, stdout and
+ * stderr of this process, no other descriptor, default signals. With timeout, it leads a process
+ * group of its own, and child:poll() stops the group (SIGTERM, then SIGKILL 2 s later) once it
+ * has run for timeout seconds: a deploy command that never ends cannot hold a rotation and its
+ * lock for ever. input is written before this returns (a pipe holds 64 kB: rotor's payloads are a
+ * secret and a few fields). */
+static int l_spawn_start(lua_State *L) {
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 1);
     lua_getfield(L, 1, "argv"); /* 2 */
@@ -1280,7 +1314,7 @@ static int l_spawn(lua_State *L) {
     luaL_argcheck(L, timeout == 0 || (timeout > 0 && timeout <= 86400), 1,
                   "timeout: seconds from 0 to 86400 expected");
     lua_pop(L, 1);
-    const char **argv = lua_newuserdata(L, sizeof(char *) * (size_t)(nargv + nenv + 2));
+    const char **argv = lua_newuserdata(L, sizeof(char *) * (size_t)(nargv + nenv + 2)); /* 5 */
     const char **envp = argv + nargv + 1;
     for (int i = 0; i < nargv; i++) {
         lua_rawgeti(L, 2, i + 1);
@@ -1297,6 +1331,11 @@ static int l_spawn(lua_State *L) {
         lua_pop(L, 1);
     }
     envp[nenv] = NULL;
+    child_ud *c = lua_newuserdata(L, sizeof(*c)); /* 6 */
+    memset(c, 0, sizeof(*c));
+    c->reaped = 1; /* nothing to stop until the fork below */
+    snprintf(c->name, sizeof c->name, "%s", argv[0]);
+    luaL_setmetatable(L, ROTOR_CHILD_MT);
 
     int pfd[2];
     if (pipe2(pfd, O_CLOEXEC) != 0) {
@@ -1336,43 +1375,68 @@ static int l_spawn(lua_State *L) {
     if (timeout > 0) {
         setpgid(pid, pid); /* as the child does: whichever runs first */
     }
-    double deadline = timeout > 0 ? rotor_mono_now() + timeout : 0;
-    int wrote = rotor_write_all(pfd[1], input, inlen) == 0;
+    c->pid = pid;
+    c->group = timeout > 0;
+    c->reaped = 0;
+    c->timeout = timeout;
+    c->deadline = timeout > 0 ? rotor_mono_now() + timeout : 0;
+    c->wrote = rotor_write_all(pfd[1], input, inlen) == 0;
     close(pfd[1]);
     /* a child that exits before reading its input raises SIGPIPE here: take it back */
     struct timespec zero = {0, 0};
     while (sigtimedwait(&block, NULL, &zero) > 0) {
     }
     pthread_sigmask(SIG_SETMASK, &old, NULL);
-    int status = 0;
-    int rc = wait_child(pid, deadline, 1, &status);
-    if (rc == 1) {
-        stop_child(pid, timeout > 0, &status);
-        lua_pushnil(L);
-        lua_pushfstring(L, "timed out after %f s: stopped (SIGTERM, then SIGKILL)", timeout);
-        return 2;
+    return 1;
+}
+
+/* child:poll() -> false while it runs | exit status (128 + signal), input written | nil,
+ * "timed out ..." | nil, "interrupted ..." (see child_check); the same again once it ended */
+static int l_child_poll(lua_State *L) {
+    child_ud *c = luaL_checkudata(L, 1, ROTOR_CHILD_MT);
+    if (c->reaped) {
+        return luaL_error(L, "child: already reaped (poll returned its end)");
     }
-    if (rc == 2) {
-        /* Ctrl-C reaches the terminal's foreground process group, not the child's own: passed on,
-         * so that the run stops now rather than when the command ends or times out. A command
-         * that got to its end meanwhile (exit 0) did its work: that result stands. */
-        stop_child(pid, timeout > 0, &status);
-        if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
-            lua_pushinteger(L, 0);
-            lua_pushboolean(L, wrote);
-            return 2;
+    int n = child_check(L, c);
+    if (n == 0) {
+        lua_pushboolean(L, 0);
+        return 1;
+    }
+    return n;
+}
+
+/* __gc: a child nobody waited for (its task raised) is stopped and reaped: no zombie, no
+ * command left running after rotor. */
+static int l_child_gc(lua_State *L) {
+    child_ud *c = luaL_checkudata(L, 1, ROTOR_CHILD_MT);
+    if (!c->reaped) {
+        kill(c->group ? -c->pid : c->pid, SIGKILL);
+        while (waitpid(c->pid, NULL, 0) < 0 && errno == EINTR) {
         }
-        lua_pushnil(L);
-        lua_pushstring(L, "interrupted: rotor got SIGINT or SIGTERM; the command was stopped "
-                          "(SIGTERM to its process group, then SIGKILL)");
-        return 2;
+        c->reaped = 1;
     }
-    if (rc < 0) {
-        return push_errno(L, "cannot wait for", argv[0], errno);
+    return 0;
+}
+
+/* core.spawn{...} (the fields of spawn_start) -> exit status (128 + signal when killed), input
+ * written | nil, message: spawn_start, then waiting for the child (polling every 10 ms) as
+ * child:poll() sees it end. */
+static int l_spawn(lua_State *L) {
+    int n = l_spawn_start(L);
+    if (n != 1) {
+        return n;
     }
-    lua_pushinteger(L, WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
-    lua_pushboolean(L, wrote);
-    return 2;
+    child_ud *c = lua_touserdata(L, -1);
+    for (;;) {
+        int top = lua_gettop(L);
+        n = child_check(L, c);
+        if (n > 0) {
+            return n;
+        }
+        lua_settop(L, top);
+        struct timespec tick = {0, 10000000L}; /* 10 ms */
+        nanosleep(&tick, NULL);
+    }
 }
 
 static int l_getpid(lua_State *L) {
@@ -1401,6 +1465,7 @@ void rotor_fs_open(lua_State *L) {
         {"fs_list", l_fs_list},
         {"fs_remove", l_fs_remove},
         {"spawn", l_spawn},
+        {"spawn_start", l_spawn_start},
         {"getpid", l_getpid},
         {"kill_self", l_kill_self},
         {NULL, NULL},
@@ -1427,6 +1492,14 @@ void rotor_fs_open(lua_State *L) {
         lua_setfield(L, -2, "__close");
         lua_pushcfunction(L, l_lock_tostring);
         lua_setfield(L, -2, "__tostring");
+    }
+    lua_pop(L, 1);
+    if (luaL_newmetatable(L, ROTOR_CHILD_MT)) {
+        static const luaL_Reg child_methods[] = {{"poll", l_child_poll}, {NULL, NULL}};
+        luaL_newlib(L, child_methods);
+        lua_setfield(L, -2, "__index");
+        lua_pushcfunction(L, l_child_gc);
+        lua_setfield(L, -2, "__gc");
     }
     lua_pop(L, 1);
     if (luaL_newmetatable(L, ROTOR_FS_DIR_MT)) {

@@ -437,6 +437,39 @@ for _, w in ipairs(res.warnings) do print("warning: " .. w) end
     end)
   end)
 
+  -- core.spawn waited for a deploy command on the event loop's thread: every other rotation of a
+  -- batch stood still meanwhile, each slot that had minted waiting for the others' deploys
+  describe("deploy commands in a batch", function()
+    it("run side by side: each starts before any of the others ends", function()
+      local d = newdir()
+      local env = {}
+      local starts, ends = d .. "/starts", d .. "/ends"
+      local slots = {}
+      for i = 1, 3 do
+        local e = spreetail_slot(env, i)
+        e.consumers = nil
+        e.deploy = { raw = ("require(\"rotor\").store.exec { command = %q }"):format(
+          ("cat >/dev/null; date +%%s.%%N >> %s; sleep 1; date +%%s.%%N >> %s"):format(q(starts), q(ends))) }
+        slots[i] = e
+      end
+      local cfg = d .. "/rotor.conf.lua"
+      write_config(cfg, { store = "./secrets", concurrency = 3, slots = slots }, env)
+      local out, rc = rotor("rotate --config " .. q(cfg), cfg)
+      assert.equal(0, rc, out)
+      local function times(path)
+        local t = {}
+        for v in sim.read_file(path):gmatch("[%d.]+") do t[#t + 1] = tonumber(v) end
+        table.sort(t)
+        return t
+      end
+      local st, en = times(starts), times(ends)
+      assert.equal(3, #st)
+      assert.equal(3, #en)
+      assert.is_true(st[3] < en[1], ("the last deploy started at %.2f, after the first ended at %.2f")
+        :format(st[3] - st[1], en[1] - st[1]))
+    end)
+  end)
+
   describe("finding 8: a corrupted slot", function()
     it("makes status and due exit 1, and doctor says what to run", function()
       local d = newdir()

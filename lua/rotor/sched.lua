@@ -85,6 +85,21 @@ function _M.sleep(s)
   core.sleep(s)
 end
 
+--- Wait for a child of core.spawn_start to end: what core.spawn returns (exit status, input
+-- written | nil, message). Inside a loop the task sleeps between looks (2 ms, doubling up to
+-- 50 ms) while the loop drives the other tasks: a deploy command of one rotation no longer holds
+-- every other rotation of a batch (and their consumers' wait for a new secret) until it ends.
+-- Outside a loop, the same looks with plain sleeps.
+function _M.wait_child(child)
+  local step = 0.002
+  while true do
+    local code, wrote = child:poll()
+    if code ~= false then return code, wrote end
+    _M.sleep(step)
+    step = math.min(step * 2, 0.05)
+  end
+end
+
 --- Wait until notify(key) (inside a loop) or, outside a loop, for a short while
 -- (the only other party can be another thread of the process).
 function _M.wait(key, timeout)

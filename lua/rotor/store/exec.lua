@@ -16,10 +16,12 @@
 -- often live) reaches it, and it inherits no descriptor but stdin (the secret), stdout and stderr.
 -- A command still running after opts.timeout seconds (3600: an hour, long enough for a deploy
 -- that waits on a rollout) is stopped: its process group gets SIGTERM, then SIGKILL, and the
--- deploy fails (the new secret stays pending for the next run).
+-- deploy fails (the new secret stays pending for the next run). In a batch, the other rotations go
+-- on while the command runs (sched.wait_child).
 local core = require "rotor.core"
 local errors = require "rotor.errors"
 local json = require "rotor.json"
+local sched = require "rotor.sched"
 
 local _M = {}
 
@@ -108,9 +110,12 @@ function Sink:deploy(new)
   end)
   local input = payload(self, new)
   if type(input) ~= "string" and not core.is_secret(input) then input = tostring(input) end
-  local code, wrote = core.spawn { argv = { "/bin/sh", "-c", cmd }, env = _M.environment(self.env),
-                                   input = input, timeout = self.timeout }
+  -- started, then waited for as a task of the loop: the other rotations of a batch go on meanwhile
+  local child, serr = core.spawn_start { argv = { "/bin/sh", "-c", cmd }, env = _M.environment(self.env),
+                                         input = input, timeout = self.timeout }
   input = nil -- luacheck: ignore 311
+  local code, wrote
+  if child then code, wrote = sched.wait_child(child) else code, wrote = nil, serr end
   local what = self.name or self.command:match("^%s*(%S+)") or "command"
   if code == nil and tostring(wrote):find("^timed out") then
     return nil, errors.new { kind = "store", message = ("deploy command %s did not finish within %s s and was "
