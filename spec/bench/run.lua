@@ -33,7 +33,9 @@
 --    followed by an SDK round that keeps each new secret as the least a script must do not to lose
 --    a secret shown once (a temporary file, fsync, rename, directory fsync: build/bench-sdk-store),
 --    and the row's median rate is shown against the median of those rounds: the SDK doing some of
---    the durable work rotor does, where the goal's peer does none.
+--    the durable work rotor does, where the goal's peer does none. Last, for information, three
+--    batches of new slots at concurrency 32, each followed by an SDK round at 32: the ratio of the
+--    medians (a batch's rate grows with the rotations that share each group commit).
 -- 7. group commit beside a writer: 150 group commits of 19 durable writes (18 atomic 3.3 kB files
 --    and an append, as a batch's group) in build/bench-gc, on a quiet system and then while dd
 --    rewrites a 500 MB file on the same file system; the median and the slowest, in ms (a
@@ -67,6 +69,7 @@ local MINT_N = 400            -- secrets regenerated per round, and slots rotate
 local MINT_CONC = 16
 local MINT_ROUNDS = 3
 local BATCH_ROUNDS = 3        -- per kind of batch: a batch, then an SDK round, interleaved
+local WIDE_CONC = 32          -- the information row: new slots, rotor and the SDK both at this concurrency
 local SDK_PACKAGE = "purecloud-platform-client-v2"
 local SDK_DIR = "build/bench-sdk"
 local TARGET = {
@@ -190,11 +193,11 @@ end
 
 -- one SDK round (a node process): the same warm-up, then the timed part; with persist_dir, each
 -- new secret kept durably there before the call counts (spec/bench/sdk_regenerate.js)
-local function sdk_mint_round(sv, g, persist_dir)
+local function sdk_mint_round(sv, g, persist_dir, conc)
   local out, rc = run(string.format("NODE_EXTRA_CA_CERTS=%s ROTOR_SIM_URL=%s ROTOR_BENCH_SDK_DIR=%s "
     .. "ROTOR_BENCH_CLIENT_ID=%s ROTOR_BENCH_SECRET_FILE=%s ROTOR_BENCH_IDS_FILE=%s "
     .. "ROTOR_BENCH_CONCURRENCY=%d ROTOR_BENCH_WARMUP=%d %snode spec/bench/sdk_regenerate.js 2>&1",
-    shq(s.ca), shq(s.url), shq(SDK_DIR), shq(g.client_id), shq(sv.secret_file), shq(sv.ids_file), MINT_CONC,
+    shq(s.ca), shq(s.url), shq(SDK_DIR), shq(g.client_id), shq(sv.secret_file), shq(sv.ids_file), conc or MINT_CONC,
     MINT_N // 4, persist_dir and ("ROTOR_BENCH_PERSIST_DIR=" .. shq(persist_dir) .. " ") or ""))
   local okn, failed, dt, conns = out:match("ROTOR_SDK (%d+) (%d+) (%S+) (%-?%d+)")
   if rc ~= 0 or not okn then error("the SDK round failed (" .. rc .. "): " .. core.redact(out:sub(1, 300)), 0) end
@@ -284,7 +287,7 @@ end
 
 -- one timed batch: rotor.rotate of the slots PREFIX1..PREFIXn in rotor.parallel, with its group
 -- commits counted (how many, how big, how long on disk) and the CPU it took
-local function batch_round(store, gc, ids, prefix, items)
+local function batch_round(store, gc, ids, prefix, items, conc)
   local audit_before = #(read_all(store:audit_path()) or ""):gsub("[^\n]", "")
   local okn, failed, firsterr = 0, 0, nil
   local jobs = { n = 0, items = 0, seconds = 0 }
@@ -307,7 +310,7 @@ local function batch_round(store, gc, ids, prefix, items)
     local res, err = rotor.rotate { slot = prefix .. i, provider = gc, store = store,
       target = { client_id = ids[i] } }
     if res then okn = okn + 1 else failed = failed + 1; firsterr = firsterr or tostring(err) end
-  end, { concurrency = MINT_CONC })
+  end, { concurrency = conc or MINT_CONC })
   local dt, cpu, mcpu = now() - t0, os.clock() - c0, main_thread_cpu() - m0
   core.durable_start = real_start
   if not ok then error(perr, 0) end
@@ -386,6 +389,20 @@ local function batch_bench(_, g, mt)
     run_out.rotations = rotations
     out.runs[#out.runs + 1] = run_out
   end
+  -- information beside the goal: new slots with both sides at twice the concurrency (a batch's
+  -- rate grows with how many rotations share each group commit; the SDK's is bound by its CPU)
+  local wide_r, wide_s, wide_failed = {}, {}, 0
+  for round = 1, BATCH_ROUNDS do
+    log("durable batch: %d rotations (new slots) at c=%d, round %d of %d, then an SDK round at c=%d ...", MINT_N,
+      WIDE_CONC, round, BATCH_ROUNDS, WIDE_CONC)
+    local b = batch_round(store, gc, ids, "bench/wide" .. round .. "/", items, WIDE_CONC)
+    local k = sdk_mint_round(mt.sv, g, nil, WIDE_CONC)
+    wide_r[round], wide_s[round] = b.rate, k.rate
+    wide_failed = wide_failed + b.failed + k.failed
+  end
+  out.wide = { concurrency = WIDE_CONC, rate = median(wide_r), sdk_rate = median(wide_s), failed = wide_failed,
+    rates = wide_r, sdk_rates = wide_s }
+  out.wide.ratio = out.wide.rate / out.wide.sdk_rate
   run("rm -rf " .. shq(dir) .. " " .. shq(sdk_dir))
   os.remove(mt.sv.secret_file)
   os.remove(mt.sv.ids_file)
@@ -722,6 +739,12 @@ local ok_all, err_all = xpcall(function()
         string.format("%.2f ms / %.2f ms (%.2f s, %.2f s of %.2f s)", b.cpu_seconds * 1e3 / b.rotations,
           b.main_cpu_seconds * 1e3 / b.rotations, b.cpu_seconds, b.main_cpu_seconds, b.seconds))
     end
+  end
+  if bt.wide then
+    local w = bt.wide
+    row(string.format("durable batch N=%d, new slots, both at c=%d (information): rotate/s / SDK", MINT_N,
+      w.concurrency), string.format("%.0f / %.0f = %.2f%s", w.rate, w.sdk_rate, w.ratio,
+      w.failed > 0 and (" (" .. w.failed .. " failed)") or ""))
   end
   local gc = results.group_commit
   if gc then
