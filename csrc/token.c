@@ -38,16 +38,27 @@ static int l_wallclock(lua_State *L) {
     return 1;
 }
 
+/* core.sleep(s[, interruptible]) -> true, or false when interruptible and the rotor host got
+ * SIGINT/SIGTERM first. A signal never cuts a sleep short otherwise: rotor's own waits (a store
+ * write retried while a freshly minted secret exists only in memory, a Retry-After) are part of
+ * the step that runs, and a step is finished before rotor stops (cut short, the write retries ran
+ * out at once and the secret was lost). */
 static int l_sleep(lua_State *L) {
     double s = luaL_checknumber(L, 1);
+    int interruptible = lua_toboolean(L, 2);
     if (s > 0) {
         struct timespec ts;
         ts.tv_sec = (time_t)s;
         ts.tv_nsec = (long)((s - (double)ts.tv_sec) * 1e9);
-        while (nanosleep(&ts, &ts) != 0 && !rotor_is_interrupted()) {
+        while (nanosleep(&ts, &ts) != 0) {
+            if (interruptible && rotor_is_interrupted()) {
+                lua_pushboolean(L, 0);
+                return 1;
+            }
         }
     }
-    return 0;
+    lua_pushboolean(L, 1);
+    return 1;
 }
 
 /* ---- the token request ---- */

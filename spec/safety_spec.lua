@@ -218,6 +218,56 @@ describe("safety invariants #safety", function()
       assert.equal(0, fixtures.lost(s, fx, assert(real:get(fx.slot))))
     end)
 
+    -- the operator presses Ctrl-C on seeing "store write failed; retry 1": a signal ended the
+    -- host's sleep it arrived in, so that retry came at once, found the store still failing, and
+    -- with no retry left the secret minted was lost
+    it("after the mint, with a signal meanwhile: the retries keep their pace, nothing lost #proc", function()
+      local fx = fixtures.seed(s, "genesys")
+      local _, dir = store("signalled")
+      local cfg = dir .. ".json"
+      local f = assert(io.open(cfg, "w"))
+      f:write(json.encode { dir = dir, slot = fx.slot, target = fx.target, opts = fx.opts })
+      f:close()
+      local script = dir .. ".lua"
+      f = assert(io.open(script, "w"))
+      f:write([[
+local core, json, rotor = require "rotor.core", require "rotor.json", require "rotor"
+local cfg = json.decode(io.open(arg[1]):read("a"))
+local real = assert(rotor.store.file(cfg.dir))
+local st = setmetatable({}, { __index = real })
+local until_t
+function st.put(_, slot, rec)
+  if rec.versions.pending then
+    if not until_t then
+      until_t = core.now() + 0.8 -- the store fails for 0.8 s after the mint
+      os.execute("(sleep 0.2; kill -TERM " .. core.getpid() .. ") &") -- the operator presses Ctrl-C
+    end
+    if core.now() < until_t then return nil, require("rotor.errors").new { kind = "store", message = "transient" } end
+  end
+  return real:put(slot, rec)
+end
+local res, err = rotor.rotate { slot = cfg.slot, provider = assert(rotor.genesys(cfg.opts)), store = st,
+                                target = cfg.target, write_retries = 1, write_retry_delay = 1 }
+print("RESULT", res and "ok" or err.kind, res and "" or err.message)
+]])
+      f:close()
+      local out, rc = sim.run("timeout -k 5 60 " .. (os.getenv("ROTOR_BIN") or "./build/rotor") .. " "
+        .. sim.shell_quote(script) .. " " .. sim.shell_quote(cfg) .. " 2>&1")
+      assert.equal(130, rc, out)
+      assert.matches("RESULT\tinterrupted\t", out)
+      assert.is_nil(out:find("is lost", 1, true), out)
+      -- the new secret is on disk, pending, and works; the rerun finishes the rotation with it
+      local rec = assert(rotor.store.file(dir):get(fx.slot))
+      local p = assert(rec.versions.pending, "no pending secret on disk")
+      assert.is_true(fixtures.works(fx, p.client_id, p.secret))
+      assert.equal(0, fixtures.lost(s, fx, rec))
+      local res, err = rotor.rotate { slot = fx.slot, provider = fixtures.provider(fx), store = rotor.store.file(dir),
+                                      target = fx.target, verify_delay = 0.1 }
+      assert.is_nil(err)
+      assert.equal(p.client_id, res.client_id)
+      assert.equal(p.secret:reveal(), assert(rotor.store.file(dir):get(fx.slot)).versions.current.secret:reveal())
+    end)
+
     it("after the mint, for good (Paylocity): the OS reason and the truth about the spent code", function()
       local fx = fixtures.seed(s, "paylocity")
       local st = store("broken")

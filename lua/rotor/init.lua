@@ -19,7 +19,9 @@ end
 
 _M.is_secret = core.is_secret
 _M.parallel = sched.parallel
-_M.sleep = sched.sleep
+--- rotor.sleep(s) -> true | false: a script's sleep; outside rotor.parallel it ends early (false)
+-- when the rotor host gets SIGINT/SIGTERM, so that a waiting script can stop (core.interrupted())
+function _M.sleep(s) return sched.sleep(s, true) end
 
 -- providers, loaded on first use
 local PROVIDERS = { paylocity = true, spreetail = true, genesys = true, spapi = true }

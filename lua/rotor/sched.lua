@@ -73,16 +73,18 @@ function _M.close_idle()
   kept_multi = nil
 end
 
---- Sleep for s seconds (yields inside a loop).
-function _M.sleep(s)
-  if not s or s <= 0 then return end
+--- Sleep for s seconds (yields inside a loop). A signal to the rotor host does not cut it short
+-- (rotor's own waits belong to the step that runs), unless interruptible is true and no loop
+-- runs: then it returns false at once (rotor.sleep in a script).
+function _M.sleep(s, interruptible)
+  if not s or s <= 0 then return true end
   local l, co = in_loop()
   if l then
     l.sleepers[#l.sleepers + 1] = { at = now() + s, co = co }
     co_yield()
-    return
+    return true
   end
-  core.sleep(s)
+  return core.sleep(s, interruptible)
 end
 
 --- Wait for a child of core.spawn_start to end: what core.spawn returns (exit status, input
