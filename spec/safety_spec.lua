@@ -268,6 +268,42 @@ print("RESULT", res and "ok" or err.kind, res and "" or err.message)
       assert.equal(p.secret:reveal(), assert(rotor.store.file(dir):get(fx.slot)).versions.current.secret:reveal())
     end)
 
+    -- SP-API: the new secret comes on the SQS queue; a signal during that wait was taken only once
+    -- the message came or the wait (300 s by default, up to a day) ran out
+    it("SP-API, a signal while the new secret is awaited: stops between two long polls #proc", function()
+      local fx = fixtures.seed(s, "spapi")
+      fixtures.control(s, "POST", "/settings", { spapi_delivery_delay = 30, sqs_max_wait = 1 })
+      finally(function() fixtures.control(s, "POST", "/settings", { spapi_delivery_delay = 0, sqs_max_wait = 20 }) end)
+      local _, dir = store("spapi-signalled")
+      local cfg = dir .. ".json"
+      local f = assert(io.open(cfg, "w"))
+      f:write(json.encode { dir = dir, slot = fx.slot, target = fx.target, opts = fx.opts })
+      f:close()
+      local script = dir .. ".lua"
+      f = assert(io.open(script, "w"))
+      f:write([[
+local core, json, rotor = require "rotor.core", require "rotor.json", require "rotor"
+local cfg = json.decode(io.open(arg[1]):read("a"))
+os.execute("(sleep 1.5; kill -TERM " .. core.getpid() .. ") &")
+local res, err = rotor.rotate { slot = cfg.slot, provider = assert(rotor.spapi(cfg.opts)),
+                                store = assert(rotor.store.file(cfg.dir)), target = cfg.target, wait = 120 }
+print("RESULT", res and "ok" or err.kind, res and "" or err.message)
+]])
+      f:close()
+      local out, rc = sim.run("timeout -k 5 90 " .. (os.getenv("ROTOR_BIN") or "./build/rotor") .. " "
+        .. sim.shell_quote(script) .. " " .. sim.shell_quote(cfg) .. " 2>&1")
+      assert.equal(130, rc, out)
+      assert.matches("RESULT\tinterrupted\t[^\n]*stopped waiting for the [%u_]+ notification for client [^ ]+ on a "
+        .. "signal", out)
+      -- stopped inside create, the rotation requested: no secret yet, the next run reads the queue
+      local rec = assert(rotor.store.file(dir):get(fx.slot))
+      assert.is_nil(rec.versions.pending)
+      assert.equal("create", rec.rotation.step)
+      assert.equal("requested", rec.rotation.mint.state)
+      local last = rec.journal[#rec.journal]
+      assert.same({ "create", "interrupted" }, { last.step, last.outcome })
+    end)
+
     it("after the mint, for good (Paylocity): the OS reason and the truth about the spent code", function()
       local fx = fixtures.seed(s, "paylocity")
       local st = store("broken")

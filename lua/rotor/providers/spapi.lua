@@ -296,12 +296,19 @@ function Spapi:_receive(op, kind, args)
         end
       end
     end
-  until best or failure or deadline - core.now() <= 0
+  -- SIGINT/SIGTERM to the rotor host: stop between two long polls (at most 20 s apart) rather
+  -- than when the wait (up to a day) runs out; a message not taken stays on the queue
+  until best or failure or deadline - core.now() <= 0 or core.interrupted()
   if best then held[best.m.MessageId or best.m.ReceiptHandle] = nil end
   local handles = {}
   for _, mid in ipairs(order) do if held[mid] then handles[#handles + 1] = held[mid] end end
   self:_release(op, handles)
   if failure then return nil, failure end
+  if not best and core.interrupted() then
+    return nil, errors.new{ kind = "interrupted", provider = self.provider, op = op,
+                            message = ("stopped waiting for the %s notification for client %s on a signal"):format(
+                              kind.type, tostring(self.client_id)) }
+  end
   if not best then
     return nil, errors.new{ kind = "timeout", provider = self.provider, op = op,
                             message = ("no %s notification for client %s within %g s"):format(
