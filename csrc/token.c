@@ -46,6 +46,10 @@ static int l_wallclock(lua_State *L) {
 static int l_sleep(lua_State *L) {
     double s = luaL_checknumber(L, 1);
     int interruptible = lua_toboolean(L, 2);
+    if (interruptible && rotor_is_interrupted()) {
+        lua_pushboolean(L, 0); /* the signal came before the sleep: none at all */
+        return 1;
+    }
     if (s > 0) {
         struct timespec ts;
         ts.tv_sec = (time_t)s;

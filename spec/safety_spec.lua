@@ -272,7 +272,7 @@ print("RESULT", res and "ok" or err.kind, res and "" or err.message)
     -- the message came or the wait (300 s by default, up to a day) ran out
     it("SP-API, a signal while the new secret is awaited: stops between two long polls #proc", function()
       local fx = fixtures.seed(s, "spapi")
-      fixtures.control(s, "POST", "/settings", { spapi_delivery_delay = 30, sqs_max_wait = 1 })
+      fixtures.control(s, "POST", "/settings", { spapi_delivery_delay = 15, sqs_max_wait = 1 })
       finally(function() fixtures.control(s, "POST", "/settings", { spapi_delivery_delay = 0, sqs_max_wait = 20 }) end)
       local _, dir = store("spapi-signalled")
       local cfg = dir .. ".json"
@@ -302,6 +302,38 @@ print("RESULT", res and "ok" or err.kind, res and "" or err.message)
       assert.equal("requested", rec.rotation.mint.state)
       local last = rec.journal[#rec.journal]
       assert.same({ "create", "interrupted" }, { last.step, last.outcome })
+    end)
+
+    -- a 429 with Retry-After: the wait to retry (up to the provider's max_wait, 120 s) went on
+    -- whatever signal came, in a batch and in a script alike
+    it("a signal during a wait to retry ends the request as interrupted, in a loop and out of one #proc", function()
+      local fx = fixtures.seed(s, "genesys")
+      fixtures.control(s, "POST", "/faults", { path = "/genesys/login/oauth/token", method = "POST", status = 429,
+                                                retry_after = 30, count = 2 })
+      local _, dir = store("retry-signalled")
+      local cfg = dir .. ".json"
+      local f = assert(io.open(cfg, "w"))
+      f:write(json.encode { opts = fx.opts })
+      f:close()
+      local script = dir .. ".lua"
+      f = assert(io.open(script, "w"))
+      f:write([[
+local core, json, rotor = require "rotor.core", require "rotor.json", require "rotor"
+local cfg = json.decode(io.open(arg[1]):read("a"))
+os.execute("(sleep 1; kill -TERM " .. core.getpid() .. ") &")
+rotor.parallel({ 1 }, function()
+  local tok, err = assert(rotor.genesys(cfg.opts)):token()
+  print("IN A LOOP", tok and "token" or err.kind, tok and "" or err.message)
+end)
+local tok, err = assert(rotor.genesys(cfg.opts)):token()
+print("OUTSIDE", tok and "token" or err.kind, tok and "" or err.message)
+]])
+      f:close()
+      local out, rc = sim.run("timeout -k 5 60 " .. (os.getenv("ROTOR_BIN") or "./build/rotor") .. " "
+        .. sim.shell_quote(script) .. " " .. sim.shell_quote(cfg) .. " 2>&1")
+      assert.equal(130, rc, out)
+      assert.matches("IN A LOOP\tinterrupted\t[^\n]*stopped on a signal while waiting 30 s to retry %(attempt 2%)", out)
+      assert.matches("OUTSIDE\tinterrupted\t[^\n]*stopped on a signal while waiting 30 s to retry %(attempt 2%)", out)
     end)
 
     it("after the mint, for good (Paylocity): the OS reason and the truth about the spent code", function()

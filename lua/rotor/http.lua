@@ -159,7 +159,12 @@ function _M.request(req, policy)
     local res, err, retry_in = _M.attempt(req, policy, attempt, waited, retries, max_wait)
     if not retry_in then return res, err end
     waited = waited + retry_in
-    sched.sleep(retry_in)
+    -- a signal to the rotor host ends the wait: no request is left half done (a retry follows
+    -- only an answer that says the request was not carried out, or none was sent)
+    if not sched.sleep(retry_in, true) then
+      return fail(policy, { kind = "interrupted", message = ("stopped on a signal while waiting %g s to retry "
+        .. "(attempt %d)"):format(retry_in, attempt + 1) })
+    end
   end
 end
 

@@ -22,6 +22,7 @@ local owner = setmetatable({}, { __mode = "k" })  -- coroutine -> its loop
 
 local WAKE = {}          -- sentinel value passed when a sleeper or waiter wakes
 local NONE = {}          -- in the ready queue: a coroutine resumed with no value
+local INTERRUPTED = {}   -- passed to an interruptible sleeper woken early by SIGINT/SIGTERM
 
 -- queue co to be resumed with value: the loop's ready queue holds coroutine, value pairs in one
 -- array (an entry per wake-up would be a table made per transfer)
@@ -73,16 +74,16 @@ function _M.close_idle()
   kept_multi = nil
 end
 
---- Sleep for s seconds (yields inside a loop). A signal to the rotor host does not cut it short
--- (rotor's own waits belong to the step that runs), unless interruptible is true and no loop
--- runs: then it returns false at once (rotor.sleep in a script).
+--- Sleep for s seconds (yields inside a loop) -> true. A signal to the rotor host does not cut it
+-- short (rotor's own waits belong to the step that runs: a write retried while a new secret is
+-- held), unless interruptible is true: then it ends early and returns false once the host got
+-- SIGINT/SIGTERM (a wait to retry a request, rotor.sleep in a script).
 function _M.sleep(s, interruptible)
   if not s or s <= 0 then return true end
   local l, co = in_loop()
   if l then
-    l.sleepers[#l.sleepers + 1] = { at = now() + s, co = co }
-    co_yield()
-    return true
+    l.sleepers[#l.sleepers + 1] = { at = now() + s, co = co, interruptible = interruptible or nil }
+    return co_yield() ~= INTERRUPTED
   end
   return core.sleep(s, interruptible)
 end
@@ -241,10 +242,13 @@ local function drive(l, group)
     local t = now()
     local nexts
     local sleepers, keep = l.sleepers, nil
-    if #sleepers > 0 then keep = {} end
+    local stopping = false
+    if #sleepers > 0 then keep, stopping = {}, core.interrupted() end
     for i = 1, #sleepers do
       local s = sleepers[i]
-      if s.at <= t then
+      if stopping and s.interruptible then
+        wake(l, s.co, INTERRUPTED)
+      elseif s.at <= t then
         if s.key then
           -- a wait with timeout: only wake it if it is still waiting
           local q = l.waiters[s.key]
