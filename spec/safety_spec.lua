@@ -46,6 +46,18 @@ describe("safety invariants #safety", function()
     return assert(rotor.store.file(("%s/%s-%d"):format(root, name, n))), ("%s/%s-%d"):format(root, name, n)
   end
 
+  -- run a Lua script in the rotor host (signals reach core.interrupted() there), with cfg (which
+  -- holds a fixture's credentials: mode 0600, removed once the script ran) as its argument
+  local function run_host(name, cfg, script)
+    local base = ("%s/%s-host-%d"):format(root, name, n)
+    assert(core.fs_write_atomic(base .. ".json", json.encode(cfg), 384))
+    assert(core.fs_write_atomic(base .. ".lua", script, 384))
+    local out, rc = sim.run("timeout -k 5 60 " .. (os.getenv("ROTOR_BIN") or "./build/rotor") .. " "
+      .. sim.shell_quote(base .. ".lua") .. " " .. sim.shell_quote(base .. ".json") .. " 2>&1")
+    os.remove(base .. ".json")
+    return out, rc
+  end
+
   describe("the provider object's own Genesys client", function()
     it("regenerate is refused before anything is sent, naming new_client", function()
       local fx = fixtures.seed(s, "genesys")
@@ -224,13 +236,7 @@ describe("safety invariants #safety", function()
     it("after the mint, with a signal meanwhile: the retries keep their pace, nothing lost #proc", function()
       local fx = fixtures.seed(s, "genesys")
       local _, dir = store("signalled")
-      local cfg = dir .. ".json"
-      local f = assert(io.open(cfg, "w"))
-      f:write(json.encode { dir = dir, slot = fx.slot, target = fx.target, opts = fx.opts })
-      f:close()
-      local script = dir .. ".lua"
-      f = assert(io.open(script, "w"))
-      f:write([[
+      local out, rc = run_host("signalled", { dir = dir, slot = fx.slot, target = fx.target, opts = fx.opts }, [[
 local core, json, rotor = require "rotor.core", require "rotor.json", require "rotor"
 local cfg = json.decode(io.open(arg[1]):read("a"))
 local real = assert(rotor.store.file(cfg.dir))
@@ -250,9 +256,6 @@ local res, err = rotor.rotate { slot = cfg.slot, provider = assert(rotor.genesys
                                 target = cfg.target, write_retries = 1, write_retry_delay = 1 }
 print("RESULT", res and "ok" or err.kind, res and "" or err.message)
 ]])
-      f:close()
-      local out, rc = sim.run("timeout -k 5 60 " .. (os.getenv("ROTOR_BIN") or "./build/rotor") .. " "
-        .. sim.shell_quote(script) .. " " .. sim.shell_quote(cfg) .. " 2>&1")
       assert.equal(130, rc, out)
       assert.matches("RESULT\tinterrupted\t", out)
       assert.is_nil(out:find("is lost", 1, true), out)
@@ -275,13 +278,7 @@ print("RESULT", res and "ok" or err.kind, res and "" or err.message)
       fixtures.control(s, "POST", "/settings", { spapi_delivery_delay = 15, sqs_max_wait = 1 })
       finally(function() fixtures.control(s, "POST", "/settings", { spapi_delivery_delay = 0, sqs_max_wait = 20 }) end)
       local _, dir = store("spapi-signalled")
-      local cfg = dir .. ".json"
-      local f = assert(io.open(cfg, "w"))
-      f:write(json.encode { dir = dir, slot = fx.slot, target = fx.target, opts = fx.opts })
-      f:close()
-      local script = dir .. ".lua"
-      f = assert(io.open(script, "w"))
-      f:write([[
+      local out, rc = run_host("spapi", { dir = dir, slot = fx.slot, target = fx.target, opts = fx.opts }, [[
 local core, json, rotor = require "rotor.core", require "rotor.json", require "rotor"
 local cfg = json.decode(io.open(arg[1]):read("a"))
 os.execute("(sleep 1.5; kill -TERM " .. core.getpid() .. ") &")
@@ -289,9 +286,6 @@ local res, err = rotor.rotate { slot = cfg.slot, provider = assert(rotor.spapi(c
                                 store = assert(rotor.store.file(cfg.dir)), target = cfg.target, wait = 120 }
 print("RESULT", res and "ok" or err.kind, res and "" or err.message)
 ]])
-      f:close()
-      local out, rc = sim.run("timeout -k 5 90 " .. (os.getenv("ROTOR_BIN") or "./build/rotor") .. " "
-        .. sim.shell_quote(script) .. " " .. sim.shell_quote(cfg) .. " 2>&1")
       assert.equal(130, rc, out)
       assert.matches("RESULT\tinterrupted\t[^\n]*stopped waiting for the [%u_]+ notification for client [^ ]+ on a "
         .. "signal", out)
@@ -310,14 +304,7 @@ print("RESULT", res and "ok" or err.kind, res and "" or err.message)
       local fx = fixtures.seed(s, "genesys")
       fixtures.control(s, "POST", "/faults", { path = "/genesys/login/oauth/token", method = "POST", status = 429,
                                                 retry_after = 30, count = 2 })
-      local _, dir = store("retry-signalled")
-      local cfg = dir .. ".json"
-      local f = assert(io.open(cfg, "w"))
-      f:write(json.encode { opts = fx.opts })
-      f:close()
-      local script = dir .. ".lua"
-      f = assert(io.open(script, "w"))
-      f:write([[
+      local out, rc = run_host("retry", { opts = fx.opts }, [[
 local core, json, rotor = require "rotor.core", require "rotor.json", require "rotor"
 local cfg = json.decode(io.open(arg[1]):read("a"))
 os.execute("(sleep 1; kill -TERM " .. core.getpid() .. ") &")
@@ -328,9 +315,6 @@ end)
 local tok, err = assert(rotor.genesys(cfg.opts)):token()
 print("OUTSIDE", tok and "token" or err.kind, tok and "" or err.message)
 ]])
-      f:close()
-      local out, rc = sim.run("timeout -k 5 60 " .. (os.getenv("ROTOR_BIN") or "./build/rotor") .. " "
-        .. sim.shell_quote(script) .. " " .. sim.shell_quote(cfg) .. " 2>&1")
       assert.equal(130, rc, out)
       assert.matches("IN A LOOP\tinterrupted\t[^\n]*stopped on a signal while waiting 30 s to retry %(attempt 2%)", out)
       assert.matches("OUTSIDE\tinterrupted\t[^\n]*stopped on a signal while waiting 30 s to retry %(attempt 2%)", out)
