@@ -504,6 +504,26 @@ static int dir_append(int dfd, const char *where, const char *name, const char *
     return 0;
 }
 
+/* Read up to cap bytes of fd into buf, whatever EINTR, until cap or the end of the file (a file
+ * that shrank meanwhile gives what is there): 0 with *got set, or -1 with errno. */
+static int read_upto(int fd, char *buf, size_t cap, size_t *got) {
+    *got = 0;
+    while (*got < cap) {
+        ssize_t r = read(fd, buf + *got, cap - *got);
+        if (r < 0 && errno == EINTR) {
+            continue;
+        }
+        if (r < 0) {
+            return -1;
+        }
+        if (r == 0) {
+            break;
+        }
+        *got += (size_t)r;
+    }
+    return 0;
+}
+
 /* Read an open file (closed here): 1 with the contents pushed, -1 with the reason in msg. */
 static int read_fd(lua_State *L, int fd, const char *where, const char *name, char *msg) {
     struct stat st;
@@ -525,21 +545,11 @@ static int read_fd(lua_State *L, int fd, const char *where, const char *name, ch
         close(fd);
         return why(msg, ENOMEM, "cannot read %s%s: out of memory", where, name);
     }
-    while (got < (size_t)st.st_size) {
-        ssize_t r = read(fd, buf + got, (size_t)st.st_size - got);
-        if (r < 0 && errno == EINTR) {
-            continue;
-        }
-        if (r < 0) {
-            err = errno;
-            rotor_free_secure(buf, cap);
-            close(fd);
-            return why(msg, err, "cannot read %s%s: %s", where, name, strerror(err));
-        }
-        if (r == 0) {
-            break; /* the file shrank: return what is there */
-        }
-        got += (size_t)r;
+    if (read_upto(fd, buf, (size_t)st.st_size, &got) != 0) {
+        err = errno;
+        rotor_free_secure(buf, cap);
+        close(fd);
+        return why(msg, err, "cannot read %s%s: %s", where, name, strerror(err));
     }
     close(fd);
     lua_pushlstring(L, buf, got);
@@ -1036,24 +1046,28 @@ static int l_fs_read_private(lua_State *L) {
     char msg[FS_WHY];
     struct stat st;
     int fd = open_trusted_file(path, msg);
-    if (fd >= 0 && fstat(fd, &st) != 0) {
-        int err = errno;
-        close(fd);
-        fd = why(msg, err, "cannot stat %s: %s", path, strerror(err));
-    } else if (fd >= 0 && (st.st_mode & 077) != 0) {
-        close(fd);
-        fd = why(msg, EPERM,
-                 "%s is open to group or others (mode %04o): it holds a key that opens every "
-                 "secret it sealed; chmod 600 %s (in Kubernetes: defaultMode 0400 on the "
-                 "Secret's volume)",
-                 path, (unsigned)(st.st_mode & 07777), path);
-    } else if (fd >= 0 && st.st_size > PRIVATE_MAX) {
-        close(fd);
-        fd = why(msg, EFBIG, "%s is larger than %d bytes: it is not a key; name the key file", path,
-                 PRIVATE_MAX);
-    }
     if (fd < 0) {
         return push_fail(L, msg, errno);
+    }
+    if (fstat(fd, &st) != 0) {
+        int err = errno;
+        close(fd);
+        why(msg, err, "cannot stat %s: %s", path, strerror(err));
+        return push_fail(L, msg, err);
+    }
+    if ((st.st_mode & 077) != 0) {
+        close(fd);
+        why(msg, EPERM,
+            "%s is open to group or others (mode %04o): it holds a key that opens every secret "
+            "it sealed; chmod 600 %s (in Kubernetes: defaultMode 0400 on the Secret's volume)",
+            path, (unsigned)(st.st_mode & 07777), path);
+        return push_fail(L, msg, EPERM);
+    }
+    if (st.st_size > PRIVATE_MAX) {
+        close(fd);
+        why(msg, EFBIG, "%s is larger than %d bytes: it is not a key; name the key file", path,
+            PRIVATE_MAX);
+        return push_fail(L, msg, EFBIG);
     }
     char *buf = rotor_locked_alloc(PRIVATE_MAX);
     if (buf == NULL) {
@@ -1061,18 +1075,7 @@ static int l_fs_read_private(lua_State *L) {
         return push_fail(L, "cannot read a key: out of locked memory", ENOMEM);
     }
     size_t got = 0;
-    int err = 0;
-    while (got < PRIVATE_MAX) {
-        ssize_t r = read(fd, buf + got, PRIVATE_MAX - got);
-        if (r < 0 && errno == EINTR) {
-            continue;
-        }
-        if (r <= 0) {
-            err = r < 0 ? errno : 0;
-            break;
-        }
-        got += (size_t)r;
-    }
+    int err = read_upto(fd, buf, PRIVATE_MAX, &got) != 0 ? errno : 0;
     close(fd);
     if (err != 0) {
         rotor_locked_free(buf, PRIVATE_MAX);
@@ -1231,26 +1234,37 @@ typedef struct {
     char name[64];            /* argv[0], for messages */
 } child_ud;
 
+/* Send sig to the child, or to its process group when it leads one. */
+static void signal_child(const child_ud *c, int sig) {
+    kill(c->group ? -c->pid : c->pid, sig);
+}
+
+/* SIGKILL the child (its group) and reap it, its status in *status (may be NULL). */
+static void kill_child(child_ud *c, int *status) {
+    signal_child(c, SIGKILL);
+    while (waitpid(c->pid, status, 0) < 0 && errno == EINTR) {
+    }
+    c->reaped = 1;
+}
+
 /* Stop the child (and its process group when it leads one): SIGTERM, then SIGKILL when it has
  * not exited 2 s later; reaped, its status in *status. */
 static void stop_child(child_ud *c, int *status) {
-    kill(c->group ? -c->pid : c->pid, SIGTERM);
+    signal_child(c, SIGTERM);
     double until = rotor_mono_now() + 2;
     for (;;) {
         pid_t r = waitpid(c->pid, status, WNOHANG);
         if (r == c->pid || (r < 0 && errno != EINTR)) {
-            break;
+            c->reaped = 1;
+            return;
         }
         if (rotor_mono_now() >= until) {
-            kill(c->group ? -c->pid : c->pid, SIGKILL);
-            while (waitpid(c->pid, status, 0) < 0 && errno == EINTR) {
-            }
-            break;
+            kill_child(c, status);
+            return;
         }
         struct timespec tick = {0, 10000000L}; /* 10 ms */
         nanosleep(&tick, NULL);
     }
-    c->reaped = 1;
 }
 
 /* Where the child is, without waiting: 0 while it runs; else the results pushed (as core.spawn
@@ -1410,10 +1424,7 @@ static int l_child_poll(lua_State *L) {
 static int l_child_gc(lua_State *L) {
     child_ud *c = luaL_checkudata(L, 1, ROTOR_CHILD_MT);
     if (!c->reaped) {
-        kill(c->group ? -c->pid : c->pid, SIGKILL);
-        while (waitpid(c->pid, NULL, 0) < 0 && errno == EINTR) {
-        }
-        c->reaped = 1;
+        kill_child(c, NULL);
     }
     return 0;
 }

@@ -184,7 +184,8 @@ local MUTANTS = {
     { "spec/journal_spec.lua" }),
   m("deploy-hangs-group", "a deploy command past its timeout is stopped with all it started",
     "only the shell is signalled, not its process group", "csrc/fs.c",
-    { { "    kill(c->group ? -c->pid : c->pid, SIGTERM);", "    kill(c->pid, SIGTERM);" },
+    { { "    kill(c->group ? -c->pid : c->pid, sig);", "    kill(c->pid, sig);" },
+      { "    kill(c->group ? -c->pid : c->pid, SIGTERM);", "    kill(c->pid, SIGTERM);" },
       { "        kill(-pid, SIGTERM);", "        kill(pid, SIGTERM);" } },
     { "spec/store_spec.lua" }),
   m("read-blocks", "a file a user names (a dotenv file) is never waited on",
@@ -225,7 +226,8 @@ local MUTANTS = {
     { "spec/safety_spec.lua" }),
   m("key-open", "a sealing key others can read is refused", "core.fs_read_private takes any mode",
     "csrc/fs.c",
-    { { "    } else if (fd >= 0 && (st.st_mode & 077) != 0) {", "    } else if (fd >= 0 && 0) {" } },
+    { { "    if ((st.st_mode & 077) != 0) {", "    if (0) {" },
+      { "    } else if (fd >= 0 && (st.st_mode & 077) != 0) {", "    } else if (fd >= 0 && 0) {" } },
     { "spec/hardening_spec.lua" }),
 }
 
