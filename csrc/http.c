@@ -22,7 +22,7 @@
 #define CA_CACHE_SECONDS 300L /* a changed bundle is read again within 5 minutes */
 #define ONCE_MAX_IDLE 5L      /* s: a minting request reuses no connection idle longer */
 
-enum fail_reason { FAIL_NONE = 0, FAIL_BODY_CAP, FAIL_HEADER_CAP };
+enum fail_reason { FAIL_NONE = 0, FAIL_BODY_CAP, FAIL_HEADER_CAP, FAIL_INTERRUPTED };
 
 /* a response header: its name (lower-cased) and value, trimmed, each NUL-terminated, at these
  * offsets of the transfer's header buffer (one zeroed allocation for them all) */
@@ -42,8 +42,9 @@ typedef struct easy_state {
 
 typedef struct xfer {
     CURL *easy;
-    easy_state st; /* of easy */
-    int rare;      /* it set an option beyond the shared ones: its handle is reset after it */
+    easy_state st;     /* of easy */
+    int rare;          /* it set an option beyond the shared ones: its handle is reset after it */
+    int interruptible; /* abandoned when the rotor host gets SIGINT/SIGTERM (see abandon) */
     lua_Integer id;
     struct curl_slist *req_headers;
     rotor_buf req_body;
@@ -483,7 +484,7 @@ typedef struct {
     size_t body_len, userpwd_len;
     long timeout_ms, connect_ms, low_speed_s;
     lua_Integer max_body, max_headers;
-    int direct, http2, once, fresh_connect;
+    int direct, http2, once, fresh_connect, interruptible;
 } req_spec;
 
 /* The reason a URL is refused (policy <= 0 from rotor_is_loopback_url): one text for the option
@@ -542,6 +543,8 @@ static const char *parse_request(lua_State *L, int idx, req_spec *r) {
     r->http2 = opt_bool(L, idx, "http2", 0);
     r->once = opt_bool(L, idx, "once", 0);
     r->fresh_connect = opt_bool(L, idx, "fresh_connect", 0);
+    /* never a request sent at most once: abandoning it would leave its outcome unknown */
+    r->interruptible = opt_bool(L, idx, "interruptible", 0) && !r->once;
     r->cainfo = opt_string(L, idx, "cainfo");
     r->proxy = opt_string(L, idx, "proxy");
     r->user_agent = opt_string(L, idx, "user_agent");
@@ -614,6 +617,7 @@ static int apply_request(multi *m, xfer *x, const req_spec *r) {
     /* HTTP/2: wait for a connection that may multiplex rather than open one per transfer */
     curl_easy_setopt(e, CURLOPT_PIPEWAIT, r->http2 ? 1L : 0L);
     /* the options below leave the handle to be reset after the transfer */
+    x->interruptible = r->interruptible;
     x->rare = r->sslcert != NULL || r->sslkey != NULL || r->once || r->fresh_connect ||
               r->aws_sigv4 != NULL || r->userpwd != NULL ||
               (strcmp(r->method, "GET") != 0 && strcmp(r->method, "POST") != 0);
@@ -794,6 +798,10 @@ static void push_result(lua_State *L, xfer *x) {
             kind = "protocol";
             snprintf(msg, sizeof(msg), "the response body exceeds the limit of %zu bytes",
                      x->max_body);
+        } else if (x->fail == FAIL_INTERRUPTED) {
+            kind = "interrupted";
+            snprintf(msg, sizeof(msg),
+                     "stopped on a signal while the request was in flight (it was abandoned)");
         } else if (x->fail == FAIL_HEADER_CAP) {
             kind = "protocol";
             snprintf(msg, sizeof(msg), "the response has more than %d headers or %zu bytes of them",
@@ -862,8 +870,34 @@ static int collect(lua_State *L, multi *m, int n) {
     return n;
 }
 
+/* Once the rotor host got SIGINT/SIGTERM, end every unfinished transfer marked interruptible
+ * (requests whose loss changes nothing at the provider: reads, token requests, a long poll of a
+ * queue), each with a result of kind "interrupted", into the table at the top of the stack; the
+ * others (a mint, a deletion) run to their end. Returns the new count. */
+static int abandon(lua_State *L, multi *m, int n) {
+    if (!rotor_is_interrupted()) {
+        return n;
+    }
+    for (xfer **p = &m->xfers; *p != NULL;) {
+        xfer *x = *p;
+        if (x->done || !x->interruptible) {
+            p = &x->next;
+            continue;
+        }
+        curl_multi_remove_handle(m->multi, x->easy);
+        x->done = 1;
+        x->fail = FAIL_INTERRUPTED;
+        x->result = CURLE_ABORTED_BY_CALLBACK;
+        push_result(L, x);
+        lua_rawseti(L, -2, ++n);
+        *p = x->next;
+        xfer_release(m, x);
+    }
+    return n;
+}
+
 /* m:poll(timeout_ms[, fd]) -> array of results (possibly empty); the wait also ends when fd
- * (e.g. a durable job's eventfd) becomes readable */
+ * (e.g. a durable job's eventfd) becomes readable, or on a signal */
 static int l_multi_poll(lua_State *L) {
     multi *m = check_multi(L);
     lua_Integer timeout = luaL_optinteger(L, 2, 0);
@@ -878,7 +912,7 @@ static int l_multi_poll(lua_State *L) {
     if (mc != CURLM_OK) {
         return luaL_error(L, "curl_multi_perform: %s", curl_multi_strerror(mc));
     }
-    n = collect(L, m, n);
+    n = abandon(L, m, collect(L, m, n));
     if (n == 0 && timeout > 0) {
         mc =
             curl_multi_poll(m->multi, fd >= 0 ? &extra : NULL, fd >= 0 ? 1 : 0, (int)timeout, NULL);
@@ -889,7 +923,7 @@ static int l_multi_poll(lua_State *L) {
         if (mc != CURLM_OK) {
             return luaL_error(L, "curl_multi_perform: %s", curl_multi_strerror(mc));
         }
-        collect(L, m, n);
+        abandon(L, m, collect(L, m, n));
     }
     return 1;
 }

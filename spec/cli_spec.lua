@@ -391,6 +391,28 @@ for _, w in ipairs(res.warnings) do print("warning: " .. w) end
       for _, j in ipairs(rec.journal) do if j.outcome == "resume" then resumed = true end end
       assert.is_true(resumed)
     end)
+
+    -- a request in flight went on whatever signal came: a provider that does not answer held the
+    -- run for the request's timeout (30 s by default)
+    it("abandons a token request in flight: the slot is not started, rotor exits 130 at once", function()
+      local d = newdir()
+      local env = {}
+      local e1, fx = spreetail_slot(env, 1)
+      local cfg = d .. "/rotor.conf.lua"
+      write_config(cfg, { store = "./secrets", slots = { e1 } }, env)
+      fixtures.control(s, "POST", "/faults", { path = fx.opts.token_url:match("^https?://[^/]+(/.*)$"),
+                                                method = "POST", delay = 40, count = 1 })
+      finally(function() fixtures.control(s, "DELETE", "/faults") end)
+      local out, rc = sim.run(("(. %s && { %s rotate --config %s --json & p=$!; sleep 1; kill -TERM $p; wait $p; }) "
+        .. "2>/dev/null"):format(q(cfg .. ".env"), ROTOR, q(cfg)))
+      assert.equal(130, rc, out)
+      local doc = assert(json.decode(out), out)
+      assert.is_true(doc.interrupted)
+      assert.equal("not_started", doc.slots[1].state)
+      assert.equal("interrupted", doc.slots[1].error.kind)
+      assert.truthy(doc.slots[1].error.message:find("nothing was started", 1, true), out)
+      assert.is_false(file_store(d .. "/secrets"):get(e1.slot)) -- nothing journalled
+    end)
   end)
 
   -- Ctrl-C reaches the terminal's foreground process group; a deploy command runs in a process

@@ -229,6 +229,13 @@ local MUTANTS = {
     { { "    if ((st.st_mode & 077) != 0) {", "    if (0) {" },
       { "    } else if (fd >= 0 && (st.st_mode & 077) != 0) {", "    } else if (fd >= 0 && 0) {" } },
     { "spec/hardening_spec.lua" }),
+  m("inflight-deaf", "a signal abandons a read, a token request or a long poll in flight",
+    "the multi loop never abandons a transfer", "csrc/http.c",
+    { { "    if (!rotor_is_interrupted()) {\n        return n;", "    if (1) {\n        return n;" } },
+    { "spec/safety_spec.lua" }),
+  m("mint-cut", "a mint in flight runs to its end on a signal", "every transfer is abandoned on a signal",
+    "csrc/http.c", { { "        if (x->done || !x->interruptible) {", "        if (x->done) {" } },
+    { "spec/safety_spec.lua" }),
 }
 
 package.path = "./?.lua;" .. package.path

@@ -304,20 +304,106 @@ print("RESULT", res and "ok" or err.kind, res and "" or err.message)
       local fx = fixtures.seed(s, "genesys")
       fixtures.control(s, "POST", "/faults", { path = "/genesys/login/oauth/token", method = "POST", status = 429,
                                                 retry_after = 30, count = 2 })
-      local out, rc = run_host("retry", { opts = fx.opts }, [[
+      finally(function() fixtures.control(s, "DELETE", "/faults") end)
+      -- a run each: once the signal came, a token request that has not started is abandoned at once
+      for _, where in ipairs { "IN A LOOP", "OUTSIDE" } do
+        local out, rc = run_host("retry", { opts = fx.opts, where = where }, [[
 local core, json, rotor = require "rotor.core", require "rotor.json", require "rotor"
 local cfg = json.decode(io.open(arg[1]):read("a"))
 os.execute("(sleep 1; kill -TERM " .. core.getpid() .. ") &")
-rotor.parallel({ 1 }, function()
+local function token()
   local tok, err = assert(rotor.genesys(cfg.opts)):token()
-  print("IN A LOOP", tok and "token" or err.kind, tok and "" or err.message)
+  print(cfg.where, tok and "token" or err.kind, tok and "" or err.message)
+end
+if cfg.where == "IN A LOOP" then rotor.parallel({ 1 }, token) else token() end
+]])
+        assert.equal(130, rc, out)
+        assert.matches(where .. "\tinterrupted\t[^\n]*stopped on a signal while waiting 30 s to retry %(attempt 2%)",
+                       out)
+      end
+    end)
+
+    -- a request in flight went on whatever signal came: a slow provider held the run for the
+    -- request's timeout (30 s), SP-API's long poll of its queue for up to 20 s
+    it("a signal abandons a read or a token request in flight, in a loop and out of one #proc", function()
+      local fx = fixtures.seed(s, "genesys")
+      fixtures.control(s, "POST", "/faults", { path = "/genesys/api/v2/tokens/me", method = "GET", delay = 40,
+                                                count = 2 })
+      fixtures.control(s, "POST", "/faults", { path = "/genesys/login/oauth/token", method = "POST", delay = 40,
+                                                count = 1 })
+      finally(function() fixtures.control(s, "DELETE", "/faults") end)
+      local out, rc = run_host("inflight", { opts = fx.opts }, [[
+local core, json, rotor, http = require "rotor.core", require "rotor.json", require "rotor", require "rotor.http"
+local cfg = json.decode(io.open(arg[1]):read("a"))
+local function get()
+  local res, err = http.request({ url = cfg.opts.base_url .. "/api/v2/tokens/me", cainfo = cfg.opts.cainfo },
+                                { provider = "genesys", op = "me" })
+  return res and tostring(res.status) or err.kind, res and "" or err.message
+end
+os.execute("(sleep 1; kill -TERM " .. core.getpid() .. ") &")
+rotor.parallel({ 1, 2 }, function(i)
+  if i == 1 then print("IN A LOOP", get()) return end
+  local tok, err = assert(rotor.genesys(cfg.opts)):token()
+  print("TOKEN", tok and "token" or err.kind, tok and "" or err.message)
 end)
-local tok, err = assert(rotor.genesys(cfg.opts)):token()
-print("OUTSIDE", tok and "token" or err.kind, tok and "" or err.message)
+print("OUTSIDE", get())
 ]])
       assert.equal(130, rc, out)
-      assert.matches("IN A LOOP\tinterrupted\t[^\n]*stopped on a signal while waiting 30 s to retry %(attempt 2%)", out)
-      assert.matches("OUTSIDE\tinterrupted\t[^\n]*stopped on a signal while waiting 30 s to retry %(attempt 2%)", out)
+      local abandoned = "stopped on a signal while the request was in flight %(it was abandoned%)"
+      assert.matches("IN A LOOP\tinterrupted\t[^\n]*" .. abandoned, out)
+      assert.matches("TOKEN\tinterrupted\t[^\n]*" .. abandoned, out)
+      assert.matches("OUTSIDE\tinterrupted\t[^\n]*" .. abandoned, out)
+    end)
+
+    it("a mint in flight runs to its end on a signal: the new secret is kept, the run stops after #proc", function()
+      local fx = fixtures.seed(s, "genesys")
+      fixtures.control(s, "POST", "/faults", { path = fx.mint_path, method = fx.mint_method, delay = 3, count = 1 })
+      finally(function() fixtures.control(s, "DELETE", "/faults") end)
+      local _, dir = store("mint-signalled")
+      local out, rc = run_host("mint", { dir = dir, slot = fx.slot, target = fx.target, opts = fx.opts }, [[
+local core, json, rotor = require "rotor.core", require "rotor.json", require "rotor"
+local cfg = json.decode(io.open(arg[1]):read("a"))
+local p = assert(rotor.genesys(cfg.opts))
+assert(p:token())
+os.execute("(sleep 1; kill -TERM " .. core.getpid() .. ") &")
+local res, err = rotor.rotate { slot = cfg.slot, provider = p, store = assert(rotor.store.file(cfg.dir)),
+                                target = cfg.target, verify_delay = 0.1 }
+print("RESULT", res and "ok" or err.kind, res and "" or err.message)
+]])
+      assert.equal(130, rc, out)
+      assert.matches("RESULT\tinterrupted\t[^\n]*before step verify", out)
+      local rec = assert(rotor.store.file(dir):get(fx.slot))
+      local pend = assert(rec.versions.pending, "the minted secret was not kept")
+      assert.is_true(fixtures.works(fx, pend.client_id, pend.secret))
+      assert.equal(0, fixtures.lost(s, fx, rec))
+    end)
+
+    -- SP-API's long poll (20 s) in flight when the signal comes: abandoned, not waited out
+    it("SP-API, a signal during a long poll of the queue: the poll is abandoned #proc", function()
+      local fx = fixtures.seed(s, "spapi")
+      fixtures.control(s, "POST", "/settings", { spapi_delivery_delay = 50 })
+      finally(function() fixtures.control(s, "POST", "/settings", { spapi_delivery_delay = 0 }) end)
+      local _, dir = store("spapi-longpoll")
+      local out, rc = run_host("spapi-poll", { dir = dir, slot = fx.slot, target = fx.target, opts = fx.opts }, [[
+local core, json, rotor = require "rotor.core", require "rotor.json", require "rotor"
+local cfg = json.decode(io.open(arg[1]):read("a"))
+os.execute("(sleep 1.5; kill -TERM " .. core.getpid() .. ") &")
+local t0 = core.now()
+local res, err = rotor.rotate { slot = cfg.slot, provider = assert(rotor.spapi(cfg.opts)),
+                                store = assert(rotor.store.file(cfg.dir)), target = cfg.target, wait = 120 }
+print("RESULT", res and "ok" or err.kind, res and "" or err.message)
+print(("SECONDS %.1f"):format(core.now() - t0))
+]])
+      assert.equal(130, rc, out)
+      assert.matches("RESULT\tinterrupted\t[^\n]*stopped waiting for the [%u_]+ notification for client [^ ]+ on a "
+        .. "signal", out)
+      -- the long poll lasts 20 s: stopping well before that means it was abandoned, not waited out
+      local secs = tonumber(out:match("SECONDS ([%d.]+)"))
+      assert.is_true(secs ~= nil and secs < 10, out)
+      local rec = assert(rotor.store.file(dir):get(fx.slot))
+      assert.equal("requested", rec.rotation.mint.state)
+      local last = rec.journal[#rec.journal]
+      assert.same({ "create", "interrupted" }, { last.step, last.outcome })
     end)
 
     it("after the mint, for good (Paylocity): the OS reason and the truth about the spent code", function()

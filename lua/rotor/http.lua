@@ -105,7 +105,7 @@ function _M.attempt(req, policy, attempt, waited, retries, max_wait)
   end
   local e = res.error
   if e then
-    if not res.sent and attempt <= retries and e.kind ~= "config" and e.kind ~= "tls" then
+    if not res.sent and attempt <= retries and e.kind ~= "config" and e.kind ~= "tls" and e.kind ~= "interrupted" then
       local w = backoff(attempt, d)
       if waited + w <= max_wait then return nil, nil, w end
     end
@@ -146,9 +146,18 @@ local NO_POLICY = {}
 
 --- request(req, policy) -> res | nil, err
 -- policy: provider, op, mint (never re-send once it may have reached the server), retries,
--- max_wait (bound on the total time spent waiting for retries, s), rate ({key, rate, per, burst}).
+-- max_wait (bound on the total time spent waiting for retries, s), rate ({key, rate, per, burst}),
+-- interruptible (see below).
+-- A request whose loss changes nothing at the provider is abandoned in flight when the rotor host
+-- gets SIGINT/SIGTERM (kind "interrupted"): a GET or HEAD, or one whose policy says interruptible
+-- (a token request, a long poll of a queue). A mint never is, nor any other request that changes
+-- something (a deletion): those run to their end, and the run stops after them.
 function _M.request(req, policy)
   policy = policy or NO_POLICY
+  if not policy.mint and req.interruptible == nil then
+    local m = req.method
+    req.interruptible = policy.interruptible or m == nil or m == "GET" or m == "HEAD"
+  end
   local d = _M.defaults
   local retries = policy.retries or d.retries
   local max_wait = policy.max_wait or d.max_wait

@@ -23,7 +23,7 @@ local function fetch(spec)
   local req = http.with_transport(core.token_request(spec), spec)
   local res, err = http.request(req, {
     provider = spec.provider, op = "token", retries = spec.retries, max_wait = spec.max_wait,
-    rate = spec.rate,
+    rate = spec.rate, interruptible = true, -- an abandoned token request changes nothing
   })
   req.body:close()
   for _, h in ipairs(req.headers) do

@@ -682,8 +682,10 @@ local function run(ctx)
     -- journalled: a slot is never marked as failed by a run that could not have started
     local tok, terr = ctx.provider:token()
     if not tok then
-      return nil, errors.with(terr, { slot = ctx.slot, message = ("%s: %s; nothing was started"):format(
-        ctx.slot, tostring(errors.is(terr) and terr.message or terr)) })
+      -- a token request abandoned on a signal: the slot was not started (rotor rotate reports so)
+      local stopped = errors.is(terr) and terr.kind == "interrupted" or nil
+      return nil, errors.with(terr, { slot = ctx.slot, not_started = stopped, message = ("%s: %s; nothing was started")
+        :format(ctx.slot, tostring(errors.is(terr) and terr.message or terr)) })
     end
   end
   if not rot then

@@ -158,7 +158,8 @@ function Spapi:_sqs_call(op, action, payload, extra)
     aws_sigv4 = "aws:amz:" .. s.region .. ":sqs", userpwd = self._sqs.userpwd,
     timeout = extra and extra.timeout, low_speed_time = extra and extra.low_speed_time,
   }
-  local res, err = http.request(req, self:_policy(op))
+  local policy = self:_policy(op, extra and extra.interruptible and { interruptible = true } or nil)
+  local res, err = http.request(req, policy)
   if not res then return nil, self:_wrap(err, op) end
   local path = s.endpoint:match("^%a[%w+.-]*://[^/]*(.*)$")
   if res.status < 200 or res.status >= 300 then
@@ -278,10 +279,12 @@ function Spapi:_receive(op, kind, args)
     local v, err = self:_sqs_call(op, "ReceiveMessage", {
       QueueUrl = q, MaxNumberOfMessages = 10, WaitTimeSeconds = poll, VisibilityTimeout = a.visibility,
     }, { timeout = poll + self.options.timeout, low_speed_time = poll + self.options.timeout,
-         secret_body = true })
+         secret_body = true, interruptible = true })
     local msgs = v and v.Messages
     if not v then
-      failure = err
+      -- a long poll abandoned on a signal: stopped as below (a message it had taken comes back
+      -- after the visibility timeout; none is lost)
+      if err.kind ~= "interrupted" then failure = err end
     elseif msgs ~= nil and msgs ~= json.null and type(msgs) ~= "table" then
       failure = errors.new{ kind = "protocol", provider = self.provider, op = op,
                             message = "SQS ReceiveMessage: Messages is not an array" }
