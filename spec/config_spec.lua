@@ -83,7 +83,7 @@ describe("rotor.config", function()
         e = slot()
         e.provider.options[k] = t
         lines = problems { store = "s", slots = { e } }
-        assert.is_true(has(lines, "provider.options." .. k .. ": seconds above 0, at most 86400 expected"),
+        assert.is_true(has(lines, "provider.options." .. k .. ": a number of seconds above 0, at most 86400 expected"),
           table.concat(lines, "\n"))
       end
     end
@@ -93,7 +93,7 @@ describe("rotor.config", function()
       e = slot()
       e.provider.options[k] = 1e9
       lines = problems { store = "s", slots = { e } }
-      assert.is_true(has(lines, "provider.options." .. k .. ": seconds from 0 to 86400 expected"),
+      assert.is_true(has(lines, "provider.options." .. k .. ": a number of seconds from 0 to 86400 expected"),
         table.concat(lines, "\n"))
     end
   end)
@@ -147,8 +147,10 @@ return { store = "./s", slots = { { slot = "a", consumers = "none", provider = {
     local hook = "https://127.0.0.1:9/hook"
     local cases = {
       { { webhook = hook, timout = 15 }, "notify: timout: unknown field; did you mean notify.timeout?" },
-      { { webhook = hook, timeout = "15" }, "notify: timeout: seconds above 0, at most 86400 expected" },
-      { { webhook = hook, connect_timeout = 1e999 }, "notify: connect_timeout: seconds above 0, at most 86400" },
+      { { webhook = hook, timeout = "15" },
+        "notify: timeout: a number of seconds above 0, at most 86400 expected, got string" },
+      { { webhook = hook, connect_timeout = 1e999 },
+        "notify: connect_timeout: a number of seconds above 0, at most 86400 expected, got inf" },
       { { webhook = hook, http2 = "yes" }, "notify: http2: true or false expected" },
       { { webhook = hook, cainfo = fifo }, "notify: cainfo: cannot read the CA bundle: " .. fifo
         .. " is not a regular file" },

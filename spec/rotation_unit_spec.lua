@@ -610,7 +610,7 @@ describe("rotation (unit, fake providers)", function()
     assert.error_matches(function()
       rotate { slot = "g", provider = p, target = { client_id = "app1" },
                notify = { webhook = "https://127.0.0.1:9/hook", timeout = "15" } }
-    end, "notify.timeout: seconds above 0, at most 86400 expected", nil, true)
+    end, "notify.timeout: a number of seconds above 0, at most 86400 expected", nil, true)
     assert.same({}, p.calls)
     assert.is_false(store:get("g"))
   end)

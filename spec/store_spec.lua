@@ -176,7 +176,8 @@ describe("rotor.store.exec, a command that never ends", function()
       os.execute("sleep 0.1")
     end
     assert.falsy(alive, "the background sleep survived")
-    assert.error_matches(function() stores.exec { command = "cat", timeout = 0 } end, "timeout must be seconds")
+    assert.error_matches(function() stores.exec { command = "cat", timeout = 0 } end,
+      "timeout: a number of seconds above 0, at most 86400 expected, got 0")
     assert.equal(3600, stores.exec { command = "cat" }.timeout)
     assert(stores.exec { command = "cat >/dev/null", timeout = 5 }:deploy { client_id = "c", secret = "x" })
   end)

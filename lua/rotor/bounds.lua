@@ -31,13 +31,27 @@ _M.NGX = {
   poll = { 0.001, 1, what = "seconds" },
 }
 
+-- the times a provider's options, a notification and a store command take, whatever their name:
+-- a transfer's or a command's time limit (what libcurl is given; rotor's core takes at most a
+-- day), and a span that may be none (a bound on retry waits, a token's margin: a Retry-After of days
+-- under max_wait = 1e9 would hold a run for as long)
+_M.TIME_LIMIT = { 0, 86400, above = true, what = "seconds" }
+_M.SPAN = { 0, 86400, what = "seconds" }
+
+--- within(b, v) -> true | nil, why: v within the bounds b ({ least, most, whole=, above=, what= };
+-- above: more than least, not least itself).
+function _M.within(b, v)
+  local ok = type(v) == "number" and v == v and (b.above and v > b[1] or not b.above and v >= b[1]) and v <= b[2]
+    and (not b.whole or v == math.floor(v))
+  if ok then return true end
+  local range = b.above and ("above %s, at most %s"):format(b[1], b[2]) or ("from %s to %s"):format(b[1], b[2])
+  return nil, ("%s %s %s expected, got %s"):format(b.whole and "a whole number of" or "a number of",
+    b.what, range, type(v) == "number" and ("%.17g"):format(v) or type(v))
+end
+
 --- check(set, name, v) -> true | nil, why: v within set[name]'s bounds.
 function _M.check(set, name, v)
-  local b = set[name]
-  local ok = type(v) == "number" and v == v and v >= b[1] and v <= b[2] and (not b.whole or v == math.floor(v))
-  if ok then return true end
-  return nil, ("%s %s from %s to %s expected, got %s"):format(b.whole and "a whole number of" or "a number of",
-    b.what, b[1], b[2], type(v) == "number" and ("%.17g"):format(v) or type(v))
+  return _M.within(set[name], v)
 end
 
 return _M

@@ -14,6 +14,7 @@
 --   provider's documented limits: Paylocity 25/s, Genesys 300/min per token, SP-API rotate 1/min).
 local core = require "rotor.core"
 local errors = require "rotor.errors"
+local bounds = require "rotor.bounds"
 local json = require "rotor.json"
 local http = require "rotor.http"
 local oauth = require "rotor.oauth"
@@ -46,18 +47,16 @@ local function v_positive(v)
   return v
 end
 
--- a transfer's time limit: what libcurl is given (rotor's core takes at most a day)
+-- a transfer's time limit, and a span of time that may be none (rotor.bounds)
 local function v_seconds(v)
-  if type(v) ~= "number" or v ~= v or v <= 0 or v > 86400 then
-    return nil, "seconds above 0, at most 86400 expected"
-  end
+  local ok, why = bounds.within(bounds.TIME_LIMIT, v)
+  if not ok then return nil, why end
   return v
 end
 
--- a span of time that may be none (a bound on retry waits, a token's margin): a day at most, as a
--- Retry-After of days under max_wait = 1e9 would hold a run for as long
 local function v_span(v)
-  if type(v) ~= "number" or v ~= v or v < 0 or v > 86400 then return nil, "seconds from 0 to 86400 expected" end
+  local ok, why = bounds.within(bounds.SPAN, v)
+  if not ok then return nil, why end
   return v
 end
 

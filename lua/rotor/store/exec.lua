@@ -20,6 +20,7 @@
 -- on while the command runs (sched.wait_child).
 local core = require "rotor.core"
 local errors = require "rotor.errors"
+local bounds = require "rotor.bounds"
 local json = require "rotor.json"
 local sched = require "rotor.sched"
 
@@ -79,8 +80,9 @@ function _M.new(opts)
     "option")
   if unknown then error("rotor.store.exec: " .. unknown, 2) end
   local t = opts.timeout
-  if t ~= nil and not require("rotor.client").validators.seconds(t) then
-    error("rotor.store.exec: timeout must be seconds (0 < t <= 86400)", 2)
+  if t ~= nil then
+    local ok, why = bounds.within(bounds.TIME_LIMIT, t)
+    if not ok then error("rotor.store.exec: timeout: " .. why, 2) end
   end
   if opts.name ~= nil and (type(opts.name) ~= "string" or opts.name == "") then
     error("rotor.store.exec: name must be a non-empty string", 2)
