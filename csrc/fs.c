@@ -1268,11 +1268,12 @@ static void stop_child(child_ud *c, int *status) {
 }
 
 /* Where the child is, without waiting: 0 while it runs; else the results pushed (as core.spawn
- * returns them). A child past its deadline is stopped: nil, "timed out ...". When the rotor host
- * was interrupted (SIGINT, SIGTERM), the child is stopped at once: Ctrl-C reaches the terminal's
- * foreground process group, not the child's own, and the run must stop now rather than when the
- * command ends or times out; nil, "interrupted ...", unless it exited 0 meanwhile (it did its
- * work: that result stands). */
+ * returns them). A child past its deadline is stopped: nil, "timed out ...", "timeout". When the
+ * rotor host was interrupted (SIGINT, SIGTERM), the child is stopped at once: Ctrl-C reaches the
+ * terminal's foreground process group, not the child's own, and the run must stop now rather than
+ * when the command ends or times out; nil, "interrupted ...", "interrupted", unless it exited 0
+ * meanwhile (it did its work: that result stands). The third value is the reason callers act on;
+ * the message is for people. */
 static int child_check(lua_State *L, child_ud *c) {
     int status = 0;
     pid_t r = waitpid(c->pid, &status, WNOHANG);
@@ -1286,14 +1287,16 @@ static int child_check(lua_State *L, child_ud *c) {
         stop_child(c, &status);
         lua_pushnil(L);
         lua_pushfstring(L, "timed out after %f s: stopped (SIGTERM, then SIGKILL)", c->timeout);
-        return 2;
+        lua_pushliteral(L, "timeout");
+        return 3;
     } else if (rotor_is_interrupted()) {
         stop_child(c, &status);
         if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
             lua_pushnil(L);
             lua_pushstring(L, "interrupted: rotor got SIGINT or SIGTERM; the command was stopped "
                               "(SIGTERM to its process group, then SIGKILL)");
-            return 2;
+            lua_pushliteral(L, "interrupted");
+            return 3;
         }
     } else {
         return 0;
@@ -1405,7 +1408,8 @@ static int l_spawn_start(lua_State *L) {
 }
 
 /* child:poll() -> false while it runs | exit status (128 + signal), input written | nil,
- * "timed out ..." | nil, "interrupted ..." (see child_check); the same again once it ended */
+ * "timed out ...", "timeout" | nil, "interrupted ...", "interrupted" | nil, message (see
+ * child_check); the same again once it ended */
 static int l_child_poll(lua_State *L) {
     child_ud *c = luaL_checkudata(L, 1, ROTOR_CHILD_MT);
     if (c->reaped) {

@@ -152,6 +152,17 @@ describe("rotor.store.exec", function()
 end)
 
 describe("rotor.store.exec, a command that never ends", function()
+  -- the sink told a timeout from an interrupt by the first words of core.spawn's message
+  it("core.spawn says why it stopped a command: the reason, beside the message", function()
+    local code, msg, reason = core.spawn { argv = { "/bin/sleep", "30" }, env = {}, timeout = 0.2 }
+    assert.is_nil(code)
+    assert.equal("timeout", reason)
+    assert.truthy(msg:find("timed out after", 1, true), msg)
+    code, msg, reason = core.spawn { argv = { "/bin/sh", "-c", "exit 3" }, env = {} }
+    assert.same({ 3, true }, { code, msg })
+    assert.is_nil(reason)
+  end)
+
   -- a deploy command that hung (a prompt, a network wait) held the rotation and its lock for ever
   it("is stopped after its timeout, with everything it started, and the deploy fails", function()
     local d = tmpdir()

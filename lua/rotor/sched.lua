@@ -89,15 +89,16 @@ function _M.sleep(s, interruptible)
 end
 
 --- Wait for a child of core.spawn_start to end: what core.spawn returns (exit status, input
--- written | nil, message). Inside a loop the task sleeps between looks (2 ms, doubling up to
--- 50 ms) while the loop drives the other tasks: a deploy command of one rotation no longer holds
--- every other rotation of a batch (and their consumers' wait for a new secret) until it ends.
--- Outside a loop, the same looks with plain sleeps.
+-- written | nil, message, reason: "timeout" or "interrupted" when it was stopped). Inside a loop
+-- the task sleeps between looks (2 ms, doubling up to 50 ms) while the loop drives the other
+-- tasks: a deploy command of one rotation no longer holds every other rotation of a batch (and
+-- their consumers' wait for a new secret) until it ends. Outside a loop, the same looks with plain
+-- sleeps.
 function _M.wait_child(child)
   local step = 0.002
   while true do
-    local code, wrote = child:poll()
-    if code ~= false then return code, wrote end
+    local code, wrote, reason = child:poll()
+    if code ~= false then return code, wrote, reason end
     _M.sleep(step)
     step = math.min(step * 2, 0.05)
   end

@@ -116,15 +116,15 @@ function Sink:deploy(new)
   local child, serr = core.spawn_start { argv = { "/bin/sh", "-c", cmd }, env = _M.environment(self.env),
                                          input = input, timeout = self.timeout }
   input = nil -- luacheck: ignore 311
-  local code, wrote
-  if child then code, wrote = sched.wait_child(child) else code, wrote = nil, serr end
+  local code, wrote, stopped
+  if child then code, wrote, stopped = sched.wait_child(child) else code, wrote = nil, serr end
   local what = self.name or self.command:match("^%s*(%S+)") or "command"
-  if code == nil and tostring(wrote):find("^timed out") then
+  if code == nil and stopped == "timeout" then
     return nil, errors.new { kind = "store", message = ("deploy command %s did not finish within %s s and was "
       .. "stopped (SIGTERM to its process group, then SIGKILL); raise the sink's timeout if it needs longer")
       :format(what, tostring(self.timeout)), detail = wrote }
   end
-  if code == nil and tostring(wrote):find("^interrupted") then
+  if code == nil and stopped == "interrupted" then
     return nil, errors.new { kind = "interrupted", message = ("deploy command %s was stopped: rotor got SIGINT or "
       .. "SIGTERM (SIGTERM to its process group, then SIGKILL); the next run deploys again"):format(what) }
   end
