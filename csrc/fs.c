@@ -1311,8 +1311,10 @@ static int child_check(lua_State *L, child_ud *c) {
  * stderr of this process, no other descriptor, default signals. With timeout, it leads a process
  * group of its own, and child:poll() stops the group (SIGTERM, then SIGKILL 2 s later) once it
  * has run for timeout seconds: a deploy command that never ends cannot hold a rotation and its
- * lock for ever. input is written before this returns (a pipe holds 64 kB: rotor's payloads are a
- * secret and a few fields). */
+ * lock for ever. input is written before this returns, and that write never waits: the pipe is
+ * made large enough to hold it all (64 kB by default; up to the system's pipe-max-size, 1 MiB by
+ * default; a larger input is refused before anything starts) and written without blocking, so a
+ * command that reads nothing cannot hold rotor past its timeout. */
 static int l_spawn_start(lua_State *L) {
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 1);
@@ -1357,6 +1359,26 @@ static int l_spawn_start(lua_State *L) {
     int pfd[2];
     if (pipe2(pfd, O_CLOEXEC) != 0) {
         return push_errno(L, "cannot start", argv[0], errno);
+    }
+    /* room for the whole input, then a write that never blocks (see above) */
+    int room = fcntl(pfd[1], F_GETPIPE_SZ);
+    if ((room < 0 || (size_t)room < inlen) &&
+        (inlen > INT_MAX || fcntl(pfd[1], F_SETPIPE_SZ, (int)inlen) < (int)inlen)) {
+        int err = errno;
+        close(pfd[0]);
+        close(pfd[1]);
+        lua_pushnil(L);
+        lua_pushfstring(L,
+                        "cannot start %s: its input (%d bytes) is more than a pipe can hold here "
+                        "(%s)",
+                        argv[0], (int)(inlen > INT_MAX ? INT_MAX : inlen), strerror(err));
+        return 2;
+    }
+    if (fcntl(pfd[1], F_SETFL, O_NONBLOCK) != 0) {
+        int err = errno;
+        close(pfd[0]);
+        close(pfd[1]);
+        return push_errno(L, "cannot start", argv[0], err);
     }
     sigset_t block, old;
     sigemptyset(&block);

@@ -230,6 +230,36 @@ local MUTANTS = {
     { { "    if ((st.st_mode & 077) != 0) {", "    if (0) {" },
       { "    } else if (fd >= 0 && (st.st_mode & 077) != 0) {", "    } else if (fd >= 0 && 0) {" } },
     { "spec/hardening_spec.lua" }),
+  m("deploy-input-blocks", "a deploy command that reads nothing of a large input is stopped after its timeout",
+    "the deploy input is written blocking, in a pipe of the default size", "csrc/fs.c",
+    -- both guards at once (either alone keeps the write from waiting)
+    { { "    if ((room < 0 || (size_t)room < inlen) &&\n"
+        .. "        (inlen > INT_MAX || fcntl(pfd[1], F_SETPIPE_SZ, (int)inlen) < (int)inlen)) {\n"
+        .. "        int err = errno;\n"
+        .. "        close(pfd[0]);\n"
+        .. "        close(pfd[1]);\n"
+        .. "        lua_pushnil(L);\n"
+        .. "        lua_pushfstring(L,\n"
+        .. "                        \"cannot start %s: its input (%d bytes) is more than a pipe can hold here \"\n"
+        .. "                        \"(%s)\",\n"
+        .. "                        argv[0], (int)(inlen > INT_MAX ? INT_MAX : inlen), strerror(err));\n"
+        .. "        return 2;\n"
+        .. "    }\n"
+        .. "    if (fcntl(pfd[1], F_SETFL, O_NONBLOCK) != 0) {",
+        "    if (0 &&\n"
+        .. "        (inlen > INT_MAX || fcntl(pfd[1], F_SETPIPE_SZ, (int)inlen) < (int)inlen)) {\n"
+        .. "        int err = errno;\n"
+        .. "        close(pfd[0]);\n"
+        .. "        close(pfd[1]);\n"
+        .. "        lua_pushnil(L);\n"
+        .. "        lua_pushfstring(L,\n"
+        .. "                        \"cannot start %s: its input (%d bytes) is more than a pipe can hold here \"\n"
+        .. "                        \"(%s)\",\n"
+        .. "                        argv[0], (int)(inlen > INT_MAX ? INT_MAX : inlen), strerror(err));\n"
+        .. "        return 2;\n"
+        .. "    }\n"
+        .. "    if (0) {" } },
+    { "spec/store_spec.lua" }),
   m("inflight-deaf", "a signal abandons a read, a token request or a long poll in flight",
     "the multi loop never abandons a transfer", "csrc/http.c",
     { { "    if (!rotor_is_interrupted()) {\n        return n;", "    if (1) {\n        return n;" } },

@@ -164,6 +164,18 @@ describe("rotor.store.exec, a command that never ends", function()
   end)
 
   -- a deploy command that hung (a prompt, a network wait) held the rotation and its lock for ever
+  -- the input was written before the wait began, blocking: past 64 kB (a pipe's room), a command
+  -- that read nothing held rotor until it ended, its timeout never checked
+  it("that reads nothing of a large input is still stopped after its timeout", function()
+    local sink = stores.exec { command = "sleep 30", timeout = 0.5 }
+    local t0 = core.now()
+    local ok, err = sink:deploy { client_id = "c", secret = core.secret(("s"):rep(200000)) }
+    assert.is_nil(ok)
+    assert.truthy(err.message:find("deploy command sleep did not finish within 0.5 s and was stopped", 1, true),
+      err.message)
+    assert.truthy(core.now() - t0 < 20)
+  end)
+
   it("is stopped after its timeout, with everything it started, and the deploy fails", function()
     local d = tmpdir()
     local sink = stores.exec { command = "sleep 60 & echo $! > " .. d .. "/pid; wait", timeout = 0.5 }
