@@ -260,6 +260,11 @@ local MUTANTS = {
         .. "    }\n"
         .. "    if (0) {" } },
     { "spec/store_spec.lua" }),
+  m("verify-deaf", "a signal ends the wait between two attempts to verify the new secret",
+    "verify waits out its delay whatever signal came", "lua/rotor/rotation.lua",
+    { { "if i < attempts and not self:sleep(delay * i, true) then",
+        "if i < attempts and not self:sleep(delay * i) then" } },
+    { "spec/safety_spec.lua" }),
   m("inflight-deaf", "a signal abandons a read, a token request or a long poll in flight",
     "the multi loop never abandons a transfer", "csrc/http.c",
     { { "    if (!rotor_is_interrupted()) {\n        return n;", "    if (1) {\n        return n;" } },

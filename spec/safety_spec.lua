@@ -378,6 +378,38 @@ print("RESULT", res and "ok" or err.kind, res and "" or err.message)
       assert.equal(0, fixtures.lost(s, fx, rec))
     end)
 
+    -- verify waited between its attempts (verify_delay, then twice it, ...) whatever signal came,
+    -- and once the token requests were abandoned it went on trying after each wait
+    it("a signal while the new secret is verified ends the step: it stays pending, verify resumes #proc", function()
+      local fx = fixtures.seed(s, "genesys")
+      fixtures.control(s, "POST", "/faults", { path = "/genesys/login/oauth/token", method = "POST", status = 401,
+                                                issued = true, count = 1 })
+      finally(function() fixtures.control(s, "DELETE", "/faults") end)
+      local _, dir = store("verify-signalled")
+      local out, rc = run_host("verify", { dir = dir, slot = fx.slot, target = fx.target, opts = fx.opts }, [[
+local core, json, rotor = require "rotor.core", require "rotor.json", require "rotor"
+local cfg = json.decode(io.open(arg[1]):read("a"))
+os.execute("(sleep 1.5; kill -TERM " .. core.getpid() .. ") &")
+local res, err = rotor.rotate { slot = cfg.slot, provider = assert(rotor.genesys(cfg.opts)),
+                                store = assert(rotor.store.file(cfg.dir)), target = cfg.target,
+                                verify_delay = 20, verify_attempts = 3 }
+print("RESULT", res and "ok" or err.kind, res and "" or err.message)
+]])
+      assert.equal(130, rc, out)
+      assert.matches("RESULT\tinterrupted\t[^\n]*verifying the new credential [^ ]+ stopped on a signal %(stopped on "
+        .. "a signal while waiting 20 s to try the new secret again %(attempt 2 of 3%)%)", out)
+      local rec = assert(rotor.store.file(dir):get(fx.slot))
+      local pend = assert(rec.versions.pending)
+      assert.equal("verify", rec.rotation.step)
+      local last = rec.journal[#rec.journal]
+      assert.same({ "verify", "interrupted" }, { last.step, last.outcome })
+      -- the next run verifies it (the provider takes it now) and finishes
+      local _, err = rotor.rotate { slot = fx.slot, provider = fixtures.provider(fx), store = rotor.store.file(dir),
+                                    target = fx.target, verify_delay = 0.1 }
+      assert.is_nil(err)
+      assert.equal(pend.secret:reveal(), assert(rotor.store.file(dir):get(fx.slot)).versions.current.secret:reveal())
+    end)
+
     -- SP-API's long poll (20 s) in flight when the signal comes: abandoned, not waited out
     it("SP-API, a signal during a long poll of the queue: the poll is abandoned #proc", function()
       local fx = fixtures.seed(s, "spapi")

@@ -271,7 +271,13 @@ function Ctx:verify_candidate(client_id, secret)
   for i = 1, attempts do
     ok, err = self.provider:verify { client_id = client_id, client_secret = secret }
     if ok then return true end
-    if i < attempts then self:sleep(delay * i) end
+    -- a signal ends the verifying (its token request abandoned, or during the wait between two):
+    -- the secret is stored already, and the next run verifies it again
+    if errors.is(err) and err.kind == "interrupted" then return nil, err end
+    if i < attempts and not self:sleep(delay * i, true) then
+      return nil, errors.new { kind = "interrupted", message = ("stopped on a signal while waiting %g s to try "
+        .. "the new secret again (attempt %d of %d)"):format(delay * i, i + 1, attempts) }
+    end
   end
   return nil, err
 end
@@ -375,10 +381,12 @@ function Ctx:client_id()
   return self.strategy.default_client_id(self)
 end
 
-function Ctx:sleep(s)
-  require("rotor.sched").sleep(s)
+-- -> true | false (interruptible, and the host got SIGINT/SIGTERM: ended early)
+function Ctx:sleep(s, interruptible)
+  local slept = require("rotor.sched").sleep(s, interruptible)
   -- a leased lock (etcd) is kept alive across the waits of a step that writes nothing
   if self.lock and self.lock.refresh then self.lock:refresh(false) end
+  return slept
 end
 
 ------------------------------------------------------------------------------------------------
@@ -453,6 +461,10 @@ function step.verify(ctx)
   local p = ctx.record.versions.pending
   if not p then return ctx:journal("verify", "done", "already promoted") end
   local ok, err = ctx:verify_candidate(p.client_id, p.secret)
+  if not ok and errors.is(err) and err.kind == "interrupted" then
+    return nil, errors.with(err, { message = ("verifying the new credential %s stopped on a signal (%s); it stays "
+      .. "pending and the next run verifies it again"):format(tostring(p.client_id), tostring(err.message)) })
+  end
   if not ok then
     return nil, errors.with(err, {
       message = ("the new credential %s was refused when verified (%s); it stays pending and the "
