@@ -506,18 +506,20 @@ describe("a fleet of rotors on etcd #proc #etcd", function()
       assert.matches(b.why, out, 1, true)
       assert.equal(0, mints(s, fx))
     end
-    -- doctor's command, run as it is printed (etcdctl takes the password from ETCDCTL_PASSWORD here,
-    -- else it asks): the value is kept in a file, the key deleted, and the slot then rotates anew
+    -- doctor's command, run as it is printed, the password typed once (it asked for it once per
+    -- etcdctl run, twice): the value is kept in a file, the key deleted, and the slot then rotates
+    -- anew
     local out = sim.run((". %s && %s doctor --config %s --json"):format(q(base .. "/env"), ROTOR,
       q(base .. "/rotor.conf.lua")))
     local command = json.decode(out).findings[1].command
-    local aside, rerun = command:match("^(etcdctl .-) && (%S*rotor rotate %-%-config .*)$")
+    local aside, rerun = command:match("^(.*) && (%S*rotor rotate %-%-config .*)$")
     assert.truthy(aside, command)
     assert.matches("--user=rotor get --print-value-only " .. key, aside, 1, true)
     local rc
-    out, rc = sim.run(("cd %s && . ./env && ETCDCTL_PASSWORD=$ROTOR_T_ETCD_PASSWORD sh -c %s 2>&1"):format(q(base),
-      q(aside)))
+    out, rc = sim.run(("cd %s && . ./env && printf '%%s\\n' \"$ROTOR_T_ETCD_PASSWORD\" | env -u ETCDCTL_PASSWORD "
+      .. "setsid -w sh -c %s 2>&1"):format(q(base), q(aside)))
     assert.equal(0, rc, out)
+    assert.equal(1, select(2, out:gsub("etcd password for rotor: ", "")), out)
     assert.matches('"slot":"' .. fx.slot .. '"', core.fs_read(base .. "/" .. require("rotor.store.file").encode(fx.slot)
       .. ".corrupt.json"), 1, true)
     assert.is_false(st:get(fx.slot))

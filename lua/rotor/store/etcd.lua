@@ -332,7 +332,9 @@ end
 
 --- The shell commands that keep a slot's record in a local file and delete its key, so that the
 -- next rotation starts the slot afresh (rotor doctor's advice for a record that cannot be read).
--- etcdctl asks for the password itself: none is put on the command line. quote: the caller's.
+-- No password is put on the command line: with a user, the command asks for it once (unless
+-- ETCDCTL_PASSWORD is set) and hands it to both etcdctl runs in ETCDCTL_PASSWORD (etcdctl would
+-- ask once per run). quote: the caller's.
 function Store:aside_command(slot, quote)
   local key = self:slot_key(slot)
   local ctl = { "etcdctl", "--endpoints=" .. quote(table.concat(self.endpoints, ",")) }
@@ -341,7 +343,13 @@ function Store:aside_command(slot, quote)
     if f[2] then ctl[#ctl + 1] = "--" .. f[1] .. "=" .. quote(f[2]) end
   end
   ctl = table.concat(ctl, " ")
-  return ("%s get --print-value-only %s > %s && %s del %s"):format(ctl, quote(key),
+  local ask = ""
+  if self.username then
+    ask = ("{ [ -n \"${ETCDCTL_PASSWORD:-}\" ] || { printf 'etcd password for %%s: ' %s >&2; stty -echo 2>/dev/null; "
+      .. "read -r ETCDCTL_PASSWORD; stty echo 2>/dev/null; echo >&2; }; } && export ETCDCTL_PASSWORD && ")
+      :format(quote(self.username))
+  end
+  return ("%s%s get --print-value-only %s > %s && %s del %s"):format(ask, ctl, quote(key),
     quote(file_store.encode(slot) .. ".corrupt.json"), ctl, quote(key))
 end
 
