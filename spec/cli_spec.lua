@@ -403,7 +403,7 @@ for _, w in ipairs(res.warnings) do print("warning: " .. w) end
       fixtures.control(s, "POST", "/faults", { path = fx.opts.token_url:match("^https?://[^/]+(/.*)$"),
                                                 method = "POST", delay = 40, count = 1 })
       finally(function() fixtures.control(s, "DELETE", "/faults") end)
-      local out, rc = sim.run(("(. %s && { %s rotate --config %s --json & p=$!; sleep 1; kill -TERM $p; wait $p; }) "
+      local out, rc = sim.run(("(. %s && { %s rotate --config %s --json & p=$!; sleep 2; kill -TERM $p; wait $p; }) "
         .. "2>/dev/null"):format(q(cfg .. ".env"), ROTOR, q(cfg)))
       assert.equal(130, rc, out)
       local doc = assert(json.decode(out), out)
