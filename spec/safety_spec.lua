@@ -389,7 +389,7 @@ print("RESULT", res and "ok" or err.kind, res and "" or err.message)
       local out, rc = run_host("verify", { dir = dir, slot = fx.slot, target = fx.target, opts = fx.opts }, [[
 local core, json, rotor = require "rotor.core", require "rotor.json", require "rotor"
 local cfg = json.decode(io.open(arg[1]):read("a"))
-os.execute("(sleep 1.5; kill -TERM " .. core.getpid() .. ") &")
+os.execute("(sleep 3; kill -TERM " .. core.getpid() .. ") &")
 local res, err = rotor.rotate { slot = cfg.slot, provider = assert(rotor.genesys(cfg.opts)),
                                 store = assert(rotor.store.file(cfg.dir)), target = cfg.target,
                                 verify_delay = 20, verify_attempts = 3 }
