@@ -19,6 +19,24 @@ local function m(name, behaviour, what, file, alts, specs, optional)
   return { name, behaviour, what, file, alts, specs, optional = optional }
 end
 local CRASH = "spec/crash_spec.lua"
+-- core.spawn_start's two guards that keep writing a deploy command's input from waiting on it: the
+-- pipe sized for the input, and the write made non-blocking (the refusal between them, as it is)
+local INPUT_GUARDS = table.concat({
+  "    if ((room < 0 || (size_t)room < inlen) &&",
+  "        (inlen > INT_MAX || fcntl(pfd[1], F_SETPIPE_SZ, (int)inlen) < (int)inlen)) {",
+  "        int err = errno;",
+  "        close(pfd[0]);",
+  "        close(pfd[1]);",
+  "        lua_pushnil(L);",
+  "        lua_pushfstring(L,",
+  "                        \"cannot start %s: its input (%d bytes) is more than a pipe can hold here \"",
+  "                        \"(%s)\",",
+  "                        argv[0], (int)(inlen > INT_MAX ? INT_MAX : inlen), strerror(err));",
+  "        return 2;",
+  "    }",
+  "    if (fcntl(pfd[1], F_SETFL, O_NONBLOCK) != 0) {",
+}, "\n")
+
 local MUTANTS = {
   m("crash-ignored", "crash injection works", "ROTOR_CRASH_AT ignored (Ctx:crash returns at once)",
     "lua/rotor/rotation.lua",
@@ -233,32 +251,8 @@ local MUTANTS = {
   m("deploy-input-blocks", "a deploy command that reads nothing of a large input is stopped after its timeout",
     "the deploy input is written blocking, in a pipe of the default size", "csrc/fs.c",
     -- both guards at once (either alone keeps the write from waiting)
-    { { "    if ((room < 0 || (size_t)room < inlen) &&\n"
-        .. "        (inlen > INT_MAX || fcntl(pfd[1], F_SETPIPE_SZ, (int)inlen) < (int)inlen)) {\n"
-        .. "        int err = errno;\n"
-        .. "        close(pfd[0]);\n"
-        .. "        close(pfd[1]);\n"
-        .. "        lua_pushnil(L);\n"
-        .. "        lua_pushfstring(L,\n"
-        .. "                        \"cannot start %s: its input (%d bytes) is more than a pipe can hold here \"\n"
-        .. "                        \"(%s)\",\n"
-        .. "                        argv[0], (int)(inlen > INT_MAX ? INT_MAX : inlen), strerror(err));\n"
-        .. "        return 2;\n"
-        .. "    }\n"
-        .. "    if (fcntl(pfd[1], F_SETFL, O_NONBLOCK) != 0) {",
-        "    if (0 &&\n"
-        .. "        (inlen > INT_MAX || fcntl(pfd[1], F_SETPIPE_SZ, (int)inlen) < (int)inlen)) {\n"
-        .. "        int err = errno;\n"
-        .. "        close(pfd[0]);\n"
-        .. "        close(pfd[1]);\n"
-        .. "        lua_pushnil(L);\n"
-        .. "        lua_pushfstring(L,\n"
-        .. "                        \"cannot start %s: its input (%d bytes) is more than a pipe can hold here \"\n"
-        .. "                        \"(%s)\",\n"
-        .. "                        argv[0], (int)(inlen > INT_MAX ? INT_MAX : inlen), strerror(err));\n"
-        .. "        return 2;\n"
-        .. "    }\n"
-        .. "    if (0) {" } },
+    { { INPUT_GUARDS, (INPUT_GUARDS:gsub("if %(%(room < 0 || %(size_t%)room < inlen%) &&", "if (0 &&")
+                                    :gsub("if %(fcntl%(pfd%[1%], F_SETFL, O_NONBLOCK%) != 0%) {$", "if (0) {")) } },
     { "spec/store_spec.lua" }),
   m("verify-deaf", "a signal ends the wait between two attempts to verify the new secret",
     "verify waits out its delay whatever signal came", "lua/rotor/rotation.lua",

@@ -58,6 +58,22 @@ describe("safety invariants #safety", function()
     return out, rc
   end
 
+  -- run_host with a script that sends itself SIGTERM `after` seconds in while rotor.rotate runs on
+  -- fx's slot (store dir) with a provider object of `kind` and the options in `extra` (Lua text);
+  -- the script prints RESULT and the seconds the rotation took
+  local function run_signalled(name, kind, fx, dir, after, extra)
+    return run_host(name, { dir = dir, slot = fx.slot, target = fx.target, opts = fx.opts }, ([[
+local core, json, rotor = require "rotor.core", require "rotor.json", require "rotor"
+local cfg = json.decode(io.open(arg[1]):read("a"))
+os.execute("(sleep %s; kill -TERM " .. core.getpid() .. ") &")
+local t0 = core.now()
+local res, err = rotor.rotate { slot = cfg.slot, provider = assert(rotor.%s(cfg.opts)),
+                                store = assert(rotor.store.file(cfg.dir)), target = cfg.target, %s }
+print("RESULT", res and "ok" or err.kind, res and "" or err.message)
+print(("SECONDS %%.1f"):format(core.now() - t0))
+]]):format(after, kind, extra))
+  end
+
   describe("the provider object's own Genesys client", function()
     it("regenerate is refused before anything is sent, naming new_client", function()
       local fx = fixtures.seed(s, "genesys")
@@ -278,14 +294,7 @@ print("RESULT", res and "ok" or err.kind, res and "" or err.message)
       fixtures.control(s, "POST", "/settings", { spapi_delivery_delay = 15, sqs_max_wait = 1 })
       finally(function() fixtures.control(s, "POST", "/settings", { spapi_delivery_delay = 0, sqs_max_wait = 20 }) end)
       local _, dir = store("spapi-signalled")
-      local out, rc = run_host("spapi", { dir = dir, slot = fx.slot, target = fx.target, opts = fx.opts }, [[
-local core, json, rotor = require "rotor.core", require "rotor.json", require "rotor"
-local cfg = json.decode(io.open(arg[1]):read("a"))
-os.execute("(sleep 1.5; kill -TERM " .. core.getpid() .. ") &")
-local res, err = rotor.rotate { slot = cfg.slot, provider = assert(rotor.spapi(cfg.opts)),
-                                store = assert(rotor.store.file(cfg.dir)), target = cfg.target, wait = 120 }
-print("RESULT", res and "ok" or err.kind, res and "" or err.message)
-]])
+      local out, rc = run_signalled("spapi", "spapi", fx, dir, 1.5, "wait = 120")
       assert.equal(130, rc, out)
       assert.matches("RESULT\tinterrupted\t[^\n]*stopped waiting for the [%u_]+ notification for client [^ ]+ on a "
         .. "signal", out)
@@ -386,15 +395,7 @@ print("RESULT", res and "ok" or err.kind, res and "" or err.message)
                                                 issued = true, count = 1 })
       finally(function() fixtures.control(s, "DELETE", "/faults") end)
       local _, dir = store("verify-signalled")
-      local out, rc = run_host("verify", { dir = dir, slot = fx.slot, target = fx.target, opts = fx.opts }, [[
-local core, json, rotor = require "rotor.core", require "rotor.json", require "rotor"
-local cfg = json.decode(io.open(arg[1]):read("a"))
-os.execute("(sleep 3; kill -TERM " .. core.getpid() .. ") &")
-local res, err = rotor.rotate { slot = cfg.slot, provider = assert(rotor.genesys(cfg.opts)),
-                                store = assert(rotor.store.file(cfg.dir)), target = cfg.target,
-                                verify_delay = 20, verify_attempts = 3 }
-print("RESULT", res and "ok" or err.kind, res and "" or err.message)
-]])
+      local out, rc = run_signalled("verify", "genesys", fx, dir, 3, "verify_delay = 20, verify_attempts = 3")
       assert.equal(130, rc, out)
       assert.matches("RESULT\tinterrupted\t[^\n]*verifying the new credential [^ ]+ stopped on a signal %(stopped on "
         .. "a signal while waiting 20 s to try the new secret again %(attempt 2 of 3%)%)", out)
@@ -416,16 +417,7 @@ print("RESULT", res and "ok" or err.kind, res and "" or err.message)
       fixtures.control(s, "POST", "/settings", { spapi_delivery_delay = 50 })
       finally(function() fixtures.control(s, "POST", "/settings", { spapi_delivery_delay = 0 }) end)
       local _, dir = store("spapi-longpoll")
-      local out, rc = run_host("spapi-poll", { dir = dir, slot = fx.slot, target = fx.target, opts = fx.opts }, [[
-local core, json, rotor = require "rotor.core", require "rotor.json", require "rotor"
-local cfg = json.decode(io.open(arg[1]):read("a"))
-os.execute("(sleep 1.5; kill -TERM " .. core.getpid() .. ") &")
-local t0 = core.now()
-local res, err = rotor.rotate { slot = cfg.slot, provider = assert(rotor.spapi(cfg.opts)),
-                                store = assert(rotor.store.file(cfg.dir)), target = cfg.target, wait = 120 }
-print("RESULT", res and "ok" or err.kind, res and "" or err.message)
-print(("SECONDS %.1f"):format(core.now() - t0))
-]])
+      local out, rc = run_signalled("spapi-poll", "spapi", fx, dir, 1.5, "wait = 120")
       assert.equal(130, rc, out)
       assert.matches("RESULT\tinterrupted\t[^\n]*stopped waiting for the [%u_]+ notification for client [^ ]+ on a "
         .. "signal", out)
