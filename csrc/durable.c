@@ -3,10 +3,11 @@
  *   core.durable_start(items) -> job    items: array of { op, dir, name, data[, mode] }: dir a
  *       core.fs_dir (the store directory, opened under its trust rule), name a file in it, op
  *       "atomic" (a temporary file in the directory, then swapped or renamed into name) or
- *       "append" (O_APPEND); data a string or a rotor.secret. Every open is relative to the
- *       directory's descriptor with O_NOFOLLOW and must find a regular file (as in csrc/fs.c).
- *   job:fd()       an eventfd that becomes readable when the job is done (for the event loop)
- *   job:results()  nil while the job runs; then an array: true, or an error message, per item
+ *       "append" (O_APPEND); data a string, a rotor.secret, or a rope of pieces (rotor.h:
+ *       rotor_dupbytes; a store record built from the text it was read from). Every open is
+ * relative to the directory's descriptor with O_NOFOLLOW and must find a regular file (as in
+ * csrc/fs.c). job:fd()       an eventfd that becomes readable when the job is done (for the event
+ * loop) job:results()  nil while the job runs; then an array: true, or an error message, per item
  *                  (and .seconds: how long the job took)
  *   job:close()    frees the job (its eventfd) now rather than at garbage collection, once the
  *                  thread is done with it
@@ -598,13 +599,12 @@ static int l_durable_start(lua_State *L) {
             return luaL_error(L, "durable_start: items[%d] must be a table", (int)i);
         }
         int t = lua_gettop(L);
-        size_t oplen, nlen, dlen;
+        size_t oplen, nlen, dlen = 0;
         const char *op = item_field(L, t, 1, (int)i, &oplen);
         lua_rawgeti(L, t, 2);
         const char *where = NULL;
         int dfd = rotor_fs_dir_fd(L, lua_gettop(L), &where);
         const char *name = item_field(L, t, 3, (int)i, &nlen);
-        const char *data = item_field(L, t, 4, (int)i, &dlen);
         lua_rawgeti(L, t, 5);
         lua_Integer mode = luaL_optinteger(L, -1, 0600);
         item *it = &j->items[j->n];
@@ -650,12 +650,11 @@ static int l_durable_start(lua_State *L) {
         it->where = strdup(where);
         it->name = strdup(name);
         it->tmp = it->op == OP_ATOMIC ? malloc(nlen + 32) : NULL;
-        it->data = malloc(dlen > 0 ? dlen : 1);
-        if (it->where == NULL || it->name == NULL || it->data == NULL ||
-            (it->op == OP_ATOMIC && it->tmp == NULL)) {
+        if (it->where == NULL || it->name == NULL || (it->op == OP_ATOMIC && it->tmp == NULL)) {
             return luaL_error(L, "durable_start: out of memory");
         }
-        memcpy(it->data, data, dlen);
+        lua_rawgeti(L, t, 4);
+        it->data = rotor_dupbytes(L, -1, &dlen);
         it->len = dlen;
         lua_settop(L, top);
     }

@@ -16,6 +16,7 @@
  *     dir:read(name) -> string | false (no such file) | nil, message
  *     dir:write(name, data[, mode])  atomic: temp file (O_EXCL), fsync, rename, fsync the dir
  *     dir:append(name, data[, mode]) O_APPEND + fsync        dir:lock(name)  (see fs_lock)
+ *       data: a string, a secret, or a rope of pieces (rotor.h: rotor_dupbytes)
  *     dir:list() -> { names }   dir:remove(name)   dir:chmod(mode) (the directory itself)
  *     dir:path()  dir:close()
  *   core.fs_write_atomic(path, data[, mode])  core.fs_append(path, data[, mode])
@@ -770,31 +771,32 @@ static int l_dir_tail(lua_State *L) {
     return 1;
 }
 
-static int l_dir_write(lua_State *L) {
+/* dir:write and dir:append: data a string, a secret, or a rope of pieces (rotor_dupbytes) */
+static int dir_put(lua_State *L, int append) {
     fs_dir *d = check_dir_ud(L);
     const char *name = name_arg(L, 2);
+    mode_t mode = mode_arg(L, 4, 0600);
     size_t len;
-    const char *data = rotor_checkbytes(L, 3, &len);
+    char *copy = lua_istable(L, 3) ? rotor_dupbytes(L, 3, &len) : NULL;
+    const char *data = copy != NULL ? copy : rotor_checkbytes(L, 3, &len);
     char msg[FS_WHY];
-    if (dir_write_atomic(d->fd, d->path, name, data, len, mode_arg(L, 4, 0600), 0, 0, 0, msg) !=
-        0) {
-        return push_fail(L, msg, errno);
+    int rc = append ? dir_append(d->fd, d->path, name, data, len, mode, msg)
+                    : dir_write_atomic(d->fd, d->path, name, data, len, mode, 0, 0, 0, msg);
+    int err = errno;
+    rotor_free_secure(copy, len);
+    if (rc != 0) {
+        return push_fail(L, msg, err);
     }
     lua_pushboolean(L, 1);
     return 1;
 }
 
+static int l_dir_write(lua_State *L) {
+    return dir_put(L, 0);
+}
+
 static int l_dir_append(lua_State *L) {
-    fs_dir *d = check_dir_ud(L);
-    const char *name = name_arg(L, 2);
-    size_t len;
-    const char *data = rotor_checkbytes(L, 3, &len);
-    char msg[FS_WHY];
-    if (dir_append(d->fd, d->path, name, data, len, mode_arg(L, 4, 0600), msg) != 0) {
-        return push_fail(L, msg, errno);
-    }
-    lua_pushboolean(L, 1);
-    return 1;
+    return dir_put(L, 1);
 }
 
 static int l_dir_lock(lua_State *L) {

@@ -18,7 +18,8 @@
  *   core.json_finish(text[, marker_json]) -> text2
  *     After cjson 2.1.0 encoded: each "\/" made "/" (it escapes every "/"), and each marker_json
  *     (when given) made "[]". text itself when there is neither.
- *   core.json_journal_split(text) -> parts, rest | nil
+ *   core.json_journal_split(text) -> entries, count, rest | nil
+ *   core.json_journal_skip(entries, at, k) -> at2
  *     A record's journal split off its text without decoding it (see below).
  *
  * The walks stop descending below ROTOR_JSON_DEPTH levels (cjson refuses deeper values itself).
@@ -379,14 +380,20 @@ static int l_json_finish(lua_State *L) {
 
 /* ---- a record's journal, split without decoding it ----
  *
- *   core.json_journal_split(text) -> parts, rest | nil
+ *   core.json_journal_split(text) -> entries, count, rest | nil
  *     For a record as rotor's file store writes it, {"journal":[E1,...,En]<,REST>}, where each
  *     entry Ei is an object of string members only (strings without a control byte, with the
- *     escapes \" \\ \/ \b \f \n \r \t and \uXXXX outside the surrogates): the array
- *     { E1, ..., En } of each entry's own text, and the text of the rest of the record, "{REST}"
- *     ("{}" when there is none). nil for any other text, which the caller then decodes whole:
- *     whatever this accepts is JSON that cjson reads as the same entries, so an entry's text can
- *     be written back as it was read, and decoded only when someone reads the journal. */
+ *     escapes \" \\ \/ \b \f \n \r \t and \uXXXX outside the surrogates): the text
+ *     "E1,...,En" ("" when n is 0), n, and the text of the rest of the record, "{REST}" ("{}"
+ *     when there is none). nil for any other text, which the caller then decodes whole: whatever
+ *     this accepts is JSON that cjson reads as the same entries, so the entries' text can be
+ *     written back as it was read, and decoded only when someone reads the journal. No string is
+ *     made per entry: a slot rotated for long holds hundreds of them, read with it on every
+ *     rotation. (The entries hold no secret: the record's versions stay in the rest.)
+ *   core.json_journal_skip(entries, at, k) -> at2
+ *     The index after k entries from at (the first byte of an entry in a text split returned),
+ *     past the comma that follows the last of them: the next entry's first byte, or #entries + 1
+ *     when none is left. Raises when fewer than k entries start at at. */
 #define JOURNAL_OPEN "{\"journal\":["
 
 static int is_hex(char c) {
@@ -456,6 +463,16 @@ static size_t scan_flat_object(const char *s, size_t n, size_t i) {
     }
 }
 
+/* the entry at s[i]: the index after it and the comma that follows (the next entry's first
+ * byte), or after it where no comma follows; 0 when s[i] starts no entry */
+static size_t next_entry(const char *s, size_t n, size_t i) {
+    size_t end = i < n && s[i] == '{' ? scan_flat_object(s, n, i) : 0;
+    if (end != 0 && end < n && s[end] == ',') {
+        end++;
+    }
+    return end;
+}
+
 static int l_json_journal_split(lua_State *L) {
     size_t n;
     const char *s = luaL_checklstring(L, 1, &n);
@@ -464,34 +481,25 @@ static int l_json_journal_split(lua_State *L) {
         lua_pushnil(L);
         return 1;
     }
-    lua_newtable(L);
     size_t i = open;
     lua_Integer count = 0;
-    if (s[i] != ']') {
-        for (;;) {
-            size_t end = s[i] == '{' ? scan_flat_object(s, n, i) : 0;
-            if (end == 0) {
-                lua_pushnil(L);
-                return 1;
-            }
-            lua_pushlstring(L, s + i, end - i);
-            lua_rawseti(L, -2, ++count);
-            i = end;
-            if (i < n && s[i] == ',') {
-                i++;
-                continue;
-            }
-            break;
+    while (s[i] != ']') {
+        size_t next = next_entry(s, n, i);
+        /* a comma leads to another entry ("[{},]" is no JSON), else the array ends ("[{}{}]") */
+        if (next == 0 || next >= n || s[next] != (s[next - 1] == ',' ? '{' : ']')) {
+            lua_pushnil(L);
+            return 1;
         }
+        count++;
+        i = next;
     }
-    if (i >= n || s[i] != ']') {
-        lua_pushnil(L);
-        return 1;
-    }
+    /* s[i] == ']': the entries are s[open..i) */
+    lua_pushlstring(L, s + open, i - open);
+    lua_pushinteger(L, count);
     i++;
     if (i + 1 == n && s[i] == '}') {
         lua_pushliteral(L, "{}");
-        return 2;
+        return 3;
     }
     if (i < n && s[i] == ',') {
         /* "{" and the rest: cjson judges it */
@@ -500,9 +508,29 @@ static int l_json_journal_split(lua_State *L) {
         luaL_addchar(&b, '{');
         luaL_addlstring(&b, s + i + 1, n - i - 1);
         luaL_pushresult(&b);
-        return 2;
+        return 3;
     }
+    lua_settop(L, 1);
     lua_pushnil(L);
+    return 1;
+}
+
+static int l_json_journal_skip(lua_State *L) {
+    size_t n;
+    const char *s = luaL_checklstring(L, 1, &n);
+    lua_Integer at = luaL_checkinteger(L, 2);
+    lua_Integer k = luaL_checkinteger(L, 3);
+    luaL_argcheck(L, at >= 1 && (size_t)at <= n, 2, "an index in the text expected");
+    luaL_argcheck(L, k >= 0, 3, "a count of entries expected");
+    size_t i = (size_t)at - 1;
+    for (lua_Integer e = 0; e < k; e++) {
+        size_t next = next_entry(s, n, i);
+        if (next == 0) {
+            return luaL_error(L, "json_journal_skip: no journal entry at byte %d", (int)i + 1);
+        }
+        i = next;
+    }
+    lua_pushinteger(L, (lua_Integer)i + 1);
     return 1;
 }
 
@@ -512,6 +540,7 @@ void rotor_json_open(lua_State *L) {
                                      {"json_mark_arrays", l_json_mark_arrays},
                                      {"json_finish", l_json_finish},
                                      {"json_journal_split", l_json_journal_split},
+                                     {"json_journal_skip", l_json_journal_skip},
                                      {NULL, NULL}};
     luaL_setfuncs(L, funcs, 0);
 }

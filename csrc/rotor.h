@@ -30,6 +30,11 @@ void rotor_secret_push(lua_State *L, const void *buf, size_t len);
 const char *rotor_bytes(lua_State *L, int idx, size_t *len, int *is_secret);
 /* Same, raising a type error naming the argument. */
 const char *rotor_checkbytes(lua_State *L, int idx, size_t *len);
+/* A malloc'd copy of the bytes at idx (free it with rotor_free_secure): a string, a secret, or a
+ * rope, an array of pieces written one after another, each a string or { s, i, j } (the bytes
+ * s:sub(i, j), 1 <= i <= j + 1 <= #s + 1), so that a large text made of parts reaches C without
+ * being joined in Lua first. Raises on anything else, naming the piece. */
+char *rotor_dupbytes(lua_State *L, int idx, size_t *len);
 /* Memory for secret bytes: n zeroed bytes kept out of swap and core dumps (best effort, within
  * RLIMIT_MEMLOCK), from a locked arena apart from the heap (or malloc'd with its pages locked,
  * beyond 4 kB); NULL when out of memory. rotor_locked_free zeroes it and gives it back: n as

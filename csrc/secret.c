@@ -464,6 +464,72 @@ const char *rotor_checkbytes(lua_State *L, int idx, size_t *len) {
     return p;
 }
 
+/* one piece of a rope (see rotor_dupbytes): its bytes, or NULL when it is none */
+static const char *rope_piece(lua_State *L, int idx, size_t *len) {
+    idx = lua_absindex(L, idx);
+    *len = 0;
+    if (lua_type(L, idx) == LUA_TSTRING) {
+        return lua_tolstring(L, idx, len);
+    }
+    if (!lua_istable(L, idx) || lua_rawgeti(L, idx, 1) != LUA_TSTRING) {
+        return NULL;
+    }
+    size_t n;
+    const char *s = lua_tolstring(L, -1, &n);
+    lua_pop(L, 1); /* the table holds it */
+    int ok_i, ok_j;
+    lua_rawgeti(L, idx, 2);
+    lua_Integer i = lua_tointegerx(L, -1, &ok_i);
+    lua_rawgeti(L, idx, 3);
+    lua_Integer j = lua_tointegerx(L, -1, &ok_j);
+    lua_pop(L, 2);
+    if (!ok_i || !ok_j || i < 1 || j > (lua_Integer)n || i > j + 1) {
+        return NULL;
+    }
+    *len = (size_t)(j - i + 1);
+    return s + i - 1;
+}
+
+char *rotor_dupbytes(lua_State *L, int idx, size_t *len) {
+    idx = lua_absindex(L, idx);
+    size_t total = 0, n = 0;
+    const char *p = rotor_bytes(L, idx, &total, NULL);
+    lua_Integer pieces = 0;
+    if (p == NULL) {
+        if (!lua_istable(L, idx)) {
+            luaL_error(L, "a string, an open rotor.secret or an array of pieces expected, got %s",
+                       luaL_typename(L, idx));
+        }
+        pieces = (lua_Integer)lua_rawlen(L, idx);
+        for (lua_Integer k = 1; k <= pieces; k++) {
+            lua_rawgeti(L, idx, k);
+            if (rope_piece(L, -1, &n) == NULL || n > SIZE_MAX / 2 - total) {
+                luaL_error(L, "piece %d: a string or { string, i, j } within it expected", (int)k);
+            }
+            total += n;
+            lua_pop(L, 1);
+        }
+    }
+    char *out = malloc(total > 0 ? total : 1);
+    if (out == NULL) {
+        luaL_error(L, "out of memory");
+        return NULL;
+    }
+    if (p != NULL) {
+        memcpy(out, p, total);
+    }
+    size_t at = 0;
+    for (lua_Integer k = 1; k <= pieces; k++) {
+        lua_rawgeti(L, idx, k);
+        const char *piece = rope_piece(L, -1, &n);
+        memcpy(out + at, piece, n);
+        at += n;
+        lua_pop(L, 1);
+    }
+    *len = total;
+    return out;
+}
+
 static int l_secret_new(lua_State *L) {
     size_t len;
     const char *p = rotor_checkbytes(L, 1, &len);

@@ -250,6 +250,34 @@ describe("group-committed durable writes", function()
     d:close()
   end)
 
+  it("writes a rope (strings and { s, i, j } pieces) as its pieces joined, in a group and outside a loop", function()
+    local d = assert(core.fs_dir(dir, true))
+    local text = "0123456789"
+    local rope = { "<", { text, 3, 5 }, "|", { text, 1, 0 }, { text, 10, 10 }, ">" }
+    sched.parallel({ 1, 2 }, function(i)
+      assert(sched.durable(i == 1 and "atomic" or "append", d, "f" .. i, rope, 384))
+    end)
+    assert.same({ 2 }, jobs)
+    assert.equal("<234|9>", core.fs_read(dir .. "/f1"))
+    assert.equal("<234|9>", core.fs_read(dir .. "/f2"))
+    assert(sched.durable("atomic", d, "f3", rope, 384))
+    assert(sched.durable("append", d, "f3", { "+", { text, 1, 2 } }, 384))
+    assert.equal("<234|9>+01", core.fs_read(dir .. "/f3"))
+    assert.same({ 2 }, jobs)
+    -- a piece out of its string, or of no kind a rope holds: an error naming it, nothing written
+    for _, bad in ipairs { { "a", { text, 0, 2 } }, { "a", { text, 5, 11 } }, { "a", { text, 6, 4 } }, { "a", 7 },
+                           { { 1, 1, 1 } }, { "a", { text, 1 } } } do
+      local ok, err = pcall(d.write, d, "f4", bad, 384)
+      assert.is_false(ok)
+      assert.matches("piece %d", tostring(err))
+      ok, err = pcall(core.durable_start, { { "atomic", d, "f4", bad, 384 } })
+      assert.is_false(ok)
+      assert.matches("piece %d", tostring(err))
+    end
+    assert.is_nil(core.fs_read(dir .. "/f4"))
+    d:close()
+  end)
+
   it("appends in order, as one group, and outside a loop writes at once", function()
     local d = assert(core.fs_dir(dir, true))
     local path = dir .. "/audit.log"

@@ -1,7 +1,8 @@
 -- A record's journal kept as text by the file store: split off the file without decoding
 -- (core.json_journal_split), decoded only when record.journal is read, appended to and written
--- back from its texts. Whatever the split accepts must be JSON that cjson reads as the same
--- entries; a record read either way is the same record.
+-- back from its text (the oldest entries dropped with core.json_journal_skip). Whatever the split
+-- accepts must be JSON that cjson reads as the same entries; a record read either way is the same
+-- record.
 local core = require "rotor.core"
 local json = require "rotor.json"
 local record = require "rotor.record"
@@ -93,6 +94,35 @@ describe("a journal kept as text by the file store", function()
     assert.equal(20, #got)
     assert.equal("r-6", got[1].rotation)
     assert.equal("r-25", got[20].rotation)
+    -- puts one after another: the entries appended by each are kept as text, the oldest dropped
+    -- first from the text read, then from those appended, never decoding the journal
+    rec = assert(store:get("s", AS_TEXT))
+    for n = 1, 3 do
+      for _, e in ipairs(entries(4, 25 + (n - 1) * 4)) do record.journal_append(rec, e) end
+      assert(store:put("s", rec))
+    end
+    for _, e in ipairs(entries(30, 37)) do record.journal_append(rec, e) end
+    assert(store:put("s", rec))
+    record.journal_append(rec, { step = "verify", outcome = "ok", rotation = "r-68" })
+    assert(store:put("s", rec))
+    assert.is_nil(rawget(rec, "journal"))
+    -- a put that fails after its entry was encoded: the entry dropped is that one
+    record.journal_append(rec, { step = "promote", outcome = "lost" })
+    local real = core.durable_start
+    core.durable_start = function() error("the disk is gone") end
+    local ok = pcall(require("rotor.sched").parallel, { 1 }, function() assert(store:put("s", rec)) end)
+    core.durable_start = real
+    assert.is_false(ok)
+    record.journal_drop_last(rec)
+    assert.is_nil(rawget(rec, "journal"))
+    got = assert(store:get("s", AS_TEXT)).journal
+    assert.equal(20, #got)
+    assert.equal("r-49", got[1].rotation)
+    assert.equal("r-67", got[19].rotation)
+    -- (the failed put had already dropped r-49 from the record in memory: the next write would)
+    local mine = rec.journal
+    assert.same(got[20], mine[#mine])
+    for _, e in ipairs(mine) do assert.not_equal("lost", e.outcome) end
   end)
 
   it("writes a journal assigned in place of the kept one, and refuses a secret in an appended entry", function()
@@ -141,19 +171,31 @@ describe("a journal kept as text by the file store", function()
 end)
 
 describe("core.json_journal_split", function()
-  -- what the file store takes from a split (parts, and a rest that decodes to a record holding no
-  -- journal: else it decodes the text whole) compared with what cjson reads from the whole text
+  -- what the file store takes from a split (the entries' text, their count, and a rest that decodes
+  -- to a record holding no journal: else it decodes the text whole) compared with what cjson reads
+  -- from the whole text; and each entry skipped from the front leaves the text of those after it
   local function same_as_cjson(text)
-    local parts, rest = split(text)
-    if not parts then return true end
+    local etext, count, rest = split(text)
+    if not etext then return true end
+    if type(etext) ~= "string" or type(count) ~= "number" or count % 1 ~= 0 or type(rest) ~= "string" then
+      return false, "split returned " .. type(etext) .. ", " .. type(count) .. ", " .. type(rest)
+    end
     local r = json.decode(rest)
     if type(r) ~= "table" or r.journal ~= nil then return true end
     local whole = json.decode(text)
     if type(whole) ~= "table" then return false, "split accepted what cjson refuses" end
-    local list, lerr = json.decode("[" .. table.concat(parts, ",") .. "]")
-    if type(list) ~= "table" then return false, "the parts do not decode: " .. tostring(lerr) end
+    local list, lerr = json.decode("[" .. etext .. "]")
+    if type(list) ~= "table" then return false, "the entries do not decode: " .. tostring(lerr) end
     local journal = whole.journal
-    if #list ~= #journal then return false, "entry count" end
+    if #list ~= #journal or count ~= #journal then return false, "entry count" end
+    local at = 1
+    for k = 1, count do
+      at = core.json_journal_skip(etext, at, 1)
+      local after = json.decode("[" .. etext:sub(at) .. "]")
+      if type(after) ~= "table" or #after ~= count - k then return false, "skipping entry " .. k end
+    end
+    if at ~= #etext + 1 then return false, "skipping every entry ends at " .. at end
+    if count > 0 and core.json_journal_skip(etext, 1, count) ~= at then return false, "skip of all at once" end
     for i, e in ipairs(list) do
       if type(e) ~= "table" then return false, "entry " .. i .. " not an object" end
       for k, v in pairs(e) do
@@ -214,11 +256,18 @@ describe("core.json_journal_split", function()
     } do
       assert.is_nil(split(t), t)
     end
-    local parts, rest = split('{"journal":[{"a":"b\\"}"},{}],"slot":"x"}')
-    assert.same({ '{"a":"b\\"}"}', "{}" }, parts)
+    local etext, count, rest = split('{"journal":[{"a":"b\\"}"},{}],"slot":"x"}')
+    assert.equal('{"a":"b\\"}"},{}', etext)
+    assert.equal(2, count)
     assert.equal('{"slot":"x"}', rest)
-    parts, rest = split('{"journal":[]}')
-    assert.same({}, parts)
+    assert.equal(#'{"a":"b\\"}"},' + 1, core.json_journal_skip(etext, 1, 1))
+    assert.equal(#etext + 1, core.json_journal_skip(etext, 1, 2))
+    -- fewer entries than asked for, or no entry where it starts: an error, never a guess
+    assert.has_error(function() core.json_journal_skip(etext, 1, 3) end)
+    assert.has_error(function() core.json_journal_skip(etext, 2, 1) end)
+    etext, count, rest = split('{"journal":[]}')
+    assert.equal("", etext)
+    assert.equal(0, count)
     assert.equal("{}", rest)
   end)
 end)

@@ -12,7 +12,7 @@
 -- validate(record) -> true | nil, "<field>: <problem>" (the first problem found).
 -- read(store, slot[, opts]) -> record | false (no such slot) | nil, err: store:get, the record checked.
 -- journal_append(rec, entry), journal_drop_last(rec): a rotation's changes to rec.journal, which
--- may be kept as text (journal_from_texts, journal_texts: the file store's; see below).
+-- may be kept as text (journal_from_text, journal_rope: the file store's; see below).
 local core = require "rotor.core"
 
 local _M = {}
@@ -143,26 +143,38 @@ function _M.validate(rec)
 end
 
 ------------------------------------------------------------------------------------------------
--- A journal kept as text. The file store hands back a record's journal as the texts of its
--- entries, split off the file without decoding them (core.json_journal_split), and decodes them
--- only when record.journal is read; a rotation appends to it (journal_append) and the store writes
--- it back from those texts (journal_texts). A slot rotated for long carries hundreds of entries,
--- read once and written three times per rotation: decoding and encoding them was two thirds of
--- the rotation's CPU time. Only a rotation reads its slot so (store:get(slot,
--- { journal_as_text = true })); there record.journal is the list, decoded on first use.
+-- A journal kept as text. The file store hands back a record's journal as the text of its entries,
+-- split off the file without decoding them (core.json_journal_split), and decodes them only when
+-- record.journal is read; a rotation appends to it (journal_append) and the store writes it back
+-- from that text (journal_rope). A slot rotated for
+-- long carries hundreds of entries, read once and written three times per rotation: decoding and
+-- encoding them was two thirds of the rotation's CPU time, and a string per entry (then a joined
+-- copy of them per write) still a third of it. Only a rotation reads its slot so
+-- (store:get(slot, { journal_as_text = true })); there record.journal is the list, decoded on
+-- first use.
 
-local lazy = setmetatable({}, { __mode = "k" })   -- record -> { parts = {texts}, added = {entries} }
+local lazy = setmetatable({}, { __mode = "k" })
+-- record -> { text = "E1,...,En", first = (where the entries kept start: the oldest are dropped
+--             from the front), count = (how many are kept), texts = { encoded entries appended
+--             since }, added = { entries not yet encoded } }
 
--- the list, decoded once, in place of the texts (raises on a text that does not decode: the store
+-- the entries kept of the text read, as a list (raises on a text that does not decode: the store
 -- splits only texts that do)
+local function decode_text(rec, l)
+  local list, err = require("rotor.json").decode("[" .. l.text:sub(l.first) .. "]")
+  if type(list) ~= "table" then
+    error(("the journal of slot %s cannot be decoded: %s"):format(tostring(rawget(rec, "slot")), tostring(err)), 4)
+  end
+  return list
+end
+
+-- the list, decoded once, in place of the text
 local function decode_journal(rec)
   local l = lazy[rec]
   lazy[rec] = nil
   setmetatable(rec, nil)
-  local list, err = require("rotor.json").decode("[" .. table.concat(l.parts, ",") .. "]")
-  if type(list) ~= "table" then
-    error(("the journal of slot %s cannot be decoded: %s"):format(tostring(rawget(rec, "slot")), tostring(err)), 3)
-  end
+  local list = l.count > 0 and decode_text(rec, l) or {}
+  for _, t in ipairs(l.texts) do list[#list + 1] = require("rotor.json").decode(t) end
   for _, e in ipairs(l.added) do list[#list + 1] = e end
   rawset(rec, "journal", list)
   return list
@@ -172,9 +184,9 @@ local LAZY_MT = { __index = function(rec, k)
   if k == "journal" and lazy[rec] then return decode_journal(rec) end
 end }
 
---- Keep parts (the texts of a record's journal entries, each a JSON object) as rec's journal.
-function _M.journal_from_texts(rec, parts)
-  lazy[rec] = { parts = parts, added = {} }
+--- Keep text, count entries "E1,...,En" (core.json_journal_split), as rec's journal.
+function _M.journal_from_text(rec, text, count)
+  lazy[rec] = { text = text, first = 1, count = count, texts = {}, added = {} }
   return setmetatable(rec, LAZY_MT)
 end
 
@@ -203,31 +215,47 @@ end
 --- Remove the last entry of rec's journal (one a failed write did not keep).
 function _M.journal_drop_last(rec)
   local l = kept(rec)
-  if not l then
-    table.remove(rec.journal)
-  elseif #l.added > 0 then
+  if l and #l.added > 0 then
     l.added[#l.added] = nil
+  elseif l and #l.texts > 0 then
+    l.texts[#l.texts] = nil
   else
-    l.parts[#l.parts] = nil
+    -- the last entry is one read with the record: the list, decoded (seldom: an entry appended
+    -- since is the one a failed write leaves)
+    table.remove(rec.journal)
   end
 end
 
---- The texts of rec's journal entries, only the last max, when it is kept as text (the entries
--- appended since are encoded now, with encode(entry) -> text): nil for a plain list.
-function _M.journal_texts(rec, max, encode)
+--- The text of rec's journal entries, only the last max, without the brackets, as a rope (an
+-- array of pieces: strings, or { text, i, j } for text:sub(i, j); see core.durable_start), when
+-- it is kept as text; the entries appended since are encoded now, with encode(entry) -> text.
+-- nil for a plain list.
+function _M.journal_rope(rec, max, encode)
   local l = kept(rec)
   if not l then return nil end
-  local texts = {}
-  for i, e in ipairs(l.added) do texts[i] = encode(e) end
-  local parts = l.parts
-  table.move(texts, 1, #texts, #parts + 1, parts)
+  local texts = l.texts
+  for _, e in ipairs(l.added) do texts[#texts + 1] = encode(e) end
   l.added = {}
-  local n = #parts
-  if n > max then
-    parts = table.move(parts, n - max + 1, n, 1, {})
-    l.parts = parts
+  local over = l.count + #texts - max
+  if over > 0 then
+    -- the oldest go first: from the text read, then from those appended
+    local k = math.min(over, l.count)
+    if k > 0 then
+      l.first = core.json_journal_skip(l.text, l.first, k)
+      l.count = l.count - k
+    end
+    if over > k then
+      texts = table.move(texts, over - k + 1, #texts, 1, {})
+      l.texts = texts
+    end
   end
-  return parts
+  local rope = {}
+  if l.count > 0 then rope[1] = l.first == 1 and l.text or { l.text, l.first, #l.text } end
+  for _, t in ipairs(texts) do
+    if rope[1] then rope[#rope + 1] = "," end
+    rope[#rope + 1] = t
+  end
+  return rope
 end
 
 --- A slot's record as every reader takes it (rotation, status, due, doctor, rotor.ngx): store:get,

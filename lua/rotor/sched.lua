@@ -152,12 +152,13 @@ end
 -- group, started as soon as the loop sees that one done (it looks after each task it resumes),
 -- before the tasks it woke run on. Writes of one task go to disk in the order it queued them: a
 -- later one never before an earlier one (the same group, or a later group). Outside a loop: the
--- synchronous dir:write / dir:append, done before it returns.
+-- synchronous dir:write / dir:append, done before it returns. data: a string, a rotor.secret, or a
+-- rope (an array of strings and { s, i, j } pieces, joined in C where the bytes are copied).
 function _M.durable_later(op, dir, name, data, mode)
   if op ~= "atomic" and op ~= "append" then error("sched.durable: op must be atomic or append", 2) end
   if type(name) ~= "string" or name == "" then error("sched.durable: a file name expected", 2) end
-  if type(data) ~= "string" and not core.is_secret(data) then
-    error("sched.durable: data must be a string or a rotor.secret", 2)
+  if type(data) ~= "string" and type(data) ~= "table" and not core.is_secret(data) then
+    error("sched.durable: data must be a string, a rotor.secret or a rope (an array of pieces)", 2)
   end
   local l = in_loop()
   local t = setmetatable({ loop = l }, Ticket)

@@ -4,8 +4,10 @@
  * The finishing pass after an encode (core.json_finish) over any text: no read outside it, never
  * longer, and the text itself back when it holds neither a backslash nor the marker.
  * The journal split (core.json_journal_split) over any text: no read outside it, and when it
- * splits, each part is an object's text, the parts and the rest are the text's own bytes. (That
- * cjson reads the parts as the same entries is spec/journal_spec.lua's differential check.) */
+ * splits, the entries are the text's own bytes after its opening, the rest no longer than what
+ * follows them, and skipping the entries one by one (core.json_journal_skip) steps through them,
+ * each step ending at an entry's first byte or at the end, after exactly as many as it counted.
+ * (That cjson reads the entries as the same is spec/journal_spec.lua's differential check.) */
 #include "fuzz_common.h"
 
 #define MARK "[\"rotor-fuzz-mark\"]"
@@ -45,26 +47,38 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
     lua_getfield(L, 1, "json_journal_split");
     lua_pushlstring(L, text, size);
-    lua_call(L, 1, 2);
-    if (lua_istable(L, -2)) {
-        size_t total = 0, rlen;
+    lua_call(L, 1, 3);
+    if (lua_isstring(L, -3)) {
+        size_t elen, rlen;
+        const char *entries = lua_tolstring(L, -3, &elen);
+        lua_Integer count = lua_tointeger(L, -2);
         const char *rest = lua_tolstring(L, -1, &rlen);
-        for (lua_Integer i = 1; i <= (lua_Integer)lua_rawlen(L, -2); i++) {
-            size_t plen;
-            lua_rawgeti(L, -2, i);
-            const char *part = lua_tolstring(L, -1, &plen);
-            if (part == NULL || plen < 2 || part[0] != '{' || part[plen - 1] != '}' ||
-                memmem(text, size, part, plen) == NULL) {
+        static const char open[] = "{\"journal\":[";
+        if (rest == NULL || rest[0] != '{' || size < sizeof open - 1 + elen ||
+            memcmp(text + sizeof open - 1, entries, elen) != 0 ||
+            elen + sizeof open - 1 + rlen > size || (count == 0) != (elen == 0)) {
+            abort();
+        }
+        lua_Integer at = 1;
+        for (lua_Integer k = 0; k < count; k++) {
+            lua_getfield(L, 1, "json_journal_skip");
+            lua_pushvalue(L, -4);
+            lua_pushinteger(L, at);
+            lua_pushinteger(L, 1);
+            lua_call(L, 3, 1);
+            lua_Integer next = lua_tointeger(L, -1);
+            lua_pop(L, 1);
+            if (next <= at || next > (lua_Integer)elen + 1 ||
+                (next <= (lua_Integer)elen && entries[next - 1] != '{')) {
                 abort();
             }
-            total += plen;
-            lua_pop(L, 1);
+            at = next;
         }
-        if (rest == NULL || rest[0] != '{' || total + rlen > size) {
+        if (at != (lua_Integer)elen + 1) {
             abort();
         }
     }
-    lua_pop(L, 2);
+    lua_settop(L, 1);
     free(text);
     fuzz_collect(L);
     return 0;

@@ -160,9 +160,9 @@ function Store:aside_command(slot, quote)
   return ("mv %s %s"):format(quote(path), quote(path .. ".corrupt"))
 end
 
--- secrets in a record read from disk become rotor.secret values; parts: its journal's entries
--- as text (core.json_journal_split), kept as such until read
-local function wrap(record, parts)
+-- secrets in a record read from disk become rotor.secret values; split: its journal's entries as
+-- text ({ "E1,...,En", n }: core.json_journal_split), kept as such until read
+local function wrap(record, split)
   local versions = type(record.versions) == "table" and record.versions or {}
   record.versions = versions
   for _, label in ipairs(VERSION_LABELS) do
@@ -175,7 +175,7 @@ local function wrap(record, parts)
   end
   if record.rotation == json.null then record.rotation = nil end
   if record.last == json.null then record.last = nil end
-  if parts then return record_mod.journal_from_texts(record, parts) end
+  if split then return record_mod.journal_from_text(record, split[1], split[2]) end
   if type(record.journal) ~= "table" then record.journal = {} end
   return record
 end
@@ -191,26 +191,26 @@ end
 -- checked against the record's one schema (rotor.record.validate), and its secrets become
 -- rotor.secret values. For every store that checks what it reads (the file and etcd stores).
 -- Returns record | nil, err (a secret that cannot be opened) | nil, nil, why (not a valid record:
--- the caller's error names its file or key). parts (optional): the record's journal entries as
--- text, its journal then (record itself holding none).
-function _M.open_record(ring, slot, record, jerr, parts)
+-- the caller's error names its file or key). split (optional): the record's journal entries as
+-- text (see wrap), its journal then (record itself holding none).
+function _M.open_record(ring, slot, record, jerr, split)
   if type(record) ~= "table" then return nil, nil, jerr and "malformed JSON" or "not an object" end
   local opened, serr = seal.open_versions(ring, record, slot)
   if not opened then return nil, serr end
   local valid, why = record_mod.validate(record)
   if not valid then return nil, nil, why end
-  return wrap(record, parts)
+  return wrap(record, split)
 end
 
--- A record file's text decoded. as_text: its journal split off as the texts of its entries when it
--- is written as this store writes it (the journal first, entries of strings only); else, and
--- otherwise, decoded whole. record, jerr (json.decode's), parts | nil.
+-- A record file's text decoded. as_text: its journal split off as the text of its entries when
+-- the file is written as this store writes it (the journal first, entries of strings only); else,
+-- and otherwise, decoded whole. record, jerr (json.decode's), { entries, count } | nil.
 local function decode_record(text, as_text)
-  local parts, rest
-  if as_text then parts, rest = split_journal(text) end
-  if parts then
+  local entries, count, rest
+  if as_text then entries, count, rest = split_journal(text) end
+  if entries then
     local record = json.decode(rest)
-    if type(record) == "table" and record.journal == nil then return record, nil, parts end
+    if type(record) == "table" and record.journal == nil then return record, nil, { entries, count } end
   end
   local record, jerr = json.decode(text)
   return record, jerr
@@ -225,8 +225,8 @@ function Store:get(slot, opts)
   local text, msg = self.fd:read(name)
   if text == false then return false end
   if not text then return nil, store_error("cannot read slot " .. slot, msg) end
-  local decoded, jerr, parts = decode_record(text, type(opts) == "table" and opts.journal_as_text)
-  local record, serr, why = _M.open_record(self.ring, slot, decoded, jerr, parts)
+  local decoded, jerr, split = decode_record(text, type(opts) == "table" and opts.journal_as_text)
+  local record, serr, why = _M.open_record(self.ring, slot, decoded, jerr, split)
   text = nil -- luacheck: ignore 311
   if record then return record end
   if serr then return nil, serr end
@@ -246,30 +246,36 @@ function _M.trim_journal(record, max)
   end
 end
 
--- The text of a record's journal (its last max entries) without the brackets, or nil when it is
--- not a list: from the texts it was read as when it is kept so, else encoded (a secret in an entry
--- is an error: leaf does not reach into the journal).
+-- The text of a record's journal (its last max entries) without the brackets, as a rope (see
+-- rotor.record.journal_rope), or nil when it is not a list: from the text it was read from when
+-- it is kept so, else encoded (a secret in an entry is an error: leaf does not reach into the
+-- journal).
 local function journal_text(record, max)
-  local parts = record_mod.journal_texts(record, max, json.encode)
-  if parts then return table.concat(parts, ",") end
+  local rope = record_mod.journal_rope(record, max, json.encode)
+  if rope then return rope end
   _M.trim_journal(record, max)
   local journal = record.journal
-  if journal == nil or (type(journal) == "table" and next(journal) == nil) then return "" end
+  if journal == nil or (type(journal) == "table" and next(journal) == nil) then return {} end
   -- flat: the entries hold only strings, no walk for secrets or empty arrays into each of them
   local text = type(journal) == "table" and json.encode(journal, nil, journal)
-  return text and text:sub(1, 1) == "[" and text:sub(2, -2) or nil
+  return text and text:sub(1, 1) == "[" and { { text, 2, #text - 1 } } or nil
 end
 
--- The file text of a record: its journal first, so that the next read can split it off
--- (decode_record). The record's own tables are sealed where the store seals; json.encode reveals
--- the secrets left as it walks them (one walk, no copy of the record).
+-- The file text of a record, as a rope (pieces joined only where it is written: a record holds its
+-- journal, tens of kilobytes for a slot rotated for long): its journal first, so that the next
+-- read can find it (decode_record). The record's own tables are sealed where the store seals;
+-- json.encode reveals the secrets left as it walks them (one walk, no copy of the record).
 local function encode_record(self, slot, record)
-  local jtext = journal_text(record, self.journal_max)
+  local rope = journal_text(record, self.journal_max)
   local top = seal.record_to_write(self.ring, record, slot)
-  if not jtext then return json.encode(top, reveal) end
+  if not rope then return json.encode(top, reveal) end
   top.journal = nil
   local rest = json.encode(top, reveal)
-  return '{"journal":[' .. jtext .. "]" .. (rest == "{}" and "}" or "," .. rest:sub(2))
+  table.insert(rope, 1, '{"journal":[')
+  rope[#rope + 1] = "]"
+  rope[#rope + 1] = rest == "{}" and "}" or ","
+  if rest ~= "{}" then rope[#rope + 1] = { rest, 2, #rest } end
+  return rope
 end
 
 function Store:put(slot, record)
