@@ -287,6 +287,61 @@ error(err, 0)
     end)
   end)
 
+  describe("one credential, one slot, across the configs of a store", function()
+    -- two config files sharing a store, each with a slot for the same Genesys client: both ran, and
+    -- the second rotation killed the secret the first slot had stored and deployed
+    it("refuses a slot whose client another slot of the store holds, mints nothing, and doctor names both",
+      function()
+      local d = newdir()
+      local env = {}
+      local e = genesys_slot(env, 1, { deploy = { kind = "dotenv", path = "a.env" } })
+      local other = {}
+      for k, v in pairs(e) do other[k] = v end
+      other.slot, other.deploy = e.slot .. "-again", { kind = "dotenv", path = "b.env" }
+      local spare = spreetail_slot(env, 2)
+      local cfg_a, cfg_b = d .. "/a.conf.lua", d .. "/b.conf.lua"
+      write_config(cfg_a, { store = "./secrets", slots = { e } }, env)
+      write_config(cfg_b, { store = "./secrets", slots = { other, spare } }, env)
+      local mint = "/genesys/api/v2/oauth/clients/" .. e.target.client_id .. "/secret"
+      local out, rc = rotor("rotate --config " .. q(cfg_a), cfg_a)
+      assert.equal(0, rc, out)
+      assert.equal(1, counter(mint))
+      local stored = assert(core.fs_read(d .. "/a.env"))
+      out, rc = rotor("rotate --config " .. q(cfg_b) .. " --json", cfg_b)
+      assert.equal(1, rc, out)
+      local doc = assert(json.decode(out:match("{.*}")), out)
+      local by = {}
+      for _, r in ipairs(doc.slots) do by[r.slot] = r end
+      assert.equal("failed", by[other.slot].state)
+      assert.equal("config", by[other.slot].error.kind)
+      assert.truthy(by[other.slot].error.message:find(("genesys client %s is also held by slot %s of this store")
+        :format(e.target.client_id, e.slot), 1, true), out)
+      -- the other slot of that config ran; nothing was minted for the client held elsewhere
+      assert.equal("rotated", by[spare.slot].state)
+      assert.equal(1, counter(mint))
+      assert.equal(stored, core.fs_read(d .. "/a.env"))
+      assert.is_false(core.fs_exists(d .. "/b.env"))
+      -- a dry run says so too
+      out, rc = rotor("rotate --config " .. q(cfg_b) .. " --slot " .. q(other.slot) .. " --dry-run", cfg_b)
+      assert.equal(1, rc, out)
+      assert.truthy(out:find("is also held by slot " .. e.slot, 1, true), out)
+      -- two records holding one client (as two configs left them before this check): doctor names them
+      local st = file_store(d .. "/secrets")
+      local rec = assert(st:get(e.slot))
+      rec.slot = other.slot
+      assert(st:put(other.slot, rec))
+      out, rc = rotor("doctor " .. q(d .. "/secrets") .. " --json")
+      assert.equal(1, rc, out)
+      doc = assert(json.decode(out), out)
+      local f
+      for _, x in ipairs(doc.findings) do if x.problem == "shared_credential" then f = x end end
+      assert.truthy(f, out)
+      assert.truthy(f.message:find(("genesys client %s is held by 2 slots: %s (current), %s (current)")
+        :format(e.target.client_id, e.slot, other.slot), 1, true), f.message)
+      assert.truthy(f.command:find("keep one slot per credential", 1, true), f.command)
+    end)
+  end)
+
   describe("finding 5 in a script", function()
     it("warns when regenerate killed the old secret and nothing deployed the new one", function()
       local fx = fixtures.seed(s, "genesys")

@@ -530,9 +530,16 @@ local function cmd_doctor(args)
         .. "the store" }
   end
   local now = timefmt.now()
+  local held, order = {}, {}   -- record.client_key(provider, id) -> { { slot, role }, ... }
   for _, name in ipairs(names) do
     local ok, rec, gerr = pcall(record_mod.read, store, name)
     if not ok then rec, gerr = nil, rec end
+    if rec then
+      for key, role in pairs(record_mod.clients(rec)) do
+        if not held[key] then held[key], order[#order + 1] = {}, key end
+        table.insert(held[key], { slot = name, role = role })
+      end
+    end
     if not rec then
       local aside = type(store.aside_command) == "function" and store:aside_command(name, q) or nil
       -- the store's own advice (which points at doctor) gives way to doctor's, with its command
@@ -575,6 +582,24 @@ local function cmd_doctor(args)
               "between two steps") or "wait for it" }
         end
       end
+    end
+  end
+  -- one credential, one slot: two slots holding one client (two configs, or a slot no config names
+  -- any more) kill each other's secrets
+  table.sort(order)
+  for _, key in ipairs(order) do
+    local h = held[key]
+    if #h > 1 then
+      table.sort(h, function(a, b) return a.slot < b.slot end)
+      local list = {}
+      for _, x in ipairs(h) do list[#list + 1] = ("%s (%s)"):format(x.slot, x.role) end
+      local last = h[#h].slot
+      local aside = type(store.aside_command) == "function" and store:aside_command(last, q) or nil
+      add { slot = last, problem = "shared_credential", needs_person = true,
+        message = ("%s is held by %d slots: %s. Rotating it in one kills the secret the others stored (or their "
+          .. "clean-up deletes it)"):format(key, #h, table.concat(list, ", ")),
+        command = "keep one slot per credential: remove all but one of these slots from their configs, then move "
+          .. "each removed slot's record aside" .. (aside and (" (" .. aside .. ")") or "") }
     end
   end
   local need = 0
@@ -646,6 +671,47 @@ local function rotate_plan(o)
   return cfg, info, entries
 end
 
+-- The clients held by the store's slots that cfg does not name (another config's, or a slot no
+-- config names any more): { [record.client_key(provider, id)] = { slot =, role = } } | nil, err.
+-- (The config's own slots are checked against each other by config.validate.)
+local function foreign_holders(store, cfg)
+  local names, lerr = store:list()
+  if not names then return nil, lerr end
+  local mine = {}
+  for _, e in ipairs(cfg.slots) do mine[e.slot] = true end
+  local held = {}
+  for _, name in ipairs(names) do
+    if not mine[name] then
+      -- a record that cannot be read is doctor's (and refuses its own slot's rotations)
+      local ok, rec = pcall(record_mod.read, store, name)
+      if ok and rec then
+        for key, role in pairs(record_mod.clients(rec)) do held[key] = { slot = name, role = role } end
+      end
+    end
+  end
+  return held
+end
+
+-- why slot entry e may not rotate its credential here (another slot holds it) | nil
+local function held_elsewhere(run, e)
+  local kind, id = config.credential(e)
+  if not kind then return nil end
+  if not run.holders then
+    return errors.new { kind = "store", message = "cannot list the store to check that no other slot holds the "
+      .. "credential this slot rotates: " .. clean(run.holders_error) .. "; nothing was done" }
+  end
+  local key = record_mod.client_key(kind, id)
+  local h = run.holders[key]
+  if not h then return nil end
+  local what = h.role == "retiring"
+    and "will delete it (its clean-up after a rotation)"
+    or ("stored a secret for it (its %s credential), which rotating it here would kill"):format(h.role)
+  return errors.new { kind = "config", message = ("%s is also held by slot %s of this store, a slot this config "
+    .. "does not name: that slot %s. Nothing was done. Keep one slot per credential: rotate it from one config "
+    .. "only; if slot %s is no longer used, move its record aside (rotor doctor shows both)"):format(key, h.slot,
+    what, h.slot) }
+end
+
 -- Rotate one slot of a config run: res (res.skipped when not due) | nil, err.
 local function rotate_slot(run, e)
   local rotor, core = require "rotor", require "rotor.core"
@@ -654,6 +720,8 @@ local function rotate_slot(run, e)
     return nil, errors.new { kind = "interrupted", not_started = true,
                              message = "not started: rotor was stopped by a signal" }
   end
+  local taken = held_elsewhere(run, e)
+  if taken then return nil, taken end
   local p, perr = config.make_provider(e.provider)
   if not p then return nil, perr end
   local dopts = policy.merge(cfg.due, e.due)
@@ -759,6 +827,7 @@ local function cmd_rotate(args)
   io.stdout:flush()
   local run = { cfg = cfg, info = info, o = o, store = store, done = 0, total = #entries,
                 show = progress_enabled() and not o["--json"] and #entries > 1 }
+  run.holders, run.holders_error = foreign_holders(store, cfg)
   local results, errs = require("rotor").parallel(entries, function(e) return rotate_slot(run, e) end,
                                                   { concurrency = cfg.concurrency or 4 })
   if run.show then io.stderr:write("\r\27[K") end

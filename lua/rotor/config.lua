@@ -408,7 +408,10 @@ end
 
 -- The credential a slot's rotation acts on, as far as the file says: "KIND CLIENT_ID at ACCOUNT"
 -- (the account's URL or region), and the key that names it. nil when the file does not say.
-local function credential_of(e)
+--- The credential a slot entry rotates: provider kind, client id, account, and the key that names
+-- the id | nil (not known before the provider runs). Genesys rotates target.client_id (rotor's own
+-- client or another); the others their own.
+function _M.credential(e)
   local p = e.provider
   if type(p) ~= "table" then return nil end
   local kind, opts
@@ -418,12 +421,16 @@ local function credential_of(e)
     kind, opts = p.kind, provider_options(p)
   end
   if type(kind) ~= "string" or type(opts) ~= "table" then return nil end
-  -- Genesys rotates target.client_id (rotor's own client or another); the others their own
   local id, key = opts.client_id, "provider.options.client_id"
   if kind == "genesys" then id, key = type(e.target) == "table" and e.target.client_id or nil, "target.client_id" end
   if type(id) ~= "string" or id == "" then return nil end
-  local account = opts.base_url or opts.region or (opts.sandbox and "sandbox") or "production"
-  return ("%s client %s at %s"):format(kind, id, tostring(account)), key
+  return kind, id, tostring(opts.base_url or opts.region or (opts.sandbox and "sandbox") or "production"), key
+end
+
+local function credential_of(e)
+  local kind, id, account, key = _M.credential(e)
+  if not kind then return nil end
+  return ("%s at %s"):format(require("rotor.record").client_key(kind, id), account), key
 end
 
 --- A provider object from a slot's provider entry. Returns p | nil, err.
@@ -655,6 +662,8 @@ function _M.reference()
   p("`target.client_id`, or the same `client_id` of a provider that rotates its own, in the same")
   p("account) are refused, since each rotation would kill the secret the other stored. When several")
   p("consumers share a credential, give its one slot a `deploy` that hands the new secret to each.")
+  p("`rotor rotate` also fails (before anything is sent) a slot whose client another slot of the same")
+  p("store holds that the config does not name, such as another config file's slot (doc/CLI.md).")
   p("")
   p("## Top-level keys")
   p("")
