@@ -248,6 +248,26 @@ describe("core.json_journal_split", function()
     assert.is_true(accepted < tried, "nothing refused")
   end)
 
+  it("finds a quote, a backslash or a control byte wherever it stands in a long string",
+    function()
+    local raw = { ['"'] = true, ["\\"] = true, ["\1"] = false, ["\31"] = false, ["\127"] = true, ["\200"] = true,
+                  [" "] = true, ["\t"] = false }
+    for c, accepted in pairs(raw) do
+      for at = 1, 40 do
+        -- written as the store writes it (escaped), and with the byte left raw in the string
+        local note = ("n"):rep(at - 1) .. c .. ("x"):rep(41 - at)
+        local written = '{"journal":[{"step":"s","note":' .. json.encode(note) .. '}],"slot":"x"}'
+        assert.truthy(split(written), ("%q at %d"):format(c, at))
+        local rawtext = '{"journal":[{"step":"s","note":"' .. note .. '"}],"slot":"x"}'
+        local ok, why = same_as_cjson(rawtext)
+        assert(ok, ("%s: %q"):format(tostring(why), rawtext))
+        -- a raw quote ends the string early; a raw backslash escapes what follows
+        local expect = accepted and c ~= '"' and c ~= "\\"
+        assert.equal(expect or nil, split(rawtext) and true, ("raw %q at %d"):format(c, at))
+      end
+    end
+  end)
+
   it("refuses what it cannot vouch for", function()
     for _, t in ipairs {
       '{"slot":"x","journal":[]}', '{"journal":[{"a":1}]}', '{"journal":[{"a":"\\ud800"}]}',
