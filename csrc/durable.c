@@ -4,10 +4,11 @@
  *       core.fs_dir (the store directory, opened under its trust rule), name a file in it, op
  *       "atomic" (a temporary file in the directory, then swapped or renamed into name) or
  *       "append" (O_APPEND); data a string, a rotor.secret, or a rope of pieces (rotor.h:
- *       rotor_dupbytes; a store record built from the text it was read from). Every open is
- * relative to the directory's descriptor with O_NOFOLLOW and must find a regular file (as in
- * csrc/fs.c). job:fd()       an eventfd that becomes readable when the job is done (for the event
- * loop) job:results()  nil while the job runs; then an array: true, or an error message, per item
+ *       rotor_dupbytes; a store record is built so from the text it was read from). Every open
+ *       is relative to the directory's descriptor with O_NOFOLLOW and must find a regular file
+ *       (as in csrc/fs.c).
+ *   job:fd()       an eventfd that becomes readable when the job is done (for the event loop)
+ *   job:results()  nil while the job runs; then an array: true, or an error message, per item
  *                  (and .seconds: how long the job took)
  *   job:close()    frees the job (its eventfd) now rather than at garbage collection, once the
  *                  thread is done with it

@@ -406,11 +406,9 @@ local function provider_options(p)
   return o, "provider."
 end
 
--- The credential a slot's rotation acts on, as far as the file says: "KIND CLIENT_ID at ACCOUNT"
--- (the account's URL or region), and the key that names it. nil when the file does not say.
---- The credential a slot entry rotates: provider kind, client id, account, and the key that names
--- the id | nil (not known before the provider runs). Genesys rotates target.client_id (rotor's own
--- client or another); the others their own.
+--- The credential a slot entry rotates, as far as the file says: provider kind, client id,
+-- account (its URL or region), and the key that names the id | nil (when the file does not say).
+-- Genesys rotates target.client_id (rotor's own client or another); the others their own.
 function _M.credential(e)
   local p = e.provider
   if type(p) ~= "table" then return nil end
@@ -427,6 +425,7 @@ function _M.credential(e)
   return kind, id, tostring(opts.base_url or opts.region or (opts.sandbox and "sandbox") or "production"), key
 end
 
+-- The same as one text, "KIND client CLIENT_ID at ACCOUNT", and the key that names it | nil.
 local function credential_of(e)
   local kind, id, account, key = _M.credential(e)
   if not kind then return nil end

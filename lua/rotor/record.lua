@@ -169,12 +169,11 @@ end
 -- A journal kept as text. The file store hands back a record's journal as the text of its entries,
 -- split off the file without decoding them (core.json_journal_split), and decodes them only when
 -- record.journal is read; a rotation appends to it (journal_append) and the store writes it back
--- from that text (journal_rope). A slot rotated for
--- long carries hundreds of entries, read once and written three times per rotation: decoding and
--- encoding them was two thirds of the rotation's CPU time, and a string per entry (then a joined
--- copy of them per write) still a third of it. Only a rotation reads its slot so
--- (store:get(slot, { journal_as_text = true })); there record.journal is the list, decoded on
--- first use.
+-- from that text (journal_rope). A slot rotated for long carries hundreds of entries, read once
+-- and written three times per rotation: decoding and encoding them cost two thirds of the
+-- rotation's CPU time, and a string per entry (with a joined copy of them per write) still more
+-- than the rest of the store's work. Only a rotation reads its slot so (store:get(slot,
+-- { journal_as_text = true })); there record.journal is the list, decoded on first use.
 
 local lazy = setmetatable({}, { __mode = "k" })
 -- record -> { text = "E1,...,En", first = (where the entries kept start: the oldest are dropped
