@@ -266,6 +266,20 @@ return { store = "./s", slots = { { slot = "a", consumers = "none", provider = {
     assert.is_true(has(problems { store = "s", slots = { sp("s/1"), sp("s/2") } },
       "slot s/2: provider.options.client_id: the slot rotates the same credential as slot s/1 "
         .. "(spreetail client pair at https://127.0.0.1:9/spreetail)"))
+    -- an SP-API app's Login with Amazon client is one credential in every region and the sandbox:
+    -- two slots for it in two regions passed, and rotating it in one left the other's secret to expire
+    local function app(name, region, sandbox)
+      return { slot = name, consumers = "none", provider = { kind = "spapi", options = { region = region,
+        sandbox = sandbox, client_id = "amzn1.application-oa2-client.x", client_secret = "not-a-real-secret",
+        sqs = { queue_url = "https://sqs.us-east-1.amazonaws.com/1/q", access_key = "AKIDEXAMPLE",
+          secret_key = "not-a-real-secret" } } } }
+    end
+    for _, other in ipairs { app("spapi/eu", "eu"), app("spapi/sandbox", "na", true) } do
+      local found = problems { store = "s", slots = { app("spapi/na", "na"), other } }
+      assert.is_true(has(found, "slot " .. other.slot .. ": provider.options.client_id: the slot rotates the same "
+        .. "credential as slot spapi/na (spapi client amzn1.application-oa2-client.x at Login with Amazon)"),
+        table.concat(found, "\n"))
+    end
   end)
 
   it("bounds a due rule's days (a date beyond any date ended status in a traceback)", function()

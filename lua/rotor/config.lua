@@ -422,6 +422,9 @@ function _M.credential(e)
   local id, key = opts.client_id, "provider.options.client_id"
   if kind == "genesys" then id, key = type(e.target) == "table" and e.target.client_id or nil, "target.client_id" end
   if type(id) ~= "string" or id == "" then return nil end
+  -- an SP-API app's credential is its Login with Amazon client, one for every region (and, as far as
+  -- Amazon's documents say, for the sandbox too): rotating it in one slot rotates it for all
+  if kind == "spapi" then return kind, id, tostring(opts.token_url or "Login with Amazon"), key end
   return kind, id, tostring(opts.base_url or opts.region or (opts.sandbox and "sandbox") or "production"), key
 end
 
@@ -659,7 +662,8 @@ function _M.reference()
   p("")
   p("One credential, one slot: two slots that rotate the same credential (the same Genesys")
   p("`target.client_id`, or the same `client_id` of a provider that rotates its own, in the same")
-  p("account) are refused, since each rotation would kill the secret the other stored. When several")
+  p("account; for SP-API, one app's client in any region or the sandbox) are refused, since each")
+  p("rotation would kill the secret the other stored. When several")
   p("consumers share a credential, give its one slot a `deploy` that hands the new secret to each.")
   p("`rotor rotate` also fails (before anything is sent) a slot whose client another slot of the same")
   p("store holds that the config does not name, such as another config file's slot (doc/CLI.md).")
