@@ -500,6 +500,16 @@ local function orphans(rec)
   return found
 end
 
+-- Note in held (record.client_key(provider, id) -> { { slot =, role = }, ... }, keys in order as
+-- first seen) the clients slot name's record rec holds on to (record.clients): how doctor and
+-- rotate find two slots holding one credential.
+local function note_clients(held, name, rec)
+  for key, role in pairs(record_mod.clients(rec)) do
+    if not held[key] then held[key], held[#held + 1] = {}, key end
+    table.insert(held[key], { slot = name, role = role })
+  end
+end
+
 local function cmd_doctor(args)
   local o, perr = parse(args, 2, { ["--json"] = "bool", ["--config"] = "string" })
   if not o then return usage_error("doctor", perr) end
@@ -530,18 +540,17 @@ local function cmd_doctor(args)
         .. "the store" }
   end
   local now = timefmt.now()
-  local held, order = {}, {}   -- record.client_key(provider, id) -> { { slot, role }, ... }
+  local held = {}   -- see note_clients
+  -- the store's command that moves a slot's record aside, when it has one
+  local function aside_of(name)
+    return type(store.aside_command) == "function" and store:aside_command(name, q) or nil
+  end
   for _, name in ipairs(names) do
     local ok, rec, gerr = pcall(record_mod.read, store, name)
     if not ok then rec, gerr = nil, rec end
-    if rec then
-      for key, role in pairs(record_mod.clients(rec)) do
-        if not held[key] then held[key], order[#order + 1] = {}, key end
-        table.insert(held[key], { slot = name, role = role })
-      end
-    end
+    if rec then note_clients(held, name, rec) end
     if not rec then
-      local aside = type(store.aside_command) == "function" and store:aside_command(name, q) or nil
+      local aside = aside_of(name)
       -- the store's own advice (which points at doctor) gives way to doctor's, with its command
       local why = clean(gerr):gsub("; nothing was changed%..*$", "")
       add { slot = name, problem = "corrupted", needs_person = true,
@@ -586,15 +595,15 @@ local function cmd_doctor(args)
   end
   -- one credential, one slot: two slots holding one client (two configs, or a slot no config names
   -- any more) kill each other's secrets
-  table.sort(order)
-  for _, key in ipairs(order) do
+  table.sort(held)
+  for _, key in ipairs(held) do
     local h = held[key]
     if #h > 1 then
       table.sort(h, function(a, b) return a.slot < b.slot end)
       local list = {}
       for _, x in ipairs(h) do list[#list + 1] = ("%s (%s)"):format(x.slot, x.role) end
       local last = h[#h].slot
-      local aside = type(store.aside_command) == "function" and store:aside_command(last, q) or nil
+      local aside = aside_of(last)
       add { slot = last, problem = "shared_credential", needs_person = true,
         message = ("%s is held by %d slots: %s. Rotating it in one kills the secret the others stored (or their "
           .. "clean-up deletes it)"):format(key, #h, table.concat(list, ", ")),
@@ -672,8 +681,8 @@ local function rotate_plan(o)
 end
 
 -- The clients held by the store's slots that cfg does not name (another config's, or a slot no
--- config names any more): { [record.client_key(provider, id)] = { slot =, role = } } | nil, err.
--- (The config's own slots are checked against each other by config.validate.)
+-- config names any more), as note_clients keeps them | nil, err. (The config's own slots are
+-- checked against each other by config.validate.)
 local function foreign_holders(store, cfg)
   local names, lerr = store:list()
   if not names then return nil, lerr end
@@ -684,9 +693,7 @@ local function foreign_holders(store, cfg)
     if not mine[name] then
       -- a record that cannot be read is doctor's (and refuses its own slot's rotations)
       local ok, rec = pcall(record_mod.read, store, name)
-      if ok and rec then
-        for key, role in pairs(record_mod.clients(rec)) do held[key] = { slot = name, role = role } end
-      end
+      if ok and rec then note_clients(held, name, rec) end
     end
   end
   return held
@@ -701,7 +708,7 @@ local function held_elsewhere(run, e)
       .. "credential this slot rotates: " .. clean(run.holders_error) .. "; nothing was done" }
   end
   local key = record_mod.client_key(kind, id)
-  local h = run.holders[key]
+  local h = run.holders[key] and run.holders[key][1]
   if not h then return nil end
   local what = h.role == "retiring"
     and "will delete it (its clean-up after a rotation)"

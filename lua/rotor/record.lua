@@ -147,20 +147,17 @@ function _M.client_key(provider, id)
   return ("%s client %s"):format(tostring(provider), tostring(id))
 end
 
---- The clients a record holds on to, as { [client_key(provider, id)] = role }: its current and
--- pending credentials, and those it will delete (role "retiring"). Another slot that rotated one
--- of them would kill the secret this one stored, or lose its client to this one's clean-up.
+--- The clients a record (one read, and so checked by validate) holds on to, as
+-- { [client_key(provider, id)] = role }: its current and pending credentials, and those it will
+-- delete (role "retiring"). Another slot that rotated one of them would kill the secret this one
+-- stored, or lose its client to this one's clean-up.
 function _M.clients(rec)
   local out = {}
-  local function add(id, role)
-    if type(id) == "string" then out[_M.client_key(rec.provider, id)] = role end
-  end
-  for _, e in ipairs(type(rec.retiring) == "table" and rec.retiring or {}) do
-    if type(e) == "table" then add(e.client_id, "retiring") end
-  end
-  local versions = type(rec.versions) == "table" and rec.versions or {}
+  for _, e in ipairs(rec.retiring or {}) do out[_M.client_key(rec.provider, e.client_id)] = "retiring" end
+  local versions = rec.versions or {}
   for _, label in ipairs { "pending", "current" } do
-    if type(versions[label]) == "table" then add(versions[label].client_id, label) end
+    local v = versions[label]
+    if v and v.client_id then out[_M.client_key(rec.provider, v.client_id)] = label end
   end
   return out
 end
