@@ -1,12 +1,14 @@
 /* durable.c: group commit of durable file writes, on a thread kept for them.
  *
- *   core.durable_start(items) -> job    items: array of { op, dir, name, data[, mode] }: dir a
- *       core.fs_dir (the store directory, opened under its trust rule), name a file in it, op
- *       "atomic" (a temporary file in the directory, then swapped or renamed into name) or
+ *   core.durable_start(items) -> job    items: array of { op, dir, name, data[, mode[, keep]] }:
+ *       dir a core.fs_dir (the store directory, opened under its trust rule), name a file in it,
+ *       op "atomic" (a temporary file in the directory, then swapped or renamed into name) or
  *       "append" (O_APPEND); data a string, a rotor.secret, or a rope of pieces (rotor.h:
- *       rotor_dupbytes; a store record is built so from the text it was read from). Every open
- *       is relative to the directory's descriptor with O_NOFOLLOW and must find a regular file
- *       (as in csrc/fs.c).
+ *       rotor_dupbytes; a store record is built so from the text it was read from). keep
+ *       (atomic): how many bytes at the start of data hold no secret (a store record's journal),
+ *       which may stay in the file once a later write displaced it (see empty_spares). Every
+ *       open is relative to the directory's descriptor with O_NOFOLLOW and must find a regular
+ *       file (as in csrc/fs.c).
  *   job:fd()       an eventfd that becomes readable when the job is done (for the event loop)
  *   job:results()  nil while the job runs; then an array: true, or an error message, per item
  *                  (and .seconds: how long the job took)
@@ -41,6 +43,7 @@
 
 #define DURABLE_JOB_MT "rotor.durable_job"
 #define DURABLE_MAX_ITEMS 4096
+#define KEPT_SLOTS 1024 /* files remembered by empty_spares (a slot's, until it is overwritten) */
 
 enum { OP_ATOMIC, OP_APPEND };
 
@@ -66,7 +69,9 @@ typedef struct {
     off_t spare_size; /* the spare's size when opened: cut to the new length after the write */
     dev_t gone_dev;   /* OP_ATOMIC, spare 2: the file the swap displaced (the one to empty) */
     ino_t gone_ino;
-    char *why; /* rotor_fs_open_in's message, when it refused the file */
+    off_t keep;          /* OP_ATOMIC: bytes at the start of data that hold no secret */
+    struct stat written; /* OP_ATOMIC: the file written, as it was once written */
+    char *why;           /* rotor_fs_open_in's message, when it refused the file */
 } item;
 
 typedef struct job job;
@@ -100,6 +105,13 @@ struct worker {
     int stop; /* the state is closing: run what is queued, then end */
     int refs;
     job *head, *tail;
+    /* the files this thread named with a secret-free start (keep), by inode: the thread's alone */
+    struct kept {
+        dev_t dev;
+        ino_t ino;
+        off_t size, keep;
+        struct timespec mtime;
+    } kept[KEPT_SLOTS];
 };
 
 typedef struct {
@@ -294,16 +306,49 @@ static int put_in_place(item *it) {
     return renameat(it->dfd, it->tmp, it->dfd, it->name);
 }
 
+/* A file an atomic item named, with keep bytes at its start that hold no secret (a store
+ * record's journal, which the file store writes first): remembered by its identity, its size and
+ * its modification time as written, so that once a later write displaces it, only the bytes
+ * after them are zeroed. A slot rotated for long carries tens of kilobytes of journal and a few of
+ * versions; its three writes per rotation each displaced (and zeroed) as much as they wrote, and
+ * those zeros went to disk with the next group. Every file named is noted (keep 0: nothing is
+ * kept), so that a note never outlives the bytes it was made for. Only the durable thread
+ * touches the table. */
+static void remember_kept(worker *w, const item *it) {
+    if (w == NULL) {
+        return;
+    }
+    struct kept *k = &w->kept[it->written.st_ino % KEPT_SLOTS];
+    k->dev = it->written.st_dev;
+    k->ino = it->written.st_ino;
+    k->size = it->written.st_size;
+    k->keep = it->keep < it->written.st_size ? it->keep : it->written.st_size;
+    k->mtime = it->written.st_mtim;
+}
+
+/* Where the zeros of a displaced file start: after the bytes that hold no secret when the file
+ * is one remember_kept noted and has not changed since (the same size and modification time:
+ * another writer's bytes, or a file this thread did not write, are zeroed whole). */
+static off_t kept_start(worker *w, const struct stat *st) {
+    struct kept *k = w != NULL ? &w->kept[st->st_ino % KEPT_SLOTS] : NULL;
+    if (k == NULL || k->ino != st->st_ino || k->dev != st->st_dev || k->size != st->st_size ||
+        k->mtime.tv_sec != st->st_mtim.tv_sec || k->mtime.tv_nsec != st->st_mtim.tv_nsec) {
+        return 0;
+    }
+    k->ino = 0; /* a spare now: the next file named from it is noted anew */
+    return k->keep;
+}
+
 /* Overwrite the bytes of a spare with zeros, keeping its blocks, rather than ftruncate it to
  * nothing, which frees them: on a file system mounted with discard (ext4 here) every freed block
  * is a discard the thread waits for, and the next write of the slot allocates blocks again. 16
  * tasks each putting a 6 kB record and appending a line, 60 times: 3.0 ms per put with ftruncate,
  * 1.65 ms with zeros written (1.95 ms with fallocate FALLOC_FL_ZERO_RANGE, whose unwritten
  * extents the next write must convert). The next write of the slot goes over the same blocks.
- * Should a write fail, ftruncate after all. */
-static void zero_spare(int fd, off_t size) {
+ * Zeros from byte at (the bytes before it hold no secret: see remember_kept). Should a write
+ * fail, ftruncate after all. */
+static void zero_spare(int fd, off_t at, off_t size) {
     static const char zeros[4096];
-    off_t at = 0;
     while (at < size) {
         size_t n = size - at < (off_t)sizeof zeros ? (size_t)(size - at) : sizeof zeros;
         ssize_t w = pwrite(fd, zeros, n, at);
@@ -339,7 +384,7 @@ static void empty_spares(job *j) {
         struct stat st;
         if (lock_spare(it, fd, &st) == 0 && st.st_dev == it->gone_dev &&
             st.st_ino == it->gone_ino && st.st_size != 0) {
-            zero_spare(fd, st.st_size);
+            zero_spare(fd, kept_start(j->w, &st), st.st_size);
         }
         close(fd); /* and its lock */
     }
@@ -436,7 +481,8 @@ static void run_job(job *j) {
             }
             if ((!it->spare && fchmod(it->fd, it->mode) != 0) ||
                 rotor_write_all(it->fd, it->data, it->len) != 0 ||
-                (it->spare_size > (off_t)it->len && ftruncate(it->fd, (off_t)it->len) != 0)) {
+                (it->spare_size > (off_t)it->len && ftruncate(it->fd, (off_t)it->len) != 0) ||
+                fstat(it->fd, &it->written) != 0) {
                 fail(it, "cannot write");
             }
         } else {
@@ -464,8 +510,12 @@ static void run_job(job *j) {
     /* 3. the new names, in the order given */
     for (int i = 0; i < j->n; i++) {
         item *it = &j->items[i];
-        if (it->err == 0 && it->op == OP_ATOMIC && put_in_place(it) != 0) {
-            fail(it, "cannot rename into");
+        if (it->err == 0 && it->op == OP_ATOMIC) {
+            if (put_in_place(it) != 0) {
+                fail(it, "cannot rename into");
+            } else {
+                remember_kept(j->w, it);
+            }
         }
         if (it->lockfd >= 0) {
             close(it->lockfd); /* the spare is swapped in (or failed): others may empty it */
@@ -608,6 +658,8 @@ static int l_durable_start(lua_State *L) {
         const char *name = item_field(L, t, 3, (int)i, &nlen);
         lua_rawgeti(L, t, 5);
         lua_Integer mode = luaL_optinteger(L, -1, 0600);
+        lua_rawgeti(L, t, 6);
+        lua_Integer keep = luaL_optinteger(L, -1, 0);
         item *it = &j->items[j->n];
         it->fd = -1;
         it->dfd = -1;
@@ -657,6 +709,11 @@ static int l_durable_start(lua_State *L) {
         lua_rawgeti(L, t, 4);
         it->data = rotor_dupbytes(L, -1, &dlen);
         it->len = dlen;
+        if (keep < 0 || (size_t)keep > dlen) {
+            return luaL_error(L, "durable_start: items[%d]: keep must be 0 to the data's length",
+                              (int)i);
+        }
+        it->keep = it->op == OP_ATOMIC ? (off_t)keep : 0;
         lua_settop(L, top);
     }
     j->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);

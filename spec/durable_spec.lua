@@ -25,11 +25,20 @@ describe("group-committed durable writes", function()
     os.execute("rm -rf '" .. dir .. "'")
   end)
 
-  -- a spare that held a displaced record keeps none of its bytes: zeros (its blocks kept), or
+  -- a spare that held a displaced record keeps none of its secrets: zeros (its blocks kept) after
+  -- the record's journal (which holds none, and is kept when this process wrote the record), or
   -- nothing (when writing the zeros failed)
   local function emptied(path)
     local text = core.fs_read(path)
-    return text ~= nil and text == string.rep("\0", #text)
+    if text == nil then return false end
+    local journal = text:match('^{"journal":%b[]') or ""
+    return text:sub(#journal + 1) == string.rep("\0", #text - #journal) and not journal:find("s-", 1, true)
+  end
+
+  -- the file holds only zeros
+  local function zeroed(path)
+    local text = core.fs_read(path)
+    return text ~= nil and #text > 0 and text == string.rep("\0", #text)
   end
 
   local function record(n)
@@ -372,6 +381,51 @@ describe("group-committed durable writes", function()
     assert.truthy(text:find('"s-4"', 1, true))
     assert.is_nil(text:find("\0", 1, true))
     assert.equal(sizes[3], #core.fs_read(spare))
+  end)
+
+  it("keeps only the journal of a displaced record it wrote: the rest (the secrets) is zeroed", function()
+    local store = assert(file_store.new(dir))
+    local texts = {}
+    sched.parallel({ 1 }, function()
+      for n = 1, 3 do
+        local rec = record(n)
+        for k = 2, 60 do
+          rec.journal[k] = { step = "verify", outcome = "ok", note = ("entry %d of record %d"):format(k, n) }
+        end
+        assert(store:put("x", rec))
+        texts[n] = core.fs_read(store:path("x"))
+      end
+    end)
+    -- the spare is the second record's file: its journal as it was, zeros from there on
+    local spare = assert(core.fs_read(dir .. "/x.json.tmp.spare"))
+    local journal = texts[2]:match('^{"journal":%b[]')
+    assert.is_true(#journal > 3000 and #journal < #texts[2])
+    assert.equal(#texts[2], #spare)
+    assert.equal(journal, spare:sub(1, #journal))
+    assert.equal(string.rep("\0", #spare - #journal), spare:sub(#journal + 1))
+    assert.truthy(texts[2]:find('"s-2"', 1, true))
+    assert.is_nil(spare:find("s-2", 1, true))
+  end)
+
+  it("zeroes a displaced file whole when this process did not write it, or it changed since", function()
+    local store = assert(file_store.new(dir))
+    -- a record in the store's layout, written by someone else
+    local foreign = '{"journal":[{"step":"create","outcome":"ok"}],"provider":"genesys","versions":'
+      .. '{"current":{"client_id":"c0","secret":"s-0"}}}'
+    assert(core.fs_write_atomic(store:path("y"), foreign, 384))
+    sched.parallel({ 1 }, function() assert(store:put("y", record(1))) end)
+    assert.is_true(zeroed(dir .. "/y.json.tmp.spare"))
+    -- a record this process wrote, changed in place afterwards (its size kept): no byte kept
+    sched.parallel({ 1 }, function() assert(store:put("z", record(1))) end)
+    local path = store:path("z")
+    local text = core.fs_read(path)
+    local f = assert(io.open(path, "r+b"))
+    f:write((text:gsub('"s%-1"', '"s-9"')))
+    f:close()
+    assert(os.execute("touch -d @1000000000 '" .. path .. "'")) -- another time than its writer's
+    sched.parallel({ 1 }, function() assert(store:put("z", record(2))) end)
+    assert.is_true(zeroed(dir .. "/z.json.tmp.spare"))
+    assert.equal("s-2", assert(store:get("z")).versions.current.secret:reveal())
   end)
 
   it("a slot written again at once never finds its record emptied by the previous group's clean-up", function()

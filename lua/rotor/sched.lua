@@ -154,7 +154,10 @@ end
 -- later one never before an earlier one (the same group, or a later group). Outside a loop: the
 -- synchronous dir:write / dir:append, done before it returns. data: a string, a rotor.secret, or a
 -- rope (an array of strings and { s, i, j } pieces, joined in C where the bytes are copied).
-function _M.durable_later(op, dir, name, data, mode)
+-- keep (atomic, optional): how many bytes at the start of data hold no secret; once a later write
+-- of the file in a group commit displaced it, only the bytes after them are zeroed
+-- (core.durable_start).
+function _M.durable_later(op, dir, name, data, mode, keep)
   if op ~= "atomic" and op ~= "append" then error("sched.durable: op must be atomic or append", 2) end
   if type(name) ~= "string" or name == "" then error("sched.durable: a file name expected", 2) end
   if type(data) ~= "string" and type(data) ~= "table" and not core.is_secret(data) then
@@ -168,14 +171,14 @@ function _M.durable_later(op, dir, name, data, mode)
     t.done, t.ok = true, ok == true or msg
     return t
   end
-  l.durable_queue[#l.durable_queue + 1] = { op, dir, name, data, mode or 384 }
+  l.durable_queue[#l.durable_queue + 1] = { op, dir, name, data, mode or 384, keep }
   l.durable_waiters[#l.durable_waiters + 1] = t
   return t
 end
 
 --- The same, waiting: true | nil, message once the bytes are on disk.
-function _M.durable(op, dir, name, data, mode)
-  return _M.durable_later(op, dir, name, data, mode):wait()
+function _M.durable(op, dir, name, data, mode, keep)
+  return _M.durable_later(op, dir, name, data, mode, keep):wait()
 end
 
 -- start a group commit of the queued writes, unless one is on disk already

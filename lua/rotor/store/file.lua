@@ -263,19 +263,25 @@ end
 
 -- The file text of a record, as a rope (pieces joined only where it is written: a record holds its
 -- journal, tens of kilobytes for a slot rotated for long): its journal first, so that the next
--- read can find it (decode_record). The record's own tables are sealed where the store seals;
--- json.encode reveals the secrets left as it walks them (one walk, no copy of the record).
+-- read can find it (decode_record), and how many bytes it takes ('{"journal":[...]': they hold no
+-- secret, so that once the file is displaced only the bytes after them need zeroing; see
+-- sched.durable). The record's own tables are sealed where the store seals; json.encode reveals
+-- the secrets left as it walks them (one walk, no copy of the record).
 local function encode_record(self, slot, record)
   local rope = journal_text(record, self.journal_max)
   local top = seal.record_to_write(self.ring, record, slot)
-  if not rope then return json.encode(top, reveal) end
+  if not rope then return json.encode(top, reveal), 0 end
   top.journal = nil
   local rest = json.encode(top, reveal)
   table.insert(rope, 1, '{"journal":[')
   rope[#rope + 1] = "]"
+  local keep = 0
+  for _, piece in ipairs(rope) do
+    keep = keep + (type(piece) == "string" and #piece or piece[3] - piece[2] + 1)
+  end
   rope[#rope + 1] = rest == "{}" and "}" or ","
   if rest ~= "{}" then rope[#rope + 1] = { rest, 2, #rest } end
-  return rope
+  return rope, keep
 end
 
 function Store:put(slot, record)
@@ -283,9 +289,9 @@ function Store:put(slot, record)
   local name = file_name(slot, ".json")
   local d, werr = writable(self, "write slot " .. tostring(slot))
   if not d then return nil, werr end
-  local ok, text = pcall(encode_record, self, slot, record)
+  local ok, text, keep = pcall(encode_record, self, slot, record)
   if not ok then error("store:put: the record cannot be encoded: " .. tostring(text), 2) end
-  local done, msg = sched.durable("atomic", d, name, text, 384) -- 0600; group-committed in a batch
+  local done, msg = sched.durable("atomic", d, name, text, 384, keep) -- 0600; group-committed in a batch
   if not done then return nil, store_error("cannot write slot " .. slot, msg) end
   return true
 end
