@@ -80,8 +80,33 @@ describe("rotation against the simulator", function()
         assert.equal(cur.secret:reveal(), got)
         assert.is_true(fixtures.works(fx, cur.client_id, cur.secret))
       end)
+
+      it("rotates one credential from one slot: a second slot for it in the same batch is refused, mints nothing",
+        function()
+        -- two slots of one store rotating one client kill each other's secrets (the second mint
+        -- replaces the secret the first stored); only one may start
+        local fx = fixtures.seed(s, kind)
+        local minted = counter(s, fx.mint_path)
+        local store = assert(rotor.store.file(root .. "/" .. kind .. "-one-slot"))
+        local out = {}
+        rotor.parallel({ fx.slot, fx.slot .. "-again" }, function(slot)
+          local res, err = rotor.rotate { slot = slot, provider = fixtures.provider(fx), store = store,
+                                          target = fx.target, wait = fx.wait, verify_delay = 0.2 }
+          out[slot] = res or err
+        end, { concurrency = 2 })
+        assert.equal(fx.slot, out[fx.slot].slot)
+        local refused = out[fx.slot .. "-again"]
+        assert.equal("config", refused.kind)
+        assert.truthy(refused.message:find(("is also held by slot %s of this store"):format(fx.slot), 1, true),
+          refused.message)
+        assert.equal(minted + 1, counter(s, fx.mint_path))
+        assert.is_false(assert(rotor.store.file(root .. "/" .. kind .. "-one-slot")):get(fx.slot .. "-again"))
+        local cur = assert(store:get(fx.slot)).versions.current
+        assert.is_true(fixtures.works(fx, cur.client_id, cur.secret))
+      end)
     end)
   end
+
 
   it("posts a Slack-compatible notification on success and on failure, with no secret in it", function()
     local fx = fixtures.seed(s, "spreetail")

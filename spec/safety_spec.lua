@@ -568,6 +568,33 @@ print("RESULT", res and "ok" or err.kind, res and "" or err.message)
     assert.equal(#assert(st:get(fx.slot)).journal, parsed)
   end)
 
+  it("one credential, one slot: a client another slot holds is refused; nothing minted, its secret lives", function()
+    local fx = fixtures.seed(s, "genesys")
+    local dir = root .. "/one-slot-runs"
+    local o = { slot = fx.slot, provider = fixtures.provider(fx), store = assert(rotor.store.file(dir)),
+                target = fx.target, verify_delay = 0.2 }
+    assert(rotor.rotate(o))
+    local minted = counter(s, fx.mint_path)
+    -- another script, its own store object: the same client under another slot name
+    local res, err = rotor.rotate { slot = "other/" .. fx.target.client_id, provider = fixtures.provider(fx),
+                                    store = assert(rotor.store.file(dir)), target = fx.target, verify_delay = 0.2 }
+    assert.is_nil(res)
+    assert.equal("config", err.kind)
+    assert.truthy(err.message:find(("genesys client %s is also held by slot %s of this store: that slot stored a "
+      .. "secret for it (its current credential)"):format(fx.target.client_id, fx.slot), 1, true), err.message)
+    assert.equal(minted, counter(s, fx.mint_path))
+    local cur = assert(assert(rotor.store.file(dir)):get(fx.slot)).versions.current
+    assert.is_true(fixtures.works(fx, cur.client_id, cur.secret))
+    -- its dry run says so too; the slot itself rotates again
+    res, err = rotor.rotate { slot = "other/" .. fx.target.client_id, provider = fixtures.provider(fx), dry_run = true,
+                              store = assert(rotor.store.file(dir)), target = fx.target, print = function() end }
+    assert.is_nil(res)
+    assert.equal("config", err.kind)
+    o.provider, o.store = fixtures.provider(fx), assert(rotor.store.file(dir))
+    assert(rotor.rotate(o))
+    assert.equal(minted + 1, counter(s, fx.mint_path))
+  end)
+
   it("empty JSON arrays survive: new_client copies a client whose list fields are empty", function()
     local fx = fixtures.seed(s, "genesys_new")
     local admin = fixtures.provider(fx)

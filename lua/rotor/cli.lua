@@ -501,8 +501,8 @@ local function orphans(rec)
 end
 
 -- Note in held (record.client_key(provider, id) -> { { slot =, role = }, ... }, keys in order as
--- first seen) the clients slot name's record rec holds on to (record.clients): how doctor and
--- rotate find two slots holding one credential.
+-- first seen) the clients slot name's record rec holds on to (record.clients): how doctor finds
+-- two slots holding one credential.
 local function note_clients(held, name, rec)
   for key, role in pairs(record_mod.clients(rec)) do
     if not held[key] then held[key], held[#held + 1] = {}, key end
@@ -680,45 +680,6 @@ local function rotate_plan(o)
   return cfg, info, entries
 end
 
--- The clients held by the store's slots that cfg does not name (another config's, or a slot no
--- config names any more), as note_clients keeps them | nil, err. (The config's own slots are
--- checked against each other by config.validate.)
-local function foreign_holders(store, cfg)
-  local names, lerr = store:list()
-  if not names then return nil, lerr end
-  local mine = {}
-  for _, e in ipairs(cfg.slots) do mine[e.slot] = true end
-  local held = {}
-  for _, name in ipairs(names) do
-    if not mine[name] then
-      -- a record that cannot be read is doctor's (and refuses its own slot's rotations)
-      local ok, rec = pcall(record_mod.read, store, name)
-      if ok and rec then note_clients(held, name, rec) end
-    end
-  end
-  return held
-end
-
--- why slot entry e may not rotate its credential here (another slot holds it) | nil
-local function held_elsewhere(run, e)
-  local kind, id = config.credential(e)
-  if not kind then return nil end
-  if not run.holders then
-    return errors.new { kind = "store", message = "cannot list the store to check that no other slot holds the "
-      .. "credential this slot rotates: " .. clean(run.holders_error) .. "; nothing was done" }
-  end
-  local key = record_mod.client_key(kind, id)
-  local h = run.holders[key] and run.holders[key][1]
-  if not h then return nil end
-  local what = h.role == "retiring"
-    and "will delete it (its clean-up after a rotation)"
-    or ("stored a secret for it (its %s credential), which rotating it here would kill"):format(h.role)
-  return errors.new { kind = "config", message = ("%s is also held by slot %s of this store, a slot this config "
-    .. "does not name: that slot %s. Nothing was done. Keep one slot per credential: rotate it from one config "
-    .. "only; if slot %s is no longer used, move its record aside (rotor doctor shows both)"):format(key, h.slot,
-    what, h.slot) }
-end
-
 -- Rotate one slot of a config run: res (res.skipped when not due) | nil, err.
 local function rotate_slot(run, e)
   local rotor, core = require "rotor", require "rotor.core"
@@ -727,8 +688,6 @@ local function rotate_slot(run, e)
     return nil, errors.new { kind = "interrupted", not_started = true,
                              message = "not started: rotor was stopped by a signal" }
   end
-  local taken = held_elsewhere(run, e)
-  if taken then return nil, taken end
   local p, perr = config.make_provider(e.provider)
   if not p then return nil, perr end
   local dopts = policy.merge(cfg.due, e.due)
@@ -834,7 +793,6 @@ local function cmd_rotate(args)
   io.stdout:flush()
   local run = { cfg = cfg, info = info, o = o, store = store, done = 0, total = #entries,
                 show = progress_enabled() and not o["--json"] and #entries > 1 }
-  run.holders, run.holders_error = foreign_holders(store, cfg)
   local results, errs = require("rotor").parallel(entries, function(e) return rotate_slot(run, e) end,
                                                   { concurrency = cfg.concurrency or 4 })
   if run.show then io.stderr:write("\r\27[K") end

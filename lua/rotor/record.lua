@@ -163,6 +163,113 @@ function _M.clients(rec)
 end
 
 ------------------------------------------------------------------------------------------------
+-- One credential, one slot. Two slots rotating one client kill each other's secrets: the second
+-- rotation's mint replaces the secret the first stored and handed out. A rotation checks, before
+-- anything is sent, that no other slot of its store holds the client it rotates (record.clients)
+-- and that no other rotation in this process is rotating it now (a claim, held until it ends).
+-- What the store's slots hold is read once per store object and kept: then, at most every
+-- HOLDERS_FRESH seconds, the store is listed again and only slots new since (or that held nothing)
+-- are read, those gone forgotten; the slots this process rotates are noted as each rotation
+-- ends. A slot keeps its client id for life (a strategy that makes new clients makes fresh ids),
+-- so what was read stays true. A store that cannot list its slots (exec, dotenv) is not checked.
+
+local HOLDERS_FRESH = 5
+-- store -> { at = (when listed), slots = { [slot] = clients | false }, by_key = { [key] = { [slot] = role } } }
+local indexes = setmetatable({}, { __mode = "k" })
+-- store -> { [key] = slot }: the rotations of this process in flight (apart from the index, which
+-- tasks of a batch may refresh at once while a store's listing and reads wait on the network)
+local claims_of = setmetatable({}, { __mode = "k" })
+
+-- note what slot's record rec (nil: none, or unreadable) holds, in place of what it held
+local function index_note(ix, slot, rec)
+  for key in pairs(ix.slots[slot] or {}) do
+    local h = ix.by_key[key]
+    h[slot] = nil
+    if next(h) == nil then ix.by_key[key] = nil end
+  end
+  local clients = rec and _M.clients(rec) or false
+  ix.slots[slot] = clients
+  for key, role in pairs(clients or {}) do
+    local h = ix.by_key[key] or {}
+    ix.by_key[key] = h
+    h[slot] = role
+  end
+end
+
+-- the store's index, listed again when it is older than HOLDERS_FRESH | nil, err
+local function index_of(store)
+  local ix = indexes[store]
+  local now = core.now()
+  if ix and now - ix.at <= HOLDERS_FRESH then return ix end
+  if not ix then
+    ix = { slots = {}, by_key = {}, at = -math.huge }
+    indexes[store] = ix
+  end
+  local names, lerr = store:list()
+  if not names then return nil, lerr end
+  local listed = {}
+  for _, name in ipairs(names) do
+    listed[name] = true
+    if not ix.slots[name] then
+      -- a record that cannot be read is doctor's (and refuses its own slot's rotations)
+      local ok, rec = pcall(_M.read, store, name, { journal_as_text = true })
+      index_note(ix, name, ok and rec or nil)
+    end
+  end
+  for name in pairs(ix.slots) do
+    if not listed[name] then
+      index_note(ix, name, nil)
+      ix.slots[name] = nil
+    end
+  end
+  ix.at = now
+  return ix
+end
+
+--- Claim client key (client_key) in store for slot: true | nil, err (kind "config" when another
+-- slot holds it or another rotation of this process is rotating it; kind "store" when the store
+-- cannot be listed). Nothing to check (true) for a store that cannot list its slots. claim =
+-- false: check only.
+function _M.claim_client(store, key, slot, claim)
+  if type(store) ~= "table" or type(store.list) ~= "function" then return true end
+  local ix, lerr = index_of(store)
+  local errors = require("rotor.errors")
+  if not ix then
+    return nil, errors.new { kind = "store", message = ("slot %s: cannot list the store to check that no other "
+      .. "slot holds the client it rotates: %s; nothing was sent"):format(slot, tostring(errors.is(lerr)
+      and lerr.message or lerr)) }
+  end
+  local claims = claims_of[store] or {}
+  claims_of[store] = claims
+  local other, what = claims[key], "is rotating it now, in this process"
+  if other == slot then other = nil end
+  if not other then
+    for s, role in pairs(ix.by_key[key] or {}) do
+      if s ~= slot then
+        other = s
+        what = role == "retiring" and "will delete it (its clean-up after a rotation)"
+          or ("stored a secret for it (its %s credential), which rotating it here would kill"):format(role)
+        break
+      end
+    end
+  end
+  if other then
+    return nil, errors.new { kind = "config", message = ("slot %s: %s is also held by slot %s of this store: that "
+      .. "slot %s. Nothing was sent. Keep one slot per credential, rotated from one config or script; if slot %s "
+      .. "is no longer used, move its record aside (rotor doctor shows both)"):format(slot, key, other, what, other) }
+  end
+  if claim ~= false then claims[key] = slot end
+  return true
+end
+
+--- The end of slot's rotation of client key: its claim dropped, what its record rec holds noted.
+function _M.release_client(store, key, slot, rec)
+  local claims, ix = claims_of[store], indexes[store]
+  if claims and claims[key] == slot then claims[key] = nil end
+  if ix and type(rec) == "table" then index_note(ix, slot, rec) end
+end
+
+------------------------------------------------------------------------------------------------
 -- A journal kept as text. The file store hands back a record's journal as the text of its entries,
 -- split off the file without decoding them (core.json_journal_split), and decodes them only when
 -- record.journal is read; a rotation appends to it (journal_append) and the store writes it back

@@ -680,6 +680,14 @@ local function run(ctx)
       return nil, errors.new { kind = "config", message = ("slot %s: %s; nothing was sent"):format(ctx.slot, why_not) }
     end
   end
+  local client = not rot and ctx:client_id()
+  if type(client) == "string" and client ~= "" then
+    -- one credential, one slot: no other slot of the store holds the client (rotor.record)
+    local key = record_mod.client_key(ctx.provider.provider, client)
+    local ok, cerr = record_mod.claim_client(ctx.store, key, ctx.slot, not ctx.opts.dry_run)
+    if not ok then return nil, cerr end
+    if not ctx.opts.dry_run then ctx.client_key = key end
+  end
   local cur = rec.versions.current
   -- the store, not the bootstrap configuration, holds the live credential
   if ctx.own and cur and cur.secret and not ctx.opts.dry_run then
@@ -786,6 +794,7 @@ function _M.rotate(o)
     return nil, aerr
   end
   local pok, ok, err = pcall(run, ctx)
+  if ctx.client_key then record_mod.release_client(o.store, ctx.client_key, o.slot, ctx.record) end
   if not pok then
     -- a Lua error outside the steps: journalled, `last` set and notified like any failure
     err = errors.new { kind = "internal", slot = o.slot, message = ("%s: unexpected error: %s"):format(
