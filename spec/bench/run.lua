@@ -23,9 +23,11 @@
 --    rounds (rotor, SDK, rotor, SDK, ...); each round warms up on N/4 calls first (untimed).
 --    The ratio of the medians.
 -- 6. a durable batch: rotor.rotate of N slots (mint, persist pending, verify, promote, audit; the
---    file store in build/bench-store on this disk, real fsync) at concurrency 16: on new slots,
---    on the same slots again, and after each slot's journal was filled to the store's last 200
---    entries (as a slot rotated for long carries them). Three rounds of each, every batch followed
+--    file store in build/bench-store on this disk, real fsync) at concurrency 16: on new slots
+--    (after the first round, in a store of their own: they rotate the same clients, and a store
+--    refuses a second slot for a client one of its slots holds), on the same slots again, and
+--    after each slot's journal was filled to the store's last 200 entries (as a slot rotated for
+--    long carries them). Three rounds of each, every batch followed
 --    by an SDK round; each batch's rate as a ratio to the SDK's bare regenerate rate (the median of
 --    part 5's SDK rounds and this row's), and the median of the three ratios. A batch runs on the
 --    connections the run before it left (rotor keeps a finished batch's connections for the next),
@@ -323,7 +325,7 @@ local function batch_bench(_, g, mt)
   if mt.error then return { error = "needs the SDK: " .. mt.error } end
   local ids = seed_clients(MINT_N, "bench-batch-")
   local dir, sdk_dir = "build/bench-store", "build/bench-sdk-store"
-  run("rm -rf " .. shq(dir) .. " " .. shq(sdk_dir))
+  run("rm -rf " .. shq(dir) .. " " .. shq(dir) .. "-* " .. shq(sdk_dir))
   local store = assert(rotor.store.file(dir))
   local gc = genesys_admin(g)
   local items = {}
@@ -346,7 +348,8 @@ local function batch_bench(_, g, mt)
       end, { concurrency = MINT_CONC })
     end
     -- interleaved rounds: a batch, then an SDK round; new slots are a fresh set each round (the
-    -- same clients), the others the first round's slots again
+    -- same clients, so in a store of their own after the first: a store refuses a second slot for
+    -- a client one of its slots holds), the others the first round's slots again
     local run_out = { name = name, rounds = {}, failed = 0, seconds = 0, cpu_seconds = 0, main_cpu_seconds = 0,
       writes = 0, group_commits = 0, disk_seconds = 0, lines = 0, sdk_failed = 0, persist_failed = 0 }
     local sdk_rates, persist_rates = {}, {}
@@ -355,7 +358,8 @@ local function batch_bench(_, g, mt)
       log("durable batch: %d rotations (%s), round %d of %d, then an SDK round, bare and persisting ...", MINT_N,
         name, round, BATCH_ROUNDS)
       local prefix = "bench/" .. (name == "new slots" and round or 1) .. "/"
-      local b = batch_round(store, gc, ids, prefix, items)
+      local b = batch_round(name == "new slots" and round > 1 and assert(rotor.store.file(dir .. "-" .. round))
+        or store, gc, ids, prefix, items)
       local k = sdk_mint_round(mt.sv, g)
       local kp = sdk_mint_round(mt.sv, g, sdk_dir)
       sdk_rates[#sdk_rates + 1] = k.rate
@@ -395,7 +399,8 @@ local function batch_bench(_, g, mt)
   for round = 1, BATCH_ROUNDS do
     log("durable batch: %d rotations (new slots) at c=%d, round %d of %d, then an SDK round at c=%d ...", MINT_N,
       WIDE_CONC, round, BATCH_ROUNDS, WIDE_CONC)
-    local b = batch_round(store, gc, ids, "bench/wide" .. round .. "/", items, WIDE_CONC)
+    local b = batch_round(assert(rotor.store.file(dir .. "-wide" .. round)), gc, ids, "bench/wide" .. round .. "/",
+      items, WIDE_CONC)
     local k = sdk_mint_round(mt.sv, g, nil, WIDE_CONC)
     wide_r[round], wide_s[round] = b.rate, k.rate
     wide_failed = wide_failed + b.failed + k.failed
@@ -403,7 +408,7 @@ local function batch_bench(_, g, mt)
   out.wide = { concurrency = WIDE_CONC, rate = median(wide_r), sdk_rate = median(wide_s), failed = wide_failed,
     rates = wide_r, sdk_rates = wide_s }
   out.wide.ratio = out.wide.rate / out.wide.sdk_rate
-  run("rm -rf " .. shq(dir) .. " " .. shq(sdk_dir))
+  run("rm -rf " .. shq(dir) .. " " .. shq(dir) .. "-* " .. shq(sdk_dir))
   os.remove(mt.sv.secret_file)
   os.remove(mt.sv.ids_file)
   mt.sv = nil
