@@ -688,3 +688,76 @@ describe("rotation (unit, fake providers)", function()
     assert.is_true((rotation.due("nope", nil, store)))
   end)
 end)
+
+describe("one credential, one slot: the store's index of what its slots hold", function()
+  local record = require "rotor.record"
+  local sched = require "rotor.sched"
+
+  -- a store whose listing and reads wait, as an etcd store's do (over the network)
+  local function slow_store(records)
+    local st = {}
+    function st.list()
+      sched.sleep(0.02)
+      local names = {}
+      for name in pairs(records) do names[#names + 1] = name end
+      table.sort(names)
+      return names
+    end
+    function st.get(_, slot)
+      local rec = records[slot] or false -- as it was when the read began
+      sched.sleep(0.02)
+      return rec
+    end
+    return st
+  end
+  local function holding(id) return { provider = "genesys", versions = { current = { client_id = id,
+    secret = core.secret("s-" .. id) } } } end
+
+  it("keeps what a rotation noted while a listing that began before it was under way", function()
+    local records = { a = holding("x") }
+    local st = slow_store(records)
+    local key = record.client_key("genesys", "y")
+    local out = {}
+    sched.parallel({ 1, 2 }, function(i)
+      if i == 1 then
+        -- slot b is new: it claims client y, and its rotation ends (its record noted) while the
+        -- first listing is still reading
+        assert(record.claim_client(st, key, "b"))
+        records.b = holding("y")
+        record.release_client(st, key, "b", records.b)
+      else
+        sched.sleep(0.005)
+        -- a second listing, begun before b was written (the first is stale already: forced)
+        out.err = select(2, record.claim_client(st, record.client_key("genesys", "z"), "c"))
+      end
+    end, { concurrency = 2 })
+    assert.is_nil(out.err)
+    -- b holds y: another slot is refused, though no listing that saw b has run since
+    local ok, err = record.claim_client(st, key, "d")
+    assert.is_nil(ok)
+    assert.equal("config", err.kind)
+    assert.truthy(err.message:find("is also held by slot b of this store", 1, true), err.message)
+    -- and the client slot a held when first read is still refused
+    assert.is_nil((record.claim_client(st, record.client_key("genesys", "x"), "e")))
+  end)
+
+  it("keeps what a rotation noted over what a listing that began before it read meanwhile", function()
+    -- slot b holds nothing yet; the second listing reads it as it was before b's rotation wrote it
+    local records = { a = holding("x"), b = { provider = "genesys" } }
+    local st = slow_store(records)
+    local key = record.client_key("genesys", "y")
+    sched.parallel({ 1, 2 }, function(i)
+      if i == 1 then
+        assert(record.claim_client(st, key, "b"))
+        records.b = holding("y")
+        record.release_client(st, key, "b", records.b)
+      else
+        sched.sleep(0.005)
+        assert(record.claim_client(st, record.client_key("genesys", "z"), "c"))
+      end
+    end, { concurrency = 2 })
+    local ok, err = record.claim_client(st, key, "d")
+    assert.is_nil(ok)
+    assert.truthy(err.message:find("is also held by slot b of this store", 1, true), err.message)
+  end)
+end)

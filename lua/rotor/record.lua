@@ -174,7 +174,8 @@ end
 -- so what was read stays true. A store that cannot list its slots (exec, dotenv) is not checked.
 
 local HOLDERS_FRESH = 5
--- store -> { at = (when listed), slots = { [slot] = clients | false }, by_key = { [key] = { [slot] = role } } }
+-- store -> { at = (when listed), slots = { [slot] = clients | false }, by_key = { [key] = { [slot] = role } },
+--            seq = (notes made), noted = { [slot] = seq of its last note } }
 local indexes = setmetatable({}, { __mode = "k" })
 -- store -> { [key] = slot }: the rotations of this process in flight (apart from the index, which
 -- tasks of a batch may refresh at once while a store's listing and reads wait on the network)
@@ -189,6 +190,8 @@ local function index_note(ix, slot, rec)
   end
   local clients = rec and _M.clients(rec) or false
   ix.slots[slot] = clients
+  ix.seq = ix.seq + 1
+  ix.noted[slot] = ix.seq
   for key, role in pairs(clients or {}) do
     local h = ix.by_key[key] or {}
     ix.by_key[key] = h
@@ -202,9 +205,12 @@ local function index_of(store)
   local now = core.now()
   if ix and now - ix.at <= HOLDERS_FRESH then return ix end
   if not ix then
-    ix = { slots = {}, by_key = {}, at = -math.huge }
+    ix = { slots = {}, by_key = {}, at = -math.huge, seq = 0, noted = {} }
     indexes[store] = ix
   end
+  -- a store's listing and reads may wait (etcd), while a rotation of this process notes its slot:
+  -- what was noted since this listing began is newer than what it finds
+  local began = ix.seq
   local names, lerr = store:list()
   if not names then return nil, lerr end
   local listed = {}
@@ -213,13 +219,13 @@ local function index_of(store)
     if not ix.slots[name] then
       -- a record that cannot be read is doctor's (and refuses its own slot's rotations)
       local ok, rec = pcall(_M.read, store, name, { journal_as_text = true })
-      index_note(ix, name, ok and rec or nil)
+      if (ix.noted[name] or 0) <= began then index_note(ix, name, ok and rec or nil) end
     end
   end
   for name in pairs(ix.slots) do
-    if not listed[name] then
+    if not listed[name] and ix.noted[name] <= began then
       index_note(ix, name, nil)
-      ix.slots[name] = nil
+      ix.slots[name], ix.noted[name] = nil, nil
     end
   end
   ix.at = now
