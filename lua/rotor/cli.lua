@@ -500,16 +500,6 @@ local function orphans(rec)
   return found
 end
 
--- Note in held (record.client_key(provider, id) -> { { slot =, role = }, ... }, keys in order as
--- first seen) the clients slot name's record rec holds on to (record.clients): how doctor finds
--- two slots holding one credential.
-local function note_clients(held, name, rec)
-  for key, role in pairs(record_mod.clients(rec)) do
-    if not held[key] then held[key], held[#held + 1] = {}, key end
-    table.insert(held[key], { slot = name, role = role })
-  end
-end
-
 local function cmd_doctor(args)
   local o, perr = parse(args, 2, { ["--json"] = "bool", ["--config"] = "string" })
   if not o then return usage_error("doctor", perr) end
@@ -540,7 +530,7 @@ local function cmd_doctor(args)
         .. "the store" }
   end
   local now = timefmt.now()
-  local held = {}   -- see note_clients
+  local held = {}   -- record.client_key(provider, id) -> { [slot] = role } (record.note_holders)
   -- the store's command that moves a slot's record aside, when it has one
   local function aside_of(name)
     return type(store.aside_command) == "function" and store:aside_command(name, q) or nil
@@ -548,7 +538,7 @@ local function cmd_doctor(args)
   for _, name in ipairs(names) do
     local ok, rec, gerr = pcall(record_mod.read, store, name)
     if not ok then rec, gerr = nil, rec end
-    if rec then note_clients(held, name, rec) end
+    if rec then record_mod.note_holders(held, name, rec) end
     if not rec then
       local aside = aside_of(name)
       -- the store's own advice (which points at doctor) gives way to doctor's, with its command
@@ -595,18 +585,17 @@ local function cmd_doctor(args)
   end
   -- one credential, one slot: two slots holding one client (two configs, or a slot no config names
   -- any more) kill each other's secrets
-  table.sort(held)
-  for _, key in ipairs(held) do
-    local h = held[key]
-    if #h > 1 then
-      table.sort(h, function(a, b) return a.slot < b.slot end)
+  local sorted = require("rotor.keys").sorted
+  for _, key in ipairs(sorted(held)) do
+    local slots = sorted(held[key])
+    if #slots > 1 then
       local list = {}
-      for _, x in ipairs(h) do list[#list + 1] = ("%s (%s)"):format(x.slot, x.role) end
-      local last = h[#h].slot
+      for i, slot in ipairs(slots) do list[i] = ("%s (%s)"):format(slot, held[key][slot]) end
+      local last = slots[#slots]
       local aside = aside_of(last)
       add { slot = last, problem = "shared_credential", needs_person = true,
         message = ("%s is held by %d slots: %s. Rotating it in one kills the secret the others stored (or their "
-          .. "clean-up deletes it)"):format(key, #h, table.concat(list, ", ")),
+          .. "clean-up deletes it)"):format(key, #slots, table.concat(list, ", ")),
         command = "keep one slot per credential: remove all but one of these slots from their configs, then move "
           .. "each removed slot's record aside" .. (aside and (" (" .. aside .. ")") or "") }
     end

@@ -162,6 +162,19 @@ function _M.clients(rec)
   return out
 end
 
+--- Add the clients slot's record rec holds on to (clients(rec)) to holders, { [client_key] =
+-- { [slot] = role } }, and return them: how rotor doctor and the one-slot index below find two
+-- slots holding one client.
+function _M.note_holders(holders, slot, rec)
+  local clients = _M.clients(rec)
+  for key, role in pairs(clients) do
+    local h = holders[key] or {}
+    holders[key] = h
+    h[slot] = role
+  end
+  return clients
+end
+
 ------------------------------------------------------------------------------------------------
 -- One credential, one slot. Two slots rotating one client kill each other's secrets: the second
 -- rotation's mint replaces the secret the first stored and handed out. A rotation checks, before
@@ -188,15 +201,9 @@ local function index_note(ix, slot, rec)
     h[slot] = nil
     if next(h) == nil then ix.by_key[key] = nil end
   end
-  local clients = rec and _M.clients(rec) or false
-  ix.slots[slot] = clients
+  ix.slots[slot] = rec and _M.note_holders(ix.by_key, slot, rec) or false
   ix.seq = ix.seq + 1
   ix.noted[slot] = ix.seq
-  for key, role in pairs(clients or {}) do
-    local h = ix.by_key[key] or {}
-    ix.by_key[key] = h
-    h[slot] = role
-  end
 end
 
 -- the store's index, listed again when it is older than HOLDERS_FRESH | nil, err
