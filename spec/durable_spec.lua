@@ -357,17 +357,27 @@ describe("group-committed durable writes", function()
     assert.same({ "group of 1", "group of 1", "task 1 runs on" }, log)
   end)
 
-  it("empties a spare by zeroing its bytes, keeping its blocks (no block freed and allocated per write)", function()
-    local store = assert(file_store.new(dir))
-    local sizes = {}
+  -- records 1, 2 and 3 put into slot x by one task, each shaped by shape(rec, n) first: the file's
+  -- text after each put
+  local function put_three(store, shape)
+    local texts = {}
     sched.parallel({ 1 }, function()
       for n = 1, 3 do
         local rec = record(n)
-        rec.journal[1].note = string.rep("n", 5000 * n)   -- records of two, three and four blocks
+        shape(rec, n)
         assert(store:put("x", rec))
-        sizes[n] = #core.fs_read(store:path("x"))
+        texts[n] = core.fs_read(store:path("x"))
       end
     end)
+    return texts
+  end
+
+  it("empties a spare by zeroing its bytes, keeping its blocks (no block freed and allocated per write)", function()
+    local store = assert(file_store.new(dir))
+    local sizes = {}
+    for n, text in ipairs(put_three(store, function(rec, n)
+      rec.journal[1].note = string.rep("n", 5000 * n)   -- records of two, three and four blocks
+    end)) do sizes[n] = #text end
     local spare = dir .. "/x.json.tmp.spare"
     assert.is_true(emptied(spare))
     local out = sim.run("stat -c '%s %b %B' " .. sim.shell_quote(spare))
@@ -385,15 +395,9 @@ describe("group-committed durable writes", function()
 
   it("keeps only the journal of a displaced record it wrote: the rest (the secrets) is zeroed", function()
     local store = assert(file_store.new(dir))
-    local texts = {}
-    sched.parallel({ 1 }, function()
-      for n = 1, 3 do
-        local rec = record(n)
-        for k = 2, 60 do
-          rec.journal[k] = { step = "verify", outcome = "ok", note = ("entry %d of record %d"):format(k, n) }
-        end
-        assert(store:put("x", rec))
-        texts[n] = core.fs_read(store:path("x"))
+    local texts = put_three(store, function(rec, n)
+      for k = 2, 60 do
+        rec.journal[k] = { step = "verify", outcome = "ok", note = ("entry %d of record %d"):format(k, n) }
       end
     end)
     -- the spare is the second record's file: its journal as it was, zeros from there on
