@@ -625,7 +625,12 @@ static int dir_list(lua_State *L, int dfd, const char *where) {
     return 1;
 }
 
-/* Locks: flock on an open lock file; the holder writes its pid into it. */
+/* Locks: flock on an open lock file; the holder writes its pid into it (a first line of fixed
+ * width). What follows that line is the lock's note: a holder may leave one (lk:set_note) for the
+ * next holder, who gets it with the lock (a client's claim: the slot that last claimed it). */
+
+#define LOCK_PID_LEN 16 /* "%-15ld\n" */
+#define LOCK_NOTE_MAX 512
 
 static int dir_lock(lua_State *L, int dfd, const char *where, const char *name) {
     char msg[FS_WHY];
@@ -665,13 +670,51 @@ static int dir_lock(lua_State *L, int dfd, const char *where, const char *name) 
     fs_lock *lk = (fs_lock *)lua_newuserdata(L, sizeof *lk);
     lk->fd = fd;
     luaL_setmetatable(L, ROTOR_FS_LOCK_MT);
-    /* the pid in a field of fixed width: rewritten in place by the next holder, with no truncation
-     * (which frees the file's block for the write to allocate again, on every lock) */
-    int plen = snprintf(pid, sizeof pid, "%-15ld\n", (long)getpid());
+    /* the note the last holder left (after the pid line), up to its newline */
+    char note[LOCK_NOTE_MAX + 1];
+    ssize_t got = 0;
     struct stat st;
-    if (fstat(fd, &st) == 0 && (st.st_size == plen || ftruncate(fd, 0) == 0)) {
+    int have = fstat(fd, &st) == 0;
+    if (have && st.st_size > LOCK_PID_LEN) {
+        got = pread(fd, note, LOCK_NOTE_MAX, LOCK_PID_LEN);
+    }
+    char *end = got > 0 ? memchr(note, '\n', (size_t)got) : NULL;
+    /* the pid in a field of fixed width: rewritten in place by the next holder, with no truncation
+     * (which frees the file's block for the write to allocate again, on every lock); the note
+     * stays until a holder replaces it */
+    int plen = snprintf(pid, sizeof pid, "%-15ld\n", (long)getpid());
+    if (have && (st.st_size >= plen || ftruncate(fd, 0) == 0)) {
         (void)!pwrite(fd, pid, (size_t)plen, 0);
     }
+    if (end != NULL && end > note) {
+        lua_pushlstring(L, note, (size_t)(end - note));
+        return 2;
+    }
+    return 1;
+}
+
+/* lk:set_note(text) -> true | nil, message: the note the next holder gets (one line, no newline) */
+static int l_lock_set_note(lua_State *L) {
+    fs_lock *lk = (fs_lock *)luaL_checkudata(L, 1, ROTOR_FS_LOCK_MT);
+    size_t len;
+    const char *text = luaL_checklstring(L, 2, &len);
+    char buf[LOCK_NOTE_MAX + 1];
+    if (len == 0 || len >= LOCK_NOTE_MAX || memchr(text, '\n', len) != NULL) {
+        return luaL_argerror(L, 2, "a note of one line, 1-511 bytes, expected");
+    }
+    if (lk->fd < 0) {
+        return luaL_error(L, "rotor.fs_lock: the lock was released");
+    }
+    memcpy(buf, text, len);
+    buf[len] = '\n';
+    if (pwrite(lk->fd, buf, len + 1, LOCK_PID_LEN) != (ssize_t)(len + 1) ||
+        ftruncate(lk->fd, (off_t)(LOCK_PID_LEN + len + 1)) != 0) {
+        int err = errno;
+        lua_pushnil(L);
+        lua_pushfstring(L, "cannot write the lock's note: %s", strerror(err));
+        return 2;
+    }
+    lua_pushboolean(L, 1);
     return 1;
 }
 
@@ -1509,8 +1552,11 @@ void rotor_fs_open(lua_State *L) {
         {"kill_self", l_kill_self},
         {NULL, NULL},
     };
-    static const luaL_Reg lock_methods[] = {
-        {"unlock", l_lock_unlock}, {"close", l_lock_unlock}, {"held", l_lock_held}, {NULL, NULL}};
+    static const luaL_Reg lock_methods[] = {{"unlock", l_lock_unlock},
+                                            {"close", l_lock_unlock},
+                                            {"held", l_lock_held},
+                                            {"set_note", l_lock_set_note},
+                                            {NULL, NULL}};
     static const luaL_Reg dir_methods[] = {{"read", l_dir_read},
                                            {"tail", l_dir_tail},
                                            {"write", l_dir_write},
