@@ -391,6 +391,39 @@ describe("a fleet of rotors on etcd #proc #etcd", function()
     sim.run("rm -rf " .. q(fdir))
   end)
 
+  it("one credential, one slot across rotors: two new slots for one client at once, and one written since", function()
+    local rotor = require "rotor"
+    -- two store objects on one prefix: two rotors, neither has seen the other's slot
+    local fx = fixtures.seed(s, "genesys", "claim" .. core.random_hex(2))
+    local slots = { fx.slot, "other/" .. fx.target.client_id }
+    local results, errs = rotor.parallel(slots, function(slot)
+      return rotor.rotate { slot = slot, provider = fixtures.provider(fx), store = open_store(), target = fx.target }
+    end, { concurrency = 2 })
+    assert.equal(1, mints(s, fx))
+    -- which one takes the lock first is etcd's to say
+    local won = results[1] and 1 or 2
+    assert.truthy(results[won], tostring(errs[won] and errs[won].message))
+    assert.is_nil(results[3 - won])
+    local lost = errs[3 - won]
+    assert.equal("locked", lost.kind, lost.message)
+    assert.truthy(lost.message:find(("genesys client %s is being claimed by another rotor (pid %d on "):format(
+      fx.target.client_id, core.getpid()), 1, true), lost.message)
+    fx.slot = slots[won]
+    check_slot(open_store(), fx)
+    -- a rotor that listed the store before another wrote a slot for a client: refused at once
+    local fy, fz = fixtures.seed(s, "genesys", "claim" .. core.random_hex(2)), fixtures.seed(s, "genesys")
+    local mine = open_store()
+    assert(rotor.rotate { slot = fz.slot, provider = fixtures.provider(fz), store = mine, target = fz.target })
+    assert(rotor.rotate { slot = fy.slot, provider = fixtures.provider(fy), store = open_store(), target = fy.target })
+    local res, err = rotor.rotate { slot = "other/" .. fy.target.client_id, provider = fixtures.provider(fy),
+                                    store = mine, target = fy.target }
+    assert.is_nil(res)
+    assert.equal("config", err.kind)
+    assert.truthy(err.message:find(("is also held by slot %s"):format(fy.slot), 1, true), err.message)
+    assert.equal(1, mints(s, fy))
+    check_slot(open_store(), fy)
+  end)
+
   it("a deploy hook that outlasts the lease: the lock is taken again, since nobody wrote the slot meanwhile", function()
     local rotor = require "rotor"
     local fx = fixtures.seed(s, "genesys", "longhook" .. core.random_hex(2))

@@ -100,6 +100,43 @@ describe("rotor.store.file", function()
     assert.truthy(store:lock("a/b"))
   end)
 
+  it("locks a client: each holder gets the slot the last one named; a slot's lock and listing ignore it", function()
+    local key = "genesys client 0a/b c"
+    local l1, last = store:lock_client(key)
+    assert.truthy(l1)
+    assert.is_nil(last)
+    local l2, err = store:lock_client(key)
+    assert.is_nil(l2)
+    assert.equal("locked", err.kind)
+    assert.truthy(tostring(err.message):find(key .. " is being claimed by another rotor (pid " .. core.getpid(), 1,
+      true))
+    assert.error_matches(function() l1:set_note("two\nlines") end, "a note of one line", nil, true)
+    assert.is_true(l1:set_note("slot/one"))
+    l1:unlock()
+    local l3
+    l3, last = store:lock_client(key)
+    assert.equal("slot/one", last)
+    -- a shorter note replaces the longer one whole
+    assert.is_true(l3:set_note("s2"))
+    l3:unlock()
+    -- a holder that names nothing (its claim was refused) leaves the note as it was
+    l3, last = store:lock_client(key)
+    assert.equal("s2", last)
+    l3:unlock()
+    l3, last = store:lock_client(key)
+    assert.equal("s2", last)
+    l3:unlock()
+    local names = assert(store:list())
+    for _, n in ipairs(names) do assert.is_nil(n:find("client", 1, true), n) end
+    -- the pid line stays the first line, the note after it
+    local text = assert(core.fs_read(store.dir .. "/.client-genesys%20client%200a%2Fb%20c.lock"))
+    assert.equal(core.getpid(), tonumber(text:match("^(%d+) *\n")))
+    assert.equal("s2\n", text:sub(17))
+    -- a key too long for a file name gets a fingerprint in its place
+    local long = assert(store:lock_client("spapi client " .. ("x"):rep(300)))
+    long:unlock()
+  end)
+
   it("keeps a 0600 audit key, made once", function()
     local k = assert(store:audit_key())
     assert.equal(64, #k)

@@ -239,18 +239,34 @@ local function index_of(store)
   return ix
 end
 
---- Claim client key (client_key) in store for slot: true | nil, err (kind "config" when another
--- slot holds it or another rotation of this process is rotating it; kind "store" when the store
--- cannot be listed). Nothing to check (true) for a store that cannot list its slots. claim =
--- false: check only.
-function _M.claim_client(store, key, slot, claim)
-  if type(store) ~= "table" or type(store.list) ~= "function" then return true end
-  local ix, lerr = index_of(store)
+-- A slot's first claim of a client (its record does not hold it yet) is the one the index cannot
+-- settle alone: another rotor may be starting a slot for the same client now, or may have written
+-- one since this process last listed the store. So it is made under the store's lock on the client
+-- (store:lock_client, held by one rotor at a time, on any host sharing the store), and the lock
+-- carries a note, the slot that claimed the client last: that slot's record is read again before
+-- the check, and the note names this slot before the lock is given back. The caller keeps the lock
+-- until its slot's record holds the client (written, durable), then unlocks: the next first claim
+-- then finds that record through the note.
+
+-- the check of claim_client; last: the slot a client lock's note names
+local function claim(store, key, slot, claim_it, last)
   local errors = require("rotor.errors")
+  local ix, lerr = index_of(store)
   if not ix then
     return nil, errors.new { kind = "store", message = ("slot %s: cannot list the store to check that no other "
       .. "slot holds the client it rotates: %s; nothing was sent"):format(slot, tostring(errors.is(lerr)
       and lerr.message or lerr)) }
+  end
+  if last and last ~= slot then
+    -- the slot that claimed the client last, as it is now (it may have been written since the listing)
+    local pok, rec, rerr = pcall(_M.read, store, last, { journal_as_text = true })
+    if not pok or rec == nil then
+      rerr = pok and rerr or rec
+      return nil, errors.new { kind = "store", message = ("slot %s: cannot read slot %s, which claimed %s before, "
+        .. "to check that it no longer holds it: %s; nothing was sent"):format(slot, last, key,
+        tostring(errors.is(rerr) and rerr.message or rerr)) }
+    end
+    index_note(ix, last, rec or nil)
   end
   local claims = claims_of[store] or {}
   claims_of[store] = claims
@@ -271,8 +287,41 @@ function _M.claim_client(store, key, slot, claim)
       .. "slot %s. Nothing was sent. Keep one slot per credential, rotated from one config or script; if slot %s "
       .. "is no longer used, move its record aside (rotor doctor shows both)"):format(slot, key, other, what, other) }
   end
-  if claim ~= false then claims[key] = slot end
+  if claim_it ~= false then claims[key] = slot end
   return true
+end
+
+--- Claim client key (client_key) in store for slot: true[, lock] | nil, err (kind "config" when
+-- another slot holds it or another rotation of this process is rotating it; "locked" when another
+-- rotor is making a first claim of it now; "store" when the store cannot be listed or read).
+-- Nothing to check (true) for a store that cannot list its slots. claim = false: check only.
+-- first = true: the slot's first claim of the client (above); the lock is returned, to unlock.
+function _M.claim_client(store, key, slot, claim_it, first)
+  if type(store) ~= "table" or type(store.list) ~= "function" then return true end
+  if not (first and claim_it ~= false and type(store.lock_client) == "function") then
+    return claim(store, key, slot, claim_it)
+  end
+  -- what this process knows refuses first (another slot, another rotation of the process): kind config
+  local known, kerr = claim(store, key, slot, false)
+  if not known then return nil, kerr end
+  local errors = require("rotor.errors")
+  local lock, claimed_by = store:lock_client(key)
+  if not lock then
+    return nil, errors.with(claimed_by, { message = ("slot %s: %s"):format(slot,
+      tostring(errors.is(claimed_by) and claimed_by.message or claimed_by)) })
+  end
+  local ok, err = claim(store, key, slot, true, claimed_by)
+  local noted, nerr
+  if ok then noted, nerr = lock:set_note(slot) end
+  if noted then return true, lock end
+  lock:unlock()
+  if not ok then
+    -- the claim this rotor made in the index goes with it
+    return nil, err
+  end
+  _M.release_client(store, key, slot)
+  return nil, errors.new { kind = "store", message = ("slot %s: cannot note its claim of %s: %s; nothing was "
+    .. "sent"):format(slot, key, tostring(errors.is(nerr) and nerr.message or nerr)) }
 end
 
 --- The end of slot's rotation of client key: its claim dropped, what its record rec holds noted.

@@ -684,9 +684,13 @@ local function run(ctx)
   if type(client) == "string" and client ~= "" then
     -- one credential, one slot: no other slot of the store holds the client (rotor.record)
     local key = record_mod.client_key(ctx.provider.provider, client)
-    local ok, cerr = record_mod.claim_client(ctx.store, key, ctx.slot, not ctx.opts.dry_run)
+    -- the slot's first rotation of the client claims it under the store's lock on it, held until
+    -- the record written at the start below holds the client
+    local ok, cerr = record_mod.claim_client(ctx.store, key, ctx.slot, not ctx.opts.dry_run,
+      not record_mod.clients(rec)[key])
     if not ok then return nil, cerr end
     if not ctx.opts.dry_run then ctx.client_key = key end
+    if cerr then ctx.client_lock = cerr end
   end
   local cur = rec.versions.current
   -- the store, not the bootstrap configuration, holds the live credential
@@ -720,8 +724,24 @@ local function run(ctx)
     end
     rot = { id = new_rotation_id(), strategy = strat.name, started = timefmt.iso(), step = "create" }
     rec.rotation = rot
+    local cl = ctx.client_lock
+    if cl and cl.refresh then
+      -- a lease-based lock (etcd) that lapsed meanwhile may have let another rotor claim the client
+      local ok, lerr = cl:refresh(false)
+      if not ok then
+        local lapsed = errors.is(lerr) and lerr.kind == "fenced"
+        return nil, errors.new { kind = lapsed and "fenced" or "store", slot = ctx.slot, message = ("slot %s: "
+          .. "the lock on %s %s before its claim was recorded; nothing was sent"):format(ctx.slot, ctx.client_key,
+          lapsed and "lapsed" or ("could not be kept (" .. tostring(errors.is(lerr) and lerr.message or lerr) .. ")")) }
+      end
+    end
     local ok, jerr = ctx:journal("rotation", "start", strat.name, nil, nil, true)
     if not ok then return nil, jerr end
+    if cl then
+      -- the record holds the client now: the next first claim finds this slot through the lock's note
+      cl:unlock()
+      ctx.client_lock = nil
+    end
   else
     ctx:journal("rotation", "resume", "at step " .. tostring(rot.step), nil, nil, true)
   end
@@ -794,6 +814,7 @@ function _M.rotate(o)
     return nil, aerr
   end
   local pok, ok, err = pcall(run, ctx)
+  if ctx.client_lock then ctx.client_lock:unlock() end
   if ctx.client_key then record_mod.release_client(o.store, ctx.client_key, o.slot, ctx.record) end
   if not pok then
     -- a Lua error outside the steps: journalled, `last` set and notified like any failure

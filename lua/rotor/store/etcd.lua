@@ -14,7 +14,8 @@
 --   }
 --
 -- Keys: <prefix>slots/<slot>  the record (JSON, secrets sealed);  <prefix>locks/<slot>  the lock,
--- bound to a lease;  <prefix>audit/<time>-<rand>  the audit trail.
+-- bound to a lease;  <prefix>audit/<time>-<rand>  the audit trail;  <prefix>client-locks/<client>
+-- and <prefix>claims/<client>  a client's claim by its first slot (rotor.record.claim_client).
 -- Locks with fencing: the lock key's create revision is the fencing token. Every record write is a
 -- transaction that succeeds only while the lock key still has that revision (the lease is alive and
 -- nobody took the lock over) and the record is the one last read. Once a write is refused, the
@@ -561,59 +562,115 @@ local function grant_lease(store, relocked)
   }
 end
 
---- store:lock(slot) -> lock | nil, err (kind "locked" when another rotor holds it)
-function Store:lock(slot, retried)
-  local key = self:lock_key(slot)
-  if self.locks[slot] then
-    return nil, errors.new { kind = "locked", message = ("slot %s is locked by this rotor already"):format(slot) }
-  end
-  local g, err = grant_lease(self)
-  if not g then return nil, err end
-  local lease = g.lease
-  local v
-  v, err = self:call("/v3/kv/txn", {
-    compare = { { key = b64(key), target = "CREATE", result = "EQUAL", create_revision = "0" } },
-    success = { { request_put = { key = b64(key), value = b64(g.holder), lease = lease } } },
-    failure = { { request_range = { key = b64(key) } } },
-  })
-  if not v then
-    self:call("/v3/lease/revoke", { ID = lease })
-    return nil, err
-  end
-  local token
-  if v.succeeded then
-    token = v.header and v.header.revision
-  else
-    local r = v.responses and v.responses[1] and v.responses[1].response_range
-    local kv = r and kv_of(r)
-    if kv and tostring(kv.lease) == lease then
-      token = kv.create_revision -- our own put, committed by an earlier try
-    else
+-- Take the lock key `key` with a lease of its own, the holder's whereabouts its value, in one
+-- transaction with `also` (more operations when it succeeds). -> lock fields { lease, token, ttl,
+-- renewed_at, responses (of `also`) } | nil, err | false, who (the holder's whereabouts) when held.
+-- A holder that died on this host is found out and its lease revoked (its key goes with it).
+local function take_lease_lock(self, key, also)
+  for retried = 0, 1 do
+    local g, err = grant_lease(self)
+    if not g then return nil, err end
+    local lease = g.lease
+    local success = { { request_put = { key = b64(key), value = b64(g.holder), lease = lease } } }
+    for _, op in ipairs(also or {}) do success[#success + 1] = op end
+    local v
+    v, err = self:call("/v3/kv/txn", {
+      compare = { { key = b64(key), target = "CREATE", result = "EQUAL", create_revision = "0" } },
+      success = success,
+      failure = { { request_range = { key = b64(key) } } },
+    })
+    if not v then
       self:call("/v3/lease/revoke", { ID = lease })
-      local who = kv and json.decode(unb64(kv.value) or "") or {}
-      if kv and not retried and holder_dead(who) and kv.lease then
+      return nil, err
+    end
+    local token, responses
+    if v.succeeded then
+      token, responses = v.header and v.header.revision, v.responses
+    else
+      local r = v.responses and v.responses[1] and v.responses[1].response_range
+      local kv = r and kv_of(r)
+      if kv and tostring(kv.lease) == lease then
+        token = kv.create_revision -- our own put, committed by an earlier try
+      else
+        self:call("/v3/lease/revoke", { ID = lease })
+        local who = kv and json.decode(unb64(kv.value) or "") or {}
+        if not (kv and retried == 0 and holder_dead(who) and kv.lease) then
+          return false, type(who) == "table" and who or {}
+        end
         -- revoking the dead holder's lease deletes its lock key
         local rv, rerr = self:call("/v3/lease/revoke", { ID = tostring(kv.lease) })
         if not rv and not (errors.is(rerr) and tostring(rerr.detail):find("not found", 1, true)) then
           return nil, rerr
         end
-        return self:lock(slot, true)
       end
-      return nil, errors.new {
-        kind = "locked",
-        message = ("slot %s is locked by another rotor%s: a rotation of it is running now; nothing was done — "
-          .. "run again once that one has finished (a lock whose holder died lapses after its lease, %d s at most)")
-          :format(slot, type(who) == "table" and who.pid and (" (pid %s on %s)"):format(tostring(who.pid),
-            tostring(who.host)) or "", self.lease_ttl),
-      }
+    end
+    if token then
+      return { lease = lease, token = tostring(token), ttl = g.ttl, renewed_at = g.granted_at,
+               responses = responses }
     end
   end
+  return false, {}
+end
+
+-- " (pid P on HOST)" of a lock holder's whereabouts, or ""
+local function holder_text(who)
+  return who.pid and (" (pid %s on %s)"):format(tostring(who.pid), tostring(who.host)) or ""
+end
+
+--- store:lock(slot) -> lock | nil, err (kind "locked" when another rotor holds it)
+function Store:lock(slot)
+  local key = self:lock_key(slot)
+  if self.locks[slot] then
+    return nil, errors.new { kind = "locked", message = ("slot %s is locked by this rotor already"):format(slot) }
+  end
+  local l, err = take_lease_lock(self, key)
+  if l == false then
+    return nil, errors.new {
+      kind = "locked",
+      message = ("slot %s is locked by another rotor%s: a rotation of it is running now; nothing was done — "
+        .. "run again once that one has finished (a lock whose holder died lapses after its lease, %d s at most)")
+        :format(slot, holder_text(err), self.lease_ttl),
+    }
+  end
+  if not l then return nil, err end
   local lock = setmetatable({
-    store = self, slot = slot, key = key, lease = lease, token = tostring(token),
-    ttl = g.ttl, renewed_at = g.granted_at,
+    store = self, slot = slot, key = key, lease = l.lease, token = l.token, ttl = l.ttl, renewed_at = l.renewed_at,
   }, Lock)
   self.locks[slot] = lock
   return lock
+end
+
+--- store:lock_client(key) -> lock, claimed_by | nil, err (kind "locked" when held): the lock on a
+-- client (record.client_key) that a slot's first rotation of it takes (rotor.record.claim_client).
+-- claimed_by: the slot that the last holder named (lock:set_note(slot)), kept in
+-- <prefix>claims/<key> (no lease: it outlives the lock), or nil.
+function Store:lock_client(key)
+  local enc = file_store.encode(key)
+  local lkey, ckey = self.prefix .. "client-locks/" .. enc, self.prefix .. "claims/" .. enc
+  local l, err = take_lease_lock(self, lkey, { { request_range = { key = b64(ckey) } } })
+  if l == false then
+    return nil, errors.new {
+      kind = "locked",
+      message = ("%s is being claimed by another rotor%s: it is starting a rotation of it in another slot now; "
+        .. "nothing was done. Keep one slot per credential"):format(key, holder_text(err)),
+    }
+  end
+  if not l then return nil, err end
+  local lock = setmetatable({
+    store = self, key = lkey, claim_key = ckey, lease = l.lease, token = l.token, ttl = l.ttl,
+    renewed_at = l.renewed_at,
+  }, Lock)
+  local r = l.responses and l.responses[2] and l.responses[2].response_range
+  local kv = r and kv_of(r)
+  return lock, kv and unb64(kv.value) or nil
+end
+
+--- lock:set_note(slot) -> true | nil, err: the slot a client lock's next holder gets as claimed_by
+function Lock:set_note(text)
+  if not self.claim_key then error("set_note: a client's lock (store:lock_client) expected", 2) end
+  local v, err = self.store:call("/v3/kv/put", { key = b64(self.claim_key), value = b64(text) })
+  if not v then return nil, err end
+  return true
 end
 
 -- A new lease and lock key for a lock whose lease lapsed, and the record write, in one

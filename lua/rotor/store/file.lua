@@ -6,6 +6,7 @@
 --                                                     inside rotor.parallel, the puts of all tasks
 --                                                     group-committed off the event loop)
 --   store:lock(slot)         -> lock (lock:unlock()) | nil, err (kind "locked" when held)
+--   store:lock_client(key)   -> lock, claimed_by | nil, err   (a client's claim: rotor.record)
 --   store:list()             -> { slot names } | nil, err
 --   store:audit_path(), store:audit_key()   the audit trail and its fingerprint key (0600)
 --   store:audit_tail(n), store:audit_read()  its last n bytes, its text (false: none yet)
@@ -311,6 +312,28 @@ function Store:lock(slot)
     }
   end
   return nil, store_error("cannot lock slot " .. slot, why)
+end
+
+--- store:lock_client(key) -> lock, claimed_by | nil, err (kind "locked" when held): the lock on a
+-- client (record.client_key) that a slot's first rotation of it takes (rotor.record.claim_client).
+-- claimed_by: the slot that the last holder named (lock:set_note(slot)), or nil. The lock file is
+-- .client-<key>.lock: no slot's file name starts with a dot, and listing skips it.
+function Store:lock_client(key)
+  local name = ".client-" .. _M.encode(key) .. ".lock"
+  if #name > 200 then name = ".client-" .. core.hmac_sha256_hex("rotor client lock", key) .. ".lock" end
+  local d, werr = writable(self, "lock " .. tostring(key))
+  if not d then return nil, werr end
+  local lock, why, pid = d:lock(name)
+  if lock then return lock, why end
+  if why == "locked" then
+    return nil, errors.new {
+      kind = "locked",
+      message = ("%s is being claimed by another rotor%s: it is starting a rotation of it in another slot now; "
+        .. "nothing was done. Keep one slot per credential"):format(key,
+          pid and (" (pid " .. tostring(pid) .. ")") or ""),
+    }
+  end
+  return nil, store_error("cannot lock " .. key, why)
 end
 
 function Store:list()
