@@ -39,7 +39,8 @@ local function put_rotor_config(path, store, slot)
 end
 
 -- plant a link at every name the file store opens for slot genesys/t1
-local STORE_NAMES = { "genesys%2Ft1.json", "genesys%2Ft1.lock", "audit.log", ".audit-key" }
+local STORE_NAMES = { "genesys%2Ft1.json", "genesys%2Ft1.lock", "audit.log", ".audit-key",
+                      ".client-genesys%20client%20c1.lock" }
 
 describe("the store-directory trust rule #proc", function()
   local base, outside, before
@@ -149,18 +150,21 @@ describe("the store-directory trust rule #proc", function()
       local l, e1 = s:lock("genesys/t1")
       local k, e2 = s:audit_key()
       local a, e3 = s:audit_append("line\n")
-      print(l, e1) print(k, e2) print(a, e3)
+      local c, e4 = s:lock_client("genesys client c1")
+      print(l, e1) print(k, e2) print(a, e3) print(c, e4)
       assert(s:put("genesys/t1", { versions = {}, journal = {} }))
       print("put ok")]]):format(base .. "/planted")))
     assert.equal(0, rc, out)
     assert.matches("nil\t.-genesys%%2Ft1.lock is a symbolic link", out)
     assert.matches("nil\t.-%.audit%-key is a symbolic link", out)
     assert.matches("nil\t.-audit%.log is a symbolic link", out)
+    assert.matches("nil\t.-%.client%-genesys%%20client%%20c1%.lock is a symbolic link", out)
     -- put replaces the link at the slot's name by a file (rename), never writing through it
     assert.matches("put ok", out)
     for _, n in ipairs(STORE_NAMES) do
-      assert.equal("precious " .. (({ 1, 2, 3, 4 })[({ ["genesys%2Ft1.json"] = 1, ["genesys%2Ft1.lock"] = 2,
-        ["audit.log"] = 3, [".audit-key"] = 4 })[n]]) .. "\n", sim.read_file(victims[n]))
+      assert.equal("precious " .. (({ 1, 2, 3, 4, 5 })[({ ["genesys%2Ft1.json"] = 1, ["genesys%2Ft1.lock"] = 2,
+        ["audit.log"] = 3, [".audit-key"] = 4, [".client-genesys%20client%20c1.lock"] = 5 })[n]]) .. "\n",
+        sim.read_file(victims[n]))
     end
     -- put back the link the put replaced, for the checksum comparison
     os.remove(base .. "/planted/genesys%2Ft1.json")
