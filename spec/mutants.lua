@@ -254,7 +254,9 @@ local MUTANTS = {
         "    if (have && ftruncate(fd, 0) == 0) {" } }, { "spec/store_spec.lua", "spec/safety_spec.lua" }),
   m("claim-etcd-note-unread", "an etcd store hands a client lock's holder the slot that claimed it last",
     "the claim key read with the lock is ignored", "lua/rotor/store/etcd.lua",
-    { { "  return lock, kv and unb64(kv.value) or nil", "  return lock, nil" } }, { "spec/etcd_spec.lua" }),
+    { { "  return lock, kv and unb64(kv.value) or nil", "  return lock, nil" } },
+    -- its one case (the copy has no LuaJIT core, which the file's nginx case needs)
+    { "--filter='one credential, one slot' spec/etcd_spec.lua" }),
   m("deploy-hangs-group", "a deploy command past its timeout is stopped with all it started",
     "only the shell is signalled, not its process group", "csrc/fs.c",
     { { "    kill(c->group ? -c->pid : c->pid, sig);", "    kill(c->pid, sig);" },
