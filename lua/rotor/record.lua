@@ -294,7 +294,7 @@ end
 --- Claim client key (client_key) in store for slot: true[, lock] | nil, err (kind "config" when
 -- another slot holds it or another rotation of this process is rotating it; "locked" when another
 -- rotor is making a first claim of it now; "store" when the store cannot be listed or read).
--- Nothing to check (true) for a store that cannot list its slots. claim = false: check only.
+-- Nothing to check (true) for a store that cannot list its slots. claim_it = false: check only.
 -- first = true: the slot's first claim of the client (above); the lock is returned, to unlock.
 function _M.claim_client(store, key, slot, claim_it, first)
   if type(store) ~= "table" or type(store.list) ~= "function" then return true end
