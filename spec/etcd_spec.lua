@@ -424,6 +424,72 @@ describe("a fleet of rotors on etcd #proc #etcd", function()
     check_slot(open_store(), fy)
   end)
 
+  it("one credential, one slot across rotors: a client's lock whose lease lapsed is taken again, or given up",
+    function()
+    local rotor = require "rotor"
+    -- as if lease_ttl passed while the rotor waited: etcd forgot the lease, and this rotor knows it is due
+    local function lapse(lock)
+      assert(lock.store:call("/v3/lease/revoke", { ID = lock.lease }))
+      lock.renewed_at = lock.renewed_at - lock.ttl - 1
+    end
+    -- a store whose client locks are handed to `taken` as they are taken
+    local function watched(taken)
+      local st = open_store()
+      local real = st.lock_client
+      st.lock_client = function(self, key)
+        local lock, last = real(self, key)
+        if lock then taken(lock) end
+        return lock, last
+      end
+      return st
+    end
+    local function other_rotor(fx)
+      return assert(rotor.rotate { slot = "other/" .. fx.target.client_id, provider = fixtures.provider(fx),
+                                   store = open_store(), target = fx.target })
+    end
+    -- 1: the lease lapses before the claim is noted, and another rotor claims the client meanwhile
+    local fx = fixtures.seed(s, "genesys", "lapse" .. core.random_hex(2))
+    local done
+    local res, err = rotor.rotate { slot = fx.slot, provider = fixtures.provider(fx), target = fx.target,
+      store = watched(function(lock)
+        if not done then lapse(lock); done = other_rotor(fx) end
+      end) }
+    assert.is_nil(res)
+    assert.equal("fenced", err.kind, err.message)
+    assert.equal(1, mints(s, fx))
+    fx.slot = "other/" .. fx.target.client_id
+    check_slot(open_store(), fx)
+    -- 2: it lapses after the claim was noted, while the token is fetched, and another rotor claims the
+    --    client meanwhile: taken again before the record is written, the other's claim is found
+    -- 3: the same with no other rotor: taken again, the rotation goes on
+    for _, case in ipairs { "other", "alone" } do
+      local fy = fixtures.seed(s, "genesys", "lapse" .. core.random_hex(2))
+      local held, lapsed
+      local p = fixtures.provider(fy)
+      local token = p.token
+      p.token = function(self, ...)
+        if held and not lapsed then
+          lapse(held)
+          lapsed = case == "other" and other_rotor(fy) or true
+        end
+        return token(self, ...)
+      end
+      res, err = rotor.rotate { slot = fy.slot, provider = p, target = fy.target,
+        store = watched(function(lock) held = held or lock end) }
+      assert.truthy(lapsed)
+      assert.equal(1, mints(s, fy))
+      if case == "other" then
+        assert.is_nil(res)
+        assert.equal("config", err.kind, err.message)
+        assert.truthy(err.message:find("is also held by slot other/" .. fy.target.client_id, 1, true), err.message)
+        fy.slot = "other/" .. fy.target.client_id
+      else
+        assert.truthy(res, err and err.message)
+      end
+      check_slot(open_store(), fy)
+    end
+  end)
+
   it("a deploy hook that outlasts the lease: the lock is taken again, since nobody wrote the slot meanwhile", function()
     local rotor = require "rotor"
     local fx = fixtures.seed(s, "genesys", "longhook" .. core.random_hex(2))

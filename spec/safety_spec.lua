@@ -595,6 +595,13 @@ print("RESULT", res and "ok" or err.kind, res and "" or err.message)
     assert.equal(minted + 1, counter(s, fx.mint_path))
   end)
 
+  -- one mint since `minted` for fx's client, and the secret its slot stored in dir works
+  local function one_mint_works(fx, dir, minted)
+    assert.equal(minted + 1, counter(s, fx.mint_path))
+    local cur = assert(assert(rotor.store.file(dir)):get(fx.slot)).versions.current
+    assert.is_true(fixtures.works(fx, cur.client_id, cur.secret))
+  end
+
   it("one credential, one slot across processes: two new slots for one client at once, one mint", function()
     -- two store objects on one directory stand for two rotor processes (or hosts): neither has
     -- seen the other's slot when both start, so the check of what the store's slots hold cannot
@@ -608,14 +615,12 @@ print("RESULT", res and "ok" or err.kind, res and "" or err.message)
       return rotor.rotate { slot = slot, provider = fixtures.provider(fx), store = assert(rotor.store.file(dir)),
                             target = fx.target, verify_delay = 0.2 }
     end, { concurrency = 2 })
-    assert.equal(minted + 1, counter(s, fx.mint_path))
     assert.truthy(results[1], tostring(errs[1] and errs[1].message))
     assert.is_nil(results[2])
     assert.equal("locked", errs[2].kind)
     assert.truthy(errs[2].message:find(("genesys client %s is being claimed by another rotor"):format(
       fx.target.client_id), 1, true), errs[2].message)
-    local cur = assert(assert(rotor.store.file(dir)):get(fx.slot)).versions.current
-    assert.is_true(fixtures.works(fx, cur.client_id, cur.secret))
+    one_mint_works(fx, dir, minted)
     assert.is_false(assert(rotor.store.file(dir)):get(slots[2]))
     -- once the first slot holds it, the second is refused by the check of what the slots hold
     local res, err = rotor.rotate { slot = slots[2], provider = fixtures.provider(fx), target = fx.target,
@@ -623,6 +628,27 @@ print("RESULT", res and "ok" or err.kind, res and "" or err.message)
     assert.is_nil(res)
     assert.equal("config", err.kind)
     assert.equal(minted + 1, counter(s, fx.mint_path))
+  end)
+
+  it("one credential, one slot across processes: the claim holds until the first slot's record is stored", function()
+    -- the other rotor comes in at the last moment: during the first slot's first write of its record
+    local fx = fixtures.seed(s, "genesys")
+    local dir = root .. "/one-slot-window"
+    local minted = counter(s, fx.mint_path)
+    local other_res, other_err
+    local real = assert(rotor.store.file(dir))
+    local slow = setmetatable({ put = function(self, slot, rec)
+      if not other_err and not other_res then
+        other_res, other_err = rotor.rotate { slot = "other/" .. fx.target.client_id, provider = fixtures.provider(fx),
+                                              store = assert(rotor.store.file(dir)), target = fx.target }
+      end
+      return real.put(self, slot, rec)
+    end }, { __index = real })
+    assert(rotor.rotate { slot = fx.slot, provider = fixtures.provider(fx), store = slow, target = fx.target,
+                          verify_delay = 0.2 })
+    assert.is_nil(other_res)
+    assert.equal("locked", other_err.kind, other_err.message)
+    one_mint_works(fx, dir, minted)
   end)
 
   it("one credential, one slot across processes: a slot written since this rotor last listed the store", function()
@@ -635,15 +661,13 @@ print("RESULT", res and "ok" or err.kind, res and "" or err.message)
     -- another rotor starts a slot for the client and finishes, within the time this one's listing is kept
     assert(rotor.rotate { slot = fx.slot, provider = fixtures.provider(fx), store = assert(rotor.store.file(dir)),
                           target = fx.target, verify_delay = 0.2 })
-    local minted = counter(s, fx.mint_path)
+    local minted = counter(s, fx.mint_path) - 1
     local res, err = rotor.rotate { slot = "other/" .. fx.target.client_id, provider = fixtures.provider(fx),
                                     store = mine, target = fx.target, verify_delay = 0.2 }
     assert.is_nil(res)
     assert.equal("config", err.kind)
     assert.truthy(err.message:find(("is also held by slot %s"):format(fx.slot), 1, true), err.message)
-    assert.equal(minted, counter(s, fx.mint_path))
-    local cur = assert(assert(rotor.store.file(dir)):get(fx.slot)).versions.current
-    assert.is_true(fixtures.works(fx, cur.client_id, cur.secret))
+    one_mint_works(fx, dir, minted)
   end)
 
   it("empty JSON arrays survive: new_client copies a client whose list fields are empty", function()

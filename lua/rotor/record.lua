@@ -320,8 +320,8 @@ function _M.claim_client(store, key, slot, claim_it, first)
     return nil, err
   end
   _M.release_client(store, key, slot)
-  return nil, errors.new { kind = "store", message = ("slot %s: cannot note its claim of %s: %s; nothing was "
-    .. "sent"):format(slot, key, tostring(errors.is(nerr) and nerr.message or nerr)) }
+  return nil, errors.new { kind = errors.is(nerr) and nerr.kind or "store", message = ("slot %s: cannot note its "
+    .. "claim of %s: %s; nothing was sent"):format(slot, key, tostring(errors.is(nerr) and nerr.message or nerr)) }
 end
 
 --- The end of slot's rotation of client key: its claim dropped, what its record rec holds noted.

@@ -154,6 +154,16 @@ end
 --- Persist the record as it is now. While a freshly minted secret exists only in this process
 -- (ctx.holding), a failing write is retried (write_retries times, backing off) before giving up.
 function Ctx:persist()
+  local cl = self.client_lock
+  if cl and cl.refresh and not cl:refresh(false) then
+    -- a lease-based lock (etcd) lapsed (or could not be kept alive): another rotor may have claimed
+    -- the client meanwhile. Claimed again, as the first time, before the record is written.
+    cl:unlock()
+    self.client_lock = nil
+    local ok, again = record_mod.claim_client(self.store, self.client_key, self.slot, true, true)
+    if not ok then return nil, again end
+    self.client_lock, cl = again, again
+  end
   local ok, err = self.store:put(self.slot, self.record)
   local tries, delay = 0, self.opts.write_retry_delay or 0.5
   while not ok and self.holding and tries < (self.opts.write_retries or 5) do
@@ -162,6 +172,12 @@ function Ctx:persist()
     self:sleep(delay)
     delay = math.min(delay * 2, 8)
     ok, err = self.store:put(self.slot, self.record)
+  end
+  if ok and cl then
+    -- the stored record holds the client now (a slot's first claim of it: rotor.record.claim_client):
+    -- the next first claim finds this slot through the lock's note
+    cl:unlock()
+    self.client_lock = nil
   end
   return ok, err
 end
@@ -685,7 +701,7 @@ local function run(ctx)
     -- one credential, one slot: no other slot of the store holds the client (rotor.record)
     local key = record_mod.client_key(ctx.provider.provider, client)
     -- the slot's first rotation of the client claims it under the store's lock on it, held until
-    -- the record written at the start below holds the client
+    -- the slot's record as stored holds the client (Ctx:persist)
     local ok, cerr = record_mod.claim_client(ctx.store, key, ctx.slot, not ctx.opts.dry_run,
       not record_mod.clients(rec)[key])
     if not ok then return nil, cerr end
@@ -724,24 +740,8 @@ local function run(ctx)
     end
     rot = { id = new_rotation_id(), strategy = strat.name, started = timefmt.iso(), step = "create" }
     rec.rotation = rot
-    local cl = ctx.client_lock
-    if cl and cl.refresh then
-      -- a lease-based lock (etcd) that lapsed meanwhile may have let another rotor claim the client
-      local ok, lerr = cl:refresh(false)
-      if not ok then
-        local lapsed = errors.is(lerr) and lerr.kind == "fenced"
-        return nil, errors.new { kind = lapsed and "fenced" or "store", slot = ctx.slot, message = ("slot %s: "
-          .. "the lock on %s %s before its claim was recorded; nothing was sent"):format(ctx.slot, ctx.client_key,
-          lapsed and "lapsed" or ("could not be kept (" .. tostring(errors.is(lerr) and lerr.message or lerr) .. ")")) }
-      end
-    end
     local ok, jerr = ctx:journal("rotation", "start", strat.name, nil, nil, true)
     if not ok then return nil, jerr end
-    if cl then
-      -- the record holds the client now: the next first claim finds this slot through the lock's note
-      cl:unlock()
-      ctx.client_lock = nil
-    end
   else
     ctx:journal("rotation", "resume", "at step " .. tostring(rot.step), nil, nil, true)
   end

@@ -665,11 +665,20 @@ function Store:lock_client(key)
   return lock, kv and unb64(kv.value) or nil
 end
 
---- lock:set_note(slot) -> true | nil, err: the slot a client lock's next holder gets as claimed_by
+--- lock:set_note(slot) -> true | nil, err: the slot a client lock's next holder gets as claimed_by;
+-- written only while the lock key is still this lock's (else kind "fenced": its lease lapsed, and
+-- another rotor may hold the lock and have written its own note)
 function Lock:set_note(text)
   if not self.claim_key then error("set_note: a client's lock (store:lock_client) expected", 2) end
-  local v, err = self.store:call("/v3/kv/put", { key = b64(self.claim_key), value = b64(text) })
+  local v, err = self.store:call("/v3/kv/txn", {
+    compare = { { key = b64(self.key), target = "CREATE", result = "EQUAL", create_revision = self.token } },
+    success = { { request_put = { key = b64(self.claim_key), value = b64(text) } } },
+  })
   if not v then return nil, err end
+  if not v.succeeded then
+    return nil, errors.new { kind = "fenced", message = "the lock on a client was lost (its lease lapsed) before "
+      .. "its claim was noted" }
+  end
   return true
 end
 
