@@ -661,6 +661,15 @@ function Store:lock_client(key)
     renewed_at = l.renewed_at,
   }, Lock)
   local r = l.responses and l.responses[2] and l.responses[2].response_range
+  if not l.responses then
+    -- the lock was ours from an earlier try of the transaction, whose answer was lost: read the note
+    local rerr
+    r, rerr = self:call("/v3/kv/range", { key = b64(ckey) })
+    if not r then
+      lock:unlock()
+      return nil, rerr
+    end
+  end
   local kv = r and kv_of(r)
   return lock, kv and unb64(kv.value) or nil
 end
