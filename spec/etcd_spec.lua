@@ -458,6 +458,7 @@ describe("a fleet of rotors on etcd #proc #etcd", function()
     assert.is_nil(res)
     assert.equal("fenced", err.kind, err.message)
     assert.equal(1, mints(s, fx))
+    assert.is_false(open_store():get(fx.slot))
     fx.slot = "other/" .. fx.target.client_id
     check_slot(open_store(), fx)
     -- 2: it lapses after the claim was noted, while the token is fetched, and another rotor claims the
@@ -483,6 +484,8 @@ describe("a fleet of rotors on etcd #proc #etcd", function()
         assert.is_nil(res)
         assert.equal("config", err.kind, err.message)
         assert.truthy(err.message:find("is also held by slot other/" .. fy.target.client_id, 1, true), err.message)
+        -- nothing of it was written: its slot holds no record (which would name the client too)
+        assert.is_false(open_store():get(fy.slot))
         fy.slot = "other/" .. fy.target.client_id
       else
         assert.truthy(res, err and err.message)

@@ -250,6 +250,10 @@ local MUTANTS = {
     "a lapsed lease goes unnoticed", "lua/rotor/rotation.lua",
     { { "  if cl and cl.refresh and not cl:refresh(false) then", "  if false then" } },
     { "--filter='one credential, one slot' spec/etcd_spec.lua" }),
+  m("claim-lost-written", "a rotation whose claim was lost writes no record (it would hold the client too)",
+    "its failure is journalled into the slot's record", "lua/rotor/rotation.lua",
+    { { "  if self.claim_lost then return nil, self.claim_lost end\n", "" } },
+    { "--filter='one credential, one slot' spec/etcd_spec.lua" }),
   m("claim-etcd-note-unfenced", "an etcd client lock's note is written only while the lock is its writer's",
     "the note is written whoever holds the lock", "lua/rotor/store/etcd.lua",
     { { '    compare = { { key = b64(self.key), target = "CREATE", result = "EQUAL", '

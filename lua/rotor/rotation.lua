@@ -154,6 +154,9 @@ end
 --- Persist the record as it is now. While a freshly minted secret exists only in this process
 -- (ctx.holding), a failing write is retried (write_retries times, backing off) before giving up.
 function Ctx:persist()
+  -- the claim was lost before the record held the client: the record is never written (it would
+  -- hold the client another slot holds now)
+  if self.claim_lost then return nil, self.claim_lost end
   local cl = self.client_lock
   if cl and cl.refresh and not cl:refresh(false) then
     -- a lease-based lock (etcd) lapsed (or could not be kept alive): another rotor may have claimed
@@ -161,7 +164,10 @@ function Ctx:persist()
     cl:unlock()
     self.client_lock = nil
     local ok, again = record_mod.claim_client(self.store, self.client_key, self.slot, true, true)
-    if not ok then return nil, again end
+    if not ok then
+      self.claim_lost = again
+      return nil, again
+    end
     self.client_lock, cl = again, again
   end
   local ok, err = self.store:put(self.slot, self.record)
