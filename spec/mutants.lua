@@ -239,7 +239,7 @@ local MUTANTS = {
     { { "      not record_mod.clients(rec)[key])", "      false)" } }, { "spec/safety_spec.lua" }),
   m("claim-lock-early", "the lock on a client is kept until the slot's record holds it",
     "the lock is given back as soon as the claim is checked", "lua/rotor/rotation.lua",
-    { { "    if cerr then ctx.client_lock = cerr end", "    if cerr then cerr:unlock() end" } },
+    { { "    if held ~= nil then ctx.client_lock = held end", "    if held ~= nil then held:unlock() end" } },
     { "spec/safety_spec.lua" }),
   m("claim-unlock-before-stored", "the lock on a client is kept until the slot's first write is on disk",
     "the lock is given back just before that write", "lua/rotor/rotation.lua",

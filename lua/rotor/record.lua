@@ -248,6 +248,14 @@ end
 -- until its slot's record holds the client (written, durable), then unlocks: the next first claim
 -- then finds that record through the note.
 
+--- The error of a store whose lock on client key (store:lock_client) another rotor holds; holder:
+-- " (pid P ...)" naming it, or "".
+function _M.client_locked(key, holder)
+  return require("rotor.errors").new { kind = "locked", message = ("%s is being claimed by another rotor%s: it is "
+    .. "starting a rotation of it in another slot now; nothing was done. Keep one slot per credential"):format(key,
+    holder) }
+end
+
 -- the check of claim_client; last: the slot a client lock's note names
 local function claim(store, key, slot, claim_it, last)
   local errors = require("rotor.errors")

@@ -708,11 +708,11 @@ local function run(ctx)
     local key = record_mod.client_key(ctx.provider.provider, client)
     -- the slot's first rotation of the client claims it under the store's lock on it, held until
     -- the slot's record as stored holds the client (Ctx:persist)
-    local ok, cerr = record_mod.claim_client(ctx.store, key, ctx.slot, not ctx.opts.dry_run,
+    local ok, held = record_mod.claim_client(ctx.store, key, ctx.slot, not ctx.opts.dry_run,
       not record_mod.clients(rec)[key])
-    if not ok then return nil, cerr end
+    if not ok then return nil, held end
     if not ctx.opts.dry_run then ctx.client_key = key end
-    if cerr then ctx.client_lock = cerr end
+    if held ~= nil then ctx.client_lock = held end
   end
   local cur = rec.versions.current
   -- the store, not the bootstrap configuration, holds the live credential

@@ -648,13 +648,7 @@ function Store:lock_client(key)
   local enc = file_store.encode(key)
   local lkey, ckey = self.prefix .. "client-locks/" .. enc, self.prefix .. "claims/" .. enc
   local l, err = take_lease_lock(self, lkey, { { request_range = { key = b64(ckey) } } })
-  if l == false then
-    return nil, errors.new {
-      kind = "locked",
-      message = ("%s is being claimed by another rotor%s: it is starting a rotation of it in another slot now; "
-        .. "nothing was done. Keep one slot per credential"):format(key, holder_text(err)),
-    }
-  end
+  if l == false then return nil, require("rotor.record").client_locked(key, holder_text(err)) end
   if not l then return nil, err end
   local lock = setmetatable({
     store = self, key = lkey, claim_key = ckey, lease = l.lease, token = l.token, ttl = l.ttl,

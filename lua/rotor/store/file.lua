@@ -297,21 +297,22 @@ function Store:put(slot, record)
   return true
 end
 
-function Store:lock(slot)
-  local name = file_name(slot, ".lock")
-  local d, werr = writable(self, "lock slot " .. tostring(slot))
+-- Take the lock file `name` for `what` ("slot S", or a client key): lock[, note] | nil, err, with
+-- locked(" (pid P)" | "") the error when another process holds it.
+local function take_lock(self, name, what, locked)
+  local d, werr = writable(self, "lock " .. what)
   if not d then return nil, werr end
   local lock, why, pid = d:lock(name)
-  if lock then return lock end
-  if why == "locked" then
-    return nil, errors.new {
-      kind = "locked",
-      message = ("slot %s is locked by another rotor%s: a rotation of it is running now; "
-        .. "nothing was done — run again once that one has finished"):format(
-          slot, pid and (" (pid " .. tostring(pid) .. ")") or ""),
-    }
-  end
-  return nil, store_error("cannot lock slot " .. slot, why)
+  if lock then return lock, why end
+  if why == "locked" then return nil, locked(pid and (" (pid " .. tostring(pid) .. ")") or "") end
+  return nil, store_error("cannot lock " .. what, why)
+end
+
+function Store:lock(slot)
+  return take_lock(self, file_name(slot, ".lock"), "slot " .. tostring(slot), function(holder)
+    return errors.new { kind = "locked", message = ("slot %s is locked by another rotor%s: a rotation of it is running "
+      .. "now; nothing was done — run again once that one has finished"):format(slot, holder) }
+  end)
 end
 
 --- store:lock_client(key) -> lock, claimed_by | nil, err (kind "locked" when held): the lock on a
@@ -321,19 +322,7 @@ end
 function Store:lock_client(key)
   local name = ".client-" .. _M.encode(key) .. ".lock"
   if #name > 200 then name = ".client-" .. core.hmac_sha256_hex("rotor client lock", key) .. ".lock" end
-  local d, werr = writable(self, "lock " .. tostring(key))
-  if not d then return nil, werr end
-  local lock, why, pid = d:lock(name)
-  if lock then return lock, why end
-  if why == "locked" then
-    return nil, errors.new {
-      kind = "locked",
-      message = ("%s is being claimed by another rotor%s: it is starting a rotation of it in another slot now; "
-        .. "nothing was done. Keep one slot per credential"):format(key,
-          pid and (" (pid " .. tostring(pid) .. ")") or ""),
-    }
-  end
-  return nil, store_error("cannot lock " .. key, why)
+  return take_lock(self, name, tostring(key), function(holder) return record_mod.client_locked(key, holder) end)
 end
 
 function Store:list()
