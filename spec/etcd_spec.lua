@@ -494,6 +494,43 @@ describe("a fleet of rotors on etcd #proc #etcd", function()
     end
   end)
 
+  it("one credential, one slot across rotors: a client's lock won on a retried transaction still reads its note",
+    function()
+    local rotor = require "rotor"
+    local b64d = core.b64decode
+    -- a rotor that listed the store before another wrote a slot for the client (as above), whose
+    -- transaction taking the client's lock reaches etcd but whose answer is lost (the connection
+    -- dies after the request went out): its retry finds the lock already its own
+    local fy, fz = fixtures.seed(s, "genesys", "retry" .. core.random_hex(2)), fixtures.seed(s, "genesys")
+    local mine = open_store()
+    assert(rotor.rotate { slot = fz.slot, provider = fixtures.provider(fz), store = mine, target = fz.target })
+    assert(rotor.rotate { slot = fy.slot, provider = fixtures.provider(fy), store = open_store(), target = fy.target })
+    local lost, lock_key = 0, nil
+    local real = mine._request
+    mine._request = function(self, path, body, auth)
+      local res, ep = real(self, path, body, auth)
+      local t = path == "/v3/kv/txn" and json.decode(tostring(body)) or nil
+      local key = t and t.compare and t.compare[1] and b64d(t.compare[1].key)
+      if key and key:find("/client-locks/", 1, true) and lost == 0 and res and res.status == 200 then
+        lost, lock_key = lost + 1, key
+        return { error = { kind = "network", message = "connection reset by peer (the spec lost the answer)" },
+                 sent = true }, ep
+      end
+      return res, ep
+    end
+    local res, err = rotor.rotate { slot = "other/" .. fy.target.client_id, provider = fixtures.provider(fy),
+                                    store = mine, target = fy.target }
+    assert.equal(1, lost)
+    assert.is_nil(res)
+    assert.equal("config", err.kind, err.message)
+    assert.truthy(err.message:find(("is also held by slot %s"):format(fy.slot), 1, true), err.message)
+    assert.equal(1, mints(s, fy))
+    check_slot(open_store(), fy)
+    -- and the lock it won so was given back
+    local r = assert(open_store():call("/v3/kv/range", { key = core.b64encode(lock_key) }))
+    assert.is_nil(r.kvs)
+  end)
+
   it("a deploy hook that outlasts the lease: the lock is taken again, since nobody wrote the slot meanwhile", function()
     local rotor = require "rotor"
     local fx = fixtures.seed(s, "genesys", "longhook" .. core.random_hex(2))

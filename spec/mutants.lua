@@ -277,6 +277,11 @@ local MUTANTS = {
     { { "  return lock, kv and unb64(kv.value) or nil", "  return lock, nil" } },
     -- its one case (the copy has no LuaJIT core, which the file's nginx case needs)
     { "--filter='one credential, one slot' spec/etcd_spec.lua" }),
+  m("claim-etcd-retry-note-unread", "a client lock won on a retried etcd transaction reads the note too",
+    "the note is taken only from the transaction's own answer (there is none when the lock was won by a try whose "
+      .. "answer was lost)",
+    "lua/rotor/store/etcd.lua", { { "  if not l.responses then\n", "  if false then\n" } },
+    { "--filter='one credential, one slot' spec/etcd_spec.lua" }),
   m("deploy-hangs-group", "a deploy command past its timeout is stopped with all it started",
     "only the shell is signalled, not its process group", "csrc/fs.c",
     { { "    kill(c->group ? -c->pid : c->pid, sig);", "    kill(c->pid, sig);" },
