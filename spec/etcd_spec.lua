@@ -494,6 +494,21 @@ describe("a fleet of rotors on etcd #proc #etcd", function()
     end
   end)
 
+  it("one credential, one slot across rotors: a client's lock held elsewhere is named, with when it lapses", function()
+    local key = "genesys:held" .. core.random_hex(4)
+    local lock = assert(open_store { lease_ttl = 7 }:lock_client(key))
+    local none, err = open_store { lease_ttl = 7 }:lock_client(key)
+    lock:unlock()
+    assert.is_nil(none)
+    assert.equal("locked", err.kind)
+    assert.truthy(err.message:find(("%s is being claimed by another rotor (pid %d on "):format(key, core.getpid()), 1,
+      true), err.message)
+    assert.truthy(err.message:find("a lock whose holder died lapses after its lease, 7 s at most", 1, true),
+      err.message)
+    -- given back: the next rotor takes it
+    assert(open_store():lock_client(key)):unlock()
+  end)
+
   it("one credential, one slot across rotors: a client's lock won on a retried transaction still reads its note",
     function()
     local rotor = require "rotor"

@@ -249,11 +249,12 @@ end
 -- then finds that record through the note.
 
 --- The error of a store whose lock on client key (store:lock_client) another rotor holds; holder:
--- " (pid P ...)" naming it, or "".
-function _M.client_locked(key, holder)
+-- " (pid P ...)" naming it, or ""; lapse (optional): how a lock whose holder died ends, when it
+-- does not end with its process (" (...)").
+function _M.client_locked(key, holder, lapse)
   return require("rotor.errors").new { kind = "locked", message = ("%s is being claimed by another rotor%s: it is "
-    .. "starting a rotation of it in another slot now; nothing was done. Keep one slot per credential"):format(key,
-    holder) }
+    .. "starting a rotation of it in another slot now; nothing was done%s. Keep one slot per credential"):format(key,
+    holder, lapse or "") }
 end
 
 -- the check of claim_client; last: the slot a client lock's note names

@@ -648,7 +648,10 @@ function Store:lock_client(key)
   local enc = file_store.encode(key)
   local lkey, ckey = self.prefix .. "client-locks/" .. enc, self.prefix .. "claims/" .. enc
   local l, err = take_lease_lock(self, lkey, { { request_range = { key = b64(ckey) } } })
-  if l == false then return nil, require("rotor.record").client_locked(key, holder_text(err)) end
+  if l == false then
+    return nil, require("rotor.record").client_locked(key, holder_text(err), (" (a lock whose holder died lapses "
+      .. "after its lease, %d s at most)"):format(self.lease_ttl))
+  end
   if not l then return nil, err end
   local lock = setmetatable({
     store = self, key = lkey, claim_key = ckey, lease = l.lease, token = l.token, ttl = l.ttl,
