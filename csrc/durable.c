@@ -23,7 +23,7 @@
  * true only once its data and its name are on disk: what rotor.store.file's put promises, for a
  * whole batch of puts at the cost of about one. Items are independent: one failing leaves the
  * others as they are. The bytes are copied into the job and zeroed when it is freed (store records
- * hold secrets). */
+ * hold secrets), past the first keep bytes, which hold none. */
 #include "rotor.h"
 
 #include <errno.h>
@@ -151,7 +151,11 @@ static void job_free(job *j) {
     }
     for (int i = 0; i < j->n; i++) {
         item *it = &j->items[i];
-        rotor_free_secure(it->data, it->len);
+        if (it->data != NULL) {
+            /* the first keep bytes hold no secret (a record's journal): only the rest is zeroed */
+            rotor_zero(it->data + it->keep, it->len - (size_t)it->keep);
+            free(it->data);
+        }
         if (it->lockfd >= 0) {
             close(it->lockfd);
         }
