@@ -10,7 +10,10 @@
 --    round, the median shown.
 --    In each round libcurl alone does the same requests too (spec/bench/curl_floor.c: a C client
 --    on the multi interface, easy handles reused, no Lua), for the part of the gap that is
---    libcurl's own.
+--    libcurl's own. At concurrency 1 a request's time is mostly the wake-ups of the client and
+--    of the simulator, each waiting for the other: the same rotor loop made about 7,000 requests/s
+--    on a quiet machine and 21,000 while another job kept both cores busy (2026-12-05). Rates
+--    from different moments do not compare; the ratios within a round do.
 -- 2. a paced batch: N requests under R/s (policy.rate in rotor, spreetail_rate in the simulator:
 --    a token bucket of 25, refilled at 25/s, per client); wall time over the floor (N-1)/R, and the 429s.
 -- 3. startup: `build/rotor -e ''` against `lua5.4 -e ''` (hyperfine).
