@@ -358,8 +358,41 @@ return { store = "./s", slots = { { slot = "a", consumers = "none", provider = {
       "rotor.conf.lua: store: store.endpoints: required"))
     assert.same({}, problems { store = { kind = "specfake", endpoints = { "x" } }, slots = { e } })
     assert.is_true(has(problems { store = { kind = "nosuchkind" }, slots = { e } },
-      "store.kind: unknown store kind nosuchkind"))
+      "store.kind: unknown store kind nosuchkind: \"file\" (a directory), \"etcd\", or a module rotor.store.nosuchkind "
+      .. "with open"))
     package.loaded["rotor.store.specfake"] = nil
+    -- a module of that name that does not load: its error, not "unknown"
+    package.preload["rotor.store.specbroken"] = function() error("specbroken: a syntax error near line 3") end
+    local broken = problems { store = { kind = "specbroken" }, slots = { e } }
+    assert.is_true(has(broken, "store.kind: the store module rotor.store.specbroken does not load: "))
+    assert.is_true(has(broken, "a syntax error near line 3"))
+    package.preload["rotor.store.specbroken"], package.loaded["rotor.store.specbroken"] = nil, nil
+    -- a deploy sink as the store
+    for _, kind in ipairs { "dotenv", "exec" } do
+      local text = problems { store = { kind = kind, path = "app.env", command = "cat" }, slots = { e } }
+      assert.is_true(has(text, ("rotor.conf.lua: store.kind: kind %q is a deploy sink, not a store: it hands the new "
+        .. "secret to its consumers and keeps no record. Set it as a slot's deploy"):format(kind)),
+        table.concat(text, "\n"))
+      local _, err = require("rotor.store").open({ kind = kind, path = "app.env" }, "/tmp")
+      assert.truthy(err:find("is a deploy sink, not a store", 1, true), err)
+    end
+  end)
+
+  it("names the level a key belongs to when it is set at the other one", function()
+    local e = slot()
+    e.store, e.concurrency = "secrets", 2
+    local text = problems { store = "secrets", slots = { e }, deploy = function() end, strategy = "new_client" }
+    for _, want in ipairs {
+      "rotor.conf.lua: deploy: a slot's key, not the file's: set it in each slot of slots",
+      "rotor.conf.lua: strategy: a slot's key, not the file's: set it in each slot of slots",
+      ": store: a key of the whole file, not of a slot: set it once at the top, beside slots",
+      ": concurrency: a key of the whole file, not of a slot: set it once at the top, beside slots",
+    } do
+      assert.is_true(has(text, want), want .. "\n" .. table.concat(text, "\n"))
+    end
+    -- a key known at neither level still gets the closest name
+    assert.is_true(has(problems { store = "secrets", slots = { slot() }, slotz = {} },
+      "rotor.conf.lua: slotz: unknown key; did you mean slots?"))
   end)
 
   it("suggests the closest name only when it is close", function()

@@ -284,6 +284,12 @@ describe("rotation (unit, fake providers)", function()
       for k, v in pairs(c[1]) do o[k] = v end
       assert.error_matches(function() rotate(o) end, c[2], nil, true)
     end
+    -- a deploy sink given as the store: says which is which
+    local sink = require("rotor.store").dotenv(os.tmpname() .. ".env")
+    assert.error_matches(function()
+      rotate { slot = "genesys/app1", provider = p, target = { client_id = "app1" }, store = sink }
+    end, "is a deploy sink, not a store: it hands the new secret to its consumers and keeps no record. Set it as "
+      .. "a slot's deploy", nil, true)
     assert.same({}, p.calls)
     assert.is_false(store:get("genesys/app1"))
     assert.error_matches(function() rotation.due({ versions = {} }, { max_age = 30 }) end,

@@ -337,12 +337,16 @@ end
 _M.is_provider_object = is_provider_object
 
 -- unknown keys of t against schema (with a suggestion), and each key's check
-local function check_keys(t, schema, add, prefix)
+-- other (optional): { schema, where } of the level where a key unknown here belongs (a slot's key
+-- at the top of the file, or the file's in a slot): the error says where to move it
+local function check_keys(t, schema, add, prefix, other)
   local names = keys_of(schema.keys)
   for k, v in pairs(t) do
     local key = prefix .. tostring(k)
     local s = type(k) == "string" and schema.keys[k] or nil
-    if not s then
+    if not s and other and type(k) == "string" and other[1].keys[k] then
+      add(key, other[2])
+    elseif not s then
       local hint = _M.suggest(tostring(k), names)
       add(key, "unknown key" .. (hint and ("; did you mean " .. prefix .. hint .. "?") or
         ("; known keys: " .. table.concat(names, ", "))))
@@ -490,7 +494,8 @@ local function check_provider(e, add)
 end
 
 local function check_slot_entry(e, add, top)
-  check_keys(e, _M.SLOT, add, "")
+  check_keys(e, _M.SLOT, add, "",
+    { _M.TOP, "a key of the whole file, not of a slot: set it once at the top, beside slots" })
   if e.slot ~= nil then
     local ok, why = pcall(require("rotor.store.file").check_slot, e.slot)
     if not ok then add("slot", (tostring(why):gsub("^.-:%d+: ", ""))) end
@@ -547,15 +552,15 @@ function _M.validate(cfg, info)
   end
   local top = adder(nil)
   local base_dir = info.dir
-  check_keys(cfg, _M.TOP, top, "")
+  check_keys(cfg, _M.TOP, top, "", { _M.SLOT, "a slot's key, not the file's: set it in each slot of slots "
+    .. "(slots = { { slot = ..., provider = ..., KEY = ... } })" })
   check_due(cfg.due, top, "due")
   if cfg.store ~= nil then
     local s = cfg.store
     if type(s) == "table" and s.kind ~= nil and s.kind ~= "file" then
-      local ok, mod = pcall(require, "rotor.store." .. tostring(s.kind))
-      if not ok or type(mod) ~= "table" or type(mod.open) ~= "function" then
-        top("store.kind",
-          ("unknown store kind %s (file, or a module rotor.store.<kind> with open)"):format(tostring(s.kind)))
+      local mod, unknown = require("rotor.store").module(s.kind)
+      if not mod then
+        top("store.kind", unknown)
       elseif type(mod.check) == "function" then
         -- the store module's own check: raises, or returns nil/false and why, or a list of problems
         local cok, r1, r2 = pcall(mod.check, s, base_dir)
@@ -649,11 +654,13 @@ function _M.reference()
   p("(`rotor config-reference` prints this text; `spec/config_spec.lua` fails when the two differ).")
   p("")
   p("A config file is Lua returning a table. It is checked as a whole before anything runs: every")
-  p("unknown key (with the closest known one), wrong type, unknown provider kind or strategy, and")
-  p("every `os.getenv` of an unset variable is listed with the file, slot and key, and rotor exits 2")
-  p("having created, written and sent nothing. Inside the file, `config_dir` is the file's directory")
-  p("and `optional_env(NAME)` reads a variable that may be unset. Relative paths (`store`, `audit`,")
-  p("a dotenv `deploy.path`) are the config file's, not the current directory's.")
+  p("unknown key (with the closest known one, or the level it belongs to when it is a slot's key at")
+  p("the top or the file's in a slot), wrong type, unknown provider kind, strategy or store kind (a")
+  p("deploy sink given as the store says so), and every `os.getenv` of an unset variable is listed")
+  p("with the file, slot and key, and rotor exits 2 having created, written and sent nothing.")
+  p("Inside the file, `config_dir` is the file's directory and `optional_env(NAME)` reads a variable")
+  p("that may be unset. Relative paths (`store`, `audit`, a dotenv `deploy.path`) are the config")
+  p("file's, not the current directory's.")
   p("")
   p("The file is code rotor runs, so it is run only when no other user could have changed it: it is")
   p("owned by root or by the user rotor runs as and writable by neither group nor others, and its")

@@ -42,9 +42,6 @@ function _M.open(spec, base_dir, opts)
   if type(spec) == "string" then return _M.file(_M.resolve(spec, base_dir), { read_only = ro }) end
   if type(spec) ~= "table" then return nil, "store: a directory or { kind = ..., ... } expected, got " .. type(spec) end
   if spec.kind == nil and type(spec.get) == "function" then return spec end
-  if type(spec.kind) ~= "string" or not spec.kind:match("^[%w_]+$") then
-    return nil, "store.kind: a store kind such as \"file\" expected"
-  end
   if spec.kind == "file" then
     if type(spec.path) ~= "string" or spec.path == "" then return nil, "store.path: a directory expected" end
     -- key_file / key_env (and old_key_files / old_key_envs): secrets sealed at rest (doc/STORES.md)
@@ -59,17 +56,47 @@ function _M.open(spec, base_dir, opts)
       key_file = spec.key_file and _M.resolve(spec.key_file, base_dir), key_env = spec.key_env,
       old_key_files = resolve_all(spec.old_key_files), old_key_envs = spec.old_key_envs })
   end
-  local ok, mod = pcall(require, "rotor.store." .. spec.kind)
-  if not ok or type(mod) ~= "table" or type(mod.open) ~= "function" then
-    return nil, ("store.kind: unknown store kind %q"):format(spec.kind)
-  end
+  local mod, why = _M.module(spec.kind)
+  if not mod then return nil, "store.kind: " .. why end
   return mod.open(spec, base_dir, opts)
+end
+
+-- the modules of rotor.store that push a new secret to its consumers and keep no record
+local SINKS = { dotenv = true, exec = true }
+
+local function sink_fix(what)
+  return ("%s is a deploy sink, not a store: it hands the new secret to its consumers and keeps no record. Set it "
+    .. "as a slot's deploy, and keep rotor's records in a store: a directory (rotor.store.file), or "
+    .. "{ kind = \"etcd\", ... }"):format(what)
+end
+
+--- The module of a store kind other than "file" (a configuration's store.kind): mod | nil, why
+-- (naming the fix: a deploy sink given as the store, a kind no module serves, a module that does
+-- not load).
+function _M.module(kind)
+  if type(kind) ~= "string" or not kind:match("^[%w_]+$") then
+    return nil, "a store kind such as \"file\" or \"etcd\" expected"
+  end
+  if SINKS[kind] then return nil, sink_fix(("kind %q"):format(kind)) end
+  local name = "rotor.store." .. kind
+  local ok, mod = pcall(require, name)
+  if not ok and not tostring(mod):find("module '" .. name .. "' not found", 1, true) then
+    return nil, ("the store module %s does not load: %s"):format(name, tostring(mod))
+  end
+  if not ok or type(mod) ~= "table" or type(mod.open) ~= "function" then
+    return nil, ("unknown store kind %s: \"file\" (a directory), \"etcd\", or a module %s with open(spec, "
+      .. "base_dir, opts)"):format(kind, name)
+  end
+  return mod
 end
 
 --- Raise unless store has the methods rotation needs.
 function _M.check(store, level)
   if type(store) ~= "table" and type(store) ~= "userdata" then
     error("a store (get, put, lock) expected, got " .. type(store), (level or 1) + 1)
+  end
+  if type(store.get) ~= "function" and type(store.deploy) == "function" then
+    error(sink_fix("the store given (" .. tostring(store) .. ")"), (level or 1) + 1)
   end
   for _, m in ipairs { "get", "put", "lock" } do
     if type(store[m]) ~= "function" then
