@@ -129,6 +129,54 @@ describe("rotor's command line #proc", function()
       out, rc = rotor("doctor --config " .. q(d .. "/conf/rotor.conf.lua"), nil, d .. "/elsewhere")
       assert.equal(0, rc, out)
     end)
+
+    it("refuses a path that starts with ~ (only a shell expands it), creating nothing", function()
+      local d = newdir()
+      local env = {}
+      local e = genesys_slot(env, 1)
+      e.deploy = { kind = "dotenv", path = "~/app.env" }
+      local conf = d .. "/rotor.conf.lua"
+      write_config(conf, { store = "~/rotor-secrets", audit = "~/audit.log", slots = { e } }, env)
+      local out, rc = rotor("rotate --config " .. q(conf), conf, d)
+      assert.equal(2, rc, out)
+      for _, want in ipairs {
+        "store: ~/rotor-secrets starts with ~, which only a shell expands (rotor would take \"~\" for a directory's "
+          .. "name). Write the path in full (in Lua: os.getenv(\"HOME\") .. \"/rotor-secrets\")",
+        "audit: ~/audit.log starts with ~", "deploy: ~/app.env starts with ~", "nothing was run",
+      } do
+        assert.truthy(out:find(want, 1, true), want .. "\n" .. out)
+      end
+      for _, cmd in ipairs { "status", "due", "doctor" } do
+        out, rc = rotor(cmd .. " --config " .. q(conf), conf, d)
+        assert.equal(2, rc, cmd .. ": " .. out)
+        assert.truthy(out:find("store: ~/rotor-secrets starts with ~", 1, true), out)
+      end
+      -- nothing made, where the config is or where rotor ran
+      assert.is_false(core.fs_exists(d .. "/~"))
+      assert.equal(0, counter("/genesys/api/v2/oauth/clients/" .. e.target.client_id .. "/secret"))
+      -- in a script, the file store refuses it too (and the dotenv sink, and the audit trail)
+      for _, make in ipairs {
+        function() return require("rotor").store.file("~/rotor-secrets") end,
+        function() return require("rotor").store.dotenv("~/app.env") end,
+        function() return require("rotor.audit").open { path = "~/audit.log" } end,
+      } do
+        local ok, err = pcall(make)
+        assert.is_false(ok)
+        assert.truthy(tostring(err):find("starts with ~, which only a shell expands", 1, true), tostring(err))
+      end
+      assert.is_false(core.fs_exists("~"))
+      -- and a shell variable, anywhere in the path
+      write_config(conf, { store = "secrets", audit = "${HOME}/audit.log", slots = { e } }, env)
+      out, rc = rotor("rotate --config " .. q(conf), conf, d)
+      assert.equal(2, rc, out)
+      assert.truthy(out:find("audit: ${HOME}/audit.log holds $HOME, which only a shell expands (rotor would take it "
+        .. "for part of a name). Write the path in full (in Lua: os.getenv(\"HOME\") .. \"/audit.log\")", 1, true), out)
+      local ok, err = pcall(require("rotor").store.file, d .. "/$ENV/secrets")
+      assert.is_false(ok)
+      assert.truthy(tostring(err):find("holds $ENV, which only a shell expands", 1, true), tostring(err))
+      assert.is_false(core.fs_exists(d .. "/$ENV"))
+      assert.is_false(core.fs_exists(d .. "/${HOME}"))
+    end)
   end)
 
   describe("finding 2: the config is checked as a whole before anything runs", function()

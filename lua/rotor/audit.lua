@@ -30,6 +30,8 @@ function _M.open(spec)
     if type(spec.audit_append) == "function" then store = spec end
   end
   if type(path) ~= "string" or path == "" then error("audit.open: path must be a file path", 2) end
+  local tilde = require("rotor.store").unexpanded(path)
+  if tilde then error("audit.open: path: " .. tilde, 2) end
   if key ~= nil and type(key) ~= "string" and not core.is_secret(key) then
     error("audit.open: key must be a string or a rotor.secret", 2)
   end

@@ -181,6 +181,11 @@ local function target_store(cmd, o)
       return nil, EXIT_USAGE
     end
     local store
+    local key, tilde = require("rotor.store").unexpanded_store(cfg.store)
+    if tilde then
+      err("rotor " .. cmd .. ": " .. o["--config"] .. ": " .. key .. ": " .. tilde .. "\n")
+      return nil, EXIT_USAGE
+    end
     if type(cfg.store) == "string" or (type(cfg.store) == "table" and cfg.store.kind == "file") then
       local dir = require("rotor.store").resolve(type(cfg.store) == "string" and cfg.store or cfg.store.path, info.dir)
       if type(dir) ~= "string" or not require("rotor.core").fs_exists(dir) then

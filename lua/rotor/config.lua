@@ -46,6 +46,10 @@ local function c_notify(v)
 end
 
 local function c_audit(v)
+  if type(v) == "string" then
+    local tilde = require("rotor.store").unexpanded(v)
+    if tilde then return nil, tilde end
+  end
   if v == false or type(v) == "string" then return true end
   if type(v) == "table" and type(v.write) == "function" then return true end
   if type(v) == "table" and type(v.path) == "string" then
@@ -557,6 +561,8 @@ function _M.validate(cfg, info)
   check_due(cfg.due, top, "due")
   if cfg.store ~= nil then
     local s = cfg.store
+    local key, tilde = require("rotor.store").unexpanded_store(s)
+    if tilde then top(key, tilde) end
     if type(s) == "table" and s.kind ~= nil and s.kind ~= "file" then
       local mod, unknown = require("rotor.store").module(s.kind)
       if not mod then
@@ -660,7 +666,8 @@ function _M.reference()
   p("with the file, slot and key, and rotor exits 2 having created, written and sent nothing.")
   p("Inside the file, `config_dir` is the file's directory and `optional_env(NAME)` reads a variable")
   p("that may be unset. Relative paths (`store`, `audit`, a dotenv `deploy.path`) are the config")
-  p("file's, not the current directory's.")
+  p("file's, not the current directory's; one that starts with `~` or holds `$NAME` is refused,")
+  p("since only a shell expands those (write `os.getenv(\"HOME\") .. \"/...\"`).")
   p("")
   p("The file is code rotor runs, so it is run only when no other user could have changed it: it is")
   p("owned by root or by the user rotor runs as and writable by neither group nor others, and its")

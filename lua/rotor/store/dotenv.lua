@@ -31,6 +31,8 @@ end
 --                             mode = 0600 })
 function _M.new(path, opts)
   if type(path) ~= "string" or path == "" then error("rotor.store.dotenv: a file path expected", 2) end
+  local tilde = require("rotor.store").unexpanded(path)
+  if tilde then error("rotor.store.dotenv: " .. tilde, 2) end
   opts = opts or {}
   if type(opts) ~= "table" then error("rotor.store.dotenv: opts must be a table", 2) end
   local unknown = require("rotor.keys").unknown_key(opts, { "client_id", "secret", "expires", "mode" }, "option")

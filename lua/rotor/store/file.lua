@@ -108,6 +108,8 @@ function _M.new(dir, opts)
   if type(dir) ~= "string" or dir == "" then
     error("rotor.store.file: a directory path expected", 2)
   end
+  local tilde = require("rotor.store").unexpanded(dir)
+  if tilde then error("rotor.store.file: " .. tilde, 2) end
   if opts ~= nil and type(opts) ~= "table" then error("rotor.store.file: opts must be a table", 2) end
   opts = opts or {}
   local problems = _M.check(opts)

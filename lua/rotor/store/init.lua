@@ -7,11 +7,39 @@
 -- A custom store is any object with get, put and lock (doc/STORES.md).
 local _M = {}
 
---- A path made absolute against base_dir (relative paths in a config file are the file's).
+--- A path made absolute against base_dir (relative paths in a config file are the file's). One
+-- that starts with "~" is left as it is, for its user to refuse (unexpanded, below).
 function _M.resolve(path, base_dir)
-  if type(path) ~= "string" or path:sub(1, 1) == "/" or base_dir == nil or base_dir == "" then return path end
+  if type(path) ~= "string" or path:find("^[/~]") or base_dir == nil or base_dir == "" then return path end
   if path == "." then return base_dir end
   return base_dir .. "/" .. path:gsub("^%./", "")
+end
+
+--- Why a path that rotor creates (a store's directory, an audit trail, a .env file) is refused:
+-- it starts with "~" or holds "$NAME" (or "${NAME}"), which only a shell expands (rotor would make
+-- a directory of that name); nil when it does not.
+function _M.unexpanded(path)
+  if type(path) ~= "string" then return nil end
+  if path:sub(1, 1) == "~" then
+    local rest = path:match("^~(/.*)$")
+    return ("%s starts with ~, which only a shell expands (rotor would take %q for a directory's name). Write the "
+      .. "path in full%s"):format(path, path:match("^[^/]*"),
+      rest and (" (in Lua: os.getenv(\"HOME\") .. %q)"):format(rest) or "")
+  end
+  local before, name, after = path:match("^(.-)%$%{?([%a_][%w_]*)%}?(.*)$")
+  if name then
+    return ("%s holds $%s, which only a shell expands (rotor would take it for part of a name). Write the path in "
+      .. "full (in Lua: %sos.getenv(%q)%s)"):format(path, name, before ~= "" and ("%q .. "):format(before) or "",
+      name, after ~= "" and (" .. %q"):format(after) or "")
+  end
+end
+
+--- The same for a configuration's store value (a directory, or { kind = "file", path = ... }):
+-- key ("store" or "store.path"), why | nil.
+function _M.unexpanded_store(spec)
+  local file = type(spec) == "table" and spec.kind == "file"
+  local why = _M.unexpanded(file and spec.path or spec)
+  if why then return file and "store.path" or "store", why end
 end
 
 function _M.file(dir, opts)
@@ -39,6 +67,8 @@ end
 -- run: nothing is created or written). Returns store | nil, message.
 function _M.open(spec, base_dir, opts)
   local ro = opts and opts.read_only or nil
+  local key, tilde = _M.unexpanded_store(spec)
+  if tilde then return nil, key .. ": " .. tilde end
   if type(spec) == "string" then return _M.file(_M.resolve(spec, base_dir), { read_only = ro }) end
   if type(spec) ~= "table" then return nil, "store: a directory or { kind = ..., ... } expected, got " .. type(spec) end
   if spec.kind == nil and type(spec.get) == "function" then return spec end
