@@ -284,6 +284,11 @@ describe("rotation (unit, fake providers)", function()
       for k, v in pairs(c[1]) do o[k] = v end
       assert.error_matches(function() rotate(o) end, c[2], nil, true)
     end
+    -- a directory given as the store: names the call that opens one
+    assert.error_matches(function()
+      rotate { slot = "genesys/app1", provider = p, target = { client_id = "app1" }, store = "./secrets" }
+    end, 'a store (get, put, lock) expected, got the string "./secrets": for a directory of secrets, pass '
+      .. 'rotor.store.file("./secrets")', nil, true)
     -- a deploy sink given as the store: says which is which
     local sink = require("rotor.store").dotenv(os.tmpname() .. ".env")
     assert.error_matches(function()

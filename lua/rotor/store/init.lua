@@ -122,6 +122,10 @@ end
 
 --- Raise unless store has the methods rotation needs.
 function _M.check(store, level)
+  if type(store) == "string" then
+    error(("a store (get, put, lock) expected, got the string %q: for a directory of secrets, pass "
+      .. "rotor.store.file(%q)"):format(store, store), (level or 1) + 1)
+  end
   if type(store) ~= "table" and type(store) ~= "userdata" then
     error("a store (get, put, lock) expected, got " .. type(store), (level or 1) + 1)
   end
