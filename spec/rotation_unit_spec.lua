@@ -284,6 +284,13 @@ describe("rotation (unit, fake providers)", function()
       for k, v in pairs(c[1]) do o[k] = v end
       assert.error_matches(function() rotate(o) end, c[2], nil, true)
     end
+    -- a new slot with no client to rotate: kind config, nothing sent, nothing stored
+    local res, err = rotate { slot = "genesys/none", provider = p }
+    assert.is_nil(res)
+    assert.equal("config", err.kind)
+    assert.equal("genesys/none: genesys needs target.client_id (the OAuth client to rotate): the slot holds no "
+      .. "client yet; nothing was sent", err.message)
+    assert.is_false(store:get("genesys/none"))
     -- a directory given as the store: names the call that opens one
     assert.error_matches(function()
       rotate { slot = "genesys/app1", provider = p, target = { client_id = "app1" }, store = "./secrets" }

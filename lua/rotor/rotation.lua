@@ -822,6 +822,12 @@ function _M.rotate(o)
   local pok, ok, err = pcall(run, ctx)
   if ctx.client_lock then ctx.client_lock:unlock() end
   if ctx.client_key then record_mod.release_client(o.store, ctx.client_key, o.slot, ctx.record) end
+  if not pok and errors.is(ok) and ok.kind == "config" then
+    -- a strategy's error of kind config, raised where a value is first needed (a new slot's client):
+    -- the caller's to fix; nothing was started, so nothing is journalled
+    err = errors.with(ok, { slot = o.slot, message = ("%s: %s"):format(o.slot, redact(ok.message)) })
+    pok, ok = true, nil
+  end
   if not pok then
     -- a Lua error outside the steps: journalled, `last` set and notified like any failure
     err = errors.new { kind = "internal", slot = o.slot, message = ("%s: unexpected error: %s"):format(

@@ -39,7 +39,9 @@ end
 local function default_client_id(ctx)
   local id = ctx.target.client_id
   if type(id) ~= "string" or id == "" then
-    error("rotate: genesys needs target.client_id (the OAuth client to rotate)", 0)
+    -- a slot that holds no client yet, and no target names one: the caller's to fix, not a bug
+    error(errors.new { kind = "config", message = "genesys needs target.client_id (the OAuth client to rotate): "
+      .. "the slot holds no client yet; nothing was sent" }, 0)
   end
   return id
 end
