@@ -159,6 +159,11 @@ describe("rotor's command line #proc", function()
         function() return require("rotor").store.file("~/rotor-secrets") end,
         function() return require("rotor").store.dotenv("~/app.env") end,
         function() return require("rotor.audit").open { path = "~/audit.log" } end,
+        -- paths it only reads too
+        function()
+          return assert(require("rotor").genesys { client_id = "x", client_secret = "y", cainfo = "~/ca.pem" })
+        end,
+        function() return assert(require("rotor").store.file(d .. "/sealed", { key_file = "~/seal.key" })) end,
       } do
         local ok, err = pcall(make)
         assert.is_false(ok)

@@ -15,9 +15,9 @@ function _M.resolve(path, base_dir)
   return base_dir .. "/" .. path:gsub("^%./", "")
 end
 
---- Why a path that rotor creates (a store's directory, an audit trail, a .env file) is refused:
--- it starts with "~" or holds "$NAME" (or "${NAME}"), which only a shell expands (rotor would make
--- a directory of that name); nil when it does not.
+--- Why a path rotor takes (a store's directory, an audit trail, a .env file, a key file, a CA
+-- bundle) is refused: it starts with "~" or holds "$NAME" (or "${NAME}"), which only a shell
+-- expands (for a path rotor creates, it would make a directory of that name); nil when it does not.
 function _M.unexpanded(path)
   if type(path) ~= "string" then return nil end
   if path:sub(1, 1) == "~" then

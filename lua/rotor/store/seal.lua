@@ -29,6 +29,8 @@ end
 
 local function key_from_file(path)
   if type(path) ~= "string" or path == "" then return config_error("key_file must be a file path") end
+  local tilde = require("rotor.store").unexpanded(path)
+  if tilde then return config_error("key_file: " .. tilde) end
   if not core.fs_exists(path) then
     return config_error(("key_file %s does not exist; make one with: head -c 32 /dev/urandom > %s && chmod 600 %s")
       :format(path, path, path))
