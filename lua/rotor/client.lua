@@ -71,14 +71,14 @@ local function v_boolean(v)
   return v
 end
 
--- a CA bundle is read when the option is checked, without blocking (a FIFO or a directory at the
--- path is refused, not waited on), and must hold a PEM certificate: a wrong file is named here,
--- before anything runs, rather than as a TLS failure of the first request
 -- a path written as a shell would take it ("~/...", "$NAME"): why, naming the fix (rotor.store)
 local function unexpanded(v)
   return require("rotor.store").unexpanded(v)
 end
 
+-- a CA bundle is read when the option is checked, without blocking (a FIFO or a directory at the
+-- path is refused, not waited on), and must hold a PEM certificate: a wrong file is named here,
+-- before anything runs, rather than as a TLS failure of the first request
 local function v_cainfo(v)
   if type(v) ~= "string" or v == "" then return nil, "a path to a CA bundle expected" end
   if unexpanded(v) then return nil, unexpanded(v) end
