@@ -383,7 +383,8 @@ return { store = "./s", slots = { { slot = "a", consumers = "none", provider = {
     e.store, e.concurrency = "secrets", 2
     local text = problems { store = "secrets", slots = { e }, deploy = function() end, strategy = "new_client" }
     for _, want in ipairs {
-      "rotor.conf.lua: deploy: a slot's key, not the file's: set it in each slot of slots",
+      "rotor.conf.lua: deploy: a slot's key, not the file's: set it in each slot of slots (slots = { { slot = ..., "
+        .. "provider = ..., deploy = ... } })",
       "rotor.conf.lua: strategy: a slot's key, not the file's: set it in each slot of slots",
       ": store: a key of the whole file, not of a slot: set it once at the top, beside slots",
       ": concurrency: a key of the whole file, not of a slot: set it once at the top, beside slots",

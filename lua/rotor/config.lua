@@ -341,15 +341,15 @@ end
 _M.is_provider_object = is_provider_object
 
 -- unknown keys of t against schema (with a suggestion), and each key's check
--- other (optional): { schema, where } of the level where a key unknown here belongs (a slot's key
--- at the top of the file, or the file's in a slot): the error says where to move it
+-- other (optional): { schema, where(key) } of the level where a key unknown here belongs (a slot's
+-- key at the top of the file, or the file's in a slot): the error says where to move it
 local function check_keys(t, schema, add, prefix, other)
   local names = keys_of(schema.keys)
   for k, v in pairs(t) do
     local key = prefix .. tostring(k)
     local s = type(k) == "string" and schema.keys[k] or nil
     if not s and other and type(k) == "string" and other[1].keys[k] then
-      add(key, other[2])
+      add(key, other[2](k))
     elseif not s then
       local hint = _M.suggest(tostring(k), names)
       add(key, "unknown key" .. (hint and ("; did you mean " .. prefix .. hint .. "?") or
@@ -499,7 +499,7 @@ end
 
 local function check_slot_entry(e, add, top)
   check_keys(e, _M.SLOT, add, "",
-    { _M.TOP, "a key of the whole file, not of a slot: set it once at the top, beside slots" })
+    { _M.TOP, function() return "a key of the whole file, not of a slot: set it once at the top, beside slots" end })
   if e.slot ~= nil then
     local ok, why = pcall(require("rotor.store.file").check_slot, e.slot)
     if not ok then add("slot", (tostring(why):gsub("^.-:%d+: ", ""))) end
@@ -556,8 +556,10 @@ function _M.validate(cfg, info)
   end
   local top = adder(nil)
   local base_dir = info.dir
-  check_keys(cfg, _M.TOP, top, "", { _M.SLOT, "a slot's key, not the file's: set it in each slot of slots "
-    .. "(slots = { { slot = ..., provider = ..., KEY = ... } })" })
+  check_keys(cfg, _M.TOP, top, "", { _M.SLOT, function(k)
+    return ("a slot's key, not the file's: set it in each slot of slots (slots = { { slot = ..., provider = ..., "
+      .. "%s = ... } })"):format(k)
+  end })
   check_due(cfg.due, top, "due")
   if cfg.store ~= nil then
     local s = cfg.store
