@@ -71,17 +71,14 @@ local function v_boolean(v)
   return v
 end
 
--- a path written as a shell would take it ("~/...", "$NAME"): why, naming the fix (rotor.store)
-local function unexpanded(v)
-  return require("rotor.store").unexpanded(v)
-end
-
 -- a CA bundle is read when the option is checked, without blocking (a FIFO or a directory at the
 -- path is refused, not waited on), and must hold a PEM certificate: a wrong file is named here,
 -- before anything runs, rather than as a TLS failure of the first request
 local function v_cainfo(v)
   if type(v) ~= "string" or v == "" then return nil, "a path to a CA bundle expected" end
-  if unexpanded(v) then return nil, unexpanded(v) end
+  -- a path written as a shell would take it ("~/...", "$NAME"): refused, naming the fix
+  local tilde = require("rotor.store").unexpanded(v)
+  if tilde then return nil, tilde end
   local text, msg = core.fs_read(v)
   if not text then return nil, "cannot read the CA bundle: " .. tostring(msg) end
   if not text:find("-----BEGIN [%u ]*CERTIFICATE-----") then
@@ -139,7 +136,8 @@ end
 -- without opening it (a FIFO there would hold the first connection for ever)
 local function v_file(v)
   if type(v) ~= "string" or v == "" then return nil, "a file path expected" end
-  if unexpanded(v) then return nil, unexpanded(v) end
+  local tilde = require("rotor.store").unexpanded(v)
+  if tilde then return nil, tilde end
   local found, kind = core.fs_exists(v)
   if not found then return nil, "cannot read " .. v .. ": no such file" end
   if kind ~= "file" then

@@ -826,9 +826,8 @@ function _M.rotate(o)
     -- a strategy's error of kind config, raised where a value is first needed (a new slot's client):
     -- the caller's to fix; nothing was started, so nothing is journalled
     err = errors.with(ok, { slot = o.slot, message = ("%s: %s"):format(o.slot, redact(ok.message)) })
-    pok, ok = true, nil
-  end
-  if not pok then
+    ok = nil
+  elseif not pok then
     -- a Lua error outside the steps: journalled, `last` set and notified like any failure
     err = errors.new { kind = "internal", slot = o.slot, message = ("%s: unexpected error: %s"):format(
       o.slot, redact(ok)) }
