@@ -10,10 +10,13 @@
 --    round, the median shown.
 --    In each round libcurl alone does the same requests too (spec/bench/curl_floor.c: a C client
 --    on the multi interface, easy handles reused, no Lua), for the part of the gap that is
---    libcurl's own. At concurrency 1 a request's time is mostly the wake-ups of the client and
---    of the simulator, each waiting for the other: the same rotor loop made about 7,000 requests/s
---    on a quiet machine and 21,000 while another job kept both cores busy (2026-12-05). Rates
---    from different moments do not compare; the ratios within a round do.
+--    libcurl's own. Each run's CPU time per request is shown beside it (rotor: this process;
+--    wrk and libcurl alone: the child's user + system time, in ticks of 10 ms): at concurrency 1
+--    the client's CPU time lies on every request's path, so the gap to wrk follows it. A request's
+--    time at concurrency 1 also holds the wake-ups of the client and of the simulator, each
+--    waiting for the other: the same rotor loop made about 7,000 requests/s on a quiet machine
+--    and 21,000 while another job kept both cores busy (2026-12-05). Rates from different moments
+--    do not compare; the ratios within a round do.
 -- 2. a paced batch: N requests under R/s (policy.rate in rotor, spreetail_rate in the simulator:
 --    a token bucket of 25, refilled at 25/s, per client); wall time over the floor (N-1)/R, and the 429s.
 -- 3. startup: `build/rotor -e ''` against `lua5.4 -e ''` (hyperfine).
@@ -113,15 +116,21 @@ local function self_pid()
 end
 local PID = self_pid()
 
--- CPU seconds of this process's main thread (the event loop), from /proc (clock ticks of 1/100 s)
-local function main_thread_cpu()
-  local st = read_all("/proc/" .. PID .. "/task/" .. PID .. "/stat") or ""
-  local rest = st:match("%) (.*)$") or ""
+-- the sum of two CPU-time fields (numbered as in stat(5)) of a /proc stat file, in seconds (clock
+-- ticks of 1/100 s); the fields after the command start at field 3 (the state)
+local function stat_cpu(path, a, b)
+  local rest = (read_all(path) or ""):match("%) (.*)$") or ""
   local f = {}
   for w in rest:gmatch("%S+") do f[#f + 1] = w end
-  -- after the command: state is field 3 of stat(5); utime and stime are fields 14 and 15
-  return ((tonumber(f[12]) or 0) + (tonumber(f[13]) or 0)) / 100
+  return ((tonumber(f[a - 2]) or 0) + (tonumber(f[b - 2]) or 0)) / 100
 end
+
+-- CPU seconds of this process's main thread (the event loop): utime + stime, fields 14 and 15
+local function main_thread_cpu() return stat_cpu("/proc/" .. PID .. "/task/" .. PID .. "/stat", 14, 15) end
+
+-- CPU seconds of this process's children that have ended (and been waited for): cutime + cstime,
+-- fields 16 and 17
+local function children_cpu() return stat_cpu("/proc/" .. PID .. "/stat", 16, 17) end
 
 local function established_to(port)
   local inodes = {}
@@ -445,12 +454,14 @@ local ok_all, err_all = xpcall(function()
   }, "\n") .. "\n")
 
   local function wrk(conns)
+    local c0 = children_cpu()
     local out, rc = run(string.format("wrk -t1 -c%d -d%ds -s %s %s 2>&1", conns, WRK_SECONDS,
       shq(wrkscript), shq(url)))
     local req, dur, ce, re, we, se, te = out:match("ROTOR_WRK (%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+)")
     if rc ~= 0 or not req then error("wrk failed (" .. rc .. "): " .. out:sub(1, 300), 0) end
     local errors = ce + re + we + se + te
-    return { rps = req / (dur / 1e6), requests = tonumber(req), errors = math.tointeger(errors) }
+    return { rps = req / (dur / 1e6), requests = tonumber(req), errors = math.tointeger(errors),
+      cpu_us = (children_cpu() - c0) / req * 1e6 }
   end
 
   -- rotor: n GETs through rotor.parallel; a fresh request table per call, as a client builds it
@@ -460,7 +471,7 @@ local ok_all, err_all = xpcall(function()
     local good, bad, conns = 0, 0, nil
     sched.close_idle()   -- close the connections the previous run left: each run opens its own
     local before = probe_at and established_to(port)   -- e.g. the token fetch's connection
-    local t0 = now()
+    local t0, c0 = now(), os.clock()
     rotor.parallel(items, function(i)
       local res = http.request({
         url = url, cainfo = s.ca, http2 = h2,
@@ -469,17 +480,18 @@ local ok_all, err_all = xpcall(function()
       if res and res.status == 200 then good = good + 1 else bad = bad + 1 end
       if i == probe_at then conns = established_to(port) - before end
     end, { concurrency = conc })
-    local dt = now() - t0
-    return { rps = n / dt, requests = n, seconds = dt, failed = bad, connections = conns }
+    local dt, cpu = now() - t0, os.clock() - c0
+    return { rps = n / dt, requests = n, seconds = dt, failed = bad, connections = conns, cpu_us = cpu / n * 1e6 }
   end
 
   -- libcurl's own floor (spec/bench/curl_floor.c, built by make bench): n GETs at concurrency c
   local function curl_floor(conc, h2, n)
+    local c0 = children_cpu()
     local out, rc = run(string.format("build/curl_floor %s %s %s %d %d %d 2>&1", shq(url), shq(s.ca),
       shq(tokfile), n, conc, h2 and 1 or 0))
     local req, secs, bad = out:match("CURL_FLOOR (%d+) ([%d.]+) (%d+)")
     if rc ~= 0 or not req then error("curl_floor failed (" .. rc .. "): " .. out:sub(1, 300), 0) end
-    return { rps = tonumber(req) / tonumber(secs), failed = tonumber(bad) }
+    return { rps = tonumber(req) / tonumber(secs), failed = tonumber(bad), cpu_us = (children_cpu() - c0) / n * 1e6 }
   end
 
   -- 1. throughput ------------------------------------------------------------------------------
@@ -527,14 +539,21 @@ local ok_all, err_all = xpcall(function()
         end
         row.rounds[k] = rd
       end
-      row.wrk = { rps = median(wr), errors = 0 }
+      -- the median over the rounds of each run's client CPU per request (µs)
+      local function cpu_of(key)
+        local v = {}
+        for k, rd in ipairs(row.rounds) do v[k] = rd[key].cpu_us end
+        return median(v)
+      end
+      row.wrk = { rps = median(wr), errors = 0, cpu_us = cpu_of("wrk") }
       for _, rd in ipairs(row.rounds) do row.wrk.errors = row.wrk.errors + rd.wrk.errors end
       for _, m in ipairs{ "h1", "h2" } do
         local failed = 0
         for _, rd in ipairs(row.rounds) do failed = failed + rd[m].failed end
         row[m] = { rps = median(rates[m]), ratio = median(ratios[m]), ratios = ratios[m], failed = failed,
           protocol = protocol[m], connections = last[m].connections,
-          floor_ratio = median(floor[m]), floor_ratios = floor[m] }
+          floor_ratio = median(floor[m]), floor_ratios = floor[m],
+          cpu_us = cpu_of(m), floor_cpu_us = cpu_of("floor_" .. m) }
       end
       results.throughput[#results.throughput + 1] = row
       if c == 32 then results.simulator.wrk_rps_c32 = row.wrk.rps end
@@ -682,6 +701,10 @@ local ok_all, err_all = xpcall(function()
         row(string.format("  libcurl alone (C, multi), %s: ratio to wrk; rotor / libcurl", m[2]),
           string.format("rounds %s: median %.2f; %.2f", table.concat(fs, " "), r.floor_ratio,
             r.ratio / r.floor_ratio))
+      end
+      if r.cpu_us then
+        row(string.format("  client CPU per request (us), %s: rotor / libcurl alone / wrk", m[2]),
+          string.format("%.1f / %.1f / %.1f", r.cpu_us, r.floor_cpu_us, t.wrk.cpu_us))
       end
     end
   end
