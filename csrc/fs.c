@@ -29,6 +29,8 @@
  *       sealing key): the rule of fs_read_trusted, and no permission for group or others
  *   core.fs_mkdir(path[, mode])
  *   core.fs_exists(path) -> bool, kind, mode   core.fs_list(dir)   core.fs_remove(path)
+ *   core.fs_cwd() -> the working directory | nil, message: $PWD when it names that directory
+ *       (the path a shell shows, through symbolic links), else the one getcwd gives
  *   core.fs_write_through(path, data[, mode_if_new]): a file others read (dotenv): a symbolic link
  *       is written through to its target, whose mode, owner and group are kept
  *   core.spawn{argv=, env=, input=} -> exit status: a child with exactly env, no inherited
@@ -1169,6 +1171,26 @@ static int l_fs_exists(lua_State *L) {
     return 3;
 }
 
+/* A program that starts rotor elsewhere (a subprocess given another directory) leaves its own
+ * PWD in the environment: trusted only when it is the directory rotor runs in. */
+static int l_fs_cwd(lua_State *L) {
+    const char *pwd = getenv("PWD");
+    struct stat a;
+    struct stat b;
+    if (pwd != NULL && pwd[0] == '/' && stat(pwd, &a) == 0 && stat(".", &b) == 0 &&
+        a.st_dev == b.st_dev && a.st_ino == b.st_ino) {
+        lua_pushstring(L, pwd);
+        return 1;
+    }
+    char *dir = getcwd(NULL, 0);
+    if (dir == NULL) {
+        return push_errno(L, "cannot tell the working directory", ".", errno);
+    }
+    lua_pushstring(L, dir);
+    free(dir);
+    return 1;
+}
+
 static int l_fs_list(lua_State *L) {
     const char *path = path_arg(L, 1);
     int dfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -1545,6 +1567,7 @@ void rotor_fs_open(lua_State *L) {
         {"fs_mkdir", l_fs_mkdir},
         {"fs_exists", l_fs_exists},
         {"fs_list", l_fs_list},
+        {"fs_cwd", l_fs_cwd},
         {"fs_remove", l_fs_remove},
         {"spawn", l_spawn},
         {"spawn_start", l_spawn_start},

@@ -130,6 +130,34 @@ describe("rotor's command line #proc", function()
       assert.equal(0, rc, out)
     end)
 
+    it("takes a relative config path from the directory it runs in, not from a stale PWD", function()
+      -- a program that starts rotor in another directory (Python's subprocess cwd=, Ansible's
+      -- chdir) leaves its own PWD in the environment: the config file is opened from the real
+      -- directory, so its relative paths must be that directory's too, never PWD's
+      local d = newdir()
+      assert(core.fs_mkdir(d .. "/conf", 448))
+      assert(core.fs_mkdir(d .. "/stale", 448))
+      local env = {}
+      local e = genesys_slot(env, 1)
+      e.deploy = { kind = "dotenv", path = "app.env" }
+      write_config(d .. "/conf/rotor.conf.lua", { store = "secrets", slots = { e } }, env)
+      local stale = { PWD = d .. "/stale" }
+      local out, rc = rotor("rotate --config rotor.conf.lua", d .. "/conf/rotor.conf.lua", d .. "/conf", stale)
+      assert.equal(0, rc, out)
+      assert.truthy(out:find("store: file store " .. d .. "/conf/secrets", 1, true), out)
+      assert.same({}, core.fs_list(d .. "/stale"))
+      assert.equal("ok", assert(file_store(d .. "/conf/secrets"):get(e.slot)).last.outcome)
+      assert.truthy(core.fs_exists(d .. "/conf/app.env"))
+      out, rc = rotor("status --config rotor.conf.lua", nil, d .. "/conf", stale)
+      assert.equal(0, rc, out)
+      assert.truthy(out:find(e.slot .. " ", 1, true), out)
+      -- a PWD that does name the directory (through a symbolic link) is the path shown
+      assert(os.execute("ln -s " .. q(d .. "/conf") .. " " .. q(d .. "/link")))
+      out, rc = rotor("status --config rotor.conf.lua", nil, d .. "/link", { PWD = d .. "/link" })
+      assert.equal(0, rc, out)
+      assert.truthy(out:find("store: file store " .. d .. "/link/secrets", 1, true), out)
+    end)
+
     it("refuses a path that starts with ~ (only a shell expands it), creating nothing", function()
       local d = newdir()
       local env = {}

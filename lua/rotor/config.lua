@@ -271,12 +271,14 @@ local function dirname(path)
   return d
 end
 
+-- path made absolute against the directory rotor runs in (core.fs_cwd: PWD only when it names
+-- that directory; a stale one would put a config's store and files somewhere else)
 local function absolute(path)
   if path:sub(1, 1) == "/" then return path end
-  local pwd = os.getenv("PWD")
-  if pwd and pwd:sub(1, 1) == "/" then
-    if path == "." then return pwd end
-    return (pwd:gsub("/$", "")) .. "/" .. path:gsub("^%./", "")
+  local cwd = require("rotor.core").fs_cwd()
+  if cwd and cwd:sub(1, 1) == "/" then
+    if path == "." then return cwd end
+    return (cwd:gsub("/$", "")) .. "/" .. path:gsub("^%./", "")
   end
   return path
 end
