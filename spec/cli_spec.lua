@@ -924,6 +924,35 @@ for _, w in ipairs(res.warnings) do print("warning: " .. w) end
       assert.truthy(out:find("unknown option --jsn; did you mean --json?", 1, true), out)
     end)
 
+    it("says what is wrong with the store argument: empty, a config file, a refused directory", function()
+      -- `rotor status "$STORE"` with STORE unset: a usage error, not a traceback
+      for _, cmd in ipairs { "status ''", "due ''", "doctor ''", "''" } do
+        local out, rc = rotor(cmd)
+        assert.equal(2, rc, cmd .. "\n" .. out)
+        assert.is_nil(out:find("traceback", 1, true), out)
+        assert.is_nil(out:find("bad path", 1, true), out)
+      end
+      local out = rotor("status ''")
+      assert.truthy(out:find("a store directory expected, got an empty argument", 1, true), out)
+      -- a config file given where the store goes: the command that takes it
+      local d = newdir()
+      local env = {}
+      local cfg = d .. "/rotor.conf.lua"
+      write_config(cfg, { store = "./secrets", slots = { (spreetail_slot(env, 1)) } }, env)
+      local rc
+      out, rc = rotor("status " .. q(cfg))
+      assert.equal(2, rc, out)
+      assert.truthy(out:find("is a file, not a store directory; for the store of a config file: rotor status --config "
+        .. cfg, 1, true), out)
+      -- a store directory rotor refuses: the reason once
+      assert(core.fs_mkdir(d .. "/secrets", 448))
+      assert(os.execute("chmod 777 " .. q(d .. "/secrets")))
+      out, rc = rotor("rotate --config " .. q(cfg), cfg)
+      assert.equal(1, rc, out)
+      assert.truthy(out:find("rotor rotate: store: refusing the store directory", 1, true), out)
+      assert.is_nil(out:find("store: store:", 1, true), out)
+    end)
+
     it("keeps a provider's 400 body, mentions cainfo on a TLS failure, and shows no internal paths", function()
       local d = newdir()
       local env = {}

@@ -79,6 +79,12 @@ local function command_help(c)
   return s
 end
 
+-- a word as a shell reads it back (quoted only when it must be)
+local function q(s)
+  if tostring(s):match("^[%w_./%%%-]+$") then return tostring(s) end
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+
 local function usage_error(cmd, msg)
   local c = BY_NAME[cmd]
   err("rotor " .. cmd .. ": " .. msg .. "\n" .. (c and ("usage: " .. table.concat(c.usage, "\n       ")
@@ -202,9 +208,18 @@ local function target_store(cmd, o)
   end
   if #o._pos ~= 1 then return nil, usage_error(cmd, "one store directory (or --config FILE) expected") end
   local dir = o._pos[1]
-  if not require("rotor.core").fs_exists(dir) then
+  if dir == "" then
+    return nil, usage_error(cmd, "a store directory expected, got an empty argument (is the variable that names it "
+      .. "set?)")
+  end
+  local exists, kind = require("rotor.core").fs_exists(dir)
+  if not exists then
     err("rotor " .. cmd .. ": no store at " .. dir .. "\n")
     return nil, EXIT_FAIL
+  end
+  if kind == "file" then
+    return nil, usage_error(cmd, ("%s is a file, not a store directory; for the store of a config file: rotor %s "
+      .. "--config %s"):format(dir, cmd, q(dir)))
   end
   local store, serr = require("rotor.store").file(dir, { read_only = true })
   if not store then
@@ -469,11 +484,6 @@ end
 
 ------------------------------------------------------------------------------------------------
 -- doctor
-
-local function q(s)
-  if tostring(s):match("^[%w_./%%%-]+$") then return tostring(s) end
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
 
 local function orphans(rec)
   -- rotations whose mint intent never became a stored secret and that are no longer active
@@ -779,7 +789,8 @@ local function cmd_rotate(args)
   if not cfg then return info end
   local store, serr = require("rotor.store").open(cfg.store, info.dir, { read_only = o["--dry-run"] or nil })
   if not store then
-    err("rotor rotate: store: " .. clean(serr) .. "\n")
+    local msg = clean(serr)
+    err("rotor rotate: " .. (msg:find("^store: ") and "" or "store: ") .. msg .. "\n")
     return EXIT_FAIL
   end
   local sname = store_name(store)
@@ -822,7 +833,7 @@ end
 --- True when the host should hand args[1] to cli.main rather than run it as a script: every
 -- command, and every word that is not a script (a path, a *.lua file, an existing file, "-").
 function _M.owns(a1)
-  if a1 == nil or BY_NAME[a1] then return true end
+  if a1 == nil or a1 == "" or BY_NAME[a1] then return true end
   if a1 == "-" or a1:find("/", 1, true) or a1:match("%.lua$") then return false end
   if a1:sub(1, 1) == "-" then return true end
   -- looked up, not opened: an open of a FIFO of that name would wait for a writer
