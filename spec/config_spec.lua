@@ -36,6 +36,29 @@ describe("rotor.config", function()
     assert.same({}, lines)
   end)
 
+  it("shows no secret of the file in a problem, whatever key it was given to by mistake", function()
+    -- swapped environment variables: the client secret reaches region, cainfo and an exec's env;
+    -- a Slack webhook URL (a credential) given over plain http
+    local secret = "178553582ec2337663a1462413b97d14489c894d4116899f"
+    local webhook = "http://10.1.1.1/services/T0SECRET/B0SECRET/WebhookTokenXYZ123"
+    local e1 = slot { notify = webhook }
+    e1.provider.options.client_secret = secret
+    e1.provider.options.region = secret
+    local e2 = slot { slot = "genesys/other", target = { client_id = "other" } }
+    e2.provider.options.client_secret = secret
+    e2.provider.options.cainfo = "/nonexistent/" .. secret
+    local lines = problems { store = "./secrets", slots = { e1, e2 } }
+    assert.is_true(has(lines, "slot genesys/app: provider.options.region: unknown region"), table.concat(lines, "\n"))
+    assert.is_true(has(lines, "slot genesys/other: provider.options.cainfo"), table.concat(lines, "\n"))
+    assert.is_true(has(lines, "the webhook URL http://10.1.1.1/...: "), table.concat(lines, "\n"))
+    for _, l in ipairs(lines) do
+      assert.is_nil(l:find(secret, 1, true), l)
+      assert.is_nil(l:find(secret:sub(1, 16), 1, true), l)
+      assert.is_nil(l:find("WebhookTokenXYZ123", 1, true), l)
+      assert.is_nil(l:find("T0SECRET", 1, true), l)
+    end
+  end)
+
   it("finds misspelt keys at every level, with the closest known key (finding 2)", function()
     local e = slot { stratgy = "new_client" }
     e.target.clientid = "x"
@@ -154,7 +177,7 @@ return { store = "./s", slots = { { slot = "a", consumers = "none", provider = {
       { { webhook = hook, http2 = "yes" }, "notify: http2: true or false expected" },
       { { webhook = hook, cainfo = fifo }, "notify: cainfo: cannot read the CA bundle: " .. fifo
         .. " is not a regular file" },
-      { "hooks.example.com/x", "notify: the webhook URL hooks.example.com/x: not an http(s) URL" },
+      { "hooks.example.com/x", "notify: the webhook URL (not shown): not an http(s) URL" },
     }
     for _, c in ipairs(cases) do
       local lines = problems { store = "s", slots = { slot { notify = c[1] } } }

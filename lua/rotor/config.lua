@@ -548,6 +548,42 @@ local function check_slot_entry(e, add, top)
 end
 
 --- Every problem of a loaded config. info: config.load's second value.
+-- The secrets a config file holds as plain strings: each provider's client_secret, an SQS queue's
+-- secret key and session token, a Paylocity code, and the notification webhooks (a Slack webhook
+-- URL is a credential).
+local function secret_strings(cfg)
+  local out = {}
+  local function take(v) if type(v) == "string" and v ~= "" then out[#out + 1] = v end end
+  local function notify(n)
+    if type(n) == "table" then take(n.webhook) else take(n) end
+  end
+  local function field(t, k) return type(t) == "table" and t[k] or nil end
+  notify(field(cfg, "notify"))
+  for _, e in ipairs(type(field(cfg, "slots")) == "table" and cfg.slots or {}) do
+    local opts = field(field(e, "provider"), "options")
+    take(field(opts, "client_secret"))
+    take(field(field(opts, "sqs"), "secret_key"))
+    take(field(field(opts, "sqs"), "session_token"))
+    take(field(field(e, "target"), "code"))
+    notify(field(e, "notify"))
+  end
+  return out
+end
+
+-- No problem line shows a secret of the file, whatever key it reached by mistake (a swapped
+-- environment variable: region = os.getenv("..._SECRET")): each line is redacted (core.redact,
+-- every form of the secret) while the file's secrets are held as rotor.secret values.
+local function redact_problems(cfg, problems)
+  local core = require "rotor.core"
+  local held = {}
+  for _, v in ipairs(secret_strings(cfg)) do held[#held + 1] = core.secret(v) end
+  for _, p in ipairs(problems) do
+    p.message = core.redact(tostring(p.message))
+    if type(p.key) == "string" then p.key = core.redact(p.key) end
+  end
+  for _, h in ipairs(held) do h:close() end
+end
+
 function _M.validate(cfg, info)
   info = info or { file = "(config)", unset_env = {} }
   local problems = {}
@@ -626,6 +662,7 @@ function _M.validate(cfg, info)
     top("os.getenv(" .. name .. ")", ("the environment variable %s is not set (use optional_env(%q) for "
       .. "one that may be unset)"):format(name, name))
   end
+  if #problems > 0 then redact_problems(cfg, problems) end
   return problems
 end
 
@@ -667,7 +704,9 @@ function _M.reference()
   p("unknown key (with the closest known one, or the level it belongs to when it is a slot's key at")
   p("the top or the file's in a slot), wrong type, unknown provider kind, strategy or store kind (a")
   p("deploy sink given as the store says so), and every `os.getenv` of an unset variable is listed")
-  p("with the file, slot and key, and rotor exits 2 having created, written and sent nothing.")
+  p("with the file, slot and key, and rotor exits 2 having created, written and sent nothing. No")
+  p("problem shows a secret the file holds (a `client_secret`, an SQS key or token, a Paylocity code,")
+  p("a webhook URL, shown as its scheme and host only), also one given to the wrong key.")
   p("Inside the file, `config_dir` is the file's directory and `optional_env(NAME)` reads a variable")
   p("that may be unset. Relative paths (`store`, `audit`, a dotenv `deploy.path`) are the config")
   p("file's, not the current directory's; one that starts with `~` or holds `$NAME` is refused,")

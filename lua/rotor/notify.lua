@@ -15,6 +15,12 @@ local FIELD_NAMES = { "webhook", "fn", "on", "timeout", "connect_timeout", "cain
 local CHECKS = { webhook = "url", timeout = "seconds", connect_timeout = "seconds", cainfo = "cainfo", proxy = "string",
                  user_agent = "string", http2 = "boolean" }
 
+--- A webhook URL as rotor shows it: its scheme and host, the rest (the credential) left out.
+function _M.shown(url)
+  local head = tostring(url):match("^(%a[%w+.-]*://[^/?#]*)")
+  return head and (head .. "/...") or "(not shown)"
+end
+
 --- Check a notify spec where it is given (a config file, rotor.rotate): raises an error naming the
 -- field and what it takes, so a typo or a wrong value never surfaces when a rotation has ended.
 function _M.check(spec, level)
@@ -23,7 +29,8 @@ function _M.check(spec, level)
   local v = require("rotor.client").validators
   if type(spec) == "string" then
     local ok, why = v.url(spec)
-    if not ok then error("notify: the webhook URL " .. spec .. ": " .. why, level) end
+    -- shown without its path: a webhook URL's path is its credential (Slack's /services/...)
+    if not ok then error("notify: the webhook URL " .. _M.shown(spec) .. ": " .. why, level) end
     return spec
   end
   if type(spec) ~= "table" or (type(spec.webhook) ~= "string" and type(spec.fn) ~= "function") then
