@@ -843,6 +843,43 @@ for _, w in ipairs(res.warnings) do print("warning: " .. w) end
   end)
 
   describe("monitoring", function()
+    it("checks the store and due policies it reads from a config, not the credentials only rotate needs", function()
+      local d = newdir()
+      local env = {}
+      local e = genesys_slot(env, 1)
+      local cfg = d .. "/rotor.conf.lua"
+      -- a due policy that is not one: a traceback (a string), or the default policy shown silently
+      local bad = {
+        { { due = { max_age_days = "60" } }, "due.max_age_days: a number of days above 0" },
+        { { due = 60 }, "due: a table { max_age_days =, before_expiry_days = } expected" },
+        { { max_age_days = 30 }, "max_age_days: unknown key" },
+        { { due = { max_age = 1 } }, "due.max_age: unknown key; did you mean due.max_age_days?" },
+        -- a slot's own policy ({ top-level keys }, the message, the slot's due)
+        { {}, "slot " .. e.slot .. ": due.before_expiry_days: a number of days", { before_expiry_days = "7" } },
+      }
+      for _, c in ipairs(bad) do
+        local top = { store = "./secrets", slots = { e } }
+        for k, v in pairs(c[1]) do top[k] = v end
+        e.due = c[3]
+        write_config(cfg, top, env)
+        for _, cmd in ipairs { "status", "due", "doctor" } do
+          local out, rc = rotor(cmd .. " --config " .. q(cfg), nil, d)
+          assert.equal(2, rc, cmd .. "\n" .. out)
+          assert.truthy(out:find(c[2], 1, true), c[2] .. "\n" .. out)
+          assert.truthy(out:find("rotor " .. cmd .. ": 1 problem(s) in ", 1, true), out)
+          assert.is_nil(out:find("traceback", 1, true), out)
+        end
+      end
+      -- the provider's credentials come from variables a monitoring host does not have: still read
+      e.due = nil
+      write_config(cfg, { store = "./secrets", slots = { e } }, env)
+      file_store(d .. "/secrets")
+      for _, cmd in ipairs { "status", "due", "doctor" } do
+        local out, rc = rotor(cmd .. " --config " .. q(cfg), nil, d)
+        assert.equal(0, rc, cmd .. "\n" .. out)
+      end
+    end)
+
     it("prints OpenMetrics that promtool accepts, with the documented metric names", function()
       local d = newdir()
       local st = file_store(d .. "/secrets")

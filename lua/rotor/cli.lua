@@ -171,6 +171,27 @@ local function store_name(store)
 end
 _M.store_name = store_name
 
+-- a config file's problems, one line each, and the count: EXIT_USAGE
+local function config_problems(cmd, problems, path, outcome)
+  for _, p in ipairs(problems) do err(config.format(p) .. "\n") end
+  err(("rotor %s: %d problem(s) in %s; %s\n"):format(cmd, #problems, path, outcome))
+  return EXIT_USAGE
+end
+
+-- The problems of a config file in what a read-only command takes from it: its store, its due
+-- policies and its slots' names (every problem at the top, and a slot's due and slot keys), as
+-- rotate finds them. What only a rotation needs (a provider's options and credentials, a target,
+-- the environment variables they come from) is left to rotate: a monitoring host need not hold it.
+local function read_problems(cfg, info)
+  local found = {}
+  for _, p in ipairs(config.validate(cfg, info)) do
+    local key = type(p.key) == "string" and p.key or ""
+    local mine = p.slot == nil and not key:find("^os%.getenv%(") or key:find("^due") or key:find("^slot$")
+    if mine then found[#found + 1] = p end
+  end
+  return found
+end
+
 -- the store and due policies of a read-only command: STORE, or --config FILE
 local function target_store(cmd, o)
   local cfg, info
@@ -182,10 +203,8 @@ local function target_store(cmd, o)
       err("rotor " .. cmd .. ": " .. clean(info) .. "\n")
       return nil, EXIT_USAGE
     end
-    if cfg.store == nil then
-      err("rotor " .. cmd .. ": " .. o["--config"] .. ": store: required, not set\n")
-      return nil, EXIT_USAGE
-    end
+    local problems = read_problems(cfg, info)
+    if #problems > 0 then return nil, config_problems(cmd, problems, o["--config"], "nothing was read") end
     local store
     local key, tilde = require("rotor.store").unexpanded_store(cfg.store)
     if tilde then
@@ -672,11 +691,7 @@ local function rotate_plan(o)
       end
     end
   end
-  if #problems > 0 then
-    for _, p in ipairs(problems) do err(config.format(p) .. "\n") end
-    err(("rotor rotate: %d problem(s) in %s; nothing was run\n"):format(#problems, path))
-    return nil, EXIT_USAGE
-  end
+  if #problems > 0 then return nil, config_problems("rotate", problems, path, "nothing was run") end
   local entries = {}
   for _, e in ipairs(cfg.slots) do
     if not wanted or wanted[e.slot] then entries[#entries + 1] = e end
