@@ -820,6 +820,17 @@ for _, w in ipairs(res.warnings) do print("warning: " .. w) end
       assert.equal(0, rc, out)
       assert.truthy(out:find("healthy", 1, true), out)
       local rec = assert(st:get("spreetail/x"))
+      -- a rotation running now (its process holds the slot's lock) is no stopped one: nothing for
+      -- a person, exit 0 (a monitoring run of doctor raised a false alarm)
+      rec.rotation = { id = "r1", strategy = "new_pair", step = "create", started = os.date("!%Y-%m-%dT%H:%M:%SZ") }
+      assert(st:put("spreetail/x", rec))
+      local running = assert(st:lock("spreetail/x"))
+      out, rc = rotor("doctor " .. q(d .. "/secrets"))
+      running:unlock()
+      assert.equal(0, rc, out)
+      assert.truthy(out:find("a rotation is running now", 1, true), out)
+      assert.is_nil(out:find("NEEDS A PERSON", 1, true), out)
+      assert.is_nil(out:find("stopped at step", 1, true), out)
       -- a rotation whose mint had an unknown outcome and never stored a secret: a possible orphan
       rec.journal = {
         { step = "rotation", outcome = "start", note = "new_pair", rotation = "r0", time = "2026-01-01T00:00:00Z" },
@@ -831,14 +842,22 @@ for _, w in ipairs(res.warnings) do print("warning: " .. w) end
       local lock = assert(st:lock("spreetail/x"))
       out, rc = rotor("doctor " .. q(d .. "/secrets") .. " --json")
       lock:unlock()
-      assert.equal(1, rc, out)
+      assert.equal(1, rc, out)   -- the orphan
       local doc = assert(json.decode(out), out)
       local kinds = {}
       for _, f in ipairs(doc.findings) do kinds[f.problem] = f end
-      assert.truthy(kinds.unfinished_rotation.command:find("rotor rotate --config FILE --slot spreetail/x", 1, true))
+      assert.is_nil(kinds.unfinished_rotation, out)
       assert.truthy(kinds.locked and kinds.locked.command:find("kill -TERM " .. core.getpid(), 1, true))
       assert.truthy(kinds.orphan and kinds.orphan.message:find("rotation r0 (new_pair)", 1, true))
       assert.truthy(kinds.orphan.command:find("rotor rotate --config FILE --slot spreetail/x", 1, true))
+      -- no process holds it: the rotation stopped, and its rerun is the command
+      out, rc = rotor("doctor " .. q(d .. "/secrets") .. " --json")
+      assert.equal(1, rc, out)
+      doc = assert(json.decode(out), out)
+      kinds = {}
+      for _, f in ipairs(doc.findings) do kinds[f.problem] = f end
+      assert.is_nil(kinds.locked, out)
+      assert.truthy(kinds.unfinished_rotation.command:find("rotor rotate --config FILE --slot spreetail/x", 1, true))
     end)
   end)
 

@@ -573,6 +573,25 @@ local function cmd_doctor(args)
     local ok, rec, gerr = pcall(record_mod.read, store, name)
     if not ok then rec, gerr = nil, rec end
     if rec then record_mod.note_holders(held, name, rec) end
+    -- a lock file that someone holds: a rotor rotating it now (its rotation is not a stopped one)
+    local running = false
+    if store.kind == "file" and type(store.dir) == "string" and store.fd then
+      local lname = require("rotor.store.file").encode(name) .. ".lock"
+      -- only a lock file that exists is tried: doctor creates nothing
+      if core.fs_exists(store.dir .. "/" .. lname) then
+        local lock, why, pid = store.fd:lock(lname)
+        if lock then
+          lock:unlock()
+        elseif why == "locked" then
+          running = true
+          add { slot = name, problem = "locked", needs_person = false,
+            message = ("a rotor process%s holds the slot's lock: a rotation is running now"):format(
+              pid and (" (pid " .. tostring(pid) .. ")") or ""),
+            command = pid and ("kill -TERM " .. tostring(pid) .. "   # only if that process is stuck; it stops " ..
+              "between two steps") or "wait for it" }
+        end
+      end
+    end
     if not rec then
       local aside = aside_of(name)
       -- the store's own advice (which points at doctor) gives way to doctor's, with its command
@@ -582,7 +601,7 @@ local function cmd_doctor(args)
           .. ". Move it aside, restore it from a backup or rotate the slot anew from the provider's state",
         command = (aside and (aside .. " && ") or "") .. rerun .. " --slot " .. q(name) }
     else
-      if rec.rotation then
+      if rec.rotation and not running then
         local st = timefmt.parse(rec.rotation.started)
         local age = st and math.floor(now - st) or nil
         add { slot = name, problem = "unfinished_rotation", needs_person = true,
@@ -597,23 +616,6 @@ local function cmd_doctor(args)
             .. "may hold it, named with %s"):format(t.id, tostring(t.strategy), t.id),
           command = rerun .. " --slot " .. q(name) .. "   # its clean-up deletes credentials named with this " ..
             "slot's rotation ids" }
-      end
-    end
-    -- a lock file that someone holds: a rotor rotating it now
-    if store.kind == "file" and type(store.dir) == "string" and store.fd then
-      local lname = require("rotor.store.file").encode(name) .. ".lock"
-      -- only a lock file that exists is tried: doctor creates nothing
-      if core.fs_exists(store.dir .. "/" .. lname) then
-        local lock, why, pid = store.fd:lock(lname)
-        if lock then
-          lock:unlock()
-        elseif why == "locked" then
-          add { slot = name, problem = "locked", needs_person = false,
-            message = ("a rotor process%s holds the slot's lock: a rotation is running now"):format(
-              pid and (" (pid " .. tostring(pid) .. ")") or ""),
-            command = pid and ("kill -TERM " .. tostring(pid) .. "   # only if that process is stuck; it stops " ..
-              "between two steps") or "wait for it" }
-        end
       end
     end
   end
