@@ -684,6 +684,36 @@ describe("a fleet of rotors on etcd #proc #etcd", function()
     check_slot(st, fx)
   end)
 
+  it("doctor: a slot whose lock a live rotor holds is being rotated, not stopped", function()
+    local fx = fixtures.seed(s, "genesys", "run" .. core.random_hex(2))
+    local base = write_config("running", { fx })
+    local st = open_store()
+    local now = os.date("!%Y-%m-%dT%H:%M:%SZ")
+    assert(st:put(fx.slot, { slot = fx.slot, provider = "genesys", journal = {},
+      rotation = { id = "r1", strategy = "regenerate", step = "create", started = now },
+      versions = { current = { client_id = fx.target.client_id, secret = "not-a-real-secret-run", created = now } } }))
+    local function doctor()
+      local out, rc = sim.run((". %s && %s doctor --config %s --json 2>&1"):format(q(base .. "/env"), ROTOR,
+        q(base .. "/rotor.conf.lua")))
+      local kinds = {}
+      for _, f in ipairs((json.decode(out) or { findings = {} }).findings) do kinds[f.problem] = f end
+      return kinds, rc, out
+    end
+    local lock = assert(st:lock(fx.slot))
+    local kinds, rc, out = doctor()
+    lock:unlock()
+    assert.equal(0, rc, out)
+    assert.is_nil(kinds.unfinished_rotation, out)
+    assert.truthy(kinds.locked, out)
+    assert.matches("(pid " .. core.getpid() .. " on ", kinds.locked.message, 1, true)
+    assert.matches("kill -TERM " .. core.getpid() .. "   # on ", kinds.locked.command, 1, true)
+    -- its holder gone, the rotation is a stopped one, with the command that resumes it
+    kinds, rc, out = doctor()
+    assert.equal(1, rc, out)
+    assert.is_nil(kinds.locked, out)
+    assert.matches("--slot " .. fx.slot, kinds.unfinished_rotation.command, 1, true)
+  end)
+
   it("rotor.ngx in nginx reads the slot from etcd and picks up a rotation without a reload", function()
     local rotor = require "rotor"
     local fx = fixtures.seed(s, "genesys", "ngx" .. core.random_hex(2))

@@ -539,7 +539,6 @@ local function cmd_doctor(args)
   if not o then return usage_error("doctor", perr) end
   local store, cfg = target_store("doctor", o)
   if not store then return cfg end
-  local core = require "rotor.core"
   local rerun = o["--config"] and ("rotor rotate --config " .. q(o["--config"])) or "rotor rotate --config FILE"
   local findings = {}
   local function add(f) findings[#findings + 1] = f end
@@ -573,24 +572,17 @@ local function cmd_doctor(args)
     local ok, rec, gerr = pcall(record_mod.read, store, name)
     if not ok then rec, gerr = nil, rec end
     if rec then record_mod.note_holders(held, name, rec) end
-    -- a lock file that someone holds: a rotor rotating it now (its rotation is not a stopped one)
+    -- a lock that a rotor holds: it is rotating the slot now (its rotation is not a stopped one)
     local running = false
-    if store.kind == "file" and type(store.dir) == "string" and store.fd then
-      local lname = require("rotor.store.file").encode(name) .. ".lock"
-      -- only a lock file that exists is tried: doctor creates nothing
-      if core.fs_exists(store.dir .. "/" .. lname) then
-        local lock, why, pid = store.fd:lock(lname)
-        if lock then
-          lock:unlock()
-        elseif why == "locked" then
-          running = true
-          add { slot = name, problem = "locked", needs_person = false,
-            message = ("a rotor process%s holds the slot's lock: a rotation is running now"):format(
-              pid and (" (pid " .. tostring(pid) .. ")") or ""),
-            command = pid and ("kill -TERM " .. tostring(pid) .. "   # only if that process is stuck; it stops " ..
-              "between two steps") or "wait for it" }
-        end
-      end
+    local who = type(store.lock_holder) == "function" and store:lock_holder(name)
+    if type(who) == "table" then
+      running = true
+      local pid, host = who.pid, who.host
+      add { slot = name, problem = "locked", needs_person = false,
+        message = ("a rotor process%s holds the slot's lock: a rotation is running now"):format(
+          pid and (" (pid " .. tostring(pid) .. (host and (" on " .. tostring(host)) or "") .. ")") or ""),
+        command = pid and ("kill -TERM " .. tostring(pid) .. "   # " .. (host and ("on " .. tostring(host) .. ", ")
+          or "") .. "only if that process is stuck; it stops between two steps") or "wait for it" }
     end
     if not rec then
       local aside = aside_of(name)

@@ -640,6 +640,19 @@ function Store:lock(slot)
   return lock
 end
 
+--- store:lock_holder(slot) -> false (no rotor holds the slot's lock, or one that died on this host
+-- holds it) | the holder's whereabouts { pid =, host =, since = } | nil, err. Takes nothing.
+function Store:lock_holder(slot)
+  local v, err = self:call("/v3/kv/range", { key = b64(self:lock_key(slot)) })
+  if not v then return nil, err end
+  local kv = kv_of(v)
+  if not kv then return false end
+  local who = json.decode(unb64(kv.value) or "")
+  if type(who) ~= "table" then who = {} end
+  if holder_dead(who) then return false end
+  return who
+end
+
 --- store:lock_client(key) -> lock, claimed_by | nil, err (kind "locked" when held): the lock on a
 -- client (record.client_key) that a slot's first rotation of it takes (rotor.record.claim_client).
 -- claimed_by: the slot that the last holder named (lock:set_note(slot)), kept in

@@ -317,6 +317,21 @@ function Store:lock(slot)
   end)
 end
 
+--- store:lock_holder(slot) -> false (no rotor holds the slot's lock) | { pid = P } (pid when the
+-- lock file names it) | nil, err. Creates nothing: only a lock file that exists is tried (rotor
+-- doctor, on a store opened read-only).
+function Store:lock_holder(slot)
+  local name = file_name(slot, ".lock")
+  if not self.fd or not core.fs_exists(self.dir .. "/" .. name) then return false end
+  local lock, why, pid = self.fd:lock(name)
+  if lock then
+    lock:unlock()
+    return false
+  end
+  if why == "locked" then return { pid = pid } end
+  return nil, store_error("cannot try the lock of slot " .. tostring(slot), why)
+end
+
 --- store:lock_client(key) -> lock, claimed_by | nil, err (kind "locked" when held): the lock on a
 -- client (record.client_key) that a slot's first rotation of it takes (rotor.record.claim_client).
 -- claimed_by: the slot that the last holder named (lock:set_note(slot)), or nil. The lock file is
