@@ -268,6 +268,38 @@ describe("rotor's command line #proc", function()
     end)
   end)
 
+  describe("a mistyped target", function()
+    it("a first rotation that fails at create, nothing minted, leaves the config's target free to fix", function()
+      for _, strategy in ipairs { "regenerate", "new_client" } do
+        local d = newdir()
+        local env = {}
+        local e, fx = genesys_slot(env, 1, { strategy = strategy, consumers = "none" })
+        local real = fx.target.client_id
+        e.target = { client_id = "00000000-typo" }
+        local cfg = d .. "/rotor.conf.lua"
+        write_config(cfg, { store = "./secrets", slots = { e } }, env)
+        local out, rc = rotor("rotate --config " .. q(cfg), cfg, d)
+        assert.equal(1, rc, out)
+        assert.truthy(out:find("00000000-typo", 1, true), out)
+        assert.truthy(out:find("check target.client_id", 1, true), out)
+        -- the record keeps the failure, and no client: the corrected config is the one taken
+        local rec = assert(file_store(d .. "/secrets"):get(e.slot))
+        assert.equal("failed", rec.last.outcome)
+        assert.is_nil(rec.rotation)
+        assert.is_nil(rec.versions.current)
+        e.target = { client_id = real }
+        write_config(cfg, { store = "./secrets", slots = { e } }, env)
+        out, rc = rotor("rotate --config " .. q(cfg), cfg, d)
+        assert.equal(0, rc, strategy .. "\n" .. out)
+        assert.is_nil(out:find("00000000-typo", 1, true), out)
+        rec = assert(file_store(d .. "/secrets"):get(e.slot))
+        assert.equal("ok", rec.last.outcome)
+        assert.equal("previous", rec.versions.previous and "previous")
+        assert.equal(real, rec.versions.previous.client_id)
+      end
+    end)
+  end)
+
   describe("finding 3: a due policy for every slot", function()
     it("makes an old Genesys secret (no provider expiry) due by max_age_days, and says when next", function()
       local d = newdir()

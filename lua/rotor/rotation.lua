@@ -772,12 +772,27 @@ local function run(ctx)
       if kind ~= "interrupted" then
         rec.last = { rotation = rot.id, outcome = "failed", step = name, time = timefmt.iso() }
       end
+      -- The slot's first rotation failed at create and nothing was minted (no mint, or one refused
+      -- outright): the slot gives up the client it had only taken from the target, and the
+      -- rotation, so that the next run starts afresh from the target as it is then. Kept, a
+      -- mistyped target.client_id would be the slot's for good, correcting it would change nothing.
+      local imported = rec.versions.current
+      local afresh = name == "create" and kind ~= "interrupted" and kind ~= "ambiguous" and not rec.versions.pending
+        and type(imported) == "table" and type(imported.meta) == "table" and imported.meta.imported
+        and imported.secret == nil and not (rot.mint and UNKNOWN_MINT[rot.mint.state])
+      if afresh then
+        ctx.rotation_id = rot.id
+        rec.rotation, rec.versions.current = nil, nil
+      end
       ctx:journal(name, (kind == "ambiguous" or kind == "interrupted") and kind or "failed",
                   errors.is(serr) and serr.message or tostring(serr))
       ctx.failed_step = name
       if not errors.is(serr) then serr = errors.new { kind = "protocol", message = tostring(serr) } end
+      local tail = afresh and ("; nothing was minted. The slot holds no client yet: the next run starts afresh "
+        .. "from the target (check %s: %s)"):format(ctx.target.client_id == imported.client_id and "target.client_id"
+        or "the client id", tostring(imported.client_id)) or ""
       return nil, errors.with(serr, { slot = ctx.slot, step = name, rotation = rot.id,
-        message = ("%s: %s failed: %s"):format(ctx.slot, name, tostring(serr.message)) })
+        message = ("%s: %s failed: %s%s"):format(ctx.slot, name, tostring(serr.message), tail) })
     end
     rot.step = STEPS[i + 1] or "done"
     ctx:crash(name, "after")
