@@ -59,6 +59,21 @@ describe("rotor.config", function()
     end
   end)
 
+  it("names a misspelt key of a sub-table before the key it lacks because of it", function()
+    -- the shape check ("a file path expected") ran first and hid the misspelling
+    for _, c in ipairs {
+      { { deploy = { kind = "dotenv", pth = "a.env" } }, "deploy.pth: unknown key; did you mean deploy.path?" },
+      { { deploy = { kind = "exec", comand = "true" } }, "deploy: comand: unknown option; did you mean command?" },
+      { { notify = { webhok = "https://127.0.0.1/x" } },
+        "notify: webhok: unknown field; did you mean notify.webhook?" },
+      { { audit = { pat = "a.log" } }, "audit: pat: unknown field; did you mean path?" },
+    } do
+      local lines = problems { store = "./secrets", slots = { slot(c[1]) } }
+      assert.is_true(has(lines, "slot genesys/app: " .. c[2]), c[2] .. " in:\n" .. table.concat(lines, "\n"))
+      assert.equal(1, #lines, table.concat(lines, "\n"))
+    end
+  end)
+
   it("finds misspelt keys at every level, with the closest known key (finding 2)", function()
     local e = slot { stratgy = "new_client" }
     e.target.clientid = "x"

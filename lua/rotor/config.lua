@@ -52,6 +52,9 @@ local function c_audit(v)
   end
   if v == false or type(v) == "string" then return true end
   if type(v) == "table" and type(v.write) == "function" then return true end
+  -- a misspelt field first: { pat = ... } has no path because of it
+  local unknown = type(v) == "table" and v.write == nil and keys_mod.unknown_key(v, { "path", "key" }, "field")
+  if unknown then return nil, unknown end
   if type(v) == "table" and type(v.path) == "string" then
     -- the trail's own check (rotor.audit.open opens nothing)
     local ok, e = pcall(require("rotor.audit").open, v)
@@ -376,7 +379,13 @@ local function check_deploy(v, add)
   if v == nil or is_callable(v) then return end
   if type(v) ~= "table" then return add("deploy",
     "a function, a sink or { kind = \"dotenv\" | \"exec\", ... } expected") end
-  if v.kind == "dotenv" and (type(v.path) ~= "string" or v.path == "") then
+  local no_path = v.kind == "dotenv" and (type(v.path) ~= "string" or v.path == "")
+  -- a misspelt key first: { pth = ... } has no path because of it
+  local stray = no_path
+    and keys_mod.unknown_key(v, { "kind", "path", "client_id", "secret", "expires", "mode" }, "key", "deploy.")
+  if stray then
+    add(stray:match("^(.-): (.*)$"))
+  elseif no_path then
     add("deploy.path", "a file path expected")
   elseif v.kind == "dotenv" or v.kind == "exec" then
     -- the sink's own checks (rotor.store.dotenv/exec: every option, unknown ones named); making

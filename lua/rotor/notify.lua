@@ -33,11 +33,12 @@ function _M.check(spec, level)
     if not ok then error("notify: the webhook URL " .. _M.shown(spec) .. ": " .. why, level) end
     return spec
   end
+  -- a misspelt field first: { webhok = ... } has no webhook because of it
+  local unknown = type(spec) == "table" and require("rotor.keys").unknown_key(spec, FIELD_NAMES, "field", "notify.")
+  if unknown then error(unknown, level) end
   if type(spec) ~= "table" or (type(spec.webhook) ~= "string" and type(spec.fn) ~= "function") then
     error("notify: a webhook URL, a function or { webhook = url, on = ... } expected", level)
   end
-  local unknown = require("rotor.keys").unknown_key(spec, FIELD_NAMES, "field", "notify.")
-  if unknown then error(unknown, level) end
   for k, val in pairs(spec) do
     local check = CHECKS[k]
     if check then

@@ -73,12 +73,13 @@ end
 
 function _M.new(opts)
   if type(opts) == "string" then opts = { command = opts } end
+  -- a misspelt option first: { comand = ... } is missing its command because of it
+  local unknown = type(opts) == "table"
+    and require("rotor.keys").unknown_key(opts, { "command", "input", "env", "name", "timeout" }, "option")
+  if unknown then error("rotor.store.exec: " .. unknown, 2) end
   if type(opts) ~= "table" or type(opts.command) ~= "string" or opts.command == "" then
     error("rotor.store.exec: { command = \"...\" } expected", 2)
   end
-  local unknown = require("rotor.keys").unknown_key(opts, { "command", "input", "env", "name", "timeout" },
-    "option")
-  if unknown then error("rotor.store.exec: " .. unknown, 2) end
   local t = opts.timeout
   if t ~= nil then
     local ok, why = bounds.within(bounds.TIME_LIMIT, t)
