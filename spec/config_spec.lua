@@ -432,6 +432,21 @@ return { store = "./s", slots = { { slot = "a", consumers = "none", provider = {
     -- a key known at neither level still gets the closest name
     assert.is_true(has(problems { store = "secrets", slots = { slot() }, slotz = {} },
       "rotor.conf.lua: slotz: unknown key; did you mean slots?"))
+    -- a due policy's key beside the policy, a provider option in the slot, a slot's key among the
+    -- provider's options: each named with where it goes
+    e = slot { max_age_days = 3, client_id = "x", cainfo = "/ca.pem" }
+    e.provider.options.target = { client_id = "y" }
+    text = problems { store = "secrets", max_age_days = 30, slots = { e } }
+    for _, want in ipairs {
+      "rotor.conf.lua: max_age_days: a due policy's key: due = { max_age_days = ... }",
+      "slot genesys/app: max_age_days: a due policy's key: due = { max_age_days = ... }",
+      "slot genesys/app: client_id: a provider option, not a slot's key: provider = { kind = ..., options = { "
+        .. "client_id = ... } } (the client rotor authenticates with; the client a slot rotates is target.client_id)",
+      "slot genesys/app: cainfo: a provider option, not a slot's key",
+      "slot genesys/app: provider.options.target: a slot's key, not a provider option: set it beside provider",
+    } do
+      assert.is_true(has(text, want), want .. "\n" .. table.concat(text, "\n"))
+    end
   end)
 
   it("suggests the closest name only when it is close", function()

@@ -348,13 +348,22 @@ _M.is_provider_object = is_provider_object
 -- unknown keys of t against schema (with a suggestion), and each key's check
 -- other (optional): { schema, where(key) } of the level where a key unknown here belongs (a slot's
 -- key at the top of the file, or the file's in a slot): the error says where to move it
-local function check_keys(t, schema, add, prefix, other)
+-- others (optional): { { schema, why(k) }, ... }: a key of one of those schemas, where it does not
+-- belong, is named with why(k) (the level it belongs to) rather than as unknown
+local function check_keys(t, schema, add, prefix, others)
   local names = keys_of(schema.keys)
   for k, v in pairs(t) do
     local key = prefix .. tostring(k)
     local s = type(k) == "string" and schema.keys[k] or nil
-    if not s and other and type(k) == "string" and other[1].keys[k] then
-      add(key, other[2](k))
+    local elsewhere
+    for _, o in ipairs(not s and type(k) == "string" and others or {}) do
+      if o[1].keys[k] then
+        elsewhere = o[2](k)
+        break
+      end
+    end
+    if elsewhere then
+      add(key, elsewhere)
     elseif not s then
       local hint = _M.suggest(tostring(k), names)
       add(key, "unknown key" .. (hint and ("; did you mean " .. prefix .. hint .. "?") or
@@ -367,6 +376,11 @@ local function check_keys(t, schema, add, prefix, other)
   for _, k in ipairs(schema.order) do
     if schema.keys[k].required and t[k] == nil then add(prefix .. k, "required, not set") end
   end
+end
+
+-- the message of a due policy's key set beside the policy rather than in it
+local function due_key(k)
+  return ("a due policy's key: due = { %s = ... }"):format(k)
 end
 
 local function check_due(v, add, prefix)
@@ -486,7 +500,12 @@ local function check_provider(e, add)
     if not ok then
       bad = true
       local hint = _M.suggest(name, known)
-      add(prefix .. name, "unknown option" .. (hint and ("; did you mean " .. prefix .. hint .. "?") or ""))
+      if _M.SLOT.keys[name] then
+        add(prefix .. name, ("a slot's key, not a provider option: set it beside provider (slots = { { slot = ..., "
+          .. "provider = ..., %s = ... } })"):format(name))
+      else
+        add(prefix .. name, "unknown option" .. (hint and ("; did you mean " .. prefix .. hint .. "?") or ""))
+      end
     end
   end
   for _, k in ipairs { "client_id", "client_secret" } do
@@ -509,8 +528,15 @@ local function check_provider(e, add)
 end
 
 local function check_slot_entry(e, add, top)
-  check_keys(e, _M.SLOT, add, "",
-    { _M.TOP, function() return "a key of the whole file, not of a slot: set it once at the top, beside slots" end })
+  check_keys(e, _M.SLOT, add, "", {
+    { _M.TOP, function() return "a key of the whole file, not of a slot: set it once at the top, beside slots" end },
+    { _M.DUE, due_key },
+    { _M.PROVIDER_COMMON, function(k)
+      return ("a provider option, not a slot's key: provider = { kind = ..., options = { %s = ... } }%s"):format(k,
+        k == "client_id" and " (the client rotor authenticates with; the client a slot rotates is target.client_id)"
+        or "")
+    end },
+  })
   if e.slot ~= nil then
     local ok, why = pcall(require("rotor.store.file").check_slot, e.slot)
     if not ok then add("slot", (tostring(why):gsub("^.-:%d+: ", ""))) end
@@ -603,10 +629,13 @@ function _M.validate(cfg, info)
   end
   local top = adder(nil)
   local base_dir = info.dir
-  check_keys(cfg, _M.TOP, top, "", { _M.SLOT, function(k)
-    return ("a slot's key, not the file's: set it in each slot of slots (slots = { { slot = ..., provider = ..., "
-      .. "%s = ... } })"):format(k)
-  end })
+  check_keys(cfg, _M.TOP, top, "", {
+    { _M.SLOT, function(k)
+      return ("a slot's key, not the file's: set it in each slot of slots (slots = { { slot = ..., provider = ..., "
+        .. "%s = ... } })"):format(k)
+    end },
+    { _M.DUE, due_key },
+  })
   check_due(cfg.due, top, "due")
   if cfg.store ~= nil then
     local s = cfg.store
@@ -710,8 +739,9 @@ function _M.reference()
   p("(`rotor config-reference` prints this text; `spec/config_spec.lua` fails when the two differ).")
   p("")
   p("A config file is Lua returning a table. It is checked as a whole before anything runs: every")
-  p("unknown key (with the closest known one, or the level it belongs to when it is a slot's key at")
-  p("the top or the file's in a slot), wrong type, unknown provider kind, strategy or store kind (a")
+  p("unknown key (with the closest known one, or where it belongs when it is a key of another level:")
+  p("a slot's key at the top or in a provider's options, the file's in a slot, a due policy's beside")
+  p("`due`, a provider option in a slot), wrong type, unknown provider kind, strategy or store kind (a")
   p("deploy sink given as the store says so), and every `os.getenv` of an unset variable is listed")
   p("with the file, slot and key, and rotor exits 2 having created, written and sent nothing. No")
   p("problem shows a secret the file holds (a `client_secret`, an SQS key or token, a Paylocity code,")
