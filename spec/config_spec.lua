@@ -59,6 +59,18 @@ describe("rotor.config", function()
     end
   end)
 
+  it("refuses Genesys regenerate of the provider's own client in the file, as the run would", function()
+    -- refused only when the rotation started (kind config, exit 1, also with --dry-run)
+    for _, strategy in ipairs { "regenerate", false } do
+      local e = slot { strategy = strategy or nil, target = { client_id = "admin" } }
+      local lines = problems { store = "./secrets", slots = { e } }
+      assert.is_true(has(lines, "slot genesys/app: strategy: strategy \"regenerate\" would replace the secret of "
+        .. "client admin, the client this provider object authenticates with"), table.concat(lines, "\n"))
+    end
+    assert.same({}, problems { store = "./secrets", slots = { slot { strategy = "new_client",
+      target = { client_id = "admin" } } } })
+  end)
+
   it("names a misspelt key of a sub-table before the key it lacks because of it", function()
     -- the shape check ("a file path expected") ran first and hid the misspelling
     for _, c in ipairs {

@@ -569,6 +569,13 @@ local function check_slot_entry(e, add, top)
         hint and ("; did you mean " .. hint .. "?") or (" (one of " .. table.concat(names, ", ") .. ")")))
     end
   end
+  -- Genesys regenerate of the client the provider authenticates with: refused when it would run
+  -- (rotor.strategies.genesys), so refused here, where the file is fixed
+  local opts = kind and type(e.provider) == "table" and provider_options(e.provider)
+  if kind == "genesys" and sname == "regenerate" and type(opts) == "table" and type(opts.client_id) == "string"
+    and type(e.target) == "table" and e.target.client_id == opts.client_id then
+    add("strategy", require("rotor.strategies.genesys").own_regenerate_refusal(opts.client_id))
+  end
   check_deploy(e.deploy, add)
   if e.consumers ~= nil and e.consumers ~= "none" then
     add("consumers", "only \"none\" is understood (nothing but rotor uses this credential); else set deploy")
@@ -582,7 +589,6 @@ local function check_slot_entry(e, add, top)
   return top
 end
 
---- Every problem of a loaded config. info: config.load's second value.
 -- The secrets a config file holds as plain strings: each provider's client_secret, an SQS queue's
 -- secret key and session token, a Paylocity code, and the notification webhooks (a Slack webhook
 -- URL is a credential).
@@ -619,6 +625,7 @@ local function redact_problems(cfg, problems)
   for _, h in ipairs(held) do h:close() end
 end
 
+--- Every problem of a loaded config. info: config.load's second value.
 function _M.validate(cfg, info)
   info = info or { file = "(config)", unset_env = {} }
   local problems = {}

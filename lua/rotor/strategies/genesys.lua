@@ -93,13 +93,18 @@ function regenerate.create(ctx)
            note = "the old secret of client " .. id .. " stopped working at once (Genesys regenerate: no overlap)" }
 end
 
-function regenerate.refuse(ctx)
-  if not ctx.own then return nil end
+--- Why regenerating client id, the one the provider object authenticates with, is refused (also
+-- by rotor rotate's check of a config file).
+function _M.own_regenerate_refusal(id)
   return ("strategy \"regenerate\" would replace the secret of client %s, the client this provider object "
     .. "authenticates with: if the answer were lost on the way, the old secret would be dead and the new one "
     .. "unknown, and nothing could recover. Use strategy = \"new_client\" (a successor client with the same "
-    .. "roles, verified before the old one is disabled), or rotate it with another admin client"):format(
-      tostring(ctx:client_id()))
+    .. "roles, verified before the old one is disabled), or rotate it with another admin client"):format(tostring(id))
+end
+
+function regenerate.refuse(ctx)
+  if not ctx.own then return nil end
+  return _M.own_regenerate_refusal(ctx:client_id())
 end
 
 function regenerate.recover_note(ctx)
