@@ -611,6 +611,9 @@ for _, w in ipairs(res.warnings) do print("warning: " .. w) end
       local doc = assert(json.decode(out), out)
       assert.is_true(doc.interrupted)
       assert.equal("interrupted", doc.slots[1].state)
+      -- what the next run does, said once
+      local _, says = tostring(doc.slots[1].error and doc.slots[1].error.message):gsub("the next run deploys", "")
+      assert.equal(1, says, out)
       -- the command's own child is gone with it
       local pid = assert(tonumber(sim.read_file(pids)))
       local stat = sim.read_file("/proc/" .. pid .. "/stat") or ""
@@ -672,6 +675,7 @@ for _, w in ipairs(res.warnings) do print("warning: " .. w) end
       assert.equal(1, rc, out)
       assert.truthy(out:find("genesys/broken", 1, true), out)
       assert.truthy(out:find("CORRUPTED", 1, true), out)
+      assert.equal(1, select(2, (out:match("CORRUPTED[^\n]*")):gsub("rotor doctor", "")), out)
       out, rc = rotor("due " .. q(d .. "/secrets"))
       assert.equal(1, rc, out)
       assert.truthy(out:find("genesys/broken\t", 1, true), out)

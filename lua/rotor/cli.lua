@@ -489,7 +489,8 @@ local function cmd_status(cmd, args)
       body[#body + 1] = {
         r.slot, v(r.provider) and r.provider or "?", days(r.age_days),
         v(r.expires) and tostring(r.expires):sub(1, 10) or "-", due,
-        v(r.error) and ("CORRUPTED: " .. r.error .. " (rotor doctor)") or last,
+        v(r.error) and ("CORRUPTED: " .. r.error .. (tostring(r.error):find("rotor doctor", 1, true) and ""
+          or " (rotor doctor)")) or last,
       }
     end
     out("store: " .. store_name(store) .. "\n")

@@ -127,7 +127,7 @@ function Sink:deploy(new)
   end
   if code == nil and stopped == "interrupted" then
     return nil, errors.new { kind = "interrupted", message = ("deploy command %s was stopped: rotor got SIGINT or "
-      .. "SIGTERM (SIGTERM to its process group, then SIGKILL); the next run deploys again"):format(what) }
+      .. "SIGTERM (SIGTERM to its process group, then SIGKILL)"):format(what) }
   end
   if code == nil then
     return nil, errors.new { kind = "store", message = "cannot start the deploy command", detail = wrote }
