@@ -1014,6 +1014,17 @@ for _, w in ipairs(res.warnings) do print("warning: " .. w) end
       out, rc = rotor("status ./x --jsn")
       assert.equal(2, rc, out)
       assert.truthy(out:find("unknown option --jsn; did you mean --json?", 1, true), out)
+      -- help on a command that does not exist shows the ones that do; an argument a command does
+      -- not take, or two formats at once, is a usage error rather than ignored
+      out, rc = rotor("help bogus")
+      assert.equal(2, rc, out)
+      assert.truthy(out:find("rotor doctor", 1, true), out)
+      for _, cmd in ipairs { "config-reference extra", "version x", "status ./x --json --format text" } do
+        out, rc = rotor(cmd)
+        assert.equal(2, rc, cmd .. "\n" .. out)
+      end
+      assert.truthy(rotor("status ./x --json --format text"):find("--json and --format text: give one of them", 1,
+        true))
     end)
 
     it("says what is wrong with the store argument: empty, a config file, a refused directory", function()

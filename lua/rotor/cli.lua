@@ -450,6 +450,9 @@ local function cmd_status(cmd, args)
     ["--before-expiry-days"] = "days", ["--config"] = "string",
     ["--format"] = (not only_due) and FORMATS or nil })
   if not o then return usage_error(cmd, perr) end
+  if o["--json"] and o["--format"] and o["--format"] ~= "json" then
+    return usage_error(cmd, "--json and --format " .. o["--format"] .. ": give one of them")
+  end
   local store, cfg = target_store(cmd, o)
   if not store then return cfg end
   local list, lerr = rows(store, policy_of(o, cfg))
@@ -892,16 +895,16 @@ function _M.main(args)
       local names = {}
       for _, x in ipairs(COMMANDS) do names[#names + 1] = x.name end
       local hint = config.suggest(topic, names)
-      err(("rotor help: no command %q%s\n"):format(topic, hint and ("; did you mean " .. hint .. "?") or ""))
+      err(("rotor help: no command %q%s\n"):format(topic, hint and ("; did you mean " .. hint .. "?") or "")
+        .. _M.usage())
       return EXIT_USAGE
     end
     out(command_help(BY_NAME[topic]))
     return EXIT_OK
-  elseif cmd == "version" then
-    out(version_text())
-    return EXIT_OK
-  elseif cmd == "config-reference" then
-    out(config.reference() .. "\n")
+  elseif cmd == "version" or cmd == "config-reference" then
+    -- they take nothing: an argument is a mistake (rotor config-reference FILE?)
+    if args[2] ~= nil then return usage_error(cmd, "unexpected argument " .. args[2]) end
+    out(cmd == "version" and version_text() or (config.reference() .. "\n"))
     return EXIT_OK
   elseif cmd == "status" or cmd == "due" then
     return cmd_status(cmd, args)
