@@ -517,6 +517,12 @@ for _, w in ipairs(res.warnings) do print("warning: " .. w) end
       assert.equal(json.null, row.expires)
       assert.equal(0, row.age_days)
       assert.equal("integer", math.type(row.failures))
+      -- a slot skipped (not due) still says which strategy it runs: the provider's default here
+      out, rc = rotor_out("rotate --config " .. q(cfg) .. " --json --only-due", cfg)
+      assert.equal(0, rc, out)
+      doc = assert(json.decode(out), out)
+      assert.equal("skipped", doc.slots[1].state)
+      assert.equal("new_pair", doc.slots[1].strategy)
     end)
   end)
 

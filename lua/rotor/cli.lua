@@ -745,8 +745,12 @@ local function report_item(e, res, e2)
   local pspec = e.provider
   if config.is_provider_object(pspec) then item.provider = pspec.provider
   elseif type(pspec) == "table" then item.provider = nz(pspec.kind) end
+  -- the strategy the slot runs (also for a slot skipped or failed before it started): the file's,
+  -- else its provider's default
+  local ok, strat = pcall(require("rotor.rotation").strategy, item.provider, e.strategy)
+  if ok and type(strat) == "table" then item.strategy = nz(strat.name) end
   if res then
-    item.strategy = nz(res.strategy)
+    item.strategy = nz(res.strategy) ~= json.null and res.strategy or item.strategy
     if res.skipped then
       item.state, item.reason = "skipped", res.reason
     else
