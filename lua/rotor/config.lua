@@ -346,10 +346,9 @@ end
 _M.is_provider_object = is_provider_object
 
 -- unknown keys of t against schema (with a suggestion), and each key's check
--- other (optional): { schema, where(key) } of the level where a key unknown here belongs (a slot's
--- key at the top of the file, or the file's in a slot): the error says where to move it
--- others (optional): { { schema, why(k) }, ... }: a key of one of those schemas, where it does not
--- belong, is named with why(k) (the level it belongs to) rather than as unknown
+-- others (optional): { { schema, why(k) }, ... } of the levels where a key unknown here belongs (a
+-- slot's key at the top of the file, the file's in a slot, a due policy's beside it): such a key is
+-- named with why(k), where to move it, rather than as unknown
 local function check_keys(t, schema, add, prefix, others)
   local names = keys_of(schema.keys)
   for k, v in pairs(t) do
@@ -601,7 +600,8 @@ local function secret_strings(cfg)
   local function field(t, k) return type(t) == "table" and t[k] or nil end
   notify(field(cfg, "notify"))
   for _, e in ipairs(type(field(cfg, "slots")) == "table" and cfg.slots or {}) do
-    local opts = field(field(e, "provider"), "options")
+    local p = field(e, "provider")
+    local opts = type(p) == "table" and not is_provider_object(p) and provider_options(p) or nil
     take(field(opts, "client_secret"))
     take(field(field(opts, "sqs"), "secret_key"))
     take(field(field(opts, "sqs"), "session_token"))
