@@ -47,8 +47,13 @@ describe("rotor.config", function()
     local e2 = slot { slot = "genesys/other", target = { client_id = "other" } }
     e2.provider.options.client_secret = secret
     e2.provider.options.cainfo = "/nonexistent/" .. secret
-    local lines = problems { store = "./secrets", slots = { e1, e2 } }
+    -- the provider's options given without an options table
+    local e3 = slot { slot = "genesys/flat", target = { client_id = "flat" } }
+    e3.provider = { kind = "genesys", base_url = "https://127.0.0.1:9/genesys", token_url = "https://127.0.0.1:9/t",
+      client_id = "admin", client_secret = secret, region = secret }
+    local lines = problems { store = "./secrets", slots = { e1, e2, e3 } }
     assert.is_true(has(lines, "slot genesys/app: provider.options.region: unknown region"), table.concat(lines, "\n"))
+    assert.is_true(has(lines, "slot genesys/flat: provider.region: unknown region"), table.concat(lines, "\n"))
     assert.is_true(has(lines, "slot genesys/other: provider.options.cainfo"), table.concat(lines, "\n"))
     assert.is_true(has(lines, "the webhook URL http://10.1.1.1/...: "), table.concat(lines, "\n"))
     for _, l in ipairs(lines) do
