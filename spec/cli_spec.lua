@@ -913,7 +913,7 @@ for _, w in ipairs(res.warnings) do print("warning: " .. w) end
       local bad = {
         { { due = { max_age_days = "60" } }, "due.max_age_days: a number of days above 0" },
         { { due = 60 }, "due: a table { max_age_days =, before_expiry_days = } expected" },
-        { { max_age_days = 30 }, "max_age_days: unknown key" },
+        { { max_age_days = 30 }, "max_age_days: a due policy's key: due = { max_age_days = ... }" },
         { { due = { max_age = 1 } }, "due.max_age: unknown key; did you mean due.max_age_days?" },
         -- a slot's own policy ({ top-level keys }, the message, the slot's due)
         { {}, "slot " .. e.slot .. ": due.before_expiry_days: a number of days", { before_expiry_days = "7" } },
