@@ -107,10 +107,16 @@ describe("rotor's command line #proc", function()
   end
 
   describe("finding 1: relative paths and the store used", function()
-    it("resolves a relative store against the config file, from any directory, and names it", function()
+    -- a new directory holding conf/ (for the config file) and another directory: its path
+    local function conf_and(other)
       local d = newdir()
       assert(core.fs_mkdir(d .. "/conf", 448))
-      assert(core.fs_mkdir(d .. "/elsewhere", 448))
+      assert(core.fs_mkdir(d .. "/" .. other, 448))
+      return d
+    end
+
+    it("resolves a relative store against the config file, from any directory, and names it", function()
+      local d = conf_and("elsewhere")
       local env = {}
       local e = spreetail_slot(env, 1)
       write_config(d .. "/conf/rotor.conf.lua", { store = "./secrets", slots = { e } }, env)
@@ -134,9 +140,7 @@ describe("rotor's command line #proc", function()
       -- a program that starts rotor in another directory (Python's subprocess cwd=, Ansible's
       -- chdir) leaves its own PWD in the environment: the config file is opened from the real
       -- directory, so its relative paths must be that directory's too, never PWD's
-      local d = newdir()
-      assert(core.fs_mkdir(d .. "/conf", 448))
-      assert(core.fs_mkdir(d .. "/stale", 448))
+      local d = conf_and("stale")
       local env = {}
       local e = genesys_slot(env, 1)
       e.deploy = { kind = "dotenv", path = "app.env" }
