@@ -205,12 +205,8 @@ local function target_store(cmd, o)
     end
     local problems = read_problems(cfg, info)
     if #problems > 0 then return nil, config_problems(cmd, problems, o["--config"], "nothing was read") end
+    -- (a store path a shell would expand, ~ or $NAME, is one of those problems)
     local store
-    local key, tilde = require("rotor.store").unexpanded_store(cfg.store)
-    if tilde then
-      err("rotor " .. cmd .. ": " .. o["--config"] .. ": " .. key .. ": " .. tilde .. "\n")
-      return nil, EXIT_USAGE
-    end
     if type(cfg.store) == "string" or (type(cfg.store) == "table" and cfg.store.kind == "file") then
       local dir = require("rotor.store").resolve(type(cfg.store) == "string" and cfg.store or cfg.store.path, info.dir)
       if type(dir) ~= "string" or not require("rotor.core").fs_exists(dir) then
@@ -750,7 +746,7 @@ local function report_item(e, res, e2)
   local ok, strat = pcall(require("rotor.rotation").strategy, item.provider, e.strategy)
   if ok and type(strat) == "table" then item.strategy = nz(strat.name) end
   if res then
-    item.strategy = nz(res.strategy) ~= json.null and res.strategy or item.strategy
+    if res.strategy ~= nil then item.strategy = res.strategy end
     if res.skipped then
       item.state, item.reason = "skipped", res.reason
     else

@@ -377,6 +377,11 @@ local function check_keys(t, schema, add, prefix, others)
   end
 end
 
+-- where a slot's key k goes, for a message about one set elsewhere
+local function in_each_slot(k)
+  return ("(slots = { { slot = ..., provider = ..., %s = ... } })"):format(k)
+end
+
 -- the message of a due policy's key set beside the policy rather than in it
 local function due_key(k)
   return ("a due policy's key: due = { %s = ... }"):format(k)
@@ -394,8 +399,12 @@ local function check_deploy(v, add)
     "a function, a sink or { kind = \"dotenv\" | \"exec\", ... } expected") end
   local no_path = v.kind == "dotenv" and (type(v.path) ~= "string" or v.path == "")
   -- a misspelt key first: { pth = ... } has no path because of it
-  local stray = no_path
-    and keys_mod.unknown_key(v, { "kind", "path", "client_id", "secret", "expires", "mode" }, "key", "deploy.")
+  local stray
+  if no_path then
+    local known = { "kind", "path" }
+    for _, k in ipairs(require("rotor.store.dotenv").OPTIONS) do known[#known + 1] = k end
+    stray = keys_mod.unknown_key(v, known, "key", "deploy.")
+  end
   if stray then
     add(stray:match("^(.-): (.*)$"))
   elseif no_path then
@@ -500,8 +509,7 @@ local function check_provider(e, add)
       bad = true
       local hint = _M.suggest(name, known)
       if _M.SLOT.keys[name] then
-        add(prefix .. name, ("a slot's key, not a provider option: set it beside provider (slots = { { slot = ..., "
-          .. "provider = ..., %s = ... } })"):format(name))
+        add(prefix .. name, "a slot's key, not a provider option: set it beside provider " .. in_each_slot(name))
       else
         add(prefix .. name, "unknown option" .. (hint and ("; did you mean " .. prefix .. hint .. "?") or ""))
       end
@@ -638,8 +646,7 @@ function _M.validate(cfg, info)
   local base_dir = info.dir
   check_keys(cfg, _M.TOP, top, "", {
     { _M.SLOT, function(k)
-      return ("a slot's key, not the file's: set it in each slot of slots (slots = { { slot = ..., provider = ..., "
-        .. "%s = ... } })"):format(k)
+      return "a slot's key, not the file's: set it in each slot of slots " .. in_each_slot(k)
     end },
     { _M.DUE, due_key },
   })

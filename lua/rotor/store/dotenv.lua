@@ -27,6 +27,9 @@ local function check_key(k, what)
   end
 end
 
+-- the options a dotenv sink takes (also a config's deploy = { kind = "dotenv", path = ..., ... })
+_M.OPTIONS = { "client_id", "secret", "expires", "mode" }
+
 --- rotor.store.dotenv(path, { client_id = "NAME" | false, secret = "NAME", expires = "NAME" | nil,
 --                             mode = 0600 })
 function _M.new(path, opts)
@@ -35,7 +38,7 @@ function _M.new(path, opts)
   if tilde then error("rotor.store.dotenv: " .. tilde, 2) end
   opts = opts or {}
   if type(opts) ~= "table" then error("rotor.store.dotenv: opts must be a table", 2) end
-  local unknown = require("rotor.keys").unknown_key(opts, { "client_id", "secret", "expires", "mode" }, "option")
+  local unknown = require("rotor.keys").unknown_key(opts, _M.OPTIONS, "option")
   if unknown then error("rotor.store.dotenv: " .. unknown, 2) end
   local keys = {
     client_id = opts.client_id == nil and "CLIENT_ID" or opts.client_id,

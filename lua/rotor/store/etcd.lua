@@ -548,6 +548,12 @@ local function holder_dead(who)
   return stat == nil or state == "Z" or state == "X"
 end
 
+-- the whereabouts a lock key's value names (grant_lease below), or {} when it names none
+local function holder_of(kv)
+  local who = json.decode(unb64(kv.value) or "")
+  return type(who) == "table" and who or {}
+end
+
 -- A lease of lease_ttl for a lock, and the lock key's value naming this holder:
 -- { lease, ttl, granted_at, holder } | nil, err. relocked: taken again after the lease lapsed.
 local function grant_lease(store, relocked)
@@ -593,10 +599,8 @@ local function take_lease_lock(self, key, also)
         token = kv.create_revision -- our own put, committed by an earlier try
       else
         self:call("/v3/lease/revoke", { ID = lease })
-        local who = kv and json.decode(unb64(kv.value) or "") or {}
-        if not (kv and retried == 0 and holder_dead(who) and kv.lease) then
-          return false, type(who) == "table" and who or {}
-        end
+        local who = kv and holder_of(kv) or {}
+        if not (kv and retried == 0 and holder_dead(who) and kv.lease) then return false, who end
         -- revoking the dead holder's lease deletes its lock key
         local rv, rerr = self:call("/v3/lease/revoke", { ID = tostring(kv.lease) })
         if not rv and not (errors.is(rerr) and tostring(rerr.detail):find("not found", 1, true)) then
@@ -647,8 +651,7 @@ function Store:lock_holder(slot)
   if not v then return nil, err end
   local kv = kv_of(v)
   if not kv then return false end
-  local who = json.decode(unb64(kv.value) or "")
-  if type(who) ~= "table" then who = {} end
+  local who = holder_of(kv)
   if holder_dead(who) then return false end
   return who
 end
