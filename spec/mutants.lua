@@ -335,6 +335,25 @@ local MUTANTS = {
     { { INPUT_GUARDS, (INPUT_GUARDS:gsub("if %(%(room < 0 || %(size_t%)room < inlen%) &&", "if (0 &&")
                                     :gsub("if %(fcntl%(pfd%[1%], F_SETFL, O_NONBLOCK%) != 0%) {$", "if (0) {")) } },
     { "spec/store_spec.lua" }),
+  m("afresh-ambiguous", "a first rotation whose mint may have gone through keeps its rotation",
+    "the first-rotation reset also after an ambiguous mint", "lua/rotor/rotation.lua",
+    { { 'kind ~= "interrupted" and kind ~= "ambiguous" and not rec.versions.pending\n'
+        .. '        and type(imported) == "table" and type(imported.meta) == "table" and imported.meta.imported\n'
+        .. '        and imported.secret == nil and not (rot.mint and UNKNOWN_MINT[rot.mint.state])',
+        'kind ~= "interrupted" and not rec.versions.pending\n'
+        .. '        and type(imported) == "table" and type(imported.meta) == "table" and imported.meta.imported\n'
+        .. '        and imported.secret == nil' } },
+    { "spec/rotation_unit_spec.lua" }),
+  m("afresh-never", "a first rotation that failed at create with nothing minted does not wedge the slot",
+    "the first-rotation reset off", "lua/rotor/rotation.lua",
+    { { "      if afresh then\n        ctx.rotation_id = rot.id",
+        "      if false then\n        ctx.rotation_id = rot.id" } },
+    { "spec/cli_spec.lua" }),
+  m("sqs-wait-unbounded", "refused queue messages do not hold a run past its wait",
+    "the SQS candidate loop ignores its deadline", "lua/rotor/strategies/spapi.lua",
+    { { "    if deadline - core.now() <= 0 then\n      return nil, errors.new { kind = \"timeout\"",
+        "    if false then\n      return nil, errors.new { kind = \"timeout\"" } },
+    { "spec/rotation_unit_spec.lua" }),
   m("verify-deaf", "a signal ends the wait between two attempts to verify the new secret",
     "verify waits out its delay whatever signal came", "lua/rotor/rotation.lua",
     { { "if i < attempts and not self:sleep(delay * i, true) then",

@@ -130,9 +130,12 @@ local function fake(kind, opts)
       return true
     end)
   end
-  function p:receive_new_client_secret()
+  function p:receive_new_client_secret(a)
     count("receive_new_client_secret")
-    local m = self.queue[1]
+    local m
+    for _, x in ipairs(self.queue) do
+      if not (a and a.skip and a.skip(x)) then m = x; break end
+    end
     if not m then return nil, errors.new { kind = "timeout", message = "no message" } end
     local payload = {}
     for k, v in pairs(m) do payload[k] = v end
@@ -531,16 +534,24 @@ describe("rotation (unit, fake providers)", function()
   it("genesys new_client: an ambiguous create leaves an orphan that the next run deletes", function()
     local p = fake("genesys")
     p:add_client("old1", "Reporting")
+    -- a shared account: another slot's (or store's) client, and one of this slot's lineage the
+    -- journal cannot account for
+    p:add_client("other", "Billing [rotor r0123456789abcdef]")
+    p:add_client("unproven", "Reporting [rotor r0000000000000000]")
     p.faults.post_oauth_clients = { { err = ambiguous("post_oauth_clients"), apply = true } }
     assert.is_nil(rotate { slot = "g", provider = p, target = { client_id = "old1" }, strategy = "new_client" })
     local count = 0
     for _ in pairs(p.clients) do count = count + 1 end
-    assert.equal(3, count) -- admin, old1, the orphan
+    assert.equal(5, count) -- admin, old1, other, unproven, the orphan
     local res = assert(rotate { slot = "g", provider = p, target = { client_id = "old1" }, strategy = "new_client" })
     local names = {}
     for id, c in pairs(p.clients) do names[#names + 1] = id .. "=" .. tostring(c.name) end
-    assert.equal(2, #names, table.concat(names, ", ")) -- admin and the new client only
-    assert.truthy(p.clients[res.client_id])
+    assert.equal(4, #names, table.concat(names, ", ")) -- admin, the new client and the two left alone
+    assert.truthy(p.clients[res.client_id] and p.clients.other and p.clients.unproven)
+    local looks = {}
+    for _, w in ipairs(res.warnings) do if w:find("looks like rotor's", 1, true) then looks[#looks + 1] = w end end
+    assert.equal(1, #looks, table.concat(looks, "\n"))
+    assert.matches("client unproven (Reporting [rotor r0000000000000000]) looks like rotor's", looks[1], 1, true)
   end)
 
   it("spreetail: new pair, old pair deleted, provider switched to the new pair", function()
@@ -557,6 +568,10 @@ describe("rotation (unit, fake providers)", function()
 
   it("spreetail: an orphaned pair from an ambiguous create is found by name and deleted", function()
     local p = fake("spreetail", { client_id = "pair-boot" })
+    -- a shared account: another slot's pair ("s2" starts with "s"), and one of this slot's the
+    -- journal cannot account for
+    p.pairs["pair-other"] = { clientId = "pair-other", name = "rotor:s2:r0123456789abcdef" }
+    p.pairs["pair-unproven"] = { clientId = "pair-unproven", name = "rotor:s:r0000000000000000" }
     p.faults.create_client_credentials = { { err = ambiguous("create_client_credentials"), apply = true } }
     local _, err = rotate { slot = "s", provider = p }
     assert.equal("ambiguous", err.kind)
@@ -564,8 +579,15 @@ describe("rotation (unit, fake providers)", function()
     local res = assert(rotate { slot = "s", provider = p })
     local ids = {}
     for id in pairs(p.pairs) do ids[#ids + 1] = id end
-    assert.same({ res.client_id }, ids)
+    table.sort(ids)
+    local want = { res.client_id, "pair-other", "pair-unproven" }
+    table.sort(want)
+    assert.same(want, ids)
     assert.equal(1, p.calls.list_client_credentials)
+    local looks = {}
+    for _, w in ipairs(res.warnings) do if w:find("looks like rotor's", 1, true) then looks[#looks + 1] = w end end
+    assert.equal(1, #looks, table.concat(looks, "\n"))
+    assert.matches("pair pair-unproven (rotor:s:r0000000000000000) looks like rotor's", looks[1], 1, true)
   end)
 
   it("paylocity: needs target.code; records the old expiry; ambiguous code stops with instructions", function()
@@ -606,6 +628,34 @@ describe("rotation (unit, fake providers)", function()
     assert(rotate { slot = "spapi", provider = p, wait = 0 })
     assert.equal(1, p.calls.rotate_application_client_secret)
     assert.equal(p.creds["amzn-1"], reveal(assert(store:get("spapi")).versions.current.secret))
+  end)
+
+  it("spapi: messages the provider refuses do not hold a run past its wait; the next run reads on", function()
+    -- a queue someone filled with forgeries: each is verified, refused and passed over
+    local p = fake("spapi", { client_id = "amzn-1" })
+    for i = 1, 50 do
+      p.queue[i] = { clientId = "amzn-1", newClientSecret = "forged-" .. i,
+                     newClientSecretExpiryTime = "2031-06-01T00:00:00Z" }
+    end
+    local forged = {}
+    local verify = p.verify
+    function p.verify(self, c)
+      local s = core.is_secret(c.client_secret) and c.client_secret:reveal() or c.client_secret
+      if s:match("^forged%-") then forged[s] = (forged[s] or 0) + 1 end
+      return verify(self, c)
+    end
+    local _, err = rotate { slot = "spapi", provider = p, wait = 0 }
+    assert.equal("timeout", err.kind)
+    assert.matches("no new%-secret message the provider accepts within 0 s", tostring(err))
+    local tries = forged["forged-1"]   -- verify_attempts
+    assert.same({ ["forged-1"] = tries }, forged)
+    assert.equal(51, #p.queue)   -- nothing acknowledged: the forgeries and Amazon's message stay
+    -- the next run, with time to read, passes over the rest once each and takes Amazon's message
+    assert(rotate { slot = "spapi", provider = p, wait = 5 })
+    for i = 1, 50 do assert.equal(tries, forged["forged-" .. i], "forged-" .. i) end
+    assert.equal(1, p.calls.rotate_application_client_secret)
+    assert.equal(p.creds["amzn-1"], reveal(assert(store:get("spapi")).versions.current.secret))
+    assert.equal(50, #p.queue)
   end)
 
   it("audit trail: a line per step, fingerprints, never the secret, mode 0600", function()

@@ -83,6 +83,12 @@ local function receive(ctx, mint)
         .. "reading on", payload.newClientSecret, client_id)
       if not jok then return nil, jerr end
     end
+    -- messages passed over (refused or already stored) do not stretch the run past its wait: a
+    -- queue someone keeps filling with forgeries would otherwise hold it, and the slot's lock, for good
+    if deadline - core.now() <= 0 then
+      return nil, errors.new { kind = "timeout", provider = "spapi", op = "receive_new_client_secret",
+        message = ("no new-secret message the provider accepts within %g s"):format(wait) }
+    end
   end
 end
 
