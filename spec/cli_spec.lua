@@ -330,6 +330,32 @@ describe("rotor's command line #proc", function()
     end)
   end)
 
+  describe("status", function()
+    it("LAST says the last finished rotation, then the one since, in that order", function()
+      local d = newdir()
+      local st = file_store(d .. "/secrets")
+      local t = os.date("!%Y-%m-%dT%H:%M:%SZ")
+      local function slot(name, last, rotation, journal)
+        assert(st:put(name, { slot = name, provider = "genesys", journal = journal or {}, last = last,
+          rotation = rotation, versions = { current = { client_id = "c-" .. name:sub(-1),
+            secret = "not-a-real-secret-9", created = t } } }))
+      end
+      local stopped = { { step = "deploy", outcome = "interrupted", rotation = "r2", time = t } }
+      slot("genesys/a", { rotation = "r1", outcome = "ok", time = t },
+           { id = "r2", strategy = "regenerate", step = "deploy", started = t }, stopped)
+      slot("genesys/b", nil, { id = "r1", strategy = "regenerate", step = "verify", started = t })
+      slot("genesys/c", { rotation = "r1", outcome = "failed", step = "create", time = t },
+           { id = "r2", strategy = "regenerate", step = "create", started = t })
+      slot("genesys/d", { rotation = "r1", outcome = "ok", time = t })
+      local out, rc = rotor("status " .. q(d .. "/secrets"))
+      assert.equal(0, rc, out)
+      assert.truthy(out:find("genesys/a .- ok, then interrupted at deploy\n"), out)
+      assert.truthy(out:find("genesys/b .- unfinished at verify\n"), out)
+      assert.truthy(out:find("genesys/c .- failed at create, then unfinished at create\n"), out)
+      assert.truthy(out:find("genesys/d .- ok\n"), out)
+    end)
+  end)
+
   describe("finding 4: config and environment problems fail before a mint intent", function()
     it("an unreachable host: the slot is not started, nothing is journalled, no stutter", function()
       local d = newdir()

@@ -478,7 +478,9 @@ local function cmd_status(cmd, args)
       local last = v(r.last_outcome) and r.last_outcome or "-"
       if r.last_outcome == "failed" and v(r.last_step) then last = "failed at " .. r.last_step end
       if v(r.rotation) then
-        last = last .. (" (%s at %s)"):format(r.state, tostring(r.rotation_step))
+        -- the last finished rotation, then the one since (that reads as one story, in order)
+        local now_ = ("%s at %s"):format(r.state, tostring(r.rotation_step))
+        last = v(r.last_outcome) and (last .. ", then " .. now_) or now_
       end
       local due
       if r.state == "corrupted" then due = "?"
