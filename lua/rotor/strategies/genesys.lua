@@ -189,7 +189,11 @@ function new_client.recover(ctx, mint)
   n, err = ctx:delete_attributed {
     what = "client", items = list.entities or {}, name = mint.name,
     name_of = function(e) return e.name end, id_of = function(e) return e.id end,
-    looks_like = function(name) return name:find("[rotor ", 1, true) ~= nil end,
+    -- this slot's lineage only (its client's name, rotor's tag): another slot's or store's
+    -- clients in a shared account are theirs, and no warning of ours should invite deleting them
+    looks_like = function(name)
+      return name:find("[rotor ", 1, true) ~= nil and base_name(name) == base_name(mint.name)
+    end,
     delete = function(id) return ctx.provider:delete_oauth_client(id) end,
   }
   if not n then return nil, err end

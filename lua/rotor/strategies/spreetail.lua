@@ -75,7 +75,8 @@ function s.recover(ctx, mint)
   n, err = ctx:delete_attributed {
     what = "pair", items = list, name = mint.name or (prefix(ctx.slot) .. ctx.record.rotation.id),
     name_of = function(c) return c.name end, id_of = function(c) return c.clientId end,
-    looks_like = function(name) return name:sub(1, 6) == "rotor:" end,
+    -- this slot's pairs only: another slot's or store's pairs in a shared account are theirs
+    looks_like = function(name) return name:sub(1, #prefix(ctx.slot)) == prefix(ctx.slot) end,
     delete = function(id) return ctx.provider:delete_client_credentials(id) end,
   }
   if not n then return nil, err end
