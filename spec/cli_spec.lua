@@ -196,6 +196,12 @@ describe("rotor's command line #proc", function()
           return assert(require("rotor").genesys { client_id = "x", client_secret = "y", cainfo = "~/ca.pem" })
         end,
         function() return assert(require("rotor").store.file(d .. "/sealed", { key_file = "~/seal.key" })) end,
+        function() return assert(require("rotor").store.file(d .. "/t", { trusted = { d, "~/shared" } })) end,
+        function()
+          sim.run("head -c 32 /dev/urandom > " .. q(d .. "/k") .. " && chmod 600 " .. q(d .. "/k"))
+          return assert(require("rotor").store.etcd { endpoints = { "https://127.0.0.1:9" }, audit_file = "~/audit.log",
+            key_file = d .. "/k" })
+        end,
       } do
         local ok, err = pcall(make)
         assert.is_false(ok)

@@ -91,6 +91,9 @@ function _M.check(spec)
       out[#out + 1] = f .. ": a file path expected"
     end
   end
+  -- the TLS files are checked as the transport's options are; the audit trail's path here
+  local tilde = require("rotor.store").unexpanded(spec.audit_file)
+  if tilde then out[#out + 1] = "audit_file: " .. tilde end
   if (spec.cert == nil) ~= (spec.key == nil) then
     out[#out + 1] = "cert and key: give both (the client certificate and its private key) or neither"
   end

@@ -87,6 +87,12 @@ function _M.check(opts, extra)
   end
   if opts.trusted ~= nil and type(opts.trusted) ~= "table" then
     out[#out + 1] = "trusted: an array of directory paths expected"
+  elseif opts.trusted ~= nil then
+    for i, t in ipairs(opts.trusted) do
+      local tilde = type(t) == "string" and t ~= "" and require("rotor.store").unexpanded(t)
+      if type(t) ~= "string" or t == "" then out[#out + 1] = ("trusted[%d]: a directory path expected"):format(i)
+      elseif tilde then out[#out + 1] = ("trusted[%d]: %s"):format(i, tilde) end
+    end
   end
   return seal.problems(opts, out)
 end
