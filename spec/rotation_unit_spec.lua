@@ -658,6 +658,31 @@ describe("rotation (unit, fake providers)", function()
     assert.equal(50, #p.queue)
   end)
 
+  -- a provider's expiry was kept and printed as it came: an escape sequence in it reached the
+  -- journal, the log hook and status
+  it("spapi: an expiry that is no time is not kept, and no journal note carries a control byte", function()
+    local p = fake("spapi", { client_id = "amzn-1" })
+    local rotate_secret = p.rotate_application_client_secret
+    function p.rotate_application_client_secret(self)
+      local ok, err = rotate_secret(self)
+      for _, m in ipairs(self.queue) do
+        m.newClientSecretExpiryTime, m.oldClientSecretExpiryTime = "2031-06-01T00:00:00Z\27[2J", "soon\n"
+      end
+      return ok, err
+    end
+    local lines = {}
+    local res = assert(rotate { slot = "spapi", provider = p, wait = 0, log = function(l) lines[#lines + 1] = l end })
+    local rec = assert(store:get("spapi"))
+    assert.is_nil(rec.versions.current.expires)
+    assert.is_nil(rec.versions.previous.expires)
+    local found
+    for _, w in ipairs(res.warnings) do if w:find("an expiry that is no time", 1, true) then found = w end end
+    assert.truthy(found, table.concat(res.warnings, "\n"))
+    assert.is_nil(found:find("%c"), found)
+    for _, e in ipairs(rec.journal) do assert.is_nil(tostring(e.note):find("%c"), tostring(e.note)) end
+    for _, l in ipairs(lines) do assert.is_nil(l:find("%c"), l) end
+  end)
+
   it("audit trail: a line per step, fingerprints, never the secret, mode 0600", function()
     local p = fake("genesys")
     p:add_client("app1")

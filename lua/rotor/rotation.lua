@@ -195,7 +195,9 @@ end
 -- work (the start of a rotation, verify, deploy, retire's last line): half the durable writes.
 function Ctx:journal(step, outcome, note, secret, client_id, lazy)
   local rot = self.record.rotation
-  note = redact(note)
+  -- one line, no byte a terminal would obey: a note may carry a provider's text (a summary with
+  -- the expiry it gave), and the journal is printed by status, doctor and the log hook
+  note = note ~= nil and errors.printable(redact(note)) or nil
   local entry = {
     step = step, outcome = outcome, time = timefmt.iso(),
     rotation = (rot and rot.id) or self.rotation_id, note = note,
@@ -341,6 +343,8 @@ function Ctx:retire_previous(fields)
       for mk, mv in pairs(v) do prev.meta[mk] = mv end
     elseif k == "dead" then
       if v then prev.secret = nil end
+    elseif k == "expires" then
+      prev.expires = timefmt.checked(v) or prev.expires  -- a provider's text that is no time: not kept
     else
       prev[k] = v
     end
@@ -453,8 +457,12 @@ function step.create(ctx)
   local now = timefmt.iso()
   versions.pending = {
     client_id = version.client_id, secret = version.secret, created = now,
-    expires = version.expires, meta = version.meta or {}, rotation = rot.id,
+    expires = timefmt.checked(version.expires), meta = version.meta or {}, rotation = rot.id,
   }
+  if version.expires ~= nil and versions.pending.expires == nil then
+    ctx.warnings[#ctx.warnings + 1] = ("the provider gave the new secret an expiry that is no time (%s): not "
+      .. "kept"):format(redact(errors.printable(tostring(version.expires)):sub(1, 80)))
+  end
   local mint_state = rot.mint and rot.mint.state
   if rot.mint then rot.mint.state = "done" end
   ctx:crash("write", "before")

@@ -81,4 +81,11 @@ function _M.parse(v)
   return t
 end
 
+--- v when it is a time parse reads (a string free of control bytes), else nil: a provider's
+-- expiry, kept in a record and printed as it came.
+function _M.checked(v)
+  if _M.parse(v) == nil or (type(v) == "string" and v:find("[%c\127]")) then return nil end
+  return v
+end
+
 return _M
