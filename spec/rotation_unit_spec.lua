@@ -646,7 +646,7 @@ describe("rotation (unit, fake providers)", function()
     end
     local _, err = rotate { slot = "spapi", provider = p, wait = 0 }
     assert.equal("timeout", err.kind)
-    assert.matches("no new%-secret message the provider accepts within 0 s", tostring(err))
+    assert.matches("no new%-secret message for client amzn%-1 that the provider accepts within 0 s", tostring(err))
     local tries = forged["forged-1"]   -- verify_attempts
     assert.same({ ["forged-1"] = tries }, forged)
     assert.equal(51, #p.queue)   -- nothing acknowledged: the forgeries and Amazon's message stay

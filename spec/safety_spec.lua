@@ -165,20 +165,27 @@ print(("SECONDS %%.1f"):format(core.now() - t0))
     end
   end)
 
+  -- a message on fx's SQS queue: body a string, or a new-secret notification for fx's client as
+  -- Amazon writes it ({ secret =, when = seconds from now, expiry = both expiry fields })
+  local function send(fx, body)
+    if type(body) == "table" then
+      local t = os.date("!%Y-%m-%dT%H:%M:%SZ", math.floor(os.time() + body.when))
+      body = json.encode {
+        notificationVersion = "1.0", notificationType = "APPLICATION_OAUTH_CLIENT_NEW_SECRET",
+        payloadVersion = "2023-11-30", eventTime = t,
+        payload = { applicationOAuthClientNewSecret = { clientId = fx.bootstrap.client_id,
+          newClientSecret = body.secret, newClientSecretExpiryTime = body.expiry or t,
+          oldClientSecretExpiryTime = body.expiry or t } },
+        notificationMetadata = { applicationId = "amzn1.sp.solution.forged", notificationId = core.random_hex(8) },
+      }
+    end
+    fixtures.control(s, "POST", "/sqs/send", { queue = fx.opts.sqs.queue_url:match("([^/]+)$"), body = body })
+  end
+
   it("SP-API: a forged or stale new-secret message is discarded and the real one is stored", function()
     local fx = fixtures.seed(s, "spapi")
     local p = fixtures.provider(fx)
-    local queue = fx.opts.sqs.queue_url:match("([^/]+)$")
-    local function forge(secret, when)
-      local t = os.date("!%Y-%m-%dT%H:%M:%SZ", math.floor(os.time() + when))
-      fixtures.control(s, "POST", "/sqs/send", { queue = queue, body = json.encode {
-        notificationVersion = "1.0", notificationType = "APPLICATION_OAUTH_CLIENT_NEW_SECRET",
-        payloadVersion = "2023-11-30", eventTime = t,
-        payload = { applicationOAuthClientNewSecret = { clientId = fx.bootstrap.client_id, newClientSecret = secret,
-          newClientSecretExpiryTime = t, oldClientSecretExpiryTime = t } },
-        notificationMetadata = { applicationId = "amzn1.sp.solution.forged", notificationId = core.random_hex(8) },
-      } })
-    end
+    local function forge(secret, when) send(fx, { secret = secret, when = when }) end
     local forged_now, forged_future = "amzn1.oa2-cs.v1.forged" .. core.random_hex(8), "amzn1.oa2-cs.v1.future"
       .. core.random_hex(8)
     forge(forged_future, 86400 * 30)
@@ -196,6 +203,85 @@ print(("SECONDS %%.1f"):format(core.now() - t0))
     local discarded = 0
     for _, e in ipairs(rec.journal) do if e.outcome == "discarded" then discarded = discarded + 1 end end
     assert.equal(1, discarded) -- the far-future one never reached verification
+  end)
+
+  describe("SP-API, a queue someone else can write to", function()
+    local function rotate(fx, st, o)
+      local opts = { slot = fx.slot, provider = fixtures.provider(fx), store = st, wait = 5, verify_delay = 0.1,
+                     verify_attempts = 1 }
+      for k, v in pairs(o or {}) do opts[k] = v end
+      return rotor.rotate(opts)
+    end
+    local function assert_rotated(fx, st)
+      local cur = assert(st:get(fx.slot)).versions.current
+      assert.are_not.equal(fx.bootstrap.secret, cur.secret:reveal())
+      assert.is_true(fixtures.works(fx, cur.client_id, cur.secret:reveal()))
+      return cur
+    end
+
+    -- five messages of 250 KiB (SQS takes up to 1 MiB each) made every ReceiveMessage answer
+    -- larger than a response may be by default: each run failed, Amazon's message never read
+    it("large messages ahead of Amazon's do not keep a run from reading it", function()
+      local fx = fixtures.seed(s, "spapi")
+      for _ = 1, 5 do send(fx, string.rep("J", 250 * 1024)) end
+      local st = store("spapi-large")
+      local res, err = rotate(fx, st)
+      assert.is_nil(err)
+      assert.truthy(res)
+      assert_rotated(fx, st)
+    end)
+
+    -- on a slot's first rotation no secret is stored before the new one: a message carrying the
+    -- secret in use passed for Amazon's, the rotation "finished" with the old secret (which
+    -- expires about 7 days later) and an expiry the message chose, Amazon's message left unread
+    it("a message carrying the secret in use is no new secret, whatever its expiry says", function()
+      local fx = fixtures.seed(s, "spapi")
+      send(fx, { secret = fx.bootstrap.secret, when = 60, expiry = "2099-01-01T00:00:00Z\27[2J" })
+      local st = store("spapi-in-use")
+      local lines = {}
+      local res, err = rotate(fx, st, { log = function(l) lines[#lines + 1] = l end })
+      assert.is_nil(err)
+      assert.truthy(res)
+      local cur = assert_rotated(fx, st)
+      assert.is_nil(tostring(cur.expires):find("2099", 1, true))
+      local rec = assert(st:get(fx.slot))
+      for _, e in ipairs(rec.journal) do assert.is_nil(tostring(e.note):find("%c"), tostring(e.note)) end
+      for _, l in ipairs(lines) do assert.is_nil(l:find("%c"), l) end
+    end)
+
+    -- Amazon's token service may refuse a new secret for a while after issuing it: the message
+    -- was passed over for good, in every later run too, and its secret lost
+    it("Amazon's secret refused at first is tried again by a later run", function()
+      local fx = fixtures.seed(s, "spapi")
+      fixtures.fault(s, { path = "/lwa/auth/o2/token", method = "POST", status = 401, issued = true, count = 3 })
+      local st = store("spapi-lag")
+      local _, err = rotate(fx, st, { verify_attempts = 3, retry_refused = 0 })
+      assert.equal("timeout", err.kind)
+      assert.truthy(tostring(err):find("1 message(s) passed over, their secrets refused by the provider", 1, true),
+        tostring(err))
+      s:advance(120)   -- the message it received is visible again
+      local res
+      res, err = rotate(fx, st, { verify_attempts = 3, retry_refused = 0 })
+      assert.is_nil(err)
+      assert.truthy(res)
+      assert_rotated(fx, st)
+    end)
+
+    -- junk was given back one call a message after each poll, past the run's wait: 300 messages
+    -- at 50 ms a call held the run (and the slot's lock) 20 s for a wait of 5
+    it("junk on the queue is given back ten messages a call, not past the run's wait", function()
+      local fx = fixtures.seed(s, "spapi")
+      for i = 1, 300 do send(fx, "junk " .. i) end
+      s:settings { spapi_delivery_delay = 3600 }   -- Amazon's message does not come in this run
+      fixtures.control(s, "DELETE", "/counters")
+      local st = store("spapi-junk")
+      local _, err = rotate(fx, st)
+      s:settings { spapi_delivery_delay = 0 }
+      assert.equal("timeout", err.kind)
+      assert.equal(0, fixtures.counter(s, "AmazonSQS.ChangeMessageVisibility"))
+      local batches = fixtures.counter(s, "AmazonSQS.ChangeMessageVisibilityBatch")
+      assert.truthy(batches >= 1 and batches <= 30, batches)
+    end)
   end)
 
   describe("a store that cannot write", function()

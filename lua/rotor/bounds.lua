@@ -11,6 +11,7 @@ local _M = {}
 _M.ROTATE = {
   wait = { 0, 86400, what = "seconds" },                  -- SP-API: a day at most
   visibility = { 1, 43200, what = "seconds" },            -- SQS's own bounds
+  retry_refused = { 0, 86400, what = "seconds" },         -- SP-API: a day at most
   grace = { 0, 366 * 86400, what = "seconds" },           -- a year
   verify_attempts = { 1, 100, whole = true, what = "attempts" },
   verify_delay = { 0, 3600, what = "seconds" },

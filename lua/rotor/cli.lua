@@ -719,7 +719,7 @@ local function rotate_slot(run, e)
     slot = e.slot, provider = p, store = run.store, target = e.target, strategy = e.strategy,
     deploy = config.make_deploy(e.deploy, run.info.dir), dry_run = o["--dry-run"] or false,
     wait = e.wait or cfg.wait, grace = e.grace, notify = e.notify or cfg.notify, audit = audit,
-    force_mint = e.force_mint, consumers = e.consumers, visibility = e.visibility,
+    force_mint = e.force_mint, consumers = e.consumers, visibility = e.visibility, retry_refused = e.retry_refused,
     print = function(line) plan[#plan + 1] = line end,
     -- --only-due decides again under the slot's lock, on the record then read
     only_if_due = o["--only-due"] and not o["--dry-run"] and function(rec) return rotor.due(rec, dopts) end or nil,

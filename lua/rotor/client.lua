@@ -459,6 +459,12 @@ function Client:verify(creds)
 end
 
 --- Act with another credential from now on (drops the cached token of the old one).
+--- true when v (a string or a rotor.secret) is the secret this object authenticates with now
+-- (compared in constant time).
+function Client:uses_secret(v)
+  return v ~= nil and self._secret ~= nil and self._secret:equals(v)
+end
+
 function Client:set_credentials(client_id, client_secret)
   if type(client_id) ~= "string" or client_id == "" then
     error("set_credentials: client_id must be a non-empty string", 2)

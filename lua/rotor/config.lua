@@ -103,8 +103,8 @@ _M.TOP = {
 }
 
 _M.SLOT = {
-  order = { "slot", "provider", "target", "strategy", "deploy", "consumers", "due", "wait", "visibility", "grace",
-            "notify", "audit", "force_mint" },
+  order = { "slot", "provider", "target", "strategy", "deploy", "consumers", "due", "wait", "visibility",
+            "retry_refused", "grace", "notify", "audit", "force_mint" },
   keys = {
     slot = { type = "string", required = true, doc = "the slot's name in the store, e.g. \"genesys/reporting\"" },
     provider = { type = "table", required = true,
@@ -127,6 +127,11 @@ _M.SLOT = {
     visibility = { type = "number", check = c_number("visibility"), default = "60",
       doc = "SP-API: seconds a queue message this run received stays hidden from other readers (1 to 43200); "
         .. "a run that dies leaves it to reappear after that" },
+    retry_refused = { type = "number", check = c_number("retry_refused"), default = "600",
+      doc = "SP-API: seconds after which a queue message whose secret the provider refused is tried again "
+        .. "(0 to 86400). Amazon's token service may refuse a new secret for a while after issuing it: a "
+        .. "message passed over for good would lose that secret, one tried every run would let forged "
+        .. "messages use up each run's wait" },
     grace = { type = "number", check = c_number("grace"), default = "0",
       doc = "Genesys new_client: seconds the old client stays disabled before it is deleted (on a later run; "
         .. "at most 366 days). "
@@ -217,9 +222,9 @@ _M.PROVIDERS = {
 
 -- rotor.rotate's options (scripts), for the reference
 _M.ROTATE = {
-  order = { "slot", "provider", "store", "target", "strategy", "deploy", "dry_run", "wait", "visibility", "grace",
-            "notify", "audit", "force_mint", "verify_attempts", "verify_delay", "write_retries", "write_retry_delay",
-            "mint_budget", "log", "print", "consumers", "only_if_due" },
+  order = { "slot", "provider", "store", "target", "strategy", "deploy", "dry_run", "wait", "visibility",
+            "retry_refused", "grace", "notify", "audit", "force_mint", "verify_attempts", "verify_delay",
+            "write_retries", "write_retry_delay", "mint_budget", "log", "print", "consumers", "only_if_due" },
   keys = {
     slot = { type = "string", required = true, doc = "the slot's name in the store" },
     provider = { type = "provider object", required = true, doc = "rotor.genesys{...}, rotor.paylocity{...}, ..." },
@@ -231,6 +236,7 @@ _M.ROTATE = {
     dry_run = { type = "boolean", default = "false", doc = "print the plan, change nothing" },
     wait = { type = "number", default = "300", doc = "SP-API: seconds to wait for the new secret on SQS (0 to 86400)" },
     visibility = { type = "number", default = "60", doc = "as in a config file (1 to 43200)" },
+    retry_refused = { type = "number", default = "600", doc = "as in a config file (0 to 86400)" },
     grace = { type = "number", default = "0",
       doc = "Genesys new_client: seconds before the old client is deleted (at most 366 days)" },
     notify = { type = "string, table or function", doc = "as in a config file" },

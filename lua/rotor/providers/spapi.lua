@@ -25,6 +25,16 @@ local ROTATE_PATH = "/applications/2023-11-30/clientSecret"
 local NEW_SECRET = "APPLICATION_OAUTH_CLIENT_NEW_SECRET"
 local EXPIRY = "APPLICATION_OAUTH_CLIENT_SECRET_EXPIRY"
 local MAX_POLL = 20          -- SQS WaitTimeSeconds upper bound
+-- A ReceiveMessage answer holds up to 10 messages of up to 1 MiB each (SQS's largest message),
+-- their bodies as JSON strings, where escaping can triple the bytes (a non-ASCII character as
+-- \uXXXX): its body may be that large. Under the default cap of a response (1 MiB), five
+-- messages of 250 KiB on the queue made every poll fail, and Amazon's message behind them was
+-- never read.
+local RECEIVE_MAX = 10
+local RECEIVE_BODY_CAP = RECEIVE_MAX * 3 * 1024 * 1024 + 1024 * 1024
+-- how long after a poll's deadline the messages it took and did not keep are still given back
+-- (ten to a call); later ones reappear after their visibility timeout
+local RELEASE_GRACE = 5
 local MAX_VISIBILITY = 43200
 
 -- rotateApplicationClientSecret: 0.0167 req/s, burst 1
@@ -157,6 +167,7 @@ function Spapi:_sqs_call(op, action, payload, extra)
     url = s.endpoint, method = "POST", headers = headers, body = json.encode(payload),
     aws_sigv4 = "aws:amz:" .. s.region .. ":sqs", userpwd = self._sqs.userpwd,
     timeout = extra and extra.timeout, low_speed_time = extra and extra.low_speed_time,
+    max_body = extra and extra.max_body,
   }
   local policy = self:_policy(op, extra and extra.interruptible and { interruptible = true } or nil)
   local res, err = http.request(req, policy)
@@ -231,12 +242,22 @@ function Spapi:_match(m, kind, a)
   return p, env
 end
 
--- Give messages back to the queue at once (visibility 0), best effort: if that fails they
--- reappear after their visibility timeout anyway.
-function Spapi:_release(op, handles)
+-- Give messages back to the queue at once (visibility 0), ten to a call, best effort: if that
+-- fails, or is cut short, they reappear after their visibility timeout anyway. Cut short
+-- RELEASE_GRACE seconds after the poll's deadline, or on a signal: a queue filled with junk
+-- kept a run giving it back, one call a message, half a minute past its wait.
+function Spapi:_release(op, handles, deadline)
   local q = self.options.sqs.queue_url
-  for _, h in ipairs(handles) do
-    local ok = self:_sqs_call(op, "ChangeMessageVisibility", { QueueUrl = q, ReceiptHandle = h, VisibilityTimeout = 0 })
+  local stop = deadline + RELEASE_GRACE
+  for i = 1, #handles, 10 do
+    local left = stop - core.now()
+    if left <= 0 or core.interrupted() then return end
+    local entries = {}
+    for j = i, math.min(i + 9, #handles) do
+      entries[#entries + 1] = { Id = tostring(j), ReceiptHandle = handles[j], VisibilityTimeout = 0 }
+    end
+    local ok = self:_sqs_call(op, "ChangeMessageVisibilityBatch", { QueueUrl = q, Entries = entries },
+                              { timeout = math.max(1, math.ceil(left)) })
     if not ok then return end -- not supported or not allowed
   end
 end
@@ -277,9 +298,9 @@ function Spapi:_receive(op, kind, args)
   repeat
     local poll = math.max(0, math.min(MAX_POLL, math.floor(deadline - core.now())))
     local v, err = self:_sqs_call(op, "ReceiveMessage", {
-      QueueUrl = q, MaxNumberOfMessages = 10, WaitTimeSeconds = poll, VisibilityTimeout = a.visibility,
+      QueueUrl = q, MaxNumberOfMessages = RECEIVE_MAX, WaitTimeSeconds = poll, VisibilityTimeout = a.visibility,
     }, { timeout = poll + self.options.timeout, low_speed_time = poll + self.options.timeout,
-         secret_body = true, interruptible = true })
+         max_body = RECEIVE_BODY_CAP, interruptible = true })
     local msgs = v and v.Messages
     if not v then
       -- a long poll abandoned on a signal: stopped as below (a message it had taken comes back
@@ -305,7 +326,7 @@ function Spapi:_receive(op, kind, args)
   if best then held[best.m.MessageId or best.m.ReceiptHandle] = nil end
   local handles = {}
   for _, mid in ipairs(order) do if held[mid] then handles[#handles + 1] = held[mid] end end
-  self:_release(op, handles)
+  self:_release(op, handles, deadline)
   if failure then return nil, failure end
   if not best and core.interrupted() then
     return nil, errors.new{ kind = "interrupted", provider = self.provider, op = op,

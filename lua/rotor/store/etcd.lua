@@ -215,7 +215,6 @@ function Store:_request(path, body, auth)
     url = ep .. path, method = "POST", headers = headers, body = body,
     timeout = self.timeout, connect_timeout = math.min(self.timeout, 3),
     cainfo = self.cainfo, sslcert = self.cert, sslkey = self.key, http2 = false,
-    secret_body = path == "/v3/auth/authenticate" or nil,
   }
   if not res then return nil, errors.new { kind = "config", message = "etcd: " .. tostring(rerr and rerr.message) } end
   return res, ep

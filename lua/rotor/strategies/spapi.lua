@@ -27,13 +27,25 @@ s.describe = {
   retire = function() return "nothing to call: the old secret expires at oldClientSecretExpiryTime (about 7 days)" end,
 }
 
+-- seconds after which a candidate the provider refused is tried again (option retry_refused):
+-- Amazon's token service may refuse a new secret for a while after issuing it (how long is not
+-- documented), and a message passed over for good would lose that secret (the old one expires
+-- about 7 days after the rotation)
+local RETRY_REFUSED = 600
+
 local function same_secret(a, b)
   if a == nil or b == nil then return false end
-  local x = core.is_secret(a) and a:reveal() or a
-  local y = core.is_secret(b) and b:reveal() or b
-  return x == y
+  if core.is_secret(a) then return a:equals(b) end
+  if core.is_secret(b) then return b:equals(a) end
+  return a == b
 end
 
+
+local function passed(n, retry)
+  if n == 0 then return "" end
+  return ("; %d message(s) passed over, their secrets refused by the provider (each is tried again after %g "
+    .. "s)"):format(n, retry)
+end
 
 -- wait for the new-secret message: a version, with ctx.ack set | nil, err (kind "timeout" if none).
 -- A candidate must be dated after the rotation request (less clock skew) and not in the future,
@@ -45,10 +57,19 @@ local function receive(ctx, mint)
   local deadline = core.now() + wait
   local since = mint and mint.at and (mint.at - SKEW) or nil
   local v = ctx.record.versions
-  local gone = ctx:rotation_data("discarded") -- fingerprints of candidates that failed verification
+  -- fingerprints of candidates the provider refused -> when (epoch seconds): passed over until
+  -- RETRY_REFUSED has gone by, then tried again
+  local gone = ctx:rotation_data("discarded")
+  local retry = ctx.opts.retry_refused or RETRY_REFUSED
   local function skip(p)
     local sec = p.newClientSecret
-    return type(sec) == "string" and gone[ctx:fingerprint(sec)] ~= nil
+    local at = type(sec) == "string" and gone[ctx:fingerprint(sec)]
+    return type(at) == "number" and timefmt.now() - at < retry
+  end
+  local refused = 0
+  -- the provider's own secret: for SP-API the rotated client is the one it authenticates with
+  local function in_use(sec)
+    return ctx.provider.uses_secret ~= nil and ctx.provider:uses_secret(sec)
   end
   while true do
     local remaining = math.max(0, deadline - core.now())
@@ -57,11 +78,19 @@ local function receive(ctx, mint)
       application_id = ctx.target.application_id, skip = skip, visibility = ctx.opts.visibility,
     }
     if not payload then
-      local waiting = errors.is(ack) and ack.kind == "timeout" and deadline - core.now() > 0
-      if not waiting then return nil, ack end
+      local timeout = errors.is(ack) and ack.kind == "timeout"
+      if not timeout then return nil, ack end
+      if deadline - core.now() <= 0 then
+        -- the run's wait, not the rest of it this last poll had
+        return nil, errors.with(ack, { message = ("no new-secret message for client %s within %g s%s"):format(
+          tostring(ctx:client_id()), wait, passed(refused, retry)) })
+      end
     elseif same_secret(payload.newClientSecret, v.current and v.current.secret)
-      or same_secret(payload.newClientSecret, v.previous and v.previous.secret) then
-      -- a message whose secret is already stored (a crash came between storing and acknowledging)
+      or same_secret(payload.newClientSecret, v.previous and v.previous.secret) or in_use(payload.newClientSecret) then
+      -- a message whose secret is already stored (a crash came between storing and acknowledging),
+      -- or is the one in use now (a slot's first rotation stores none before the new one): no new
+      -- secret in it, whoever sent it. Taken for the new one, it would end the rotation with the
+      -- old secret, which then expires, and Amazon's message left unread.
       ack()
     else
       local client_id = payload.clientId or ctx:client_id()
@@ -77,17 +106,24 @@ local function receive(ctx, mint)
         return nil, verr
       end
       local fp = ctx:fingerprint(payload.newClientSecret:reveal())
-      gone[fp] = core.now()
+      local t = timefmt.now()
+      for k, at in pairs(gone) do  -- those past their retry are tried anyway: the list stays short
+        if type(at) ~= "number" or t - at >= retry then gone[k] = nil end
+      end
+      gone[fp] = t
+      refused = refused + 1
       local jok, jerr = ctx:journal("create", "discarded", "a new-secret message whose secret (fingerprint "
-        .. fp:sub(1, 16) .. ") was refused by the provider: not Amazon's, or stale; left in the queue, "
-        .. "reading on", payload.newClientSecret, client_id)
+        .. fp:sub(1, 16) .. ") was refused by the provider: not Amazon's, stale, or not yet taken by Amazon's "
+        .. ("token service; left in the queue and tried again after %g s; reading on"):format(retry),
+        payload.newClientSecret, client_id)
       if not jok then return nil, jerr end
     end
     -- messages passed over (refused or already stored) do not stretch the run past its wait: a
     -- queue someone keeps filling with forgeries would otherwise hold it, and the slot's lock, for good
     if deadline - core.now() <= 0 then
       return nil, errors.new { kind = "timeout", provider = "spapi", op = "receive_new_client_secret",
-        message = ("no new-secret message the provider accepts within %g s"):format(wait) }
+        message = ("no new-secret message for client %s that the provider accepts within %g s%s"):format(
+          tostring(ctx:client_id()), wait, passed(refused, retry)) }
     end
   end
 end

@@ -309,23 +309,20 @@ local function delete(b)
   return 200, "", { ["Content-Type"] = JSON10, ["x-amzn-RequestId"] = util.uuid() }
 end
 
--- ChangeMessageVisibility: the message is visible again after VisibilityTimeout seconds (0: at
--- once). Only for a message in flight, with its latest receipt handle.
-local function change_visibility(b)
-  if b.QueueUrl == nil then return missing("QueueUrl") end
-  if b.ReceiptHandle == nil then return missing("ReceiptHandle") end
-  local queue = queue_from_url(b.QueueUrl)
-  if not queue then return no_queue() end
-  local vt, e1, e2, e3 = int_param(b, "VisibilityTimeout", 0, 43200, nil)
+-- A message's visibility set to VisibilityTimeout seconds from now: nil, or SQS's error (status,
+-- body, headers). Only for a message in flight, with its latest receipt handle.
+local function set_visibility(queue, e)
+  if e.ReceiptHandle == nil then return missing("ReceiptHandle") end
+  local vt, e1, e2, e3 = int_param(e, "VisibilityTimeout", 0, 43200, nil)
   if vt == nil and e1 == nil then return missing("VisibilityTimeout") end
   if not vt then return e1, e2, e3 end
   local k
-  k, e1, e2, e3 = message_key(queue, b.ReceiptHandle)
+  k, e1, e2, e3 = message_key(queue, e.ReceiptHandle)
   if not k then return e1, e2, e3 end
   local ok = store.locked(function()
     local m = store.get(k)
     local now = store.now()
-    if not m or m.receipt ~= b.ReceiptHandle or m.visible_at <= now then return false end
+    if not m or m.receipt ~= e.ReceiptHandle or m.visible_at <= now then return false end
     m.visible_at = now + vt
     store.put(k, m)
     return true
@@ -334,7 +331,54 @@ local function change_visibility(b)
     return sqs_error(400, "MessageNotInflight", "AWS.SimpleQueueService.MessageNotInflight",
       "The message referred to isn't in flight.")
   end
+end
+
+-- ChangeMessageVisibility: the message is visible again after VisibilityTimeout seconds (0: at
+-- once).
+local function change_visibility(b)
+  if b.QueueUrl == nil then return missing("QueueUrl") end
+  local queue = queue_from_url(b.QueueUrl)
+  if not queue then return no_queue() end
+  local st, body, h = set_visibility(queue, b)
+  if st then return st, body, h end
   return 200, "", { ["Content-Type"] = JSON10, ["x-amzn-RequestId"] = util.uuid() }
+end
+
+-- ChangeMessageVisibilityBatch: Entries (1 to 10, distinct Ids) of { Id, ReceiptHandle,
+-- VisibilityTimeout }; each entry Successful or Failed on its own.
+local function change_visibility_batch(b)
+  if b.QueueUrl == nil then return missing("QueueUrl") end
+  local queue = queue_from_url(b.QueueUrl)
+  if not queue then return no_queue() end
+  local entries = b.Entries
+  if type(entries) ~= "table" or #entries == 0 then
+    return sqs_error(400, "EmptyBatchRequest", "AWS.SimpleQueueService.EmptyBatchRequest",
+      "There should be at least one ChangeMessageVisibilityBatchRequestEntry in the request.")
+  end
+  if #entries > 10 then
+    return sqs_error(400, "TooManyEntriesInBatchRequest", "AWS.SimpleQueueService.TooManyEntriesInBatchRequest",
+      "Maximum number of entries per request are 10. You have sent " .. #entries .. ".")
+  end
+  local ids, ok_list, failed = {}, {}, {}
+  for _, e in ipairs(entries) do
+    if type(e) ~= "table" or type(e.Id) ~= "string" or e.Id == "" then return missing("Entries.Id") end
+    if ids[e.Id] then
+      return sqs_error(400, "BatchEntryIdsNotDistinct", "AWS.SimpleQueueService.BatchEntryIdsNotDistinct",
+        "Id " .. e.Id .. " repeated.")
+    end
+    ids[e.Id] = true
+    local st, body = set_visibility(queue, e)
+    if st then
+      failed[#failed + 1] = { Id = e.Id, SenderFault = true, Code = body.__type:match("#(.+)$") or "Error",
+                              Message = body.message }
+    else
+      ok_list[#ok_list + 1] = { Id = e.Id }
+    end
+  end
+  local out = {}
+  if #ok_list > 0 then out.Successful = ok_list end
+  if #failed > 0 then out.Failed = failed end
+  return 200, out, { ["Content-Type"] = JSON10, ["x-amzn-RequestId"] = util.uuid() }
 end
 
 local function get_queue_url(b)
@@ -356,6 +400,7 @@ local OPS = {
   ["AmazonSQS.ReceiveMessage"] = receive,
   ["AmazonSQS.DeleteMessage"] = delete,
   ["AmazonSQS.ChangeMessageVisibility"] = change_visibility,
+  ["AmazonSQS.ChangeMessageVisibilityBatch"] = change_visibility_batch,
   ["AmazonSQS.GetQueueUrl"] = get_queue_url,
   ["AmazonSQS.SendMessage"] = send,
 }
@@ -372,6 +417,7 @@ function _M.handle(_, method)
   local target = ngx.var.http_x_amz_target
   local op = target and OPS[target]
   if not op then return coral(400, "UnknownOperationException", "Unknown operation " .. tostring(target)) end
+  store.logd:incr("count:" .. target, 1, 0)   -- GET /_sim/counters: "AmazonSQS.ReceiveMessage" = n
   if not util.content_type():find(JSON10, 1, true) then
     return coral(400, "SerializationException", "Content-Type must be " .. JSON10)
   end
