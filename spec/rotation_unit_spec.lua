@@ -630,6 +630,24 @@ describe("rotation (unit, fake providers)", function()
     assert.equal(p.creds["amzn-1"], reveal(assert(store:get("spapi")).versions.current.secret))
   end)
 
+  it("spapi: force_mint after Amazon accepted the request says it does not apply, and sends nothing", function()
+    local p = fake("spapi", { client_id = "amzn-1" })
+    local rotate_secret = p.rotate_application_client_secret
+    function p.rotate_application_client_secret(self)
+      local ok, err = rotate_secret(self)
+      self.held, self.queue = self.queue, {}   -- the message is late
+      return ok, err
+    end
+    local _, err = rotate { slot = "spapi", provider = p, wait = 0 }
+    assert.equal("timeout", err.kind)
+    _, err = rotate { slot = "spapi", provider = p, wait = 0, force_mint = true }
+    assert.matches("force_mint does not apply", tostring(err), 1, true)
+    assert.equal(1, p.calls.rotate_application_client_secret)
+    p.queue = p.held
+    assert(rotate { slot = "spapi", provider = p, wait = 0 })
+    assert.equal(p.creds["amzn-1"], reveal(assert(store:get("spapi")).versions.current.secret))
+  end)
+
   it("spapi: messages the provider refuses do not hold a run past its wait; the next run reads on", function()
     -- a queue someone filled with forgeries: each is verified, refused and passed over
     local p = fake("spapi", { client_id = "amzn-1" })

@@ -7,7 +7,8 @@
 -- `visibility` (seconds, default 60) is how long a message rotor received stays hidden from other
 -- readers: after a crash between receiving and storing it, the next run finds it once that passed.
 -- Candidates are verified before they are stored (see receive below); target.application_id,
--- when set, must match the message's notificationMetadata.applicationId.
+-- when set, must match the message's notificationMetadata.applicationId; one the provider
+-- refused is tried again after `retry_refused` seconds (default 600).
 local errors = require "rotor.errors"
 local core = require "rotor.core"
 local timefmt = require "rotor.timefmt"
@@ -162,7 +163,9 @@ function s.recover(ctx, mint)
   if version then return version end
   if mint.state == "requested" then
     return nil, errors.with(err, { message = tostring(err and err.message)
-      .. "; Amazon accepted the rotation request: the next run reads the queue again" })
+      .. "; Amazon accepted the rotation request: the next run reads the queue again"
+      .. (ctx.opts.force_mint and " (force_mint does not apply: a second request would replace the secret "
+        .. "Amazon is sending)" or "") })
   end
   if not (errors.is(err) and err.kind == "timeout") then return nil, err end
   return nil, errors.with(err, { kind = "ambiguous", message = tostring(err and err.message)
