@@ -684,6 +684,24 @@ describe("a fleet of rotors on etcd #proc #etcd", function()
     check_slot(st, fx)
   end)
 
+  -- an audit trail grows with every rotation (some 4 KB each): read in one answer, it outgrew
+  -- what a response may hold (1 MiB) after a few hundred rotations, and reading it failed
+  it("dump and the audit trail read a prefix larger than one answer may hold, in pages", function()
+    local st = open_store { prefix = cluster.prefix .. "big/" }
+    local trail = st:audit_trail()
+    local note = string.rep("n", 3000)
+    for w = 1, 21 do
+      local batch = {}
+      for i = 1, 20 do batch[i] = { slot = ("big/%d"):format(w), step = "create", outcome = "ok", note = note .. i } end
+      assert(trail:write(batch))
+    end
+    local entries = assert(trail:entries())
+    assert.equal(420, #entries)
+    assert.equal("big/1", entries[1].slot)
+    assert.equal("big/21", entries[420].slot)
+    assert.equal(420, #assert(st:dump()))
+  end)
+
   it("doctor: a slot whose lock a live rotor holds is being rotated, not stopped", function()
     local fx = fixtures.seed(s, "genesys", "run" .. core.random_hex(2))
     local base = write_config("running", { fx })

@@ -501,12 +501,32 @@ function Store:list()
   return out, strays
 end
 
+-- Every key-value under the prefix from, in key order, read in pages of RANGE_PAGE keys at the
+-- revision of the first (one snapshot): kvs | nil, err. In one answer, a prefix that grows with
+-- every rotation (the audit trail: some 4 KB a rotation) outgrew what a response may hold (1 MiB)
+-- after a few hundred rotations, and reading it failed from then on.
+local RANGE_PAGE = 200
+function Store:range_all(from)
+  local out, key, rev = {}, from, nil
+  local stop = b64(prefix_end(from))
+  while true do
+    local v, err = self:call("/v3/kv/range", { key = b64(key), range_end = stop, limit = RANGE_PAGE, revision = rev })
+    if not v then return nil, err end
+    local kvs = type(v.kvs) == "table" and v.kvs or {}
+    for _, kv in ipairs(kvs) do out[#out + 1] = kv end
+    local last = kvs[#kvs] and unb64(kvs[#kvs].key)
+    if not (v.more == true and last) then return out end
+    key = last .. "\0"   -- the next key after it
+    rev = rev or (type(v.header) == "table" and v.header.revision) or nil
+  end
+end
+
 --- Every key under the prefix with its raw value (for a dump or a check).
 function Store:dump()
-  local v, err = self:call("/v3/kv/range", { key = b64(self.prefix), range_end = b64(prefix_end(self.prefix)) })
-  if not v then return nil, err end
+  local kvs, err = self:range_all(self.prefix)
+  if not kvs then return nil, err end
   local out = {}
-  for _, kv in ipairs(type(v.kvs) == "table" and v.kvs or {}) do
+  for _, kv in ipairs(kvs) do
     out[#out + 1] = { key = unb64(kv.key), value = unb64(kv.value) }
   end
   return out
@@ -816,10 +836,8 @@ function EtcdAudit:write(fields)
 end
 
 function EtcdAudit:entries()
-  local from = self.store.prefix .. "audit/"
-  local v, err = self.store:call("/v3/kv/range", { key = b64(from), range_end = b64(prefix_end(from)) })
-  if not v then return nil, err end
-  local kvs = type(v.kvs) == "table" and v.kvs or {}
+  local kvs, err = self.store:range_all(self.store.prefix .. "audit/")
+  if not kvs then return nil, err end
   table.sort(kvs, function(a, b)
     local ra, rb = tonumber(a.create_revision) or 0, tonumber(b.create_revision) or 0
     if ra ~= rb then return ra < rb end
