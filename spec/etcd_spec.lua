@@ -700,6 +700,17 @@ describe("a fleet of rotors on etcd #proc #etcd", function()
     assert.equal("big/1", entries[1].slot)
     assert.equal("big/21", entries[420].slot)
     assert.equal(420, #assert(st:dump()))
+    -- one value too large to read: named as such at once, not retried on every member and
+    -- reported as a cluster that does not answer
+    local key = st:slot_key("big/huge")
+    assert(st:call("/v3/kv/put", { key = core.b64encode(key), value = core.b64encode(string.rep("x", 900 * 1024)) }))
+    local retries = st.retries
+    local rec, err = st:get("big/huge")
+    assert.is_nil(rec)
+    assert.equal("store", err.kind)
+    assert.matches("larger than rotor reads", err.message, 1, true)
+    assert.is_nil(err.message:find("no member", 1, true), err.message)
+    assert.equal(retries, st.retries)
   end)
 
   it("doctor: a slot whose lock a live rotor holds is being rotated, not stopped", function()

@@ -299,6 +299,11 @@ function Store:call(path, body_table)
       return nil, errors.new { kind = "config", message = ("etcd refused the request (%s): the etcd user %s "
         .. "needs readwrite permission on the key prefix %s (etcdctl role grant-permission ROLE readwrite %s "
         .. "--prefix=true)"):format(msg, tostring(self.username), self.prefix, self.prefix) }
+    elseif res.error and res.error.kind == "protocol" and res.error.curl_code == 23 then
+      -- an answer the core stopped taking (CURLE_WRITE_ERROR: larger than it reads, body or
+      -- headers): the same from every member
+      return nil, store_error(("etcd's answer to %s is larger than rotor reads (%s)"):format(path,
+        tostring(res.error.message)), last)
     elseif res.error and res.error.kind == "config" then
       return nil, errors.new { kind = "config", message = "etcd " .. ep .. ": " .. tostring(res.error.message)
         .. " (check endpoints, cainfo, cert and key)" }
