@@ -939,6 +939,38 @@ for _, w in ipairs(res.warnings) do print("warning: " .. w) end
     end)
   end)
 
+  -- a host of a fleet given the wrong sealing key: doctor called the slot corrupted and printed
+  -- the command that moves it aside and rotates anew; run there, it killed the secret every other
+  -- host reads and stored the new one under the wrong key
+  it("doctor on a host without the slot's sealing key: the record is whole, give the host the key", function()
+    local d = newdir()
+    local k1, k2 = d .. "/right.key", d .. "/wrong.key"
+    sim.run(("head -c 32 /dev/urandom > %s && head -c 32 /dev/urandom > %s && chmod 600 %s %s"):format(
+      q(k1), q(k2), q(k1), q(k2)))
+    local st = assert(require("rotor").store.file(d .. "/secrets", { key_file = k1 }))
+    assert(st:put("genesys/x", { slot = "genesys/x", provider = "genesys", journal = {},
+      versions = { current = { client_id = "c1", secret = "not-a-real-secret-5",
+                               created = os.date("!%Y-%m-%dT%H:%M:%SZ") } } }))
+    local cfg = d .. "/rotor.conf.lua"
+    local env = {}
+    local e = genesys_slot(env, 1)
+    write_config(cfg, { store = { kind = "file", path = "./secrets", key_file = "./wrong.key" }, slots = { e } }, env)
+    local out, rc = rotor("doctor --config " .. q(cfg) .. " --json", cfg)
+    assert.equal(1, rc, out)
+    local doc = assert(json.decode(out), out)
+    assert.equal(1, #doc.findings, out)
+    local f = doc.findings[1]
+    assert.equal("unreadable_here", f.problem)
+    assert.truthy(f.message:find("sealed with key id", 1, true), f.message)
+    assert.truthy(f.command:find("key_file", 1, true), f.command)
+    assert.is_nil(f.command:find("mv ", 1, true), f.command)
+    assert.is_nil(f.command:find("rotate", 1, true), f.command)
+    -- the right key reads it
+    write_config(cfg, { store = { kind = "file", path = "./secrets", key_file = "./right.key" }, slots = { e } }, env)
+    out, rc = rotor("doctor --config " .. q(cfg), cfg)
+    assert.equal(0, rc, out)
+  end)
+
   describe("monitoring", function()
     it("checks the store and due policies it reads from a config, not the credentials only rotate needs", function()
       local d = newdir()

@@ -586,7 +586,16 @@ local function cmd_doctor(args)
         command = pid and ("kill -TERM " .. tostring(pid) .. "   # " .. (host and ("on " .. tostring(host) .. ", ")
           or "") .. "only if that process is stuck; it stops between two steps") or "wait for it" }
     end
-    if not rec then
+    if not rec and errors.is(gerr) and gerr.kind == "config" then
+      -- this host cannot read a record that is whole (sealed under a key it is not given): moving
+      -- it aside and rotating anew, as for a corrupted one, would kill the secret the rest of the
+      -- fleet reads and store the new one under the wrong key
+      add { slot = name, problem = "unreadable_here", needs_person = true,
+        message = "this host cannot read the slot's record, which is not damaged: " .. clean(gerr)
+          .. ". Do not move it aside or rotate it from this host",
+        command = "give this host the sealing key named above (key_file / key_env, or old_key_files / "
+          .. "old_key_envs for an older one), as on the hosts that read it; then rotor doctor again" }
+    elseif not rec then
       local aside = aside_of(name)
       -- the store's own advice (which points at doctor) gives way to doctor's, with its command
       local why = clean(gerr):gsub("; nothing was changed%..*$", "")
