@@ -44,6 +44,7 @@ local Lock = {}
 Lock.__index = Lock
 
 local DEFAULT_TTL, MIN_TTL, MAX_TTL = 60, 5, 3600
+local MAX_JOURNAL = 1000   -- journal_max of an etcd store (see MAX_ANSWER)
 
 local function store_error(message, detail)
   return errors.new { kind = "store", message = message, detail = detail }
@@ -121,7 +122,8 @@ function _M.check(spec)
   if ttl ~= nil and (type(ttl) ~= "number" or ttl < MIN_TTL or ttl > MAX_TTL or ttl ~= math.floor(ttl)) then
     out[#out + 1] = ("lease_ttl: whole seconds from %d to %d expected, got %s"):format(MIN_TTL, MAX_TTL, tostring(ttl))
   end
-  local jok, jwhy = file_store.check_journal_max(spec.journal_max)
+  local jok, jwhy = file_store.check_journal_max(spec.journal_max, MAX_JOURNAL,
+    " (a slot's record must fit in one etcd request: 1.5 MiB by default)")
   if not jok then out[#out + 1] = jwhy end
   if spec.timeout ~= nil and (type(spec.timeout) ~= "number" or spec.timeout ~= spec.timeout
     or spec.timeout <= 0 or spec.timeout > 120) then
@@ -201,6 +203,10 @@ end
 
 -- gRPC codes the gateway reports that are worth another try (on another member)
 local RETRY_CODES = { [2] = true, [4] = true, [14] = true, [8] = true }
+-- what one answer of the gateway may hold: a value as large as etcd takes in a request (1.5 MiB
+-- by default), base64 in JSON. The file store's 100,000 journal entries (some 300 bytes each)
+-- would make a record no etcd takes: journal_max is held to MAX_JOURNAL here.
+local MAX_ANSWER = 4 * 1024 * 1024
 
 local function decode_body(res)
   local v = res.body and res.body ~= "" and json.decode(res.body) or nil
@@ -214,7 +220,7 @@ function Store:_request(path, body, auth)
   local res, rerr = sched.request {
     url = ep .. path, method = "POST", headers = headers, body = body,
     timeout = self.timeout, connect_timeout = math.min(self.timeout, 3),
-    cainfo = self.cainfo, sslcert = self.cert, sslkey = self.key, http2 = false,
+    cainfo = self.cainfo, sslcert = self.cert, sslkey = self.key, http2 = false, max_body = MAX_ANSWER,
   }
   if not res then return nil, errors.new { kind = "config", message = "etcd: " .. tostring(rerr and rerr.message) } end
   return res, ep

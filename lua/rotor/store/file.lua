@@ -63,13 +63,15 @@ local OPTIONS = { "journal_max", "read_only", "trusted", "key_file", "key_env", 
 local MIN_JOURNAL, MAX_JOURNAL = 20, 100000
 
 --- A store's journal_max (the file and etcd stores): nil (200) or a whole number of entries, at
--- least enough for a few rotations (rotor doctor finds orphaned mints in them). true | nil, why.
-function _M.check_journal_max(v)
-  if v == nil or (type(v) == "number" and v == math.floor(v) and v >= MIN_JOURNAL and v <= MAX_JOURNAL) then
+-- least enough for a few rotations (rotor doctor finds orphaned mints in them), at most max
+-- (default MAX_JOURNAL; why_max says where a store's own bound comes from). true | nil, why.
+function _M.check_journal_max(v, max, why_max)
+  max = max or MAX_JOURNAL
+  if v == nil or (type(v) == "number" and v == math.floor(v) and v >= MIN_JOURNAL and v <= max) then
     return true
   end
-  return nil, ("journal_max: a whole number of entries from %d to %d expected, got %s"):format(MIN_JOURNAL,
-    MAX_JOURNAL, tostring(v))
+  return nil, ("journal_max: a whole number of entries from %d to %d expected%s, got %s"):format(MIN_JOURNAL,
+    max, why_max or "", tostring(v))
 end
 
 --- The problems of a file store's options, as a list of strings (empty when they are fine). extra
