@@ -498,6 +498,30 @@ describe("a fleet of rotors on etcd #proc #etcd", function()
       end
       check_slot(open_store(), fy)
     end
+    -- 4: it lapses between the check of the lease and the first write (a pause this rotor cannot
+    --    see: a fleet probe slept there past lease_ttl), and another rotor claims the client: the
+    --    write itself finds the lock gone, the claim is taken again and the other's is found. The
+    --    record was written, and two slots came to hold one client.
+    local fz = fixtures.seed(s, "genesys", "lapse" .. core.random_hex(2))
+    local held, paused
+    local st = watched(function(lock) held = held or lock end)
+    local put = st.put
+    st.put = function(self, slot, rec, o)
+      if held and not paused then
+        assert(held.store:call("/v3/lease/revoke", { ID = held.lease }))   -- etcd forgets it; this rotor does not
+        paused = other_rotor(fz)
+      end
+      return put(self, slot, rec, o)
+    end
+    res, err = rotor.rotate { slot = fz.slot, provider = fixtures.provider(fz), target = fz.target, store = st }
+    assert.truthy(paused)
+    assert.is_nil(res)
+    assert.equal("config", err.kind, err.message)
+    assert.truthy(err.message:find("is also held by slot other/" .. fz.target.client_id, 1, true), err.message)
+    assert.is_false(open_store():get(fz.slot))
+    assert.equal(1, mints(s, fz))
+    fz.slot = "other/" .. fz.target.client_id
+    check_slot(open_store(), fz)
   end)
 
   it("one credential, one slot across rotors: a client's lock held elsewhere is named, with when it lapses", function()

@@ -153,31 +153,47 @@ end
 
 --- Persist the record as it is now. While a freshly minted secret exists only in this process
 -- (ctx.holding), a failing write is retried (write_retries times, backing off) before giving up.
+-- A lease-based client lock (etcd) lapsed (or could not be kept alive): another rotor may have
+-- claimed the client meanwhile. Claimed again, as the first time, before the record is written:
+-- the new lock | nil, err (the claim is lost for good: the record is never written, it would hold
+-- the client another slot holds now).
+function Ctx:claim_again()
+  self.client_lock:unlock()
+  self.client_lock = nil
+  local ok, again = record_mod.claim_client(self.store, self.client_key, self.slot, true, true)
+  if not ok then
+    self.claim_lost = again
+    return nil, again
+  end
+  self.client_lock = again
+  return again
+end
+
 function Ctx:persist()
-  -- the claim was lost before the record held the client: the record is never written (it would
-  -- hold the client another slot holds now)
   if self.claim_lost then return nil, self.claim_lost end
   local cl = self.client_lock
   if cl and cl.refresh and not cl:refresh(false) then
-    -- a lease-based lock (etcd) lapsed (or could not be kept alive): another rotor may have claimed
-    -- the client meanwhile. Claimed again, as the first time, before the record is written.
-    cl:unlock()
-    self.client_lock = nil
-    local ok, again = record_mod.claim_client(self.store, self.client_key, self.slot, true, true)
-    if not ok then
-      self.claim_lost = again
-      return nil, again
-    end
-    self.client_lock, cl = again, again
+    local again, aerr = self:claim_again()
+    if not again then return nil, aerr end
+    cl = again
   end
-  local ok, err = self.store:put(self.slot, self.record)
+  -- the client's lock must still hold when the record is written (a store that can check it does
+  -- so in the write itself): a pause between the refresh above and the write outlasted the lease
+  -- once, and two slots came to hold one client
+  local ok, err = self.store:put(self.slot, self.record, cl and { client_lock = cl } or nil)
+  if not ok and cl and errors.is(err) and err.client_lock_lost then
+    local again, aerr = self:claim_again()
+    if not again then return nil, aerr end
+    cl = again
+    ok, err = self.store:put(self.slot, self.record, { client_lock = cl })
+  end
   local tries, delay = 0, self.opts.write_retry_delay or 0.5
   while not ok and self.holding and tries < (self.opts.write_retries or 5) do
     tries = tries + 1
     if self.log then self.log(("%s: store write failed (%s); retry %d"):format(self.slot, redact(err), tries)) end
     self:sleep(delay)
     delay = math.min(delay * 2, 8)
-    ok, err = self.store:put(self.slot, self.record)
+    ok, err = self.store:put(self.slot, self.record, cl and { client_lock = cl } or nil)
   end
   if ok and cl then
     -- the stored record holds the client now (a slot's first claim of it: rotor.record.claim_client):

@@ -430,8 +430,24 @@ local function fenced_error(slot, why, refused)
     .. "(fenced writes in this process: " .. refused .. ")") or "") }
 end
 
-function Store:put(slot, record)
+-- the compare that holds while the client's lock cl is the one this rotor took
+local function client_held(cl)
+  return { key = b64(cl.key), target = "CREATE", result = "EQUAL", create_revision = cl.token }
+end
+
+local function claim_lapsed(slot)
+  return errors.new { kind = "fenced", client_lock_lost = true, message = ("slot %s: the lock on its client lapsed "
+    .. "before the slot's record named the client (a pause longer than lease_ttl?); another rotor may have "
+    .. "claimed it since"):format(slot) }
+end
+
+--- store:put(slot, record[, opts]) -> true | nil, err. opts.client_lock: a client's lock
+-- (store:lock_client) that must still be held when the record is written, in the same transaction:
+-- the first record of a slot naming a client is written only while its claim of the client holds
+-- (else kind "fenced" with client_lock_lost = true, and the slot's lock is kept).
+function Store:put(slot, record, opts)
   if type(record) ~= "table" then error("store:put: a record table expected", 2) end
+  local cl = type(opts) == "table" and opts.client_lock or nil
   local nonce = core.random_hex(12)
   local value = b64(self:_encode(slot, record, nonce))
   local key = self:slot_key(slot)
@@ -458,6 +474,10 @@ function Store:put(slot, record)
     success = { { request_put = { key = b64(key), value = value } } },
     failure = { { request_range = { key = b64(lock.key) } }, { request_range = { key = b64(key) } } },
   }
+  if cl then
+    txn.compare[3] = client_held(cl)
+    txn.failure[3] = { request_range = { key = b64(cl.key) } }
+  end
   local v, err = self:call("/v3/kv/txn", txn)
   if not v then return nil, err end
   if v.succeeded then
@@ -467,14 +487,19 @@ function Store:put(slot, record)
     return true
   end
   local r = type(v.responses) == "table" and v.responses or {}
+  if cl then
+    local cl_kv = r[3] and r[3].response_range and kv_of(r[3].response_range)
+    if not cl_kv or tostring(cl_kv.create_revision) ~= tostring(cl.token) then return nil, claim_lapsed(slot) end
+  end
   local lock_kv = r[1] and r[1].response_range and kv_of(r[1].response_range)
   local rec_kv = r[2] and r[2].response_range and kv_of(r[2].response_range)
   local rec_rev = rec_kv and tostring(rec_kv.mod_revision) or "0"
   if not lock_kv and rec_rev == tostring(lock.read_rev or "0") then
     -- the lease lapsed and nobody wrote the slot since: take the lock again, with the write
-    local ok, rerr = self:_relock(lock, key, value, rec_rev)
+    local ok, rerr = self:_relock(lock, key, value, rec_rev, cl)
     if ok then return true end
     if rerr then return nil, rerr end
+    if cl and ok == nil then return nil, claim_lapsed(slot) end
   end
   if lock_kv and tostring(lock_kv.create_revision) == tostring(lock.token) and rec_kv then
     -- a repeat of a transaction that committed on a member that then failed: our own write is there
@@ -740,22 +765,30 @@ end
 -- A new lease and lock key for a lock whose lease lapsed, and the record write, in one
 -- transaction: only while no lock key exists and the record's revision is rec_rev. true once
 -- done; false when that no longer holds (then fenced, as before); nil, err when etcd failed.
-function Store:_relock(lock, key, value, rec_rev)
+-- true | false (someone took the slot or wrote it) | nil, err | nil (cl, the client's lock the write
+-- needs, is lost)
+function Store:_relock(lock, key, value, rec_rev, cl)
   local g, err = grant_lease(self, true)
   if not g then return nil, err end
   local lease = g.lease
   local v
+  local compare = {
+    { key = b64(lock.key), target = "CREATE", result = "EQUAL", create_revision = "0" },
+    { key = b64(key), target = "MOD", result = "EQUAL", mod_revision = rec_rev },
+  }
+  if cl then compare[3] = client_held(cl) end
   v, err = self:call("/v3/kv/txn", {
-    compare = {
-      { key = b64(lock.key), target = "CREATE", result = "EQUAL", create_revision = "0" },
-      { key = b64(key), target = "MOD", result = "EQUAL", mod_revision = rec_rev },
-    },
+    compare = compare,
     success = { { request_put = { key = b64(lock.key), value = b64(g.holder), lease = lease } },
                 { request_put = { key = b64(key), value = value } } },
+    failure = cl and { { request_range = { key = b64(cl.key) } } } or nil,
   })
   if not v or not v.succeeded then
     self:call("/v3/lease/revoke", { ID = lease })
     if not v then return nil, err end
+    local r = cl and type(v.responses) == "table" and v.responses[1] and v.responses[1].response_range
+    local cl_kv = r and kv_of(r)
+    if cl and (not cl_kv or tostring(cl_kv.create_revision) ~= tostring(cl.token)) then return nil end
     return false
   end
   local rev = v.header and v.header.revision
