@@ -205,6 +205,25 @@ print(("SECONDS %%.1f"):format(core.now() - t0))
     assert.equal(1, discarded) -- the far-future one never reached verification
   end)
 
+  -- a provider's error detail was cut to 400 bytes before it was redacted: a secret across the
+  -- cut kept 38 of its 42 characters in the error and the audit trail (found by a probe)
+  it("a secret across the cut of a provider's error detail is not shown in part", function()
+    for _, kind in ipairs { "spreetail", "genesys" } do
+      local fx = fixtures.seed(s, kind)
+      local live = fx.opts.client_secret   -- the secret the provider object authenticates with
+      fixtures.control(s, "POST", "/faults", { path = fx.mint_path, method = "POST", status = 400, count = 1,
+        body = { message = ("x"):rep(400 - 38) .. live } })
+      local st, dir = store("cut-" .. kind)
+      local res, err = rotor.rotate { slot = fx.slot, provider = fixtures.provider(fx), store = st, target = fx.target,
+                                      consumers = "none" }
+      assert.is_nil(res)
+      fixtures.assert_no_secret(s, err, live)
+      assert_absent(read(dir .. "/audit.log"), live:sub(1, 21), "the audit trail")
+      assert_absent(read(dir .. "/" .. require("rotor.store.file").encode(fx.slot) .. ".json"), live:sub(1, 21),
+        "the slot's record")
+    end
+  end)
+
   describe("SP-API, a queue someone else can write to", function()
     local function rotate(fx, st, o)
       local opts = { slot = fx.slot, provider = fixtures.provider(fx), store = st, wait = 5, verify_delay = 0.1,

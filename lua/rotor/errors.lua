@@ -58,7 +58,9 @@ end
 --   RFC 6749 {error|errorCode, error_description|description|message}; Genesys ErrorBody {message, code};
 --   RFC 7807 {title, errors = {Field = {...}}}; SP-API ErrorList {errors = {{code, message,
 --   details}}}; SQS {__type, message|Message}; Paylocity {{field, message}, ...}.
--- Returns a string of at most DETAIL_MAX bytes, or nil. Not yet free of secrets: callers redact.
+-- Returns a string of at most DETAIL_MAX bytes, or nil. Redacted (core.redact) before it is cut:
+-- cut first, a secret across the cut kept the part before it (38 of 42 characters of a client
+-- secret reached an error and the audit trail), and no redaction finds part of a secret.
 local DETAIL_MAX = 400
 _M.DETAIL_MAX = DETAIL_MAX
 
@@ -122,6 +124,8 @@ function _M.detail(body)
     end)
   end
   if type(d) ~= "string" then return nil end
+  local ok, core = pcall(require, "rotor.core")
+  if ok and core.redact then d = core.redact(d) end
   if #d > DETAIL_MAX then d = d:sub(1, DETAIL_MAX) .. "..." end
   return printable(d)
 end
