@@ -865,6 +865,48 @@ http {
     assert(ok, err)
   end)
 
+  -- a rotor paused after its lease was checked and before its minting request left: another took
+  -- the slot over and finished, then the request went out and ended the other's stored secret.
+  -- The fenced rotor said "the rotor holding the slot now finishes the rotation" (it had) and
+  -- retried its write five times: the slot held a dead secret and looked healthy (a fleet probe).
+  it("a mint sent after another rotor took the slot over: the fenced rotor says to rotate again", function()
+    local rotor = require "rotor"
+    local fx = fixtures.seed(s, "genesys", "late" .. core.random_hex(2))
+    assert(rotor.rotate { slot = fx.slot, provider = fixtures.provider(fx), store = open_store(), target = fx.target })
+    local st = open_store()
+    local p = fixtures.provider(fx)
+    local mint = p.post_oauth_client_secret
+    local taken
+    p.post_oauth_client_secret = function(self, ...)
+      if not taken then
+        -- the pause: the lease lapses, another rotor takes the slot over and finishes
+        local lock = assert(st.locks[fx.slot])
+        assert(st:call("/v3/lease/revoke", { ID = lock.lease }))
+        taken = assert(rotor.rotate { slot = fx.slot, provider = fixtures.provider(fx), store = open_store(),
+                                      target = fx.target })
+      end
+      return mint(self, ...)
+    end
+    local puts = 0
+    local put = st.put
+    st.put = function(...) puts = puts + 1 return put(...) end
+    local res, err = rotor.rotate { slot = fx.slot, provider = p, store = st, target = fx.target }
+    assert.truthy(taken)
+    assert.is_nil(res)
+    assert.equal("fenced", err.kind)
+    assert.matches("works and is stored nowhere", err.message, 1, true)
+    assert.matches("Rotate the slot again now, with the config or store of this run: rotor rotate --slot "
+      .. fx.slot, err.message, 1, true)
+    assert.is_nil(err.message:find("now finishes the rotation", 1, true), err.message)
+    -- its stale write was refused once, not retried
+    assert.is_true(puts <= 3, puts)
+    -- the slot's secret is dead now; the rotation it says to run mends it
+    local rec = assert(open_store():get(fx.slot))
+    assert.is_false(fixtures.works(fx, rec.versions.current.client_id, rec.versions.current.secret:reveal()))
+    assert(rotor.rotate { slot = fx.slot, provider = fixtures.provider(fx), store = open_store(), target = fx.target })
+    check_slot(open_store(), fx)
+  end)
+
   it("a rotor SIGSTOPped past its lease is fenced: the other finishes, its stale write is refused", function()
     local fx = fixtures.seed(s, "genesys", "stop" .. core.random_hex(2))
     local extra = { store = { lease_ttl = 5 }, provider = { timeout = 2, connect_timeout = 1 } }

@@ -188,7 +188,9 @@ function Ctx:persist()
     ok, err = self.store:put(self.slot, self.record, { client_lock = cl })
   end
   local tries, delay = 0, self.opts.write_retry_delay or 0.5
-  while not ok and self.holding and tries < (self.opts.write_retries or 5) do
+  -- a fenced write (the slot's lock was lost) never succeeds: not retried
+  while not ok and self.holding and tries < (self.opts.write_retries or 5)
+    and not (errors.is(err) and err.kind == "fenced") do
     tries = tries + 1
     if self.log then self.log(("%s: store write failed (%s); retry %d"):format(self.slot, redact(err), tries)) end
     self:sleep(delay)
@@ -491,6 +493,7 @@ function step.create(ctx)
     if rot.mint then rot.mint.state = mint_state end
     versions.pending = nil
     ctx.holding = nil
+    ctx.lost_minted = version   -- what rotate's end tells of it when the slot's lock was lost
     return nil, errors.with(perr, { kind = "ambiguous",
       message = "the new secret was minted but the store could not write it, even after retrying ("
         .. tostring(perr.message) .. "); the secret is lost. "
@@ -614,6 +617,29 @@ local function check_opts(o)
   end
   notify_mod.check(o.notify, 3)
   if o.consumers ~= nil and o.consumers ~= "none" then error('rotate: consumers must be "none" (or unset)', 3) end
+end
+
+-- The message of a rotation whose slot's lock was lost while it held a new secret it could not
+-- store. A pause (SIGSTOP, a VM) after the lease was checked and before the minting request left:
+-- another rotor took the slot over and finished, then this request went out. Whether that killed
+-- the other's stored secret is what the secret this rotor got tells (tried once): working, it is
+-- the one the provider honours now, and nothing else would rotate a slot that was just rotated.
+local function lost_after_fence(ctx, fenced)
+  local v = ctx.lost_minted
+  local base = tostring(fenced):gsub("; the rotor holding the slot now finishes the rotation$", "")
+  local pok, works, verr = pcall(ctx.provider.verify, ctx.provider,
+                                 { client_id = v.client_id, client_secret = v.secret })
+  if pok and works then
+    return base .. (". A secret this rotor minted after that works and is stored nowhere: the provider may have "
+      .. "ended the secret the slot holds (a regenerate does), or hold a credential (%s) no slot holds. Rotate "
+      .. "the slot again now, with the config or store of this run: rotor rotate --slot %s"):format(
+        tostring(v.client_id), ctx.slot)
+  elseif pok and errors.is(verr) and verr.kind == "auth" then
+    return base .. ". The secret this rotor minted before that no longer works (a later mint replaced it): "
+      .. "nothing was lost; the rotor holding the slot finished the rotation"
+  end
+  return base .. ". This rotor minted a secret it could not store, and could not tell whether it still works: "
+    .. "check the slot (rotor doctor), and rotate it again if its secret is refused"
 end
 
 local function empty_record(slot, provider)
@@ -880,7 +906,10 @@ function _M.rotate(o)
   end
   lock:unlock()
   if ok and ctx.skipped then return { slot = o.slot, skipped = true, reason = ctx.skipped } end
-  if not ok and lock.fenced then err = errors.with(lock.fenced, { step = ctx.failed_step }) end
+  if not ok and lock.fenced then
+    err = errors.with(lock.fenced, { step = ctx.failed_step,
+                                     message = ctx.lost_minted and lost_after_fence(ctx, lock.fenced.message) or nil })
+  end
   if not ok then
     err = errors.with(err, { message = redact(errors.is(err) and err.message or err),
                              detail = errors.is(err) and redact(err.detail) or nil })
