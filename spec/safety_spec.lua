@@ -224,6 +224,29 @@ print(("SECONDS %%.1f"):format(core.now() - t0))
     end
   end)
 
+  -- an empty 2xx to a mint was taken as a whole answer (true), and the step indexed it: kind
+  -- internal, "unexpected error: ...genesys.lua:92: attempt to index a boolean value" in the
+  -- error, the journal and the audit trail (found by a probe)
+  it("an empty success answer to a mint is ambiguous, and the next run recovers", function()
+    for _, kind in ipairs { "spreetail", "genesys", "genesys_new" } do
+      local fx = fixtures.seed(s, kind)
+      fixtures.control(s, "POST", "/faults", { path = fx.mint_path, method = "POST", status = 200, body = "",
+                                               count = 1 })
+      local st = store("empty-" .. kind)
+      local o = { slot = fx.slot, provider = fixtures.provider(fx), store = st, target = fx.target,
+                  strategy = fx.strategy, consumers = "none", verify_delay = 0.1 }
+      local res, err = rotor.rotate(o)
+      assert.is_nil(res)
+      assert.equal("ambiguous", err.kind, err.message)
+      assert.matches("the response is empty", err.message, 1, true)
+      assert.is_nil(err.message:find("unexpected error", 1, true), err.message)
+      res, err = rotor.rotate(o)
+      assert.truthy(res, err and err.message)
+      local cur = assert(st:get(fx.slot)).versions.current
+      assert.is_true(fixtures.works(fx, cur.client_id, cur.secret:reveal()), kind)
+    end
+  end)
+
   describe("SP-API, a queue someone else can write to", function()
     local function rotate(fx, st, o)
       local opts = { slot = fx.slot, provider = fixtures.provider(fx), store = st, wait = 5, verify_delay = 0.1,

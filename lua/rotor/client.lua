@@ -405,10 +405,18 @@ function Client:call(op, method, path, opts)
       retried = true
       oauth.invalidate(self._spec, tok)
     elseif status >= 200 and status < 300 then
-      if is_empty(res.body) then return true end
-      local v, derr = json.decode(res.body)
+      -- an empty answer is a call's whole answer only when it expects no body (no shape): where a
+      -- body is expected (a mint's secret, a listing) it is one rotor cannot read. Taken as
+      -- `true`, a mint's step indexed it (a Lua error, kind internal) and an empty listing page
+      -- ended a recovery's search for an orphan early.
+      local empty = is_empty(res.body)
+      if empty and not opts.shape then return true end
+      local v, derr
+      if not empty then v, derr = json.decode(res.body) end
       local why
-      if v == nil then
+      if empty then
+        why = "the response is empty"
+      elseif v == nil then
         why = ("the response is not JSON (%s)"):format(derr and derr:match("^[^:]+") or "?")
       elseif opts.shape then
         local ok, swhy = opts.shape(v)

@@ -119,7 +119,6 @@ function Genesys:get_oauth_clients()
   local op = "get_oauth_clients"
   local first, err = self:call(op, "GET", PATH, { shape = listing_shape, secrets = wrap_listing })
   if not first then return nil, err end
-  if first == true then return { entities = json.array({}), total = 0 } end
   local all = json.array({})
   local seen = { [PATH] = true }
   local page = first
@@ -144,7 +143,6 @@ function Genesys:get_oauth_clients()
     end
     page, err = self:call(op, "GET", nxt, { shape = listing_shape, secrets = wrap_listing })
     if not page then return nil, err end
-    if page == true then break end
   end
   local merged = {}
   for k, v in pairs(first) do merged[k] = v end

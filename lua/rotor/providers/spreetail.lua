@@ -68,7 +68,6 @@ end
 --- Every active credential: { {credentialId, clientId, name, secret=null, expires, created}, ... }
 function Spreetail:list_client_credentials()
   local v, err = self:call("list_client_credentials", "GET", PATH, { shape = list_shape })
-  if v == true then return json.array({}) end
   if v then for _, item in ipairs(v) do wrap_secret(item) end end
   return v, err
 end
