@@ -97,6 +97,17 @@ describe("rotor.genesys", function()
     assert.equal(3, kit.counter(S, BASE))
   end)
 
+  -- entities of another shape reached recovery, which indexed them (a Lua error, found by a probe)
+  it("get_oauth_clients: a listing whose entities are no array of objects is kind protocol", function()
+    local bodies = { { entities = { 1, "x" } }, { entities = { a = { id = "x" } } }, { entities = { { "x" } } } }
+    for _, body in ipairs(bodies) do
+      kit.fault(S, { path = BASE, method = "GET", status = 200, body = body, count = 1 })
+      local v, err = new():get_oauth_clients()
+      assert.is_nil(v)
+      assert.equal("protocol", err.kind, err.message)
+    end
+  end)
+
   it("post_oauth_clients: a new client with its secret as a rotor.secret", function()
     local p = new()
     local c = assert(p:post_oauth_clients(request_body("second client")))

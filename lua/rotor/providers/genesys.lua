@@ -88,10 +88,15 @@ local function minted_shape(v)
   return true
 end
 
+-- entities: absent, null, or an array of objects (recovery reads each one's name and id)
 local function listing_shape(v)
-  if type(v) ~= "table" then return nil, "an OAuthClientEntityListing expected" end
-  if v.entities ~= nil and v.entities ~= json.null and type(v.entities) ~= "table" then
-    return nil, "entities is not an array"
+  if type(v) ~= "table" or v[1] ~= nil then return nil, "an OAuthClientEntityListing expected" end
+  local e = v.entities
+  if e == nil or e == json.null then return true end
+  if type(e) ~= "table" then return nil, "entities is not an array" end
+  for k, item in pairs(e) do
+    if type(k) ~= "number" then return nil, "entities is not an array" end
+    if type(item) ~= "table" or item[1] ~= nil then return nil, "an entity is not an object" end
   end
   return true
 end
