@@ -148,6 +148,18 @@ local function fake(kind, opts)
   return p
 end
 
+-- the spapi fake p, with f(p) run after each rotation request it carries out (the queue as it
+-- then is, to change)
+local function after_rotating(p, f)
+  local rotate_secret = p.rotate_application_client_secret
+  function p.rotate_application_client_secret(self)
+    local ok, err = rotate_secret(self)
+    f(self)
+    return ok, err
+  end
+  return p
+end
+
 local function ambiguous(op)
   return errors.new { kind = "ambiguous", op = op, message = "sent; no answer came back" }
 end
@@ -631,13 +643,9 @@ describe("rotation (unit, fake providers)", function()
   end)
 
   it("spapi: force_mint after Amazon accepted the request says it does not apply, and sends nothing", function()
-    local p = fake("spapi", { client_id = "amzn-1" })
-    local rotate_secret = p.rotate_application_client_secret
-    function p.rotate_application_client_secret(self)
-      local ok, err = rotate_secret(self)
+    local p = after_rotating(fake("spapi", { client_id = "amzn-1" }), function(self)
       self.held, self.queue = self.queue, {}   -- the message is late
-      return ok, err
-    end
+    end)
     local _, err = rotate { slot = "spapi", provider = p, wait = 0 }
     assert.equal("timeout", err.kind)
     _, err = rotate { slot = "spapi", provider = p, wait = 0, force_mint = true }
@@ -679,15 +687,11 @@ describe("rotation (unit, fake providers)", function()
   -- a provider's expiry was kept and printed as it came: an escape sequence in it reached the
   -- journal, the log hook and status
   it("spapi: an expiry that is no time is not kept, and no journal note carries a control byte", function()
-    local p = fake("spapi", { client_id = "amzn-1" })
-    local rotate_secret = p.rotate_application_client_secret
-    function p.rotate_application_client_secret(self)
-      local ok, err = rotate_secret(self)
+    local p = after_rotating(fake("spapi", { client_id = "amzn-1" }), function(self)
       for _, m in ipairs(self.queue) do
         m.newClientSecretExpiryTime, m.oldClientSecretExpiryTime = "2031-06-01T00:00:00Z\27[2J", "soon\n"
       end
-      return ok, err
-    end
+    end)
     local lines = {}
     local res = assert(rotate { slot = "spapi", provider = p, wait = 0, log = function(l) lines[#lines + 1] = l end })
     local rec = assert(store:get("spapi"))

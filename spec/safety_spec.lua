@@ -254,7 +254,10 @@ print(("SECONDS %%.1f"):format(core.now() - t0))
       for k, v in pairs(o or {}) do opts[k] = v end
       return rotor.rotate(opts)
     end
-    local function assert_rotated(fx, st)
+    -- the run (res, err) finished, and the slot holds a new secret that works
+    local function assert_rotated(fx, st, res, err)
+      assert.is_nil(err)
+      assert.truthy(res)
       local cur = assert(st:get(fx.slot)).versions.current
       assert.are_not.equal(fx.bootstrap.secret, cur.secret:reveal())
       assert.is_true(fixtures.works(fx, cur.client_id, cur.secret:reveal()))
@@ -267,10 +270,7 @@ print(("SECONDS %%.1f"):format(core.now() - t0))
       local fx = fixtures.seed(s, "spapi")
       for _ = 1, 5 do send(fx, string.rep("J", 250 * 1024)) end
       local st = store("spapi-large")
-      local res, err = rotate(fx, st)
-      assert.is_nil(err)
-      assert.truthy(res)
-      assert_rotated(fx, st)
+      assert_rotated(fx, st, rotate(fx, st))
     end)
 
     -- on a slot's first rotation no secret is stored before the new one: a message carrying the
@@ -281,10 +281,7 @@ print(("SECONDS %%.1f"):format(core.now() - t0))
       send(fx, { secret = fx.bootstrap.secret, when = 60, expiry = "2099-01-01T00:00:00Z\27[2J" })
       local st = store("spapi-in-use")
       local lines = {}
-      local res, err = rotate(fx, st, { log = function(l) lines[#lines + 1] = l end })
-      assert.is_nil(err)
-      assert.truthy(res)
-      local cur = assert_rotated(fx, st)
+      local cur = assert_rotated(fx, st, rotate(fx, st, { log = function(l) lines[#lines + 1] = l end }))
       assert.is_nil(tostring(cur.expires):find("2099", 1, true))
       local rec = assert(st:get(fx.slot))
       for _, e in ipairs(rec.journal) do assert.is_nil(tostring(e.note):find("%c"), tostring(e.note)) end
@@ -302,11 +299,7 @@ print(("SECONDS %%.1f"):format(core.now() - t0))
       assert.truthy(tostring(err):find("1 message(s) passed over, their secrets refused by the provider", 1, true),
         tostring(err))
       s:advance(120)   -- the message it received is visible again
-      local res
-      res, err = rotate(fx, st, { verify_attempts = 3, retry_refused = 0 })
-      assert.is_nil(err)
-      assert.truthy(res)
-      assert_rotated(fx, st)
+      assert_rotated(fx, st, rotate(fx, st, { verify_attempts = 3, retry_refused = 0 }))
     end)
 
     -- junk was given back one call a message after each poll, past the run's wait: 300 messages
