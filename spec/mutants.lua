@@ -37,6 +37,10 @@ local INPUT_GUARDS = table.concat({
   "    if (fcntl(pfd[1], F_SETFL, O_NONBLOCK) != 0) {",
 }, "\n")
 
+-- errors.detail's redaction, then its cut (the mutant swaps them)
+local REDACT_THEN_CUT = "  if ok and core.redact then d = core.redact(d) end\n"
+  .. "  if #d > DETAIL_MAX then d = d:sub(1, DETAIL_MAX) .. \"...\" end"
+
 local MUTANTS = {
   m("crash-ignored", "crash injection works", "ROTOR_CRASH_AT ignored (Ctx:crash returns at once)",
     "lua/rotor/rotation.lua",
@@ -366,6 +370,14 @@ local MUTANTS = {
     "a refused candidate is passed over for good", "lua/rotor/strategies/spapi.lua",
     { { "return type(at) == \"number\" and timefmt.now() - at < retry", "return type(at) == \"number\"" } },
     { "spec/safety_spec.lua" }),
+  m("detail-cut-first", "a provider's error detail shows no part of a secret",
+    "the detail is cut to its length before it is redacted", "lua/rotor/errors.lua",
+    { { REDACT_THEN_CUT, (REDACT_THEN_CUT:gsub("^(.-)\n(.*)$", "%2\n%1")) } },
+    { "spec/safety_spec.lua" }),
+  m("claim-unchecked-at-write", "a slot's first record is written only while its client's lock holds",
+    "the etcd write ignores the client's lock", "lua/rotor/store/etcd.lua",
+    { { "  local cl = type(opts) == \"table\" and opts.client_lock or nil", "  local cl = nil" } },
+    { "--filter='one credential, one slot' spec/etcd_spec.lua" }),
   m("verify-deaf", "a signal ends the wait between two attempts to verify the new secret",
     "verify waits out its delay whatever signal came", "lua/rotor/rotation.lua",
     { { "if i < attempts and not self:sleep(delay * i, true) then",
