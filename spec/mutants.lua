@@ -37,6 +37,21 @@ local INPUT_GUARDS = table.concat({
   "    if (fcntl(pfd[1], F_SETFL, O_NONBLOCK) != 0) {",
 }, "\n")
 
+-- Ctx:persist's two ways of claiming a client again whose lock lapsed: when its lease is
+-- refreshed, and when the write finds the lock gone (the mutant turns both off)
+local PERSIST_CLAIM = table.concat({
+  "  if cl and cl.refresh and not cl:refresh(false) then",
+  "    local again, aerr = self:claim_again()",
+  "    if not again then return nil, aerr end",
+  "    cl = again",
+  "  end",
+  "  -- the client's lock must still hold when the record is written (a store that can check it does",
+  "  -- so in the write itself): a pause between the refresh above and the write outlasted the lease",
+  "  -- once, and two slots came to hold one client",
+  "  local ok, err = self.store:put(self.slot, self.record, cl and { client_lock = cl } or nil)",
+  "  if not ok and cl and errors.is(err) and err.client_lock_lost then",
+}, "\n")
+
 -- errors.detail's redaction, then its cut (the mutant swaps them)
 local REDACT_THEN_CUT = "  if ok and core.redact then d = core.redact(d) end\n"
   .. "  if #d > DETAIL_MAX then d = d:sub(1, DETAIL_MAX) .. \"...\" end"
@@ -251,8 +266,11 @@ local MUTANTS = {
         "  if cl then cl:unlock() end\n  local ok, err = self.store:put(self.slot, self.record)\n  local tries" } },
     { "spec/safety_spec.lua" }),
   m("claim-lapsed-kept", "a client's lock whose lease lapsed is claimed again before the slot's first write",
-    "a lapsed lease goes unnoticed", "lua/rotor/rotation.lua",
-    { { "  if cl and cl.refresh and not cl:refresh(false) then", "  if false then" } },
+    "a lapsed lease goes unnoticed (neither the lease's refresh nor the write's check of the lock claims again)",
+    "lua/rotor/rotation.lua",
+    { { PERSIST_CLAIM, (PERSIST_CLAIM:gsub("if cl and cl%.refresh and not cl:refresh%(false%) then", "if false then")
+                                     :gsub("if not ok and cl and errors%.is%(err%) and err%.client_lock_lost then",
+                                           "if false then")) } },
     { "--filter='one credential, one slot' spec/etcd_spec.lua" }),
   m("claim-lost-written", "a rotation whose claim was lost writes no record (it would hold the client too)",
     "its failure is journalled into the slot's record", "lua/rotor/rotation.lua",
