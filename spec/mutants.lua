@@ -263,7 +263,10 @@ local MUTANTS = {
   m("claim-unlock-before-stored", "the lock on a client is kept until the slot's first write is on disk",
     "the lock is given back just before that write", "lua/rotor/rotation.lua",
     { { "  local ok, err = self.store:put(self.slot, self.record)\n  local tries",
-        "  if cl then cl:unlock() end\n  local ok, err = self.store:put(self.slot, self.record)\n  local tries" } },
+        "  if cl then cl:unlock() end\n  local ok, err = self.store:put(self.slot, self.record)\n  local tries" },
+      { "  local ok, err = self.store:put(self.slot, self.record, cl and { client_lock = cl } or nil)\n",
+        "  if cl then cl:unlock() end\n"
+        .. "  local ok, err = self.store:put(self.slot, self.record, cl and { client_lock = cl } or nil)\n" } },
     { "spec/safety_spec.lua" }),
   m("claim-lapsed-kept", "a client's lock whose lease lapsed is claimed again before the slot's first write",
     "a lapsed lease goes unnoticed (neither the lease's refresh nor the write's check of the lock claims again)",
