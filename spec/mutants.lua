@@ -48,12 +48,13 @@ local PERSIST_CLAIM = table.concat({
   "  -- the client's lock must still hold when the record is written (a store that can check it does",
   "  -- so in the write itself): a pause between the refresh above and the write outlasted the lease",
   "  -- once, and two slots came to hold one client",
-  "  local ok, err = self.store:put(self.slot, self.record, cl and { client_lock = cl } or nil)",
+  "  local function write() return self.store:put(self.slot, self.record, cl and { client_lock = cl } or nil) end",
+  "  local ok, err = write()",
   "  if not ok and cl and errors.is(err) and err.client_lock_lost then",
 }, "\n")
 
 -- errors.detail's redaction, then its cut (the mutant swaps them)
-local REDACT_THEN_CUT = "  if ok and core.redact then d = core.redact(d) end\n"
+local REDACT_THEN_CUT = "  d = redacted(d)\n"
   .. "  if #d > DETAIL_MAX then d = d:sub(1, DETAIL_MAX) .. \"...\" end"
 
 local MUTANTS = {
@@ -264,9 +265,7 @@ local MUTANTS = {
     "the lock is given back just before that write", "lua/rotor/rotation.lua",
     { { "  local ok, err = self.store:put(self.slot, self.record)\n  local tries",
         "  if cl then cl:unlock() end\n  local ok, err = self.store:put(self.slot, self.record)\n  local tries" },
-      { "  local ok, err = self.store:put(self.slot, self.record, cl and { client_lock = cl } or nil)\n",
-        "  if cl then cl:unlock() end\n"
-        .. "  local ok, err = self.store:put(self.slot, self.record, cl and { client_lock = cl } or nil)\n" } },
+      { "  local ok, err = write()\n", "  if cl then cl:unlock() end\n  local ok, err = write()\n" } },
     { "spec/safety_spec.lua" }),
   m("claim-lapsed-kept", "a client's lock whose lease lapsed is claimed again before the slot's first write",
     "a lapsed lease goes unnoticed (neither the lease's refresh nor the write's check of the lock claims again)",

@@ -85,6 +85,14 @@ local function list(items, fmt)
   return #parts > 0 and table.concat(parts, "; ") or nil
 end
 
+-- s with every live secret redacted (core.redact), where the core is loaded; redacted before any
+-- cut, which would leave part of a secret that no redaction finds
+local function redacted(s)
+  local ok, core = pcall(require, "rotor.core")
+  if ok and core.redact then return core.redact(s) end
+  return s
+end
+
 function _M.detail(body)
   if type(body) ~= "table" then return nil end
   local d
@@ -124,8 +132,7 @@ function _M.detail(body)
     end)
   end
   if type(d) ~= "string" then return nil end
-  local ok, core = pcall(require, "rotor.core")
-  if ok and core.redact then d = core.redact(d) end
+  d = redacted(d)
   if #d > DETAIL_MAX then d = d:sub(1, DETAIL_MAX) .. "..." end
   return printable(d)
 end
@@ -147,9 +154,7 @@ end
 -- every live secret redacted, at most max bytes (200).
 function _M.excerpt(body, max)
   if type(body) ~= "string" or not body:find("%S") then return nil end
-  local s = body:gsub("%s+", " "):gsub("^ ", ""):gsub(" $", "")
-  local ok, core = pcall(require, "rotor.core")
-  if ok and core.redact then s = core.redact(s) end
+  local s = redacted((body:gsub("%s+", " "):gsub("^ ", ""):gsub(" $", "")))
   max = max or 200
   if #s > max then s = s:sub(1, max) .. "..." end
   return printable(s)

@@ -180,12 +180,13 @@ function Ctx:persist()
   -- the client's lock must still hold when the record is written (a store that can check it does
   -- so in the write itself): a pause between the refresh above and the write outlasted the lease
   -- once, and two slots came to hold one client
-  local ok, err = self.store:put(self.slot, self.record, cl and { client_lock = cl } or nil)
+  local function write() return self.store:put(self.slot, self.record, cl and { client_lock = cl } or nil) end
+  local ok, err = write()
   if not ok and cl and errors.is(err) and err.client_lock_lost then
     local again, aerr = self:claim_again()
     if not again then return nil, aerr end
     cl = again
-    ok, err = self.store:put(self.slot, self.record, { client_lock = cl })
+    ok, err = write()
   end
   local tries, delay = 0, self.opts.write_retry_delay or 0.5
   -- a fenced write (the slot's lock was lost) never succeeds: not retried
@@ -195,7 +196,7 @@ function Ctx:persist()
     if self.log then self.log(("%s: store write failed (%s); retry %d"):format(self.slot, redact(err), tries)) end
     self:sleep(delay)
     delay = math.min(delay * 2, 8)
-    ok, err = self.store:put(self.slot, self.record, cl and { client_lock = cl } or nil)
+    ok, err = write()
   end
   if ok and cl then
     -- the stored record holds the client now (a slot's first claim of it: rotor.record.claim_client):
@@ -626,7 +627,7 @@ end
 -- the one the provider honours now, and nothing else would rotate a slot that was just rotated.
 local function lost_after_fence(ctx, fenced)
   local v = ctx.lost_minted
-  local base = tostring(fenced):gsub("; the rotor holding the slot now finishes the rotation$", "")
+  local base = tostring(fenced.head or fenced.message)
   local pok, works, verr = pcall(ctx.provider.verify, ctx.provider,
                                  { client_id = v.client_id, client_secret = v.secret })
   if pok and works then
@@ -908,7 +909,7 @@ function _M.rotate(o)
   if ok and ctx.skipped then return { slot = o.slot, skipped = true, reason = ctx.skipped } end
   if not ok and lock.fenced then
     err = errors.with(lock.fenced, { step = ctx.failed_step,
-                                     message = ctx.lost_minted and lost_after_fence(ctx, lock.fenced.message) or nil })
+                                     message = ctx.lost_minted and lost_after_fence(ctx, lock.fenced) or nil })
   end
   if not ok then
     err = errors.with(err, { message = redact(errors.is(err) and err.message or err),

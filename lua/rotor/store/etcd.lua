@@ -423,11 +423,14 @@ function Store:get(slot)
 end
 
 -- the error of a lost lock; refused: the number of writes etcd's fencing compare refused so far
+-- head: what happened, without what the rotor holding the slot now does (rotation says that
+-- itself when this rotor holds a secret it minted and could not store)
 local function fenced_error(slot, why, refused)
-  return errors.new { kind = "fenced", slot = slot, fenced_writes = refused, message = ("the lock on slot %s "
-    .. "was lost (%s)%s: this rotor stops here, writes and mints nothing more; the rotor holding the slot now "
-    .. "finishes the rotation"):format(slot, why, refused and (", and etcd refused this rotor's stale write "
-    .. "(fenced writes in this process: " .. refused .. ")") or "") }
+  local head = ("the lock on slot %s was lost (%s)%s: this rotor stops here, writes and mints nothing more")
+    :format(slot, why, refused and (", and etcd refused this rotor's stale write (fenced writes in this "
+    .. "process: " .. refused .. ")") or "")
+  return errors.new { kind = "fenced", slot = slot, fenced_writes = refused, head = head,
+                      message = head .. "; the rotor holding the slot now finishes the rotation" }
 end
 
 -- the compare that holds while the client's lock cl is the one this rotor took

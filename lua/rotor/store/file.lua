@@ -91,9 +91,9 @@ function _M.check(opts, extra)
     out[#out + 1] = "trusted: an array of directory paths expected"
   elseif opts.trusted ~= nil then
     for i, t in ipairs(opts.trusted) do
-      local tilde = type(t) == "string" and t ~= "" and require("rotor.store").unexpanded(t)
-      if type(t) ~= "string" or t == "" then out[#out + 1] = ("trusted[%d]: a directory path expected"):format(i)
-      elseif tilde then out[#out + 1] = ("trusted[%d]: %s"):format(i, tilde) end
+      local bad = (type(t) ~= "string" or t == "") and "a directory path expected"
+        or require("rotor.store").unexpanded(t)
+      if bad then out[#out + 1] = ("trusted[%d]: %s"):format(i, bad) end
     end
   end
   return seal.problems(opts, out)
