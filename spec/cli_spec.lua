@@ -927,7 +927,8 @@ for _, w in ipairs(res.warnings) do print("warning: " .. w) end
       assert.is_nil(kinds.unfinished_rotation, out)
       assert.truthy(kinds.locked and kinds.locked.command:find("kill -TERM " .. core.getpid(), 1, true))
       assert.truthy(kinds.orphan and kinds.orphan.message:find("rotation r0 (new_pair)", 1, true))
-      assert.truthy(kinds.orphan.command:find("rotor rotate --config FILE --slot spreetail/x", 1, true))
+      -- a rerun does not search for it (its rotation is over): a person does
+      assert.truthy(kinds.orphan.command:find("look for a credential whose name holds r0", 1, true))
       -- no process holds it: the rotation stopped, and its rerun is the command
       out, rc = rotor("doctor " .. q(d .. "/secrets") .. " --json")
       assert.equal(1, rc, out)
@@ -937,6 +938,34 @@ for _, w in ipairs(res.warnings) do print("warning: " .. w) end
       assert.is_nil(kinds.locked, out)
       assert.truthy(kinds.unfinished_rotation.command:find("rotor rotate --config FILE --slot spreetail/x", 1, true))
     end)
+  end)
+
+  -- a recovery whose listing did not show the credential its lost create made minted again, and
+  -- nothing told anyone that the first one may exist
+  it("doctor lists a credential a recovery did not find, and until when the slot's runs search for it", function()
+    local d = newdir()
+    local st = file_store(d .. "/secrets")
+    assert(st:put("spreetail/x", { slot = "spreetail/x", provider = "spreetail", journal = {},
+      versions = { current = { client_id = "c1", secret = "not-a-real-secret-4", created = "2026-11-01T00:00:00Z" } },
+      unfound = { { name = "rotor:spreetail/x:r20261101T000000Z-0011223344556677", what = "pair", strategy = "new_pair",
+                    rotation = "r20261101T000000Z-0011223344556677", since = "2026-11-01T00:00:00Z" } } }))
+    local out, rc = rotor("doctor " .. q(d .. "/secrets") .. " --json")
+    assert.equal(0, rc, out) -- a note: the runs search on their own
+    local doc = assert(json.decode(out), out)
+    assert.equal(1, #doc.findings, out)
+    local f = doc.findings[1]
+    assert.equal("unconfirmed_orphan", f.problem)
+    assert.is_false(f.needs_person)
+    assert.truthy(f.message:find("no pair named rotor:spreetail/x:r20261101T000000Z-0011223344556677", 1, true), out)
+    assert.truthy(f.message:find("until 2026-12-01", 1, true), out)
+    assert.truthy(f.command:find("delete the pair named rotor:spreetail/x:r20261101T000000Z-0011223344556677", 1, true))
+    -- an entry without its name is no record rotor wrote
+    local rec = assert(st:get("spreetail/x"))
+    rec.unfound[1].name = nil
+    assert(st:put("spreetail/x", rec))
+    out, rc = rotor("doctor " .. q(d .. "/secrets"))
+    assert.equal(1, rc, out)
+    assert.truthy(out:find("unfound[1].name: missing", 1, true), out)
   end)
 
   -- a host of a fleet given the wrong sealing key: doctor called the slot corrupted and printed

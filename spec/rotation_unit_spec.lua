@@ -20,6 +20,7 @@ local function fake(kind, opts)
   local p = {
     provider = kind, client_id = opts.client_id or (kind .. "-admin"), calls = {}, faults = {},
     creds = {}, clients = {}, queue = {}, set_calls = 0,
+    hidden = {}, -- [client_id] = true: left out of the listings (a listing that lags behind a create)
   }
   p.creds[p.client_id] = opts.secret or "bootstrap-secret"
   p.acting = p.client_id
@@ -68,7 +69,9 @@ local function fake(kind, opts)
   function p:get_oauth_clients()
     count("get_oauth_clients")
     local e = {}
-    for _, c in pairs(self.clients) do e[#e + 1] = c end
+    for id, c in pairs(self.clients) do
+      if not self.hidden[id] then e[#e + 1] = c end
+    end
     return { entities = e, total = #e }
   end
   function p:post_oauth_clients(body)
@@ -106,7 +109,9 @@ local function fake(kind, opts)
   function p:list_client_credentials()
     count("list_client_credentials")
     local out = {}
-    for _, c in pairs(self.pairs) do out[#out + 1] = c end
+    for id, c in pairs(self.pairs) do
+      if not self.hidden[id] then out[#out + 1] = c end
+    end
     return out
   end
   function p:delete_client_credentials(id)
@@ -564,6 +569,89 @@ describe("rotation (unit, fake providers)", function()
     for _, w in ipairs(res.warnings) do if w:find("looks like rotor's", 1, true) then looks[#looks + 1] = w end end
     assert.equal(1, #looks, table.concat(looks, "\n"))
     assert.matches("client unproven (Reporting [rotor r0000000000000000]) looks like rotor's", looks[1], 1, true)
+  end)
+
+  -- the note of the slot's last journal entry with this outcome
+  local function last_note(rec, outcome)
+    local note
+    for _, e in ipairs(rec.journal) do
+      if e.outcome == outcome then note = e.note end
+    end
+    return note
+  end
+
+  -- A recovery that lists the provider's credentials and does not find the one the lost create
+  -- made (a listing that lags) took it as never created: minted again, finished "ok", and the
+  -- first credential stayed live and stored nowhere, with nothing in the record to find it by.
+  for _, case in ipairs {
+    { kind = "genesys", strategy = "new_client", op = "post_oauth_clients", set = "clients",
+      list = "get_oauth_clients", what = "client", seed = function(p) p:add_client("old1", "Reporting") end,
+      target = { client_id = "old1" } },
+    { kind = "spreetail", strategy = "new_pair", op = "create_client_credentials", set = "pairs",
+      list = "list_client_credentials", what = "pair", seed = function() end, target = {} },
+  } do
+    it(case.kind .. " " .. case.strategy .. ": a credential the recovery's listing did not show is searched for "
+       .. "again by later runs, and deleted when found", function()
+      local p = fake(case.kind)
+      case.seed(p)
+      local function ids()
+        local out = {}
+        for id in pairs(p[case.set]) do out[id] = true end
+        return out
+      end
+      local before = ids()
+      p.faults[case.op] = { { err = ambiguous(case.op), apply = true } }
+      local o = { slot = "u", provider = p, target = case.target, strategy = case.strategy }
+      assert.is_nil(rotate(o))
+      local orphan
+      for id in pairs(ids()) do if not before[id] then orphan = id end end
+      assert.truthy(orphan)
+      p.hidden[orphan] = true -- the listing does not show it yet
+      local res = assert(rotate(o))
+      assert.truthy(p[case.set][orphan]) -- still there: nothing found to delete
+      local rec = assert(store:get("u"))
+      assert.equal(1, #rec.unfound)
+      local u = rec.unfound[1]
+      assert.equal(case.strategy, u.strategy)
+      assert.equal(case.what, u.what)
+      assert.equal(p[case.set][orphan].name, u.name) -- the name the lost create used
+      assert.truthy(last_note(rec, "not_found"):find(u.name, 1, true))
+      -- the next run, the listing caught up: the first credential is found by that name and deleted;
+      -- the stored one (created again by the same rotation, with the same name) is kept
+      p.hidden[orphan] = nil
+      local res2 = assert(rotate(o))
+      assert.is_nil(p[case.set][orphan])
+      assert.truthy(p[case.set][res2.client_id])
+      assert.is_nil(p[case.set][res.client_id]) -- retired as usual by the second rotation
+      rec = assert(store:get("u"))
+      assert.is_nil(rec.unfound)
+      assert.matches("found and deleted", last_note(rec, "search_ended"), 1, true)
+    end)
+  end
+
+  it("a credential still not listed once the search's window has passed is taken as never created", function()
+    local p = fake("spreetail")
+    p.faults.create_client_credentials = { { err = ambiguous("create_client_credentials"), apply = true } }
+    local o = { slot = "u", provider = p, strategy = "new_pair" }
+    assert.is_nil(rotate(o))
+    for id in pairs(p.pairs) do p.hidden[id] = true end -- never listed: the bootstrap pair and the lost one
+    p.hidden[p.client_id] = nil
+    assert(rotate(o))
+    local rec = assert(store:get("u"))
+    assert.equal(1, #rec.unfound)
+    -- a run within the window searches and keeps it; one after the window ends the search
+    assert(rotate(o))
+    rec = assert(store:get("u"))
+    assert.equal(1, #rec.unfound)
+    rec.unfound[1].since = require("rotor.timefmt").iso(os.time() - (rotation.UNFOUND_DAYS + 1) * 86400)
+    assert(store:put("u", rec))
+    local lists = p.calls.list_client_credentials
+    assert(rotate(o))
+    assert.equal(lists + 1, p.calls.list_client_credentials)
+    rec = assert(store:get("u"))
+    assert.is_nil(rec.unfound)
+    assert.matches("still not listed after " .. rotation.UNFOUND_DAYS .. " days", last_note(rec, "search_ended"), 1,
+      true)
   end)
 
   it("spreetail: new pair, old pair deleted, provider switched to the new pair", function()

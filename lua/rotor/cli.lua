@@ -617,8 +617,20 @@ local function cmd_doctor(args)
         add { slot = name, problem = "orphan", needs_person = true,
           message = ("rotation %s (%s) may have minted a credential that was never stored; the provider "
             .. "may hold it, named with %s"):format(t.id, tostring(t.strategy), t.id),
-          command = rerun .. " --slot " .. q(name) .. "   # its clean-up deletes credentials named with this " ..
-            "slot's rotation ids" }
+          command = ("at the provider, look for a credential whose name holds %s; delete it unless a slot stores it "
+            .. "(rotor status lists the slots' client ids)"):format(t.id) }
+      end
+      -- credentials a recovery did not find (record.unfound): searched for again by the slot's runs
+      for _, u in ipairs(type(rec.unfound) == "table" and rec.unfound or {}) do
+        local until_t = (timefmt.parse(u.since) or now) + require("rotor.rotation").UNFOUND_DAYS * 86400
+        add { slot = name, problem = "unconfirmed_orphan", needs_person = false,
+          message = ("the create request of rotation %s had an unknown outcome, and the provider then listed no "
+            .. "%s named %s, so it was created again. If the listing lagged, the first one exists, live and stored "
+            .. "nowhere: the slot's runs (strategy %s) search for that name until %s and delete what no slot "
+            .. "stores"):format(tostring(u.rotation), tostring(u.what or "credential"), u.name, u.strategy,
+            timefmt.iso(until_t):sub(1, 10)),
+          command = ("nothing, or sooner: at the provider, delete the %s named %s that no slot stores (rotor status "
+            .. "lists the slots' client ids)"):format(tostring(u.what or "credential"), u.name) }
       end
     end
   end

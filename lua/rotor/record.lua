@@ -5,7 +5,8 @@
 --     journal = { { step=, outcome=, time=, rotation=, note= }, ... },         -- objects (of strings)
 --     rotation = { id=, strategy=, started=, step=, mint = { state=, op=, time=, at=<number>, ... } } | nil,
 --     last = { rotation=, outcome=, step=, time=, strategy= } | nil,          -- strings, each optional
---     retiring = { { client_id=, delete_after= }, ... } | nil }               -- both set, strings
+--     retiring = { { client_id=, delete_after= }, ... } | nil,                -- both set, strings
+--     unfound = { { name=, strategy=, since=, what=, rotation= }, ... } | nil } -- strings, first 3 set
 --   V = { client_id = <string>, secret = <secret>, created=, expires=, promoted=, rotation=, meta = {} }
 --   (client_id and secret are never empty; a pending version holds both)
 --
@@ -41,6 +42,7 @@ local VERSION_FIELDS = { client_id = "string", secret = "secret string", created
 -- what rotor writes in these entries is text; a reader prints, compares and parses them as such
 local LAST_FIELDS = { rotation = "string", outcome = "string", step = "string", time = "string", strategy = "string" }
 local RETIRING_FIELDS = { client_id = "string", delete_after = "string" }
+local UNFOUND_FIELDS = { name = "string", strategy = "string", since = "string", what = "string", rotation = "string" }
 local ROTATION_FIELDS = { started = "string" }
 local MINT_FIELDS = { op = "string", time = "string", at = "number" }
 
@@ -117,6 +119,7 @@ function _M.validate(rec)
   local ok, why = array_of(rec.journal, "journal")
   if not ok then return nil, why end
   ok, why = array_of(rec.retiring, "retiring", RETIRING_FIELDS, { "client_id", "delete_after" })
+  if ok then ok, why = array_of(rec.unfound, "unfound", UNFOUND_FIELDS, { "name", "strategy", "since" }) end
   if not ok then return nil, why end
   local rot = rec.rotation
   if rot ~= nil then

@@ -285,11 +285,15 @@ end
 -- exactly the one recorded before the mint. Items that look like rotor's but cannot be
 -- attributed to this rotation are reported (a warning), never deleted.
 -- args: items, name_of(item), id_of(item), name (the recorded name), looks_like(name), delete(id)
+-- Returns the number deleted | nil, err. When it deletes nothing after a mint of unknown outcome,
+-- the name is kept in record.unfound: a listing may lag behind a create, and the slot's later runs
+-- search for the name again (Ctx:search_unfound).
 function Ctx:delete_attributed(args)
   local n = 0
   for _, item in ipairs(args.items) do
     local name, id = args.name_of(item), args.id_of(item)
-    if type(name) == "string" and type(id) == "string" and not self:stored_client(id) then
+    if type(name) == "string" and type(id) == "string" and not self:stored_client(id)
+       and not self:retiring_client(id) then
       if name == args.name then
         local ok, derr = args.delete(id)
         if not ok and not (errors.is(derr) and derr.status == 404) then return nil, derr end
@@ -302,7 +306,61 @@ function Ctx:delete_attributed(args)
       end
     end
   end
+  if self.searching then
+    self.searching.found = n
+  elseif n == 0 then
+    local list = self.record.unfound or {}
+    self.record.unfound = list
+    list[#list + 1] = { name = args.name, what = args.what, strategy = self.strategy.name,
+                        rotation = self.record.rotation and self.record.rotation.id, since = timefmt.iso() }
+    local ok, err = self:journal("create", "not_found", ("the provider lists no %s named %s: taken as not "
+      .. "created. A listing may lag behind a create, so the slot's runs search for that name again for %d days "
+      .. "and delete what they find that no slot stores"):format(args.what, args.name, _M.UNFOUND_DAYS))
+    if not ok then return nil, err end
+  end
   return n
+end
+
+-- How long the slot's runs keep searching for a credential a recovery did not find (days).
+-- How long a provider's listing may lag behind a create is not documented: long enough that any
+-- lag seen in practice (seconds) is far inside it, short enough that the search ends.
+_M.UNFOUND_DAYS = 30
+
+--- At the start of a run with no rotation in progress: search again for each credential a
+-- recovery did not find (record.unfound), with the strategy's own recover(), which deletes one
+-- it finds that no slot stores. An entry ends when its credential is found, or when it is not
+-- found UNFOUND_DAYS after it was recorded. Entries of another strategy are kept (doctor lists
+-- them). true | nil, err (the journal could not be written; the search fails alone as a warning).
+function Ctx:search_unfound(now)
+  local list = self.record.unfound
+  if type(list) ~= "table" or #list == 0 then return true end
+  local keep, ended = {}, {}
+  for _, e in ipairs(list) do
+    if e.strategy ~= self.strategy.name then
+      keep[#keep + 1] = e
+    else
+      self.searching = { found = 0 }
+      local pok, ok, err = pcall(self.strategy.recover, self, { name = e.name })
+      local found = self.searching.found
+      self.searching = nil
+      if not pok or ok == nil then
+        keep[#keep + 1] = e
+        self.warnings[#self.warnings + 1] = ("the search for %s %s (not found by rotation %s) failed: %s; the next "
+          .. "run searches again"):format(tostring(e.what), e.name, tostring(e.rotation),
+          redact(errors.is(err) and err.message or (pok and err) or ok))
+      elseif found > 0 then
+        ended[#ended + 1] = ("%s %s found and deleted"):format(tostring(e.what), e.name)
+      elseif (timefmt.parse(e.since) or 0) + _M.UNFOUND_DAYS * 86400 <= now then
+        ended[#ended + 1] = ("%s %s still not listed after %d days: taken as never created"):format(
+          tostring(e.what), e.name, _M.UNFOUND_DAYS)
+      else
+        keep[#keep + 1] = e
+      end
+    end
+  end
+  if #ended == 0 then return true end
+  self.record.unfound = #keep > 0 and keep or nil
+  return self:journal("create", "search_ended", table.concat(ended, "; "))
 end
 
 --- Verify a candidate credential (a fresh token with exactly it), retrying as the verify step does:
@@ -407,6 +465,14 @@ function Ctx:deletion_done(entry)
     if r ~= entry then keep[#keep + 1] = r end
   end
   self.record.retiring = keep
+end
+
+--- Is client_id one the slot deletes after a grace period (record.retiring)?
+function Ctx:retiring_client(client_id)
+  for _, r in ipairs(self.record.retiring or {}) do
+    if r.client_id == client_id then return true end
+  end
+  return false
 end
 
 --- The label of the stored version client_id belongs to (of labels, by default current, pending
@@ -786,6 +852,8 @@ local function run(ctx)
     end
   end
   if not rot then
+    local sok, serr = ctx:search_unfound(timefmt.now())
+    if not sok then ctx.warnings[#ctx.warnings + 1] = tostring(serr) end
     local cok, cerr = strat.cleanup(ctx)
     if not cok then ctx.warnings[#ctx.warnings + 1] = tostring(cerr) end
   end
