@@ -866,45 +866,126 @@ http {
   end)
 
   -- a rotor paused after its lease was checked and before its minting request left: another took
-  -- the slot over and finished, then the request went out and ended the other's stored secret.
-  -- The fenced rotor said "the rotor holding the slot now finishes the rotation" (it had) and
-  -- retried its write five times: the slot held a dead secret and looked healthy (a fleet probe).
-  it("a mint sent after another rotor took the slot over: the fenced rotor says to rotate again", function()
+  -- the slot over, then the request went out and ended the secret the other had minted. The fenced
+  -- rotor said "the rotor holding the slot now finishes the rotation" (it had) and retried its write
+  -- five times: the slot held a dead secret and looked healthy (a fleet probe); then it said to
+  -- rotate again, and the secret it held, the one that worked, was lost with it.
+  -- p's minting call first runs `meanwhile` (the pause: the lease lapses, another rotor acts)
+  local function paused_mint(st, fx, p, meanwhile)
+    local mint_op = fx.strategy == "new_client" and "post_oauth_clients" or "post_oauth_client_secret"
+    local mint = p[mint_op]
+    local done
+    p[mint_op] = function(self, ...)
+      if not done then
+        done = true
+        local lock = assert(st.locks[fx.slot])
+        assert(st:call("/v3/lease/revoke", { ID = lock.lease }))
+        meanwhile()
+      end
+      return mint(self, ...)
+    end
+  end
+
+  for _, case in ipairs {
+    { what = "after the other finished", other = {} },
+    -- the other stopped with its secret pending (a deploy that failed): the late mint ended that
+    -- one, which then failed verify on every run, a slot wedged with no working secret
+    { what = "while the other's secret was pending", other = { deploy = function() return nil, "consumers down" end } },
+  } do
+    it("a mint sent after another rotor took the slot over, " .. case.what .. ": the fenced rotor stores the "
+       .. "secret it minted, the one that works", function()
+      local rotor = require "rotor"
+      local fx = fixtures.seed(s, "genesys", "late" .. core.random_hex(2))
+      assert(rotor.rotate { slot = fx.slot, provider = fixtures.provider(fx), store = open_store(),
+                            target = fx.target })
+      local st = open_store()
+      local p = fixtures.provider(fx)
+      local other_res, other_err
+      paused_mint(st, fx, p, function()
+        local o = { slot = fx.slot, provider = fixtures.provider(fx), store = open_store(), target = fx.target }
+        for k, v in pairs(case.other) do o[k] = v end
+        other_res, other_err = rotor.rotate(o)
+      end)
+      local puts = 0
+      local put = st.put
+      st.put = function(...) puts = puts + 1 return put(...) end
+      -- due when it starts (--only-due), and not due once the other rotated the slot: the secret
+      -- it minted is stored all the same
+      local due_calls = 0
+      local res, err = rotor.rotate { slot = fx.slot, provider = p, store = st, target = fx.target,
+        only_if_due = function() due_calls = due_calls + 1 return due_calls == 1 end }
+      if case.other.deploy then
+        assert.is_nil(other_res)
+        assert.matches("consumers down", other_err.message, 1, true)
+      else
+        assert(other_res, other_err)
+      end
+      assert(res, err)
+      local lapsed = {}
+      for _, w in ipairs(res.warnings) do
+        if w:find("lock on the slot lapsed", 1, true) then lapsed[#lapsed + 1] = w end
+      end
+      assert.equal(1, #lapsed, table.concat(res.warnings, "\n"))
+      local rec = check_slot(open_store(), fx)
+      local adopted
+      for _, e in ipairs(rec.journal) do if e.outcome == "adopted" then adopted = e.note end end
+      assert.matches("stored as pending", adopted, 1, true)
+      -- the fenced write was refused once, not retried; then one run stored the secret (start,
+      -- adopted, then verify, promote, retire and the end, as a rotation writes them)
+      assert.is_true(puts <= 8, puts)
+    end)
+  end
+
+  -- the pause came after the mint's answer: the other rotor's recovery minted after it, and the
+  -- secret the fenced rotor holds is dead. Taking the lock again, it finds the slot's secret
+  -- working and stores nothing.
+  it("a rotor fenced after its mint, whose secret a later mint ended, leaves the slot as it is", function()
     local rotor = require "rotor"
-    local fx = fixtures.seed(s, "genesys", "late" .. core.random_hex(2))
+    local fx = fixtures.seed(s, "genesys", "early" .. core.random_hex(2))
     assert(rotor.rotate { slot = fx.slot, provider = fixtures.provider(fx), store = open_store(), target = fx.target })
     local st = open_store()
     local p = fixtures.provider(fx)
     local mint = p.post_oauth_client_secret
-    local taken
     p.post_oauth_client_secret = function(self, ...)
-      if not taken then
-        -- the pause: the lease lapses, another rotor takes the slot over and finishes
-        local lock = assert(st.locks[fx.slot])
-        assert(st:call("/v3/lease/revoke", { ID = lock.lease }))
-        taken = assert(rotor.rotate { slot = fx.slot, provider = fixtures.provider(fx), store = open_store(),
-                                      target = fx.target })
-      end
-      return mint(self, ...)
+      local r, e = mint(self, ...)
+      local lock = assert(st.locks[fx.slot])
+      assert(st:call("/v3/lease/revoke", { ID = lock.lease }))
+      assert(rotor.rotate { slot = fx.slot, provider = fixtures.provider(fx), store = open_store(),
+                            target = fx.target })
+      return r, e
     end
-    local puts = 0
-    local put = st.put
-    st.put = function(...) puts = puts + 1 return put(...) end
+    local before = assert(open_store():get(fx.slot))
     local res, err = rotor.rotate { slot = fx.slot, provider = p, store = st, target = fx.target }
-    assert.truthy(taken)
     assert.is_nil(res)
     assert.equal("fenced", err.kind)
-    assert.matches("works and is stored nowhere", err.message, 1, true)
-    assert.matches("Rotate the slot again now, with the config or store of this run: rotor rotate --slot "
-      .. fx.slot, err.message, 1, true)
-    assert.is_nil(err.message:find("now finishes the rotation", 1, true), err.message)
-    -- its stale write was refused once, not retried
-    assert.is_true(puts <= 3, puts)
-    -- the slot's secret is dead now; the rotation it says to run mends it
+    assert.matches("not needed: the slot's own secret works. Nothing was lost", err.message, 1, true)
+    local rec = check_slot(open_store(), fx)
+    assert.is_true(#rec.journal > #before.journal)
+    for _, e in ipairs(rec.journal) do assert.are_not.equal("adopted", e.outcome) end
+  end)
+
+  -- new_client: the late request makes a client of its own, stored nowhere. The other rotor's
+  -- recovery looked for it by name before it existed; the slot's next run finds it and deletes it.
+  it("a client created after another rotor took the slot over is found by the slot's next run and deleted", function()
+    local rotor = require "rotor"
+    local fx = fixtures.seed(s, "genesys_new", "late" .. core.random_hex(2))
+    local function rotate(st, p)
+      return rotor.rotate { slot = fx.slot, provider = p or fixtures.provider(fx), store = st or open_store(),
+                            target = fx.target, strategy = "new_client" }
+    end
+    local st = open_store()
+    local p = fixtures.provider(fx)
+    paused_mint(st, fx, p, function() assert(rotate()) end)
+    local res, err = rotate(st, p)
+    assert.is_nil(res)
+    assert.equal("fenced", err.kind)
+    assert.matches("no slot holds it. When rotor doctor lists its name as unconfirmed_orphan", err.message, 1, true)
     local rec = assert(open_store():get(fx.slot))
-    assert.is_false(fixtures.works(fx, rec.versions.current.client_id, rec.versions.current.secret:reveal()))
-    assert(rotor.rotate { slot = fx.slot, provider = fixtures.provider(fx), store = open_store(), target = fx.target })
-    check_slot(open_store(), fx)
+    assert.equal(1, #rec.unfound)
+    assert.equal(1, #fixtures.orphans(fx, rec)) -- the late client
+    assert(rotate())
+    rec = check_slot(open_store(), fx)
+    assert.is_nil(rec.unfound)
   end)
 
   it("a rotor SIGSTOPped past its lease is fenced: the other finishes, its stale write is refused", function()

@@ -688,25 +688,33 @@ end
 
 -- The message of a rotation whose slot's lock was lost while it held a new secret it could not
 -- store. A pause (SIGSTOP, a VM) after the lease was checked and before the minting request left:
--- another rotor took the slot over and finished, then this request went out. Whether that killed
--- the other's stored secret is what the secret this rotor got tells (tried once): working, it is
--- the one the provider honours now, and nothing else would rotate a slot that was just rotated.
-local function lost_after_fence(ctx, fenced)
+-- another rotor took the slot over, then this request went out. `adoption` is what adopt_lost
+-- made of the secret: { outcome = "works" | "refused" | "unknown" | "new_client", err = }.
+local function lost_after_fence(ctx, fenced, adoption)
   local v = ctx.lost_minted
   local base = tostring(fenced.head or fenced.message)
-  local pok, works, verr = pcall(ctx.provider.verify, ctx.provider,
-                                 { client_id = v.client_id, client_secret = v.secret })
-  if pok and works then
-    return base .. (". A secret this rotor minted after that works and is stored nowhere: the provider may have "
-      .. "ended the secret the slot holds (a regenerate does), or hold a credential (%s) no slot holds. Rotate "
-      .. "the slot again now, with the config or store of this run: rotor rotate --slot %s"):format(
-        tostring(v.client_id), ctx.slot)
-  elseif pok and errors.is(verr) and verr.kind == "auth" then
+  local outcome = adoption.outcome
+  if outcome == "new_client" then
+    return base .. (". This rotor created credential %s after that and could not store it: no slot holds it. "
+      .. "When rotor doctor lists its name as unconfirmed_orphan, the slot's later runs delete it; else delete it at "
+      .. "the provider"):format(tostring(v.client_id))
+  elseif outcome == "works" or outcome == "not_stored" then
+    local why = tostring(errors.is(adoption.err) and adoption.err.message or adoption.err)
+    return base .. (outcome == "works" and ". A secret this rotor minted after that works, and the slot's "
+      .. "secret does not (a regenerate ends the one before); storing it failed (%s). Rotate the slot again now, "
+      .. "with the config or store of this run: rotor rotate --slot %s"
+      or ". This rotor minted a secret after that and could not store it (%s). If the slot's secret is refused "
+      .. "now (a regenerate ends the one before), rotate the slot again now, with the config or store of this run: "
+      .. "rotor rotate --slot %s"):format(why, ctx.slot)
+  elseif outcome == "slot_works" then
+    return base .. ". The secret this rotor minted after that is not stored, and not needed: the slot's own "
+      .. "secret works. Nothing was lost"
+  elseif outcome == "refused" then
     return base .. ". The secret this rotor minted before that no longer works (a later mint replaced it): "
       .. "nothing was lost; the rotor holding the slot finished the rotation"
   end
-  return base .. ". This rotor minted a secret it could not store, and could not tell whether it still works: "
-    .. "check the slot (rotor doctor), and rotate it again if its secret is refused"
+  return base .. ". This rotor minted a secret it could not store, and could not tell whether it or the slot's "
+    .. "secret works: check the slot (rotor doctor), and rotate it again if its secret is refused"
 end
 
 local function empty_record(slot, provider)
@@ -788,6 +796,61 @@ local function notify(ctx, ok, err, failed_step)
   if not sent then ctx.warnings[#ctx.warnings + 1] = "notification failed: " .. tostring(nerr) end
 end
 
+-- Does the provider honour version v's secret? true, false (refused), or nil (could not tell).
+local function honoured(ctx, v)
+  if type(v) ~= "table" or v.secret == nil or type(v.client_id) ~= "string" then return false end
+  local ok, err = ctx:verify_candidate(v.client_id, v.secret)
+  if ok then return true end
+  if errors.is(err) and err.kind == "auth" then return false end
+  return nil
+end
+
+-- Under the slot's lock again, a secret this process minted under a lock it lost (ctx.adopt, see
+-- adopt_lost). When it works and neither the slot's pending nor its current secret does (its
+-- request ended them), it becomes the pending secret of the rotation in progress, or of a new
+-- one, and the steps from verify finish that rotation. ctx.adopt.outcome says what was done:
+-- "adopted", "slot_works", "refused" or "unknown"; any but the first leaves the slot as it is.
+-- true | nil, err (the record could not be written).
+local function adopt(ctx)
+  local rec, a = ctx.record, ctx.adopt
+  local v, versions = a.version, ctx.record.versions
+  for _, label in ipairs { "pending", "current" } do
+    local have = versions[label]
+    if have then
+      local works = honoured(ctx, have)
+      if works ~= false then
+        a.outcome = works and "slot_works" or "unknown"
+        return true
+      end
+    end
+  end
+  local works = honoured(ctx, v)
+  if not works then
+    a.outcome = works == false and "refused" or "unknown"
+    return true
+  end
+  local now = timefmt.iso()
+  local rot = rec.rotation
+  if not rot then
+    rot = { id = new_rotation_id(), strategy = ctx.strategy.name, started = now }
+    rec.rotation = rot
+    ctx:journal("rotation", "start", ctx.strategy.name, nil, nil, true)
+  end
+  rot.step = "verify"
+  rot.mint = rot.mint or { op = "adopt", time = now }
+  rot.mint.state = "done"
+  a.outcome = "works"
+  local replaced = versions.pending
+  versions.pending = { client_id = v.client_id, secret = v.secret, created = now, expires = timefmt.checked(v.expires),
+                       meta = v.meta or {}, rotation = rot.id }
+  local ok, err = ctx:journal("create", "adopted", ("a secret minted by rotation %s after its lock lapsed, which it "
+    .. "could not store: it works, and the slot's %s secret is refused; stored as pending"):format(
+    tostring(a.rotation), replaced and "pending" or "current"), v.secret, v.client_id)
+  if not ok then return nil, err end
+  a.outcome = "adopted"
+  return true
+end
+
 local function run(ctx)
   -- the journal kept as text where the store can: the rotation only appends to it
   local rec, err = record_mod.read(ctx.store, ctx.slot, { journal_as_text = true })
@@ -799,7 +862,8 @@ local function run(ctx)
       ctx.slot, tostring(rec.provider), ctx.provider.provider) }
   end
   rec.provider = ctx.provider.provider
-  if ctx.opts.only_if_due and not ctx.opts.dry_run then
+  -- (a secret minted under a lock that lapsed is stored whatever the policy says: see adopt)
+  if ctx.opts.only_if_due and not ctx.opts.dry_run and not ctx.adopt then
     -- decided again under the lock, on the record as it is now
     local due, reason = ctx.opts.only_if_due(rec)
     if not due then ctx.skipped = reason or "not due"; return true end
@@ -840,6 +904,15 @@ local function run(ctx)
     ctx.plan = plan(ctx)
     return true
   end
+  if ctx.adopt then
+    local aok, aerr = adopt(ctx)
+    if not aok then return nil, aerr end
+    if ctx.adopt.outcome ~= "adopted" then
+      ctx.skipped = "nothing to store"
+      return true
+    end
+    rot = rec.rotation
+  end
   if not rot and type(ctx.provider.token) == "function" then
     -- a missing credential, a wrong URL or an unreachable host fails here, before anything is
     -- journalled: a slot is never marked as failed by a run that could not have started
@@ -867,7 +940,7 @@ local function run(ctx)
     rec.rotation = rot
     local ok, jerr = ctx:journal("rotation", "start", strat.name, nil, nil, true)
     if not ok then return nil, jerr end
-  else
+  elseif not ctx.adopt then
     ctx:journal("rotation", "resume", "at step " .. tostring(rot.step), nil, nil, true)
   end
   for i = STEP_INDEX[rot.step] or 1, #STEPS do
@@ -924,15 +997,44 @@ local function run(ctx)
   return true
 end
 
---- rotor.rotate{ slot, provider, store, target, strategy, deploy, dry_run, wait, audit, notify,
---                grace, force_mint, verify_attempts, log } -> res | nil, err
-function _M.rotate(o)
+local rotate
+
+-- How long a rotor whose lock lapsed waits for the slot's lock to store the secret it minted then
+-- (s): the rotor that took the slot over is finishing a rotation, which takes seconds.
+_M.ADOPT_WAIT = 60
+
+-- A rotation whose lock lapsed holds a secret it minted and could not store (ctx.lost_minted).
+-- For a strategy that gives the slot's client a new secret, its request may have ended the secret
+-- the slot holds now: it takes the slot's lock again (waiting up to ADOPT_WAIT for the rotor
+-- holding it) and stores the secret there when it works and the slot's does not (adopt).
+-- -> res of that run (a finished rotation) | nil, adoption { outcome =, err = }: "new_client" (a
+-- credential of its own, not the slot's client), "not_stored" (the lock or the record could not be
+-- had: err), "works" (it works and the slot's does not, but writing it failed: err), "adopted" (stored
+-- as pending; the rest of that rotation failed: err), or adopt's other outcomes
+local function adopt_lost(o, ctx)
+  local v = ctx.lost_minted
+  if not ctx:stored_client(v.client_id, { "current" }) then return nil, { outcome = "new_client" } end
+  local a = { version = v, rotation = ctx.record.rotation and ctx.record.rotation.id }
+  local deadline = core.now() + _M.ADOPT_WAIT
+  local res, err
+  while true do
+    res, err = rotate(o, a)
+    if res or not (errors.is(err) and err.kind == "locked") or core.now() >= deadline then break end
+    if not require("rotor.sched").sleep(1, true) then break end
+  end
+  if not res then a.err = err end
+  a.outcome = a.outcome or "not_stored"
+  if res and a.outcome == "adopted" then return res end
+  return nil, a
+end
+
+function rotate(o, adopting)
   check_opts(o)
   local strat = _M.strategy(o.provider.provider, o.strategy)
   local ctx = setmetatable({
     slot = o.slot, provider = o.provider, store = o.store, target = o.target or {}, opts = o,
     strategy = strat, steps = {}, warnings = {}, crash_at = crash_points(),
-    log = type(o.log) == "function" and o.log or nil,
+    log = type(o.log) == "function" and o.log or nil, adopt = adopting,
   }, Ctx)
   strat.check(ctx)
   if o.dry_run then
@@ -976,8 +1078,23 @@ function _M.rotate(o)
   lock:unlock()
   if ok and ctx.skipped then return { slot = o.slot, skipped = true, reason = ctx.skipped } end
   if not ok and lock.fenced then
-    err = errors.with(lock.fenced, { step = ctx.failed_step,
-                                     message = ctx.lost_minted and lost_after_fence(ctx, lock.fenced) or nil })
+    local message
+    if ctx.lost_minted then
+      local res, adoption = adopt_lost(o, ctx)
+      local what = "this run's lock on the slot lapsed while it minted, and another rotor rotated the slot "
+        .. "meanwhile; the secret minted then works and the slot's did not, so it was stored as pending under the "
+        .. "lock taken again"
+      if res then
+        res.warnings[#res.warnings + 1] = what .. " (rotation " .. tostring(res.rotation) .. ")"
+        return res
+      elseif adoption.outcome == "adopted" then
+        -- stored; the rest of that rotation failed, and its error (already notified) says what follows
+        return nil, errors.with(adoption.err, { message = what .. ". Then: " .. tostring(errors.is(adoption.err)
+          and adoption.err.message or adoption.err) })
+      end
+      message = lost_after_fence(ctx, lock.fenced, adoption)
+    end
+    err = errors.with(lock.fenced, { step = ctx.failed_step, message = message })
   end
   if not ok then
     err = errors.with(err, { message = redact(errors.is(err) and err.message or err),
@@ -995,6 +1112,12 @@ function _M.rotate(o)
       :format(strat.name, dies)
   end
   return res
+end
+
+--- rotor.rotate{ slot, provider, store, target, strategy, deploy, dry_run, wait, audit, notify,
+--                grace, force_mint, verify_attempts, log } -> res | nil, err
+function _M.rotate(o)
+  return rotate(o)
 end
 
 ------------------------------------------------------------------------------------------------
