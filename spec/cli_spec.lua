@@ -968,6 +968,33 @@ for _, w in ipairs(res.warnings) do print("warning: " .. w) end
     assert.truthy(out:find("unfound[1].name: missing", 1, true), out)
   end)
 
+  -- a pending secret the provider refused at every verify: doctor offered the rerun, which verified
+  -- it again, and said nothing of the way out
+  it("doctor names drop_pending for a rotation whose pending secret the provider refused", function()
+    local d = newdir()
+    local st = file_store(d .. "/secrets")
+    local rot = "r20261101T000000Z-0011223344556677"
+    local rec = { slot = "genesys/x", provider = "genesys",
+      versions = { current = { client_id = "c1", secret = "not-a-real-secret-4", created = "2026-11-01T00:00:00Z" },
+                   pending = { client_id = "c1", secret = "not-a-real-secret-5", created = "2026-11-01T00:00:01Z" } },
+      rotation = { id = rot, strategy = "regenerate", step = "verify", started = "2026-11-01T00:00:00Z" },
+      journal = { { step = "verify", outcome = "failed", rotation = rot, time = "2026-11-01T00:00:02Z",
+                    note = "the new credential c1 was refused when verified (invalid_client); it stays pending" } } }
+    assert(st:put("genesys/x", rec))
+    local out, rc = rotor("doctor " .. q(d .. "/secrets"))
+    assert.equal(1, rc, out)
+    assert.truthy(out:find("the provider refused it at the last verify", 1, true), out)
+    assert.truthy(out:find("set drop_pending = true in the slot's config for one run", 1, true), out)
+    -- stopped anywhere else, the rerun is all there is to say
+    rec.journal[1] = { step = "deploy", outcome = "failed", rotation = rot, time = "2026-11-01T00:00:02Z",
+                       note = "the deploy hook failed" }
+    rec.rotation.step = "deploy"
+    assert(st:put("genesys/x", rec))
+    out, rc = rotor("doctor " .. q(d .. "/secrets"))
+    assert.equal(1, rc, out)
+    assert.is_nil(out:find("drop_pending", 1, true), out)
+  end)
+
   -- a host of a fleet given the wrong sealing key: doctor called the slot corrupted and printed
   -- the command that moves it aside and rotates anew; run there, it killed the secret every other
   -- host reads and stored the new one under the wrong key

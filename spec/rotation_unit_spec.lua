@@ -580,6 +580,14 @@ describe("rotation (unit, fake providers)", function()
     return note
   end
 
+  -- does one of res's warnings hold text?
+  local function warned(res, text)
+    for _, w in ipairs(res.warnings) do
+      if w:find(text, 1, true) then return true end
+    end
+    return false
+  end
+
   -- A recovery that lists the provider's credentials and does not find the one the lost create
   -- made (a listing that lags) took it as never created: minted again, finished "ok", and the
   -- first credential stayed live and stored nowhere, with nothing in the record to find it by.
@@ -652,6 +660,76 @@ describe("rotation (unit, fake providers)", function()
     assert.is_nil(rec.unfound)
     assert.matches("still not listed after " .. rotation.UNFOUND_DAYS .. " days", last_note(rec, "search_ended"), 1,
       true)
+  end)
+
+  -- A mint answered 200 whose secret the provider refuses: verify failed on every run, no run would
+  -- mint while it was pending, and nothing documented let a person drop it (with a regenerate the
+  -- old secret is already dead: a lockout only a hand-edited record ended).
+  it("drop_pending: a pending secret the provider refuses is dropped on a person's word, and a new one minted",
+     function()
+    local p = fake("genesys")
+    p:add_client("app1")
+    local mint = p.post_oauth_client_secret
+    local bad = true
+    p.post_oauth_client_secret = function(self, id)
+      local r, e = mint(self, id)
+      if bad then self.creds[id] = "not-what-was-handed-out" end -- the provider honours another secret
+      return r, e
+    end
+    local o = { slot = "g", provider = p, target = { client_id = "app1" } }
+    for _ = 1, 2 do
+      local _, err = rotate(o)
+      assert.equal("auth", err.kind)
+      assert.matches("was refused when verified", err.message, 1, true)
+    end
+    assert.equal(1, p.calls.post_oauth_client_secret) -- never a second mint while it is pending
+    assert.error_matches(function() rotate { slot = "g", provider = p, drop_pending = "yes" } end,
+      "drop_pending must be true or false", nil, true)
+    bad = false
+    o.drop_pending = true
+    local res = assert(rotate(o))
+    assert.equal(2, p.calls.post_oauth_client_secret)
+    local rec = assert(store:get("g"))
+    assert.is_nil(rec.rotation)
+    assert.equal(p.creds.app1, reveal(rec.versions.current.secret))
+    assert.matches("is refused: dropped, and a new one is minted", last_note(rec, "dropped"), 1, true)
+    assert.is_false(warned(res, "drop_pending"))
+  end)
+
+  it("drop_pending keeps a pending secret that works", function()
+    local p = fake("genesys")
+    p:add_client("app1")
+    local o = { slot = "g", provider = p, target = { client_id = "app1" },
+                deploy = function() return nil, "consumers down" end }
+    assert.is_nil(rotate(o))
+    o.deploy, o.drop_pending = nil, true
+    local res = assert(rotate(o))
+    assert.equal(1, p.calls.post_oauth_client_secret)
+    assert.is_true(warned(res, "drop_pending: the pending secret of app1 works: kept"))
+  end)
+
+  it("drop_pending on a new client: the refused client is deleted by the slot's next run", function()
+    local p = fake("genesys")
+    p:add_client("old1", "Reporting")
+    local create = p.post_oauth_clients
+    local first
+    p.post_oauth_clients = function(self, body)
+      local r, e = create(self, body)
+      if not first then first = r.id; self.creds[r.id] = "not-what-was-handed-out" end
+      return r, e
+    end
+    local o = { slot = "g", provider = p, target = { client_id = "old1" }, strategy = "new_client" }
+    assert.is_nil(rotate(o))
+    o.drop_pending = true
+    local res = assert(rotate(o))
+    assert.are_not.equal(first, res.client_id)
+    assert.truthy(p.clients[first]) -- not deleted yet: a run with no rotation in progress searches
+    local rec = assert(store:get("g"))
+    assert.equal(1, #rec.unfound)
+    o.drop_pending = nil
+    assert(rotate(o))
+    assert.is_nil(p.clients[first])
+    assert.is_nil(assert(store:get("g")).unfound)
   end)
 
   it("spreetail: new pair, old pair deleted, provider switched to the new pair", function()

@@ -607,11 +607,23 @@ local function cmd_doctor(args)
       if rec.rotation and not running then
         local st = timefmt.parse(rec.rotation.started)
         local age = st and math.floor(now - st) or nil
+        -- its pending secret refused at the last verify: a rerun verifies it again, and only a person
+        -- can say that it will never work
+        local last
+        for _, e in ipairs(rec.journal or {}) do
+          if e.rotation == rec.rotation.id then last = e end
+        end
+        local refused = rec.versions and rec.versions.pending and last and last.step == "verify"
+          and last.outcome == "failed" and type(last.note) == "string"
+          and last.note:find("was refused when verified", 1, true) ~= nil
         add { slot = name, problem = "unfinished_rotation", needs_person = true,
           message = ("rotation %s stopped at step %s%s%s"):format(tostring(rec.rotation.id),
             tostring(rec.rotation.step), age and (", started " .. age .. " s ago") or "",
-            rec.versions and rec.versions.pending and "; a new secret is stored as pending" or ""),
-          command = rerun .. " --slot " .. q(name) }
+            rec.versions and rec.versions.pending and ("; a new secret is stored as pending" .. (refused
+              and ", and the provider refused it at the last verify" or "")) or ""),
+          command = rerun .. " --slot " .. q(name) .. (refused and ("   # if it is refused again and the provider "
+            .. "will never honour it (ask them), set drop_pending = true in the slot's config for one run: it is "
+            .. "dropped and a new secret minted") or "") }
       end
       for _, t in ipairs(orphans(rec)) do
         add { slot = name, problem = "orphan", needs_person = true,
@@ -740,7 +752,8 @@ local function rotate_slot(run, e)
     slot = e.slot, provider = p, store = run.store, target = e.target, strategy = e.strategy,
     deploy = config.make_deploy(e.deploy, run.info.dir), dry_run = o["--dry-run"] or false,
     wait = e.wait or cfg.wait, grace = e.grace, notify = e.notify or cfg.notify, audit = audit,
-    force_mint = e.force_mint, consumers = e.consumers, visibility = e.visibility, retry_refused = e.retry_refused,
+    force_mint = e.force_mint, drop_pending = e.drop_pending, consumers = e.consumers, visibility = e.visibility,
+    retry_refused = e.retry_refused,
     print = function(line) plan[#plan + 1] = line end,
     -- --only-due decides again under the slot's lock, on the record then read
     only_if_due = o["--only-due"] and not o["--dry-run"] and function(rec) return rotor.due(rec, dopts) end or nil,

@@ -104,7 +104,7 @@ _M.TOP = {
 
 _M.SLOT = {
   order = { "slot", "provider", "target", "strategy", "deploy", "consumers", "due", "wait", "visibility",
-            "retry_refused", "grace", "notify", "audit", "force_mint" },
+            "retry_refused", "grace", "notify", "audit", "force_mint", "drop_pending" },
   keys = {
     slot = { type = "string", required = true, doc = "the slot's name in the store, e.g. \"genesys/reporting\"" },
     provider = { type = "table", required = true,
@@ -146,6 +146,9 @@ _M.SLOT = {
     force_mint = { type = "boolean", check = c_bool, default = "false",
       doc = "SP-API: mint although an earlier request may have left (only once the Developer Console shows no " ..
         "rotation)" },
+    drop_pending = { type = "boolean", check = c_bool, default = "false",
+      doc = "a person's word that the slot's pending secret will never work: the next run tries it once more, "
+        .. "drops it if the provider refuses it, and mints anew (set it for one run; rotor doctor says when)" },
   },
 }
 
@@ -223,7 +226,8 @@ _M.PROVIDERS = {
 -- rotor.rotate's options (scripts), for the reference
 _M.ROTATE = {
   order = { "slot", "provider", "store", "target", "strategy", "deploy", "dry_run", "wait", "visibility",
-            "retry_refused", "grace", "notify", "audit", "force_mint", "verify_attempts", "verify_delay",
+            "retry_refused", "grace", "notify", "audit", "force_mint", "drop_pending", "verify_attempts",
+            "verify_delay",
             "write_retries", "write_retry_delay", "mint_budget", "log", "print", "consumers", "only_if_due" },
   keys = {
     slot = { type = "string", required = true, doc = "the slot's name in the store" },
@@ -243,6 +247,8 @@ _M.ROTATE = {
     audit = { type = "false, string or table", doc = "as in a config file" },
     force_mint = { type = "boolean", default = "false",
       doc = "SP-API: mint although an earlier request may have left" },
+    drop_pending = { type = "boolean", default = "false",
+      doc = "drop a pending secret the provider refuses, and mint anew (as in a config file)" },
     verify_attempts = { type = "integer", default = "3", doc = "token requests tried with the new secret (1 to 100)" },
     verify_delay = { type = "number", default = "1",
       doc = "seconds between them (times the attempt number; 0 to 3600)" },

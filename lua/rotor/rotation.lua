@@ -684,6 +684,9 @@ local function check_opts(o)
   end
   notify_mod.check(o.notify, 3)
   if o.consumers ~= nil and o.consumers ~= "none" then error('rotate: consumers must be "none" (or unset)', 3) end
+  for _, k in ipairs { "force_mint", "drop_pending" } do
+    if o[k] ~= nil and type(o[k]) ~= "boolean" then error("rotate: " .. k .. " must be true or false", 3) end
+  end
 end
 
 -- The message of a rotation whose slot's lock was lost while it held a new secret it could not
@@ -796,13 +799,48 @@ local function notify(ctx, ok, err, failed_step)
   if not sent then ctx.warnings[#ctx.warnings + 1] = "notification failed: " .. tostring(nerr) end
 end
 
--- Does the provider honour version v's secret? true, false (refused), or nil (could not tell).
+-- Does the provider honour version v's secret? true, false (refused), or nil, err (could not tell).
 local function honoured(ctx, v)
   if type(v) ~= "table" or v.secret == nil or type(v.client_id) ~= "string" then return false end
   local ok, err = ctx:verify_candidate(v.client_id, v.secret)
   if ok then return true end
   if errors.is(err) and err.kind == "auth" then return false end
-  return nil
+  return nil, err
+end
+
+-- drop_pending: a person's word that the slot's pending secret will never work (a mint answered
+-- 200 whose secret the provider refuses: every run failed verify, and none would mint while it
+-- was pending). Tried once more: refused, it is dropped and the rotation mints anew; working, it
+-- is kept; unknown, the run stops. A credential of its own (a new client or pair) is searched for
+-- by name and deleted by the slot's later runs (record.unfound). true | nil, err.
+local function drop_pending(ctx)
+  local rec = ctx.record
+  local p, rot = rec.versions.pending, rec.rotation
+  local works, err = honoured(ctx, p)
+  if works then
+    ctx.warnings[#ctx.warnings + 1] = ("drop_pending: the pending secret of %s works: kept (remove drop_pending "
+      .. "from the slot's options)"):format(tostring(p.client_id))
+    return true
+  elseif works == nil then
+    return nil, errors.with(err, { message = ("drop_pending: could not tell whether the pending secret of %s "
+      .. "works (%s); nothing was dropped"):format(tostring(p.client_id), tostring(errors.is(err) and err.message
+      or err)) })
+  end
+  local cur = rec.versions.current
+  local own_client = not (cur and cur.client_id == p.client_id)
+  local name = own_client and type(p.meta) == "table" and type(p.meta.name) == "string" and p.meta.name or nil
+  if name then
+    local list = rec.unfound or {}
+    rec.unfound = list
+    list[#list + 1] = { name = name, what = "credential", strategy = ctx.strategy.name, rotation = rot.id,
+                        since = timefmt.iso() }
+  end
+  rec.versions.pending = nil
+  rot.step, rot.mint = "create", nil
+  return ctx:journal("create", "dropped", ("drop_pending: the pending secret of %s is refused: dropped, and a new "
+    .. "one is minted%s"):format(tostring(p.client_id), own_client and (name and ("; credential %s (%s) is "
+    .. "deleted by the slot's later runs"):format(p.client_id, name) or ("; delete credential %s at the provider")
+    :format(p.client_id)) or ""))
 end
 
 -- Under the slot's lock again, a secret this process minted under a lock it lost (ctx.adopt, see
@@ -874,6 +912,10 @@ local function run(ctx)
     return nil, errors.new { kind = "config", message = ("slot %s has an unfinished %s rotation (%s); finish it "
       .. "with strategy = %q first"):format(ctx.slot, tostring(rot.strategy), tostring(rot.id),
       tostring(rot.strategy)) }
+  end
+  if ctx.opts.drop_pending and rot and rec.versions.pending and not ctx.opts.dry_run then
+    local dok, derr = drop_pending(ctx)
+    if not dok then return nil, derr end
   end
   ctx.own = strat.own_credential(ctx)
   if not rec.versions.pending then
