@@ -97,6 +97,19 @@ describe("rotor.genesys", function()
     assert.equal(3, kit.counter(S, BASE))
   end)
 
+  -- a nextUri holding CR/LF or a space was sent on, and refused as a bad URL of kind config: the
+  -- provider's answer is at fault, not the configuration
+  it("get_oauth_clients: a nextUri that is no path is kind protocol", function()
+    for _, nxt in ipairs { "/api/v2/oauth/clients?pageNumber=2\r\nX-Injected: 1", "/api/v2/oauth/clients?a b" } do
+      kit.fault(S, { path = BASE, method = "GET", status = 200, body = { entities = {}, nextUri = nxt }, count = 1 })
+      local v, err = new():get_oauth_clients()
+      assert.is_nil(v)
+      assert.equal("protocol", err.kind, err.message)
+      assert.truthy(err.message:find("nextUri", 1, true), err.message)
+      assert.is_nil(err.message:find("\r", 1, true))
+    end
+  end)
+
   -- entities of another shape reached recovery, which indexed them (a Lua error, found by a probe)
   it("get_oauth_clients: a listing whose entities are no array of objects is kind protocol", function()
     local bodies = { { entities = { 1, "x" } }, { entities = { a = { id = "x" } } }, { entities = { { "x" } } } }

@@ -1,6 +1,7 @@
 -- Genesys Cloud Platform API v2, OAuthApi: /api/v2/oauth/clients...
 local client = require "rotor.client"
 local json = require "rotor.json"
+local errors = require "rotor.errors"
 
 local _M = {}
 
@@ -134,6 +135,11 @@ function Genesys:get_oauth_clients()
     end
     local nxt = page.nextUri
     if type(nxt) ~= "string" or nxt == "" then break end
+    if nxt:find("[%c%s]") then
+      return nil, errors.new { kind = "protocol", provider = self.provider, op = op,
+        message = "the listing's nextUri holds a control character or a space, so it is no link to the next page: "
+          .. errors.printable(nxt:sub(1, 120)) }
+    end
     if nxt:find("^%a[%w+.-]*://") then
       -- an absolute nextUri: keep only its path, the host is ours
       nxt = nxt:match("^%a[%w+.-]*://[^/]*(.*)$")
@@ -143,7 +149,7 @@ function Genesys:get_oauth_clients()
     seen[nxt] = true
     pages = pages + 1
     if pages > MAX_PAGES then
-      return nil, require("rotor.errors").new{ kind = "protocol", provider = self.provider, op = op,
+      return nil, errors.new { kind = "protocol", provider = self.provider, op = op,
         message = "more than " .. MAX_PAGES .. " pages" }
     end
     page, err = self:call(op, "GET", nxt, { shape = listing_shape, secrets = wrap_listing })
