@@ -173,6 +173,20 @@ describe("rotor.genesys", function()
     assert.truthy(tostring(err):find(err.request_id, 1, true))
   end)
 
+  -- a 404 answered without acting was taken at its word: the old client's deletion journalled as
+  -- done while it stayed
+  it("delete_oauth_client: a 404 for a client that is still there is kind protocol", function()
+    local p = new()
+    local c = assert(p:post_oauth_clients(request_body("stays")))
+    kit.fault(S, { path = BASE .. "/" .. c.id, method = "DELETE", status = 404, count = 1 })
+    local r, err = p:delete_oauth_client(c.id)
+    assert.is_nil(r)
+    assert.equal("protocol", err.kind)
+    assert.is_nil(err.status)
+    assert.matches("the client is still there: it was not deleted", err.message, 1, true)
+    assert.truthy(p:get_oauth_client(c.id))
+  end)
+
   it("400 for a bad OAuthClientRequest: kind http with the message", function()
     local p = new()
     -- the documented ErrorBody, injected (the simulator's own validation answer is covered too

@@ -91,6 +91,20 @@ describe("rotor.spreetail", function()
     assert.equal(1, #assert(p:list_client_credentials()))
   end)
 
+  -- a 404 answered without acting was taken at its word: retire journalled the old pair deleted
+  -- (and dropped its secret from the record) while it stayed live
+  it("delete_client_credentials: a 404 for a pair the account still lists is kind protocol", function()
+    local p = new()
+    local c = assert(p:create_client_credentials{ name = "stays" })
+    kit.fault(S, { path = PATH .. "/" .. c.clientId, method = "DELETE", status = 404, count = 1 })
+    local r, err = p:delete_client_credentials(c.clientId)
+    assert.is_nil(r)
+    assert.equal("protocol", err.kind)
+    assert.is_nil(err.status) -- callers take a 404 as "deleted already"
+    assert.matches("still lists it: it was not deleted", err.message, 1, true)
+    assert.is_true(p:verify{ client_id = c.clientId, client_secret = c.secret })
+  end)
+
   it("400 validation problem details are kind http with the field in detail", function()
     local p = new()
     local r, err = p:create_client_credentials{ name = "past", expires = "2001-01-01T00:00:00Z" }

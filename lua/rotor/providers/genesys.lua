@@ -189,7 +189,17 @@ end
 --- deleteOauthClient: true
 function Genesys:delete_oauth_client(id)
   check_id("delete_oauth_client", id)
-  return self:call("delete_oauth_client", "DELETE", PATH .. "/" .. client.escape(id))
+  local ok, err = self:call("delete_oauth_client", "DELETE", PATH .. "/" .. client.escape(id))
+  if ok or not (errors.is(err) and err.status == 404) then return ok, err end
+  -- a 404 is taken as "deleted already" by the callers: only once the client is seen to be gone
+  local still, gerr = self:get_oauth_client(id)
+  if still then
+    return nil, errors.new { kind = "protocol", provider = self.provider, op = "delete_oauth_client",
+      message = ("deleting client %s was answered 404 (not found), but the client is still there: it was not "
+        .. "deleted"):format(id) }
+  end
+  if errors.is(gerr) and gerr.status == 404 then return nil, err end
+  return nil, gerr
 end
 
 --- postOauthClientSecret: the OAuthClient with its new secret=<secret>

@@ -1,6 +1,7 @@
 -- Spreetail /api/v0 client credentials: create, list, delete.
 local client = require "rotor.client"
 local json = require "rotor.json"
+local errors = require "rotor.errors"
 
 local _M = {}
 
@@ -77,7 +78,19 @@ function Spreetail:delete_client_credentials(id)
   if type(id) ~= "string" or id == "" then
     error("delete_client_credentials: a clientId string expected", 2)
   end
-  return self:call("delete_client_credentials", "DELETE", PATH .. "/" .. client.escape(id))
+  local ok, err = self:call("delete_client_credentials", "DELETE", PATH .. "/" .. client.escape(id))
+  if ok or not (errors.is(err) and err.status == 404) then return ok, err end
+  -- a 404 is taken as "deleted already" by the callers: only once the pair is seen to be gone
+  local list, lerr = self:list_client_credentials()
+  if not list then return nil, lerr end
+  for _, c in ipairs(list) do
+    if c.clientId == id then
+      return nil, errors.new { kind = "protocol", provider = self.provider, op = "delete_client_credentials",
+        message = ("deleting pair %s was answered 404 (not found), but the account still lists it: it was not "
+          .. "deleted"):format(id) }
+    end
+  end
+  return nil, err
 end
 
 return _M
