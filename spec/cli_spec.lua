@@ -810,6 +810,12 @@ for _, w in ipairs(res.warnings) do print("warning: " .. w) end
       assert.truthy(out:find("paylocity/a", 1, true), out)
       assert.error_matches(function() require("rotor").due(assert(st:get("paylocity/a")), { max_age_days = 1e300 }) end,
         "rotor.due: max_age_days: a number of days above 0, at most 36500", nil, true)
+      -- a small rule is printed as written, not as 1e-05
+      assert(st:put("genesys/b", { slot = "genesys/b", provider = "genesys", journal = {},
+        versions = { current = { client_id = "c2", secret = "not-a-real-secret-14" } } }))
+      out, rc = rotor("due " .. q(d .. "/secrets") .. " --max-age-days 0.00001")
+      assert.equal(0, rc, out)
+      assert.truthy(out:find("(max_age_days = 0.00001)", 1, true), out)
     end)
 
     -- a file whose name spells no slot (%00.json, a tab or an escape sequence in the name) was listed

@@ -59,6 +59,12 @@ local function rule_values(opts)
   return before, max_age, explicit_age
 end
 
+-- a rule's number of days as a person writes it: 0.00001, not 1e-05
+local function days(v)
+  local s = ("%.9f"):format(v):gsub("0+$", ""):gsub("%.$", "")
+  return s
+end
+
 --- Is rec due? See the header for the rules.
 function _M.due(rec, opts, now)
   opts = opts or {}
@@ -86,11 +92,11 @@ function _M.due(rec, opts, now)
   local cands = {}
   if before and expires_t then
     cands[#cands + 1] = { t = expires_t - before * DAY, rule = "before_expiry_days",
-      reason = ("expires in %.1f days (before_expiry_days = %s)"):format(info.expires_in_days, tostring(before)) }
+      reason = ("expires in %.1f days (before_expiry_days = %s)"):format(info.expires_in_days, days(before)) }
   end
   if max_age and created_t and (explicit_age or not expires_t) then
     cands[#cands + 1] = { t = created_t + max_age * DAY, rule = "max_age_days",
-      reason = ("%.1f days old (max_age_days = %s)"):format(info.age_days, tostring(max_age)) }
+      reason = ("%.1f days old (max_age_days = %s)"):format(info.age_days, days(max_age)) }
   end
   local first
   for _, c in ipairs(cands) do
@@ -114,7 +120,7 @@ function _M.due(rec, opts, now)
   if first and first.t <= now then return true, first.reason, info end
   if max_age and not created_t and (explicit_age or not expires_t) then
     info.next_due, info.rule = now, "age_unknown"
-    return true, "age unknown (max_age_days = " .. tostring(max_age) .. ")", info
+    return true, "age unknown (max_age_days = " .. days(max_age) .. ")", info
   end
   if not first then return false, "no rule applies (no expiry known and max_age_days off)", info end
   return false, ("not due (next by %s on %s)"):format(first.rule, timefmt.iso(first.t):sub(1, 10)), info
