@@ -990,6 +990,8 @@ for _, w in ipairs(res.warnings) do print("warning: " .. w) end
     local out, rc = rotor("doctor " .. q(d .. "/secrets"))
     assert.equal(1, rc, out)
     assert.truthy(out:find("the provider refused it at the last verify", 1, true), out)
+    assert.truthy(out:find("its last entry: verify failed: the new credential c1 was refused when verified", 1, true),
+      out)
     assert.truthy(out:find("set drop_pending = true in the slot's config for one run", 1, true), out)
     -- stopped anywhere else, the rerun is all there is to say
     rec.journal[1] = { step = "deploy", outcome = "failed", rotation = rot, time = "2026-11-01T00:00:02Z",
@@ -999,6 +1001,16 @@ for _, w in ipairs(res.warnings) do print("warning: " .. w) end
     out, rc = rotor("doctor " .. q(d .. "/secrets"))
     assert.equal(1, rc, out)
     assert.is_nil(out:find("drop_pending", 1, true), out)
+    -- a run that stopped for a person said what to do in its journal: doctor shows it
+    rec.versions.pending = nil
+    rec.rotation.step = "create"
+    rec.journal[1] = { step = "create", outcome = "ambiguous", rotation = rot, time = "2026-11-01T00:00:02Z",
+                       note = "whether the code was used is unknown: ask Paylocity for a new code" }
+    assert(st:put("genesys/x", rec))
+    out, rc = rotor("doctor " .. q(d .. "/secrets"))
+    assert.equal(1, rc, out)
+    assert.truthy(out:find("its last entry: create ambiguous: whether the code was used is unknown: ask Paylocity "
+      .. "for a new code", 1, true), out)
   end)
 
   -- a host of a fleet given the wrong sealing key: doctor called the slot corrupted and printed

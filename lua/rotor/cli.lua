@@ -616,11 +616,16 @@ local function cmd_doctor(args)
         local refused = rec.versions and rec.versions.pending and last and last.step == "verify"
           and last.outcome == "failed" and type(last.note) == "string"
           and last.note:find("was refused when verified", 1, true) ~= nil
+        -- the rotation's last journal entry: a run that stopped for a person says there what to do
+        -- (a Paylocity code of unknown state, an SP-API request with no message)
+        local said = last and type(last.note) == "string" and last.note ~= ""
+          and ("; its last entry: %s %s: %s"):format(tostring(last.step), tostring(last.outcome),
+            errors.excerpt(last.note, 400)) or ""
         add { slot = name, problem = "unfinished_rotation", needs_person = true,
-          message = ("rotation %s stopped at step %s%s%s"):format(tostring(rec.rotation.id),
+          message = ("rotation %s stopped at step %s%s%s%s"):format(tostring(rec.rotation.id),
             tostring(rec.rotation.step), age and (", started " .. age .. " s ago") or "",
             rec.versions and rec.versions.pending and ("; a new secret is stored as pending" .. (refused
-              and ", and the provider refused it at the last verify" or "")) or ""),
+              and ", and the provider refused it at the last verify" or "")) or "", said),
           command = rerun .. " --slot " .. q(name) .. (refused and ("   # if it is refused again and the provider "
             .. "will never honour it (ask them), set drop_pending = true in the slot's config for one run: it is "
             .. "dropped and a new secret minted") or "") }
