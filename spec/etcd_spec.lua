@@ -774,6 +774,60 @@ describe("a fleet of rotors on etcd #proc #etcd", function()
     assert.matches("--slot " .. fx.slot, kinds.unfinished_rotation.command, 1, true)
   end)
 
+  -- an answer larger than rotor reads (4 MiB) is the same from every member: it was tried on each
+  -- and reported as "no member answered... check that the cluster is up". A default etcd cannot
+  -- send one (its requests stop at 1.5 MiB), so a member that does is played by nginx on loopback.
+  it("an etcd answer larger than rotor reads is named as such at once, not tried on every member", function()
+    local ndir = dir .. "/big"
+    sim.run("mkdir -p " .. q(ndir .. "/logs") .. " " .. q(ndir .. "/temp"))
+    local user = sim.run("id -u"):match("^0") and ("-g 'user " .. sim.run("id -un"):gsub("%s", "") .. ";'") or ""
+    local port
+    for _ = 1, 5 do
+      port = 20000 + tonumber(core.random_hex(2), 16) % 30000
+      sim.write_file(ndir .. "/nginx.conf", ([[
+load_module /usr/lib/nginx/modules/ndk_http_module.so;
+load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;
+worker_processes 1;
+pid nginx.pid;
+error_log logs/error.log notice;
+events { worker_connections 64; }
+http {
+  access_log off;
+  client_body_temp_path temp/body; proxy_temp_path temp/proxy; fastcgi_temp_path temp/fastcgi;
+  uwsgi_temp_path temp/uwsgi; scgi_temp_path temp/scgi;
+  server {
+    listen 127.0.0.1:%d;
+    location / {
+      content_by_lua_block {
+        ngx.header["Content-Type"] = "application/json"
+        ngx.print('{"header":{},"kvs":[{"key":"', string.rep("A", 5 * 1024 * 1024), '"}]}')
+      }
+    }
+  }
+}
+]]):format(port))
+      local out, rc = sim.run(("nginx -p %s -c %s -e %s %s 2>&1"):format(q(ndir), q(ndir .. "/nginx.conf"),
+        q(ndir .. "/logs/error.log"), user))
+      if rc == 0 then break end
+      assert(out:find("in use", 1, true), out)
+      port = nil
+    end
+    assert.truthy(port)
+    local ok, err = pcall(function()
+      local ep = "http://127.0.0.1:" .. port
+      local st = assert(require("rotor.store.etcd").new { endpoints = { ep, ep, ep }, prefix = "/big/",
+                                                          key_file = seal_key })
+      local v, gerr = st:get("genesys/x")
+      assert.is_nil(v)
+      assert.matches("larger than rotor reads", gerr.message, 1, true)
+      assert.is_nil(gerr.message:find("no member answered", 1, true), gerr.message)
+      assert.equal(0, st.retries) -- one answer, not rounds over the members
+    end)
+    local pid = (sim.read_file(ndir .. "/nginx.pid") or ""):match("%d+")
+    if pid then sim.run("kill -QUIT " .. pid .. "; sleep 0.3; kill -KILL " .. pid .. " 2>/dev/null") end
+    assert(ok, err)
+  end)
+
   it("rotor.ngx in nginx reads the slot from etcd and picks up a rotation without a reload", function()
     local rotor = require "rotor"
     local fx = fixtures.seed(s, "genesys", "ngx" .. core.random_hex(2))
