@@ -711,11 +711,16 @@ describe("rotation (unit, fake providers)", function()
   it("drop_pending on a new client: the refused client is deleted by the slot's next run", function()
     local p = fake("genesys")
     p:add_client("old1", "Reporting")
+    p:add_client("other", "Reporting") -- another slot's client of that name, in a shared account
     local create = p.post_oauth_clients
     local first
     p.post_oauth_clients = function(self, body)
       local r, e = create(self, body)
-      if not first then first = r.id; self.creds[r.id] = "not-what-was-handed-out" end
+      if not first then
+        first = r.id
+        self.creds[r.id] = "not-what-was-handed-out"
+        r.name = "Reporting" -- and its answer names it as it likes: the search goes by rotor's own name
+      end
       return r, e
     end
     local o = { slot = "g", provider = p, target = { client_id = "old1" }, strategy = "new_client" }
@@ -729,6 +734,7 @@ describe("rotation (unit, fake providers)", function()
     o.drop_pending = nil
     assert(rotate(o))
     assert.is_nil(p.clients[first])
+    assert.truthy(p.clients.other)
     assert.is_nil(assert(store:get("g")).unfound)
   end)
 

@@ -828,7 +828,10 @@ local function drop_pending(ctx)
   end
   local cur = rec.versions.current
   local own_client = not (cur and cur.client_id == p.client_id)
-  local name = own_client and type(p.meta) == "table" and type(p.meta.name) == "string" and p.meta.name or nil
+  -- searched for by the name rotor recorded before its mint, never one the provider's answer gave:
+  -- a search deletes every credential of that name that no slot stores
+  local name = own_client and rot.mint and type(rot.mint.name) == "string" and rot.mint.name ~= "" and rot.mint.name
+    or nil
   if name then
     local list = rec.unfound or {}
     rec.unfound = list
