@@ -637,6 +637,28 @@ describe("rotation (unit, fake providers)", function()
     end)
   end
 
+  -- the search deleted what this slot does not store, also a client another slot of the store had
+  -- taken meanwhile (a person gave the unlisted client to a slot of its own): that slot's lockout
+  it("the search leaves alone a client another slot of the store holds", function()
+    local p = fake("genesys")
+    p:add_client("old1", "Reporting")
+    p.faults.post_oauth_clients = { { err = ambiguous("post_oauth_clients"), apply = true } }
+    local o = { slot = "u", provider = p, target = { client_id = "old1" }, strategy = "new_client" }
+    assert.is_nil(rotate(o))
+    local orphan
+    for id in pairs(p.clients) do if id:find("^client%-") then orphan = id end end
+    p.hidden[orphan] = true
+    assert(rotate(o))
+    p.hidden[orphan] = nil
+    -- another slot rotates that client: it holds it now
+    assert(rotate { slot = "other", provider = p, target = { client_id = orphan } })
+    local res = assert(rotate(o))
+    assert.truthy(p.clients[orphan])
+    assert.is_true(warned(res, "carries the name this slot's mint used, but another slot of the store holds it"))
+    local other = assert(store:get("other")).versions.current
+    assert.equal(p.creds[orphan], reveal(other.secret))
+  end)
+
   it("a credential still not listed once the search's window has passed is taken as never created", function()
     local p = fake("spreetail")
     p.faults.create_client_credentials = { { err = ambiguous("create_client_credentials"), apply = true } }

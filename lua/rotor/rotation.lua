@@ -294,7 +294,12 @@ function Ctx:delete_attributed(args)
     local name, id = args.name_of(item), args.id_of(item)
     if type(name) == "string" and type(id) == "string" and not self:stored_client(id)
        and not self:retiring_client(id) then
-      if name == args.name then
+      local elsewhere = name == args.name and self:held_elsewhere(id)
+      if elsewhere then
+        -- another slot of the store took it since (a person gave it to a slot): it is that slot's
+        self.warnings[#self.warnings + 1] = ("%s %s (%s) carries the name this slot's mint used, but %s: left "
+          .. "alone"):format(args.what, id, name, elsewhere)
+      elseif name == args.name then
         local ok, derr = args.delete(id)
         if not ok and not (errors.is(derr) and derr.status == 404) then return nil, derr end
         self:journal("create", "orphan_deleted", ("deleted %s %s (%s), minted by this rotation"):format(
@@ -465,6 +470,15 @@ function Ctx:deletion_done(entry)
     if r ~= entry then keep[#keep + 1] = r end
   end
   self.record.retiring = keep
+end
+
+--- Does another slot of the store hold client_id (or can the store not tell)? Why, or false.
+function Ctx:held_elsewhere(client_id)
+  local key = record_mod.client_key(self.provider.provider, client_id)
+  local ok, err = record_mod.claim_client(self.store, key, self.slot, false)
+  if ok then return false end
+  return errors.is(err) and err.kind == "config" and "another slot of the store holds it"
+    or "the store could not tell whether another slot holds it"
 end
 
 --- Is client_id one the slot deletes after a grace period (record.retiring)?
