@@ -718,6 +718,31 @@ describe("rotation (unit, fake providers)", function()
     assert.is_false(warned(res, "drop_pending"))
   end)
 
+  -- clearing the mint's record dropped the fingerprint of the code it used: the next mint sent the
+  -- used code again, unguarded
+  it("drop_pending on Paylocity: the code the dropped mint used is not sent again", function()
+    local p = fake("paylocity", { client_id = "pl-1" })
+    local mint = p.obtain_new_client_secret
+    p.obtain_new_client_secret = function(self, a)
+      local r, e = mint(self, a)
+      if a.code == "C1" then self.creds[self.client_id] = "not-what-was-handed-out" end
+      return r, e
+    end
+    local o = { slot = "pl", provider = p, target = { code = "C1", old_expires = "2030-01-01" } }
+    assert.is_nil(rotate(o))
+    o.drop_pending = true
+    local _, err = rotate(o)
+    assert.equal("config", err.kind)
+    assert.matches("this emailed code was used by the mint whose secret was dropped", err.message, 1, true)
+    o.drop_pending = nil
+    _, err = rotate(o) -- and on the runs after it
+    assert.equal("config", err.kind)
+    assert.equal(1, p.calls.obtain_new_client_secret)
+    o.target = { code = "C2", old_expires = "2030-01-01" }
+    assert(rotate(o))
+    assert.equal(2, p.calls.obtain_new_client_secret)
+  end)
+
   it("drop_pending keeps a pending secret that works", function()
     local p = fake("genesys")
     p:add_client("app1")

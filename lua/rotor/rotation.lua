@@ -822,14 +822,40 @@ local function honoured(ctx, v)
   return nil, err
 end
 
+-- Drop the slot's pending secret, refused by the provider, and take the rotation back to create,
+-- which then mints anew. The mint's record is kept (state "dropped"): a strategy may refuse to
+-- send its input again (Paylocity's emailed code). A credential of its own (a new client or pair)
+-- is searched for by the name rotor recorded before its mint (record.unfound), never one the
+-- provider's answer gave: a search deletes every credential of that name no slot holds.
+-- why: the journal note, "%s" the pending client. true | nil, err.
+local function forget_pending(ctx, why)
+  local rec = ctx.record
+  local p, rot = rec.versions.pending, rec.rotation
+  local cur = rec.versions.current
+  local own_client = not (cur and cur.client_id == p.client_id)
+  local mint = rot.mint
+  local name = own_client and mint and type(mint.name) == "string" and mint.name ~= "" and mint.name or nil
+  if name then
+    local list = rec.unfound or {}
+    rec.unfound = list
+    list[#list + 1] = { name = name, what = "credential", strategy = ctx.strategy.name, rotation = rot.id,
+                        since = timefmt.iso() }
+  end
+  rec.versions.pending = nil
+  rot.step = "create"
+  if mint then mint.state = "dropped" end
+  return ctx:journal("create", "dropped", why:format(tostring(p.client_id)) .. (own_client and (name
+    and ("; credential %s (%s) is deleted by the slot's later runs"):format(p.client_id, name)
+    or ("; delete credential %s at the provider"):format(p.client_id)) or ""))
+end
+
 -- drop_pending: a person's word that the slot's pending secret will never work (a mint answered
 -- 200 whose secret the provider refuses: every run failed verify, and none would mint while it
 -- was pending). Tried once more: refused, it is dropped and the rotation mints anew; working, it
 -- is kept; unknown, the run stops. A credential of its own (a new client or pair) is searched for
 -- by name and deleted by the slot's later runs (record.unfound). true | nil, err.
 local function drop_pending(ctx)
-  local rec = ctx.record
-  local p, rot = rec.versions.pending, rec.rotation
+  local p = ctx.record.versions.pending
   local works, err = honoured(ctx, p)
   if works then
     ctx.warnings[#ctx.warnings + 1] = ("drop_pending: the pending secret of %s works: kept (remove drop_pending "
@@ -840,24 +866,7 @@ local function drop_pending(ctx)
       .. "works (%s); nothing was dropped"):format(tostring(p.client_id), tostring(errors.is(err) and err.message
       or err)) })
   end
-  local cur = rec.versions.current
-  local own_client = not (cur and cur.client_id == p.client_id)
-  -- searched for by the name rotor recorded before its mint, never one the provider's answer gave:
-  -- a search deletes every credential of that name that no slot stores
-  local name = own_client and rot.mint and type(rot.mint.name) == "string" and rot.mint.name ~= "" and rot.mint.name
-    or nil
-  if name then
-    local list = rec.unfound or {}
-    rec.unfound = list
-    list[#list + 1] = { name = name, what = "credential", strategy = ctx.strategy.name, rotation = rot.id,
-                        since = timefmt.iso() }
-  end
-  rec.versions.pending = nil
-  rot.step, rot.mint = "create", nil
-  return ctx:journal("create", "dropped", ("drop_pending: the pending secret of %s is refused: dropped, and a new "
-    .. "one is minted%s"):format(tostring(p.client_id), own_client and (name and ("; credential %s (%s) is "
-    .. "deleted by the slot's later runs"):format(p.client_id, name) or ("; delete credential %s at the provider")
-    :format(p.client_id)) or ""))
+  return forget_pending(ctx, "drop_pending: the pending secret of %s is refused: dropped, and a new one is minted")
 end
 
 -- Under the slot's lock again, a secret this process minted under a lock it lost (ctx.adopt, see
@@ -1030,7 +1039,7 @@ local function run(ctx)
       local imported = rec.versions.current
       local afresh = name == "create" and kind ~= "interrupted" and kind ~= "ambiguous" and not rec.versions.pending
         and type(imported) == "table" and type(imported.meta) == "table" and imported.meta.imported
-        and imported.secret == nil and not (rot.mint and UNKNOWN_MINT[rot.mint.state])
+        and imported.secret == nil and not (rot.mint and (UNKNOWN_MINT[rot.mint.state] or rot.mint.state == "dropped"))
       if afresh then
         ctx.rotation_id = rot.id
         rec.rotation, rec.versions.current = nil, nil

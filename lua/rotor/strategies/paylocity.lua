@@ -43,6 +43,13 @@ end
 function s.create(ctx)
   local code = ctx.target.code
   if not code then return need_code(ctx) end
+  local before = ctx.record.rotation.mint
+  if before and before.state == "dropped" and before.code_fp == ctx:fingerprint(code) and not ctx.opts.force_mint then
+    -- the secret that code gave was refused and dropped (drop_pending): the code is used
+    return nil, errors.new { kind = "config", provider = "paylocity", op = "obtain_new_client_secret",
+      message = ("slot %s: this emailed code was used by the mint whose secret was dropped; nothing was sent. "
+        .. "Rerun with target.code set to a NEW code from Paylocity"):format(ctx.slot) }
+  end
   local ok, err = ctx:mint_intent("obtain_new_client_secret", { code_fp = ctx:fingerprint(code) })
   if not ok then return nil, err end
   local r
