@@ -990,6 +990,54 @@ http {
     end)
   end
 
+  -- the same pause, and the late request's answer is lost: the fenced rotor holds no secret. It
+  -- said "the rotor holding the slot now finishes the rotation" while the slot held a secret its
+  -- request may have ended (a probe finding)
+  for _, case in ipairs {
+    { what = "that ended the slot's secret", lands = true },
+    { what = "that never reached the provider", lands = false },
+  } do
+    it("a mint of unknown outcome sent after another rotor took the slot over, " .. case.what, function()
+      local rotor = require "rotor"
+      local errors = require "rotor.errors"
+      local fx = fixtures.seed(s, "genesys", "lost" .. core.random_hex(2))
+      assert(rotor.rotate { slot = fx.slot, provider = fixtures.provider(fx), store = open_store(),
+                            target = fx.target })
+      local st = open_store()
+      local p = fixtures.provider(fx)
+      local mint = p.post_oauth_client_secret
+      local paused
+      p.post_oauth_client_secret = function(self, ...)
+        if paused then return mint(self, ...) end
+        paused = true
+        local lock = assert(st.locks[fx.slot])
+        assert(st:call("/v3/lease/revoke", { ID = lock.lease }))
+        assert(rotor.rotate { slot = fx.slot, provider = fixtures.provider(fx), store = open_store(),
+                              target = fx.target })
+        if case.lands then mint(self, ...) end
+        return nil, errors.new { kind = "ambiguous", provider = "genesys", op = "post_oauth_client_secret",
+                                 message = "the minting request was sent but its outcome is unknown" }
+      end
+      local res, err = rotor.rotate { slot = fx.slot, provider = p, store = st, target = fx.target }
+      if case.lands then
+        assert(res, err)
+        local said
+        for _, w in ipairs(res.warnings) do
+          if w:find("then nothing the slot held worked, so it was rotated again", 1, true) then said = true end
+        end
+        assert.is_true(said, table.concat(res.warnings, "\n"))
+      else
+        assert.is_nil(res)
+        assert.equal("fenced", err.kind)
+        assert.matches("the secret the slot holds still works, so nothing was lost", err.message, 1, true)
+        -- nothing written after the other rotor's rotation ended
+        local journal = assert(open_store():get(fx.slot)).journal
+        assert.same({ "rotation", "done" }, { journal[#journal].step, journal[#journal].outcome })
+      end
+      check_slot(open_store(), fx)
+    end)
+  end
+
   -- the pause came after the mint's answer: the other rotor's recovery minted after it, and the
   -- secret the fenced rotor holds is dead. Taking the lock again, it finds the slot's secret
   -- working and stores nothing.

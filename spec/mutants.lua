@@ -110,7 +110,9 @@ local MUTANTS = {
     { { "  if not lock then return nil, lerr end\n", "  if not lock then return nil, lerr end\n  lock:unlock()\n" } },
     { "spec/lock_spec.lua" }),
   m("pending-guard-off", "never re-mint over a pending secret", "the pending guard disabled",
-    "lua/rotor/rotation.lua", { { "  if versions.pending then\n", "  if false and versions.pending then\n" } },
+    "lua/rotor/rotation.lua", { { "  if versions.pending then\n", "  if false and versions.pending then\n" },
+      { "  if versions.pending then\n    -- never mint while a pending secret exists",
+        "  if false and versions.pending then\n    -- never mint while a pending secret exists" } },
     { "spec/pending_guard_spec.lua", CRASH }),
   m("leakscan-raw-only", "the leak scan searches every encoding", "only the raw value searched",
     "spec/helpers/leakforms.lua",
@@ -366,6 +368,13 @@ local MUTANTS = {
         .. '        and imported.secret == nil and not (rot.mint and UNKNOWN_MINT[rot.mint.state])',
         'kind ~= "interrupted" and not rec.versions.pending\n'
         .. '        and type(imported) == "table" and type(imported.meta) == "table" and imported.meta.imported\n'
+        .. '        and imported.secret == nil' },
+      { 'kind ~= "interrupted" and kind ~= "ambiguous" and not rec.versions.pending\n'
+        .. '        and type(imported) == "table" and type(imported.meta) == "table" and imported.meta.imported\n'
+        .. '        and imported.secret == nil and not (rot.mint and (UNKNOWN_MINT[rot.mint.state] or '
+        .. 'rot.mint.state == "dropped"))',
+        'kind ~= "interrupted" and not rec.versions.pending\n'
+        .. '        and type(imported) == "table" and type(imported.meta) == "table" and imported.meta.imported\n'
         .. '        and imported.secret == nil' } },
     { "spec/rotation_unit_spec.lua" }),
   m("afresh-never", "a first rotation that failed at create with nothing minted does not wedge the slot",
@@ -375,7 +384,8 @@ local MUTANTS = {
     { "spec/cli_spec.lua" }),
   m("orphan-deletes-lookalike", "recovery deletes only what the journal proves this rotation minted",
     "recovery also deletes items that merely look like this slot's", "lua/rotor/rotation.lua",
-    { { "      if name == args.name then\n", "      if name == args.name or args.looks_like(name) then\n" } },
+    { { "      if name == args.name then\n", "      if name == args.name or args.looks_like(name) then\n" },
+      { "      elseif name == args.name then\n", "      elseif name == args.name or args.looks_like(name) then\n" } },
     { "spec/rotation_unit_spec.lua" }),
   m("unfound-forgotten", "a credential a recovery's listing did not show is searched for again",
     "the name the recovery did not find is not kept", "lua/rotor/rotation.lua",
@@ -389,8 +399,14 @@ local MUTANTS = {
   m("adopt-never", "a secret minted under a lock that lapsed is stored when it is the one that works",
     "the fenced rotor never takes the lock again for it", "lua/rotor/rotation.lua",
     { { "  if not ctx:stored_client(v.client_id, { \"current\" }) then return nil",
-        "  if true then return nil" } },
+        "  if true then return nil" },
+      { "  if v and not ctx:stored_client(v.client_id, { \"current\" }) then return nil",
+        "  if v then return nil" } },
     { "--filter='took the slot over' spec/etcd_spec.lua" }),
+  m("repair-never", "a slot whose secret a late mint of unknown outcome ended is rotated again",
+    "the fenced rotor only reports it", "lua/rotor/rotation.lua",
+    { { "(frot and frot.mint and frot.mint.state == \"ambiguous\")", "false" } },
+    { "--filter='mint of unknown outcome sent after' spec/etcd_spec.lua" }),
   m("adopt-only-if-due", "a secret minted under a lock that lapsed is stored when it is the one that works",
     "the run that stores it is skipped when the slot is not due", "lua/rotor/rotation.lua",
     { { "and not ctx.opts.dry_run and not ctx.adopt then", "and not ctx.opts.dry_run then" } },

@@ -706,11 +706,25 @@ end
 -- The message of a rotation whose slot's lock was lost while it held a new secret it could not
 -- store. A pause (SIGSTOP, a VM) after the lease was checked and before the minting request left:
 -- another rotor took the slot over, then this request went out. `adoption` is what adopt_lost
--- made of the secret: { outcome = "works" | "refused" | "unknown" | "new_client", err = }.
+-- made of the secret (or of the slot, when the request's outcome is unknown): { outcome =, err = }.
 local function lost_after_fence(ctx, fenced, adoption)
   local v = ctx.lost_minted
   local base = tostring(fenced.head or fenced.message)
   local outcome = adoption.outcome
+  if not v then
+    -- a mint of unknown outcome, sent after the lock lapsed
+    local sent = ". This rotor's minting request, sent after that, has an unknown outcome"
+    if outcome == "slot_works" then
+      return base .. sent .. "; the secret the slot holds still works, so nothing was lost"
+    elseif outcome == "not_stored" then
+      return base .. sent .. (", and the slot could not be checked (%s). If its secret is refused now (a "
+        .. "regenerate ends the one before), rotate the slot again now, with the config or store of this run: "
+        .. "rotor rotate --slot %s"):format(tostring(errors.is(adoption.err) and adoption.err.message
+        or adoption.err), ctx.slot)
+    end
+    return base .. sent .. ", and whether the slot's secret still works could not be told: check the slot "
+      .. "(rotor doctor), and rotate it again if its secret is refused"
+  end
   if outcome == "new_client" then
     return base .. (". This rotor created credential %s after that and could not store it: no slot holds it. "
       .. "When rotor doctor lists its name as unconfirmed_orphan, the slot's later runs delete it; else delete it at "
@@ -872,8 +886,10 @@ end
 -- Under the slot's lock again, a secret this process minted under a lock it lost (ctx.adopt, see
 -- adopt_lost). When it works and neither the slot's pending nor its current secret does (its
 -- request ended them), it becomes the pending secret of the rotation in progress, or of a new
--- one, and the steps from verify finish that rotation. ctx.adopt.outcome says what was done:
--- "adopted", "slot_works", "refused" or "unknown"; any but the first leaves the slot as it is.
+-- one, and the steps from verify finish that rotation. Without a secret (ctx.adopt.version nil:
+-- the mint's outcome is unknown), when nothing the slot holds works, the run rotates the slot
+-- again ("repaired"). ctx.adopt.outcome says what was done: "adopted", "repaired", "slot_works",
+-- "refused" or "unknown"; the last three leave the slot as it is.
 -- true | nil, err (the record could not be written).
 local function adopt(ctx)
   local rec, a = ctx.record, ctx.adopt
@@ -887,6 +903,17 @@ local function adopt(ctx)
         return true
       end
     end
+  end
+  if not v then
+    -- a mint of unknown outcome went out, and nothing the slot holds works: rotate it again (a
+    -- pending secret refused is dropped first: no run would mint while it is there)
+    if versions.pending then
+      local ok, err = forget_pending(ctx, "the pending secret of %s is refused after a mint of unknown outcome "
+        .. "went out when this rotor's lock had lapsed: dropped, and a new one is minted")
+      if not ok then return nil, err end
+    end
+    a.outcome = "repaired"
+    return true
   end
   local works = honoured(ctx, v)
   if not works then
@@ -975,7 +1002,7 @@ local function run(ctx)
   if ctx.adopt then
     local aok, aerr = adopt(ctx)
     if not aok then return nil, aerr end
-    if ctx.adopt.outcome ~= "adopted" then
+    if ctx.adopt.outcome ~= "adopted" and ctx.adopt.outcome ~= "repaired" then
       ctx.skipped = "nothing to store"
       return true
     end
@@ -1008,7 +1035,7 @@ local function run(ctx)
     rec.rotation = rot
     local ok, jerr = ctx:journal("rotation", "start", strat.name, nil, nil, true)
     if not ok then return nil, jerr end
-  elseif not ctx.adopt then
+  elseif not (ctx.adopt and ctx.adopt.outcome == "adopted") then
     ctx:journal("rotation", "resume", "at step " .. tostring(rot.step), nil, nil, true)
   end
   for i = STEP_INDEX[rot.step] or 1, #STEPS do
@@ -1071,17 +1098,18 @@ local rotate
 -- (s): the rotor that took the slot over is finishing a rotation, which takes seconds.
 _M.ADOPT_WAIT = 60
 
--- A rotation whose lock lapsed holds a secret it minted and could not store (ctx.lost_minted).
--- For a strategy that gives the slot's client a new secret, its request may have ended the secret
--- the slot holds now: it takes the slot's lock again (waiting up to ADOPT_WAIT for the rotor
--- holding it) and stores the secret there when it works and the slot's does not (adopt).
+-- A rotation whose lock lapsed holds a secret it minted and could not store (ctx.lost_minted), or
+-- sent a mint whose outcome is unknown. For a strategy that gives the slot's client a new secret,
+-- its request may have ended the secret the slot holds now: it takes the slot's lock again
+-- (waiting up to ADOPT_WAIT for the rotor holding it) and, when nothing the slot holds works,
+-- stores its secret there, or rotates the slot again when it has none (adopt).
 -- -> res of that run (a finished rotation) | nil, adoption { outcome =, err = }: "new_client" (a
 -- credential of its own, not the slot's client), "not_stored" (the lock or the record could not be
 -- had: err), "works" (it works and the slot's does not, but writing it failed: err), "adopted" (stored
 -- as pending; the rest of that rotation failed: err), or adopt's other outcomes
 local function adopt_lost(o, ctx)
   local v = ctx.lost_minted
-  if not ctx:stored_client(v.client_id, { "current" }) then return nil, { outcome = "new_client" } end
+  if v and not ctx:stored_client(v.client_id, { "current" }) then return nil, { outcome = "new_client" } end
   local a = { version = v, rotation = ctx.record.rotation and ctx.record.rotation.id }
   local deadline = core.now() + _M.ADOPT_WAIT
   local res, err
@@ -1092,7 +1120,7 @@ local function adopt_lost(o, ctx)
   end
   if not res then a.err = err end
   a.outcome = a.outcome or "not_stored"
-  if res and a.outcome == "adopted" then return res end
+  if res and (a.outcome == "adopted" or a.outcome == "repaired") then return res end
   return nil, a
 end
 
@@ -1147,15 +1175,19 @@ function rotate(o, adopting)
   if ok and ctx.skipped then return { slot = o.slot, skipped = true, reason = ctx.skipped } end
   if not ok and lock.fenced then
     local message
-    if ctx.lost_minted then
+    local frot = ctx.record and ctx.record.rotation
+    -- (once: the run that adopts or repairs, fenced in turn, only says so)
+    if not adopting and (ctx.lost_minted or (frot and frot.mint and frot.mint.state == "ambiguous")) then
       local res, adoption = adopt_lost(o, ctx)
-      local what = "this run's lock on the slot lapsed while it minted, and another rotor rotated the slot "
-        .. "meanwhile; the secret minted then works and the slot's did not, so it was stored as pending under the "
-        .. "lock taken again"
+      local what = ctx.lost_minted and ("this run's lock on the slot lapsed while it minted, and another rotor "
+        .. "rotated the slot meanwhile; the secret minted then works and the slot's did not, so it was stored as "
+        .. "pending under the lock taken again") or ("this run's lock on the slot lapsed while it minted (the "
+        .. "outcome is unknown), and another rotor rotated the slot meanwhile; then nothing the slot held worked, so "
+        .. "it was rotated again under the lock taken again")
       if res then
         res.warnings[#res.warnings + 1] = what .. " (rotation " .. tostring(res.rotation) .. ")"
         return res
-      elseif adoption.outcome == "adopted" then
+      elseif adoption.outcome == "adopted" or adoption.outcome == "repaired" then
         -- stored; the rest of that rotation failed, and its error (already notified) says what follows
         return nil, errors.with(adoption.err, { message = what .. ". Then: " .. tostring(errors.is(adoption.err)
           and adoption.err.message or adoption.err) })
