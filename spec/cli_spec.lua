@@ -951,10 +951,12 @@ for _, w in ipairs(res.warnings) do print("warning: " .. w) end
   it("doctor lists a credential a recovery did not find, and until when the slot's runs search for it", function()
     local d = newdir()
     local st = file_store(d .. "/secrets")
+    local since = os.time() - 86400
+    local iso = function(t) return os.date("!%Y-%m-%dT%H:%M:%SZ", t) end
     assert(st:put("spreetail/x", { slot = "spreetail/x", provider = "spreetail", journal = {},
       versions = { current = { client_id = "c1", secret = "not-a-real-secret-4", created = "2026-11-01T00:00:00Z" } },
       unfound = { { name = "rotor:spreetail/x:r20261101T000000Z-0011223344556677", what = "pair", strategy = "new_pair",
-                    rotation = "r20261101T000000Z-0011223344556677", since = "2026-11-01T00:00:00Z" } } }))
+                    rotation = "r20261101T000000Z-0011223344556677", since = iso(since) } } }))
     local out, rc = rotor("doctor " .. q(d .. "/secrets") .. " --json")
     assert.equal(0, rc, out) -- a note: the runs search on their own
     local doc = assert(json.decode(out), out)
@@ -963,10 +965,38 @@ for _, w in ipairs(res.warnings) do print("warning: " .. w) end
     assert.equal("unconfirmed_orphan", f.problem)
     assert.is_false(f.needs_person)
     assert.truthy(f.message:find("no pair named rotor:spreetail/x:r20261101T000000Z-0011223344556677", 1, true), out)
-    assert.truthy(f.message:find("until 2026-12-01", 1, true), out)
+    assert.truthy(f.message:find("until " .. iso(since + 30 * 86400):sub(1, 10), 1, true), out)
     assert.truthy(f.command:find("delete the pair named rotor:spreetail/x:r20261101T000000Z-0011223344556677", 1, true))
-    -- an entry without its name is no record rotor wrote
+    -- its window passed, and no run came: doctor names no date gone by
     local rec = assert(st:get("spreetail/x"))
+    rec.unfound[1].since = iso(os.time() - 40 * 86400)
+    assert(st:put("spreetail/x", rec))
+    out = rotor("doctor " .. q(d .. "/secrets"))
+    assert.truthy(out:find("the search's window has passed: the slot's next run ends it", 1, true), out)
+    -- the rotation that recorded the name is no orphan of its own (the search covers it), nor once
+    -- the search found it or ended: doctor asked a person for it, and contradicted itself
+    rec.journal = {
+      { step = "rotation", outcome = "start", note = "new_pair", rotation = "r20261101T000000Z-0011223344556677",
+        time = "2026-11-01T00:00:00Z" },
+      { step = "create", outcome = "intent", note = "create", rotation = "r20261101T000000Z-0011223344556677",
+        time = "2026-11-01T00:00:00Z" },
+      { step = "create", outcome = "ambiguous", rotation = "r20261101T000000Z-0011223344556677",
+        time = "2026-11-01T00:00:01Z" },
+    }
+    assert(st:put("spreetail/x", rec))
+    out, rc = rotor("doctor " .. q(d .. "/secrets"))
+    assert.equal(0, rc, out)
+    assert.is_nil(out:find("NEEDS A PERSON", 1, true), out)
+    local unfound = rec.unfound
+    rec.unfound = nil
+    rec.journal[4] = { step = "create", outcome = "search_ended", rotation = "r20261101T000000Z-0011223344556677",
+                       time = "2026-12-01T00:00:00Z", note = "pair found and deleted" }
+    assert(st:put("spreetail/x", rec))
+    out, rc = rotor("doctor " .. q(d .. "/secrets"))
+    assert.equal(0, rc, out)
+    assert.truthy(out:find("healthy", 1, true), out)
+    rec.unfound = unfound
+    -- an entry without its name is no record rotor wrote
     rec.unfound[1].name = nil
     assert(st:put("spreetail/x", rec))
     out, rc = rotor("doctor " .. q(d .. "/secrets"))

@@ -785,6 +785,62 @@ describe("rotation (unit, fake providers)", function()
     assert.is_nil(assert(store:get("g")).unfound)
   end)
 
+  -- an entry recorded under another strategy was kept for good, neither searched for nor ended,
+  -- and doctor kept naming a date gone by (a probe finding)
+  it("a name recorded under another strategy is kept for its window, then the search ends", function()
+    local p = fake("genesys")
+    p:add_client("app1")
+    local o = { slot = "g", provider = p, target = { client_id = "app1" } }
+    assert(rotate(o))
+    local rec = assert(store:get("g"))
+    local iso = require("rotor.timefmt").iso
+    rec.unfound = { { name = "app1 [rotor r1]", what = "client", strategy = "new_client", rotation = "r1",
+                      since = iso(os.time() - 86400) } }
+    assert(store:put("g", rec))
+    assert(rotate(o))
+    assert.equal(1, #assert(store:get("g")).unfound)
+    rec = assert(store:get("g"))
+    rec.unfound[1].since = iso(os.time() - (rotation.UNFOUND_DAYS + 1) * 86400)
+    assert(store:put("g", rec))
+    assert(rotate(o))
+    rec = assert(store:get("g"))
+    assert.is_nil(rec.unfound)
+    assert.matches("not searched for: the slot's strategy is regenerate now, not new_client",
+      last_note(rec, "search_ended"), 1, true)
+    local ended
+    for _, x in ipairs(rec.journal) do if x.outcome == "search_ended" then ended = x end end
+    assert.equal("r1", ended.rotation) -- journalled with the rotation that recorded the name
+  end)
+
+  -- a dry run said nothing of the drop drop_pending makes, nor of the searches
+  it("a dry run shows the drop of drop_pending and the searches by name", function()
+    local p = fake("genesys")
+    p:add_client("app1")
+    local o = { slot = "g", provider = p, target = { client_id = "app1" },
+                deploy = function() return nil, "consumers down" end }
+    assert.is_nil(rotate(o))
+    local lines = {}
+    local function plan(extra)
+      local t = { slot = "g", provider = p, target = { client_id = "app1" }, dry_run = true,
+                  print = function(l) lines[#lines + 1] = l end }
+      for k, v in pairs(extra) do t[k] = v end
+      lines = {}
+      assert(rotate(t))
+      return table.concat(lines, "\n")
+    end
+    local text = plan { drop_pending = true }
+    assert.matches("drop_pending: try the pending secret of app1 once more", text, 1, true)
+    assert.matches("resume rotation r", text, 1, true)
+    assert.matches("at step create", text, 1, true)
+    assert(rotate { slot = "g", provider = p, target = { client_id = "app1" } })
+    local rec = assert(store:get("g"))
+    rec.unfound = { { name = "app1 [rotor r1]", what = "client", strategy = "regenerate", rotation = "r1",
+                      since = require("rotor.timefmt").iso() } }
+    assert(store:put("g", rec))
+    text = plan {}
+    assert.matches("search for the client named app1 [rotor r1] (not found by rotation r1)", text, 1, true)
+  end)
+
   it("spreetail: new pair, old pair deleted, provider switched to the new pair", function()
     local p = fake("spreetail", { client_id = "pair-boot" })
     local res = assert(rotate { slot = "spreetail/main", provider = p, target = { expires_days = 30 } })

@@ -523,12 +523,18 @@ local function orphans(rec)
       if e.outcome == "intent" then t.intent = true end
       if e.step == "create" and e.outcome == "ok" then t.stored = true end
       if e.outcome == "ambiguous" then t.ambiguous = true end
+      -- the slot's search by name found it, or ended
+      if e.outcome == "orphan_deleted" or e.outcome == "search_ended" then t.resolved = true end
     end
+  end
+  -- a name the slot's runs search for: listed as unconfirmed_orphan instead
+  for _, u in ipairs(type(rec.unfound) == "table" and rec.unfound or {}) do
+    if by[u.rotation] then by[u.rotation].resolved = true end
   end
   local active = rec.rotation and rec.rotation.id
   for _, r in ipairs(order) do
     local t = by[r]
-    if t.intent and not t.stored and t.ambiguous and r ~= active
+    if t.intent and not t.stored and t.ambiguous and not t.resolved and r ~= active
        and (t.strategy == "new_pair" or t.strategy == "new_client") then
       found[#found + 1] = t
     end
@@ -641,11 +647,13 @@ local function cmd_doctor(args)
       for _, u in ipairs(type(rec.unfound) == "table" and rec.unfound or {}) do
         local until_t = (timefmt.parse(u.since) or now) + require("rotor.rotation").UNFOUND_DAYS * 86400
         add { slot = name, problem = "unconfirmed_orphan", needs_person = false,
-          message = ("the create request of rotation %s had an unknown outcome, and the provider then listed no "
-            .. "%s named %s, so it was created again. If the listing lagged, the first one exists, live and stored "
-            .. "nowhere: the slot's runs (strategy %s) search for that name until %s and delete what no slot "
-            .. "stores"):format(tostring(u.rotation), tostring(u.what or "credential"), u.name, u.strategy,
-            timefmt.iso(until_t):sub(1, 10)),
+          message = ("the create request of rotation %s had an unknown outcome (or its secret was dropped), and "
+            .. "the provider then listed no %s named %s, so it was taken as not created. If the listing lagged, it "
+            .. "exists, live and stored nowhere: %s"):format(tostring(u.rotation), tostring(u.what or "credential"),
+            u.name, until_t > now and ("the slot's runs (strategy %s) search for that name until %s, each as it "
+              .. "starts a rotation, and delete what no slot holds"):format(u.strategy,
+              timefmt.iso(until_t):sub(1, 10))
+            or "the search's window has passed: the slot's next run ends it"),
           command = ("nothing, or sooner: at the provider, delete the %s named %s that no slot stores (rotor status "
             .. "lists the slots' client ids)"):format(tostring(u.what or "credential"), u.name) }
       end

@@ -340,24 +340,33 @@ function Ctx:search_unfound(now)
   local list = self.record.unfound
   if type(list) ~= "table" or #list == 0 then return true end
   local keep, ended = {}, {}
+  local function past(e) return (timefmt.parse(e.since) or 0) + _M.UNFOUND_DAYS * 86400 <= now end
   for _, e in ipairs(list) do
     if e.strategy ~= self.strategy.name then
-      keep[#keep + 1] = e
+      -- recorded under another strategy, whose recover() knows its kind of credential: kept for its
+      -- window (doctor lists it), then ended
+      if past(e) then
+        ended[#ended + 1] = { e, ("%s %s not searched for: the slot's strategy is %s now, not %s; the search has "
+          .. "ended"):format(tostring(e.what), e.name, self.strategy.name, tostring(e.strategy)) }
+      else
+        keep[#keep + 1] = e
+      end
     else
-      self.searching = { found = 0 }
+      -- what the search journals belongs to the rotation that recorded the name
+      self.searching, self.rotation_id = { found = 0 }, e.rotation
       local pok, ok, err = pcall(self.strategy.recover, self, { name = e.name })
       local found = self.searching.found
-      self.searching = nil
+      self.searching, self.rotation_id = nil, nil
       if not pok or ok == nil then
         keep[#keep + 1] = e
         self.warnings[#self.warnings + 1] = ("the search for %s %s (not found by rotation %s) failed: %s; the next "
           .. "run searches again"):format(tostring(e.what), e.name, tostring(e.rotation),
           redact(errors.is(err) and err.message or (pok and err) or ok))
       elseif found > 0 then
-        ended[#ended + 1] = ("%s %s found and deleted"):format(tostring(e.what), e.name)
-      elseif (timefmt.parse(e.since) or 0) + _M.UNFOUND_DAYS * 86400 <= now then
-        ended[#ended + 1] = ("%s %s still not listed after %d days: taken as never created"):format(
-          tostring(e.what), e.name, _M.UNFOUND_DAYS)
+        ended[#ended + 1] = { e, ("%s %s found and deleted"):format(tostring(e.what), e.name) }
+      elseif past(e) then
+        ended[#ended + 1] = { e, ("%s %s still not listed after %d days: taken as never created"):format(
+          tostring(e.what), e.name, _M.UNFOUND_DAYS) }
       else
         keep[#keep + 1] = e
       end
@@ -365,7 +374,13 @@ function Ctx:search_unfound(now)
   end
   if #ended == 0 then return true end
   self.record.unfound = #keep > 0 and keep or nil
-  return self:journal("create", "search_ended", table.concat(ended, "; "))
+  for i, x in ipairs(ended) do
+    self.rotation_id = x[1].rotation
+    local ok, err = self:journal("create", "search_ended", x[2], nil, nil, i < #ended)
+    self.rotation_id = nil
+    if not ok then return nil, err end
+  end
+  return true
 end
 
 --- Verify a candidate credential (a fresh token with exactly it), retrying as the verify step does:
@@ -780,17 +795,30 @@ local function plan(ctx)
   local rec, strat = ctx.record, ctx.strategy
   local rot = rec.rotation
   local first = 1
+  local dropping = ctx.opts.drop_pending and rot and rec.versions.pending
+  if dropping then
+    lines[#lines + 1] = ("drop_pending: try the pending secret of %s once more; if the provider refuses it, drop it "
+      .. "and resume at create (a new one is minted)"):format(tostring(rec.versions.pending.client_id))
+  end
   if rot then
-    first = STEP_INDEX[rot.step] or 1
-    lines[#lines + 1] = ("resume rotation %s at step %s"):format(rot.id, rot.step)
+    first = dropping and 1 or STEP_INDEX[rot.step] or 1
+    lines[#lines + 1] = ("resume rotation %s at step %s"):format(rot.id, dropping and "create" or rot.step)
   else
+    for _, e in ipairs(rec.unfound or {}) do
+      if e.strategy == strat.name then
+        lines[#lines + 1] = ("search for the %s named %s (not found by rotation %s) and delete it if no slot holds "
+          .. "it"):format(tostring(e.what), e.name, tostring(e.rotation))
+      end
+    end
     lines[#lines + 1] = "start a new rotation (" .. strat.name .. ")"
   end
   for i = first, #STEPS do
     local s = STEPS[i]
     local text
     if s == "create" then
-      if rec.versions.pending then
+      if dropping then
+        text = "if it was dropped: " .. strat.describe.create(ctx)
+      elseif rec.versions.pending then
         text = "a pending secret is stored: nothing is minted"
       elseif rot and rot.mint and UNKNOWN_MINT[rot.mint.state] then
         text = "an earlier mint had an unknown outcome: "
