@@ -743,6 +743,28 @@ describe("rotation (unit, fake providers)", function()
     assert.equal(2, p.calls.obtain_new_client_secret)
   end)
 
+  -- a name recorded twice (a recovery that did not find it, then drop_pending of the client made
+  -- again under it) stayed listed for 30 days after the search deleted the credential
+  it("a name is kept once for the search, however often it is recorded", function()
+    local p = fake("genesys")
+    p:add_client("old1", "Reporting")
+    p.faults.post_oauth_clients = { { err = ambiguous("post_oauth_clients"), apply = true } }
+    local o = { slot = "u", provider = p, target = { client_id = "old1" }, strategy = "new_client" }
+    assert.is_nil(rotate(o))
+    for id in pairs(p.clients) do if id:find("^client%-") then p.hidden[id] = true end end
+    local create = p.post_oauth_clients
+    p.post_oauth_clients = function(self, body)
+      local r, e = create(self, body)
+      self.creds[r.id] = "not-what-was-handed-out"
+      return r, e
+    end
+    assert.is_nil(rotate(o)) -- recovered (not found), created again: refused at verify
+    p.post_oauth_clients = create
+    o.drop_pending = true
+    assert(rotate(o))
+    assert.equal(1, #assert(store:get("u")).unfound)
+  end)
+
   it("drop_pending keeps a pending secret that works", function()
     local p = fake("genesys")
     p:add_client("app1")

@@ -314,16 +314,25 @@ function Ctx:delete_attributed(args)
   if self.searching then
     self.searching.found = n
   elseif n == 0 then
-    local list = self.record.unfound or {}
-    self.record.unfound = list
-    list[#list + 1] = { name = args.name, what = args.what, strategy = self.strategy.name,
-                        rotation = self.record.rotation and self.record.rotation.id, since = timefmt.iso() }
+    self:note_unfound(args.name, args.what)
     local ok, err = self:journal("create", "not_found", ("the provider lists no %s named %s: taken as not "
       .. "created. A listing may lag behind a create, so the slot's runs search for that name again for %d days "
       .. "and delete what they find that no slot stores"):format(args.what, args.name, _M.UNFOUND_DAYS))
     if not ok then return nil, err end
   end
   return n
+end
+
+--- Keep name (a credential of kind what, made by the rotation in progress) for the slot's runs
+-- to search for (record.unfound): once per name, its window counted from the first time.
+function Ctx:note_unfound(name, what)
+  local list = self.record.unfound or {}
+  self.record.unfound = list
+  for _, e in ipairs(list) do
+    if e.name == name then return end
+  end
+  list[#list + 1] = { name = name, what = what, strategy = self.strategy.name,
+                      rotation = self.record.rotation and self.record.rotation.id, since = timefmt.iso() }
 end
 
 -- How long the slot's runs keep searching for a credential a recovery did not find (days).
@@ -340,7 +349,12 @@ function Ctx:search_unfound(now)
   local list = self.record.unfound
   if type(list) ~= "table" or #list == 0 then return true end
   local keep, ended = {}, {}
-  local function past(e) return (timefmt.parse(e.since) or 0) + _M.UNFOUND_DAYS * 86400 <= now end
+  local function past(e)
+    local since = timefmt.parse(e.since)
+    -- a time no one can read (a hand edit): the window starts now
+    if not since then e.since, since = timefmt.iso(now), now end
+    return since + _M.UNFOUND_DAYS * 86400 <= now
+  end
   for _, e in ipairs(list) do
     if e.strategy ~= self.strategy.name then
       -- recorded under another strategy, whose recover() knows its kind of credential: kept for its
@@ -878,10 +892,7 @@ local function forget_pending(ctx, why)
   local mint = rot.mint
   local name = own_client and mint and type(mint.name) == "string" and mint.name ~= "" and mint.name or nil
   if name then
-    local list = rec.unfound or {}
-    rec.unfound = list
-    list[#list + 1] = { name = name, what = "credential", strategy = ctx.strategy.name, rotation = rot.id,
-                        since = timefmt.iso() }
+    ctx:note_unfound(name, "credential")
   end
   rec.versions.pending = nil
   rot.step = "create"
