@@ -637,14 +637,20 @@ describe("rotation (unit, fake providers)", function()
     end)
   end
 
-  -- the search deleted what this slot does not store, also a client another slot of the store had
-  -- taken meanwhile (a person gave the unlisted client to a slot of its own): that slot's lockout
-  it("the search leaves alone a client another slot of the store holds", function()
+  -- a Genesys new_client slot "u" whose create was carried out and its answer lost: p, its options
+  local function lost_create()
     local p = fake("genesys")
     p:add_client("old1", "Reporting")
     p.faults.post_oauth_clients = { { err = ambiguous("post_oauth_clients"), apply = true } }
     local o = { slot = "u", provider = p, target = { client_id = "old1" }, strategy = "new_client" }
     assert.is_nil(rotate(o))
+    return p, o
+  end
+
+  -- the search deleted what this slot does not store, also a client another slot of the store had
+  -- taken meanwhile (a person gave the unlisted client to a slot of its own): that slot's lockout
+  it("the search leaves alone a client another slot of the store holds", function()
+    local p, o = lost_create()
     local orphan
     for id in pairs(p.clients) do if id:find("^client%-") then orphan = id end end
     p.hidden[orphan] = true
@@ -746,11 +752,7 @@ describe("rotation (unit, fake providers)", function()
   -- a name recorded twice (a recovery that did not find it, then drop_pending of the client made
   -- again under it) stayed listed for 30 days after the search deleted the credential
   it("a name is kept once for the search, however often it is recorded", function()
-    local p = fake("genesys")
-    p:add_client("old1", "Reporting")
-    p.faults.post_oauth_clients = { { err = ambiguous("post_oauth_clients"), apply = true } }
-    local o = { slot = "u", provider = p, target = { client_id = "old1" }, strategy = "new_client" }
-    assert.is_nil(rotate(o))
+    local p, o = lost_create()
     for id in pairs(p.clients) do if id:find("^client%-") then p.hidden[id] = true end end
     local create = p.post_oauth_clients
     p.post_oauth_clients = function(self, body)
