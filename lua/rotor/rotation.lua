@@ -343,8 +343,10 @@ _M.UNFOUND_DAYS = 30
 --- At the start of a run with no rotation in progress: search again for each credential a
 -- recovery did not find (record.unfound), with the strategy's own recover(), which deletes one
 -- it finds that no slot stores. An entry ends when its credential is found, or when it is not
--- found UNFOUND_DAYS after it was recorded. Entries of another strategy are kept (doctor lists
--- them). true | nil, err (the journal could not be written; the search fails alone as a warning).
+-- found UNFOUND_DAYS after it was recorded. Entries of another strategy are not searched for: kept
+-- for that window (doctor lists them), then ended. What ends is journalled with the rotation that
+-- recorded the name. true | nil, err (the journal could not be written; a search that fails is a
+-- warning, and the next run searches again).
 function Ctx:search_unfound(now)
   local list = self.record.unfound
   if type(list) ~= "table" or #list == 0 then return true end
