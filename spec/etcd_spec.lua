@@ -774,17 +774,33 @@ describe("a fleet of rotors on etcd #proc #etcd", function()
     assert.matches("--slot " .. fx.slot, kinds.unfinished_rotation.command, 1, true)
   end)
 
-  -- an answer larger than rotor reads (4 MiB) is the same from every member: it was tried on each
-  -- and reported as "no member answered... check that the cluster is up". A default etcd cannot
-  -- send one (its requests stop at 1.5 MiB), so a member that does is played by nginx on loopback.
-  it("an etcd answer larger than rotor reads is named as such at once, not tried on every member", function()
-    local ndir = dir .. "/big"
+  -- nginx with the lua module, run in ndir with the configuration conf(port) returns, on a free
+  -- loopback port: fn(port) runs, then nginx stops (whatever fn raised is raised after)
+  local function with_nginx(ndir, conf, fn)
     sim.run("mkdir -p " .. q(ndir .. "/logs") .. " " .. q(ndir .. "/temp"))
     local user = sim.run("id -u"):match("^0") and ("-g 'user " .. sim.run("id -un"):gsub("%s", "") .. ";'") or ""
     local port
     for _ = 1, 5 do
       port = 20000 + tonumber(core.random_hex(2), 16) % 30000
-      sim.write_file(ndir .. "/nginx.conf", ([[
+      sim.write_file(ndir .. "/nginx.conf", conf(port))
+      local out, rc = sim.run(("nginx -p %s -c %s -e %s %s 2>&1"):format(q(ndir), q(ndir .. "/nginx.conf"),
+        q(ndir .. "/logs/error.log"), user))
+      if rc == 0 then break end
+      assert(out:find("in use", 1, true), out)
+      port = nil
+    end
+    assert.truthy(port)
+    local ok, err = pcall(fn, port)
+    local pid = (sim.read_file(ndir .. "/nginx.pid") or ""):match("%d+")
+    if pid then sim.run("kill -QUIT " .. pid .. "; sleep 0.3; kill -KILL " .. pid .. " 2>/dev/null") end
+    assert(ok, err)
+  end
+
+  -- an answer larger than rotor reads (4 MiB) is the same from every member: it was tried on each
+  -- and reported as "no member answered... check that the cluster is up". A default etcd cannot
+  -- send one (its requests stop at 1.5 MiB), so a member that does is played by nginx on loopback.
+  it("an etcd answer larger than rotor reads is named as such at once, not tried on every member", function()
+    with_nginx(dir .. "/big", function(port) return ([[
 load_module /usr/lib/nginx/modules/ndk_http_module.so;
 load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;
 worker_processes 1;
@@ -805,15 +821,7 @@ http {
     }
   }
 }
-]]):format(port))
-      local out, rc = sim.run(("nginx -p %s -c %s -e %s %s 2>&1"):format(q(ndir), q(ndir .. "/nginx.conf"),
-        q(ndir .. "/logs/error.log"), user))
-      if rc == 0 then break end
-      assert(out:find("in use", 1, true), out)
-      port = nil
-    end
-    assert.truthy(port)
-    local ok, err = pcall(function()
+]]):format(port) end, function(port)
       local ep = "http://127.0.0.1:" .. port
       local st = assert(require("rotor.store.etcd").new { endpoints = { ep, ep, ep }, prefix = "/big/",
                                                           key_file = seal_key })
@@ -823,9 +831,6 @@ http {
       assert.is_nil(gerr.message:find("no member answered", 1, true), gerr.message)
       assert.equal(0, st.retries) -- one answer, not rounds over the members
     end)
-    local pid = (sim.read_file(ndir .. "/nginx.pid") or ""):match("%d+")
-    if pid then sim.run("kill -QUIT " .. pid .. "; sleep 0.3; kill -KILL " .. pid .. " 2>/dev/null") end
-    assert(ok, err)
   end)
 
   it("rotor.ngx in nginx reads the slot from etcd and picks up a rotation without a reload", function()
@@ -859,11 +864,7 @@ return { object = function()
   return gw
 end }
 ]]):format(ndir .. "/gw.json"))
-    local port
-    local started = false
-    for _ = 1, 5 do
-      port = 20000 + tonumber(core.random_hex(2), 16) % 30000
-      sim.write_file(ndir .. "/nginx.conf", ([[
+    with_nginx(ndir, function(port) return ([[
 load_module /usr/lib/nginx/modules/ndk_http_module.so;
 load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;
 worker_processes 2;
@@ -890,20 +891,12 @@ http {
     }
   }
 }
-]]):format(root, root, ndir, root, port))
-      local user = sim.run("id -u"):match("^0") and ("-g 'user " .. sim.run("id -un"):gsub("%s", "") .. ";'") or ""
-      local out, rc = sim.run(("nginx -p %s -c %s -e %s %s 2>&1"):format(q(ndir), q(ndir .. "/nginx.conf"),
-        q(ndir .. "/logs/error.log"), user))
-      if rc == 0 then started = true break end
-      assert(out:find("in use", 1, true), out)
-    end
-    assert.is_true(started)
-    local function me()
-      local out = sim.run(("curl -s -m 20 -w '\\n%%{http_code}' http://127.0.0.1:%d/me"):format(port))
-      local body, code = out:match("^(.*)\n(%d+)%s*$")
-      return tonumber(code), body
-    end
-    local ok, err = pcall(function()
+]]):format(root, root, ndir, root, port) end, function(port)
+      local function me()
+        local out = sim.run(("curl -s -m 20 -w '\\n%%{http_code}' http://127.0.0.1:%d/me"):format(port))
+        local body, code = out:match("^(.*)\n(%d+)%s*$")
+        return tonumber(code), body
+      end
       local code, body = me()
       assert.equal(200, code, body)
       assert.equal(fx.target.client_id, (json.decode(body) or {}).client_id)
@@ -914,10 +907,15 @@ http {
       code, body = me()
       assert.equal(200, code, body)
     end)
-    local pid = (sim.read_file(ndir .. "/nginx.pid") or ""):match("%d+")
-    if pid then sim.run("kill -QUIT " .. pid .. "; sleep 0.3; kill -KILL " .. pid .. " 2>/dev/null") end
-    assert(ok, err)
   end)
+
+  -- a Genesys slot rotated once on etcd: its fixture, a store and a provider object of their own
+  local function rotated_once(tag)
+    local fx = fixtures.seed(s, "genesys", tag .. core.random_hex(2))
+    assert(require("rotor").rotate { slot = fx.slot, provider = fixtures.provider(fx), store = open_store(),
+                                     target = fx.target })
+    return fx, open_store(), fixtures.provider(fx)
+  end
 
   -- a rotor paused after its lease was checked and before its minting request left: another took
   -- the slot over, then the request went out and ended the secret the other had minted. The fenced
@@ -949,11 +947,7 @@ http {
     it("a mint sent after another rotor took the slot over, " .. case.what .. ": the fenced rotor stores the "
        .. "secret it minted, the one that works", function()
       local rotor = require "rotor"
-      local fx = fixtures.seed(s, "genesys", "late" .. core.random_hex(2))
-      assert(rotor.rotate { slot = fx.slot, provider = fixtures.provider(fx), store = open_store(),
-                            target = fx.target })
-      local st = open_store()
-      local p = fixtures.provider(fx)
+      local fx, st, p = rotated_once("late")
       local other_res, other_err
       paused_mint(st, fx, p, function()
         local o = { slot = fx.slot, provider = fixtures.provider(fx), store = open_store(), target = fx.target }
@@ -1000,11 +994,7 @@ http {
     it("a mint of unknown outcome sent after another rotor took the slot over, " .. case.what, function()
       local rotor = require "rotor"
       local errors = require "rotor.errors"
-      local fx = fixtures.seed(s, "genesys", "lost" .. core.random_hex(2))
-      assert(rotor.rotate { slot = fx.slot, provider = fixtures.provider(fx), store = open_store(),
-                            target = fx.target })
-      local st = open_store()
-      local p = fixtures.provider(fx)
+      local fx, st, p = rotated_once("lost")
       local mint = p.post_oauth_client_secret
       local paused
       p.post_oauth_client_secret = function(self, ...)
@@ -1043,10 +1033,7 @@ http {
   -- working and stores nothing.
   it("a rotor fenced after its mint, whose secret a later mint ended, leaves the slot as it is", function()
     local rotor = require "rotor"
-    local fx = fixtures.seed(s, "genesys", "early" .. core.random_hex(2))
-    assert(rotor.rotate { slot = fx.slot, provider = fixtures.provider(fx), store = open_store(), target = fx.target })
-    local st = open_store()
-    local p = fixtures.provider(fx)
+    local fx, st, p = rotated_once("early")
     local mint = p.post_oauth_client_secret
     p.post_oauth_client_secret = function(self, ...)
       local r, e = mint(self, ...)
