@@ -742,16 +742,16 @@ local function lost_after_fence(ctx, fenced, adoption)
   local v = ctx.lost_minted
   local base = tostring(fenced.head or fenced.message)
   local outcome = adoption.outcome
+  local why = tostring(errors.is(adoption.err) and adoption.err.message or adoption.err)
+  local again = "the slot again now, with the config or store of this run: rotor rotate --slot " .. ctx.slot
   if not v then
     -- a mint of unknown outcome, sent after the lock lapsed
     local sent = ". This rotor's minting request, sent after that, has an unknown outcome"
     if outcome == "slot_works" then
       return base .. sent .. "; the secret the slot holds still works, so nothing was lost"
     elseif outcome == "not_stored" then
-      return base .. sent .. (", and the slot could not be checked (%s). If its secret is refused now (a "
-        .. "regenerate ends the one before), rotate the slot again now, with the config or store of this run: "
-        .. "rotor rotate --slot %s"):format(tostring(errors.is(adoption.err) and adoption.err.message
-        or adoption.err), ctx.slot)
+      return base .. sent .. ", and the slot could not be checked (" .. why .. "). If its secret is refused now "
+        .. "(a regenerate ends the one before), rotate " .. again
     end
     return base .. sent .. ", and whether the slot's secret still works could not be told: check the slot "
       .. "(rotor doctor), and rotate it again if its secret is refused"
@@ -760,14 +760,12 @@ local function lost_after_fence(ctx, fenced, adoption)
     return base .. (". This rotor created credential %s after that and could not store it: no slot holds it. "
       .. "When rotor doctor lists its name as unconfirmed_orphan, the slot's later runs delete it; else delete it at "
       .. "the provider"):format(tostring(v.client_id))
-  elseif outcome == "works" or outcome == "not_stored" then
-    local why = tostring(errors.is(adoption.err) and adoption.err.message or adoption.err)
-    return base .. (outcome == "works" and ". A secret this rotor minted after that works, and the slot's "
-      .. "secret does not (a regenerate ends the one before); storing it failed (%s). Rotate the slot again now, "
-      .. "with the config or store of this run: rotor rotate --slot %s"
-      or ". This rotor minted a secret after that and could not store it (%s). If the slot's secret is refused "
-      .. "now (a regenerate ends the one before), rotate the slot again now, with the config or store of this run: "
-      .. "rotor rotate --slot %s"):format(why, ctx.slot)
+  elseif outcome == "works" then
+    return base .. ". A secret this rotor minted after that works, and the slot's secret does not (a regenerate "
+      .. "ends the one before); storing it failed (" .. why .. "). Rotate " .. again
+  elseif outcome == "not_stored" then
+    return base .. ". This rotor minted a secret after that and could not store it (" .. why .. "). If the slot's "
+      .. "secret is refused now (a regenerate ends the one before), rotate " .. again
   elseif outcome == "slot_works" then
     return base .. ". The secret this rotor minted after that is not stored, and not needed: the slot's own "
       .. "secret works. Nothing was lost"
