@@ -645,7 +645,8 @@ local function cmd_doctor(args)
       end
       -- credentials a recovery did not find (record.unfound): searched for again by the slot's runs
       for _, u in ipairs(type(rec.unfound) == "table" and rec.unfound or {}) do
-        local until_t = (timefmt.parse(u.since) or now) + require("rotor.rotation").UNFOUND_DAYS * 86400
+        local rotation = require "rotor.rotation"
+        local until_t = rotation.unfound_until(u) or (now + rotation.UNFOUND_DAYS * 86400)
         add { slot = name, problem = "unconfirmed_orphan", needs_person = false,
           message = ("the create request of rotation %s had an unknown outcome (or its secret was dropped), and "
             .. "the provider then listed no %s named %s, so it was taken as not created. If the listing lagged, it "

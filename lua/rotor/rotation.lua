@@ -340,6 +340,13 @@ end
 -- lag seen in practice (seconds) is far inside it, short enough that the search ends.
 _M.UNFOUND_DAYS = 30
 
+--- When the slot's search for an unfound entry ends: its `since` plus UNFOUND_DAYS, or nil when
+-- `since` is no time (the one home of the window, for the search and for doctor).
+function _M.unfound_until(entry)
+  local since = timefmt.parse(entry.since)
+  return since and since + _M.UNFOUND_DAYS * 86400
+end
+
 --- At the start of a run with no rotation in progress: search again for each credential a
 -- recovery did not find (record.unfound), with the strategy's own recover(), which deletes one
 -- it finds that no slot stores. An entry ends when its credential is found, or when it is not
@@ -352,10 +359,10 @@ function Ctx:search_unfound(now)
   if type(list) ~= "table" or #list == 0 then return true end
   local keep, ended = {}, {}
   local function past(e)
-    local since = timefmt.parse(e.since)
+    local ends = _M.unfound_until(e)
     -- a time no one can read (a hand edit): the window starts now
-    if not since then e.since, since = timefmt.iso(now), now end
-    return since + _M.UNFOUND_DAYS * 86400 <= now
+    if not ends then e.since, ends = timefmt.iso(now), now + _M.UNFOUND_DAYS * 86400 end
+    return ends <= now
   end
   for _, e in ipairs(list) do
     if e.strategy ~= self.strategy.name then
