@@ -571,13 +571,29 @@ describe("rotation (unit, fake providers)", function()
     assert.matches("client unproven (Reporting [rotor r0000000000000000]) looks like rotor's", looks[1], 1, true)
   end)
 
-  -- the note of the slot's last journal entry with this outcome
-  local function last_note(rec, outcome)
-    local note
+  -- the slot's last journal entry with this outcome, and its note
+  local function last_entry(rec, outcome)
+    local entry
     for _, e in ipairs(rec.journal) do
-      if e.outcome == outcome then note = e.note end
+      if e.outcome == outcome then entry = e end
     end
-    return note
+    return entry
+  end
+  local function last_note(rec, outcome)
+    local e = last_entry(rec, outcome)
+    return e and e.note
+  end
+
+  -- a Genesys regenerate slot "g" (client app1) whose rotation stopped at deploy, its new secret
+  -- pending: p, the rotation's options (the deploy hook taken out)
+  local function pending_after_deploy_failed()
+    local p = fake("genesys")
+    p:add_client("app1")
+    local o = { slot = "g", provider = p, target = { client_id = "app1" },
+                deploy = function() return nil, "consumers down" end }
+    assert.is_nil(rotate(o))
+    o.deploy = nil
+    return p, o
   end
 
   -- does one of res's warnings hold text?
@@ -768,12 +784,8 @@ describe("rotation (unit, fake providers)", function()
   end)
 
   it("drop_pending keeps a pending secret that works", function()
-    local p = fake("genesys")
-    p:add_client("app1")
-    local o = { slot = "g", provider = p, target = { client_id = "app1" },
-                deploy = function() return nil, "consumers down" end }
-    assert.is_nil(rotate(o))
-    o.deploy, o.drop_pending = nil, true
+    local p, o = pending_after_deploy_failed()
+    o.drop_pending = true
     local res = assert(rotate(o))
     assert.equal(1, p.calls.post_oauth_client_secret)
     assert.is_true(warned(res, "drop_pending: the pending secret of app1 works: kept"))
@@ -831,18 +843,12 @@ describe("rotation (unit, fake providers)", function()
     assert.is_nil(rec.unfound)
     assert.matches("not searched for: the slot's strategy is regenerate now, not new_client",
       last_note(rec, "search_ended"), 1, true)
-    local ended
-    for _, x in ipairs(rec.journal) do if x.outcome == "search_ended" then ended = x end end
-    assert.equal("r1", ended.rotation) -- journalled with the rotation that recorded the name
+    assert.equal("r1", last_entry(rec, "search_ended").rotation) -- journalled with the rotation that recorded the name
   end)
 
   -- a dry run said nothing of the drop drop_pending makes, nor of the searches
   it("a dry run shows the drop of drop_pending and the searches by name", function()
-    local p = fake("genesys")
-    p:add_client("app1")
-    local o = { slot = "g", provider = p, target = { client_id = "app1" },
-                deploy = function() return nil, "consumers down" end }
-    assert.is_nil(rotate(o))
+    local p = pending_after_deploy_failed()
     local lines = {}
     local function plan(extra)
       local t = { slot = "g", provider = p, target = { client_id = "app1" }, dry_run = true,
